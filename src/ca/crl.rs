@@ -1,0 +1,95 @@
+//! The certificate revocation list, `certs/crl.pem`: built from the
+//! inventory (revoked certificates, and superseded ones past their overlap),
+//! signed by the CA, with an increasing CRL number kept in `certs/crl.number`
+//! and a next-update `crl_validity` ahead. Written atomically.
+
+use std::time::Duration;
+
+use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
+use time::OffsetDateTime;
+
+use super::inventory::Inventory;
+use super::{Authority, BACKDATE, CaError, invalid};
+use crate::home::{Home, read_to_string, write_public};
+
+/// Reads the last CRL number (0 when none was issued).
+pub fn last_number(home: &Home) -> Result<u64, CaError> {
+    let path = home.crl_number();
+    if !path.exists() {
+        return Ok(0);
+    }
+    read_to_string(&path)?
+        .trim()
+        .parse()
+        .map_err(|_| invalid(format!("{} does not hold a number", path.display())))
+}
+
+/// DER integer bytes of a positive number.
+fn positive_bytes(n: u64) -> Vec<u8> {
+    let mut b: Vec<u8> = n.to_be_bytes().iter().copied().skip_while(|&x| x == 0).collect();
+    if b.first().is_none_or(|&x| x >= 0x80) {
+        b.insert(0, 0);
+    }
+    b
+}
+
+/// Builds and signs the CRL for `inventory` at `now`, returning its PEM.
+pub fn build(
+    ca: &Authority,
+    inventory: &Inventory,
+    number: u64,
+    now: OffsetDateTime,
+    validity: Duration,
+) -> Result<String, CaError> {
+    let mut revoked: Vec<RevokedCertParams> = Vec::new();
+    let mut entries: Vec<_> = inventory
+        .certs
+        .values()
+        .filter(|c| c.ca_fingerprint == ca.fingerprint && c.not_after > now)
+        .filter_map(|c| c.revocation(now).map(|r| (c, r)))
+        .collect();
+    entries.sort_by(|a, b| a.0.serial.cmp(&b.0.serial));
+    for (cert, (at, reason)) in entries {
+        let serial = hex::decode(&cert.serial)
+            .map_err(|_| invalid(format!("inventory serial `{}` is not hex", cert.serial)))?;
+        revoked.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&serial),
+            revocation_time: at,
+            reason_code: Some(reason.to_rcgen()),
+            invalidity_date: None,
+        });
+    }
+    let params = CertificateRevocationListParams {
+        this_update: now - BACKDATE,
+        next_update: now + time::Duration::try_from(validity).map_err(|_| invalid("crl_validity is too long"))?,
+        crl_number: SerialNumber::from_slice(&positive_bytes(number)),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(ca.issuer())?;
+    Ok(crl.pem()?)
+}
+
+/// Re-signs the CRL from the inventory with the next number and writes it.
+pub fn refresh(home: &Home, ca: &Authority, validity: Duration) -> Result<u64, CaError> {
+    let inventory = Inventory::load(home)?;
+    let number = last_number(home)? + 1;
+    let pem = build(ca, &inventory, number, OffsetDateTime::now_utc(), validity)?;
+    write_public(&home.crl_number(), format!("{number}\n").as_bytes())?;
+    write_public(&home.crl(), pem.as_bytes())?;
+    Ok(number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::positive_bytes;
+
+    #[test]
+    fn crl_numbers_are_positive_der() {
+        assert_eq!(positive_bytes(1), vec![1]);
+        assert_eq!(positive_bytes(0x80), vec![0, 0x80]);
+        assert_eq!(positive_bytes(0), vec![0]);
+        assert_eq!(positive_bytes(0x1234), vec![0x12, 0x34]);
+    }
+}

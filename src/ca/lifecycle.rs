@@ -1,0 +1,450 @@
+//! The CA operations the CLI exposes: set up a home (`init`), issue a
+//! partner certificate (from a generated key or a CSR), renew it with an
+//! overlap, revoke, re-sign the CRL, and re-issue the broker's own
+//! certificates. Each one prepares everything in memory first and then
+//! writes files atomically, so a refused command leaves nothing half-done.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{KeyPair, PublicKeyData};
+use time::OffsetDateTime;
+
+use super::inventory::{CertState, Inventory, IssuedCert, RecordStatus, RevocationReason, write_record};
+use super::{Authority, BACKDATE, BROKER_CERT_DAYS, CaError, LeafKind, Signed, crl, csr, invalid, new_key};
+use crate::config::{self, GatewayConfig, validate_trust_domain};
+use crate::home::{self, Home, ensure_dir, write_key, write_public};
+
+/// Options of `gatehouse init`.
+#[derive(Debug, Default, Clone)]
+pub struct InitOptions {
+    pub trust_domain: Option<String>,
+    pub hostnames: Vec<String>,
+    pub force: bool,
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+}
+
+/// What `init` did.
+#[derive(Debug)]
+pub struct InitReport {
+    pub trust_domain: String,
+    pub adopted: bool,
+    pub ca_fingerprint: String,
+    pub config_written: bool,
+}
+
+/// Default server-certificate names.
+pub fn default_hostnames() -> Vec<String> {
+    vec!["localhost".to_string(), "127.0.0.1".to_string()]
+}
+
+/// `gatehouse init`: creates (or adopts) the CA, the broker's certificates,
+/// the journal signing key, `gatehouse.toml`, an empty CRL and the folders.
+pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
+    let existing_cfg = if home.config_file().is_file() {
+        Some(config::load_gateway(home).map_err(|e| invalid(e.to_string()))?)
+    } else {
+        None
+    };
+    let trust_domain = opts
+        .trust_domain
+        .clone()
+        .or_else(|| existing_cfg.as_ref().map(|c| c.trust_domain.clone()))
+        .unwrap_or_else(|| "gatehouse.local".to_string());
+    validate_trust_domain(&trust_domain).map_err(invalid)?;
+    if home.ca_cert().exists() || home.ca_key().exists() {
+        if !opts.force {
+            return Err(CaError::AlreadyInitialized(
+                home.ca_cert().display().to_string(),
+            ));
+        }
+    }
+    let hostnames = if opts.hostnames.is_empty() {
+        default_hostnames()
+    } else {
+        opts.hostnames.clone()
+    };
+
+    // Everything is built in memory before anything is written.
+    let (ca, ca_cert_pem, ca_key_pem, adopted) = match (&opts.ca_cert, &opts.ca_key) {
+        (Some(c), Some(k)) => {
+            let cert_pem = home::read_to_string(c)?;
+            let key_pem = home::read_to_string(k)?;
+            let ca = Authority::from_pem(&cert_pem, &key_pem)
+                .map_err(|e| invalid(format!("cannot adopt {}: {e}", c.display())))?;
+            let chain = ca.chain_pem.clone();
+            (ca, chain, key_pem, true)
+        }
+        (None, None) => {
+            let (ca, key_pem) = Authority::create(&trust_domain)?;
+            let chain = ca.chain_pem.clone();
+            (ca, chain, key_pem, false)
+        }
+        _ => return Err(invalid("--ca-cert and --ca-key go together")),
+    };
+    let now = OffsetDateTime::now_utc();
+    let broker_until = (now + time::Duration::days(BROKER_CERT_DAYS)).min(ca.not_after);
+    let server_key = new_key()?;
+    let server = ca.sign_leaf(
+        LeafKind::Server {
+            hostnames: &hostnames,
+        },
+        &server_key,
+        now - BACKDATE,
+        broker_until,
+    )?;
+    let client_key = new_key()?;
+    let client = ca.sign_leaf(
+        LeafKind::BrokerClient {
+            trust_domain: &trust_domain,
+        },
+        &client_key,
+        now - BACKDATE,
+        broker_until,
+    )?;
+    let journal_key = new_key()?;
+    let crl_validity = existing_cfg
+        .as_ref()
+        .map(|c| c.ca.crl_validity)
+        .unwrap_or(Duration::from_secs(7 * 86_400));
+    let crl_pem = crl::build(&ca, &Inventory::default(), 1, now, crl_validity)?;
+
+    for dir in [
+        home.root().to_path_buf(),
+        home.certs_dir(),
+        home.issued_dir(),
+        home.partners_dir(),
+        home.data_dir(),
+    ] {
+        ensure_dir(&dir)?;
+    }
+    write_key(&home.ca_key(), &ca_key_pem)?;
+    write_public(&home.ca_cert(), ca_cert_pem.as_bytes())?;
+    write_key(&home.server_key(), &server_key.serialize_pem())?;
+    write_public(&home.server_cert(), chain_pem(&server, &ca).as_bytes())?;
+    write_key(&home.broker_client_key(), &client_key.serialize_pem())?;
+    write_public(&home.broker_client_cert(), chain_pem(&client, &ca).as_bytes())?;
+    write_key(&home.journal_key(), &journal_key.serialize_pem())?;
+    write_public(&home.journal_pub(), journal_key.public_key_pem().as_bytes())?;
+    if opts.force {
+        // A new CA: the old inventory's certificates no longer chain to it.
+        // They stay on file for the record; the CRL starts again.
+        let _ = std::fs::remove_file(home.crl_number());
+    }
+    write_public(&home.crl_number(), b"1\n")?;
+    write_public(&home.crl(), crl_pem.as_bytes())?;
+
+    let mut config_written = false;
+    match existing_cfg {
+        None => {
+            write_public(
+                &home.config_file(),
+                config::default_gateway_toml(&trust_domain).as_bytes(),
+            )?;
+            config_written = true;
+        }
+        Some(cfg) if cfg.trust_domain != trust_domain => {
+            let text = home::read_to_string(&home.config_file())?;
+            let mut doc: toml_edit::DocumentMut = text
+                .parse()
+                .map_err(|e: toml_edit::TomlError| invalid(e.to_string()))?;
+            doc["trust_domain"] = toml_edit::value(trust_domain.clone());
+            write_public(&home.config_file(), doc.to_string().as_bytes())?;
+            config_written = true;
+        }
+        Some(_) => {}
+    }
+    Ok(InitReport {
+        trust_domain,
+        adopted,
+        ca_fingerprint: ca.fingerprint.clone(),
+        config_written,
+    })
+}
+
+/// Leaf followed by the CA chain, the form TLS peers want.
+pub fn chain_pem(leaf: &Signed, ca: &Authority) -> String {
+    format!("{}{}", leaf.pem, ca.chain_pem)
+}
+
+/// Options shared by `cert issue` and `cert renew`.
+#[derive(Debug, Clone, Default)]
+pub struct IssueOptions {
+    pub csr: Option<PathBuf>,
+    pub days: Option<u32>,
+    pub out: Option<PathBuf>,
+}
+
+/// What `cert issue` / `cert renew` produced.
+#[derive(Debug)]
+pub struct IssueReport {
+    pub record: IssuedCert,
+    pub out_dir: PathBuf,
+    pub key_written: bool,
+    pub superseded: Vec<String>,
+}
+
+/// The loaded context every issuing command needs.
+struct Context {
+    gateway: GatewayConfig,
+    ca: Authority,
+    partner_name: String,
+}
+
+fn context(home: &Home, partner: &str) -> Result<Context, CaError> {
+    config::validate_partner_id(partner).map_err(invalid)?;
+    let gateway = config::load_gateway(home).map_err(|e| invalid(e.to_string()))?;
+    let path = home.partner_file(partner);
+    if !path.is_file() {
+        return Err(CaError::UnknownPartner(partner.to_string()));
+    }
+    let text = home::read_to_string(&path)?;
+    let p = config::parse_partner(&path, &text, &gateway).map_err(|e| invalid(e.to_string()))?;
+    let ca = Authority::load(home)?;
+    Ok(Context {
+        gateway,
+        ca,
+        partner_name: p.name,
+    })
+}
+
+/// The public key to certify: the CSR's (checked), or a fresh key of ours.
+enum Subject {
+    Csr(rcgen::SubjectPublicKeyInfo),
+    Generated(KeyPair),
+}
+
+impl Subject {
+    fn from_options(opts: &IssueOptions) -> Result<Subject, CaError> {
+        match &opts.csr {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| home::HomeError::io(path, e))?;
+                Ok(Subject::Csr(csr::verified_public_key(&bytes).map_err(
+                    |e| invalid(format!("{}: {e}", path.display())),
+                )?))
+            }
+            None => Ok(Subject::Generated(new_key()?)),
+        }
+    }
+    fn key(&self) -> &dyn PublicKeyData {
+        match self {
+            Subject::Csr(spki) => spki,
+            Subject::Generated(k) => k,
+        }
+    }
+}
+
+struct DynKey<'a>(&'a dyn PublicKeyData);
+impl PublicKeyData for DynKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.der_bytes()
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.0.algorithm()
+    }
+}
+
+/// Validity for a new partner certificate.
+fn validity(ctx: &Context, days: Option<u32>, now: OffsetDateTime) -> Result<(OffsetDateTime, OffsetDateTime), CaError> {
+    let days = days.unwrap_or(ctx.gateway.ca.default_days);
+    if days == 0 {
+        return Err(invalid("--days must be at least 1"));
+    }
+    let not_after = now + time::Duration::days(i64::from(days));
+    if not_after > ctx.ca.not_after {
+        return Err(invalid(format!(
+            "--days {days} would outlive the CA, which expires {}; choose fewer days",
+            crate::timefmt::rfc3339(ctx.ca.not_after)
+        )));
+    }
+    Ok((now - BACKDATE, not_after))
+}
+
+/// Signs and records a partner certificate; writes the files for the partner.
+fn issue_inner(
+    home: &Home,
+    partner: &str,
+    opts: &IssueOptions,
+    ctx: &Context,
+    now: OffsetDateTime,
+) -> Result<(IssuedCert, PathBuf, bool), CaError> {
+    let subject = Subject::from_options(opts)?;
+    let (nb, na) = validity(ctx, opts.days, now)?;
+    let signed = ctx.ca.sign_leaf(
+        LeafKind::Partner {
+            trust_domain: &ctx.gateway.trust_domain,
+            id: partner,
+            name: &ctx.partner_name,
+        },
+        &DynKey(subject.key()),
+        nb,
+        na,
+    )?;
+    let record = IssuedCert {
+        serial: signed.serial.clone(),
+        partner: partner.to_string(),
+        fingerprint: signed.fingerprint.clone(),
+        ca_fingerprint: ctx.ca.fingerprint.clone(),
+        issued_at: now,
+        not_before: nb,
+        not_after: na,
+        status: RecordStatus::Active,
+        superseded_by: None,
+        overlap_until: None,
+        revoked_at: None,
+        reason: None,
+    };
+    let out_dir = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| home.root().join("clients").join(partner));
+    ensure_dir(&out_dir)?;
+    // Partner files first: if they cannot be written, nothing is recorded.
+    let key_written = if let Subject::Generated(key) = &subject {
+        write_key(&out_dir.join(format!("{partner}.key")), &key.serialize_pem())?;
+        true
+    } else {
+        false
+    };
+    write_public(
+        &out_dir.join(format!("{partner}.pem")),
+        chain_pem(&signed, &ctx.ca).as_bytes(),
+    )?;
+    write_public(&out_dir.join("ca.pem"), ctx.ca.chain_pem.as_bytes())?;
+    write_record(home, &record, Some(&signed.pem))?;
+    Ok((record, out_dir, key_written))
+}
+
+/// `gatehouse cert issue ID [--csr FILE] [--days N] [--out DIR]`.
+pub fn issue(home: &Home, partner: &str, opts: &IssueOptions) -> Result<IssueReport, CaError> {
+    let ctx = context(home, partner)?;
+    let (record, out_dir, key_written) =
+        issue_inner(home, partner, opts, &ctx, OffsetDateTime::now_utc())?;
+    Ok(IssueReport {
+        record,
+        out_dir,
+        key_written,
+        superseded: Vec::new(),
+    })
+}
+
+/// `gatehouse cert renew ID [--csr FILE] [--overlap D]`: issues a successor
+/// and marks the partner's active certificates superseded; they stay valid
+/// for `overlap`, then count as revoked.
+pub fn renew(
+    home: &Home,
+    partner: &str,
+    opts: &IssueOptions,
+    overlap: Option<Duration>,
+) -> Result<IssueReport, CaError> {
+    let ctx = context(home, partner)?;
+    let now = OffsetDateTime::now_utc();
+    let overlap = overlap.unwrap_or(ctx.gateway.ca.overlap);
+    let overlap = time::Duration::try_from(overlap).map_err(|_| invalid("--overlap is too long"))?;
+    let inventory = Inventory::load(home)?;
+    let predecessors: Vec<IssuedCert> = inventory
+        .for_partner(partner)
+        .into_iter()
+        .filter(|c| c.state(now) == CertState::Active)
+        .cloned()
+        .collect();
+    let (record, out_dir, key_written) = issue_inner(home, partner, opts, &ctx, now)?;
+    let mut superseded = Vec::new();
+    for mut old in predecessors {
+        old.status = RecordStatus::Superseded;
+        old.superseded_by = Some(record.serial.clone());
+        old.overlap_until = Some((now + overlap).min(old.not_after));
+        write_record(home, &old, None)?;
+        superseded.push(old.serial);
+    }
+    Ok(IssueReport {
+        record,
+        out_dir,
+        key_written,
+        superseded,
+    })
+}
+
+/// Normalizes a serial as typed: hex, any case, colons allowed.
+pub fn normalize_serial(s: &str) -> Result<String, CaError> {
+    let hexed: String = s.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    if hexed.is_empty() || hexed.len() > 40 || !hexed.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(invalid(format!("`{s}` is not a certificate serial (hex, as `cert list` shows it)")));
+    }
+    Ok(hexed)
+}
+
+/// Revokes certificates by serial and re-signs the CRL. Returns the serials
+/// newly revoked (already revoked ones are left as they are).
+pub fn revoke(
+    home: &Home,
+    serials: &[String],
+    reason: RevocationReason,
+) -> Result<Vec<String>, CaError> {
+    let gateway = config::load_gateway(home).map_err(|e| invalid(e.to_string()))?;
+    let ca = Authority::load(home)?;
+    let inventory = Inventory::load(home)?;
+    let now = OffsetDateTime::now_utc();
+    let mut changed = Vec::new();
+    let mut records = Vec::new();
+    for s in serials {
+        let serial = normalize_serial(s)?;
+        let rec = inventory
+            .get(&serial)
+            .ok_or_else(|| CaError::UnknownSerial(serial.clone()))?;
+        if rec.status == RecordStatus::Revoked {
+            continue;
+        }
+        let mut rec = rec.clone();
+        rec.status = RecordStatus::Revoked;
+        rec.revoked_at = Some(now);
+        rec.reason = Some(reason);
+        records.push(rec);
+    }
+    for rec in records {
+        write_record(home, &rec, None)?;
+        changed.push(rec.serial);
+    }
+    crl::refresh(home, &ca, gateway.ca.crl_validity)?;
+    Ok(changed)
+}
+
+/// Revokes every certificate of a partner that is still usable.
+pub fn revoke_partner(
+    home: &Home,
+    partner: &str,
+    reason: RevocationReason,
+) -> Result<Vec<String>, CaError> {
+    config::validate_partner_id(partner).map_err(invalid)?;
+    let inventory = Inventory::load(home)?;
+    let now = OffsetDateTime::now_utc();
+    let certs: Vec<_> = inventory.for_partner(partner);
+    if certs.is_empty() && !home.partner_file(partner).is_file() {
+        return Err(CaError::UnknownPartner(partner.to_string()));
+    }
+    let serials: Vec<String> = certs
+        .into_iter()
+        .filter(|c| c.state(now).usable())
+        .map(|c| c.serial.clone())
+        .collect();
+    revoke(home, &serials, reason)
+}
+
+/// `gatehouse cert crl --refresh`: re-signs the CRL now.
+pub fn refresh_crl(home: &Home) -> Result<u64, CaError> {
+    let gateway = config::load_gateway(home).map_err(|e| invalid(e.to_string()))?;
+    let ca = Authority::load(home)?;
+    crl::refresh(home, &ca, gateway.ca.crl_validity)
+}
+
+/// Reads a PEM file's first certificate as (serial, not_after).
+pub fn read_cert_summary(path: &Path) -> Result<(String, OffsetDateTime), CaError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_file(path)
+        .map_err(|e| invalid(format!("{}: not a PEM certificate: {e}", path.display())))?;
+    let (_, x) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| invalid(format!("{}: cannot parse: {e}", path.display())))?;
+    Ok((super::serial_hex(&x), super::asn1_time(x.validity().not_after)))
+}

@@ -1,0 +1,404 @@
+//! The command line (DESIGN.md, "CLI"): clap definitions and the dispatch to
+//! the modules that do the work. Output for people by default, `--json` for
+//! scripts; exit 0 on success, non-zero with one clear line on stderr.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::ca::inventory::{CertState, Inventory, RevocationReason};
+use crate::ca::lifecycle::{self, InitOptions, IssueOptions};
+use crate::config::{self, PartnerStatus, parse_route_arg};
+use crate::home::Home;
+use crate::partners;
+use crate::timefmt::{parse_duration, rfc3339};
+
+type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+#[derive(Parser, Debug)]
+#[command(name = "gatehouse", version, about = "A mutual-TLS broker for B2B APIs: CA, gateway, policy, relay, journal")]
+pub struct Cli {
+    /// The gatehouse home folder (config, partners, certs, data).
+    #[arg(long, global = true, env = "GATEHOUSE_HOME", default_value = ".")]
+    pub home: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the CA, the broker's certificates, gatehouse.toml and the folders.
+    Init(InitArgs),
+    /// Validate gatehouse.toml, every partner file and the CA material, offline.
+    Check,
+    /// Onboard and manage partner companies.
+    #[command(subcommand)]
+    Partner(PartnerCmd),
+    /// Issue, renew, revoke and list partner certificates.
+    #[command(subcommand)]
+    Cert(CertCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Trust domain in partner identities (spiffe://<D>/partner/<id>).
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// Name or IP for the broker's server certificate (repeatable).
+    #[arg(long = "hostname")]
+    hostnames: Vec<String>,
+    /// Replace an existing CA (every certificate it issued stops working).
+    #[arg(long)]
+    force: bool,
+    /// Adopt an existing CA certificate (e.g. an intermediate of your PKI)...
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// ...and its private key.
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PartnerCmd {
+    /// Onboard a partner: writes partners/<ID>.toml.
+    Add {
+        id: String,
+        /// Display name (the certificate's O=).
+        #[arg(long)]
+        name: Option<String>,
+        /// A granted route: "GET,POST /v1/orders -> orders" (repeatable).
+        #[arg(long = "route")]
+        routes: Vec<String>,
+    },
+    /// List partners.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one partner, its routes and certificates.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a partner's calls at once (its certificates stay valid).
+    Suspend { id: String },
+    /// Let a suspended partner call again.
+    Resume { id: String },
+    /// Offboard a partner: revokes its certificates and deletes its file.
+    Remove { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCmd {
+    /// Issue a client certificate (new key, or sign the partner's CSR).
+    Issue {
+        id: String,
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        #[arg(long)]
+        days: Option<u32>,
+        /// Where to write ID.pem, ID.key and ca.pem (default: <home>/clients/ID).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Rotate: issue a successor; the old certificate stays valid for the overlap.
+    Renew {
+        id: String,
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        #[arg(long)]
+        days: Option<u32>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// How long the old certificate stays valid (default from gatehouse.toml, 24h).
+        #[arg(long)]
+        overlap: Option<String>,
+    },
+    /// Revoke one certificate by serial, or all of a partner's.
+    Revoke {
+        #[arg(required_unless_present = "partner", conflicts_with = "partner")]
+        serial: Option<String>,
+        #[arg(long)]
+        partner: Option<String>,
+        /// RFC 5280 reason: keyCompromise, superseded, cessationOfOperation, ...
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// List issued certificates and their states.
+    List {
+        id: Option<String>,
+        /// Only certificates expiring within this long (e.g. 30d).
+        #[arg(long)]
+        expiring: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The CRL: `--refresh` re-signs it now.
+    Crl {
+        #[arg(long)]
+        refresh: bool,
+    },
+}
+
+/// Entry point for the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gatehouse: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn existing(home: &std::path::Path) -> Result<Home, Box<dyn std::error::Error>> {
+    Ok(Home::existing(home)?)
+}
+
+pub fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Init(a) => cmd_init(Home::new(&cli.home), a),
+        Command::Check => cmd_check(&existing(&cli.home)?),
+        Command::Partner(p) => cmd_partner(&existing(&cli.home)?, p),
+        Command::Cert(c) => cmd_cert(&existing(&cli.home)?, c),
+    }
+}
+
+fn cmd_init(home: Home, a: InitArgs) -> CliResult {
+    let report = lifecycle::init(
+        &home,
+        &InitOptions {
+            trust_domain: a.trust_domain,
+            hostnames: a.hostnames,
+            force: a.force,
+            ca_cert: a.ca_cert,
+            ca_key: a.ca_key,
+        },
+    )?;
+    println!(
+        "initialized gatehouse home {} (trust domain {})",
+        home.root().display(),
+        report.trust_domain
+    );
+    println!(
+        "  CA: {} {}",
+        if report.adopted { "adopted" } else { "created" },
+        home.ca_cert().display()
+    );
+    println!("  CA fingerprint (SHA-256): {}", report.ca_fingerprint);
+    if report.config_written {
+        println!("  config: {}", home.config_file().display());
+    }
+    println!("next: gatehouse partner add ID --route \"GET /v1/orders -> orders\", then gatehouse cert issue ID");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_check(home: &Home) -> CliResult {
+    let problems = crate::check::check_home(home);
+    if problems.is_empty() {
+        let loaded = config::load_all(home)?;
+        println!(
+            "ok: {} and {} partner file(s) are valid; CA material checks out",
+            home.config_file().display(),
+            loaded.partners.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!("gatehouse: check found {} problem(s)", problems.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
+    match cmd {
+        PartnerCmd::Add { id, name, routes } => {
+            let routes = routes
+                .iter()
+                .map(|r| parse_route_arg(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            let p = partners::add(home, &id, name.as_deref(), routes)?;
+            println!(
+                "added partner {} ({}) with {} route(s): {}",
+                p.id,
+                p.name,
+                p.routes.len(),
+                home.partner_file(&p.id).display()
+            );
+        }
+        PartnerCmd::List { json } => {
+            let list = partners::list(home)?;
+            let inv = Inventory::load(home)?;
+            let now = OffsetDateTime::now_utc();
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|p| {
+                        let usable = inv.for_partner(&p.id).iter().filter(|c| c.state(now).usable()).count();
+                        json!({"id": p.id, "name": p.name, "status": p.status.to_string(), "routes": p.routes.len(), "usable_certs": usable})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{:<24} {:<10} {:>6} {:>6}  NAME", "ID", "STATUS", "ROUTES", "CERTS");
+                for p in &list {
+                    let usable = inv.for_partner(&p.id).iter().filter(|c| c.state(now).usable()).count();
+                    println!("{:<24} {:<10} {:>6} {:>6}  {}", p.id, p.status, p.routes.len(), usable, p.name);
+                }
+            }
+        }
+        PartnerCmd::Show { id, json } => {
+            let p = partners::show(home, &id)?;
+            let inv = Inventory::load(home)?;
+            let now = OffsetDateTime::now_utc();
+            let certs = inv.for_partner(&id);
+            if json {
+                let certs: Vec<_> = certs.iter().map(|c| cert_json(c, now)).collect();
+                println!("{}", serde_json::to_string_pretty(&json!({"partner": p, "certificates": certs}))?);
+            } else {
+                println!("partner {} ({})", p.id, p.name);
+                println!("  status: {}", p.status);
+                println!("  routes:");
+                if p.routes.is_empty() {
+                    println!("    (none: every call is denied)");
+                }
+                for r in &p.routes {
+                    println!("    {}", r.describe());
+                }
+                println!("  certificates:");
+                for c in certs {
+                    println!("    {} {} until {}", c.serial, c.state(now), rfc3339(c.not_after));
+                }
+            }
+        }
+        PartnerCmd::Suspend { id } => {
+            partners::set_status(home, &id, PartnerStatus::Suspended)?;
+            println!("partner {id} suspended: its calls are refused (403) from now on");
+        }
+        PartnerCmd::Resume { id } => {
+            partners::set_status(home, &id, PartnerStatus::Active)?;
+            println!("partner {id} resumed");
+        }
+        PartnerCmd::Remove { id } => {
+            let revoked = partners::remove(home, &id)?;
+            println!("partner {id} removed; {} certificate(s) revoked", revoked.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cert_json(c: &crate::ca::inventory::IssuedCert, now: OffsetDateTime) -> serde_json::Value {
+    let state = c.state(now);
+    json!({
+        "serial": c.serial,
+        "partner": c.partner,
+        "not_before": rfc3339(c.not_before),
+        "not_after": rfc3339(c.not_after),
+        "state": match state {
+            CertState::Active => "active",
+            CertState::SupersededUntil(_) => "superseded",
+            CertState::Revoked(_) => "revoked",
+            CertState::Expired => "expired",
+        },
+        "state_detail": state.to_string(),
+        "superseded_by": c.superseded_by,
+        "fingerprint": c.fingerprint,
+        "ca_fingerprint": c.ca_fingerprint,
+    })
+}
+
+fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
+    match cmd {
+        CertCmd::Issue { id, csr, days, out } => {
+            let r = lifecycle::issue(home, &id, &IssueOptions { csr, days, out })?;
+            print_issue(&id, &r);
+        }
+        CertCmd::Renew { id, csr, days, out, overlap } => {
+            let overlap = overlap.as_deref().map(parse_duration).transpose()?;
+            let r = lifecycle::renew(home, &id, &IssueOptions { csr, days, out }, overlap)?;
+            print_issue(&id, &r);
+            for s in &r.superseded {
+                println!("  superseded: {s} (valid until the overlap ends)");
+            }
+        }
+        CertCmd::Revoke { serial, partner, reason } => {
+            let reason = RevocationReason::parse(&reason)?;
+            let revoked = match (serial, partner) {
+                (Some(s), None) => lifecycle::revoke(home, &[s], reason)?,
+                (None, Some(p)) => lifecycle::revoke_partner(home, &p, reason)?,
+                _ => return Err("give a serial or --partner ID".into()),
+            };
+            if revoked.is_empty() {
+                println!("nothing to revoke (already revoked, or no usable certificate); CRL re-signed");
+            }
+            for s in revoked {
+                println!("revoked {s} ({}); CRL updated: {}", reason.name(), home.crl().display());
+            }
+        }
+        CertCmd::List { id, expiring, json } => {
+            let inv = Inventory::load(home)?;
+            let now = OffsetDateTime::now_utc();
+            let window = expiring.as_deref().map(parse_duration).transpose()?;
+            let certs: Vec<_> = inv
+                .sorted()
+                .into_iter()
+                .filter(|c| id.as_deref().is_none_or(|p| c.partner == p))
+                .filter(|c| match window {
+                    Some(w) => c.state(now).usable() && c.not_after <= now + w,
+                    None => true,
+                })
+                .collect();
+            if json {
+                let v: Vec<_> = certs.iter().map(|c| cert_json(c, now)).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<32} {:<16} {:<20} {:<20} {:<44} FINGERPRINT (SHA-256)",
+                    "SERIAL", "PARTNER", "NOT-BEFORE", "NOT-AFTER", "STATE"
+                );
+                for c in certs {
+                    println!(
+                        "{:<32} {:<16} {:<20} {:<20} {:<44} {}",
+                        c.serial,
+                        c.partner,
+                        rfc3339(c.not_before),
+                        rfc3339(c.not_after),
+                        c.state(now).to_string(),
+                        c.fingerprint
+                    );
+                }
+            }
+        }
+        CertCmd::Crl { refresh } => {
+            if refresh {
+                let n = lifecycle::refresh_crl(home)?;
+                println!("CRL #{n} signed: {}", home.crl().display());
+            } else {
+                print!("{}", crate::home::read_to_string(&home.crl())?);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_issue(id: &str, r: &lifecycle::IssueReport) {
+    println!(
+        "issued certificate {} to {} (valid until {})",
+        r.record.serial,
+        id,
+        rfc3339(r.record.not_after)
+    );
+    let out = r.out_dir.display();
+    println!("  certificate chain: {out}/{id}.pem");
+    if r.key_written {
+        println!("  private key:       {out}/{id}.key (mode 0600; hand it to the partner securely)");
+    }
+    println!("  CA to trust:       {out}/ca.pem");
+}

@@ -1,0 +1,134 @@
+//! The exchange event: what the gateway reports about every exchange
+//! (allowed or denied) and every refused handshake, and the `Recorder` it
+//! hands events to. The journal is the durable recorder; the gateway knows
+//! only this interface, so the request path does not change with the sink.
+//!
+//! Field meanings follow DESIGN.md, "Exchange record".
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of thing a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// One HTTP exchange (allowed or denied).
+    Exchange,
+    /// One refused TLS handshake.
+    Handshake,
+    /// Several refused handshakes from one address, aggregated.
+    HandshakeAggregate,
+    /// A monitoring alert.
+    Alert,
+    /// A CA operation (issue, renew, revoke) or a config reload.
+    Admin,
+}
+
+/// Allowed or denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allowed,
+    Denied,
+}
+
+/// One event, before the journal gives it a sequence number and hash.
+/// Unset fields are `None` (e.g. no partner for a handshake without a certificate).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    /// Milliseconds since the Unix epoch, UTC.
+    pub time_ms: i64,
+    pub node: String,
+    pub partner: Option<String>,
+    pub cert_serial: Option<String>,
+    pub cert_fingerprint: Option<String>,
+    pub client_addr: Option<String>,
+    pub tls_version: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub route: Option<String>,
+    pub upstream: Option<String>,
+    pub decision: Decision,
+    /// Reason code for denials (`route_not_granted`, `bad_target`, `revoked`, ...).
+    pub reason: Option<String>,
+    pub status: Option<u16>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub duration_us: u64,
+    pub request_id: Option<String>,
+    /// Free text: aggregated counts, alert details, admin action details.
+    pub detail: Option<String>,
+}
+
+impl Event {
+    /// An empty event of `kind` at the current time.
+    pub fn new(kind: EventKind, node: &str, decision: Decision) -> Event {
+        Event {
+            kind,
+            time_ms: now_ms(),
+            node: node.to_string(),
+            partner: None,
+            cert_serial: None,
+            cert_fingerprint: None,
+            client_addr: None,
+            tls_version: None,
+            method: None,
+            path: None,
+            route: None,
+            upstream: None,
+            decision,
+            reason: None,
+            status: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            duration_us: 0,
+            request_id: None,
+            detail: None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Why an event could not be recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("journal unavailable: {0}")]
+pub struct RecordError(pub String);
+
+/// Resolves when the event is as durable as the configured durability asks
+/// (strict: flushed to disk; relaxed: accepted by the writer).
+pub type RecordAck = Pin<Box<dyn Future<Output = Result<(), RecordError>> + Send>>;
+
+/// Where events go.
+pub trait Recorder: Send + Sync + 'static {
+    /// Hands over one event. The caller awaits the ack before it lets the
+    /// partner see the end of the response.
+    fn record(&self, event: Event) -> RecordAck;
+    /// Whether new events can be recorded now (false: fail closed, 503).
+    fn writable(&self) -> bool;
+}
+
+/// A recorder that writes each event as a structured tracing line.
+pub struct TracingRecorder;
+
+impl Recorder for TracingRecorder {
+    fn record(&self, event: Event) -> RecordAck {
+        match serde_json::to_string(&event) {
+            Ok(line) => tracing::info!(target: "gatehouse::exchange", "{line}"),
+            Err(e) => tracing::warn!("cannot encode event: {e}"),
+        }
+        Box::pin(async { Ok(()) })
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+}

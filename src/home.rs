@@ -1,0 +1,177 @@
+//! The gatehouse home folder: where every file lives (DESIGN.md, "Files"),
+//! and the one way files are written there — atomically, and with private
+//! keys created mode 0600 from the start.
+//!
+//! Nothing else in the crate builds paths under the home by hand.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// File mode for private keys: owner read/write only.
+pub const KEY_MODE: u32 = 0o600;
+/// File mode for public material (certificates, CRL, config).
+pub const PUBLIC_MODE: u32 = 0o644;
+
+/// Errors touching the home folder's files.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{0} is not a gatehouse home (no gatehouse.toml); run `gatehouse init` there first, or pass --home"
+    )]
+    NotInitialized(PathBuf),
+}
+
+impl HomeError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        HomeError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The paths of one gatehouse home.
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Home { root: root.into() }
+    }
+
+    /// A home that `init` has already set up; refuses anything else.
+    pub fn existing(root: impl Into<PathBuf>) -> Result<Self, HomeError> {
+        let home = Home::new(root);
+        if !home.config_file().is_file() {
+            return Err(HomeError::NotInitialized(home.root.clone()));
+        }
+        Ok(home)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// Resolves a path from a config file: relative paths are relative to the home.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.root.join(p)
+        }
+    }
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("gatehouse.toml")
+    }
+    pub fn partners_dir(&self) -> PathBuf {
+        self.root.join("partners")
+    }
+    pub fn partner_file(&self, id: &str) -> PathBuf {
+        self.partners_dir().join(format!("{id}.toml"))
+    }
+    pub fn certs_dir(&self) -> PathBuf {
+        self.root.join("certs")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.certs_dir().join("ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.certs_dir().join("ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.certs_dir().join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.certs_dir().join("server.key")
+    }
+    pub fn broker_client_cert(&self) -> PathBuf {
+        self.certs_dir().join("broker-client.pem")
+    }
+    pub fn broker_client_key(&self) -> PathBuf {
+        self.certs_dir().join("broker-client.key")
+    }
+    pub fn journal_key(&self) -> PathBuf {
+        self.certs_dir().join("journal-signing.key")
+    }
+    pub fn journal_pub(&self) -> PathBuf {
+        self.certs_dir().join("journal-signing.pub.pem")
+    }
+    pub fn issued_dir(&self) -> PathBuf {
+        self.certs_dir().join("issued")
+    }
+    pub fn crl(&self) -> PathBuf {
+        self.certs_dir().join("crl.pem")
+    }
+    pub fn crl_number(&self) -> PathBuf {
+        self.certs_dir().join("crl.number")
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    pub fn journal_db(&self) -> PathBuf {
+        self.data_dir().join("journal")
+    }
+    pub fn admin_socket(&self) -> PathBuf {
+        self.data_dir().join("admin.sock")
+    }
+}
+
+/// Creates `dir` and its parents (mode 0700 for new folders holding keys is
+/// not required: key files themselves are 0600).
+pub fn ensure_dir(dir: &Path) -> Result<(), HomeError> {
+    fs::create_dir_all(dir).map_err(|e| HomeError::io(dir, e))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder,
+/// created with `mode`, synced, then renamed over `path`, then the folder
+/// synced. A crash leaves either the old or the new content, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), HomeError> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), rand::random::<u32>()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| HomeError::io(path, e))
+}
+
+/// Writes a private key: atomically, created with mode 0600.
+pub fn write_key(path: &Path, pem: &str) -> Result<(), HomeError> {
+    write_atomic(path, pem.as_bytes(), KEY_MODE)
+}
+
+/// Writes public material (certificate, CRL, config): atomically, mode 0644.
+pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
+    write_atomic(path, bytes, PUBLIC_MODE)
+}
+
+/// Reads a whole file, naming it in the error.
+pub fn read_to_string(path: &Path) -> Result<String, HomeError> {
+    fs::read_to_string(path).map_err(|e| HomeError::io(path, e))
+}
