@@ -19,7 +19,11 @@ use crate::timefmt::{parse_duration, rfc3339};
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 #[derive(Parser, Debug)]
-#[command(name = "gatehouse", version, about = "A mutual-TLS broker for B2B APIs: CA, gateway, policy, relay, journal")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "A mutual-TLS broker for B2B APIs: CA, gateway, policy, relay, journal"
+)]
 pub struct Cli {
     /// The gatehouse home folder (config, partners, certs, data).
     #[arg(long, global = true, env = "GATEHOUSE_HOME", default_value = ".")]
@@ -40,6 +44,27 @@ pub enum Command {
     /// Issue, renew, revoke and list partner certificates.
     #[command(subcommand)]
     Cert(CertCmd),
+    /// Run the broker: terminate mTLS, authorize, relay, record.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Partner listener (default from gatehouse.toml). Port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Admin listener for health and metrics (default from gatehouse.toml).
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+    /// Broker log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -166,7 +191,38 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Check => cmd_check(&existing(&cli.home)?),
         Command::Partner(p) => cmd_partner(&existing(&cli.home)?, p),
         Command::Cert(c) => cmd_cert(&existing(&cli.home)?, c),
+        Command::Serve(a) => cmd_serve(existing(&cli.home)?, a),
     }
+}
+
+fn cmd_serve(home: Home, a: ServeArgs) -> CliResult {
+    init_tracing(a.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let recorder: std::sync::Arc<dyn crate::event::Recorder> =
+        std::sync::Arc::new(crate::event::TracingRecorder);
+    runtime.block_on(crate::server::serve(
+        home,
+        crate::server::ServeOptions {
+            listen: a.listen,
+            admin: a.admin,
+        },
+        recorder,
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
 }
 
 fn cmd_init(home: Home, a: InitArgs) -> CliResult {
@@ -194,7 +250,9 @@ fn cmd_init(home: Home, a: InitArgs) -> CliResult {
     if report.config_written {
         println!("  config: {}", home.config_file().display());
     }
-    println!("next: gatehouse partner add ID --route \"GET /v1/orders -> orders\", then gatehouse cert issue ID");
+    println!(
+        "next: gatehouse partner add ID --route \"GET /v1/orders -> orders\", then gatehouse cert issue ID"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -247,10 +305,24 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{:<24} {:<10} {:>6} {:>6}  NAME", "ID", "STATUS", "ROUTES", "CERTS");
+                println!(
+                    "{:<24} {:<10} {:>6} {:>6}  NAME",
+                    "ID", "STATUS", "ROUTES", "CERTS"
+                );
                 for p in &list {
-                    let usable = inv.for_partner(&p.id).iter().filter(|c| c.state(now).usable()).count();
-                    println!("{:<24} {:<10} {:>6} {:>6}  {}", p.id, p.status, p.routes.len(), usable, p.name);
+                    let usable = inv
+                        .for_partner(&p.id)
+                        .iter()
+                        .filter(|c| c.state(now).usable())
+                        .count();
+                    println!(
+                        "{:<24} {:<10} {:>6} {:>6}  {}",
+                        p.id,
+                        p.status,
+                        p.routes.len(),
+                        usable,
+                        p.name
+                    );
                 }
             }
         }
@@ -261,7 +333,10 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
             let certs = inv.for_partner(&id);
             if json {
                 let certs: Vec<_> = certs.iter().map(|c| cert_json(c, now)).collect();
-                println!("{}", serde_json::to_string_pretty(&json!({"partner": p, "certificates": certs}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"partner": p, "certificates": certs}))?
+                );
             } else {
                 println!("partner {} ({})", p.id, p.name);
                 println!("  status: {}", p.status);
@@ -274,7 +349,12 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
                 }
                 println!("  certificates:");
                 for c in certs {
-                    println!("    {} {} until {}", c.serial, c.state(now), rfc3339(c.not_after));
+                    println!(
+                        "    {} {} until {}",
+                        c.serial,
+                        c.state(now),
+                        rfc3339(c.not_after)
+                    );
                 }
             }
         }
@@ -288,7 +368,10 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
         }
         PartnerCmd::Remove { id } => {
             let revoked = partners::remove(home, &id)?;
-            println!("partner {id} removed; {} certificate(s) revoked", revoked.len());
+            println!(
+                "partner {id} removed; {} certificate(s) revoked",
+                revoked.len()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -320,7 +403,13 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
             let r = lifecycle::issue(home, &id, &IssueOptions { csr, days, out })?;
             print_issue(&id, &r);
         }
-        CertCmd::Renew { id, csr, days, out, overlap } => {
+        CertCmd::Renew {
+            id,
+            csr,
+            days,
+            out,
+            overlap,
+        } => {
             let overlap = overlap.as_deref().map(parse_duration).transpose()?;
             let r = lifecycle::renew(home, &id, &IssueOptions { csr, days, out }, overlap)?;
             print_issue(&id, &r);
@@ -328,7 +417,11 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
                 println!("  superseded: {s} (valid until the overlap ends)");
             }
         }
-        CertCmd::Revoke { serial, partner, reason } => {
+        CertCmd::Revoke {
+            serial,
+            partner,
+            reason,
+        } => {
             let reason = RevocationReason::parse(&reason)?;
             let revoked = match (serial, partner) {
                 (Some(s), None) => lifecycle::revoke(home, &[s], reason)?,
@@ -336,10 +429,16 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
                 _ => return Err("give a serial or --partner ID".into()),
             };
             if revoked.is_empty() {
-                println!("nothing to revoke (already revoked, or no usable certificate); CRL re-signed");
+                println!(
+                    "nothing to revoke (already revoked, or no usable certificate); CRL re-signed"
+                );
             }
             for s in revoked {
-                println!("revoked {s} ({}); CRL updated: {}", reason.name(), home.crl().display());
+                println!(
+                    "revoked {s} ({}); CRL updated: {}",
+                    reason.name(),
+                    home.crl().display()
+                );
             }
         }
         CertCmd::List { id, expiring, json } => {
@@ -398,7 +497,9 @@ fn print_issue(id: &str, r: &lifecycle::IssueReport) {
     let out = r.out_dir.display();
     println!("  certificate chain: {out}/{id}.pem");
     if r.key_written {
-        println!("  private key:       {out}/{id}.key (mode 0600; hand it to the partner securely)");
+        println!(
+            "  private key:       {out}/{id}.key (mode 0600; hand it to the partner securely)"
+        );
     }
     println!("  CA to trust:       {out}/ca.pem");
 }
