@@ -11,4 +11,5 @@ pub mod config;
 pub mod event;
 pub mod home;
 pub mod partners;
+pub mod policy;
 pub mod timefmt;
