@@ -1,0 +1,2 @@
+//! Shared test harness (see each submodule).
+pub mod broker;
