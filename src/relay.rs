@@ -184,12 +184,28 @@ impl UpstreamError {
     }
 }
 
+/// Finds a rustls error anywhere in an error chain, looking through the
+/// `io::Error` and boxed-error wrappers the connector stack adds.
+fn find_rustls<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        && let Some(t) = find_rustls(inner)
+    {
+        return Some(t);
+    }
+    e.source().and_then(find_rustls)
+}
+
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
-    let mut source: Option<&(dyn StdError + 'static)> = e.source();
     let mut text = e.to_string();
+    let mut source: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(s) = source {
-        if s.downcast_ref::<rustls::Error>().is_some() {
-            return UpstreamError::Tls(s.to_string());
+        if let Some(tls) = find_rustls(s) {
+            return UpstreamError::Tls(tls.to_string());
         }
         if s.downcast_ref::<http_body_util::LengthLimitError>()
             .is_some()

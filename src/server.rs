@@ -584,7 +584,7 @@ async fn handle_request(
     let resp = match upstream.send(upstream_req).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::debug!(upstream = %upstream.name, "upstream failed: {e:?}");
+            tracing::warn!(upstream = %upstream.name, request_id = %request_id, "upstream failed: {e:?}");
             let close = matches!(e, crate::relay::UpstreamError::BodyTooLarge);
             if close {
                 ctx.request_close();

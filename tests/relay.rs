@@ -19,11 +19,17 @@ async fn allowed_call_is_relayed_with_the_broker_identity_headers() {
         ..Default::default()
     })
     .await;
-    h.add_upstream("orders", &format!("https://127.0.0.1:{}", up.addr.port()), Some(&up.ca_pem));
+    h.add_upstream(
+        "orders",
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_pem),
+    );
     h.add_partner("acme", &["GET,POST /v1/orders -> orders"]);
     let acme = h.issue("acme");
     let broker = h.start();
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false)
+        .await
+        .unwrap();
     let r = c
         .send(
             Method::POST,
@@ -31,7 +37,10 @@ async fn allowed_call_is_relayed_with_the_broker_identity_headers() {
             &[
                 ("x-gatehouse-partner", "globex"),
                 ("x-gatehouse-cert-serial", "00"),
-                ("x-forwarded-client-cert", "Hash=evil;URI=spiffe://gatehouse.local/partner/globex"),
+                (
+                    "x-forwarded-client-cert",
+                    "Hash=evil;URI=spiffe://gatehouse.local/partner/globex",
+                ),
                 ("forwarded", "for=6.6.6.6"),
                 ("x-forwarded-for", "6.6.6.6"),
                 ("x-request-id", "forged"),
@@ -52,7 +61,10 @@ async fn allowed_call_is_relayed_with_the_broker_identity_headers() {
     assert_eq!(hd["x-gatehouse-partner"], "acme");
     assert_eq!(hd["x-gatehouse-cert-serial"], acme.serial.as_str());
     let xfcc = hd["x-forwarded-client-cert"].as_str().unwrap();
-    assert!(xfcc.starts_with("Hash=") && xfcc.ends_with(";URI=spiffe://gatehouse.local/partner/acme"), "{xfcc}");
+    assert!(
+        xfcc.starts_with("Hash=") && xfcc.ends_with(";URI=spiffe://gatehouse.local/partner/acme"),
+        "{xfcc}"
+    );
     assert!(!xfcc.contains("evil"));
     assert_eq!(hd["x-forwarded-for"], "127.0.0.1");
     assert!(hd.get("forwarded").is_none());
@@ -70,12 +82,18 @@ async fn allowed_call_is_relayed_with_the_broker_identity_headers() {
 async fn ungranted_calls_are_denied_and_never_relayed() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream("orders", &format!("https://127.0.0.1:{}", up.addr.port()), Some(&up.ca_pem));
+    h.add_upstream(
+        "orders",
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_pem),
+    );
     h.add_partner("acme", &["GET /v1/orders -> orders"]);
     h.add_partner("globex", &["GET /v1/invoices -> orders"]);
     let acme = h.issue("acme");
     let broker = h.start();
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false)
+        .await
+        .unwrap();
     for (m, p) in [
         (Method::DELETE, "/v1/orders/7"),
         (Method::POST, "/v1/orders"),
@@ -87,7 +105,10 @@ async fn ungranted_calls_are_denied_and_never_relayed() {
         let r = c.send(m.clone(), p, &[], b"").await.unwrap();
         assert_eq!(r.status, 403, "{m} {p}");
         assert_eq!(r.json()["error"], "route_not_granted", "{m} {p}");
-        assert_eq!(r.json()["request_id"], r.headers["x-request-id"].to_str().unwrap());
+        assert_eq!(
+            r.json()["request_id"],
+            r.headers["x-request-id"].to_str().unwrap()
+        );
     }
     assert_eq!(up.calls.load(Ordering::SeqCst), 0);
     let r = c.get("/v1/orders/7").await.unwrap();
@@ -99,11 +120,17 @@ async fn ungranted_calls_are_denied_and_never_relayed() {
 async fn http2_is_served_and_relayed() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream("orders", &format!("https://127.0.0.1:{}", up.addr.port()), Some(&up.ca_pem));
+    h.add_upstream(
+        "orders",
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_pem),
+    );
     h.add_partner("acme", &["GET /v1/orders -> orders"]);
     let acme = h.issue("acme");
     let broker = h.start();
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, true).await.unwrap();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, true)
+        .await
+        .unwrap();
     for i in 0..3 {
         let r = c.get(&format!("/v1/orders/{i}")).await.unwrap();
         assert_eq!(r.version, http::Version::HTTP_2);
@@ -123,13 +150,19 @@ async fn an_upstream_with_a_certificate_from_the_wrong_ca_gets_502_and_no_reques
         ..Default::default()
     })
     .await;
-    h.add_upstream("orders", &format!("https://127.0.0.1:{}", up.addr.port()), Some(&up.ca_pem));
+    h.add_upstream(
+        "orders",
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_pem),
+    );
     h.add_partner("acme", &["GET /v1/orders -> orders"]);
     let acme = h.issue("acme");
     let broker = h.start();
-    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/orders").await.unwrap();
+    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/orders")
+        .await
+        .unwrap();
     assert_eq!(r.status, 502, "{}", r.body);
-    assert_eq!(r.json()["error"], "upstream_tls");
+    assert_eq!(r.json()["error"], "upstream_tls", "{}", broker.log());
     assert_eq!(up.calls.load(Ordering::SeqCst), 0);
 }
 
@@ -137,7 +170,10 @@ async fn an_upstream_with_a_certificate_from_the_wrong_ca_gets_502_and_no_reques
 async fn upstream_down_is_502_and_silent_upstream_is_504() {
     let h = TestHome::new();
     // A port with nothing listening.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     // A listener that accepts and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap();
@@ -155,11 +191,15 @@ async fn upstream_down_is_502_and_silent_upstream_is_504() {
     h.add_partner("acme", &["GET /down -> down", "GET /slow -> slow"]);
     let acme = h.issue("acme");
     let broker = h.start();
-    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/down").await.unwrap();
+    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/down")
+        .await
+        .unwrap();
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"], "upstream_unavailable");
     let t = std::time::Instant::now();
-    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/slow").await.unwrap();
+    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/slow")
+        .await
+        .unwrap();
     assert_eq!(r.status, 504);
     assert_eq!(r.json()["error"], "upstream_timeout");
     assert!(t.elapsed() < Duration::from_secs(5));
@@ -169,18 +209,35 @@ async fn upstream_down_is_502_and_silent_upstream_is_504() {
 async fn request_bodies_over_the_route_limit_get_413() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream("orders", &format!("https://127.0.0.1:{}", up.addr.port()), Some(&up.ca_pem));
+    h.add_upstream(
+        "orders",
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_pem),
+    );
     h.add_partner("acme", &["POST /v1/orders -> orders"]);
     let p = h.path().join("partners/acme.toml");
-    let text = std::fs::read_to_string(&p).unwrap().replace("upstream = \"orders\"", "upstream = \"orders\"\nmax_body_bytes = 1000");
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "upstream = \"orders\"",
+        "upstream = \"orders\"\nmax_body_bytes = 1000",
+    );
     std::fs::write(&p, text).unwrap();
     let acme = h.issue("acme");
     let broker = h.start();
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false).await.unwrap();
-    let r = c.send(Method::POST, "/v1/orders", &[], &[b'x'; 1000]).await.unwrap();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false)
+        .await
+        .unwrap();
+    let r = c
+        .send(Method::POST, "/v1/orders", &[], &[b'x'; 1000])
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false).await.unwrap();
-    let r = c.send(Method::POST, "/v1/orders", &[], &[b'x'; 1001]).await.unwrap();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false)
+        .await
+        .unwrap();
+    let r = c
+        .send(Method::POST, "/v1/orders", &[], &[b'x'; 1001])
+        .await
+        .unwrap();
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"], "body_too_large");
     assert_eq!(up.calls.load(Ordering::SeqCst), 1);

@@ -13,7 +13,11 @@ use common::upstream::{EchoOptions, start_echo_upstream};
 async fn a_broken_partner_file_keeps_the_old_routes_serving() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream("orders", &format!("https://127.0.0.1:{}", up.addr.port()), Some(&up.ca_pem));
+    h.add_upstream(
+        "orders",
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_pem),
+    );
     h.add_partner("acme", &["GET /v1/orders -> orders"]);
     let acme = h.issue("acme");
     let broker = h.start();
@@ -24,7 +28,9 @@ async fn a_broken_partner_file_keeps_the_old_routes_serving() {
     // A valid change: grant /v1/invoices; it applies within a second.
     let p = h.path().join("partners/acme.toml");
     let good = std::fs::read_to_string(&p).unwrap();
-    let granted = format!("{good}\n[[routes]]\nmethods = [\"GET\"]\npath = \"/v1/invoices\"\nupstream = \"orders\"\n");
+    let granted = format!(
+        "{good}\n[[routes]]\nmethods = [\"GET\"]\npath = \"/v1/invoices\"\nupstream = \"orders\"\n"
+    );
     std::fs::write(&p, &granted).unwrap();
     let mut ok = false;
     for _ in 0..30 {
@@ -37,7 +43,13 @@ async fn a_broken_partner_file_keeps_the_old_routes_serving() {
     assert!(ok, "new route not applied");
 
     // A broken change: refused, named with file and line; old routes stay.
-    std::fs::write(&p, format!("{granted}\n[[routes]]\nmethods = [\"GET\"]\npath = \"/v2\"\nupstream = \"nowhere\"\n")).unwrap();
+    std::fs::write(
+        &p,
+        format!(
+            "{granted}\n[[routes]]\nmethods = [\"GET\"]\npath = \"/v2\"\nupstream = \"nowhere\"\n"
+        ),
+    )
+    .unwrap();
     assert!(broker.wait_log("acme.toml:", 5).await, "{}", broker.log());
     assert!(broker.log().contains("nowhere"));
     assert_eq!(c.get("/v1/orders").await.unwrap().status, 200);
@@ -54,13 +66,23 @@ async fn a_broken_partner_file_keeps_the_old_routes_serving() {
 async fn sighup_reloads_and_sigterm_drains_then_exits_zero() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream("orders", &format!("https://127.0.0.1:{}", up.addr.port()), Some(&up.ca_pem));
+    h.add_upstream(
+        "orders",
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_pem),
+    );
     h.add_partner("acme", &["GET /v1/orders -> orders"]);
     let acme = h.issue("acme");
     let mut broker = h.start();
     broker.signal("HUP");
-    assert!(broker.wait_log("configuration reloaded", 5).await, "{}", broker.log());
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    assert!(
+        broker.wait_log("configuration reloaded", 5).await,
+        "{}",
+        broker.log()
+    );
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false)
+        .await
+        .unwrap();
     assert_eq!(c.get("/v1/orders").await.unwrap().status, 200);
     broker.signal("TERM");
     let st = tokio::task::spawn_blocking(move || {
