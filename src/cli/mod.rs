@@ -2,6 +2,8 @@
 //! the modules that do the work. Output for people by default, `--json` for
 //! scripts; exit 0 on success, non-zero with one clear line on stderr.
 
+pub mod log;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -40,6 +42,9 @@ pub enum Command {
     /// Issue, renew, revoke and list partner certificates.
     #[command(subcommand)]
     Cert(CertCmd),
+    /// Read, export, verify and prune the exchange journal.
+    #[command(subcommand)]
+    Log(log::LogCmd),
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +171,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Check => cmd_check(&existing(&cli.home)?),
         Command::Partner(p) => cmd_partner(&existing(&cli.home)?, p),
         Command::Cert(c) => cmd_cert(&existing(&cli.home)?, c),
+        Command::Log(c) => log::run(&existing(&cli.home)?, c),
     }
 }
 
