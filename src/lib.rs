@@ -13,6 +13,7 @@ pub mod event;
 pub mod exchange;
 pub mod home;
 pub mod identity;
+pub mod journal;
 pub mod live;
 pub mod partners;
 pub mod policy;

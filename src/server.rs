@@ -28,6 +28,8 @@ use crate::event::{Decision, Event, EventKind, Recorder};
 use crate::exchange::{PendingRecord, RecordedBody};
 use crate::home::Home;
 use crate::identity::{PartnerIdentity, identify};
+use crate::journal::Journal;
+use crate::journal::admin::serve_admin_socket;
 use crate::live::Live;
 use crate::policy::check_target;
 use crate::relay::{Annotations, BoxError, strip_hop_by_hop, upstream_request_headers};
@@ -88,11 +90,8 @@ impl ConnCtx {
 }
 
 /// Runs the broker until SIGTERM/SIGINT, then drains and returns.
-pub async fn serve(
-    home: Home,
-    opts: ServeOptions,
-    recorder: Arc<dyn Recorder>,
-) -> Result<(), String> {
+pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(), String> {
+    let recorder: Arc<dyn Recorder> = Arc::new(journal.clone());
     let live = Live::load(home.clone())?;
     let gateway = live.snapshot().gateway.clone();
     let listen = opts.listen.unwrap_or(gateway.server.listen);
@@ -134,6 +133,19 @@ pub async fn serve(
         shared.clone(),
         shutdown_rx.clone(),
     ));
+    // The journal's admin socket (`gatehouse log` while serving), mode 0600.
+    let socket_task = {
+        let mut rx = shutdown_rx.clone();
+        let path = home.admin_socket();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.changed().await;
+            };
+            if let Err(e) = serve_admin_socket(path, journal, stop).await {
+                tracing::error!("journal admin socket: {e}");
+            }
+        })
+    };
     // Reload watcher (files + SIGHUP) and CRL re-signing.
     let watcher = tokio::spawn(watch_files(shared.clone(), shutdown_rx.clone()));
 
@@ -175,6 +187,7 @@ pub async fn serve(
     }
     watcher.abort();
     let _ = admin_task.await;
+    let _ = socket_task.await;
     Ok(())
 }
 
@@ -280,7 +293,7 @@ async fn handle_connection(
                 None => failure.message,
             });
             ev.duration_us = started.elapsed().as_micros() as u64;
-            tracing::info!(%peer, reason = ev.reason.as_deref().unwrap_or(""), "refused handshake");
+            tracing::debug!(%peer, reason = ev.reason.as_deref().unwrap_or(""), "refused handshake");
             drop(shared.recorder.record(ev));
             return;
         }

@@ -2,6 +2,8 @@
 //! the modules that do the work. Output for people by default, `--json` for
 //! scripts; exit 0 on success, non-zero with one clear line on stderr.
 
+pub mod log;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -46,6 +48,9 @@ pub enum Command {
     Cert(CertCmd),
     /// Run the broker: terminate mTLS, authorize, relay, record.
     Serve(ServeArgs),
+    /// Read, export, verify and prune the exchange journal.
+    #[command(subcommand)]
+    Log(log::LogCmd),
 }
 
 #[derive(Args, Debug)]
@@ -192,24 +197,30 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Partner(p) => cmd_partner(&existing(&cli.home)?, p),
         Command::Cert(c) => cmd_cert(&existing(&cli.home)?, c),
         Command::Serve(a) => cmd_serve(existing(&cli.home)?, a),
+        Command::Log(c) => log::run(&existing(&cli.home)?, c),
     }
 }
 
 fn cmd_serve(home: Home, a: ServeArgs) -> CliResult {
     init_tracing(a.log_format);
+    let gateway = config::load_gateway(&home)?;
+    let journal = crate::journal::Journal::open(&home, &gateway.journal)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let recorder: std::sync::Arc<dyn crate::event::Recorder> =
-        std::sync::Arc::new(crate::event::TracingRecorder);
-    runtime.block_on(crate::server::serve(
+    let result = runtime.block_on(crate::server::serve(
         home,
         crate::server::ServeOptions {
             listen: a.listen,
             admin: a.admin,
         },
-        recorder,
-    ))?;
+        journal.clone(),
+    ));
+    drop(runtime);
+    // Final signed checkpoint and flush, whatever happened above.
+    let closed = journal.shutdown();
+    result?;
+    closed?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -141,6 +141,31 @@ impl TestHome {
         }
     }
 
+    /// Every journal record (`gatehouse log export`), through the running
+    /// broker's admin socket when it runs, else from the database.
+    pub fn journal(&self) -> Vec<serde_json::Value> {
+        self.ok(&["log", "export", "--format", "jsonl"])
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["type"] == "record")
+            .collect()
+    }
+
+    /// Waits (bounded) until a journal record satisfies `pred`.
+    pub async fn wait_journal(
+        &self,
+        secs: u64,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        for _ in 0..secs * 10 {
+            if let Some(v) = self.journal().into_iter().find(|v| pred(v)) {
+                return Some(v);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
     pub fn ca_pem(&self) -> String {
         std::fs::read_to_string(self.path().join("certs/ca.pem")).unwrap()
     }

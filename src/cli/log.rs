@@ -1,0 +1,391 @@
+//! `gatehouse log ...`: read, export, verify and prune the exchange journal.
+//! Goes through the running broker's admin socket when one answers, else
+//! opens the database directly (the broker is stopped).
+
+use std::error::Error;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+
+use clap::{Subcommand, ValueEnum};
+use time::OffsetDateTime;
+
+use crate::event::Decision;
+use crate::home::Home;
+use crate::journal::admin::{self, Backend, Reply, Request};
+use crate::journal::{JournalError, Query, Signer, Store, Verifier, fmt_time_ms};
+use crate::timefmt::parse_instant;
+
+type CliResult = Result<ExitCode, Box<dyn Error>>;
+
+#[derive(Subcommand, Debug)]
+pub enum LogCmd {
+    /// Show the newest records; -f keeps following new ones.
+    Tail {
+        /// How many records.
+        #[arg(short = 'n', long = "lines", default_value_t = 20)]
+        n: usize,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find records by partner, time, decision and status (oldest first).
+    Query {
+        #[arg(long)]
+        partner: Option<String>,
+        /// From this time (RFC 3339, or a duration ago: 1h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time (RFC 3339, or a duration ago).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_enum)]
+        decision: Option<DecisionArg>,
+        /// HTTP status.
+        #[arg(long)]
+        status: Option<u16>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export records and signed checkpoints, one JSON object per line.
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Resume after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after_seq: u64,
+        /// Keep streaming new records.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Check the hash chain and every checkpoint signature (exit 0 only if all hold).
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fault drill on the running broker: make journal writes fail or recover.
+    #[command(hide = true)]
+    FaultDrill {
+        #[arg(value_enum)]
+        mode: DrillArg,
+    },
+    /// Retention: drop records older than T, keeping a signed checkpoint at the cut.
+    Prune {
+        /// RFC 3339 time, or a duration ago (90d).
+        #[arg(long)]
+        before: String,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum DrillArg {
+    /// Journal writes fail: the broker must answer 503 and relay nothing.
+    Fail,
+    /// Journal writes work again.
+    Recover,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum DecisionArg {
+    Allowed,
+    Denied,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ExportFormat {
+    Jsonl,
+}
+
+/// Runs `req` through the broker when it answers, else on the database.
+fn run_request(
+    home: &Home,
+    req: Request,
+    on_reply: &mut dyn FnMut(Reply) -> Result<bool, JournalError>,
+) -> Result<(), JournalError> {
+    let path = home.admin_socket();
+    if let Ok(stream) = UnixStream::connect(&path) {
+        return admin::request(stream, &path, &req, on_reply);
+    }
+    let store = Store::open_existing(&home.journal_db())?;
+    let verifier = Verifier::load(&home.journal_pub())?;
+    let signer = match req {
+        Request::Prune { .. } => Some(Signer::load(&home.journal_key())?),
+        _ => None,
+    };
+    let backend = Backend {
+        store: &store,
+        verifier: &verifier,
+        signer: signer.as_ref(),
+        writer: None,
+    };
+    let mut failure = None;
+    admin::execute(&backend, req, &|| false, &mut |reply| match reply {
+        Reply::End => false,
+        Reply::Error { message } => {
+            failure = Some(JournalError::Remote(message));
+            false
+        }
+        other => match on_reply(other) {
+            Ok(more) => more,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        },
+    });
+    match failure {
+        Some(JournalError::Remote(m)) => Err(JournalError::Message(m)),
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn time_arg(s: &Option<String>) -> Result<Option<i64>, String> {
+    s.as_deref()
+        .map(|t| {
+            parse_instant(t, OffsetDateTime::now_utc())
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        })
+        .transpose()
+}
+
+fn dash(s: &Option<String>) -> &str {
+    s.as_deref().unwrap_or("-")
+}
+
+fn print_line(reply: &Reply, json: bool) -> Result<(), JournalError> {
+    let mut out = std::io::stdout().lock();
+    let r = if json {
+        serde_json::to_string(reply)
+            .map_err(|e| JournalError::Storage(e.to_string()))
+            .map(|s| writeln!(out, "{s}"))
+    } else {
+        Ok(match reply {
+            Reply::Record(r) => {
+                let e = &r.event;
+                let kind = serde_json::to_value(e.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let decision = match e.decision {
+                    Decision::Allowed => "allowed",
+                    Decision::Denied => "denied",
+                };
+                writeln!(
+                    out,
+                    "{:>8} {} {:<9} {:<7} {:>3} {:<16} {} {} {} route={} upstream={} reason={} {}us client={}{}",
+                    r.seq,
+                    r.time,
+                    kind,
+                    decision,
+                    e.status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    dash(&e.partner),
+                    dash(&e.method),
+                    dash(&e.path),
+                    dash(&e.tls_version),
+                    dash(&e.route),
+                    dash(&e.upstream),
+                    dash(&e.reason),
+                    e.duration_us,
+                    dash(&e.client_addr),
+                    e.detail
+                        .as_deref()
+                        .map(|d| format!(" detail={d:?}"))
+                        .unwrap_or_default(),
+                )
+            }
+            Reply::Checkpoint(c) => writeln!(
+                out,
+                "{:>8} {} checkpoint ({:?}) hash={}",
+                c.seq, c.time, c.kind, c.hash
+            ),
+            _ => Ok(()),
+        })
+    };
+    match r {
+        Ok(Ok(())) => Ok(()),
+        // stdout closed (e.g. piped into `head`): stop quietly.
+        Ok(Err(_)) => Err(JournalError::Closed),
+        Err(e) => Err(e),
+    }
+}
+
+fn print_ok(reply: Reply, json: bool) -> Result<bool, JournalError> {
+    match print_line(&reply, json) {
+        Ok(()) => Ok(true),
+        Err(JournalError::Closed) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs one `gatehouse log` command.
+pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
+    match cmd {
+        LogCmd::FaultDrill { mode } => {
+            let path = home.admin_socket();
+            let stream = UnixStream::connect(&path)
+                .map_err(|e| format!("no running broker answers on {}: {e}", path.display()))?;
+            let on = matches!(mode, DrillArg::Fail);
+            admin::request(
+                stream,
+                &path,
+                &Request::FaultDrill {
+                    journal_write_failure: on,
+                },
+                &mut |_| Ok(true),
+            )?;
+            println!(
+                "journal fault drill: writes {}",
+                if on {
+                    "now fail (the broker answers 503)"
+                } else {
+                    "work again"
+                }
+            );
+        }
+        LogCmd::Tail { n, follow, json } => {
+            let mut last = 0;
+            run_request(home, Request::Tail { n }, &mut |r| {
+                if let Reply::Record(rec) = &r {
+                    last = rec.seq;
+                }
+                print_ok(r, json)
+            })?;
+            if follow {
+                if last == 0 {
+                    last = current_last(home)?;
+                }
+                run_request(
+                    home,
+                    Request::Export {
+                        after_seq: last,
+                        follow: true,
+                    },
+                    &mut |r| match r {
+                        Reply::Record(_) => print_ok(r, json),
+                        _ => Ok(true),
+                    },
+                )?;
+            }
+        }
+        LogCmd::Query {
+            partner,
+            since,
+            until,
+            decision,
+            status,
+            limit,
+            json,
+        } => {
+            let query = Query {
+                partner,
+                since_ms: time_arg(&since)?,
+                until_ms: time_arg(&until)?,
+                decision: decision.map(|d| match d {
+                    DecisionArg::Allowed => Decision::Allowed,
+                    DecisionArg::Denied => Decision::Denied,
+                }),
+                status,
+                kind: None,
+                limit,
+            };
+            run_request(home, Request::Query { query }, &mut |r| print_ok(r, json))?;
+        }
+        LogCmd::Export {
+            format: ExportFormat::Jsonl,
+            after_seq,
+            follow,
+        } => {
+            run_request(home, Request::Export { after_seq, follow }, &mut |r| {
+                print_ok(r, true)
+            })?;
+        }
+        LogCmd::Verify { json } => {
+            let mut report = None;
+            run_request(home, Request::Verify, &mut |r| {
+                if let Reply::Verify(v) = r {
+                    report = Some(v);
+                }
+                Ok(true)
+            })?;
+            let report = report.ok_or("the verify request returned no report")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            return Ok(match &report.failure {
+                None => {
+                    if !json {
+                        println!(
+                            "ok: the journal verifies: records {}..={} ({} records) chain from {}; {} signed checkpoint(s), the last at seq {}; {} record(s) after it not yet covered by a signature",
+                            report.base_seq + 1,
+                            report.last_seq,
+                            report.records,
+                            if report.base_seq == 0 {
+                                "genesis".to_string()
+                            } else {
+                                format!("the prune checkpoint at seq {}", report.base_seq)
+                            },
+                            report.checkpoints,
+                            report
+                                .last_checkpoint_seq
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            report.unsigned_tail,
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Some(f) => {
+                    eprintln!(
+                        "gatehouse: journal verification FAILED at seq {}: {}",
+                        f.seq, f.reason
+                    );
+                    ExitCode::FAILURE
+                }
+            });
+        }
+        LogCmd::Prune { before } => {
+            let before_ms = time_arg(&Some(before))?.unwrap_or(0);
+            let mut report = None;
+            run_request(home, Request::Prune { before_ms }, &mut |r| {
+                if let Reply::Prune(p) = r {
+                    report = Some(p);
+                }
+                Ok(true)
+            })?;
+            let report = report.ok_or("the prune request returned no report")?;
+            if report.removed == 0 {
+                println!(
+                    "nothing to prune before {}: the oldest record is newer (verification starts after seq {})",
+                    fmt_time_ms(before_ms),
+                    report.base_seq
+                );
+            } else {
+                println!(
+                    "pruned {} record(s) older than {}; verification now starts from the signed checkpoint at seq {}",
+                    report.removed,
+                    fmt_time_ms(before_ms),
+                    report.base_seq
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn current_last(home: &Home) -> Result<u64, JournalError> {
+    let mut last = 0;
+    run_request(home, Request::Status, &mut |r| {
+        if let Reply::Status(s) = r {
+            last = s.store.last_seq;
+        }
+        Ok(true)
+    })?;
+    Ok(last)
+}

@@ -1,0 +1,379 @@
+//! The stored record: the canonical, versioned byte encoding of an event
+//! with its sequence number (what the hash chain covers), the chain hash,
+//! and the JSON line form used by `log export` and the admin socket.
+//!
+//! The encoding is specified in `docs/journal.md` so that an outside tool can
+//! recompute every hash; change it only by adding a new version byte.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::event::{Decision, Event, EventKind};
+
+/// Version byte at the start of every canonical record.
+pub const FORMAT_VERSION: u8 = 1;
+/// The `prev_hash` of the first record ever written (sequence number 1).
+pub const GENESIS_HASH: [u8; 32] = [0u8; 32];
+/// Length of a chain hash (SHA-256).
+pub const HASH_LEN: usize = 32;
+
+/// One journal record: the event plus what the journal adds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub seq: u64,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+    pub event: Event,
+}
+
+/// Why stored bytes do not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(pub String);
+
+fn kind_code(k: EventKind) -> u8 {
+    match k {
+        EventKind::Exchange => 1,
+        EventKind::Handshake => 2,
+        EventKind::HandshakeAggregate => 3,
+        EventKind::Alert => 4,
+        EventKind::Admin => 5,
+    }
+}
+
+fn kind_from(c: u8) -> Option<EventKind> {
+    Some(match c {
+        1 => EventKind::Exchange,
+        2 => EventKind::Handshake,
+        3 => EventKind::HandshakeAggregate,
+        4 => EventKind::Alert,
+        5 => EventKind::Admin,
+        _ => return None,
+    })
+}
+
+fn decision_code(d: Decision) -> u8 {
+    match d {
+        Decision::Allowed => 1,
+        Decision::Denied => 2,
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt_str(out: &mut Vec<u8>, s: &Option<String>) {
+    match s {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            put_str(out, s);
+        }
+    }
+}
+
+/// The canonical bytes of record `seq` holding `e` (format version 1).
+pub fn encode(seq: u64, e: &Event) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&e.time_ms.to_be_bytes());
+    out.push(kind_code(e.kind));
+    out.push(decision_code(e.decision));
+    put_str(&mut out, &e.node);
+    put_opt_str(&mut out, &e.partner);
+    put_opt_str(&mut out, &e.cert_serial);
+    put_opt_str(&mut out, &e.cert_fingerprint);
+    put_opt_str(&mut out, &e.client_addr);
+    put_opt_str(&mut out, &e.tls_version);
+    put_opt_str(&mut out, &e.method);
+    put_opt_str(&mut out, &e.path);
+    put_opt_str(&mut out, &e.route);
+    put_opt_str(&mut out, &e.upstream);
+    put_opt_str(&mut out, &e.reason);
+    match e.status {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            out.extend_from_slice(&s.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&e.request_bytes.to_be_bytes());
+    out.extend_from_slice(&e.response_bytes.to_be_bytes());
+    out.extend_from_slice(&e.duration_us.to_be_bytes());
+    put_opt_str(&mut out, &e.request_id);
+    put_opt_str(&mut out, &e.detail);
+    out
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], DecodeError> {
+        if self.b.len() < n {
+            return Err(DecodeError(format!("truncated at {what}")));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u8(&mut self, what: &str) -> Result<u8, DecodeError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn arr<const N: usize>(&mut self, what: &str) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+    fn u64(&mut self, what: &str) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.arr(what)?))
+    }
+    fn string(&mut self, what: &str) -> Result<String, DecodeError> {
+        let len = u32::from_be_bytes(self.arr(what)?) as usize;
+        let bytes = self.take(len, what)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError(format!("{what} is not UTF-8")))
+    }
+    fn opt_string(&mut self, what: &str) -> Result<Option<String>, DecodeError> {
+        match self.u8(what)? {
+            0 => Ok(None),
+            1 => self.string(what).map(Some),
+            t => Err(DecodeError(format!("{what} has bad presence tag {t}"))),
+        }
+    }
+}
+
+/// Decodes canonical bytes into (sequence number, event).
+pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
+    let mut r = Reader { b: bytes };
+    let v = r.u8("version")?;
+    if v != FORMAT_VERSION {
+        return Err(DecodeError(format!("unknown format version {v}")));
+    }
+    let seq = r.u64("seq")?;
+    let time_ms = i64::from_be_bytes(r.arr("time_ms")?);
+    let kind = r.u8("kind")?;
+    let kind = kind_from(kind).ok_or_else(|| DecodeError(format!("unknown kind code {kind}")))?;
+    let decision = match r.u8("decision")? {
+        1 => Decision::Allowed,
+        2 => Decision::Denied,
+        d => return Err(DecodeError(format!("unknown decision code {d}"))),
+    };
+    let node = r.string("node")?;
+    let partner = r.opt_string("partner")?;
+    let cert_serial = r.opt_string("cert_serial")?;
+    let cert_fingerprint = r.opt_string("cert_fingerprint")?;
+    let client_addr = r.opt_string("client_addr")?;
+    let tls_version = r.opt_string("tls_version")?;
+    let method = r.opt_string("method")?;
+    let path = r.opt_string("path")?;
+    let route = r.opt_string("route")?;
+    let upstream = r.opt_string("upstream")?;
+    let reason = r.opt_string("reason")?;
+    let status = match r.u8("status")? {
+        0 => None,
+        1 => Some(u16::from_be_bytes(r.arr("status")?)),
+        t => return Err(DecodeError(format!("status has bad presence tag {t}"))),
+    };
+    let request_bytes = r.u64("request_bytes")?;
+    let response_bytes = r.u64("response_bytes")?;
+    let duration_us = r.u64("duration_us")?;
+    let request_id = r.opt_string("request_id")?;
+    let detail = r.opt_string("detail")?;
+    if !r.b.is_empty() {
+        return Err(DecodeError(format!("{} trailing bytes", r.b.len())));
+    }
+    Ok((
+        seq,
+        Event {
+            kind,
+            time_ms,
+            node,
+            partner,
+            cert_serial,
+            cert_fingerprint,
+            client_addr,
+            tls_version,
+            method,
+            path,
+            route,
+            upstream,
+            decision,
+            reason,
+            status,
+            request_bytes,
+            response_bytes,
+            duration_us,
+            request_id,
+            detail,
+        },
+    ))
+}
+
+/// `SHA-256(prev_hash || canonical)`.
+pub fn chain_hash(prev: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(canonical);
+    h.finalize().into()
+}
+
+/// The sequence number inside canonical bytes, without decoding the rest.
+pub fn canonical_seq(canonical: &[u8]) -> Option<u64> {
+    if canonical.len() < 9 || canonical[0] != FORMAT_VERSION {
+        return None;
+    }
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&canonical[1..9]);
+    Some(u64::from_be_bytes(a))
+}
+
+/// The bytes stored under a record's key: `prev_hash || hash || canonical`.
+pub fn stored_value(prev: &[u8; 32], hash: &[u8; 32], canonical: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64 + canonical.len());
+    v.extend_from_slice(prev);
+    v.extend_from_slice(hash);
+    v.extend_from_slice(canonical);
+    v
+}
+
+/// Splits a stored value into (prev_hash, hash, canonical).
+pub fn split_stored(v: &[u8]) -> Option<([u8; 32], [u8; 32], &[u8])> {
+    if v.len() < 64 + 9 {
+        return None;
+    }
+    let mut prev = [0u8; 32];
+    let mut hash = [0u8; 32];
+    prev.copy_from_slice(&v[..32]);
+    hash.copy_from_slice(&v[32..64]);
+    Some((prev, hash, &v[64..]))
+}
+
+impl Record {
+    /// Decodes a stored value (no hash check; `verify` does that).
+    pub fn from_stored(v: &[u8]) -> Result<Record, DecodeError> {
+        let (prev_hash, hash, canonical) =
+            split_stored(v).ok_or_else(|| DecodeError("stored value too short".into()))?;
+        let (seq, event) = decode(canonical)?;
+        Ok(Record {
+            seq,
+            prev_hash,
+            hash,
+            event,
+        })
+    }
+
+    /// The JSON line form.
+    pub fn to_line(&self) -> RecordLine {
+        RecordLine {
+            v: FORMAT_VERSION,
+            seq: self.seq,
+            time: crate::journal::fmt_time_ms(self.event.time_ms),
+            event: self.event.clone(),
+            prev_hash: hex::encode(self.prev_hash),
+            hash: hex::encode(self.hash),
+        }
+    }
+}
+
+/// A record as one JSON object (`"type":"record"` is added by the enclosing line enum).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordLine {
+    /// Canonical format version.
+    pub v: u8,
+    pub seq: u64,
+    /// `time_ms` as RFC 3339 (for people; `time_ms` is authoritative).
+    pub time: String,
+    #[serde(flatten)]
+    pub event: Event,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn full_event() -> Event {
+        Event {
+            kind: EventKind::Exchange,
+            time_ms: 1_800_000_000_123,
+            node: "gatehouse-1".into(),
+            partner: Some("acme".into()),
+            cert_serial: Some("0a1b2c".into()),
+            cert_fingerprint: Some("ab".repeat(32)),
+            client_addr: Some("192.0.2.7:51234".into()),
+            tls_version: Some("TLSv1.3".into()),
+            method: Some("POST".into()),
+            path: Some("/v1/orders/42?x=é".into()),
+            route: Some("POST /v1/orders".into()),
+            upstream: Some("orders".into()),
+            decision: Decision::Denied,
+            reason: Some("route_not_granted".into()),
+            status: Some(403),
+            request_bytes: 1234,
+            response_bytes: u64::MAX,
+            duration_us: 987_654,
+            request_id: Some("req-1".into()),
+            detail: Some("line1\nline2".into()),
+        }
+    }
+
+    #[test]
+    fn every_field_round_trips() {
+        let e = full_event();
+        let bytes = encode(42, &e);
+        assert_eq!(decode(&bytes).unwrap(), (42, e.clone()));
+        assert_eq!(canonical_seq(&bytes), Some(42));
+        let empty = Event::new(EventKind::Alert, "n", Decision::Allowed);
+        assert_eq!(decode(&encode(1, &empty)).unwrap(), (1, empty));
+        for kind in [
+            EventKind::Exchange,
+            EventKind::Handshake,
+            EventKind::HandshakeAggregate,
+            EventKind::Alert,
+            EventKind::Admin,
+        ] {
+            let mut k = e.clone();
+            k.kind = kind;
+            assert_eq!(decode(&encode(7, &k)).unwrap().1.kind, kind);
+        }
+    }
+
+    #[test]
+    fn none_and_empty_string_encode_differently() {
+        let mut a = full_event();
+        a.partner = None;
+        let mut b = full_event();
+        b.partner = Some(String::new());
+        assert_ne!(encode(1, &a), encode(1, &b));
+    }
+
+    #[test]
+    fn corrupt_bytes_are_refused() {
+        let bytes = encode(1, &full_event());
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(decode(&extra).is_err());
+        let mut v2 = bytes.clone();
+        v2[0] = 2;
+        assert!(decode(&v2).is_err());
+    }
+
+    #[test]
+    fn json_line_round_trips() {
+        let e = full_event();
+        let canonical = encode(5, &e);
+        let hash = chain_hash(&GENESIS_HASH, &canonical);
+        let r = Record::from_stored(&stored_value(&GENESIS_HASH, &hash, &canonical)).unwrap();
+        let line = r.to_line();
+        let text = serde_json::to_string(&line).unwrap();
+        let back: RecordLine = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, line);
+        assert_eq!(back.event, e);
+    }
+}

@@ -1,0 +1,201 @@
+//! Unit tests of the writer: durability modes, group commit, fail-closed
+//! recovery, checkpoints and sequence recovery (real sled on temp dirs).
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::{Durability, JournalSettings};
+use crate::event::{Decision, Event, EventKind, Recorder};
+
+fn home() -> (tempfile::TempDir, Home) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::new(dir.path());
+    std::fs::create_dir_all(home.certs_dir()).unwrap();
+    let kp = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(home.journal_key(), kp.serialize_pem()).unwrap();
+    std::fs::write(home.journal_pub(), kp.public_key_pem()).unwrap();
+    (dir, home)
+}
+
+fn settings(d: Durability) -> JournalSettings {
+    JournalSettings {
+        durability: d,
+        flush_interval: Duration::from_secs(3600),
+        checkpoint_every: 100,
+        ..JournalSettings::default()
+    }
+}
+
+fn ev(i: usize) -> Event {
+    let mut e = Event::new(EventKind::Exchange, "n1", Decision::Allowed);
+    e.partner = Some(format!("p{}", i % 3));
+    e.status = Some(200);
+    e
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn strict_ack_resolves_only_after_the_flush_that_holds_the_record() {
+    let (_d, home) = home();
+    let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
+    rt().block_on(async {
+        for i in 0..20 {
+            let seq = j.append(ev(i)).await.unwrap().unwrap();
+            let s = j.stats();
+            assert!(
+                s.durable_seq >= seq,
+                "acked {seq} but durable only {}",
+                s.durable_seq
+            );
+        }
+    });
+    assert!(j.stats().flushes >= 1);
+}
+
+#[test]
+fn relaxed_ack_does_not_wait_for_a_flush() {
+    let (_d, home) = home();
+    let j = Journal::open(&home, &settings(Durability::Relaxed)).unwrap();
+    let seq = rt().block_on(j.append(ev(0))).unwrap().unwrap();
+    let s = j.stats();
+    assert_eq!(seq, 1);
+    assert_eq!(s.flushes, 0, "flush_interval is 1h: no flush yet");
+    assert_eq!(s.durable_seq, 0);
+    j.shutdown().unwrap();
+    assert_eq!(j.stats().durable_seq, 1, "shutdown flushes");
+}
+
+#[test]
+fn relaxed_mode_flushes_every_interval() {
+    let (_d, home) = home();
+    let mut s = settings(Durability::Relaxed);
+    s.flush_interval = Duration::from_millis(20);
+    let j = Journal::open(&home, &s).unwrap();
+    rt().block_on(j.append(ev(0))).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(j.stats().durable_seq, 1);
+    assert_eq!(j.stats().flushes, 1);
+}
+
+#[test]
+fn concurrent_records_share_group_commits() {
+    let (_d, home) = home();
+    let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
+    let n = 2000;
+    rt().block_on(async {
+        let acks: Vec<_> = (0..n).map(|i| j.append(ev(i))).collect();
+        let mut seqs: Vec<u64> = futures_util::future::join_all(acks)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().unwrap())
+            .collect();
+        seqs.sort();
+        assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>());
+    });
+    let flushes = j.stats().flushes;
+    assert!(
+        flushes < n as u64 / 4,
+        "{flushes} flushes for {n} records: no group commit"
+    );
+}
+
+#[test]
+fn injected_failure_fails_closed_then_recovers() {
+    let (_d, home) = home();
+    let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
+    let rt = rt();
+    rt.block_on(j.record(ev(0))).unwrap();
+    assert!(j.writable());
+    j.inject_write_failure(true);
+    let err = rt.block_on(j.record(ev(1))).unwrap_err();
+    assert!(err.0.contains("injected"), "{err}");
+    assert!(!j.writable());
+    assert!(
+        rt.block_on(j.record(ev(2))).is_err(),
+        "refused while failing"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!j.writable(), "still failing while the fault is on");
+    j.inject_write_failure(false);
+    let t0 = std::time::Instant::now();
+    while !j.writable() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "did not recover");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seq = rt.block_on(j.append(ev(3))).unwrap().unwrap();
+    assert_eq!(seq, 2, "failed records took no sequence number");
+    assert!(j.stats().write_failures >= 1);
+    assert!(j.verify().unwrap().ok);
+}
+
+#[test]
+fn seqs_are_dense_across_reopen_and_checkpoints_are_signed() {
+    let (_d, home) = home();
+    let rt = rt();
+    for round in 0..3u64 {
+        let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
+        for i in 0..150 {
+            let seq = rt.block_on(j.append(ev(i))).unwrap().unwrap();
+            assert_eq!(seq, round * 150 + i as u64 + 1);
+        }
+        j.shutdown().unwrap();
+        j.shutdown().unwrap(); // idempotent
+        assert!(
+            rt.block_on(j.record(ev(0))).is_err(),
+            "closed after shutdown"
+        );
+    }
+    let store = Store::open(&home.journal_db()).unwrap();
+    let report = store
+        .verify(&Verifier::load(&home.journal_pub()).unwrap())
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.records, 450);
+    // periodic at 100..400 plus shutdown at 150, 300, 450
+    let seqs: Vec<u64> = store
+        .checkpoints_between(0, 1000)
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(seqs, vec![100, 150, 200, 300, 400, 450]);
+    assert_eq!(report.unsigned_tail, 0);
+}
+
+#[test]
+fn dropping_the_last_handle_shuts_down_cleanly() {
+    let (_d, home) = home();
+    {
+        let j = Journal::open(&home, &settings(Durability::Relaxed)).unwrap();
+        rt().block_on(j.append(ev(0))).unwrap();
+    }
+    // The lock is released and the record is there.
+    let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
+    assert_eq!(j.stats().last_seq, 1);
+}
+
+#[test]
+fn a_mismatched_public_key_is_refused_at_open() {
+    let (_d, home) = home();
+    let other = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(home.journal_pub(), other.public_key_pem()).unwrap();
+    let err = Journal::open(&home, &settings(Durability::Strict))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("does not match"), "{err}");
+}
+
+#[test]
+fn a_second_opener_is_told_the_database_is_locked() {
+    let (_d, home) = home();
+    let _j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
+    let err = Store::open(&home.journal_db()).err().unwrap();
+    assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+}

@@ -1,0 +1,339 @@
+//! The single writer: a dedicated std thread that assigns sequence numbers,
+//! chains hashes, writes group commits (every record that arrived together
+//! goes into one sled batch and one flush), signs periodic checkpoints,
+//! aggregates handshake floods, and fails closed on I/O errors, probing
+//! with backoff until the disk takes writes again.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::aggregate::Aggregator;
+use super::checkpoint::{CheckpointKind, Signer};
+use super::record;
+use super::store::{Store, be, index_key};
+use crate::event::{Event, EventKind, RecordError, now_ms};
+
+/// Most records in one group commit.
+pub const MAX_BATCH: usize = 4096;
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The ack channel of one record: `Some(seq)` once written, `None` when
+/// the record was folded into a handshake aggregate.
+pub(super) type AckTx = oneshot::Sender<Result<Option<u64>, RecordError>>;
+
+pub(super) enum Msg {
+    Append(Box<Event>, AckTx),
+    Shutdown(std::sync::mpsc::Sender<Result<(), String>>),
+}
+
+/// State shared between the handle and the writer thread.
+#[derive(Default)]
+pub(super) struct Shared {
+    pub healthy: AtomicBool,
+    pub inject_failure: AtomicBool,
+    pub closed: AtomicBool,
+    pub last_seq: AtomicU64,
+    pub durable_seq: AtomicU64,
+    pub flushes: AtomicU64,
+    pub write_failures: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn set_error(&self, e: Option<String>) {
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = e;
+        }
+    }
+}
+
+pub(super) struct Writer {
+    pub store: Store,
+    pub shared: Arc<Shared>,
+    pub signer: Arc<Signer>,
+    pub strict: bool,
+    pub flush_interval: Duration,
+    pub checkpoint_every: u64,
+    pub agg: Aggregator,
+    pub last_seq: u64,
+    pub last_hash: [u8; 32],
+    pub last_ckpt: u64,
+    pub dirty: bool,
+    pub last_flush: Instant,
+    pub retry_at: Option<Instant>,
+    pub backoff: Duration,
+}
+
+type Pending = Vec<(Event, Option<AckTx>)>;
+
+impl Writer {
+    fn healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::SeqCst)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let flush = (self.dirty && !self.strict).then(|| self.last_flush + self.flush_interval);
+        [self.agg.deadline(), flush, self.retry_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn take(
+        &mut self,
+        m: Msg,
+        pending: &mut Pending,
+        shutdown: &mut Option<std::sync::mpsc::Sender<Result<(), String>>>,
+    ) {
+        match m {
+            Msg::Shutdown(tx) => *shutdown = Some(tx),
+            Msg::Append(e, ack) => {
+                if !self.healthy() {
+                    let _ = ack.send(Err(self.unavailable()));
+                } else if e.kind == EventKind::Handshake && !self.agg.admit(&e, Instant::now()) {
+                    let _ = ack.send(Ok(None));
+                } else {
+                    pending.push((*e, Some(ack)));
+                }
+            }
+        }
+    }
+
+    fn unavailable(&self) -> RecordError {
+        let why = self
+            .shared
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|g| g.clone())
+            .unwrap_or_else(|| "write failed".into());
+        RecordError(format!("{why}; the journal retries by itself"))
+    }
+
+    pub fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let first = match self.deadline() {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            };
+            let mut pending: Pending = Vec::new();
+            let mut shutdown = None;
+            let mut disconnected = false;
+            match first {
+                Ok(m) => self.take(m, &mut pending, &mut shutdown),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => disconnected = true,
+            }
+            while shutdown.is_none() && !disconnected && pending.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => self.take(m, &mut pending, &mut shutdown),
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            if !self.healthy() && self.retry_at.is_some_and(|t| t <= now) {
+                self.try_recover();
+            }
+            let ending = shutdown.is_some() || disconnected;
+            for e in self.agg.take_due(now, ending) {
+                pending.push((e, None));
+            }
+            if !pending.is_empty() {
+                if self.healthy() {
+                    self.commit(pending);
+                } else {
+                    let err = self.unavailable();
+                    for (_, ack) in pending {
+                        if let Some(ack) = ack {
+                            let _ = ack.send(Err(err.clone()));
+                        }
+                    }
+                }
+            } else if self.dirty && !self.strict && now >= self.last_flush + self.flush_interval {
+                if let Err(e) = self.store.flush() {
+                    self.fail(Vec::new(), format!("journal flush failed: {e}"));
+                } else {
+                    self.flushed(now);
+                }
+            }
+            if ending {
+                let r = self.finish();
+                if let Some(tx) = shutdown {
+                    let _ = tx.send(r);
+                }
+                return;
+            }
+        }
+    }
+
+    fn flushed(&mut self, now: Instant) {
+        self.dirty = false;
+        self.last_flush = now;
+        self.shared.flushes.fetch_add(1, Ordering::SeqCst);
+        self.shared
+            .durable_seq
+            .store(self.last_seq, Ordering::SeqCst);
+    }
+
+    fn commit(&mut self, pending: Pending) {
+        if self.shared.inject_failure.load(Ordering::SeqCst) {
+            return self.fail(
+                pending,
+                "journal write failed: injected failure (test hook / fault drill)".into(),
+            );
+        }
+        let mut recs = sled::Batch::default();
+        let mut idx = sled::Batch::default();
+        let mut ckpts = Vec::new();
+        let mut seq = self.last_seq;
+        let mut hash = self.last_hash;
+        let mut seqs = Vec::with_capacity(pending.len());
+        let now = now_ms();
+        for (e, _) in &pending {
+            seq += 1;
+            let canonical = record::encode(seq, e);
+            let h = record::chain_hash(&hash, &canonical);
+            recs.insert(&be(seq), record::stored_value(&hash, &h, &canonical));
+            if let Some(p) = &e.partner
+                && let Some(k) = index_key(p, e.time_ms, seq)
+            {
+                idx.insert(k, &[] as &[u8]);
+            }
+            if seq.is_multiple_of(self.checkpoint_every) {
+                match self
+                    .signer
+                    .checkpoint(seq, h, now, CheckpointKind::Periodic)
+                {
+                    Ok(c) => ckpts.push(c),
+                    Err(e) => {
+                        return self
+                            .fail(pending, format!("journal checkpoint signing failed: {e}"));
+                    }
+                }
+            }
+            hash = h;
+            seqs.push(seq);
+        }
+        if let Err(e) = self.store.records.apply_batch(recs) {
+            return self.fail(pending, format!("journal write failed: {e}"));
+        }
+        self.last_seq = seq;
+        self.last_hash = hash;
+        self.shared.last_seq.store(seq, Ordering::SeqCst);
+        if let Err(e) = self.store.index.apply_batch(idx) {
+            return self.fail(pending, format!("journal index write failed: {e}"));
+        }
+        for c in ckpts {
+            if let Err(e) = self.store.checkpoints.insert(be(c.seq), c.to_stored()) {
+                return self.fail(pending, format!("journal checkpoint write failed: {e}"));
+            }
+            self.last_ckpt = c.seq;
+        }
+        if self.strict {
+            if let Err(e) = self.store.db.flush() {
+                return self.fail(pending, format!("journal flush failed: {e}"));
+            }
+            self.flushed(Instant::now());
+        } else {
+            self.dirty = true;
+        }
+        for ((_, ack), s) in pending.into_iter().zip(seqs) {
+            if let Some(ack) = ack {
+                let _ = ack.send(Ok(Some(s)));
+            }
+        }
+    }
+
+    fn fail(&mut self, pending: Pending, msg: String) {
+        tracing::error!("{msg}; failing closed until writes succeed again");
+        self.shared.write_failures.fetch_add(1, Ordering::SeqCst);
+        self.shared.set_error(Some(msg.clone()));
+        self.shared.healthy.store(false, Ordering::SeqCst);
+        self.retry_at = Some(Instant::now() + self.backoff);
+        let err = RecordError(format!("{msg}; the journal retries by itself"));
+        for (_, ack) in pending {
+            if let Some(ack) = ack {
+                let _ = ack.send(Err(err.clone()));
+            }
+        }
+    }
+
+    /// Probes the disk; on success re-reads the tail (a failed batch may
+    /// have been partly applied) and accepts records again.
+    fn try_recover(&mut self) {
+        let result = if self.shared.inject_failure.load(Ordering::SeqCst) {
+            Err("injected failure still on".to_string())
+        } else {
+            (|| {
+                self.store.probe()?;
+                let (seq, hash) = self.store.last()?;
+                self.store
+                    .reindex_after(seq.saturating_sub(2 * MAX_BATCH as u64))?;
+                Ok::<_, super::JournalError>((seq, hash))
+            })()
+            .map_err(|e| e.to_string())
+        };
+        match result {
+            Ok((seq, hash)) => {
+                self.last_seq = seq;
+                self.last_hash = hash;
+                self.shared.last_seq.store(seq, Ordering::SeqCst);
+                self.flushed(Instant::now());
+                self.retry_at = None;
+                self.backoff = FIRST_BACKOFF;
+                self.shared.set_error(None);
+                self.shared.healthy.store(true, Ordering::SeqCst);
+                tracing::info!("journal writes work again (last seq {seq})");
+            }
+            Err(e) => {
+                tracing::debug!("journal still not writable: {e}");
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                self.retry_at = Some(Instant::now() + self.backoff);
+            }
+        }
+    }
+
+    /// Final checkpoint and flush.
+    fn finish(&mut self) -> Result<(), String> {
+        if !self.healthy() {
+            self.try_recover();
+            if !self.healthy() {
+                return Err(format!(
+                    "journal is not writable at shutdown ({}); records since the last flush may be lost",
+                    self.unavailable().0
+                ));
+            }
+        }
+        let have = self
+            .store
+            .checkpoint(self.last_seq)
+            .map_err(|e| e.to_string())?;
+        if self.last_seq > 0 && self.last_ckpt != self.last_seq && have.is_none() {
+            let c = self
+                .signer
+                .checkpoint(
+                    self.last_seq,
+                    self.last_hash,
+                    now_ms(),
+                    CheckpointKind::Shutdown,
+                )
+                .map_err(|e| e.to_string())?;
+            self.store
+                .checkpoints
+                .insert(be(c.seq), c.to_stored())
+                .map_err(|e| format!("cannot write the shutdown checkpoint: {e}"))?;
+            self.last_ckpt = c.seq;
+        }
+        self.store
+            .db
+            .flush()
+            .map_err(|e| format!("journal flush at shutdown failed: {e}"))?;
+        self.flushed(Instant::now());
+        Ok(())
+    }
+}

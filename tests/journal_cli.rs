@@ -1,0 +1,275 @@
+//! `gatehouse log ...` as an operator runs it: the built binary against a
+//! home made by `gatehouse init`, first with the broker stopped (the CLI
+//! opens the database), then with a journal serving the admin socket (the
+//! database is locked, so every answer must come through the socket).
+
+mod journal_support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use gatehouse::home::Home;
+use gatehouse::journal::{Journal, serve_admin_socket};
+use journal_support::*;
+
+const T0: i64 = 1_800_000_000_000;
+
+fn gh(home: &Home, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .arg("--home")
+        .arg(home.root())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(&o)
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// 40 records (acme, globex, none by turns; one per second from T0),
+/// checkpoints every 15 and at shutdown.
+fn fill_journal(home: &Home) -> Journal {
+    let j = Journal::open(home, &settings(15)).unwrap();
+    fill(
+        &j,
+        (0..40)
+            .map(|i| {
+                let p = [Some("acme"), Some("globex"), None][i % 3];
+                exchange(p, T0 + i as i64 * 1000, if i % 4 == 0 { 403 } else { 200 })
+            })
+            .collect(),
+    );
+    j
+}
+
+/// The checks both modes must pass; `base` is the home's state.
+fn check_reads(home: &Home) {
+    let tail = json_lines(&ok(gh(home, &["log", "tail", "-n", "3", "--json"])));
+    let seqs: Vec<u64> = tail.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![38, 39, 40]);
+    assert_eq!(tail[0]["type"], "record");
+
+    let human = ok(gh(home, &["log", "tail", "-n", "2"]));
+    assert_eq!(human.lines().count(), 2, "{human}");
+    assert!(human.contains("/v1/orders/"), "{human}");
+
+    let since = gatehouse::journal::fmt_time_ms(T0 + 9_000);
+    let until = gatehouse::journal::fmt_time_ms(T0 + 21_000);
+    let q = json_lines(&ok(gh(
+        home,
+        &[
+            "log",
+            "query",
+            "--partner",
+            "acme",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--json",
+        ],
+    )));
+    let seqs: Vec<u64> = q.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        vec![10, 13, 16, 19],
+        "acme is i % 3 == 0, seq = i + 1"
+    );
+    let denied = json_lines(&ok(gh(
+        home,
+        &[
+            "log",
+            "query",
+            "--partner",
+            "acme",
+            "--decision",
+            "denied",
+            "--json",
+        ],
+    )));
+    assert!(
+        denied
+            .iter()
+            .all(|v| v["decision"] == "denied" && v["partner"] == "acme")
+    );
+    assert_eq!(denied.len(), 4, "i in 0,12,24,36");
+    let limited = json_lines(&ok(gh(
+        home,
+        &["log", "query", "--status", "200", "--limit", "5", "--json"],
+    )));
+    assert_eq!(limited.len(), 5);
+
+    let export = json_lines(&ok(gh(home, &["log", "export", "--format", "jsonl"])));
+    let records = export.iter().filter(|v| v["type"] == "record").count();
+    let ckpts: Vec<u64> = export
+        .iter()
+        .filter(|v| v["type"] == "checkpoint")
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(records, 40);
+    assert_eq!(&ckpts[..2], &[15, 30]);
+    // A checkpoint line follows the record it covers.
+    let pos = export
+        .iter()
+        .position(|v| v["type"] == "checkpoint")
+        .unwrap();
+    assert_eq!(export[pos - 1]["seq"], 15);
+    let resumed = json_lines(&ok(gh(
+        home,
+        &["log", "export", "--format", "jsonl", "--after-seq", "35"],
+    )));
+    assert_eq!(resumed[0]["seq"], 36);
+    assert_eq!(resumed.iter().filter(|v| v["type"] == "record").count(), 5);
+
+    let v = ok(gh(home, &["log", "verify"]));
+    assert!(v.starts_with("ok:"), "{v}");
+}
+
+#[test]
+fn log_commands_work_on_a_stopped_broker() {
+    let (_d, home) = init_home();
+    let j = fill_journal(&home);
+    j.shutdown().unwrap();
+    drop(j);
+    check_reads(&home);
+    let export = json_lines(&ok(gh(&home, &["log", "export", "--format", "jsonl"])));
+    assert_eq!(export.last().unwrap()["kind"], "shutdown");
+
+    // Prune, then verify still passes.
+    let before = gatehouse::journal::fmt_time_ms(T0 + 20_000);
+    let p = ok(gh(&home, &["log", "prune", "--before", &before]));
+    assert!(p.contains("pruned 20 record(s)"), "{p}");
+    let v = ok(gh(&home, &["log", "verify"]));
+    assert!(v.contains("records 21..=40"), "{v}");
+
+    // Tamper through sled: verify exits non-zero naming the seq.
+    {
+        let db = raw_db(&home);
+        let t = db.open_tree("records").unwrap();
+        let mut val = t.get(be(27)).unwrap().unwrap().to_vec();
+        let n = val.len();
+        val[n - 4] ^= 2;
+        t.insert(be(27), val).unwrap();
+        db.flush().unwrap();
+    }
+    let out = gh(&home, &["log", "verify"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("FAILED at seq 27"), "{err}");
+}
+
+#[test]
+fn log_on_a_home_without_a_journal_says_so() {
+    let (_d, home) = init_home();
+    let out = gh(&home, &["log", "tail"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no journal"));
+}
+
+#[test]
+fn log_commands_go_through_the_admin_socket_of_a_running_broker() {
+    let (_d, home) = init_home();
+    let j = fill_journal(&home);
+    let rt = rt();
+    // A stale socket file from a crashed broker is replaced.
+    drop(std::os::unix::net::UnixListener::bind(home.admin_socket()).unwrap());
+    assert!(home.admin_socket().exists());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(serve_admin_socket(home.admin_socket(), j.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let t0 = Instant::now();
+    while std::os::unix::net::UnixStream::connect(home.admin_socket()).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "socket never came up"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mode = std::fs::metadata(home.admin_socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    // The database is locked by this process: direct access would fail,
+    // so these answers came through the socket.
+    assert!(gatehouse::journal::Store::open(&home.journal_db()).is_err());
+    check_reads(&home);
+
+    // export --follow streams records written after it started.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .arg("--home")
+        .arg(home.root())
+        .args([
+            "log",
+            "export",
+            "--format",
+            "jsonl",
+            "--after-seq",
+            "40",
+            "--follow",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    std::thread::sleep(Duration::from_millis(200));
+    fill(&j, vec![exchange(Some("acme"), T0 + 99_000, 201)]);
+    let line: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (line["seq"].as_u64(), line["status"].as_u64()),
+        (Some(41), Some(201))
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Prune through the socket (the broker signs the anchor).
+    let before = gatehouse::journal::fmt_time_ms(T0 + 10_000);
+    let p = ok(gh(&home, &["log", "prune", "--before", &before]));
+    assert!(p.contains("pruned 10 record(s)"), "{p}");
+    let v = ok(gh(&home, &["log", "verify", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(
+        (
+            v["ok"].as_bool(),
+            v["base_seq"].as_u64(),
+            v["last_seq"].as_u64()
+        ),
+        (Some(true), Some(10), Some(41))
+    );
+
+    // A broken request gets an error line, not a hang.
+    {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(home.admin_socket()).unwrap();
+        s.write_all(b"{\"op\":\"drop_table\"}\n").unwrap();
+        let mut l = String::new();
+        BufReader::new(&s).read_line(&mut l).unwrap();
+        assert!(l.contains("\"type\":\"error\""), "{l}");
+    }
+
+    stop_tx.send(()).unwrap();
+    rt.block_on(server).unwrap().unwrap();
+    assert!(!home.admin_socket().exists(), "socket removed at shutdown");
+    j.shutdown().unwrap();
+}
