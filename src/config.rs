@@ -18,9 +18,7 @@ use crate::home::Home;
 use crate::timefmt::serde_duration;
 
 /// Methods a route may grant.
-pub const KNOWN_METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
-];
+pub const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 /// Default request body limit for a route (10 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
@@ -296,7 +294,10 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         match up.url.split_once("://") {
             Some(("https", rest)) | Some(("http", rest)) if !rest.is_empty() => {
                 if up.url.parse::<http::Uri>().is_err() {
-                    err(format!("[upstreams.{name}] url `{}` is not a valid URL", up.url));
+                    err(format!(
+                        "[upstreams.{name}] url `{}` is not a valid URL",
+                        up.url
+                    ));
                 }
             }
             _ => err(format!(
@@ -374,8 +375,7 @@ pub fn valid_id(id: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b
-            .iter()
+        && b.iter()
             .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
 }
 
@@ -530,10 +530,9 @@ pub fn route_problem(methods: &[String], path: &str) -> Option<String> {
             return Some(format!("route path `{path}` holds a `.` or `..` segment"));
         }
     }
-    if path
-        .bytes()
-        .any(|b| b == b'%' || b == b'\\' || b == b'?' || b == b'#' || b.is_ascii_control() || b == b' ')
-    {
+    if path.bytes().any(|b| {
+        b == b'%' || b == b'\\' || b == b'?' || b == b'#' || b.is_ascii_control() || b == b' '
+    }) {
         return Some(format!(
             "route path `{path}` may not hold `%`, `\\`, `?`, `#`, spaces or control characters"
         ));
@@ -543,9 +542,7 @@ pub fn route_problem(methods: &[String], path: &str) -> Option<String> {
 
 /// Parses a route written on the command line: `GET,POST /v1/orders -> orders`.
 pub fn parse_route_arg(s: &str) -> Result<RouteSpec, String> {
-    let bad = || {
-        format!("route `{s}` is not of the form \"GET,POST /v1/orders -> upstream\"")
-    };
+    let bad = || format!("route `{s}` is not of the form \"GET,POST /v1/orders -> upstream\"");
     let (lhs, upstream) = s.split_once("->").ok_or_else(bad)?;
     let mut parts = lhs.split_whitespace();
     let methods = parts.next().ok_or_else(bad)?;
@@ -599,9 +596,7 @@ pub fn parse_partner(
     if stem.as_deref() != Some(id.as_str()) {
         err(
             raw.id.span(),
-            format!(
-                "id `{id}` does not match the file name (expected partners/{id}.toml)"
-            ),
+            format!("id `{id}` does not match the file name (expected partners/{id}.toml)"),
         );
     }
     let mut routes = Vec::new();
@@ -673,7 +668,9 @@ pub fn parse_partner(
 
 fn limit_problem(l: &LimitSpec) -> Option<String> {
     if l.requests_per_minute == Some(0) {
-        return Some("requests_per_minute must be at least 1 (suspend the partner to stop it)".into());
+        return Some(
+            "requests_per_minute must be at least 1 (suspend the partner to stop it)".into(),
+        );
     }
     if l.burst.is_some() && l.requests_per_minute.is_none() {
         return Some("burst needs requests_per_minute".into());
@@ -850,8 +847,11 @@ mod tests {
     use super::*;
 
     fn gw() -> GatewayConfig {
-        parse_gateway(Path::new("gatehouse.toml"), &default_gateway_toml("gatehouse.local"))
-            .unwrap()
+        parse_gateway(
+            Path::new("gatehouse.toml"),
+            &default_gateway_toml("gatehouse.local"),
+        )
+        .unwrap()
     }
 
     #[test]

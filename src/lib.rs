@@ -10,5 +10,6 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod home;
+pub mod limits;
 pub mod partners;
 pub mod timefmt;

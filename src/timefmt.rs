@@ -52,7 +52,9 @@ pub fn parse_instant(s: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Str
         return Ok(t);
     }
     let d = parse_duration(s).map_err(|_| {
-        format!("`{s}` is neither an RFC 3339 time (2026-11-27T10:00:00Z) nor a duration ago (1h, 7d)")
+        format!(
+            "`{s}` is neither an RFC 3339 time (2026-11-27T10:00:00Z) nor a duration ago (1h, 7d)"
+        )
     })?;
     Ok(now - d)
 }
@@ -99,7 +101,10 @@ mod tests {
     fn durations_parse_and_round_trip() {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
         assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("5y").is_err());

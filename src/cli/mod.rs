@@ -19,7 +19,11 @@ use crate::timefmt::{parse_duration, rfc3339};
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 #[derive(Parser, Debug)]
-#[command(name = "gatehouse", version, about = "A mutual-TLS broker for B2B APIs: CA, gateway, policy, relay, journal")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "A mutual-TLS broker for B2B APIs: CA, gateway, policy, relay, journal"
+)]
 pub struct Cli {
     /// The gatehouse home folder (config, partners, certs, data).
     #[arg(long, global = true, env = "GATEHOUSE_HOME", default_value = ".")]
@@ -194,7 +198,9 @@ fn cmd_init(home: Home, a: InitArgs) -> CliResult {
     if report.config_written {
         println!("  config: {}", home.config_file().display());
     }
-    println!("next: gatehouse partner add ID --route \"GET /v1/orders -> orders\", then gatehouse cert issue ID");
+    println!(
+        "next: gatehouse partner add ID --route \"GET /v1/orders -> orders\", then gatehouse cert issue ID"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -247,10 +253,24 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{:<24} {:<10} {:>6} {:>6}  NAME", "ID", "STATUS", "ROUTES", "CERTS");
+                println!(
+                    "{:<24} {:<10} {:>6} {:>6}  NAME",
+                    "ID", "STATUS", "ROUTES", "CERTS"
+                );
                 for p in &list {
-                    let usable = inv.for_partner(&p.id).iter().filter(|c| c.state(now).usable()).count();
-                    println!("{:<24} {:<10} {:>6} {:>6}  {}", p.id, p.status, p.routes.len(), usable, p.name);
+                    let usable = inv
+                        .for_partner(&p.id)
+                        .iter()
+                        .filter(|c| c.state(now).usable())
+                        .count();
+                    println!(
+                        "{:<24} {:<10} {:>6} {:>6}  {}",
+                        p.id,
+                        p.status,
+                        p.routes.len(),
+                        usable,
+                        p.name
+                    );
                 }
             }
         }
@@ -261,7 +281,10 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
             let certs = inv.for_partner(&id);
             if json {
                 let certs: Vec<_> = certs.iter().map(|c| cert_json(c, now)).collect();
-                println!("{}", serde_json::to_string_pretty(&json!({"partner": p, "certificates": certs}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"partner": p, "certificates": certs}))?
+                );
             } else {
                 println!("partner {} ({})", p.id, p.name);
                 println!("  status: {}", p.status);
@@ -274,7 +297,12 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
                 }
                 println!("  certificates:");
                 for c in certs {
-                    println!("    {} {} until {}", c.serial, c.state(now), rfc3339(c.not_after));
+                    println!(
+                        "    {} {} until {}",
+                        c.serial,
+                        c.state(now),
+                        rfc3339(c.not_after)
+                    );
                 }
             }
         }
@@ -288,7 +316,10 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
         }
         PartnerCmd::Remove { id } => {
             let revoked = partners::remove(home, &id)?;
-            println!("partner {id} removed; {} certificate(s) revoked", revoked.len());
+            println!(
+                "partner {id} removed; {} certificate(s) revoked",
+                revoked.len()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -320,7 +351,13 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
             let r = lifecycle::issue(home, &id, &IssueOptions { csr, days, out })?;
             print_issue(&id, &r);
         }
-        CertCmd::Renew { id, csr, days, out, overlap } => {
+        CertCmd::Renew {
+            id,
+            csr,
+            days,
+            out,
+            overlap,
+        } => {
             let overlap = overlap.as_deref().map(parse_duration).transpose()?;
             let r = lifecycle::renew(home, &id, &IssueOptions { csr, days, out }, overlap)?;
             print_issue(&id, &r);
@@ -328,7 +365,11 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
                 println!("  superseded: {s} (valid until the overlap ends)");
             }
         }
-        CertCmd::Revoke { serial, partner, reason } => {
+        CertCmd::Revoke {
+            serial,
+            partner,
+            reason,
+        } => {
             let reason = RevocationReason::parse(&reason)?;
             let revoked = match (serial, partner) {
                 (Some(s), None) => lifecycle::revoke(home, &[s], reason)?,
@@ -336,10 +377,16 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
                 _ => return Err("give a serial or --partner ID".into()),
             };
             if revoked.is_empty() {
-                println!("nothing to revoke (already revoked, or no usable certificate); CRL re-signed");
+                println!(
+                    "nothing to revoke (already revoked, or no usable certificate); CRL re-signed"
+                );
             }
             for s in revoked {
-                println!("revoked {s} ({}); CRL updated: {}", reason.name(), home.crl().display());
+                println!(
+                    "revoked {s} ({}); CRL updated: {}",
+                    reason.name(),
+                    home.crl().display()
+                );
             }
         }
         CertCmd::List { id, expiring, json } => {
@@ -398,7 +445,9 @@ fn print_issue(id: &str, r: &lifecycle::IssueReport) {
     let out = r.out_dir.display();
     println!("  certificate chain: {out}/{id}.pem");
     if r.key_written {
-        println!("  private key:       {out}/{id}.key (mode 0600; hand it to the partner securely)");
+        println!(
+            "  private key:       {out}/{id}.key (mode 0600; hand it to the partner securely)"
+        );
     }
     println!("  CA to trust:       {out}/ca.pem");
 }
