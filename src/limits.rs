@@ -764,3 +764,400 @@ pub struct LimitSnapshot {
     pub throttle_tokens_left: Option<f64>,
     pub routes: Vec<RouteLimitSnapshot>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PartnerStatus, parse_route_arg};
+
+    /// 2025-11-27 00:00:00 UTC (a UTC midnight).
+    const DAY0: i64 = 20_419 * MS_PER_DAY;
+    const T0: i64 = DAY0 + 10 * 3_600_000;
+
+    fn limits(
+        rpm: Option<u32>,
+        burst: Option<u32>,
+        day: Option<u64>,
+        conc: Option<u32>,
+    ) -> LimitSpec {
+        LimitSpec {
+            requests_per_minute: rpm,
+            burst,
+            requests_per_day: day,
+            max_concurrent: conc,
+        }
+    }
+
+    fn partner(id: &str, l: LimitSpec, routes: Vec<RouteSpec>) -> Partner {
+        Partner {
+            id: id.into(),
+            name: id.into(),
+            status: PartnerStatus::Active,
+            limits: l,
+            routes,
+        }
+    }
+
+    fn route(arg: &str, l: Option<LimitSpec>) -> RouteSpec {
+        let mut r = parse_route_arg(arg).unwrap();
+        r.limits = l;
+        r
+    }
+
+    fn one(l: LimitSpec) -> LimitState {
+        LimitState::build(&[partner("acme", l, vec![])], None)
+    }
+
+    #[test]
+    fn default_burst_is_ten_seconds_worth() {
+        assert_eq!(default_burst(600), 100);
+        assert_eq!(default_burst(60), 10);
+        assert_eq!(default_burst(7), 2);
+        assert_eq!(default_burst(1), 1);
+        let s = one(limits(Some(600), None, None, None));
+        assert_eq!(s.snapshot("acme", T0).unwrap().level.burst, Some(100));
+    }
+
+    #[test]
+    fn burst_over_bucket_is_refused_with_exact_retry_after() {
+        // 60/min = one token per second, burst 5.
+        let s = one(limits(Some(60), Some(5), None, None));
+        for _ in 0..5 {
+            assert!(s.check("acme", None, T0).is_ok());
+        }
+        let d = s.check("acme", None, T0).unwrap_err();
+        assert_eq!(
+            d,
+            LimitDenied {
+                limit: LimitKind::RequestsPerMinute,
+                retry_after_secs: 1,
+                scope: LimitScope::Partner
+            }
+        );
+        // Just before the token is back: still refused, and says 1 s.
+        let d = s.check("acme", None, T0 + 999).unwrap_err();
+        assert_eq!(d.retry_after_secs, 1);
+        // After Retry-After: admitted, exactly one more.
+        assert!(s.check("acme", None, T0 + 1_000).is_ok());
+        assert!(s.check("acme", None, T0 + 1_000).is_err());
+
+        // Slow rate: 7/min -> a token every 8 571.4 ms -> Retry-After 9 s,
+        // and a retry after those 9 s passes.
+        let s = one(limits(Some(7), Some(1), None, None));
+        assert!(s.check("acme", None, T0).is_ok());
+        let d = s.check("acme", None, T0).unwrap_err();
+        assert_eq!(d.retry_after_secs, 9);
+        assert!(s.check("acme", None, T0 + 8_000).is_err());
+        assert!(s.check("acme", None, T0 + 9_000).is_ok());
+    }
+
+    #[test]
+    fn refusals_consume_nothing() {
+        let s = one(limits(Some(60), Some(2), Some(100), None));
+        assert!(s.check("acme", None, T0).is_ok());
+        assert!(s.check("acme", None, T0).is_ok());
+        for _ in 0..50 {
+            assert!(s.check("acme", None, T0).is_err());
+        }
+        let snap = s.snapshot("acme", T0).unwrap();
+        assert_eq!(snap.level.quota_used, Some(2));
+        assert_eq!(snap.level.tokens_left, Some(0.0));
+    }
+
+    #[test]
+    fn daily_quota_exhausts_and_resets_at_utc_midnight() {
+        let s = one(limits(None, None, Some(3), None));
+        let late = DAY0 + MS_PER_DAY - 10_500; // 23:59:49.5 UTC
+        for _ in 0..3 {
+            assert!(s.check("acme", None, late).is_ok());
+        }
+        let d = s.check("acme", None, late).unwrap_err();
+        assert_eq!(d.limit, LimitKind::RequestsPerDay);
+        assert_eq!(d.retry_after_secs, 11);
+        assert!(s.check("acme", None, DAY0 + MS_PER_DAY - 1).is_err());
+        // Midnight UTC: fresh quota, whenever the first request came.
+        for _ in 0..3 {
+            assert!(s.check("acme", None, DAY0 + MS_PER_DAY).is_ok());
+        }
+        let d = s.check("acme", None, DAY0 + MS_PER_DAY + 1).unwrap_err();
+        assert_eq!(d.retry_after_secs, 86_400);
+        let snap = s.snapshot("acme", DAY0 + MS_PER_DAY + 5).unwrap();
+        assert_eq!(snap.level.quota_used, Some(3));
+        assert_eq!(snap.level.quota_resets_at_ms, Some(DAY0 + 2 * MS_PER_DAY));
+        // A snapshot on a later day shows the quota as reset.
+        assert_eq!(
+            s.snapshot("acme", DAY0 + 3 * MS_PER_DAY)
+                .unwrap()
+                .level
+                .quota_used,
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn concurrency_cap_and_release_on_drop() {
+        let s = one(limits(None, None, None, Some(2)));
+        let a = s.check("acme", None, T0).unwrap();
+        let b = s.check("acme", None, T0).unwrap();
+        let d = s.check("acme", None, T0).unwrap_err();
+        assert_eq!(d.limit, LimitKind::MaxConcurrent);
+        assert_eq!(d.retry_after_secs, 1);
+        assert_eq!(s.snapshot("acme", T0).unwrap().level.in_flight, 2);
+        drop(a);
+        let c = s.check("acme", None, T0).unwrap();
+        assert!(s.check("acme", None, T0).is_err());
+        drop((b, c));
+        assert_eq!(s.snapshot("acme", T0).unwrap().level.in_flight, 0);
+    }
+
+    #[test]
+    fn route_limit_tighter_than_partner() {
+        let p = partner(
+            "acme",
+            limits(Some(600), Some(100), None, Some(10)),
+            vec![
+                route("GET /v1/orders -> orders", None),
+                route(
+                    "POST /v1/payments -> orders",
+                    Some(limits(Some(60), Some(2), None, Some(1))),
+                ),
+            ],
+        );
+        let s = LimitState::build(&[p], None);
+        let a = s.check("acme", Some(1), T0).unwrap();
+        // Route concurrency 1: refused at the route; the partner slot taken
+        // for the attempt was given back.
+        let d = s.check("acme", Some(1), T0).unwrap_err();
+        assert_eq!(
+            (d.limit, d.scope),
+            (LimitKind::MaxConcurrent, LimitScope::Route(1))
+        );
+        assert_eq!(s.snapshot("acme", T0).unwrap().level.in_flight, 1);
+        drop(a);
+        assert!(s.check("acme", Some(1), T0).is_ok());
+        let d = s.check("acme", Some(1), T0).unwrap_err();
+        assert_eq!(
+            (d.limit, d.scope),
+            (LimitKind::RequestsPerMinute, LimitScope::Route(1))
+        );
+        // Route refusals took nothing from the partner bucket: 100 - 2 left.
+        let snap = s.snapshot("acme", T0).unwrap();
+        assert_eq!(snap.level.tokens_left, Some(98.0));
+        assert_eq!(snap.routes[1].level.tokens_left, Some(0.0));
+        // Other routes still pass, and share the partner's bucket.
+        for _ in 0..98 {
+            assert!(s.check("acme", Some(0), T0).is_ok());
+        }
+        let d = s.check("acme", Some(0), T0).unwrap_err();
+        assert_eq!(
+            (d.limit, d.scope),
+            (LimitKind::RequestsPerMinute, LimitScope::Partner)
+        );
+        // Out-of-range route index: partner limits only.
+        assert_eq!(
+            s.check("acme", Some(9), T0).unwrap_err().scope,
+            LimitScope::Partner
+        );
+    }
+
+    #[test]
+    fn partner_refusal_consumes_nothing_of_the_route() {
+        let p = partner(
+            "acme",
+            limits(None, None, Some(1), None),
+            vec![route(
+                "GET /v1 -> orders",
+                Some(limits(None, None, Some(5), None)),
+            )],
+        );
+        let s = LimitState::build(&[p], None);
+        assert!(s.check("acme", Some(0), T0).is_ok());
+        for _ in 0..10 {
+            let d = s.check("acme", Some(0), T0).unwrap_err();
+            assert_eq!(
+                (d.limit, d.scope),
+                (LimitKind::RequestsPerDay, LimitScope::Partner)
+            );
+        }
+        assert_eq!(
+            s.snapshot("acme", T0).unwrap().routes[0].level.quota_used,
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn longest_retry_after_wins() {
+        let s = one(limits(Some(60), Some(1), Some(1), None));
+        assert!(s.check("acme", None, T0).is_ok());
+        let d = s.check("acme", None, T0).unwrap_err();
+        assert_eq!(d.limit, LimitKind::RequestsPerDay);
+        assert_eq!(d.retry_after_secs, 14 * 3_600);
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_counters_and_resets_changed_ones() {
+        let quota = limits(None, None, Some(10), None);
+        let r = || {
+            route(
+                "GET /v1/orders -> orders",
+                Some(limits(None, None, Some(5), None)),
+            )
+        };
+        let old = LimitState::build(
+            &[
+                partner("same", quota.clone(), vec![r()]),
+                partner("changed", quota.clone(), vec![]),
+                partner(
+                    "rpm-changed",
+                    limits(Some(60), Some(5), Some(10), None),
+                    vec![],
+                ),
+                partner("gone", quota.clone(), vec![]),
+            ],
+            None,
+        );
+        for id in ["same", "changed", "rpm-changed", "gone"] {
+            for _ in 0..4 {
+                assert!(old.check(id, Some(0), T0).is_ok());
+            }
+        }
+        let held = old.check("same", Some(0), T0).unwrap();
+        old.set_throttle("same", Some(1_000.0));
+
+        let new = LimitState::build(
+            &[
+                // Same limits, but a new route in front: matched by key, not index.
+                partner(
+                    "same",
+                    quota.clone(),
+                    vec![route("GET /v2 -> orders", None), r()],
+                ),
+                partner("changed", limits(None, None, Some(20), None), vec![]),
+                partner(
+                    "rpm-changed",
+                    limits(Some(120), Some(5), Some(10), None),
+                    vec![],
+                ),
+                partner("new", quota.clone(), vec![]),
+            ],
+            Some(&old),
+        );
+        let same = new.snapshot("same", T0).unwrap();
+        assert_eq!(same.level.quota_used, Some(5));
+        assert_eq!(same.routes[1].level.quota_used, Some(5));
+        assert_eq!(same.level.in_flight, 1);
+        assert_eq!(same.throttle_per_minute, Some(1_000.0));
+        assert_eq!(
+            new.snapshot("changed", T0).unwrap().level.quota_used,
+            Some(0)
+        );
+        let rc = new.snapshot("rpm-changed", T0).unwrap();
+        assert_eq!(rc.level.quota_used, Some(4), "quota unchanged: kept");
+        assert_eq!(rc.level.tokens_left, Some(5.0), "bucket changed: fresh");
+        assert!(new.snapshot("gone", T0).is_none());
+        assert_eq!(new.snapshot("new", T0).unwrap().level.quota_used, Some(0));
+        // Unchanged counters are shared: the old state's late requests count too.
+        assert!(old.check("same", None, T0).is_ok());
+        assert_eq!(new.snapshot("same", T0).unwrap().level.quota_used, Some(6));
+        // A guard from before the reload releases into the new state's count.
+        drop(held);
+        assert_eq!(new.snapshot("same", T0).unwrap().level.in_flight, 0);
+    }
+
+    #[test]
+    fn throttle_clamps_and_lifts() {
+        let s = one(LimitSpec::default());
+        for _ in 0..1_000 {
+            assert!(s.check("acme", None, T0).is_ok());
+        }
+        assert!(s.set_throttle("acme", Some(60.0)));
+        // 60/min: burst 10, then one per second.
+        for _ in 0..10 {
+            assert!(s.check("acme", None, T0).is_ok());
+        }
+        let d = s.check("acme", None, T0).unwrap_err();
+        assert_eq!(
+            (d.limit, d.retry_after_secs, d.scope),
+            (LimitKind::Throttled, 1, LimitScope::Partner)
+        );
+        assert!(s.check("acme", None, T0 + 1_000).is_ok());
+        assert!(s.check("acme", None, T0 + 1_000).is_err());
+        s.set_throttle("acme", None);
+        assert!(s.check("acme", None, T0 + 1_000).is_ok());
+        assert!(!s.set_throttle("nobody", Some(1.0)));
+    }
+
+    #[test]
+    fn unknown_partner_is_not_this_modules_business() {
+        let s = one(limits(Some(1), None, None, None));
+        assert!(s.check("stranger", Some(3), T0).is_ok());
+        assert!(s.snapshot("stranger", T0).is_none());
+    }
+
+    #[test]
+    fn clock_going_back_adds_no_tokens() {
+        let s = one(limits(Some(60), Some(1), None, None));
+        assert!(s.check("acme", None, T0).is_ok());
+        assert!(s.check("acme", None, T0 - 60_000).is_err());
+        assert!(s.check("acme", None, T0 + 999).is_err());
+        assert!(s.check("acme", None, T0 + 1_000).is_ok());
+    }
+
+    #[test]
+    fn max_body_bytes_and_denial_body() {
+        let mut r = route("POST /v1/upload -> orders", None);
+        r.max_body_bytes = Some(1_024);
+        let s = LimitState::build(&[partner("acme", LimitSpec::default(), vec![r])], None);
+        assert_eq!(s.max_body_bytes("acme", 0), Some(1_024));
+        assert_eq!(s.max_body_bytes("acme", 1), None);
+        let d = LimitDenied {
+            limit: LimitKind::RequestsPerDay,
+            retry_after_secs: 7,
+            scope: LimitScope::Route(2),
+        };
+        assert_eq!(
+            d.body_json(),
+            serde_json::json!({"error": "rate_limited", "limit": "requests_per_day",
+                "retry_after_secs": 7, "scope": "route", "route_index": 2})
+        );
+    }
+
+    /// No global lock: two threads hammering two different partners never
+    /// touch the same Mutex (the map is immutable; each partner has its own
+    /// counters). Here one partner's lock is held (poisoned, even) while the
+    /// other partner is checked from another thread: that must not block.
+    #[test]
+    fn partners_do_not_share_a_lock() {
+        let s = Arc::new(LimitState::build(
+            &[
+                partner("a", limits(Some(60), None, None, None), vec![]),
+                partner("b", limits(Some(60), None, None, None), vec![]),
+            ],
+            None,
+        ));
+        let a_counters = s.partners["a"].level.counters.clone();
+        let guard = lock(&a_counters);
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.check("b", None, T0).is_ok());
+        assert!(t.join().unwrap());
+        drop(guard);
+        // Poison a's lock: checks recover instead of panicking.
+        let c = a_counters.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = c.lock().unwrap();
+            panic!("poison");
+        })
+        .join();
+        assert!(s.check("a", None, T0).is_ok());
+    }
+
+    #[test]
+    fn manual_clock() {
+        let c = ManualClock::new(T0);
+        c.advance(1_500);
+        assert_eq!(c.now_ms(), T0 + 1_500);
+        c.set(5);
+        assert_eq!(c.now_ms(), 5);
+        assert!(SystemClock.now_ms() > DAY0);
+    }
+}
