@@ -4,6 +4,7 @@
 //! operator's files, `tls` verifies, `identity` names the partner, `policy`
 //! decides, `relay` forwards, `journal` records, `server` wires them.
 
+pub mod anomaly;
 pub mod ca;
 pub mod check;
 pub mod cli;
