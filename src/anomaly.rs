@@ -24,7 +24,10 @@
 //!   are at or under the threshold. The baseline is frozen during an episode
 //!   (a spike does not teach itself into the baseline).
 //! - Denial alerts are suppressed while the partner's rate is in an episode:
-//!   those 429s are the broker's own answer to the spike.
+//!   those 429s are the broker's own answer to the spike. (If the denial
+//!   floor is crossed first, within the spike's first minute, both a denial
+//!   and a rate alert are raised: at most one per kind per episode.)
+//! - Export drops the minute in progress; import resumes at the next minute.
 //! - `on_anomaly = "throttle"` ([`Detector::set_on_anomaly`]): a rate alert
 //!   also clamps the partner to the threshold (k × baseline, and never below
 //!   the floor); the clamp stays until [`Detector::clear`]. `clear` lifts the
@@ -403,13 +406,13 @@ impl Detector {
     /// Sets a partner's action on a rate spike (from its partner file;
     /// call again on reload).
     pub fn set_on_anomaly(&self, partner: &str, action: OnAnomaly) {
-        let minute = 0;
         let cap = self.per_shard(self.settings.max_partners);
         let mut shard = self.partner_shard(partner);
         if let Some(p) = shard.get_mut(partner) {
             p.on_anomaly = Some(action);
         } else if shard.len() < cap {
-            let mut p = PartnerAnomaly::new(minute);
+            // No traffic seen yet: the first request starts its first minute.
+            let mut p = PartnerAnomaly::new(0);
             p.rate.resume = true;
             p.denials.resume = true;
             p.on_anomaly = Some(action);
@@ -669,5 +672,333 @@ impl Detector {
             restored += 1;
         }
         Ok(restored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    const T0: i64 = 1_764_201_600_000; // a UTC midnight
+    const H: i64 = 60; // minutes per hour
+
+    /// Replays `minutes` minutes from minute `from` (relative to T0), with
+    /// `per_minute(m)` requests evenly spread in minute m; returns the alerts.
+    fn replay(
+        d: &Detector,
+        partner: &str,
+        from: i64,
+        minutes: i64,
+        denied: bool,
+        mut per_minute: impl FnMut(i64) -> u64,
+    ) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        for m in from..from + minutes {
+            let n = per_minute(m);
+            for i in 0..n {
+                let t = T0 + m * MS_PER_MINUTE + (i as i64 * MS_PER_MINUTE) / n as i64;
+                alerts.extend(d.observe_request(partner, denied, t));
+            }
+        }
+        alerts
+    }
+
+    /// 100 requests/hour: one every 36 s, as per-minute counts 1 or 2.
+    fn hundred_per_hour(m: i64) -> u64 {
+        let at = |m: i64| (m * 100) / 60;
+        (at(m + 1) - at(m)) as u64
+    }
+
+    /// 10,000 requests/hour: 166 or 167 per minute.
+    fn ten_thousand_per_hour(m: i64) -> u64 {
+        let at = |m: i64| (m * 10_000) / 60;
+        (at(m + 1) - at(m)) as u64
+    }
+
+    #[test]
+    fn spike_from_100_to_10000_per_hour_raises_exactly_one_alert() {
+        let d = Detector::new(AnomalySettings::default());
+        assert!(replay(&d, "acme", 0, 3 * H, false, hundred_per_hour).is_empty());
+        let baseline = d.status("acme", T0 + 3 * H * MS_PER_MINUTE).unwrap();
+        assert!(
+            (baseline.baseline_per_minute - 100.0 / 60.0).abs() < 0.2,
+            "{baseline:?}"
+        );
+        assert!(baseline.warmed_up);
+
+        let alerts = replay(&d, "acme", 3 * H, H, false, ten_thousand_per_hour);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let a = &alerts[0];
+        assert_eq!(a.kind, AlertKind::RateSpike);
+        assert_eq!(a.partner.as_deref(), Some("acme"));
+        assert_eq!(a.threshold_per_minute, 100.0); // the floor: 10 × 1.7 is lower
+        assert_eq!(a.current_per_minute, 101.0);
+        assert!((a.baseline_per_minute - 100.0 / 60.0).abs() < 0.2);
+        // Caught within the spike's first minute, not at its end.
+        assert!(a.time_ms < T0 + (3 * H + 1) * MS_PER_MINUTE, "{a:?}");
+        assert_eq!(a.throttle_per_minute, None);
+        assert!(a.message.contains("acme"), "{}", a.message);
+        // The baseline did not learn the spike.
+        let during = d.status("acme", T0 + 4 * H * MS_PER_MINUTE - 1).unwrap();
+        assert_eq!(during.episode, "spike");
+        assert!((during.baseline_per_minute - 100.0 / 60.0).abs() < 0.2);
+
+        // Back to normal: no alert; the episode ends; a new spike alerts again.
+        assert!(replay(&d, "acme", 4 * H, 2 * H, false, hundred_per_hour).is_empty());
+        assert_eq!(
+            d.status("acme", T0 + 6 * H * MS_PER_MINUTE)
+                .unwrap()
+                .episode,
+            "armed"
+        );
+        let again = replay(&d, "acme", 6 * H, 30, false, ten_thousand_per_hour);
+        assert_eq!(again.len(), 1);
+    }
+
+    #[test]
+    fn steady_noisy_partners_raise_nothing_over_a_day() {
+        let d = Detector::new(AnomalySettings::default());
+        let mut rng = StdRng::seed_from_u64(7);
+        // ~3,000/hour with ±50 % noise per minute, and the odd silent minute.
+        let quiet = replay(&d, "quiet", 0, 24 * H, false, |_| {
+            if rng.gen_bool(0.02) {
+                0
+            } else {
+                rng.gen_range(25..=75)
+            }
+        });
+        assert!(quiet.is_empty(), "{quiet:?}");
+        // A busy partner: ~500/min ± 40 %, with a 2× lunchtime hour.
+        let mut rng = StdRng::seed_from_u64(8);
+        let busy = replay(&d, "busy", 0, 24 * H, false, |m| {
+            let base = if (12 * H..13 * H).contains(&m) {
+                1_000
+            } else {
+                500
+            };
+            rng.gen_range(base * 6 / 10..=base * 14 / 10)
+        });
+        assert!(busy.is_empty(), "{busy:?}");
+        let s = d.status("busy", T0 + 24 * H * MS_PER_MINUTE).unwrap();
+        assert!((400.0..700.0).contains(&s.baseline_per_minute), "{s:?}");
+    }
+
+    #[test]
+    fn warmup_suppresses_alerts() {
+        let d = Detector::new(AnomalySettings::default());
+        // A brand-new partner bursts at once: no history, no verdict.
+        let early = replay(&d, "new", 0, 30, false, |_| 500);
+        assert!(early.is_empty(), "{early:?}");
+        assert!(!d.status("new", T0 + 30 * MS_PER_MINUTE).unwrap().warmed_up);
+
+        let d = Detector::new(AnomalySettings::default());
+        assert!(replay(&d, "acme", 0, 59, false, hundred_per_hour).is_empty());
+        assert!(
+            replay(&d, "acme", 59, 1, false, |_| 300).is_empty(),
+            "minute 59: still warming up"
+        );
+        // From minute 60 on, warmed up: the spike (still going) alerts once.
+        assert_eq!(replay(&d, "acme", 60, 10, false, |_| 300).len(), 1);
+    }
+
+    #[test]
+    fn denial_spike_alerts_once() {
+        let d = Detector::new(AnomalySettings::default());
+        assert!(replay(&d, "acme", 0, 2 * H, false, |_| 20).is_empty());
+        // A few denials now and then: under the floor.
+        assert!(replay(&d, "acme", 2 * H, 30, true, |_| 5).is_empty());
+        // 60 denials a minute for 20 minutes: one alert.
+        let alerts = replay(&d, "acme", 2 * H + 30, 20, true, |_| 60);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].kind, AlertKind::DenialSpike);
+        // The 5/min of denials set a baseline: threshold k × baseline > floor.
+        let a = &alerts[0];
+        assert!(a.threshold_per_minute > 30.0, "{a:?}");
+        assert_eq!(a.current_per_minute, a.threshold_per_minute.floor() + 1.0);
+    }
+
+    #[test]
+    fn denials_of_a_rate_spike_alert_once_per_kind() {
+        let d = Detector::new(AnomalySettings::default());
+        assert!(replay(&d, "acme", 0, 2 * H, false, |_| 10).is_empty());
+        // A spike the limiter refuses: the denial floor (30) is crossed before
+        // the rate threshold (100), so both kinds alert, each once.
+        let alerts = replay(&d, "acme", 2 * H, 10, true, |_| 400);
+        let kinds: Vec<_> = alerts.iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, vec![AlertKind::DenialSpike, AlertKind::RateSpike]);
+        // Once the rate is in an episode, the denials it causes stay quiet:
+        // a new denial episode starting now would not alert.
+        let d = Detector::new(AnomalySettings::default());
+        assert!(replay(&d, "acme", 0, 2 * H, false, |_| 10).is_empty());
+        let mut alerts = replay(&d, "acme", 2 * H, 1, false, |_| 400);
+        alerts.extend(replay(&d, "acme", 2 * H + 1, 10, true, |_| 400));
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].kind, AlertKind::RateSpike);
+    }
+
+    #[test]
+    fn handshake_spike_per_address_and_bounded_map() {
+        let d = Detector::new(AnomalySettings {
+            max_addresses: 64,
+            ..AnomalySettings::default()
+        });
+        let bad: IpAddr = "203.0.113.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        let ok: IpAddr = "198.51.100.1".parse().unwrap();
+        let mut alerts = Vec::new();
+        for m in 0..20 {
+            for i in 0..50 {
+                let t = T0 + m * MS_PER_MINUTE + i * 1_000;
+                // Half of them come in as IPv4-mapped IPv6: the same address.
+                let a = if i % 2 == 0 { bad } else { mapped };
+                alerts.extend(d.observe_refused_handshake(a, t));
+                if i < 5 {
+                    alerts.extend(d.observe_refused_handshake(ok, t));
+                }
+            }
+        }
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].kind, AlertKind::HandshakeSpike);
+        assert_eq!(alerts[0].addr.as_deref(), Some("203.0.113.7"));
+        assert_eq!(alerts[0].current_per_minute, 31.0);
+
+        // Many addresses: memory stays bounded.
+        for i in 0..5_000u32 {
+            let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            d.observe_refused_handshake(a, T0 + 30 * MS_PER_MINUTE + i64::from(i));
+        }
+        let tracked: usize = d.addresses.iter().map(|s| lock(s).len()).sum();
+        assert!(tracked <= 64 + SHARDS, "{tracked}");
+    }
+
+    #[test]
+    fn throttle_mode_clamps_and_clear_lifts_it() {
+        use crate::config::{LimitSpec, Partner, PartnerStatus};
+        use crate::limits::{LimitKind, LimitState};
+
+        let d = Detector::new(AnomalySettings::default());
+        d.set_on_anomaly("acme", OnAnomaly::Throttle);
+        let limits = LimitState::build(
+            &[Partner {
+                id: "acme".into(),
+                name: "Acme".into(),
+                status: PartnerStatus::Active,
+                limits: LimitSpec::default(),
+                routes: vec![],
+            }],
+            None,
+        );
+        assert!(replay(&d, "acme", 0, 2 * H, false, |_| 30).is_empty());
+        let alerts = replay(&d, "acme", 2 * H, 1, false, |_| 400);
+        assert_eq!(alerts.len(), 1);
+        let clamp = alerts[0].throttle_per_minute;
+        // Baseline 30/min: k × baseline = 300/min (over the floor of 100).
+        assert!(clamp.is_some_and(|t| (t - 300.0).abs() < 1.0), "{clamp:?}");
+        assert!(alerts[0].message.contains("throttled"));
+        assert_eq!(d.throttle("acme"), clamp);
+        assert_eq!(
+            d.throttles(),
+            vec![("acme".to_string(), clamp.unwrap_or(0.0))]
+        );
+
+        // The gateway applies it: the partner is held to ~300/min.
+        limits.set_throttle("acme", clamp);
+        let t = T0 + (2 * H + 5) * MS_PER_MINUTE;
+        let admitted = (0..1_000)
+            .filter(|_| limits.check("acme", None, t).is_ok())
+            .count();
+        assert_eq!(admitted, 50, "burst: ten seconds of 300/min");
+        let denied = limits.check("acme", None, t).unwrap_err();
+        assert_eq!(denied.limit, LimitKind::Throttled);
+
+        // The spike continues: still one alert; the throttle stays after it ends.
+        assert!(replay(&d, "acme", 2 * H + 1, 30, true, |_| 400).is_empty());
+        assert!(replay(&d, "acme", 2 * H + 31, 30, false, |_| 30).is_empty());
+        assert_eq!(d.throttle("acme"), clamp, "only an operator lifts it");
+
+        // Operator clears: throttle gone in both places.
+        assert!(d.clear("acme"));
+        limits.set_throttle("acme", d.throttle("acme"));
+        assert_eq!(d.throttle("acme"), None);
+        assert!(d.throttles().is_empty());
+        assert!(limits.check("acme", None, t).is_ok());
+        assert!(!d.clear("acme"), "nothing left to clear");
+        assert!(!d.clear("nobody"));
+    }
+
+    #[test]
+    fn clear_acknowledges_a_running_episode() {
+        let d = Detector::new(AnomalySettings::default());
+        assert!(replay(&d, "acme", 0, 2 * H, false, |_| 30).is_empty());
+        assert_eq!(replay(&d, "acme", 2 * H, 1, false, |_| 400).len(), 1);
+        assert!(d.clear("acme"));
+        // Same level goes on: acknowledged, no new alert; the baseline learns it.
+        assert!(replay(&d, "acme", 2 * H + 1, 3 * H, false, |_| 400).is_empty());
+        let s = d.status("acme", T0 + 5 * H * MS_PER_MINUTE).unwrap();
+        assert_eq!(s.episode, "armed");
+        assert!(s.baseline_per_minute > 300.0, "{s:?}");
+    }
+
+    #[test]
+    fn export_import_keeps_the_baseline() {
+        let d = Detector::new(AnomalySettings::default());
+        d.set_on_anomaly("acme", OnAnomaly::Throttle);
+        assert!(replay(&d, "acme", 0, 3 * H, false, hundred_per_hour).is_empty());
+        assert!(replay(&d, "other", 0, 3 * H, false, |_| 40).is_empty());
+        let at = T0 + 3 * H * MS_PER_MINUTE;
+        // The minute in progress at export is not restored: compare the
+        // baseline of completed minutes.
+        let before = d.status("acme", at - 1).unwrap();
+        let bytes = d.export();
+
+        // Restart two hours later: a fresh detector, restored.
+        let e = Detector::new(AnomalySettings::default());
+        e.set_on_anomaly("acme", OnAnomaly::Throttle);
+        assert_eq!(e.import(&bytes), Ok(2));
+        let after = e.status("acme", at).unwrap();
+        assert_eq!(after.baseline_per_minute, before.baseline_per_minute);
+        assert!(after.warmed_up, "no second warm-up after a restart");
+        assert_eq!(after.on_anomaly, OnAnomaly::Throttle);
+        // The downtime did not decay the baseline: a normal minute right
+        // after it is not a spike, and a real spike alerts at once.
+        let back = 5 * H;
+        assert!(replay(&e, "other", back, 10, false, |_| 40).is_empty());
+        let alerts = replay(&e, "acme", back, 5, false, ten_thousand_per_hour);
+        assert_eq!(alerts.len(), 1);
+        assert!(alerts[0].throttle_per_minute.is_some());
+
+        // Throttle and episode survive a second round trip.
+        let f = Detector::new(AnomalySettings::default());
+        assert_eq!(f.import(&e.export()), Ok(2));
+        assert_eq!(f.throttle("acme"), alerts[0].throttle_per_minute);
+        assert_eq!(f.status("acme", at).unwrap().episode, "spike");
+
+        // Garbage and bad numbers are refused, and change nothing.
+        assert!(matches!(
+            f.import(b"{not json"),
+            Err(AnomalyError::Decode(_))
+        ));
+        let mut bad = d.export_state();
+        bad.version = 99;
+        assert_eq!(f.import_state(bad), Err(AnomalyError::Version(99)));
+        let text = String::from_utf8(d.export()).unwrap().replacen(
+            "\"throttle\":null",
+            "\"throttle\":-1.0",
+            1,
+        );
+        assert!(matches!(
+            f.import(text.as_bytes()),
+            Err(AnomalyError::Invalid(_))
+        ));
+        assert_eq!(f.throttle("acme"), alerts[0].throttle_per_minute);
+    }
+
+    #[test]
+    fn detector_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Detector>();
+        check::<crate::limits::LimitState>();
     }
 }
