@@ -1,6 +1,6 @@
 //! Micro-benchmark of `LimitState::check`: ns per check on 10,000 partners.
 //!
-//! `cargo run --release --example bench_limits [checks_per_thread]`
+//! `cargo run --release --example bench_limits [checks_per_thread] [partners]`
 //!
 //! Every partner has a per-minute bucket, a daily quota and a concurrency
 //! cap; half the checks go to a route with limits of its own (two locks).
@@ -16,8 +16,8 @@ use gatehouse::limits::LimitState;
 const PARTNERS: usize = 10_000;
 const T0: i64 = 1_764_201_600_000;
 
-fn partners() -> Vec<Partner> {
-    (0..PARTNERS)
+fn partners(count: usize) -> Vec<Partner> {
+    (0..count)
         .map(|i| {
             let mut limited =
                 parse_route_arg("POST /v1/orders -> orders").unwrap_or_else(|e| panic!("{e}"));
@@ -68,7 +68,7 @@ fn run(
                     let p = if same_partner {
                         0
                     } else {
-                        (x % PARTNERS as u64) as usize
+                        (x % ids.len() as u64) as usize
                     };
                     let route = Some((i & 1) as usize);
                     let now = T0 + (i / 64) as i64;
@@ -91,7 +91,12 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(2_000_000);
-    let list = partners();
+    let count: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(PARTNERS);
+    println!("{count} partners, {n} checks per thread");
+    let list = partners(count);
     let ids: Arc<Vec<String>> = Arc::new(list.iter().map(|p| p.id.clone()).collect());
     let state = Arc::new(LimitState::build(&list, None));
     run(&state, &ids, 1, n / 10, false); // warm up

@@ -30,12 +30,15 @@
 //!   gateway enforces it while reading the body.
 //! - A partner the state does not know is admitted unlimited: who may call at
 //!   all is the policy's decision, not this module's.
-//! - Reload: [`LimitState::build`] with the previous state keeps the counters
-//!   of every limit whose setting did not change (per partner, per route
-//!   matched by methods + path + upstream, and per limit: bucket and quota
-//!   separately), so a reload does not reset a partner's quota. A changed
-//!   limit starts fresh (full bucket, nothing used today). In-flight counts
-//!   and throttles always carry over: they are facts, not settings.
+//! - Reload: [`LimitState::build`] with the previous (running) state keeps
+//!   the counters of every limit whose setting did not change, per partner
+//!   and per route (routes matched by methods + path + upstream, not by
+//!   index), and per limit: the bucket and the quota separately. So a reload
+//!   does not reset a partner's quota. A limit whose setting changed starts
+//!   fresh (full bucket, nothing used today) at its first check under the
+//!   new setting. In-flight counts and throttles always carry over: they are
+//!   facts, not settings. `build` itself changes nothing in the previous
+//!   state, so building a state that is then not used is harmless.
 //!
 //! No global lock: the partner map is built once and never mutated (a reload
 //! builds a new `LimitState` that the gateway swaps in, e.g. with `ArcSwap`),
@@ -207,8 +210,8 @@ impl std::error::Error for LimitDenied {}
 #[must_use = "dropping the Admission ends the request's concurrency slot"]
 #[derive(Debug)]
 pub struct Admission {
-    partner: Option<Arc<AtomicU32>>,
-    route: Option<Arc<AtomicU32>>,
+    partner: Option<Arc<Shared>>,
+    route: Option<Arc<Shared>>,
 }
 
 impl Admission {
@@ -227,7 +230,7 @@ impl Drop for Admission {
             .into_iter()
             .flatten()
         {
-            c.fetch_sub(1, Ordering::AcqRel);
+            c.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -317,54 +320,46 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Mutable counters of one level (a partner or a route), behind its own Mutex.
+/// Mutable counters of one level (a partner or a route). Each part records
+/// the setting it was made for; a check under a different setting (after a
+/// reload changed it) starts that part afresh. Unchanged settings keep theirs.
 #[derive(Debug, Default)]
 struct Counters {
     /// `None` until first use: a fresh bucket is full.
-    bucket: Option<Bucket>,
-    /// `None` until first use.
-    quota: Option<Quota>,
+    bucket: Option<(BucketSpec, Bucket)>,
+    /// `None` until first use; with the `requests_per_day` it counts against.
+    quota: Option<(u64, Quota)>,
     /// Partner level only: the throttle bucket and the spec it was made for.
     throttle: Option<(BucketSpec, Bucket)>,
 }
 
-/// One level's settings (fixed for this build) and its shared counters.
+/// The state of one level that outlives reloads: one allocation, so a
+/// check touches one cache line or two per level.
+#[derive(Debug, Default)]
+struct Shared {
+    counters: Mutex<Counters>,
+    in_flight: AtomicU32,
+    /// Partner level only: throttle in milli-requests per minute; 0 = none.
+    throttle_milli: AtomicU64,
+}
+
+/// One level's settings (fixed for this build) and its shared state.
 #[derive(Debug)]
 struct Level {
     spec: LimitSpec,
     bucket: Option<BucketSpec>,
-    counters: Arc<Mutex<Counters>>,
-    in_flight: Arc<AtomicU32>,
+    shared: Arc<Shared>,
 }
 
 impl Level {
+    /// Settings from `spec`; state carried over from `previous` (the same
+    /// partner or route in the running state). Nothing in `previous` is
+    /// changed here, so building a state that is never used is harmless.
     fn new(spec: &LimitSpec, previous: Option<&Level>) -> Level {
-        let bucket = BucketSpec::of(spec);
-        let in_flight = previous.map(|p| p.in_flight.clone()).unwrap_or_default();
-        let counters = match previous {
-            // Unchanged: share the very counters, so requests counted by the
-            // old state while the gateway swaps states are not lost either.
-            Some(p) if p.spec == *spec => p.counters.clone(),
-            // Changed: keep what did not change, start the rest fresh.
-            Some(p) => {
-                let old = lock(&p.counters);
-                Arc::new(Mutex::new(Counters {
-                    bucket: if p.bucket == bucket { old.bucket } else { None },
-                    quota: if p.spec.requests_per_day == spec.requests_per_day {
-                        old.quota
-                    } else {
-                        None
-                    },
-                    throttle: old.throttle,
-                }))
-            }
-            None => Arc::default(),
-        };
         Level {
             spec: spec.clone(),
-            bucket,
-            counters,
-            in_flight,
+            bucket: BucketSpec::of(spec),
+            shared: previous.map(|p| p.shared.clone()).unwrap_or_default(),
         }
     }
 
@@ -374,20 +369,20 @@ impl Level {
     }
 
     /// Reserves an in-flight slot if under `max_concurrent`.
-    fn acquire(&self) -> Option<Arc<AtomicU32>> {
+    fn acquire(&self) -> Option<Arc<Shared>> {
+        let in_flight = &self.shared.in_flight;
         let ok = match self.spec.max_concurrent {
             None => {
-                self.in_flight.fetch_add(1, Ordering::AcqRel);
+                in_flight.fetch_add(1, Ordering::AcqRel);
                 true
             }
-            Some(max) => self
-                .in_flight
+            Some(max) => in_flight
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                     (n < max).then_some(n + 1)
                 })
                 .is_ok(),
         };
-        ok.then(|| self.in_flight.clone())
+        ok.then(|| self.shared.clone())
     }
 }
 
@@ -428,7 +423,13 @@ fn evaluate(
         }
     }
     if let Some(spec) = level.bucket {
-        let b = c.bucket.get_or_insert_with(|| Bucket::full(spec, now_ms));
+        let (s, b) = c
+            .bucket
+            .get_or_insert_with(|| (spec, Bucket::full(spec, now_ms)));
+        if *s != spec {
+            *s = spec;
+            *b = Bucket::full(spec, now_ms);
+        }
         b.refill(spec, now_ms);
         if b.units < UNITS_PER_TOKEN {
             refuse(LimitKind::RequestsPerMinute, b.wait_ms(spec));
@@ -436,11 +437,13 @@ fn evaluate(
     }
     if let Some(max) = level.spec.requests_per_day {
         let today = utc_day(now_ms);
-        let q = c.quota.get_or_insert(Quota {
+        let fresh = Quota {
             day: today,
             used: 0,
-        });
-        if today > q.day {
+        };
+        let (limit, q) = c.quota.get_or_insert((max, fresh));
+        if *limit != max || today > q.day {
+            *limit = max;
             *q = Quota {
                 day: today,
                 used: 0,
@@ -459,12 +462,12 @@ fn consume(level: &Level, c: &mut Counters) {
         b.units = b.units.saturating_sub(UNITS_PER_TOKEN);
     }
     if level.bucket.is_some()
-        && let Some(b) = &mut c.bucket
+        && let Some((_, b)) = &mut c.bucket
     {
         b.units = b.units.saturating_sub(UNITS_PER_TOKEN);
     }
     if level.spec.requests_per_day.is_some()
-        && let Some(q) = &mut c.quota
+        && let Some((_, q)) = &mut c.quota
     {
         q.used = q.used.saturating_add(1);
     }
@@ -490,23 +493,28 @@ impl RouteKey {
     }
 }
 
+/// What `check` reads of a route (the rest is in [`RouteInfo`], off the hot path).
 #[derive(Debug)]
 struct RouteEntry {
-    key: RouteKey,
-    describe: String,
-    /// The route's own limits (`None` in config: an unlimited level that
+    /// The route's own limits (none configured: an unlimited level that
     /// still counts in-flight requests).
-    configured: Option<LimitSpec>,
     level: Level,
     max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug)]
+struct RouteInfo {
+    key: RouteKey,
+    describe: String,
+    configured: bool,
+}
+
+#[derive(Debug)]
 struct PartnerEntry {
+    /// Partner limits; its `Shared` also holds the throttle.
     level: Level,
-    /// Throttle rate in milli-requests per minute; 0 = none. Carried across reloads.
-    throttle_milli: Arc<AtomicU64>,
     routes: Vec<RouteEntry>,
+    info: Vec<RouteInfo>,
 }
 
 /// Every partner's limiter state. `Send + Sync`; share it in an `Arc` and
@@ -524,28 +532,28 @@ impl LimitState {
         for p in partners {
             let prev = previous.and_then(|s| s.partners.get(&p.id));
             let prev_routes: HashMap<&RouteKey, &RouteEntry> = prev
-                .map(|e| e.routes.iter().map(|r| (&r.key, r)).collect())
+                .map(|e| e.info.iter().map(|i| &i.key).zip(&e.routes).collect())
                 .unwrap_or_default();
-            let routes = p
-                .routes
-                .iter()
-                .map(|r| {
-                    let key = RouteKey::of(r);
-                    let prev_level = prev_routes.get(&key).map(|e| &e.level);
-                    let spec = r.limits.clone().unwrap_or_default();
-                    RouteEntry {
-                        level: Level::new(&spec, prev_level),
-                        describe: r.describe(),
-                        configured: r.limits.clone(),
-                        max_body_bytes: r.max_body_bytes,
-                        key,
-                    }
-                })
-                .collect();
+            let mut routes = Vec::with_capacity(p.routes.len());
+            let mut info = Vec::with_capacity(p.routes.len());
+            for r in &p.routes {
+                let key = RouteKey::of(r);
+                let prev_level = prev_routes.get(&key).map(|e| &e.level);
+                let spec = r.limits.clone().unwrap_or_default();
+                routes.push(RouteEntry {
+                    level: Level::new(&spec, prev_level),
+                    max_body_bytes: r.max_body_bytes,
+                });
+                info.push(RouteInfo {
+                    key,
+                    describe: r.describe(),
+                    configured: r.limits.is_some(),
+                });
+            }
             let entry = PartnerEntry {
                 level: Level::new(&p.limits, prev.map(|e| &e.level)),
-                throttle_milli: prev.map(|e| e.throttle_milli.clone()).unwrap_or_default(),
                 routes,
+                info,
             };
             map.insert(p.id.clone(), entry);
         }
@@ -565,17 +573,17 @@ impl LimitState {
             return Ok(Admission::unlimited());
         };
         let route = route_index.and_then(|i| p.routes.get(i).map(|r| (i, r)));
-        let throttle = match p.throttle_milli.load(Ordering::Acquire) {
+        let throttle = match p.level.shared.throttle_milli.load(Ordering::Acquire) {
             0 => None,
             milli => Some(BucketSpec::throttle(milli)),
         };
 
         // Lock order: partner, then route.
         let mut pc =
-            (p.level.has_counters() || throttle.is_some()).then(|| lock(&p.level.counters));
+            (p.level.has_counters() || throttle.is_some()).then(|| lock(&p.level.shared.counters));
         let mut rc = route
             .filter(|(_, r)| r.level.has_counters())
-            .map(|(_, r)| lock(&r.level.counters));
+            .map(|(_, r)| lock(&r.level.shared.counters));
 
         let mut worst = None;
         if let Some(c) = pc.as_deref_mut() {
@@ -635,7 +643,10 @@ impl LimitState {
             Some(r) if r.is_nan() || r == f64::INFINITY => 0,
             Some(r) => (r * 1_000.0).round().clamp(1.0, u64::MAX as f64) as u64,
         };
-        p.throttle_milli.store(milli, Ordering::Release);
+        p.level
+            .shared
+            .throttle_milli
+            .store(milli, Ordering::Release);
         true
     }
 
@@ -644,6 +655,8 @@ impl LimitState {
         match self
             .partners
             .get(partner)?
+            .level
+            .shared
             .throttle_milli
             .load(Ordering::Acquire)
         {
@@ -675,11 +688,12 @@ impl LimitState {
         let routes = p
             .routes
             .iter()
+            .zip(&p.info)
             .enumerate()
-            .map(|(index, r)| RouteLimitSnapshot {
+            .map(|(index, (r, i))| RouteLimitSnapshot {
                 index,
-                route: r.describe.clone(),
-                configured: r.configured.is_some(),
+                route: i.describe.clone(),
+                configured: i.configured,
                 level: level_snapshot(&r.level, now_ms, false).0,
                 max_body_bytes: r.max_body_bytes,
             })
@@ -695,16 +709,17 @@ impl LimitState {
 }
 
 fn level_snapshot(level: &Level, now_ms: i64, with_throttle: bool) -> (LevelSnapshot, Option<f64>) {
-    let c = lock(&level.counters);
+    let c = lock(&level.shared.counters);
     let tokens = |spec: BucketSpec, b: Option<&Bucket>| {
         let units = b.map_or(spec.capacity(), |b| b.units_at(spec, now_ms));
         units as f64 / UNITS_PER_TOKEN as f64
     };
     let today = utc_day(now_ms);
-    let quota_used = level
-        .spec
-        .requests_per_day
-        .map(|_| c.quota.filter(|q| q.day >= today).map_or(0, |q| q.used));
+    let quota_used = level.spec.requests_per_day.map(|max| {
+        c.quota
+            .filter(|(limit, q)| *limit == max && q.day >= today)
+            .map_or(0, |(_, q)| q.used)
+    });
     let throttle_left = if with_throttle {
         c.throttle.as_ref().map(|(s, b)| tokens(*s, Some(b)))
     } else {
@@ -713,13 +728,20 @@ fn level_snapshot(level: &Level, now_ms: i64, with_throttle: bool) -> (LevelSnap
     let snap = LevelSnapshot {
         limits: level.spec.clone(),
         burst: level.bucket.map(|b| b.burst),
-        tokens_left: level.bucket.map(|s| tokens(s, c.bucket.as_ref())),
+        tokens_left: level.bucket.map(|spec| {
+            let b = c
+                .bucket
+                .as_ref()
+                .filter(|(s, _)| *s == spec)
+                .map(|(_, b)| b);
+            tokens(spec, b)
+        }),
         quota_used,
         quota_resets_at_ms: level
             .spec
             .requests_per_day
             .map(|_| (today + 1).saturating_mul(MS_PER_DAY)),
-        in_flight: level.in_flight.load(Ordering::Acquire),
+        in_flight: level.shared.in_flight.load(Ordering::Acquire),
     };
     (snap, throttle_left)
 }
@@ -1062,6 +1084,16 @@ mod tests {
         // A guard from before the reload releases into the new state's count.
         drop(held);
         assert_eq!(new.snapshot("same", T0).unwrap().level.in_flight, 0);
+
+        // Building a state that is never swapped in changes nothing.
+        let unused = LimitState::build(
+            &[partner("same", limits(None, None, Some(99), None), vec![])],
+            Some(&new),
+        );
+        drop(unused);
+        assert_eq!(new.snapshot("same", T0).unwrap().level.quota_used, Some(6));
+        assert!(new.check("same", None, T0).is_ok());
+        assert_eq!(new.snapshot("same", T0).unwrap().level.quota_used, Some(7));
     }
 
     #[test]
@@ -1135,16 +1167,17 @@ mod tests {
             ],
             None,
         ));
-        let a_counters = s.partners["a"].level.counters.clone();
-        let guard = lock(&a_counters);
+        let a_shared = s.partners["a"].level.shared.clone();
+        let a_counters = &a_shared.counters;
+        let guard = lock(a_counters);
         let s2 = s.clone();
         let t = std::thread::spawn(move || s2.check("b", None, T0).is_ok());
         assert!(t.join().unwrap());
         drop(guard);
         // Poison a's lock: checks recover instead of panicking.
-        let c = a_counters.clone();
+        let c = a_shared.clone();
         let _ = std::thread::spawn(move || {
-            let _g = c.lock().unwrap();
+            let _g = c.counters.lock().unwrap();
             panic!("poison");
         })
         .join();
