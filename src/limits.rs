@@ -38,7 +38,9 @@
 //!   fresh (full bucket, nothing used today) at its first check under the
 //!   new setting. In-flight counts and throttles always carry over: they are
 //!   facts, not settings. `build` itself changes nothing in the previous
-//!   state, so building a state that is then not used is harmless.
+//!   state, so building a state that is then not used is harmless. (While
+//!   the gateway swaps states, a check still running under the old setting
+//!   may reset a changed limit once more: a window of microseconds.)
 //!
 //! No global lock: the partner map is built once and never mutated (a reload
 //! builds a new `LimitState` that the gateway swaps in, e.g. with `ArcSwap`),
