@@ -252,13 +252,16 @@ impl Series {
 
     /// Moves to `minute`, closing the current one and any empty ones between.
     fn roll(&mut self, minute: i64, s: &AnomalySettings, floor: f64) {
+        if std::mem::take(&mut self.resume) {
+            // Restored state: start at `minute`, wherever the stored one was.
+            if minute != self.minute {
+                self.minute = minute;
+                self.count = 0;
+            }
+            return;
+        }
         if minute <= self.minute {
             return; // same minute, or a clock that went back: count it here
-        }
-        if std::mem::take(&mut self.resume) {
-            self.minute = minute;
-            self.count = 0;
-            return;
         }
         let count = std::mem::take(&mut self.count);
         self.close(count, s, floor);
