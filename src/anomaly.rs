@@ -41,6 +41,16 @@
 //!
 //! Locks: the state is split into shards by key hash, each behind its own
 //! Mutex; there is no lock over the whole detector.
+//!
+//! Wiring (for the gateway): after each exchange call
+//! `observe_request(partner, status is 403 or 429, now)`; on a refused
+//! handshake `observe_refused_handshake(addr, now)`; journal each [`Alert`]
+//! as an `EventKind::Alert` event, and when `alert.throttle_per_minute` is
+//! set pass it to `LimitState::set_throttle`. `clear` is the operator's
+//! command; follow it with `set_throttle(partner, None)`. Store `export()`
+//! now and then and at shutdown; at start `import` it and re-apply
+//! `throttles()` to the new `LimitState` (throttles survive limit reloads
+//! by themselves).
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
