@@ -5,6 +5,7 @@
 //! decides, `relay` forwards, `journal` records, `server` wires them.
 
 pub mod admin;
+pub mod anomaly;
 pub mod ca;
 pub mod check;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod exchange;
 pub mod home;
 pub mod identity;
 pub mod journal;
+pub mod limits;
 pub mod live;
 pub mod partners;
 pub mod policy;
