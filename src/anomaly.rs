@@ -899,6 +899,7 @@ mod tests {
                 name: "Acme".into(),
                 status: PartnerStatus::Active,
                 limits: LimitSpec::default(),
+                on_anomaly: OnAnomaly::Throttle,
                 routes: vec![],
             }],
             None,

@@ -204,17 +204,34 @@ impl Default for CaSettings {
     }
 }
 
-/// `[monitor]`.
+/// `[monitor]`: expiry warnings, anomaly detection and alert delivery.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorSettings {
     pub expiry_warning_days: u32,
+    /// Alert when a partner's rate exceeds this many times its baseline...
+    pub anomaly_factor: f64,
+    /// ...and at least this many requests per minute.
+    pub anomaly_floor_per_minute: f64,
+    /// Minutes of traffic a baseline needs before it can alert.
+    pub anomaly_warmup_minutes: u32,
+    /// Where alerts are POSTed as JSON (http:// or https://), if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// CA file that verifies an https webhook's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_ca: Option<PathBuf>,
 }
 
 impl Default for MonitorSettings {
     fn default() -> Self {
         MonitorSettings {
             expiry_warning_days: 14,
+            anomaly_factor: 10.0,
+            anomaly_floor_per_minute: 100.0,
+            anomaly_warmup_minutes: 60,
+            webhook_url: None,
+            webhook_ca: None,
         }
     }
 }
@@ -283,6 +300,19 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
     }
     if cfg.ca.default_days == 0 {
         err("[ca] default_days must be at least 1".into());
+    }
+    if cfg.monitor.anomaly_factor.is_nan() || cfg.monitor.anomaly_factor <= 1.0 {
+        err("[monitor] anomaly_factor must be greater than 1".into());
+    }
+    if let Some(url) = &cfg.monitor.webhook_url {
+        let https = url.starts_with("https://");
+        if !(https || url.starts_with("http://")) || url.parse::<http::Uri>().is_err() {
+            err(format!(
+                "[monitor] webhook_url `{url}` must be an http:// or https:// URL"
+            ));
+        } else if https && cfg.monitor.webhook_ca.is_none() {
+            err("[monitor] an https webhook_url needs webhook_ca to verify it".into());
+        }
     }
     if cfg.journal.checkpoint_every == 0 {
         err("[journal] checkpoint_every must be at least 1".into());
@@ -445,6 +475,8 @@ struct PartnerFileRaw {
     #[serde(default)]
     limits: Option<LimitSpec>,
     #[serde(default)]
+    on_anomaly: crate::anomaly::OnAnomaly,
+    #[serde(default)]
     routes: Vec<Spanned<RouteRaw>>,
 }
 
@@ -471,7 +503,14 @@ pub struct Partner {
     pub name: String,
     pub status: PartnerStatus,
     pub limits: LimitSpec,
+    /// `on_anomaly = "throttle"` clamps the partner on a traffic spike.
+    #[serde(default, skip_serializing_if = "is_alert_only")]
+    pub on_anomaly: crate::anomaly::OnAnomaly,
     pub routes: Vec<RouteSpec>,
+}
+
+fn is_alert_only(a: &crate::anomaly::OnAnomaly) -> bool {
+    *a == crate::anomaly::OnAnomaly::Alert
 }
 
 /// A validated route grant.
@@ -662,6 +701,7 @@ pub fn parse_partner(
         id,
         status: raw.status,
         limits,
+        on_anomaly: raw.on_anomaly,
         routes,
     })
 }
@@ -749,6 +789,8 @@ pub fn render_partner(partner: &Partner) -> String {
         id: &'a str,
         name: &'a str,
         status: PartnerStatus,
+        #[serde(skip_serializing_if = "is_alert_only")]
+        on_anomaly: crate::anomaly::OnAnomaly,
         #[serde(skip_serializing_if = "is_empty_limits")]
         limits: &'a LimitSpec,
         routes: &'a [RouteSpec],
@@ -760,6 +802,7 @@ pub fn render_partner(partner: &Partner) -> String {
         id: &partner.id,
         name: &partner.name,
         status: partner.status,
+        on_anomaly: partner.on_anomaly,
         limits: &partner.limits,
         routes: &partner.routes,
     };
@@ -913,6 +956,7 @@ mod tests {
             name: "Acme Logistics".into(),
             status: PartnerStatus::Active,
             limits: LimitSpec::default(),
+            on_anomaly: Default::default(),
             routes: vec![parse_route_arg("GET /v1/orders -> orders").unwrap()],
         };
         let text = render_partner(&p);

@@ -818,6 +818,7 @@ mod tests {
             name: id.into(),
             status: PartnerStatus::Active,
             limits: l,
+            on_anomaly: Default::default(),
             routes,
         }
     }

@@ -20,6 +20,7 @@ use crate::ca::inventory::{Inventory, RecordStatus};
 use crate::config::{self, GatewayConfig, Partner, PartnerStatus};
 use crate::home::Home;
 use crate::identity::PartnerIdentity;
+use crate::limits::LimitState;
 use crate::policy::RouteTable;
 use crate::relay::Upstream;
 use crate::tls::{self, CertificateStatus, ServerMaterial};
@@ -48,6 +49,8 @@ pub struct CertEntry {
 /// One consistent view of the configuration.
 pub struct Snapshot {
     pub gateway: GatewayConfig,
+    /// Rate, quota and concurrency state (kept across reloads for unchanged limits).
+    pub limits: Arc<LimitState>,
     pub partners: HashMap<String, PartnerEntry>,
     pub certs: HashMap<String, CertEntry>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
@@ -357,6 +360,10 @@ fn build(home: &Home, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
             m
         }
     };
+    let limits = Arc::new(LimitState::build(
+        &loaded.partners,
+        previous.map(|p| p.limits.as_ref()),
+    ));
     let partners = loaded
         .partners
         .into_iter()
@@ -367,6 +374,7 @@ fn build(home: &Home, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
         .collect();
     let snapshot = Snapshot {
         gateway: loaded.gateway,
+        limits,
         partners,
         certs,
         upstreams,

@@ -24,12 +24,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::alerts::{AlertNotice, AlertSink};
+use crate::anomaly::{AnomalySettings, Detector};
 use crate::event::{Decision, Event, EventKind, Recorder};
 use crate::exchange::{PendingRecord, RecordedBody};
 use crate::home::Home;
 use crate::identity::{PartnerIdentity, identify};
 use crate::journal::Journal;
-use crate::journal::admin::serve_admin_socket;
+use crate::journal::admin::{AdminHooks, serve_admin_socket};
 use crate::live::Live;
 use crate::policy::check_target;
 use crate::relay::{Annotations, BoxError, strip_hop_by_hop, upstream_request_headers};
@@ -37,6 +39,9 @@ use crate::tls::classify_handshake_error;
 
 /// The body of every response the broker sends to partners.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Key of the anomaly baselines in the journal database's state tree.
+const ANOMALY_STATE_KEY: &str = "anomaly-baselines";
 
 /// Longest path kept in a record (the journal's growth per record is bounded).
 const MAX_RECORDED_PATH: usize = 2048;
@@ -52,6 +57,8 @@ pub struct ServeOptions {
 pub struct Shared {
     pub live: Live,
     pub recorder: Arc<dyn Recorder>,
+    pub detector: Detector,
+    pub alerts: AlertSink,
     pub node: String,
     pub listening: AtomicBool,
     pub active_connections: AtomicUsize,
@@ -59,6 +66,54 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// After every exchange: feed the anomaly detector; raise and act on alerts.
+    fn after_exchange(&self, ev: &Event) {
+        let Some(partner) = ev.partner.as_deref() else {
+            return;
+        };
+        let denied = matches!(ev.status, Some(403) | Some(429));
+        if let Some(alert) = self.detector.observe_request(partner, denied, ev.time_ms) {
+            self.raise(alert);
+        }
+    }
+
+    fn raise(&self, alert: crate::anomaly::Alert) {
+        if let (Some(p), Some(rate)) = (&alert.partner, alert.throttle_per_minute) {
+            self.live.snapshot().limits.set_throttle(p, Some(rate));
+        }
+        self.alerts.raise(AlertNotice {
+            kind: alert.kind.code().to_string(),
+            partner: alert.partner.clone(),
+            addr: alert.addr.clone(),
+            message: alert.message.clone(),
+            time_ms: alert.time_ms,
+            details: serde_json::to_value(&alert).unwrap_or_default(),
+        });
+    }
+
+    /// Operator's `partner resume`: clears an anomaly throttle.
+    pub fn clear_anomaly(&self, partner: &str) -> bool {
+        let cleared = self.detector.clear(partner);
+        self.live.snapshot().limits.set_throttle(partner, None);
+        cleared
+    }
+
+    /// Applies each partner's `on_anomaly` to the detector.
+    fn apply_anomaly_modes(&self) {
+        for (id, entry) in &self.live.snapshot().partners {
+            self.detector.set_on_anomaly(id, entry.partner.on_anomaly);
+        }
+    }
+
+    fn save_anomaly_state(&self, journal: &Journal) {
+        if let Err(e) = journal
+            .store()
+            .put_state(ANOMALY_STATE_KEY, &self.detector.export())
+        {
+            tracing::warn!("cannot save the anomaly baselines: {e}");
+        }
+    }
+
     fn now_ms(&self) -> i64 {
         self.epoch.elapsed().as_millis() as i64
     }
@@ -92,6 +147,7 @@ impl ConnCtx {
 /// Runs the broker until SIGTERM/SIGINT, then drains and returns.
 pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(), String> {
     let recorder: Arc<dyn Recorder> = Arc::new(journal.clone());
+    let journal_for_state = journal.clone();
     let live = Live::load(home.clone())?;
     let gateway = live.snapshot().gateway.clone();
     let listen = opts.listen.unwrap_or(gateway.server.listen);
@@ -117,14 +173,40 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_bound = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
+    let detector = Detector::new(AnomalySettings {
+        k: gateway.monitor.anomaly_factor,
+        floor_per_minute: gateway.monitor.anomaly_floor_per_minute,
+        warmup_minutes: gateway.monitor.anomaly_warmup_minutes,
+        ..AnomalySettings::default()
+    });
+    match journal.store().get_state(ANOMALY_STATE_KEY) {
+        Ok(Some(bytes)) => match detector.import(&bytes) {
+            Ok(n) => tracing::info!(partners = n, "anomaly baselines restored"),
+            Err(e) => tracing::warn!("anomaly baselines not restored: {e}"),
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!("cannot read the anomaly baselines: {e}"),
+    }
+    for (partner, rate) in detector.throttles() {
+        live.snapshot().limits.set_throttle(&partner, Some(rate));
+    }
+    let alerts = AlertSink::new(
+        recorder.clone(),
+        &gateway.server.node_id,
+        &gateway.monitor,
+        &home,
+    )?;
     let shared = Arc::new(Shared {
         live,
+        detector,
+        alerts,
         recorder,
         node: gateway.server.node_id.clone(),
         listening: AtomicBool::new(true),
         active_connections: AtomicUsize::new(0),
         epoch: Instant::now(),
     });
+    shared.apply_anomaly_modes();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     // Admin listener.
@@ -137,17 +219,44 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     let socket_task = {
         let mut rx = shutdown_rx.clone();
         let path = home.admin_socket();
+        let hooks = {
+            let shared = shared.clone();
+            AdminHooks {
+                clear_anomaly: Some(Arc::new(move |p: &str| shared.clear_anomaly(p))),
+            }
+        };
         tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.changed().await;
             };
-            if let Err(e) = serve_admin_socket(path, journal, stop).await {
+            if let Err(e) = serve_admin_socket(path, journal, hooks, stop).await {
                 tracing::error!("journal admin socket: {e}");
             }
         })
     };
     // Reload watcher (files + SIGHUP) and CRL re-signing.
     let watcher = tokio::spawn(watch_files(shared.clone(), shutdown_rx.clone()));
+    // Anomaly baselines persist every minute (and at shutdown).
+    let saver = {
+        let (shared, journal, mut rx) = (
+            shared.clone(),
+            journal_for_state.clone(),
+            shutdown_rx.clone(),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let (s, j) = (shared.clone(), journal.clone());
+                        let _ = tokio::task::spawn_blocking(move || s.save_anomaly_state(&j)).await;
+                    }
+                    _ = rx.changed() => return,
+                }
+            }
+        })
+    };
 
     // Announce on stdout (tests and scripts read these lines).
     println!("gatehouse listening on {bound}");
@@ -186,6 +295,8 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         );
     }
     watcher.abort();
+    saver.abort();
+    shared.save_anomaly_state(&journal_for_state);
     let _ = admin_task.await;
     let _ = socket_task.await;
     Ok(())
@@ -293,6 +404,12 @@ async fn handle_connection(
                 None => failure.message,
             });
             ev.duration_us = started.elapsed().as_micros() as u64;
+            if let Some(alert) = shared
+                .detector
+                .observe_refused_handshake(peer.ip(), ev.time_ms)
+            {
+                shared.raise(alert);
+            }
             tracing::debug!(%peer, reason = ev.reason.as_deref().unwrap_or(""), "refused handshake");
             drop(shared.recorder.record(ev));
             return;
@@ -415,6 +532,11 @@ fn json_error(
     resp
 }
 
+/// Wall-clock milliseconds since the Unix epoch (limits and anomaly windows).
+fn shared_epoch_ms() -> i64 {
+    crate::event::now_ms()
+}
+
 /// A fresh request id: 128 random bits, hex.
 fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -475,7 +597,10 @@ async fn handle_request(
         event: ev,
         started,
         recorder: shared.recorder.clone(),
-        on_finish: None,
+        on_finish: {
+            let shared = shared.clone();
+            Some(Box::new(move |ev: &Event| shared.after_exchange(ev)))
+        },
     };
     // A denial: record first (strict: flushed), then answer.
     let deny = |mut ev: Event, status: StatusCode, code: &str, close: bool| {
@@ -549,6 +674,42 @@ async fn handle_request(
     ev.upstream = Some(permit.upstream.to_string());
     let Some(upstream) = snapshot.upstreams.get(permit.upstream).cloned() else {
         return deny(ev, StatusCode::BAD_GATEWAY, "upstream_unknown", false).await;
+    };
+
+    // Rate, quota and concurrency limits (partner and route).
+    let admission = match snapshot.limits.check(
+        &ctx.identity.partner,
+        Some(permit.route_index),
+        shared_epoch_ms(),
+    ) {
+        Ok(a) => a,
+        Err(denied) => {
+            ev.status = Some(429);
+            ev.reason = Some(denied.limit.code().to_string());
+            let mut body = denied.body_json();
+            body["request_id"] = serde_json::Value::String(request_id.clone());
+            let mut resp = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                denied.limit.code(),
+                &request_id,
+                false,
+            );
+            *resp.body_mut() = Full::new(Bytes::from(body.to_string()))
+                .map_err(|e| match e {})
+                .boxed_unsync();
+            if let Ok(v) = HeaderValue::from_str(&denied.retry_after_secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return match pending(ev).submit().await {
+                Ok(()) => resp,
+                Err(_) => json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "journal_unavailable",
+                    &request_id,
+                    false,
+                ),
+            };
+        }
     };
 
     // Body limit.
@@ -625,7 +786,14 @@ async fn handle_request(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut record = pending(ev);
-    record.on_finish = Some(Box::new(move |_| drop(in_flight)));
+    let after = record.on_finish.take();
+    record.on_finish = Some(Box::new(move |ev: &Event| {
+        drop(admission);
+        drop(in_flight);
+        if let Some(f) = after {
+            f(ev);
+        }
+    }));
     if is_head || body.is_end_stream() || content_length == Some(0) {
         // Nothing to hold back: record before the head leaves.
         drop(body);
@@ -674,6 +842,7 @@ async fn watch_files(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         match result {
             Ok(Ok(outcome)) if outcome.changed => {
                 last_error = None;
+                shared.apply_anomaly_modes();
                 tracing::info!(
                     partners = outcome.partners,
                     tls_rebuilt = outcome.tls_rebuilt,

@@ -195,9 +195,14 @@ fn log_commands_go_through_the_admin_socket_of_a_running_broker() {
     drop(std::os::unix::net::UnixListener::bind(home.admin_socket()).unwrap());
     assert!(home.admin_socket().exists());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(serve_admin_socket(home.admin_socket(), j.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = rt.spawn(serve_admin_socket(
+        home.admin_socket(),
+        j.clone(),
+        Default::default(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     let t0 = Instant::now();
     while std::os::unix::net::UnixStream::connect(home.admin_socket()).is_err() {
         assert!(

@@ -375,7 +375,12 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
         }
         PartnerCmd::Resume { id } => {
             partners::set_status(home, &id, PartnerStatus::Active)?;
-            println!("partner {id} resumed");
+            // A running broker also lifts an anomaly throttle on the partner.
+            let note = match crate::journal::admin::clear_anomaly(home, &id) {
+                Ok(true) => "; the running broker cleared its anomaly state",
+                _ => "",
+            };
+            println!("partner {id} resumed{note}");
         }
         PartnerCmd::Remove { id } => {
             let revoked = partners::remove(home, &id)?;
