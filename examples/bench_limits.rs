@@ -33,6 +33,7 @@ fn partners(count: usize) -> Vec<Partner> {
                 id: format!("partner-{i:05}"),
                 name: format!("Partner {i}"),
                 status: PartnerStatus::Active,
+                on_anomaly: Default::default(),
                 limits: LimitSpec {
                     requests_per_minute: Some(6_000_000),
                     burst: None,
