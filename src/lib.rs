@@ -14,6 +14,7 @@ pub mod exchange;
 pub mod home;
 pub mod identity;
 pub mod live;
+pub mod monitor;
 pub mod partners;
 pub mod policy;
 pub mod relay;
