@@ -29,6 +29,7 @@ use crate::exchange::{PendingRecord, RecordedBody};
 use crate::home::Home;
 use crate::identity::{PartnerIdentity, identify};
 use crate::live::Live;
+use crate::monitor::Monitor;
 use crate::policy::check_target;
 use crate::relay::{Annotations, BoxError, strip_hop_by_hop, upstream_request_headers};
 use crate::tls::classify_handshake_error;
@@ -53,6 +54,8 @@ pub struct Shared {
     pub node: String,
     pub listening: AtomicBool,
     pub active_connections: AtomicUsize,
+    /// Metrics and the operator view, fed by the events below.
+    pub monitor: Arc<Monitor>,
     epoch: Instant,
 }
 
@@ -124,6 +127,7 @@ pub async fn serve(
         node: gateway.server.node_id.clone(),
         listening: AtomicBool::new(true),
         active_connections: AtomicUsize::new(0),
+        monitor: Arc::new(Monitor::new()),
         epoch: Instant::now(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -243,7 +247,9 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             shared.active_connections.fetch_add(1, Ordering::Relaxed);
+            shared.monitor.connection_opened();
             handle_connection(tcp, peer, shared.clone(), builder, shutdown).await;
+            shared.monitor.connection_closed();
             shared.active_connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
@@ -281,12 +287,14 @@ async fn handle_connection(
             });
             ev.duration_us = started.elapsed().as_micros() as u64;
             tracing::info!(%peer, reason = ev.reason.as_deref().unwrap_or(""), "refused handshake");
+            shared.monitor.observe_event(&ev, None);
             drop(shared.recorder.record(ev));
             return;
         }
         Err(_) => {
             let mut ev = handshake_event(&shared, peer, "handshake_timeout");
             ev.duration_us = started.elapsed().as_micros() as u64;
+            shared.monitor.observe_event(&ev, None);
             drop(shared.recorder.record(ev));
             return;
         }
@@ -304,22 +312,19 @@ async fn handle_connection(
     {
         Some(Ok(id)) => id,
         Some(Err(e)) => {
-            drop(
-                shared
-                    .recorder
-                    .record(handshake_event(&shared, peer, e.code())),
-            );
+            let ev = handshake_event(&shared, peer, e.code());
+            shared.monitor.observe_event(&ev, None);
+            drop(shared.recorder.record(ev));
             return;
         }
         None => {
-            drop(
-                shared
-                    .recorder
-                    .record(handshake_event(&shared, peer, "no_certificate")),
-            );
+            let ev = handshake_event(&shared, peer, "no_certificate");
+            shared.monitor.observe_event(&ev, None);
+            drop(shared.recorder.record(ev));
             return;
         }
     };
+    shared.monitor.handshake_ok();
     let idle_timeout = server.idle_timeout;
     drop(snapshot);
     let ctx = Arc::new(ConnCtx {
@@ -458,11 +463,15 @@ async fn handle_request(
         MAX_RECORDED_PATH,
     ));
 
+    // The granted route's risk, once authorization has granted one.
+    let route_risk: std::sync::OnceLock<crate::config::Risk> = std::sync::OnceLock::new();
     let pending = |ev: Event| PendingRecord {
         event: ev,
         started,
         recorder: shared.recorder.clone(),
         on_finish: None,
+        monitor: Some(shared.monitor.clone()),
+        risk: route_risk.get().copied(),
     };
     // A denial: record first (strict: flushed), then answer.
     let deny = |mut ev: Event, status: StatusCode, code: &str, close: bool| {
@@ -533,6 +542,7 @@ async fn handle_request(
         Err(_) => return deny(ev, StatusCode::FORBIDDEN, "route_not_granted", false).await,
     };
     ev.route = Some(permit.route.path.clone());
+    let _ = route_risk.set(permit.route.risk);
     ev.upstream = Some(permit.upstream.to_string());
     let Some(upstream) = snapshot.upstreams.get(permit.upstream).cloned() else {
         return deny(ev, StatusCode::BAD_GATEWAY, "upstream_unknown", false).await;
@@ -581,7 +591,14 @@ async fn handle_request(
     let upstream_req = Request::from_parts(parts, body);
     drop(snapshot);
 
-    let resp = match upstream.send(upstream_req).await {
+    let upstream_started = Instant::now();
+    let sent = upstream.send(upstream_req).await;
+    shared.monitor.upstream(
+        &upstream.name,
+        upstream_started.elapsed().as_secs_f64(),
+        sent.as_ref().err().map(|e| e.code()),
+    );
+    let resp = match sent {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(upstream = %upstream.name, request_id = %request_id, "upstream failed: {e:?}");
@@ -672,6 +689,7 @@ async fn watch_files(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                     "partners: {}; tls rebuilt: {}",
                     outcome.partners, outcome.tls_rebuilt
                 ));
+                shared.monitor.observe_event(&ev, None);
                 drop(shared.recorder.record(ev));
             }
             Ok(Ok(_)) => {}
@@ -684,6 +702,7 @@ async fn watch_files(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                     let mut ev = Event::new(EventKind::Admin, &shared.node, Decision::Denied);
                     ev.reason = Some("config_reload_refused".into());
                     ev.detail = Some(truncated(&e, 4096));
+                    shared.monitor.observe_event(&ev, None);
                     drop(shared.recorder.record(ev));
                     last_error = Some(e);
                 }
