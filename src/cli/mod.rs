@@ -16,6 +16,8 @@ use crate::home::Home;
 use crate::partners;
 use crate::timefmt::{parse_duration, rfc3339};
 
+pub mod status;
+
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 #[derive(Parser, Debug)]
@@ -46,6 +48,8 @@ pub enum Command {
     Cert(CertCmd),
     /// Run the broker: terminate mTLS, authorize, relay, record.
     Serve(ServeArgs),
+    /// The running broker's view per partner: traffic, limits, certificates, alerts.
+    Status(status::StatusArgs),
 }
 
 #[derive(Args, Debug)]
@@ -192,6 +196,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Partner(p) => cmd_partner(&existing(&cli.home)?, p),
         Command::Cert(c) => cmd_cert(&existing(&cli.home)?, c),
         Command::Serve(a) => cmd_serve(existing(&cli.home)?, a),
+        Command::Status(a) => status::run(&existing(&cli.home)?, a),
     }
 }
 
