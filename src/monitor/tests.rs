@@ -45,9 +45,8 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, String> {
     let mut families: Vec<(String, String)> = Vec::new();
     let mut out = BTreeMap::new();
-    let mut lines = text.lines().peekable();
     let mut saw_eof = false;
-    while let Some(line) = lines.next() {
+    for line in text.lines() {
         if saw_eof {
             return Err(format!("text after # EOF: {line}"));
         }
@@ -103,7 +102,7 @@ fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, String> {
                         .ok_or_else(|| format!("bad label: {line}"))?;
                     let ok_name =
                         !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-                    if !ok_name || !(v.starts_with('"') && v.ends_with('"') && v.len() >= 2) {
+                    if !(ok_name && v.starts_with('"') && v.ends_with('"') && v.len() >= 2) {
                         return Err(format!("bad label: {line}"));
                     }
                 }
@@ -339,7 +338,7 @@ fn label_cardinality_stays_bounded_with_hostile_inputs() {
             "acme",
             methods[i % methods.len()],
             &format!("/v1/orders/{i}/../../admin?x={i}"),
-            if i % 2 == 0 { 403 } else { 404 },
+            if i.is_multiple_of(2) { 403 } else { 404 },
             Some("route_not_granted"),
         );
         ev.client_addr = Some(format!(
