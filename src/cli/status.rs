@@ -164,7 +164,7 @@ fn render_table(doc: &Value) -> String {
         cell(&doc["generated_at"])
     ));
     out.push_str(&format!(
-        "{:<20} {:<10} {:>8} {:>8} {:>8} {:>8}  {:<32} CERTS (days to expiry; ! = expiring)\n",
+        "{:<20} {:<10} {:>8} {:>8} {:>8} {:>8}  {:<32}  CERTS (days to expiry; ! = expiring)\n",
         "PARTNER", "STATUS", "REQS", "DENIED", "P50ms", "P99ms", "LIMITS"
     ));
     let empty = Vec::new();
@@ -172,7 +172,7 @@ fn render_table(doc: &Value) -> String {
     for p in partners {
         let w = &p["last_hour"];
         out.push_str(&format!(
-            "{:<20} {:<10} {:>8} {:>8} {:>8} {:>8}  {:<32} {}\n",
+            "{:<20} {:<10} {:>8} {:>8} {:>8} {:>8}  {:<32}  {}\n",
             cell(&p["id"]),
             cell(&p["status"]),
             cell(&w["requests"]),
@@ -222,7 +222,7 @@ mod tests {
         });
         let t = render_table(&doc);
         assert!(t.contains("acme"), "{t}");
-        assert!(t.contains("requests_per_minute=600 burst=50"), "{t}");
+        assert!(t.contains("burst=50 requests_per_minute=600"), "{t}");
         assert!(t.contains("01234567:5d!"), "{t}");
         assert!(t.contains("traffic_spike acme x10"), "{t}");
         assert!(render_table(&serde_json::json!({})).contains("no partners"));
