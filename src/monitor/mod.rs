@@ -161,16 +161,9 @@ impl Default for Monitor {
 
 impl Monitor {
     pub fn new() -> Monitor {
-        let mut registry = Registry::with_prefix("gatehouse");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Partner requests by partner, granted route (or none), method, status class, decision and route risk",
-            requests.clone(),
-        );
         let mut monitor = Monitor {
             registry: Registry::default(),
-            requests,
+            requests: Family::default(),
             request_duration: Family::new_with_constructor(|| Histogram::new(request_buckets())),
             denials: Family::default(),
             upstream_duration: Family::new_with_constructor(|| Histogram::new(request_buckets())),
@@ -189,7 +182,15 @@ impl Monitor {
             windows: RwLock::new(HashMap::new()),
             recent_alerts: Mutex::new(VecDeque::new()),
         };
+        // Registered after construction: each family is a cheap handle
+        // (an `Arc`) shared between the field and the registry.
+        let mut registry = Registry::with_prefix("gatehouse");
         let m = &monitor;
+        registry.register(
+            "requests",
+            "Partner requests by partner, granted route (or none), method, status class, decision and route risk",
+            m.requests.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "Time from request head to recorded end of the exchange, by partner, route and risk",
