@@ -73,7 +73,8 @@ impl AlertSink {
     }
 
     /// Raises an alert: journal record, warn line, webhook (best effort).
-    pub fn raise(&self, notice: AlertNotice) {
+    /// Returns the recorded event (for metrics).
+    pub fn raise(&self, notice: AlertNotice) -> Event {
         tracing::warn!(kind = %notice.kind, partner = notice.partner.as_deref().unwrap_or("-"), "ALERT: {}", notice.message);
         let mut ev = Event::new(EventKind::Alert, &self.node, Decision::Denied);
         ev.time_ms = notice.time_ms;
@@ -81,7 +82,7 @@ impl AlertSink {
         ev.partner = notice.partner.clone();
         ev.client_addr = notice.addr.clone();
         ev.detail = Some(format!("{} {}", notice.message, notice.details));
-        drop(self.recorder.record(ev));
+        drop(self.recorder.record(ev.clone()));
         if let Some(tx) = &self.webhook {
             match serde_json::to_vec(&notice) {
                 Ok(body) => {
@@ -94,6 +95,7 @@ impl AlertSink {
                 Err(e) => tracing::warn!("cannot encode alert: {e}"),
             }
         }
+        ev
     }
 }
 

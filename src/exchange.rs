@@ -13,7 +13,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::config::Risk;
 use crate::event::{Event, RecordAck, RecordError, Recorder};
+use crate::monitor::Monitor;
 use crate::relay::BoxError;
 
 /// Called once when an exchange is finished (for metrics, in-flight counts).
@@ -25,6 +27,9 @@ pub struct PendingRecord {
     pub started: Instant,
     pub recorder: Arc<dyn Recorder>,
     pub on_finish: Option<OnFinish>,
+    /// Counts the finished exchange (with the granted route's risk).
+    pub monitor: Option<Arc<Monitor>>,
+    pub risk: Option<Risk>,
 }
 
 impl PendingRecord {
@@ -33,6 +38,9 @@ impl PendingRecord {
         self.event.duration_us = self.started.elapsed().as_micros() as u64;
         if let Some(f) = self.on_finish.take() {
             f(&self.event);
+        }
+        if let Some(m) = &self.monitor {
+            m.observe_event(&self.event, self.risk);
         }
         self.recorder.record(self.event)
     }

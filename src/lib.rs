@@ -18,6 +18,7 @@ pub mod identity;
 pub mod journal;
 pub mod limits;
 pub mod live;
+pub mod monitor;
 pub mod partners;
 pub mod policy;
 pub mod relay;

@@ -33,6 +33,7 @@ use crate::identity::{PartnerIdentity, identify};
 use crate::journal::Journal;
 use crate::journal::admin::{AdminHooks, serve_admin_socket};
 use crate::live::Live;
+use crate::monitor::Monitor;
 use crate::policy::check_target;
 use crate::relay::{Annotations, BoxError, strip_hop_by_hop, upstream_request_headers};
 use crate::tls::classify_handshake_error;
@@ -62,6 +63,8 @@ pub struct Shared {
     pub node: String,
     pub listening: AtomicBool,
     pub active_connections: AtomicUsize,
+    /// Metrics and the operator view, fed by the events below.
+    pub monitor: Arc<Monitor>,
     epoch: Instant,
 }
 
@@ -81,7 +84,7 @@ impl Shared {
         if let (Some(p), Some(rate)) = (&alert.partner, alert.throttle_per_minute) {
             self.live.snapshot().limits.set_throttle(p, Some(rate));
         }
-        self.alerts.raise(AlertNotice {
+        let ev = self.alerts.raise(AlertNotice {
             kind: alert.kind.code().to_string(),
             partner: alert.partner.clone(),
             addr: alert.addr.clone(),
@@ -89,6 +92,34 @@ impl Shared {
             time_ms: alert.time_ms,
             details: serde_json::to_value(&alert).unwrap_or_default(),
         });
+        self.monitor.observe_event(&ev, None);
+    }
+
+    /// Partner certificates near expiry with no successor.
+    fn expiry_warnings(&self) -> Vec<crate::monitor::ExpiryWarning> {
+        let days = self.live.snapshot().gateway.monitor.expiry_warning_days;
+        match crate::ca::inventory::Inventory::load(&self.live.home) {
+            Ok(inv) => crate::monitor::expiring(&inv, time::OffsetDateTime::now_utc(), days),
+            Err(e) => {
+                tracing::warn!("expiry check: cannot read the inventory: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    fn raise_expiry(&self, w: &crate::monitor::ExpiryWarning) {
+        let ev = self.alerts.raise(AlertNotice {
+            kind: "cert_expiry".into(),
+            partner: Some(w.partner.clone()),
+            addr: None,
+            message: format!(
+                "certificate {} of partner {} expires {} ({} days) and has no successor: run `gatehouse cert renew {}`",
+                w.serial, w.partner, w.not_after, w.days_left, w.partner
+            ),
+            time_ms: crate::event::now_ms(),
+            details: serde_json::to_value(w).unwrap_or_default(),
+        });
+        self.monitor.observe_event(&ev, None);
     }
 
     /// Operator's `partner resume`: clears an anomaly throttle.
@@ -204,6 +235,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         node: gateway.server.node_id.clone(),
         listening: AtomicBool::new(true),
         active_connections: AtomicUsize::new(0),
+        monitor: Arc::new(Monitor::new()),
         epoch: Instant::now(),
     });
     shared.apply_anomaly_modes();
@@ -367,7 +399,9 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             shared.active_connections.fetch_add(1, Ordering::Relaxed);
+            shared.monitor.connection_opened();
             handle_connection(tcp, peer, shared.clone(), builder, shutdown).await;
+            shared.monitor.connection_closed();
             shared.active_connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
@@ -411,12 +445,14 @@ async fn handle_connection(
                 shared.raise(alert);
             }
             tracing::debug!(%peer, reason = ev.reason.as_deref().unwrap_or(""), "refused handshake");
+            shared.monitor.observe_event(&ev, None);
             drop(shared.recorder.record(ev));
             return;
         }
         Err(_) => {
             let mut ev = handshake_event(&shared, peer, "handshake_timeout");
             ev.duration_us = started.elapsed().as_micros() as u64;
+            shared.monitor.observe_event(&ev, None);
             drop(shared.recorder.record(ev));
             return;
         }
@@ -434,22 +470,19 @@ async fn handle_connection(
     {
         Some(Ok(id)) => id,
         Some(Err(e)) => {
-            drop(
-                shared
-                    .recorder
-                    .record(handshake_event(&shared, peer, e.code())),
-            );
+            let ev = handshake_event(&shared, peer, e.code());
+            shared.monitor.observe_event(&ev, None);
+            drop(shared.recorder.record(ev));
             return;
         }
         None => {
-            drop(
-                shared
-                    .recorder
-                    .record(handshake_event(&shared, peer, "no_certificate")),
-            );
+            let ev = handshake_event(&shared, peer, "no_certificate");
+            shared.monitor.observe_event(&ev, None);
+            drop(shared.recorder.record(ev));
             return;
         }
     };
+    shared.monitor.handshake_ok();
     let idle_timeout = server.idle_timeout;
     drop(snapshot);
     let ctx = Arc::new(ConnCtx {
@@ -593,6 +626,8 @@ async fn handle_request(
         MAX_RECORDED_PATH,
     ));
 
+    // The granted route's risk, once authorization has granted one.
+    let route_risk: std::sync::OnceLock<crate::config::Risk> = std::sync::OnceLock::new();
     let pending = |ev: Event| PendingRecord {
         event: ev,
         started,
@@ -601,6 +636,8 @@ async fn handle_request(
             let shared = shared.clone();
             Some(Box::new(move |ev: &Event| shared.after_exchange(ev)))
         },
+        monitor: Some(shared.monitor.clone()),
+        risk: route_risk.get().copied(),
     };
     // A denial: record first (strict: flushed), then answer.
     let deny = |mut ev: Event, status: StatusCode, code: &str, close: bool| {
@@ -671,6 +708,7 @@ async fn handle_request(
         Err(_) => return deny(ev, StatusCode::FORBIDDEN, "route_not_granted", false).await,
     };
     ev.route = Some(permit.route.path.clone());
+    let _ = route_risk.set(permit.route.risk);
     ev.upstream = Some(permit.upstream.to_string());
     let Some(upstream) = snapshot.upstreams.get(permit.upstream).cloned() else {
         return deny(ev, StatusCode::BAD_GATEWAY, "upstream_unknown", false).await;
@@ -755,7 +793,14 @@ async fn handle_request(
     let upstream_req = Request::from_parts(parts, body);
     drop(snapshot);
 
-    let resp = match upstream.send(upstream_req).await {
+    let upstream_started = Instant::now();
+    let sent = upstream.send(upstream_req).await;
+    shared.monitor.upstream(
+        &upstream.name,
+        upstream_started.elapsed().as_secs_f64(),
+        sent.as_ref().err().map(|e| e.code()),
+    );
+    let resp = match sent {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(upstream = %upstream.name, request_id = %request_id, "upstream failed: {e:?}");
@@ -822,6 +867,8 @@ async fn watch_files(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut crl_tick = tokio::time::interval(Duration::from_secs(600));
     crl_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;
+    // Certificates already warned about (one alert per certificate per run).
+    let mut warned = std::collections::HashSet::new();
     loop {
         let force = tokio::select! {
             _ = tick.tick() => false,
@@ -832,6 +879,14 @@ async fn watch_files(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                     Ok(Ok(true)) => tracing::info!("CRL re-signed before its next-update"),
                     Ok(Err(e)) => tracing::error!("could not re-sign the CRL: {e}"),
                     _ => {}
+                }
+                let s = shared.clone();
+                if let Ok(warnings) = tokio::task::spawn_blocking(move || s.expiry_warnings()).await {
+                    for w in warnings {
+                        if warned.insert(w.serial.clone()) {
+                            shared.raise_expiry(&w);
+                        }
+                    }
                 }
                 false
             }
@@ -854,6 +909,7 @@ async fn watch_files(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                     "partners: {}; tls rebuilt: {}",
                     outcome.partners, outcome.tls_rebuilt
                 ));
+                shared.monitor.observe_event(&ev, None);
                 drop(shared.recorder.record(ev));
             }
             Ok(Ok(_)) => {}
@@ -866,6 +922,7 @@ async fn watch_files(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                     let mut ev = Event::new(EventKind::Admin, &shared.node, Decision::Denied);
                     ev.reason = Some("config_reload_refused".into());
                     ev.detail = Some(truncated(&e, 4096));
+                    shared.monitor.observe_event(&ev, None);
                     drop(shared.recorder.record(ev));
                     last_error = Some(e);
                 }

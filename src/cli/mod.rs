@@ -18,6 +18,8 @@ use crate::home::Home;
 use crate::partners;
 use crate::timefmt::{parse_duration, rfc3339};
 
+pub mod status;
+
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 #[derive(Parser, Debug)]
@@ -51,6 +53,8 @@ pub enum Command {
     /// Read, export, verify and prune the exchange journal.
     #[command(subcommand)]
     Log(log::LogCmd),
+    /// The running broker's view per partner: traffic, limits, certificates, alerts.
+    Status(status::StatusArgs),
 }
 
 #[derive(Args, Debug)]
@@ -198,6 +202,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Cert(c) => cmd_cert(&existing(&cli.home)?, c),
         Command::Serve(a) => cmd_serve(existing(&cli.home)?, a),
         Command::Log(c) => log::run(&existing(&cli.home)?, c),
+        Command::Status(a) => status::run(&existing(&cli.home)?, a),
     }
 }
 
