@@ -249,11 +249,14 @@ pub async fn serve_admin_socket(
     Ok(())
 }
 
+/// Clears a partner's anomaly throttle; true when one was in force.
+pub type ClearAnomalyHook = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Broker actions the admin socket can trigger beyond the journal's own.
 #[derive(Clone, Default)]
 pub struct AdminHooks {
     /// Clears a partner's anomaly throttle; true when one was in force.
-    pub clear_anomaly: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+    pub clear_anomaly: Option<ClearAnomalyHook>,
 }
 
 async fn handle(

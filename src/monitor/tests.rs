@@ -491,6 +491,7 @@ fn status_json_shape() {
             id: "globex".into(),
             name: "Globex".into(),
             status: PartnerStatus::Suspended,
+            on_anomaly: Default::default(),
             limits: LimitSpec::default(),
             routes: vec![],
         },
@@ -498,6 +499,7 @@ fn status_json_shape() {
             id: "acme".into(),
             name: "Acme Logistics".into(),
             status: PartnerStatus::Active,
+            on_anomaly: Default::default(),
             limits: LimitSpec {
                 requests_per_minute: Some(600),
                 burst: Some(50),
