@@ -109,7 +109,7 @@ mod tests {
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
-        for s in ["24h", "90s", "15m", "7d", "250ms"] {
+        for s in ["25h", "90s", "15m", "7d", "250ms", "1d"] {
             assert_eq!(format_duration(parse_duration(s).unwrap()), s);
         }
     }
