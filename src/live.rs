@@ -199,6 +199,73 @@ pub struct ReloadOutcome {
     pub changed: bool,
     pub tls_rebuilt: bool,
     pub partners: usize,
+    /// What changed for the audit trail: certificates issued, superseded or
+    /// revoked, partners added, removed, suspended or resumed (by the CLI or
+    /// by hand), one line each.
+    pub changes: Vec<Change>,
+}
+
+/// One audited change seen by a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// `cert_issued`, `cert_superseded`, `cert_revoked`, `partner_added`, ...
+    pub kind: &'static str,
+    pub partner: String,
+    pub serial: Option<String>,
+}
+
+/// The audited differences between two snapshots.
+fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
+    let mut out = Vec::new();
+    for (serial, c) in &new.certs {
+        let kind = match old.certs.get(serial) {
+            None => Some("cert_issued"),
+            Some(o) if o.status != c.status => match c.status {
+                RecordStatus::Revoked => Some("cert_revoked"),
+                RecordStatus::Superseded => Some("cert_superseded"),
+                RecordStatus::Active => Some("cert_reactivated"),
+            },
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            out.push(Change {
+                kind,
+                partner: c.partner.clone(),
+                serial: Some(serial.clone()),
+            });
+        }
+    }
+    for (id, p) in &new.partners {
+        let kind = match old.partners.get(id) {
+            None => Some("partner_added"),
+            Some(o) if o.partner.status != p.partner.status => match p.partner.status {
+                PartnerStatus::Suspended => Some("partner_suspended"),
+                PartnerStatus::Active => Some("partner_resumed"),
+            },
+            Some(o) if o.partner != p.partner => Some("partner_changed"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            out.push(Change {
+                kind,
+                partner: id.clone(),
+                serial: None,
+            });
+        }
+    }
+    for id in old
+        .partners
+        .keys()
+        .filter(|id| !new.partners.contains_key(*id))
+    {
+        out.push(Change {
+            kind: "partner_removed",
+            partner: id.clone(),
+            serial: None,
+        });
+    }
+    out.sort_by(|a, b| (a.partner.as_str(), a.kind).cmp(&(b.partner.as_str(), b.kind)));
+    out
 }
 
 impl Live {
@@ -256,6 +323,7 @@ impl Live {
         drop(refused);
         let tls_changed = force || next.stamps.tls != current.stamps.tls;
         let partners = next.partners.len();
+        let changes = diff(&current, &next);
         self.snapshot.store(Arc::new(SnapshotCell(Arc::new(next))));
         if tls_changed {
             // A fresh config also means a fresh session cache and ticketer:
@@ -266,6 +334,7 @@ impl Live {
             changed: true,
             tls_rebuilt: tls_changed,
             partners,
+            changes,
         })
     }
 

@@ -911,6 +911,13 @@ async fn watch_files(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 ));
                 shared.monitor.observe_event(&ev, None);
                 drop(shared.recorder.record(ev));
+                for change in &outcome.changes {
+                    let mut ev = Event::new(EventKind::Admin, &shared.node, Decision::Allowed);
+                    ev.reason = Some(change.kind.to_string());
+                    ev.partner = Some(change.partner.clone());
+                    ev.cert_serial = change.serial.clone();
+                    drop(shared.recorder.record(ev));
+                }
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) if e == crate::live::REFUSED_AGAIN => {}

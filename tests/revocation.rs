@@ -52,6 +52,13 @@ async fn revocation_bites_on_an_open_keep_alive_connection_within_a_second() {
     h.ok(&["cert", "revoke", &acme.serial, "--reason", "keyCompromise"]);
     let took = until_refused(&mut c, "revoked").await;
     assert!(took <= Duration::from_millis(1500), "took {took:?}");
+    // The CLI's revocation is on the broker's audit trail.
+    let rec = h
+        .wait_journal(5, |v| v["kind"] == "admin" && v["reason"] == "cert_revoked")
+        .await
+        .expect("revocation journaled");
+    assert_eq!(rec["cert_serial"], acme.serial.as_str());
+    assert_eq!(rec["partner"], "acme");
     // The connection is closed after the refusal.
     assert!(c.get("/v1/orders").await.is_err(), "connection stayed open");
     // New connections are refused at the handshake.
