@@ -866,7 +866,12 @@ overlap = "24h"               # how long a renewed certificate's predecessor sta
 crl_validity = "7d"           # CRL next-update; the broker re-signs it well before
 
 [monitor]
-expiry_warning_days = 14
+expiry_warning_days = 14     # warn (log, alert) when a certificate without successor nears expiry
+anomaly_factor = 10.0        # alert when a partner's rate exceeds this many times its baseline...
+anomaly_floor_per_minute = 100.0   # ...and at least this many requests per minute
+anomaly_warmup_minutes = 60  # a baseline needs this much history before it alerts
+# webhook_url = "https://alerts.example.com/gatehouse"   # alerts are POSTed here as JSON
+# webhook_ca = "certs/webhook-ca.pem"                     # CA for an https webhook
 
 # The example upstream: `cargo run --example echo-upstream` serves it and writes
 # certs/upstream-ca.pem, the CA that verifies its server certificate.
