@@ -117,23 +117,46 @@ fn cell(v: &Value) -> String {
     }
 }
 
-/// `requests_per_minute=600 burst=50`, or `-` when nothing is set.
+/// A compact view of the limits in force and how close the partner is:
+/// `rpm 600 (49 left) day 120/10000 conc 1/8 THROTTLED 250/min`, or `-`.
 fn limits_cell(v: &Value) -> String {
-    match v {
-        Value::Object(m) => {
-            let parts: Vec<String> = m
-                .iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| format!("{k}={}", cell(v)))
-                .collect();
-            if parts.is_empty() {
-                "-".into()
-            } else {
-                parts.join(" ")
-            }
+    let Value::Object(m) = v else { return cell(v) };
+    // The broker's live snapshot nests the configured limits under "limits";
+    // a bare partner-file limits table is the fallback.
+    let conf = m.get("limits").filter(|l| l.is_object()).unwrap_or(v);
+    let num = |x: &Value| x.as_f64();
+    let mut parts = Vec::new();
+    if let Some(rpm) = num(&conf["requests_per_minute"]) {
+        match num(&v["tokens_left"]) {
+            Some(left) => parts.push(format!("rpm {rpm} ({} left)", left.floor())),
+            None => parts.push(format!("rpm {rpm}")),
         }
-        Value::Null => "-".into(),
-        other => cell(other),
+    }
+    if let Some(day) = num(&conf["requests_per_day"]) {
+        let used = num(&v["quota_used"]).unwrap_or(0.0);
+        parts.push(format!("day {used}/{day}"));
+    }
+    if let Some(c) = num(&conf["max_concurrent"]) {
+        let used = num(&v["in_flight"]).unwrap_or(0.0);
+        parts.push(format!("conc {used}/{c}"));
+    }
+    if let Some(t) = num(&v["throttle_per_minute"]) {
+        parts.push(format!("THROTTLED {t:.0}/min"));
+    }
+    let routes = v["routes"]
+        .as_array()
+        .map(|r| r.iter().filter(|r| r["configured"] == true).count())
+        .unwrap_or(0);
+    if routes > 0 {
+        parts.push(format!("+{routes} route limit(s)"));
+    }
+    if let Some(b) = num(&v["anomaly"]["baseline_per_minute"]) {
+        parts.push(format!("baseline {b:.1}/min"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
     }
 }
 
@@ -222,7 +245,7 @@ mod tests {
         });
         let t = render_table(&doc);
         assert!(t.contains("acme"), "{t}");
-        assert!(t.contains("burst=50 requests_per_minute=600"), "{t}");
+        assert!(t.contains("rpm 600"), "{t}");
         assert!(t.contains("01234567:5d!"), "{t}");
         assert!(t.contains("traffic_spike acme x10"), "{t}");
         assert!(render_table(&serde_json::json!({})).contains("no partners"));
