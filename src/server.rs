@@ -506,10 +506,14 @@ async fn handle_connection(
     tokio::pin!(conn);
     let mut shutting_down = false;
     loop {
-        let idle_left = {
+        let idle_left = if ctx.in_flight.load(Ordering::Relaxed) > 0 {
+            // Busy: look again a full idle period later (never a zero-length
+            // sleep, which would spin while a long request is in flight).
+            idle_timeout
+        } else {
             let last = ctx.last_activity_ms.load(Ordering::Relaxed);
             let deadline = last + idle_timeout.as_millis() as i64;
-            Duration::from_millis((deadline - shared.now_ms()).max(0) as u64)
+            Duration::from_millis((deadline - shared.now_ms()).max(1) as u64)
         };
         tokio::select! {
             res = conn.as_mut() => {

@@ -171,3 +171,44 @@ async fn oversized_headers_get_431_and_slow_headers_are_cut() {
         "slow header kept the connection for {took:?}: {resp}"
     );
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_but_busy_ones_are_not() {
+    let h = TestHome::new();
+    // An upstream slower than the idle timeout: a busy connection must survive it.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for _ in 0..4 {
+            let Ok((mut s, _)) = silent.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(1800)).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    h.add_upstream("slow", &format!("http://{slow_addr}"), None);
+    h.add_partner("acme", &["GET /slow -> slow"]);
+    h.set_server("idle_timeout", "1s");
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let ca = h.ca_pem();
+    let mut c = Conn::open(broker.addr, &ca, &acme, false).await.unwrap();
+    let r = c.get("/slow").await.unwrap();
+    assert_eq!(
+        r.status, 200,
+        "a request longer than the idle timeout was cut"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        c.get("/slow").await.is_err(),
+        "an idle connection stayed open"
+    );
+}
