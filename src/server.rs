@@ -305,13 +305,16 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         permits.clone(),
         shutdown_rx.clone(),
     );
-    tokio::pin!(accept);
+    let mut accept = Box::pin(accept);
 
     let signal = wait_for_stop();
     tokio::select! {
         () = &mut accept => {},
         () = signal => {},
     }
+    // Dropping the accept loop closes the listener and frees the slot it
+    // was holding for the next connection.
+    drop(accept);
     tracing::info!("stopping: no new connections; draining in-flight requests");
     shared.listening.store(false, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);

@@ -94,3 +94,56 @@ async fn sighup_reloads_and_sigterm_drains_then_exits_zero() {
     let status = st.0.expect("broker did not exit after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_before_exiting() {
+    let h = TestHome::new();
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for _ in 0..4 {
+            let Ok((mut s, _)) = slow.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
+                    .await;
+            });
+        }
+    });
+    h.add_upstream("slow", &format!("http://{slow_addr}"), None);
+    h.add_partner("acme", &["GET /slow -> slow"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let (addr, ca) = (broker.addr, h.ca_pem());
+    let mut c = Conn::open(addr, &ca, &acme, false).await.unwrap();
+    let inflight = tokio::spawn(async move { c.get("/slow").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    broker.signal("TERM");
+    let r = inflight
+        .await
+        .unwrap()
+        .expect("the in-flight request was cut");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "done");
+    let mut broker = broker;
+    let t = std::time::Instant::now();
+    let (status, broker) = tokio::task::spawn_blocking(move || (broker.wait_exit(15), broker))
+        .await
+        .unwrap();
+    assert!(status.expect("no exit").success());
+    // Nothing else holds the drain up to its 10 s limit.
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "exit took {:?}: {}",
+        t.elapsed(),
+        broker.log()
+    );
+    // It no longer accepts.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
