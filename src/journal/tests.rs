@@ -88,6 +88,24 @@ fn relaxed_mode_flushes_every_interval() {
 }
 
 #[test]
+fn relaxed_mode_flushes_on_schedule_under_continuous_load() {
+    let (_d, home) = home();
+    let mut s = settings(Durability::Relaxed);
+    s.flush_interval = Duration::from_millis(20);
+    let j = Journal::open(&home, &s).unwrap();
+    let rt = rt();
+    let t0 = std::time::Instant::now();
+    let mut i = 0;
+    while t0.elapsed() < Duration::from_millis(600) {
+        rt.block_on(j.record(ev(i))).unwrap();
+        i += 1;
+    }
+    let st = j.stats();
+    assert!(st.flushes >= 5, "{} flushes in 600 ms of load", st.flushes);
+    assert!(st.durable_seq > 0);
+}
+
+#[test]
 fn concurrent_records_share_group_commits() {
     let (_d, home) = home();
     let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();

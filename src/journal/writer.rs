@@ -157,7 +157,9 @@ impl Writer {
                         }
                     }
                 }
-            } else if self.dirty && !self.strict && now >= self.last_flush + self.flush_interval {
+            }
+            // Relaxed: flush on schedule, also while records keep coming.
+            if self.dirty && !self.strict && now >= self.last_flush + self.flush_interval {
                 if let Err(e) = self.store.flush() {
                     self.fail(Vec::new(), format!("journal flush failed: {e}"));
                 } else {
