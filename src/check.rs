@@ -25,7 +25,10 @@ pub fn check_home(home: &Home) -> Vec<String> {
             problems.extend(e.0.iter().map(|e| e.to_string()));
         }
         for (name, up) in &g.upstreams {
-            for f in [&up.ca, &up.client_cert, &up.client_key].into_iter().flatten() {
+            for f in [&up.ca, &up.client_cert, &up.client_key]
+                .into_iter()
+                .flatten()
+            {
                 let p = home.resolve(f);
                 if !p.is_file() {
                     problems.push(format!(

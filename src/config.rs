@@ -18,9 +18,7 @@ use crate::home::Home;
 use crate::timefmt::serde_duration;
 
 /// Methods a route may grant.
-pub const KNOWN_METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
-];
+pub const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 /// Default request body limit for a route (10 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
@@ -206,17 +204,34 @@ impl Default for CaSettings {
     }
 }
 
-/// `[monitor]`.
+/// `[monitor]`: expiry warnings, anomaly detection and alert delivery.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorSettings {
     pub expiry_warning_days: u32,
+    /// Alert when a partner's rate exceeds this many times its baseline...
+    pub anomaly_factor: f64,
+    /// ...and at least this many requests per minute.
+    pub anomaly_floor_per_minute: f64,
+    /// Minutes of traffic a baseline needs before it can alert.
+    pub anomaly_warmup_minutes: u32,
+    /// Where alerts are POSTed as JSON (http:// or https://), if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// CA file that verifies an https webhook's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_ca: Option<PathBuf>,
 }
 
 impl Default for MonitorSettings {
     fn default() -> Self {
         MonitorSettings {
             expiry_warning_days: 14,
+            anomaly_factor: 10.0,
+            anomaly_floor_per_minute: 100.0,
+            anomaly_warmup_minutes: 60,
+            webhook_url: None,
+            webhook_ca: None,
         }
     }
 }
@@ -286,6 +301,19 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
     if cfg.ca.default_days == 0 {
         err("[ca] default_days must be at least 1".into());
     }
+    if cfg.monitor.anomaly_factor.is_nan() || cfg.monitor.anomaly_factor <= 1.0 {
+        err("[monitor] anomaly_factor must be greater than 1".into());
+    }
+    if let Some(url) = &cfg.monitor.webhook_url {
+        let https = url.starts_with("https://");
+        if !(https || url.starts_with("http://")) || url.parse::<http::Uri>().is_err() {
+            err(format!(
+                "[monitor] webhook_url `{url}` must be an http:// or https:// URL"
+            ));
+        } else if https && cfg.monitor.webhook_ca.is_none() {
+            err("[monitor] an https webhook_url needs webhook_ca to verify it".into());
+        }
+    }
     if cfg.journal.checkpoint_every == 0 {
         err("[journal] checkpoint_every must be at least 1".into());
     }
@@ -296,7 +324,10 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         match up.url.split_once("://") {
             Some(("https", rest)) | Some(("http", rest)) if !rest.is_empty() => {
                 if up.url.parse::<http::Uri>().is_err() {
-                    err(format!("[upstreams.{name}] url `{}` is not a valid URL", up.url));
+                    err(format!(
+                        "[upstreams.{name}] url `{}` is not a valid URL",
+                        up.url
+                    ));
                 }
             }
             _ => err(format!(
@@ -374,8 +405,7 @@ pub fn valid_id(id: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b
-            .iter()
+        && b.iter()
             .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
 }
 
@@ -445,6 +475,8 @@ struct PartnerFileRaw {
     #[serde(default)]
     limits: Option<LimitSpec>,
     #[serde(default)]
+    on_anomaly: crate::anomaly::OnAnomaly,
+    #[serde(default)]
     routes: Vec<Spanned<RouteRaw>>,
 }
 
@@ -471,7 +503,14 @@ pub struct Partner {
     pub name: String,
     pub status: PartnerStatus,
     pub limits: LimitSpec,
+    /// `on_anomaly = "throttle"` clamps the partner on a traffic spike.
+    #[serde(default, skip_serializing_if = "is_alert_only")]
+    pub on_anomaly: crate::anomaly::OnAnomaly,
     pub routes: Vec<RouteSpec>,
+}
+
+fn is_alert_only(a: &crate::anomaly::OnAnomaly) -> bool {
+    *a == crate::anomaly::OnAnomaly::Alert
 }
 
 /// A validated route grant.
@@ -530,10 +569,9 @@ pub fn route_problem(methods: &[String], path: &str) -> Option<String> {
             return Some(format!("route path `{path}` holds a `.` or `..` segment"));
         }
     }
-    if path
-        .bytes()
-        .any(|b| b == b'%' || b == b'\\' || b == b'?' || b == b'#' || b.is_ascii_control() || b == b' ')
-    {
+    if path.bytes().any(|b| {
+        b == b'%' || b == b'\\' || b == b'?' || b == b'#' || b.is_ascii_control() || b == b' '
+    }) {
         return Some(format!(
             "route path `{path}` may not hold `%`, `\\`, `?`, `#`, spaces or control characters"
         ));
@@ -543,9 +581,7 @@ pub fn route_problem(methods: &[String], path: &str) -> Option<String> {
 
 /// Parses a route written on the command line: `GET,POST /v1/orders -> orders`.
 pub fn parse_route_arg(s: &str) -> Result<RouteSpec, String> {
-    let bad = || {
-        format!("route `{s}` is not of the form \"GET,POST /v1/orders -> upstream\"")
-    };
+    let bad = || format!("route `{s}` is not of the form \"GET,POST /v1/orders -> upstream\"");
     let (lhs, upstream) = s.split_once("->").ok_or_else(bad)?;
     let mut parts = lhs.split_whitespace();
     let methods = parts.next().ok_or_else(bad)?;
@@ -599,9 +635,7 @@ pub fn parse_partner(
     if stem.as_deref() != Some(id.as_str()) {
         err(
             raw.id.span(),
-            format!(
-                "id `{id}` does not match the file name (expected partners/{id}.toml)"
-            ),
+            format!("id `{id}` does not match the file name (expected partners/{id}.toml)"),
         );
     }
     let mut routes = Vec::new();
@@ -667,13 +701,16 @@ pub fn parse_partner(
         id,
         status: raw.status,
         limits,
+        on_anomaly: raw.on_anomaly,
         routes,
     })
 }
 
 fn limit_problem(l: &LimitSpec) -> Option<String> {
     if l.requests_per_minute == Some(0) {
-        return Some("requests_per_minute must be at least 1 (suspend the partner to stop it)".into());
+        return Some(
+            "requests_per_minute must be at least 1 (suspend the partner to stop it)".into(),
+        );
     }
     if l.burst.is_some() && l.requests_per_minute.is_none() {
         return Some("burst needs requests_per_minute".into());
@@ -752,6 +789,8 @@ pub fn render_partner(partner: &Partner) -> String {
         id: &'a str,
         name: &'a str,
         status: PartnerStatus,
+        #[serde(skip_serializing_if = "is_alert_only")]
+        on_anomaly: crate::anomaly::OnAnomaly,
         #[serde(skip_serializing_if = "is_empty_limits")]
         limits: &'a LimitSpec,
         routes: &'a [RouteSpec],
@@ -763,6 +802,7 @@ pub fn render_partner(partner: &Partner) -> String {
         id: &partner.id,
         name: &partner.name,
         status: partner.status,
+        on_anomaly: partner.on_anomaly,
         limits: &partner.limits,
         routes: &partner.routes,
     };
@@ -850,8 +890,11 @@ mod tests {
     use super::*;
 
     fn gw() -> GatewayConfig {
-        parse_gateway(Path::new("gatehouse.toml"), &default_gateway_toml("gatehouse.local"))
-            .unwrap()
+        parse_gateway(
+            Path::new("gatehouse.toml"),
+            &default_gateway_toml("gatehouse.local"),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -913,6 +956,7 @@ mod tests {
             name: "Acme Logistics".into(),
             status: PartnerStatus::Active,
             limits: LimitSpec::default(),
+            on_anomaly: Default::default(),
             routes: vec![parse_route_arg("GET /v1/orders -> orders").unwrap()],
         };
         let text = render_partner(&p);

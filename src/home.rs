@@ -55,7 +55,9 @@ impl Home {
         if !home.config_file().is_file() {
             return Err(HomeError::NotInitialized(home.root.clone()));
         }
-        Ok(home)
+        // Absolute from here on: paths stay right whatever the working directory.
+        let root = std::fs::canonicalize(&home.root).map_err(|e| HomeError::io(&home.root, e))?;
+        Ok(Home { root })
     }
 
     pub fn root(&self) -> &Path {
@@ -140,7 +142,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), HomeErro
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), rand::random::<u32>()));
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let result = (|| -> std::io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)

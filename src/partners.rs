@@ -57,6 +57,7 @@ pub fn add(
         name: name.unwrap_or(id).to_string(),
         status: PartnerStatus::Active,
         limits: LimitSpec::default(),
+        on_anomaly: Default::default(),
         routes,
     };
     let text = render_partner(&partner);

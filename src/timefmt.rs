@@ -38,7 +38,7 @@ pub fn format_duration(d: Duration) -> String {
         return format!("{}ms", d.as_millis());
     }
     for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s % len == 0 {
+        if s.is_multiple_of(len) {
             return format!("{}{unit}", s / len);
         }
     }
@@ -52,7 +52,9 @@ pub fn parse_instant(s: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Str
         return Ok(t);
     }
     let d = parse_duration(s).map_err(|_| {
-        format!("`{s}` is neither an RFC 3339 time (2026-11-27T10:00:00Z) nor a duration ago (1h, 7d)")
+        format!(
+            "`{s}` is neither an RFC 3339 time (2026-11-27T10:00:00Z) nor a duration ago (1h, 7d)"
+        )
     })?;
     Ok(now - d)
 }
@@ -99,12 +101,15 @@ mod tests {
     fn durations_parse_and_round_trip() {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
         assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
-        for s in ["24h", "90s", "15m", "7d", "250ms"] {
+        for s in ["25h", "90s", "15m", "7d", "250ms", "1d"] {
             assert_eq!(format_duration(parse_duration(s).unwrap()), s);
         }
     }

@@ -195,9 +195,14 @@ fn log_commands_go_through_the_admin_socket_of_a_running_broker() {
     drop(std::os::unix::net::UnixListener::bind(home.admin_socket()).unwrap());
     assert!(home.admin_socket().exists());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(serve_admin_socket(home.admin_socket(), j.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = rt.spawn(serve_admin_socket(
+        home.admin_socket(),
+        j.clone(),
+        Default::default(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     let t0 = Instant::now();
     while std::os::unix::net::UnixStream::connect(home.admin_socket()).is_err() {
         assert!(
@@ -305,9 +310,14 @@ fn following_a_stopped_broker_does_not_keep_it_from_starting() {
     let j = Journal::open(&home, &settings(15)).unwrap();
     let rt = rt();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(serve_admin_socket(home.admin_socket(), j.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = rt.spawn(serve_admin_socket(
+        home.admin_socket(),
+        j.clone(),
+        Default::default(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     fill(&j, vec![exchange(Some("acme"), T0 + 77_000, 202)]);
     let v = next();
     assert_eq!(

@@ -26,7 +26,12 @@ pub fn last_number(home: &Home) -> Result<u64, CaError> {
 
 /// DER integer bytes of a positive number.
 fn positive_bytes(n: u64) -> Vec<u8> {
-    let mut b: Vec<u8> = n.to_be_bytes().iter().copied().skip_while(|&x| x == 0).collect();
+    let mut b: Vec<u8> = n
+        .to_be_bytes()
+        .iter()
+        .copied()
+        .skip_while(|&x| x == 0)
+        .collect();
     if b.first().is_none_or(|&x| x >= 0x80) {
         b.insert(0, 0);
     }
@@ -61,7 +66,9 @@ pub fn build(
     }
     let params = CertificateRevocationListParams {
         this_update: now - BACKDATE,
-        next_update: now + time::Duration::try_from(validity).map_err(|_| invalid("crl_validity is too long"))?,
+        next_update: now
+            + time::Duration::try_from(validity)
+                .map_err(|_| invalid("crl_validity is too long"))?,
         crl_number: SerialNumber::from_slice(&positive_bytes(number)),
         issuing_distribution_point: None,
         revoked_certs: revoked,

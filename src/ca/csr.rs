@@ -8,7 +8,10 @@ use rcgen::SubjectPublicKeyInfo;
 use rustls_pki_types::CertificateSigningRequestDer;
 use rustls_pki_types::pem::PemObject;
 use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519};
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+    OID_SIG_ED25519,
+};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
@@ -49,8 +52,9 @@ pub fn verified_public_key(pem: &[u8]) -> Result<SubjectPublicKeyInfo, CaError> 
             "the CSR's key type is not supported (use ECDSA P-256 or P-384, RSA 2048-8192, or Ed25519)",
         ));
     }
-    csr.verify_signature()
-        .map_err(|_| invalid("the CSR's signature does not verify (it was not signed by its own key)"))?;
+    csr.verify_signature().map_err(|_| {
+        invalid("the CSR's signature does not verify (it was not signed by its own key)")
+    })?;
     SubjectPublicKeyInfo::from_der(spki.raw)
         .map_err(|e| invalid(format!("the CSR's public key cannot be used: {e}")))
 }

@@ -77,9 +77,7 @@ impl RevocationReason {
             RevocationReason::CaCompromise => rcgen::RevocationReason::CaCompromise,
             RevocationReason::AffiliationChanged => rcgen::RevocationReason::AffiliationChanged,
             RevocationReason::Superseded => rcgen::RevocationReason::Superseded,
-            RevocationReason::CessationOfOperation => {
-                rcgen::RevocationReason::CessationOfOperation
-            }
+            RevocationReason::CessationOfOperation => rcgen::RevocationReason::CessationOfOperation,
             RevocationReason::PrivilegeWithdrawn => rcgen::RevocationReason::PrivilegeWithdrawn,
         }
     }
@@ -110,9 +108,17 @@ pub struct IssuedCert {
     pub status: RecordStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub overlap_until: Option<OffsetDateTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub revoked_at: Option<OffsetDateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<RevocationReason>,
@@ -214,7 +220,11 @@ impl Inventory {
 
     /// A partner's certificates, newest first.
     pub fn for_partner(&self, partner: &str) -> Vec<&IssuedCert> {
-        let mut v: Vec<_> = self.certs.values().filter(|c| c.partner == partner).collect();
+        let mut v: Vec<_> = self
+            .certs
+            .values()
+            .filter(|c| c.partner == partner)
+            .collect();
         v.sort_by(|a, b| b.issued_at.cmp(&a.issued_at).then(a.serial.cmp(&b.serial)));
         v
     }

@@ -10,8 +10,12 @@ use std::time::Duration;
 use rcgen::{KeyPair, PublicKeyData};
 use time::OffsetDateTime;
 
-use super::inventory::{CertState, Inventory, IssuedCert, RecordStatus, RevocationReason, write_record};
-use super::{Authority, BACKDATE, BROKER_CERT_DAYS, CaError, LeafKind, Signed, crl, csr, invalid, new_key};
+use super::inventory::{
+    CertState, Inventory, IssuedCert, RecordStatus, RevocationReason, write_record,
+};
+use super::{
+    Authority, BACKDATE, BROKER_CERT_DAYS, CaError, LeafKind, Signed, crl, csr, invalid, new_key,
+};
 use crate::config::{self, GatewayConfig, validate_trust_domain};
 use crate::home::{self, Home, ensure_dir, write_key, write_public};
 
@@ -53,12 +57,10 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
         .or_else(|| existing_cfg.as_ref().map(|c| c.trust_domain.clone()))
         .unwrap_or_else(|| "gatehouse.local".to_string());
     validate_trust_domain(&trust_domain).map_err(invalid)?;
-    if home.ca_cert().exists() || home.ca_key().exists() {
-        if !opts.force {
-            return Err(CaError::AlreadyInitialized(
-                home.ca_cert().display().to_string(),
-            ));
-        }
+    if (home.ca_cert().exists() || home.ca_key().exists()) && !opts.force {
+        return Err(CaError::AlreadyInitialized(
+            home.ca_cert().display().to_string(),
+        ));
     }
     let hostnames = if opts.hostnames.is_empty() {
         default_hostnames()
@@ -124,7 +126,10 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
     write_key(&home.server_key(), &server_key.serialize_pem())?;
     write_public(&home.server_cert(), chain_pem(&server, &ca).as_bytes())?;
     write_key(&home.broker_client_key(), &client_key.serialize_pem())?;
-    write_public(&home.broker_client_cert(), chain_pem(&client, &ca).as_bytes())?;
+    write_public(
+        &home.broker_client_cert(),
+        chain_pem(&client, &ca).as_bytes(),
+    )?;
     write_key(&home.journal_key(), &journal_key.serialize_pem())?;
     write_public(&home.journal_pub(), journal_key.public_key_pem().as_bytes())?;
     if opts.force {
@@ -246,7 +251,11 @@ impl PublicKeyData for DynKey<'_> {
 }
 
 /// Validity for a new partner certificate.
-fn validity(ctx: &Context, days: Option<u32>, now: OffsetDateTime) -> Result<(OffsetDateTime, OffsetDateTime), CaError> {
+fn validity(
+    ctx: &Context,
+    days: Option<u32>,
+    now: OffsetDateTime,
+) -> Result<(OffsetDateTime, OffsetDateTime), CaError> {
     let days = days.unwrap_or(ctx.gateway.ca.default_days);
     if days == 0 {
         return Err(invalid("--days must be at least 1"));
@@ -302,7 +311,10 @@ fn issue_inner(
     ensure_dir(&out_dir)?;
     // Partner files first: if they cannot be written, nothing is recorded.
     let key_written = if let Subject::Generated(key) = &subject {
-        write_key(&out_dir.join(format!("{partner}.key")), &key.serialize_pem())?;
+        write_key(
+            &out_dir.join(format!("{partner}.key")),
+            &key.serialize_pem(),
+        )?;
         true
     } else {
         false
@@ -341,7 +353,8 @@ pub fn renew(
     let ctx = context(home, partner)?;
     let now = OffsetDateTime::now_utc();
     let overlap = overlap.unwrap_or(ctx.gateway.ca.overlap);
-    let overlap = time::Duration::try_from(overlap).map_err(|_| invalid("--overlap is too long"))?;
+    let overlap =
+        time::Duration::try_from(overlap).map_err(|_| invalid("--overlap is too long"))?;
     let inventory = Inventory::load(home)?;
     let predecessors: Vec<IssuedCert> = inventory
         .for_partner(partner)
@@ -368,9 +381,15 @@ pub fn renew(
 
 /// Normalizes a serial as typed: hex, any case, colons allowed.
 pub fn normalize_serial(s: &str) -> Result<String, CaError> {
-    let hexed: String = s.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    let hexed: String = s
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
     if hexed.is_empty() || hexed.len() > 40 || !hexed.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(invalid(format!("`{s}` is not a certificate serial (hex, as `cert list` shows it)")));
+        return Err(invalid(format!(
+            "`{s}` is not a certificate serial (hex, as `cert list` shows it)"
+        )));
     }
     Ok(hexed)
 }
@@ -446,5 +465,8 @@ pub fn read_cert_summary(path: &Path) -> Result<(String, OffsetDateTime), CaErro
         .map_err(|e| invalid(format!("{}: not a PEM certificate: {e}", path.display())))?;
     let (_, x) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| invalid(format!("{}: cannot parse: {e}", path.display())))?;
-    Ok((super::serial_hex(&x), super::asn1_time(x.validity().not_after)))
+    Ok((
+        super::serial_hex(&x),
+        super::asn1_time(x.validity().not_after),
+    ))
 }

@@ -67,12 +67,26 @@ pub enum LogCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fault drill on the running broker: make journal writes fail or recover.
+    #[command(hide = true)]
+    FaultDrill {
+        #[arg(value_enum)]
+        mode: DrillArg,
+    },
     /// Retention: drop records older than T, keeping a signed checkpoint at the cut.
     Prune {
         /// RFC 3339 time, or a duration ago (90d).
         #[arg(long)]
         before: String,
     },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum DrillArg {
+    /// Journal writes fail: the broker must answer 503 and relay nothing.
+    Fail,
+    /// Journal writes work again.
+    Recover,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -267,6 +281,28 @@ fn print_ok(reply: Reply, json: bool) -> Result<bool, JournalError> {
 /// Runs one `gatehouse log` command.
 pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
     match cmd {
+        LogCmd::FaultDrill { mode } => {
+            let path = home.admin_socket();
+            let stream = UnixStream::connect(&path)
+                .map_err(|e| format!("no running broker answers on {}: {e}", path.display()))?;
+            let on = matches!(mode, DrillArg::Fail);
+            admin::request(
+                stream,
+                &path,
+                &Request::FaultDrill {
+                    journal_write_failure: on,
+                },
+                &mut |_| Ok(true),
+            )?;
+            println!(
+                "journal fault drill: writes {}",
+                if on {
+                    "now fail (the broker answers 503)"
+                } else {
+                    "work again"
+                }
+            );
+        }
         LogCmd::Tail { n, follow, json } => {
             let mut last = 0;
             run_request(home, Request::Tail { n }, &mut |r| {

@@ -18,10 +18,16 @@ use crate::home::Home;
 use crate::partners;
 use crate::timefmt::{parse_duration, rfc3339};
 
+pub mod status;
+
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 #[derive(Parser, Debug)]
-#[command(name = "gatehouse", version, about = "A mutual-TLS broker for B2B APIs: CA, gateway, policy, relay, journal")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "A mutual-TLS broker for B2B APIs: CA, gateway, policy, relay, journal"
+)]
 pub struct Cli {
     /// The gatehouse home folder (config, partners, certs, data).
     #[arg(long, global = true, env = "GATEHOUSE_HOME", default_value = ".")]
@@ -42,9 +48,32 @@ pub enum Command {
     /// Issue, renew, revoke and list partner certificates.
     #[command(subcommand)]
     Cert(CertCmd),
+    /// Run the broker: terminate mTLS, authorize, relay, record.
+    Serve(ServeArgs),
     /// Read, export, verify and prune the exchange journal.
     #[command(subcommand)]
     Log(log::LogCmd),
+    /// The running broker's view per partner: traffic, limits, certificates, alerts.
+    Status(status::StatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Partner listener (default from gatehouse.toml). Port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Admin listener for health and metrics (default from gatehouse.toml).
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+    /// Broker log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -171,8 +200,45 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Check => cmd_check(&existing(&cli.home)?),
         Command::Partner(p) => cmd_partner(&existing(&cli.home)?, p),
         Command::Cert(c) => cmd_cert(&existing(&cli.home)?, c),
+        Command::Serve(a) => cmd_serve(existing(&cli.home)?, a),
         Command::Log(c) => log::run(&existing(&cli.home)?, c),
+        Command::Status(a) => status::run(&existing(&cli.home)?, a),
     }
+}
+
+fn cmd_serve(home: Home, a: ServeArgs) -> CliResult {
+    init_tracing(a.log_format);
+    let gateway = config::load_gateway(&home)?;
+    let journal = crate::journal::Journal::open(&home, &gateway.journal)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(crate::server::serve(
+        home,
+        crate::server::ServeOptions {
+            listen: a.listen,
+            admin: a.admin,
+        },
+        journal.clone(),
+    ));
+    drop(runtime);
+    // Final signed checkpoint and flush, whatever happened above.
+    let closed = journal.shutdown();
+    result?;
+    closed?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
 }
 
 fn cmd_init(home: Home, a: InitArgs) -> CliResult {
@@ -200,7 +266,9 @@ fn cmd_init(home: Home, a: InitArgs) -> CliResult {
     if report.config_written {
         println!("  config: {}", home.config_file().display());
     }
-    println!("next: gatehouse partner add ID --route \"GET /v1/orders -> orders\", then gatehouse cert issue ID");
+    println!(
+        "next: gatehouse partner add ID --route \"GET /v1/orders -> orders\", then gatehouse cert issue ID"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -253,10 +321,24 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{:<24} {:<10} {:>6} {:>6}  NAME", "ID", "STATUS", "ROUTES", "CERTS");
+                println!(
+                    "{:<24} {:<10} {:>6} {:>6}  NAME",
+                    "ID", "STATUS", "ROUTES", "CERTS"
+                );
                 for p in &list {
-                    let usable = inv.for_partner(&p.id).iter().filter(|c| c.state(now).usable()).count();
-                    println!("{:<24} {:<10} {:>6} {:>6}  {}", p.id, p.status, p.routes.len(), usable, p.name);
+                    let usable = inv
+                        .for_partner(&p.id)
+                        .iter()
+                        .filter(|c| c.state(now).usable())
+                        .count();
+                    println!(
+                        "{:<24} {:<10} {:>6} {:>6}  {}",
+                        p.id,
+                        p.status,
+                        p.routes.len(),
+                        usable,
+                        p.name
+                    );
                 }
             }
         }
@@ -267,7 +349,10 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
             let certs = inv.for_partner(&id);
             if json {
                 let certs: Vec<_> = certs.iter().map(|c| cert_json(c, now)).collect();
-                println!("{}", serde_json::to_string_pretty(&json!({"partner": p, "certificates": certs}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"partner": p, "certificates": certs}))?
+                );
             } else {
                 println!("partner {} ({})", p.id, p.name);
                 println!("  status: {}", p.status);
@@ -280,7 +365,12 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
                 }
                 println!("  certificates:");
                 for c in certs {
-                    println!("    {} {} until {}", c.serial, c.state(now), rfc3339(c.not_after));
+                    println!(
+                        "    {} {} until {}",
+                        c.serial,
+                        c.state(now),
+                        rfc3339(c.not_after)
+                    );
                 }
             }
         }
@@ -290,11 +380,19 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
         }
         PartnerCmd::Resume { id } => {
             partners::set_status(home, &id, PartnerStatus::Active)?;
-            println!("partner {id} resumed");
+            // A running broker also lifts an anomaly throttle on the partner.
+            let note = match crate::journal::admin::clear_anomaly(home, &id) {
+                Ok(true) => "; the running broker cleared its anomaly state",
+                _ => "",
+            };
+            println!("partner {id} resumed{note}");
         }
         PartnerCmd::Remove { id } => {
             let revoked = partners::remove(home, &id)?;
-            println!("partner {id} removed; {} certificate(s) revoked", revoked.len());
+            println!(
+                "partner {id} removed; {} certificate(s) revoked",
+                revoked.len()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -326,7 +424,13 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
             let r = lifecycle::issue(home, &id, &IssueOptions { csr, days, out })?;
             print_issue(&id, &r);
         }
-        CertCmd::Renew { id, csr, days, out, overlap } => {
+        CertCmd::Renew {
+            id,
+            csr,
+            days,
+            out,
+            overlap,
+        } => {
             let overlap = overlap.as_deref().map(parse_duration).transpose()?;
             let r = lifecycle::renew(home, &id, &IssueOptions { csr, days, out }, overlap)?;
             print_issue(&id, &r);
@@ -334,7 +438,11 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
                 println!("  superseded: {s} (valid until the overlap ends)");
             }
         }
-        CertCmd::Revoke { serial, partner, reason } => {
+        CertCmd::Revoke {
+            serial,
+            partner,
+            reason,
+        } => {
             let reason = RevocationReason::parse(&reason)?;
             let revoked = match (serial, partner) {
                 (Some(s), None) => lifecycle::revoke(home, &[s], reason)?,
@@ -342,10 +450,16 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
                 _ => return Err("give a serial or --partner ID".into()),
             };
             if revoked.is_empty() {
-                println!("nothing to revoke (already revoked, or no usable certificate); CRL re-signed");
+                println!(
+                    "nothing to revoke (already revoked, or no usable certificate); CRL re-signed"
+                );
             }
             for s in revoked {
-                println!("revoked {s} ({}); CRL updated: {}", reason.name(), home.crl().display());
+                println!(
+                    "revoked {s} ({}); CRL updated: {}",
+                    reason.name(),
+                    home.crl().display()
+                );
             }
         }
         CertCmd::List { id, expiring, json } => {
@@ -404,7 +518,9 @@ fn print_issue(id: &str, r: &lifecycle::IssueReport) {
     let out = r.out_dir.display();
     println!("  certificate chain: {out}/{id}.pem");
     if r.key_written {
-        println!("  private key:       {out}/{id}.key (mode 0600; hand it to the partner securely)");
+        println!(
+            "  private key:       {out}/{id}.key (mode 0600; hand it to the partner securely)"
+        );
     }
     println!("  CA to trust:       {out}/ca.pem");
 }

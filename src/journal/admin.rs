@@ -50,6 +50,16 @@ pub enum Request {
         before_ms: i64,
     },
     Status,
+    /// Operator's `partner resume` (running broker only): clear the
+    /// partner's anomaly throttle.
+    ClearAnomaly {
+        partner: String,
+    },
+    /// Fault drill (running broker only): make journal writes fail, or
+    /// stop doing so, to rehearse the fail-closed path (503s, `/readyz`).
+    FaultDrill {
+        journal_write_failure: bool,
+    },
 }
 
 /// One response line.
@@ -131,6 +141,11 @@ pub fn execute(
                 })?;
                 return Ok(send(Reply::Prune(b.store.prune(before_ms, signer)?)));
             }
+            Request::FaultDrill { .. } | Request::ClearAnomaly { .. } => {
+                return Err(JournalError::Remote(
+                    "fault drills need a running broker".into(),
+                ));
+            }
             Request::Status => {
                 return Ok(send(Reply::Status(StatusReport {
                     writer: b.writer.clone(),
@@ -201,6 +216,7 @@ fn bind_private(path: &Path) -> Result<tokio::net::UnixListener, JournalError> {
 pub async fn serve_admin_socket(
     path: impl Into<PathBuf>,
     journal: Journal,
+    hooks: AdminHooks,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), JournalError> {
     let path = path.into();
@@ -214,8 +230,9 @@ pub async fn serve_admin_socket(
                 Ok((stream, _)) => {
                     let j = journal.clone();
                     let stop = stopping.clone();
+                    let hooks = hooks.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = handle(stream, j, stop).await {
+                        if let Err(e) = handle(stream, j, hooks, stop).await {
                             tracing::debug!("admin socket connection: {e}");
                         }
                     });
@@ -232,9 +249,20 @@ pub async fn serve_admin_socket(
     Ok(())
 }
 
+/// Clears a partner's anomaly throttle; true when one was in force.
+pub type ClearAnomalyHook = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Broker actions the admin socket can trigger beyond the journal's own.
+#[derive(Clone, Default)]
+pub struct AdminHooks {
+    /// Clears a partner's anomaly throttle; true when one was in force.
+    pub clear_anomaly: Option<ClearAnomalyHook>,
+}
+
 async fn handle(
     stream: tokio::net::UnixStream,
     journal: Journal,
+    hooks: AdminHooks,
     stopping: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
@@ -254,6 +282,31 @@ async fn handle(
             return wr.write_all(&out).await;
         }
     };
+    if let Request::ClearAnomaly { partner } = &req {
+        let reply = match &hooks.clear_anomaly {
+            Some(clear) => {
+                let was = clear(partner);
+                tracing::info!(partner = %partner, throttled = was, "anomaly state cleared by the operator");
+                Reply::End
+            }
+            None => Reply::Error {
+                message: "this broker does not track anomalies".into(),
+            },
+        };
+        let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+        out.push(b'\n');
+        return wr.write_all(&out).await;
+    }
+    if let Request::FaultDrill {
+        journal_write_failure,
+    } = req
+    {
+        journal.inject_write_failure(journal_write_failure);
+        tracing::warn!(journal_write_failure, "journal fault drill");
+        let mut out = serde_json::to_vec(&Reply::End).unwrap_or_default();
+        out.push(b'\n');
+        return wr.write_all(&out).await;
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Reply>(256);
     let task = tokio::task::spawn_blocking(move || {
         let stop = || stopping.load(Ordering::SeqCst) || tx.is_closed();
@@ -318,4 +371,22 @@ pub fn request(
         path,
         "the broker closed the connection before the end of the answer",
     ))
+}
+
+/// Asks the running broker (if any) to clear a partner's anomaly throttle.
+/// `Ok(false)` when no broker answers on the socket.
+pub fn clear_anomaly(home: &crate::home::Home, partner: &str) -> Result<bool, JournalError> {
+    let path = home.admin_socket();
+    let Ok(stream) = std::os::unix::net::UnixStream::connect(&path) else {
+        return Ok(false);
+    };
+    request(
+        stream,
+        &path,
+        &Request::ClearAnomaly {
+            partner: partner.to_string(),
+        },
+        &mut |_| Ok(true),
+    )?;
+    Ok(true)
 }

@@ -212,6 +212,24 @@ impl Store {
         Store::open(path)
     }
 
+    /// Stores a piece of broker state (e.g. anomaly baselines) beside the
+    /// journal, in the `state` tree. Not part of the hash chain.
+    pub fn put_state(&self, key: &str, value: &[u8]) -> Result<(), JournalError> {
+        let tree = self.db.open_tree("state").map_err(JournalError::from)?;
+        tree.insert(key.as_bytes(), value)
+            .map_err(JournalError::from)?;
+        Ok(())
+    }
+
+    /// Reads a piece of broker state stored with `put_state`.
+    pub fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        let tree = self.db.open_tree("state").map_err(JournalError::from)?;
+        Ok(tree
+            .get(key.as_bytes())
+            .map_err(JournalError::from)?
+            .map(|v| v.to_vec()))
+    }
+
     pub fn flush(&self) -> Result<(), JournalError> {
         self.db.flush()?;
         Ok(())

@@ -1,0 +1,230 @@
+//! `gatehouse status`: asks the running broker's admin listener for
+//! `GET /status` and shows it per partner (a table, or the JSON with
+//! `--json`). Owns nothing but the HTTP call and the rendering; the numbers
+//! come from the monitor inside the broker.
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use crate::home::Home;
+
+/// How long `gatehouse status` waits for the broker.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest status document accepted (bytes).
+const MAX_STATUS_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print the broker's status document as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The broker's admin address (default: [server] admin in gatehouse.toml).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+}
+
+/// Why the status could not be fetched.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("the broker is not running (nothing answers on the admin address {0})")]
+    NotRunning(SocketAddr),
+    #[error("the broker at {0} did not answer within {1:?}")]
+    Timeout(SocketAddr, Duration),
+    #[error("the admin listener at {0} answered {1}: {2}")]
+    Status(SocketAddr, u16, String),
+    #[error("talking to the admin listener at {0}: {1}")]
+    Http(SocketAddr, String),
+}
+
+pub fn run(home: &Home, args: StatusArgs) -> Result<ExitCode, Box<dyn Error>> {
+    let admin = match args.admin {
+        Some(a) => a,
+        None => crate::config::load_gateway(home)?.server.admin,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let doc = match runtime.block_on(fetch(admin)) {
+        Ok(doc) => doc,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", render_table(&doc));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fetch(admin: SocketAddr) -> Result<Value, FetchError> {
+    match tokio::time::timeout(STATUS_TIMEOUT, fetch_inner(admin)).await {
+        Ok(r) => r,
+        Err(_) => Err(FetchError::Timeout(admin, STATUS_TIMEOUT)),
+    }
+}
+
+async fn fetch_inner(admin: SocketAddr) -> Result<Value, FetchError> {
+    let http = |e: &dyn std::fmt::Display| FetchError::Http(admin, e.to_string());
+    let tcp = tokio::net::TcpStream::connect(admin)
+        .await
+        .map_err(|_| FetchError::NotRunning(admin))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| http(&e))?;
+    let conn_task = tokio::spawn(conn);
+    let req = http::Request::get("/status")
+        .header(http::header::HOST, admin.to_string())
+        .header(http::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| http(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| http(&e))?;
+    let status = resp.status();
+    let body = http_body_util::Limited::new(resp.into_body(), MAX_STATUS_BYTES)
+        .collect()
+        .await
+        .map_err(|e| http(&*e))?
+        .to_bytes();
+    conn_task.abort();
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        return Err(FetchError::Status(
+            admin,
+            status.as_u16(),
+            text.trim().chars().take(200).collect(),
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| http(&e))
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `requests_per_minute=600 burst=50`, or `-` when nothing is set.
+fn limits_cell(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let parts: Vec<String> = m
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("{k}={}", cell(v)))
+                .collect();
+            if parts.is_empty() {
+                "-".into()
+            } else {
+                parts.join(" ")
+            }
+        }
+        Value::Null => "-".into(),
+        other => cell(other),
+    }
+}
+
+fn certs_cell(v: &Value) -> String {
+    let Some(list) = v.as_array().filter(|l| !l.is_empty()) else {
+        return "none usable".into();
+    };
+    list.iter()
+        .map(|c| {
+            let serial = c["serial"].as_str().unwrap_or("?");
+            let short: String = serial.chars().take(8).collect();
+            let warn = if c["expiring"].as_bool() == Some(true) {
+                "!"
+            } else {
+                ""
+            };
+            format!("{short}:{}d{warn}", cell(&c["days_to_expiry"]))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The status document as a table for people.
+fn render_table(doc: &Value) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "gatehouse status at {} (last hour)\n",
+        cell(&doc["generated_at"])
+    ));
+    out.push_str(&format!(
+        "{:<20} {:<10} {:>8} {:>8} {:>8} {:>8}  {:<32}  CERTS (days to expiry; ! = expiring)\n",
+        "PARTNER", "STATUS", "REQS", "DENIED", "P50ms", "P99ms", "LIMITS"
+    ));
+    let empty = Vec::new();
+    let partners = doc["partners"].as_array().unwrap_or(&empty);
+    for p in partners {
+        let w = &p["last_hour"];
+        out.push_str(&format!(
+            "{:<20} {:<10} {:>8} {:>8} {:>8} {:>8}  {:<32}  {}\n",
+            cell(&p["id"]),
+            cell(&p["status"]),
+            cell(&w["requests"]),
+            cell(&w["denials"]),
+            cell(&w["p50_ms"]),
+            cell(&w["p99_ms"]),
+            limits_cell(&p["limits"]),
+            certs_cell(&p["certificates"]),
+        ));
+    }
+    if partners.is_empty() {
+        out.push_str("(no partners configured)\n");
+    }
+    let alerts = doc["alerts"].as_array().unwrap_or(&empty);
+    if alerts.is_empty() {
+        out.push_str("open alerts: none\n");
+    } else {
+        out.push_str("open alerts:\n");
+        for a in alerts {
+            out.push_str(&format!(
+                "  {} {} {}\n",
+                cell(&a["kind"]),
+                cell(&a["partner"]),
+                cell(&a["detail"])
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_partners_limits_certs_and_alerts() {
+        let doc = serde_json::json!({
+            "generated_at": "2026-06-01T12:00:00Z",
+            "partners": [{
+                "id": "acme", "name": "Acme", "status": "active",
+                "last_hour": {"requests": 12, "denials": 3, "p50_ms": 5.0, "p99_ms": null},
+                "limits": {"requests_per_minute": 600, "burst": 50},
+                "certificates": [{"serial": "0123456789abcdef", "days_to_expiry": 5, "expiring": true}],
+                "alerts": []
+            }],
+            "alerts": [{"kind": "traffic_spike", "partner": "acme", "detail": "x10"}]
+        });
+        let t = render_table(&doc);
+        assert!(t.contains("acme"), "{t}");
+        assert!(t.contains("burst=50 requests_per_minute=600"), "{t}");
+        assert!(t.contains("01234567:5d!"), "{t}");
+        assert!(t.contains("traffic_spike acme x10"), "{t}");
+        assert!(render_table(&serde_json::json!({})).contains("no partners"));
+    }
+}

@@ -1,0 +1,159 @@
+//! One exchange's record-keeping: the `Event` being filled in as the request
+//! moves along the data path, and `RecordedBody`, the response body wrapper
+//! that makes the durability guarantee hold: with strict durability the
+//! partner never receives the end of a response (the last body frame, or
+//! the end of stream) before its record is flushed. A response the partner
+//! abandons is still recorded (on drop), as `incomplete`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::config::Risk;
+use crate::event::{Event, RecordAck, RecordError, Recorder};
+use crate::monitor::Monitor;
+use crate::relay::BoxError;
+
+/// Called once when an exchange is finished (for metrics, in-flight counts).
+pub type OnFinish = Box<dyn FnOnce(&Event) + Send + Sync>;
+
+/// An exchange whose record is still to be written.
+pub struct PendingRecord {
+    pub event: Event,
+    pub started: Instant,
+    pub recorder: Arc<dyn Recorder>,
+    pub on_finish: Option<OnFinish>,
+    /// Counts the finished exchange (with the granted route's risk).
+    pub monitor: Option<Arc<Monitor>>,
+    pub risk: Option<Risk>,
+}
+
+impl PendingRecord {
+    /// Finalizes the event (duration) and hands it to the recorder.
+    pub fn submit(mut self) -> RecordAck {
+        self.event.duration_us = self.started.elapsed().as_micros() as u64;
+        if let Some(f) = self.on_finish.take() {
+            f(&self.event);
+        }
+        if let Some(m) = &self.monitor {
+            m.observe_event(&self.event, self.risk);
+        }
+        self.recorder.record(self.event)
+    }
+}
+
+enum State {
+    Streaming,
+    /// Waiting for the record's flush before releasing the held last frame.
+    Flushing(RecordAck, Option<Frame<Bytes>>),
+    Done,
+}
+
+/// The relayed response body, recorded before its end reaches the partner.
+pub struct RecordedBody {
+    inner: Incoming,
+    state: State,
+    /// Bytes still expected per Content-Length, when known.
+    remaining: Option<u64>,
+    pending: Option<PendingRecord>,
+}
+
+impl RecordedBody {
+    pub fn new(inner: Incoming, content_length: Option<u64>, pending: PendingRecord) -> Self {
+        RecordedBody {
+            inner,
+            state: State::Streaming,
+            remaining: content_length,
+            pending: Some(pending),
+        }
+    }
+
+    fn start_flush(&mut self, held: Option<Frame<Bytes>>) {
+        match self.pending.take() {
+            Some(p) => self.state = State::Flushing(p.submit(), held),
+            None => self.state = State::Flushing(Box::pin(async { Ok(()) }), held),
+        }
+    }
+}
+
+impl Body for RecordedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Streaming => {
+                    match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                        Some(Ok(frame)) => {
+                            if let Some(data) = frame.data_ref() {
+                                let n = data.len() as u64;
+                                if let Some(p) = this.pending.as_mut() {
+                                    p.event.response_bytes += n;
+                                }
+                                if let Some(r) = this.remaining.as_mut() {
+                                    *r = r.saturating_sub(n);
+                                    if *r == 0 {
+                                        // The last bytes: hold them until recorded.
+                                        this.start_flush(Some(frame));
+                                        continue;
+                                    }
+                                }
+                                return Poll::Ready(Some(Ok(frame)));
+                            }
+                            // Trailers end the stream.
+                            this.start_flush(Some(frame));
+                        }
+                        Some(Err(e)) => {
+                            if let Some(mut p) = this.pending.take() {
+                                p.event.reason = Some("upstream_body_error".into());
+                                drop(p.submit());
+                            }
+                            this.state = State::Done;
+                            return Poll::Ready(Some(Err(Box::new(e))));
+                        }
+                        None => this.start_flush(None),
+                    }
+                }
+                State::Flushing(ack, held) => {
+                    let res = ready!(ack.as_mut().poll(cx));
+                    let held = held.take();
+                    this.state = State::Done;
+                    return match res {
+                        Ok(()) => Poll::Ready(held.map(Ok)),
+                        Err(RecordError(e)) => Poll::Ready(Some(Err(format!(
+                            "journal unavailable, response withheld: {e}"
+                        )
+                        .into()))),
+                    };
+                }
+                State::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RecordedBody {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.pending.take() {
+            p.event.reason = Some("incomplete".into());
+            drop(p.submit());
+        }
+    }
+}

@@ -1,0 +1,1199 @@
+//! Traffic limits: per partner and, optionally, per route. This module owns
+//! the limiter state (token buckets, daily quotas, in-flight counters, the
+//! anomaly throttle) and the decision "admit or refuse, and for how long";
+//! it does no HTTP and no I/O. The gateway calls [`LimitState::check`] after
+//! policy has picked the route, answers a [`LimitDenied`] with 429,
+//! `Retry-After: retry_after_secs` and [`LimitDenied::body_json`], and holds
+//! the [`Admission`] until the exchange ends.
+//!
+//! Semantics (documented contract):
+//!
+//! - `requests_per_minute` is a token bucket refilled continuously at that
+//!   rate. It starts full. Its capacity is `burst`; when `burst` is not set it
+//!   defaults to ten seconds' worth of traffic, `ceil(requests_per_minute / 6)`
+//!   and at least 1 ([`default_burst`]). Arithmetic is exact (integers), so a
+//!   request retried after `retry_after_secs` finds its token.
+//! - `requests_per_day` is a quota per UTC calendar day: it resets at
+//!   00:00:00 UTC (Unix time divisible by 86 400 s), not 24 h after the first
+//!   request. A refusal's Retry-After is the time to the next UTC midnight.
+//! - `max_concurrent` caps in-flight requests; the [`Admission`] guard holds
+//!   the slot and gives it back when dropped. A refusal says Retry-After: 1
+//!   (no one can know when a slot frees).
+//! - A route check applies the route's limits *and* the partner's: both must
+//!   admit, and when either refuses nothing is consumed. When several limits
+//!   refuse at once, the one with the longest Retry-After is reported (retrying
+//!   earlier could not succeed).
+//! - A throttle ([`LimitState::set_throttle`], set by the anomaly detector in
+//!   `on_anomaly = "throttle"` mode) is an extra partner-wide bucket at the
+//!   given rate, burst `ceil(rate / 6)`; it is reported as `throttled`.
+//! - `max_body_bytes` is only exposed ([`LimitState::max_body_bytes`]); the
+//!   gateway enforces it while reading the body.
+//! - A partner the state does not know is admitted unlimited: who may call at
+//!   all is the policy's decision, not this module's.
+//! - Reload: [`LimitState::build`] with the previous (running) state keeps
+//!   the counters of every limit whose setting did not change, per partner
+//!   and per route (routes matched by methods + path + upstream, not by
+//!   index), and per limit: the bucket and the quota separately. So a reload
+//!   does not reset a partner's quota. A limit whose setting changed starts
+//!   fresh (full bucket, nothing used today) at its first check under the
+//!   new setting. In-flight counts and throttles always carry over: they are
+//!   facts, not settings. `build` itself changes nothing in the previous
+//!   state, so building a state that is then not used is harmless. (While
+//!   the gateway swaps states, a check still running under the old setting
+//!   may reset a changed limit once more: a window of microseconds.)
+//!
+//! No global lock: the partner map is built once and never mutated (a reload
+//! builds a new `LimitState` that the gateway swaps in, e.g. with `ArcSwap`),
+//! so lookups read it without locking. Each partner's counters sit behind
+//! that partner's own `Mutex`, each limited route's behind its own (locked
+//! partner first, then route: one order, no deadlock), and in-flight counts
+//! are atomics. Two requests contend only when they are from the same
+//! partner. Memory is one entry per partner and per route, whatever the
+//! traffic.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::Serialize;
+
+use crate::config::{LimitSpec, Partner, RouteSpec};
+
+/// Milliseconds in a minute.
+pub const MS_PER_MINUTE: i64 = 60_000;
+/// Milliseconds in a day (the quota period; UTC days have no leap seconds in Unix time).
+pub const MS_PER_DAY: i64 = 86_400_000;
+/// An unset `burst` is this many seconds of `requests_per_minute`.
+pub const DEFAULT_BURST_SECONDS: u32 = 10;
+
+/// Bucket units per token. A rate of `r` milli-requests per minute adds `r`
+/// units per millisecond, so refill and Retry-After are exact integers.
+const UNITS_PER_TOKEN: u64 = 60_000 * 1_000;
+
+/// The burst used when a limit sets `requests_per_minute` but no `burst`:
+/// ten seconds' worth, at least 1.
+pub fn default_burst(requests_per_minute: u32) -> u32 {
+    requests_per_minute
+        .div_ceil(60 / DEFAULT_BURST_SECONDS)
+        .max(1)
+}
+
+// ---------------------------------------------------------------- clock
+
+/// Where time comes from, so tests can replay hours in milliseconds.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the Unix epoch, UTC.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        crate::event::now_ms()
+    }
+}
+
+/// A clock that moves only when told (tests, replays).
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(start_ms: i64) -> ManualClock {
+        ManualClock(AtomicI64::new(start_ms))
+    }
+    pub fn set(&self, ms: i64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+// ---------------------------------------------------------------- verdicts
+
+/// Which limit refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    RequestsPerMinute,
+    RequestsPerDay,
+    MaxConcurrent,
+    /// The anomaly throttle ([`LimitState::set_throttle`]).
+    Throttled,
+}
+
+impl LimitKind {
+    /// Stable code for responses, journal reasons and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            LimitKind::RequestsPerMinute => "requests_per_minute",
+            LimitKind::RequestsPerDay => "requests_per_day",
+            LimitKind::MaxConcurrent => "max_concurrent",
+            LimitKind::Throttled => "throttled",
+        }
+    }
+}
+
+impl fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// Whose limit refused: the partner's, or the route's (index into `Partner::routes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitScope {
+    Partner,
+    Route(usize),
+}
+
+impl fmt::Display for LimitScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitScope::Partner => f.write_str("partner"),
+            LimitScope::Route(i) => write!(f, "route {i}"),
+        }
+    }
+}
+
+/// A refusal: answer 429 with `Retry-After: retry_after_secs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitDenied {
+    pub limit: LimitKind,
+    /// Whole seconds, at least 1, after which the same request would pass
+    /// this limit (for `max_concurrent`: 1, a guess).
+    pub retry_after_secs: u64,
+    pub scope: LimitScope,
+}
+
+impl LimitDenied {
+    /// The JSON body of the 429 answer.
+    pub fn body_json(&self) -> serde_json::Value {
+        let mut scope = serde_json::json!({ "scope": "partner" });
+        if let LimitScope::Route(i) = self.scope {
+            scope = serde_json::json!({ "scope": "route", "route_index": i });
+        }
+        let mut body = serde_json::json!({
+            "error": "rate_limited",
+            "limit": self.limit.code(),
+            "retry_after_secs": self.retry_after_secs,
+        });
+        if let (Some(b), Some(s)) = (body.as_object_mut(), scope.as_object()) {
+            b.extend(s.clone());
+        }
+        body
+    }
+}
+
+impl fmt::Display for LimitDenied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} limit of the {} reached; retry after {} s",
+            self.limit, self.scope, self.retry_after_secs
+        )
+    }
+}
+
+impl std::error::Error for LimitDenied {}
+
+/// An admitted request. It holds the request's concurrency slots (partner
+/// and route); dropping it gives them back. Keep it until the exchange ends.
+#[must_use = "dropping the Admission ends the request's concurrency slot"]
+#[derive(Debug)]
+pub struct Admission {
+    partner: Option<Arc<Shared>>,
+    route: Option<Arc<Shared>>,
+}
+
+impl Admission {
+    /// An admission that holds nothing (partner unknown to the limiter).
+    fn unlimited() -> Admission {
+        Admission {
+            partner: None,
+            route: None,
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        for c in [self.partner.take(), self.route.take()]
+            .into_iter()
+            .flatten()
+        {
+            c.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- buckets
+
+/// Rate and capacity of a token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BucketSpec {
+    /// Requests per minute × 1000 (≥ 1).
+    rate_milli: u64,
+    burst: u32,
+}
+
+impl BucketSpec {
+    fn of(spec: &LimitSpec) -> Option<BucketSpec> {
+        let rpm = spec.requests_per_minute?;
+        Some(BucketSpec {
+            rate_milli: u64::from(rpm.max(1)) * 1_000,
+            burst: spec.burst.unwrap_or_else(|| default_burst(rpm)).max(1),
+        })
+    }
+
+    fn throttle(rate_milli: u64) -> BucketSpec {
+        let rate_milli = rate_milli.max(1);
+        // ceil(rate / 6) requests, at least 1: ten seconds' worth.
+        let burst = rate_milli.div_ceil(6_000).clamp(1, u64::from(u32::MAX)) as u32;
+        BucketSpec { rate_milli, burst }
+    }
+
+    fn capacity(&self) -> u64 {
+        u64::from(self.burst) * UNITS_PER_TOKEN
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    units: u64,
+    last_ms: i64,
+}
+
+impl Bucket {
+    fn full(spec: BucketSpec, now_ms: i64) -> Bucket {
+        Bucket {
+            units: spec.capacity(),
+            last_ms: now_ms,
+        }
+    }
+
+    /// Units after refilling up to `now_ms` (a clock going back adds nothing).
+    fn units_at(&self, spec: BucketSpec, now_ms: i64) -> u64 {
+        let elapsed = now_ms.saturating_sub(self.last_ms).max(0) as u128;
+        let units = u128::from(self.units) + elapsed * u128::from(spec.rate_milli);
+        units.min(u128::from(spec.capacity())) as u64
+    }
+
+    fn refill(&mut self, spec: BucketSpec, now_ms: i64) {
+        self.units = self.units_at(spec, now_ms);
+        self.last_ms = self.last_ms.max(now_ms);
+    }
+
+    /// Milliseconds until one token is there; 0 when it is already.
+    fn wait_ms(&self, spec: BucketSpec) -> i64 {
+        let deficit = UNITS_PER_TOKEN.saturating_sub(self.units);
+        deficit.div_ceil(spec.rate_milli).min(i64::MAX as u64) as i64
+    }
+}
+
+/// Requests counted on one UTC day.
+#[derive(Debug, Clone, Copy)]
+struct Quota {
+    day: i64,
+    used: u64,
+}
+
+fn utc_day(now_ms: i64) -> i64 {
+    now_ms.div_euclid(MS_PER_DAY)
+}
+
+fn secs_ceil(ms: i64) -> u64 {
+    (ms.max(0) as u64).div_ceil(1_000).max(1)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a limiter lock leaves plain counters behind;
+    // they are still meaningful, so recover rather than fail every request.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Mutable counters of one level (a partner or a route). Each part records
+/// the setting it was made for; a check under a different setting (after a
+/// reload changed it) starts that part afresh. Unchanged settings keep theirs.
+#[derive(Debug, Default)]
+struct Counters {
+    /// `None` until first use: a fresh bucket is full.
+    bucket: Option<(BucketSpec, Bucket)>,
+    /// `None` until first use; with the `requests_per_day` it counts against.
+    quota: Option<(u64, Quota)>,
+    /// Partner level only: the throttle bucket and the spec it was made for.
+    throttle: Option<(BucketSpec, Bucket)>,
+}
+
+/// The state of one level that outlives reloads: one allocation, so a
+/// check touches one cache line or two per level.
+#[derive(Debug, Default)]
+struct Shared {
+    counters: Mutex<Counters>,
+    in_flight: AtomicU32,
+    /// Partner level only: throttle in milli-requests per minute; 0 = none.
+    throttle_milli: AtomicU64,
+}
+
+/// One level's settings (fixed for this build) and its shared state.
+#[derive(Debug)]
+struct Level {
+    spec: LimitSpec,
+    bucket: Option<BucketSpec>,
+    shared: Arc<Shared>,
+}
+
+impl Level {
+    /// Settings from `spec`; state carried over from `previous` (the same
+    /// partner or route in the running state). Nothing in `previous` is
+    /// changed here, so building a state that is never used is harmless.
+    fn new(spec: &LimitSpec, previous: Option<&Level>) -> Level {
+        Level {
+            spec: spec.clone(),
+            bucket: BucketSpec::of(spec),
+            shared: previous.map(|p| p.shared.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Whether `check` needs this level's lock (anything but concurrency set).
+    fn has_counters(&self) -> bool {
+        self.bucket.is_some() || self.spec.requests_per_day.is_some()
+    }
+
+    /// Reserves an in-flight slot if under `max_concurrent`.
+    fn acquire(&self) -> Option<Arc<Shared>> {
+        let in_flight = &self.shared.in_flight;
+        let ok = match self.spec.max_concurrent {
+            None => {
+                in_flight.fetch_add(1, Ordering::AcqRel);
+                true
+            }
+            Some(max) => in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok(),
+        };
+        ok.then(|| self.shared.clone())
+    }
+}
+
+/// Refills `c` to `now_ms` and records in `worst` any limit that refuses.
+/// Consumes nothing.
+fn evaluate(
+    level: &Level,
+    c: &mut Counters,
+    throttle: Option<BucketSpec>,
+    now_ms: i64,
+    scope: LimitScope,
+    worst: &mut Option<LimitDenied>,
+) {
+    let mut refuse = |limit: LimitKind, wait_ms: i64| {
+        let secs = secs_ceil(wait_ms);
+        if worst.as_ref().is_none_or(|w| secs > w.retry_after_secs) {
+            *worst = Some(LimitDenied {
+                limit,
+                retry_after_secs: secs,
+                scope,
+            });
+        }
+    };
+    match throttle {
+        None => c.throttle = None,
+        Some(spec) => {
+            let (s, b) = c
+                .throttle
+                .get_or_insert_with(|| (spec, Bucket::full(spec, now_ms)));
+            if *s != spec {
+                *s = spec;
+                *b = Bucket::full(spec, now_ms);
+            }
+            b.refill(spec, now_ms);
+            if b.units < UNITS_PER_TOKEN {
+                refuse(LimitKind::Throttled, b.wait_ms(spec));
+            }
+        }
+    }
+    if let Some(spec) = level.bucket {
+        let (s, b) = c
+            .bucket
+            .get_or_insert_with(|| (spec, Bucket::full(spec, now_ms)));
+        if *s != spec {
+            *s = spec;
+            *b = Bucket::full(spec, now_ms);
+        }
+        b.refill(spec, now_ms);
+        if b.units < UNITS_PER_TOKEN {
+            refuse(LimitKind::RequestsPerMinute, b.wait_ms(spec));
+        }
+    }
+    if let Some(max) = level.spec.requests_per_day {
+        let today = utc_day(now_ms);
+        let fresh = Quota {
+            day: today,
+            used: 0,
+        };
+        let (limit, q) = c.quota.get_or_insert((max, fresh));
+        if *limit != max || today > q.day {
+            *limit = max;
+            *q = Quota {
+                day: today,
+                used: 0,
+            };
+        }
+        if q.used >= max {
+            let next_midnight = (q.day.max(today) + 1).saturating_mul(MS_PER_DAY);
+            refuse(LimitKind::RequestsPerDay, next_midnight - now_ms);
+        }
+    }
+}
+
+/// Takes one request out of every limit of `c` (after `evaluate` admitted it).
+fn consume(level: &Level, c: &mut Counters) {
+    if let Some((_, b)) = &mut c.throttle {
+        b.units = b.units.saturating_sub(UNITS_PER_TOKEN);
+    }
+    if level.bucket.is_some()
+        && let Some((_, b)) = &mut c.bucket
+    {
+        b.units = b.units.saturating_sub(UNITS_PER_TOKEN);
+    }
+    if level.spec.requests_per_day.is_some()
+        && let Some((_, q)) = &mut c.quota
+    {
+        q.used = q.used.saturating_add(1);
+    }
+}
+
+// ---------------------------------------------------------------- state
+
+/// Identity of a route across reloads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RouteKey {
+    methods: Vec<String>,
+    path: String,
+    upstream: String,
+}
+
+impl RouteKey {
+    fn of(r: &RouteSpec) -> RouteKey {
+        RouteKey {
+            methods: r.methods.clone(),
+            path: r.path.clone(),
+            upstream: r.upstream.clone(),
+        }
+    }
+}
+
+/// What `check` reads of a route (the rest is in [`RouteInfo`], off the hot path).
+#[derive(Debug)]
+struct RouteEntry {
+    /// The route's own limits (none configured: an unlimited level that
+    /// still counts in-flight requests).
+    level: Level,
+    max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug)]
+struct RouteInfo {
+    key: RouteKey,
+    describe: String,
+    configured: bool,
+}
+
+#[derive(Debug)]
+struct PartnerEntry {
+    /// Partner limits; its `Shared` also holds the throttle.
+    level: Level,
+    routes: Vec<RouteEntry>,
+    info: Vec<RouteInfo>,
+}
+
+/// Every partner's limiter state. `Send + Sync`; share it in an `Arc` and
+/// swap it on reload (see the module doc for why no lock is global).
+#[derive(Debug, Default)]
+pub struct LimitState {
+    partners: HashMap<String, PartnerEntry>,
+}
+
+impl LimitState {
+    /// Builds the state for `partners`, keeping the counters of `previous`
+    /// for every limit whose setting did not change.
+    pub fn build(partners: &[Partner], previous: Option<&LimitState>) -> LimitState {
+        let mut map = HashMap::with_capacity(partners.len());
+        for p in partners {
+            let prev = previous.and_then(|s| s.partners.get(&p.id));
+            let prev_routes: HashMap<&RouteKey, &RouteEntry> = prev
+                .map(|e| e.info.iter().map(|i| &i.key).zip(&e.routes).collect())
+                .unwrap_or_default();
+            let mut routes = Vec::with_capacity(p.routes.len());
+            let mut info = Vec::with_capacity(p.routes.len());
+            for r in &p.routes {
+                let key = RouteKey::of(r);
+                let prev_level = prev_routes.get(&key).map(|e| &e.level);
+                let spec = r.limits.clone().unwrap_or_default();
+                routes.push(RouteEntry {
+                    level: Level::new(&spec, prev_level),
+                    max_body_bytes: r.max_body_bytes,
+                });
+                info.push(RouteInfo {
+                    key,
+                    describe: r.describe(),
+                    configured: r.limits.is_some(),
+                });
+            }
+            let entry = PartnerEntry {
+                level: Level::new(&p.limits, prev.map(|e| &e.level)),
+                routes,
+                info,
+            };
+            map.insert(p.id.clone(), entry);
+        }
+        LimitState { partners: map }
+    }
+
+    /// Admits or refuses one request of `partner` on `route_index` (the index
+    /// into that partner's `routes`; `None` or out of range: partner limits
+    /// only). O(1): one map lookup, at most two uncontended per-partner locks.
+    pub fn check(
+        &self,
+        partner: &str,
+        route_index: Option<usize>,
+        now_ms: i64,
+    ) -> Result<Admission, LimitDenied> {
+        let Some(p) = self.partners.get(partner) else {
+            return Ok(Admission::unlimited());
+        };
+        let route = route_index.and_then(|i| p.routes.get(i).map(|r| (i, r)));
+        let throttle = match p.level.shared.throttle_milli.load(Ordering::Acquire) {
+            0 => None,
+            milli => Some(BucketSpec::throttle(milli)),
+        };
+
+        // Lock order: partner, then route.
+        let mut pc =
+            (p.level.has_counters() || throttle.is_some()).then(|| lock(&p.level.shared.counters));
+        let mut rc = route
+            .filter(|(_, r)| r.level.has_counters())
+            .map(|(_, r)| lock(&r.level.shared.counters));
+
+        let mut worst = None;
+        if let Some(c) = pc.as_deref_mut() {
+            evaluate(
+                &p.level,
+                c,
+                throttle,
+                now_ms,
+                LimitScope::Partner,
+                &mut worst,
+            );
+        }
+        if let (Some(c), Some((i, r))) = (rc.as_deref_mut(), route) {
+            evaluate(&r.level, c, None, now_ms, LimitScope::Route(i), &mut worst);
+        }
+        if let Some(d) = worst {
+            return Err(d);
+        }
+
+        let busy = |scope| LimitDenied {
+            limit: LimitKind::MaxConcurrent,
+            retry_after_secs: 1,
+            scope,
+        };
+        let partner_slot = p.level.acquire().ok_or_else(|| busy(LimitScope::Partner))?;
+        let mut admission = Admission {
+            partner: Some(partner_slot),
+            route: None,
+        };
+        if let Some((i, r)) = route {
+            // On refusal, dropping `admission` gives the partner slot back.
+            admission.route = Some(
+                r.level
+                    .acquire()
+                    .ok_or_else(|| busy(LimitScope::Route(i)))?,
+            );
+        }
+
+        if let Some(c) = pc.as_deref_mut() {
+            consume(&p.level, c);
+        }
+        if let (Some(c), Some((_, r))) = (rc.as_deref_mut(), route) {
+            consume(&r.level, c);
+        }
+        Ok(admission)
+    }
+
+    /// Clamps `partner` to `per_minute` requests per minute on top of its
+    /// limits (`None` lifts the clamp). Returns false for an unknown partner.
+    /// A non-positive rate clamps to the minimum (0.001 per minute).
+    pub fn set_throttle(&self, partner: &str, per_minute: Option<f64>) -> bool {
+        let Some(p) = self.partners.get(partner) else {
+            return false;
+        };
+        let milli = match per_minute {
+            None => 0,
+            Some(r) if r.is_nan() || r == f64::INFINITY => 0,
+            Some(r) => (r * 1_000.0).round().clamp(1.0, u64::MAX as f64) as u64,
+        };
+        p.level
+            .shared
+            .throttle_milli
+            .store(milli, Ordering::Release);
+        true
+    }
+
+    /// The throttle in force for `partner`, in requests per minute.
+    pub fn throttle(&self, partner: &str) -> Option<f64> {
+        match self
+            .partners
+            .get(partner)?
+            .level
+            .shared
+            .throttle_milli
+            .load(Ordering::Acquire)
+        {
+            0 => None,
+            milli => Some(milli as f64 / 1_000.0),
+        }
+    }
+
+    /// The configured body limit of a route (`None`: the server default applies).
+    pub fn max_body_bytes(&self, partner: &str, route_index: usize) -> Option<u64> {
+        self.partners
+            .get(partner)?
+            .routes
+            .get(route_index)?
+            .max_body_bytes
+    }
+
+    /// Ids of the partners this state knows, unsorted.
+    pub fn partners(&self) -> impl Iterator<Item = &str> {
+        self.partners.keys().map(String::as_str)
+    }
+
+    /// Limits in force for `partner` and how close it is to them, as of
+    /// `now_ms` (read-only: it consumes and refills nothing).
+    pub fn snapshot(&self, partner: &str, now_ms: i64) -> Option<LimitSnapshot> {
+        let p = self.partners.get(partner)?;
+        let throttle_per_minute = self.throttle(partner);
+        let (level, throttle_tokens_left) = level_snapshot(&p.level, now_ms, true);
+        let routes = p
+            .routes
+            .iter()
+            .zip(&p.info)
+            .enumerate()
+            .map(|(index, (r, i))| RouteLimitSnapshot {
+                index,
+                route: i.describe.clone(),
+                configured: i.configured,
+                level: level_snapshot(&r.level, now_ms, false).0,
+                max_body_bytes: r.max_body_bytes,
+            })
+            .collect();
+        Some(LimitSnapshot {
+            partner: partner.to_string(),
+            level,
+            throttle_per_minute,
+            throttle_tokens_left: throttle_per_minute.and(throttle_tokens_left),
+            routes,
+        })
+    }
+}
+
+fn level_snapshot(level: &Level, now_ms: i64, with_throttle: bool) -> (LevelSnapshot, Option<f64>) {
+    let c = lock(&level.shared.counters);
+    let tokens = |spec: BucketSpec, b: Option<&Bucket>| {
+        let units = b.map_or(spec.capacity(), |b| b.units_at(spec, now_ms));
+        units as f64 / UNITS_PER_TOKEN as f64
+    };
+    let today = utc_day(now_ms);
+    let quota_used = level.spec.requests_per_day.map(|max| {
+        c.quota
+            .filter(|(limit, q)| *limit == max && q.day >= today)
+            .map_or(0, |(_, q)| q.used)
+    });
+    let throttle_left = if with_throttle {
+        c.throttle.as_ref().map(|(s, b)| tokens(*s, Some(b)))
+    } else {
+        None
+    };
+    let snap = LevelSnapshot {
+        limits: level.spec.clone(),
+        burst: level.bucket.map(|b| b.burst),
+        tokens_left: level.bucket.map(|spec| {
+            let b = c
+                .bucket
+                .as_ref()
+                .filter(|(s, _)| *s == spec)
+                .map(|(_, b)| b);
+            tokens(spec, b)
+        }),
+        quota_used,
+        quota_resets_at_ms: level
+            .spec
+            .requests_per_day
+            .map(|_| (today + 1).saturating_mul(MS_PER_DAY)),
+        in_flight: level.shared.in_flight.load(Ordering::Acquire),
+    };
+    (snap, throttle_left)
+}
+
+/// One level's limits and how close it is to them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LevelSnapshot {
+    /// As configured (unset = unlimited).
+    pub limits: LimitSpec,
+    /// Effective burst (the configured one or [`default_burst`]).
+    pub burst: Option<u32>,
+    /// Tokens in the per-minute bucket now (fractional while refilling).
+    pub tokens_left: Option<f64>,
+    /// Requests counted against today's quota.
+    pub quota_used: Option<u64>,
+    /// Next UTC midnight, when the quota resets.
+    pub quota_resets_at_ms: Option<i64>,
+    pub in_flight: u32,
+}
+
+/// One route's limits (for `gatehouse status`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteLimitSnapshot {
+    pub index: usize,
+    /// `GET,POST /v1/orders -> orders`.
+    pub route: String,
+    /// Whether the route has limits of its own.
+    pub configured: bool,
+    #[serde(flatten)]
+    pub level: LevelSnapshot,
+    pub max_body_bytes: Option<u64>,
+}
+
+/// One partner's limits in force and how close it is to them (for `gatehouse status`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitSnapshot {
+    pub partner: String,
+    #[serde(flatten)]
+    pub level: LevelSnapshot,
+    /// The anomaly throttle, requests per minute.
+    pub throttle_per_minute: Option<f64>,
+    pub throttle_tokens_left: Option<f64>,
+    pub routes: Vec<RouteLimitSnapshot>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PartnerStatus, parse_route_arg};
+
+    /// 2025-11-27 00:00:00 UTC (a UTC midnight).
+    const DAY0: i64 = 20_419 * MS_PER_DAY;
+    const T0: i64 = DAY0 + 10 * 3_600_000;
+
+    fn limits(
+        rpm: Option<u32>,
+        burst: Option<u32>,
+        day: Option<u64>,
+        conc: Option<u32>,
+    ) -> LimitSpec {
+        LimitSpec {
+            requests_per_minute: rpm,
+            burst,
+            requests_per_day: day,
+            max_concurrent: conc,
+        }
+    }
+
+    fn partner(id: &str, l: LimitSpec, routes: Vec<RouteSpec>) -> Partner {
+        Partner {
+            id: id.into(),
+            name: id.into(),
+            status: PartnerStatus::Active,
+            limits: l,
+            on_anomaly: Default::default(),
+            routes,
+        }
+    }
+
+    fn route(arg: &str, l: Option<LimitSpec>) -> RouteSpec {
+        let mut r = parse_route_arg(arg).unwrap();
+        r.limits = l;
+        r
+    }
+
+    fn one(l: LimitSpec) -> LimitState {
+        LimitState::build(&[partner("acme", l, vec![])], None)
+    }
+
+    #[test]
+    fn default_burst_is_ten_seconds_worth() {
+        assert_eq!(default_burst(600), 100);
+        assert_eq!(default_burst(60), 10);
+        assert_eq!(default_burst(7), 2);
+        assert_eq!(default_burst(1), 1);
+        let s = one(limits(Some(600), None, None, None));
+        assert_eq!(s.snapshot("acme", T0).unwrap().level.burst, Some(100));
+    }
+
+    #[test]
+    fn burst_over_bucket_is_refused_with_exact_retry_after() {
+        // 60/min = one token per second, burst 5.
+        let s = one(limits(Some(60), Some(5), None, None));
+        for _ in 0..5 {
+            assert!(s.check("acme", None, T0).is_ok());
+        }
+        let d = s.check("acme", None, T0).unwrap_err();
+        assert_eq!(
+            d,
+            LimitDenied {
+                limit: LimitKind::RequestsPerMinute,
+                retry_after_secs: 1,
+                scope: LimitScope::Partner
+            }
+        );
+        // Just before the token is back: still refused, and says 1 s.
+        let d = s.check("acme", None, T0 + 999).unwrap_err();
+        assert_eq!(d.retry_after_secs, 1);
+        // After Retry-After: admitted, exactly one more.
+        assert!(s.check("acme", None, T0 + 1_000).is_ok());
+        assert!(s.check("acme", None, T0 + 1_000).is_err());
+
+        // Slow rate: 7/min -> a token every 8 571.4 ms -> Retry-After 9 s,
+        // and a retry after those 9 s passes.
+        let s = one(limits(Some(7), Some(1), None, None));
+        assert!(s.check("acme", None, T0).is_ok());
+        let d = s.check("acme", None, T0).unwrap_err();
+        assert_eq!(d.retry_after_secs, 9);
+        assert!(s.check("acme", None, T0 + 8_000).is_err());
+        assert!(s.check("acme", None, T0 + 9_000).is_ok());
+    }
+
+    #[test]
+    fn refusals_consume_nothing() {
+        let s = one(limits(Some(60), Some(2), Some(100), None));
+        assert!(s.check("acme", None, T0).is_ok());
+        assert!(s.check("acme", None, T0).is_ok());
+        for _ in 0..50 {
+            assert!(s.check("acme", None, T0).is_err());
+        }
+        let snap = s.snapshot("acme", T0).unwrap();
+        assert_eq!(snap.level.quota_used, Some(2));
+        assert_eq!(snap.level.tokens_left, Some(0.0));
+    }
+
+    #[test]
+    fn daily_quota_exhausts_and_resets_at_utc_midnight() {
+        let s = one(limits(None, None, Some(3), None));
+        let late = DAY0 + MS_PER_DAY - 10_500; // 23:59:49.5 UTC
+        for _ in 0..3 {
+            assert!(s.check("acme", None, late).is_ok());
+        }
+        let d = s.check("acme", None, late).unwrap_err();
+        assert_eq!(d.limit, LimitKind::RequestsPerDay);
+        assert_eq!(d.retry_after_secs, 11);
+        assert!(s.check("acme", None, DAY0 + MS_PER_DAY - 1).is_err());
+        // Midnight UTC: fresh quota, whenever the first request came.
+        for _ in 0..3 {
+            assert!(s.check("acme", None, DAY0 + MS_PER_DAY).is_ok());
+        }
+        let d = s.check("acme", None, DAY0 + MS_PER_DAY + 1).unwrap_err();
+        assert_eq!(d.retry_after_secs, 86_400);
+        let snap = s.snapshot("acme", DAY0 + MS_PER_DAY + 5).unwrap();
+        assert_eq!(snap.level.quota_used, Some(3));
+        assert_eq!(snap.level.quota_resets_at_ms, Some(DAY0 + 2 * MS_PER_DAY));
+        // A snapshot on a later day shows the quota as reset.
+        assert_eq!(
+            s.snapshot("acme", DAY0 + 3 * MS_PER_DAY)
+                .unwrap()
+                .level
+                .quota_used,
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn concurrency_cap_and_release_on_drop() {
+        let s = one(limits(None, None, None, Some(2)));
+        let a = s.check("acme", None, T0).unwrap();
+        let b = s.check("acme", None, T0).unwrap();
+        let d = s.check("acme", None, T0).unwrap_err();
+        assert_eq!(d.limit, LimitKind::MaxConcurrent);
+        assert_eq!(d.retry_after_secs, 1);
+        assert_eq!(s.snapshot("acme", T0).unwrap().level.in_flight, 2);
+        drop(a);
+        let c = s.check("acme", None, T0).unwrap();
+        assert!(s.check("acme", None, T0).is_err());
+        drop((b, c));
+        assert_eq!(s.snapshot("acme", T0).unwrap().level.in_flight, 0);
+    }
+
+    #[test]
+    fn route_limit_tighter_than_partner() {
+        let p = partner(
+            "acme",
+            limits(Some(600), Some(100), None, Some(10)),
+            vec![
+                route("GET /v1/orders -> orders", None),
+                route(
+                    "POST /v1/payments -> orders",
+                    Some(limits(Some(60), Some(2), None, Some(1))),
+                ),
+            ],
+        );
+        let s = LimitState::build(&[p], None);
+        let a = s.check("acme", Some(1), T0).unwrap();
+        // Route concurrency 1: refused at the route; the partner slot taken
+        // for the attempt was given back.
+        let d = s.check("acme", Some(1), T0).unwrap_err();
+        assert_eq!(
+            (d.limit, d.scope),
+            (LimitKind::MaxConcurrent, LimitScope::Route(1))
+        );
+        assert_eq!(s.snapshot("acme", T0).unwrap().level.in_flight, 1);
+        drop(a);
+        assert!(s.check("acme", Some(1), T0).is_ok());
+        let d = s.check("acme", Some(1), T0).unwrap_err();
+        assert_eq!(
+            (d.limit, d.scope),
+            (LimitKind::RequestsPerMinute, LimitScope::Route(1))
+        );
+        // Route refusals took nothing from the partner bucket: 100 - 2 left.
+        let snap = s.snapshot("acme", T0).unwrap();
+        assert_eq!(snap.level.tokens_left, Some(98.0));
+        assert_eq!(snap.routes[1].level.tokens_left, Some(0.0));
+        // Other routes still pass, and share the partner's bucket.
+        for _ in 0..98 {
+            assert!(s.check("acme", Some(0), T0).is_ok());
+        }
+        let d = s.check("acme", Some(0), T0).unwrap_err();
+        assert_eq!(
+            (d.limit, d.scope),
+            (LimitKind::RequestsPerMinute, LimitScope::Partner)
+        );
+        // Out-of-range route index: partner limits only.
+        assert_eq!(
+            s.check("acme", Some(9), T0).unwrap_err().scope,
+            LimitScope::Partner
+        );
+    }
+
+    #[test]
+    fn partner_refusal_consumes_nothing_of_the_route() {
+        let p = partner(
+            "acme",
+            limits(None, None, Some(1), None),
+            vec![route(
+                "GET /v1 -> orders",
+                Some(limits(None, None, Some(5), None)),
+            )],
+        );
+        let s = LimitState::build(&[p], None);
+        assert!(s.check("acme", Some(0), T0).is_ok());
+        for _ in 0..10 {
+            let d = s.check("acme", Some(0), T0).unwrap_err();
+            assert_eq!(
+                (d.limit, d.scope),
+                (LimitKind::RequestsPerDay, LimitScope::Partner)
+            );
+        }
+        assert_eq!(
+            s.snapshot("acme", T0).unwrap().routes[0].level.quota_used,
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn longest_retry_after_wins() {
+        let s = one(limits(Some(60), Some(1), Some(1), None));
+        assert!(s.check("acme", None, T0).is_ok());
+        let d = s.check("acme", None, T0).unwrap_err();
+        assert_eq!(d.limit, LimitKind::RequestsPerDay);
+        assert_eq!(d.retry_after_secs, 14 * 3_600);
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_counters_and_resets_changed_ones() {
+        let quota = limits(None, None, Some(10), None);
+        let r = || {
+            route(
+                "GET /v1/orders -> orders",
+                Some(limits(None, None, Some(5), None)),
+            )
+        };
+        let old = LimitState::build(
+            &[
+                partner("same", quota.clone(), vec![r()]),
+                partner("changed", quota.clone(), vec![]),
+                partner(
+                    "rpm-changed",
+                    limits(Some(60), Some(5), Some(10), None),
+                    vec![],
+                ),
+                partner("gone", quota.clone(), vec![]),
+            ],
+            None,
+        );
+        for id in ["same", "changed", "rpm-changed", "gone"] {
+            for _ in 0..4 {
+                assert!(old.check(id, Some(0), T0).is_ok());
+            }
+        }
+        let held = old.check("same", Some(0), T0).unwrap();
+        old.set_throttle("same", Some(1_000.0));
+
+        let new = LimitState::build(
+            &[
+                // Same limits, but a new route in front: matched by key, not index.
+                partner(
+                    "same",
+                    quota.clone(),
+                    vec![route("GET /v2 -> orders", None), r()],
+                ),
+                partner("changed", limits(None, None, Some(20), None), vec![]),
+                partner(
+                    "rpm-changed",
+                    limits(Some(120), Some(5), Some(10), None),
+                    vec![],
+                ),
+                partner("new", quota.clone(), vec![]),
+            ],
+            Some(&old),
+        );
+        let same = new.snapshot("same", T0).unwrap();
+        assert_eq!(same.level.quota_used, Some(5));
+        assert_eq!(same.routes[1].level.quota_used, Some(5));
+        assert_eq!(same.level.in_flight, 1);
+        assert_eq!(same.throttle_per_minute, Some(1_000.0));
+        assert_eq!(
+            new.snapshot("changed", T0).unwrap().level.quota_used,
+            Some(0)
+        );
+        let rc = new.snapshot("rpm-changed", T0).unwrap();
+        assert_eq!(rc.level.quota_used, Some(4), "quota unchanged: kept");
+        assert_eq!(rc.level.tokens_left, Some(5.0), "bucket changed: fresh");
+        assert!(new.snapshot("gone", T0).is_none());
+        assert_eq!(new.snapshot("new", T0).unwrap().level.quota_used, Some(0));
+        // Unchanged counters are shared: the old state's late requests count too.
+        assert!(old.check("same", None, T0).is_ok());
+        assert_eq!(new.snapshot("same", T0).unwrap().level.quota_used, Some(6));
+        // A guard from before the reload releases into the new state's count.
+        drop(held);
+        assert_eq!(new.snapshot("same", T0).unwrap().level.in_flight, 0);
+
+        // Building a state that is never swapped in changes nothing.
+        let unused = LimitState::build(
+            &[partner("same", limits(None, None, Some(99), None), vec![])],
+            Some(&new),
+        );
+        drop(unused);
+        assert_eq!(new.snapshot("same", T0).unwrap().level.quota_used, Some(6));
+        assert!(new.check("same", None, T0).is_ok());
+        assert_eq!(new.snapshot("same", T0).unwrap().level.quota_used, Some(7));
+    }
+
+    #[test]
+    fn throttle_clamps_and_lifts() {
+        let s = one(LimitSpec::default());
+        for _ in 0..1_000 {
+            assert!(s.check("acme", None, T0).is_ok());
+        }
+        assert!(s.set_throttle("acme", Some(60.0)));
+        // 60/min: burst 10, then one per second.
+        for _ in 0..10 {
+            assert!(s.check("acme", None, T0).is_ok());
+        }
+        let d = s.check("acme", None, T0).unwrap_err();
+        assert_eq!(
+            (d.limit, d.retry_after_secs, d.scope),
+            (LimitKind::Throttled, 1, LimitScope::Partner)
+        );
+        assert!(s.check("acme", None, T0 + 1_000).is_ok());
+        assert!(s.check("acme", None, T0 + 1_000).is_err());
+        s.set_throttle("acme", None);
+        assert!(s.check("acme", None, T0 + 1_000).is_ok());
+        assert!(!s.set_throttle("nobody", Some(1.0)));
+    }
+
+    #[test]
+    fn unknown_partner_is_not_this_modules_business() {
+        let s = one(limits(Some(1), None, None, None));
+        assert!(s.check("stranger", Some(3), T0).is_ok());
+        assert!(s.snapshot("stranger", T0).is_none());
+    }
+
+    #[test]
+    fn clock_going_back_adds_no_tokens() {
+        let s = one(limits(Some(60), Some(1), None, None));
+        assert!(s.check("acme", None, T0).is_ok());
+        assert!(s.check("acme", None, T0 - 60_000).is_err());
+        assert!(s.check("acme", None, T0 + 999).is_err());
+        assert!(s.check("acme", None, T0 + 1_000).is_ok());
+    }
+
+    #[test]
+    fn max_body_bytes_and_denial_body() {
+        let mut r = route("POST /v1/upload -> orders", None);
+        r.max_body_bytes = Some(1_024);
+        let s = LimitState::build(&[partner("acme", LimitSpec::default(), vec![r])], None);
+        assert_eq!(s.max_body_bytes("acme", 0), Some(1_024));
+        assert_eq!(s.max_body_bytes("acme", 1), None);
+        let d = LimitDenied {
+            limit: LimitKind::RequestsPerDay,
+            retry_after_secs: 7,
+            scope: LimitScope::Route(2),
+        };
+        assert_eq!(
+            d.body_json(),
+            serde_json::json!({"error": "rate_limited", "limit": "requests_per_day",
+                "retry_after_secs": 7, "scope": "route", "route_index": 2})
+        );
+    }
+
+    /// No global lock: two threads hammering two different partners never
+    /// touch the same Mutex (the map is immutable; each partner has its own
+    /// counters). Here one partner's lock is held (poisoned, even) while the
+    /// other partner is checked from another thread: that must not block.
+    #[test]
+    fn partners_do_not_share_a_lock() {
+        let s = Arc::new(LimitState::build(
+            &[
+                partner("a", limits(Some(60), None, None, None), vec![]),
+                partner("b", limits(Some(60), None, None, None), vec![]),
+            ],
+            None,
+        ));
+        let a_shared = s.partners["a"].level.shared.clone();
+        let a_counters = &a_shared.counters;
+        let guard = lock(a_counters);
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.check("b", None, T0).is_ok());
+        assert!(t.join().unwrap());
+        drop(guard);
+        // Poison a's lock: checks recover instead of panicking.
+        let c = a_shared.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = c.counters.lock().unwrap();
+            panic!("poison");
+        })
+        .join();
+        assert!(s.check("a", None, T0).is_ok());
+    }
+
+    #[test]
+    fn manual_clock() {
+        let c = ManualClock::new(T0);
+        c.advance(1_500);
+        assert_eq!(c.now_ms(), T0 + 1_500);
+        c.set(5);
+        assert_eq!(c.now_ms(), 5);
+        assert!(SystemClock.now_ms() > DAY0);
+    }
+}

@@ -1,0 +1,384 @@
+//! The broker's live state: the validated configuration, each partner's
+//! compiled route table, the certificate inventory's states, the upstream
+//! clients and the partner-facing TLS config, held behind `ArcSwap`s so the
+//! request path reads them without a lock. `reload` rebuilds them from the
+//! home's files; a file that fails validation is refused and the running
+//! state stays in force. The watcher notices file changes (stat polling) and
+//! SIGHUP within a second.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use time::OffsetDateTime;
+
+use crate::ca::inventory::{Inventory, RecordStatus};
+use crate::config::{self, GatewayConfig, Partner, PartnerStatus};
+use crate::home::Home;
+use crate::identity::PartnerIdentity;
+use crate::limits::LimitState;
+use crate::policy::RouteTable;
+use crate::relay::Upstream;
+use crate::tls::{self, CertificateStatus, ServerMaterial};
+
+/// The error `reload` returns for files already refused (not re-reported).
+pub const REFUSED_AGAIN: &str = "the same files were refused before";
+
+/// How often the watcher looks at the files.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A partner, ready for the request path.
+pub struct PartnerEntry {
+    pub partner: Partner,
+    pub routes: RouteTable,
+}
+
+/// What the request path needs to know about a certificate.
+#[derive(Debug, Clone)]
+pub struct CertEntry {
+    pub partner: String,
+    pub status: RecordStatus,
+    pub overlap_until: Option<i64>,
+    pub not_after: i64,
+}
+
+/// One consistent view of the configuration.
+pub struct Snapshot {
+    pub gateway: GatewayConfig,
+    /// Rate, quota and concurrency state (kept across reloads for unchanged limits).
+    pub limits: Arc<LimitState>,
+    pub partners: HashMap<String, PartnerEntry>,
+    pub certs: HashMap<String, CertEntry>,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    stamps: Stamps,
+}
+
+impl Snapshot {
+    /// Whether the certificate `serial` may be used at `now` (unix seconds).
+    pub fn cert_status(&self, serial: &str, now: i64) -> Result<&CertEntry, &'static str> {
+        let c = self.certs.get(serial).ok_or("unknown_certificate")?;
+        match c.status {
+            RecordStatus::Revoked => return Err("revoked"),
+            RecordStatus::Superseded if c.overlap_until.is_none_or(|t| now >= t) => {
+                return Err("superseded");
+            }
+            _ => {}
+        }
+        if now >= c.not_after {
+            return Err("expired");
+        }
+        Ok(c)
+    }
+
+    /// The per-request check: the partner exists and is active, and its
+    /// certificate is still valid, unrevoked and not superseded past overlap.
+    pub fn admit(&self, id: &PartnerIdentity, now: i64) -> Result<&PartnerEntry, &'static str> {
+        if now >= id.not_after_unix {
+            return Err("expired");
+        }
+        let cert = self.cert_status(&id.serial, now)?;
+        if cert.partner != *id.partner {
+            return Err("certificate_partner_mismatch");
+        }
+        let entry = self.partners.get(&*id.partner).ok_or("unknown_partner")?;
+        if entry.partner.status == PartnerStatus::Suspended {
+            return Err("partner_suspended");
+        }
+        Ok(entry)
+    }
+}
+
+/// File stamps (length + mtime) per group of inputs, to tell what changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Stamps {
+    config: u64,
+    tls: u64,
+    upstream: u64,
+}
+
+fn stamp_files(paths: &[PathBuf]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in paths {
+        p.hash(&mut h);
+        match std::fs::metadata(p) {
+            Ok(m) => {
+                m.len().hash(&mut h);
+                m.modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos())
+                    .hash(&mut h);
+            }
+            Err(_) => 0u8.hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+fn files_in(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == ext))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn compute_stamps(home: &Home, gateway: Option<&GatewayConfig>) -> Stamps {
+    let mut config_files = vec![home.config_file()];
+    config_files.extend(files_in(&home.partners_dir(), "toml"));
+    let mut tls_files = vec![
+        home.ca_cert(),
+        home.crl(),
+        home.server_cert(),
+        home.server_key(),
+    ];
+    tls_files.extend(files_in(&home.issued_dir(), "toml"));
+    let mut upstream_files = vec![
+        home.config_file(),
+        home.broker_client_cert(),
+        home.broker_client_key(),
+    ];
+    if let Some(g) = gateway {
+        for u in g.upstreams.values() {
+            for f in [&u.ca, &u.client_cert, &u.client_key].into_iter().flatten() {
+                upstream_files.push(home.resolve(f));
+            }
+        }
+    }
+    Stamps {
+        config: stamp_files(&config_files),
+        tls: stamp_files(&tls_files),
+        upstream: stamp_files(&upstream_files),
+    }
+}
+
+/// The certificate view the TLS verifier consults at each handshake.
+#[derive(Debug)]
+pub struct LiveCertStatus(pub Arc<ArcSwap<SnapshotCell>>);
+
+/// Wrapper so `Debug` is cheap for the verifier.
+pub struct SnapshotCell(pub Arc<Snapshot>);
+
+impl std::fmt::Debug for SnapshotCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Snapshot")
+    }
+}
+
+impl CertificateStatus for LiveCertStatus {
+    fn check(&self, serial: &str, now_unix: i64) -> Result<(), &'static str> {
+        let snap = self.0.load();
+        let entry = snap.0.cert_status(serial, now_unix)?;
+        match snap.0.partners.get(&entry.partner) {
+            None => Err("unknown_partner"),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// The live state shared by every connection.
+pub struct Live {
+    pub home: Home,
+    snapshot: Arc<ArcSwap<SnapshotCell>>,
+    tls: ArcSwap<ServerConfig>,
+    /// Stamps of the last refused attempt: not retried until files change again.
+    refused: std::sync::Mutex<Option<Stamps>>,
+}
+
+/// What a reload did.
+#[derive(Debug, Default, Clone)]
+pub struct ReloadOutcome {
+    pub changed: bool,
+    pub tls_rebuilt: bool,
+    pub partners: usize,
+}
+
+impl Live {
+    /// Loads everything; any problem is an error (the broker does not start).
+    pub fn load(home: Home) -> Result<Live, String> {
+        let snapshot = build(&home, None)?;
+        let gateway = snapshot.gateway.clone();
+        let snapshot = Arc::new(ArcSwap::from_pointee(SnapshotCell(Arc::new(snapshot))));
+        let tls = build_tls(&home, &gateway, snapshot.clone())?;
+        Ok(Live {
+            home,
+            snapshot,
+            tls: ArcSwap::new(tls),
+            refused: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load().0.clone()
+    }
+
+    /// The current partner-facing TLS config.
+    pub fn tls_config(&self) -> Arc<ServerConfig> {
+        self.tls.load_full()
+    }
+
+    fn rebuild_tls(&self) -> Result<(), String> {
+        let cfg = build_tls(&self.home, &self.snapshot().gateway, self.snapshot.clone())?;
+        self.tls.store(cfg);
+        Ok(())
+    }
+
+    /// Re-reads the files if they changed (or `force`). On a validation
+    /// failure the running state stays and the error names file and line.
+    pub fn reload(&self, force: bool) -> Result<ReloadOutcome, String> {
+        let current = self.snapshot();
+        let stamps = compute_stamps(&self.home, Some(&current.gateway));
+        if !force && stamps == current.stamps {
+            return Ok(ReloadOutcome::default());
+        }
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if !force && refused.as_ref() == Some(&stamps) {
+            // Same broken files as last time: the error was already reported.
+            return Err(String::from(REFUSED_AGAIN));
+        }
+        let next = match build(&self.home, Some(&current)) {
+            Ok(n) => n,
+            Err(e) => {
+                *refused = Some(stamps);
+                return Err(e);
+            }
+        };
+        *refused = None;
+        drop(refused);
+        let tls_changed = force || next.stamps.tls != current.stamps.tls;
+        let partners = next.partners.len();
+        self.snapshot.store(Arc::new(SnapshotCell(Arc::new(next))));
+        if tls_changed {
+            // A fresh config also means a fresh session cache and ticketer:
+            // no session from before a revocation can be resumed.
+            self.rebuild_tls()?;
+        }
+        Ok(ReloadOutcome {
+            changed: true,
+            tls_rebuilt: tls_changed,
+            partners,
+        })
+    }
+
+    /// Re-signs the CRL when less than half its validity is left.
+    pub fn refresh_crl_if_due(&self) -> Result<bool, String> {
+        let crl = match tls::load_crl(&self.home.crl()) {
+            Ok(c) => c,
+            Err(_) => {
+                crate::ca::lifecycle::refresh_crl(&self.home).map_err(|e| e.to_string())?;
+                return Ok(true);
+            }
+        };
+        let validity = self.snapshot().gateway.ca.crl_validity;
+        let next_update =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(crl.as_ref())
+                .ok()
+                .and_then(|(_, c)| c.next_update())
+                .map(|t| t.timestamp());
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let due = match next_update {
+            Some(t) => t - now < (validity.as_secs() / 2) as i64,
+            None => true,
+        };
+        if due {
+            crate::ca::lifecycle::refresh_crl(&self.home).map_err(|e| e.to_string())?;
+        }
+        Ok(due)
+    }
+}
+
+use x509_parser::prelude::FromDer;
+
+fn build_tls(
+    home: &Home,
+    gateway: &GatewayConfig,
+    cell: Arc<ArcSwap<SnapshotCell>>,
+) -> Result<Arc<ServerConfig>, String> {
+    let anchors = tls::load_certs(&home.ca_cert()).map_err(|e| e.to_string())?;
+    let crl = tls::load_crl(&home.crl()).map_err(|e| e.to_string())?;
+    let chain = tls::load_certs(&home.server_cert()).map_err(|e| e.to_string())?;
+    let key = tls::load_key(&home.server_key()).map_err(|e| e.to_string())?;
+    tls::server_config(
+        ServerMaterial {
+            trust_anchors: anchors.into_iter().take(1).collect(),
+            crls: vec![crl],
+            server_chain: chain,
+            server_key: key,
+        },
+        &gateway.trust_domain,
+        Arc::new(LiveCertStatus(cell)),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Builds a snapshot from the files. Upstream clients are reused from
+/// `previous` when their inputs did not change (their pools stay warm).
+fn build(home: &Home, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
+    let loaded = config::load_all(home).map_err(|e| e.to_string())?;
+    let stamps = compute_stamps(home, Some(&loaded.gateway));
+    let inventory = Inventory::load(home).map_err(|e| e.to_string())?;
+    let certs = inventory
+        .certs
+        .into_values()
+        .map(|c| {
+            (
+                c.serial,
+                CertEntry {
+                    partner: c.partner,
+                    status: c.status,
+                    overlap_until: c.overlap_until.map(|t| t.unix_timestamp()),
+                    not_after: c.not_after.unix_timestamp(),
+                },
+            )
+        })
+        .collect();
+    let upstreams = match previous {
+        Some(p) if p.stamps.upstream == stamps.upstream => p.upstreams.clone(),
+        _ => {
+            let mut m = HashMap::new();
+            let mut errors = Vec::new();
+            for (name, settings) in &loaded.gateway.upstreams {
+                match Upstream::build(name, settings, home) {
+                    Ok(u) => {
+                        m.insert(name.clone(), Arc::new(u));
+                    }
+                    Err(e) => errors.push(format!("{}: {e}", home.config_file().display())),
+                }
+            }
+            if !errors.is_empty() {
+                return Err(errors.join("\n"));
+            }
+            m
+        }
+    };
+    let limits = Arc::new(LimitState::build(
+        &loaded.partners,
+        previous.map(|p| p.limits.as_ref()),
+    ));
+    let partners = loaded
+        .partners
+        .into_iter()
+        .map(|p| {
+            let routes = RouteTable::compile(&p.routes);
+            (p.id.clone(), PartnerEntry { partner: p, routes })
+        })
+        .collect();
+    let snapshot = Snapshot {
+        gateway: loaded.gateway,
+        limits,
+        partners,
+        certs,
+        upstreams,
+        stamps,
+    };
+    Ok(snapshot)
+}

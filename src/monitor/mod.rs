@@ -1,0 +1,553 @@
+//! The monitor: what the broker tells operators about itself while it runs.
+//! It owns the Prometheus metrics (served as text at the admin listener's
+//! `/metrics`), the short per-partner traffic windows behind
+//! `gatehouse status`, the list of recent alerts, and the certificate
+//! expiry view. It is fed by the same `Event`s the journal records, plus a
+//! few direct calls (handshakes, connections, upstream and journal timings);
+//! it never decides anything on the request path and never does I/O.
+//!
+//! Label sets are bounded by construction: partners come from verified
+//! certificates and config, routes are the configured path of the granted
+//! route (or `none`), methods outside a fixed list become `OTHER`, status is
+//! reduced to its class, and reasons are the broker's fixed codes (anything
+//! that does not look like one becomes `other`). No raw path, client address
+//! or request id ever becomes a label.
+
+mod expiry;
+mod status;
+mod window;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::ca::inventory::Inventory;
+use crate::config::Risk;
+use crate::event::{Decision, Event, EventKind};
+
+pub use expiry::{ExpiryWarning, expiring};
+pub use status::status_json;
+pub use window::PartnerWindow;
+
+use window::WindowRing;
+
+/// Content type of [`Monitor::render`] (OpenMetrics text, which Prometheus reads).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How many recent alerts the monitor keeps for `gatehouse status`.
+pub const MAX_RECENT_ALERTS: usize = 256;
+
+/// How long an alert counts as open in `gatehouse status`.
+pub const ALERT_OPEN_MS: i64 = 60 * 60 * 1000;
+
+/// Methods kept as they are in the `method` label; any other becomes `OTHER`.
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// Longest reason code kept as a label value.
+const MAX_CODE_LEN: usize = 64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    partner: String,
+    route: String,
+    method: String,
+    status_class: String,
+    decision: String,
+    risk: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    partner: String,
+    route: String,
+    risk: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DenialLabels {
+    partner: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    upstream: String,
+    error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    outcome: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    partner: String,
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    partner: String,
+    serial: String,
+}
+
+/// An alert the monitor saw recently (for `gatehouse status`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecentAlert {
+    pub time_ms: i64,
+    pub kind: String,
+    pub partner: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// The broker's metrics and short-term views. `Send + Sync`; share it in an `Arc`.
+pub struct Monitor {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<DurationLabels, Histogram>,
+    denials: Family<DenialLabels, Counter>,
+    upstream_duration: Family<UpstreamLabels, Histogram>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    handshakes: Family<HandshakeLabels, Counter>,
+    active_connections: Gauge,
+    journal_append: Histogram,
+    journal_batch: Histogram,
+    journal_failures: Counter,
+    rate_limit_denials: Family<LimitLabels, Counter>,
+    alerts: Family<AlertLabels, Counter>,
+    cert_expiry: Family<CertLabels, Gauge>,
+    /// The series `cert_expiry` holds now (to remove stale ones).
+    cert_series: Mutex<HashSet<CertLabels>>,
+    reloads: Counter,
+    reload_failures: Counter,
+    /// Per-partner windows; the outer lock is taken for reading on the
+    /// request path (written once per new partner).
+    windows: RwLock<HashMap<String, Arc<Mutex<WindowRing>>>>,
+    recent_alerts: Mutex<VecDeque<RecentAlert>>,
+}
+
+fn request_buckets() -> impl Iterator<Item = f64> {
+    // 1 ms .. ~33 s.
+    exponential_buckets(0.001, 2.0, 16)
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Monitor::new()
+    }
+}
+
+impl Monitor {
+    pub fn new() -> Monitor {
+        let mut monitor = Monitor {
+            registry: Registry::default(),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(|| Histogram::new(request_buckets())),
+            denials: Family::default(),
+            upstream_duration: Family::new_with_constructor(|| Histogram::new(request_buckets())),
+            upstream_errors: Family::default(),
+            handshakes: Family::default(),
+            active_connections: Gauge::default(),
+            journal_append: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            journal_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            journal_failures: Counter::default(),
+            rate_limit_denials: Family::default(),
+            alerts: Family::default(),
+            cert_expiry: Family::default(),
+            cert_series: Mutex::new(HashSet::new()),
+            reloads: Counter::default(),
+            reload_failures: Counter::default(),
+            windows: RwLock::new(HashMap::new()),
+            recent_alerts: Mutex::new(VecDeque::new()),
+        };
+        // Registered after construction: each family is a cheap handle
+        // (an `Arc`) shared between the field and the registry.
+        let mut registry = Registry::with_prefix("gatehouse");
+        let m = &monitor;
+        registry.register(
+            "requests",
+            "Partner requests by partner, granted route (or none), method, status class, decision and route risk",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to recorded end of the exchange, by partner, route and risk",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "request_denials",
+            "Denied partner requests by partner and reason code",
+            m.denials.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time until the upstream's response head, by upstream",
+            m.upstream_duration.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed upstream calls by upstream and error code",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "Partner TLS handshakes by outcome (ok, refused) and refusal reason",
+            m.handshakes.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Partner connections open now",
+            m.active_connections.clone(),
+        );
+        registry.register(
+            "journal_append_seconds",
+            "Time to append (and, with strict durability, flush) one journal batch",
+            m.journal_append.clone(),
+        );
+        registry.register(
+            "journal_batch_records",
+            "Records per journal batch",
+            m.journal_batch.clone(),
+        );
+        registry.register(
+            "journal_append_failures",
+            "Journal batches that could not be written",
+            m.journal_failures.clone(),
+        );
+        registry.register(
+            "rate_limit_denials",
+            "Requests refused by a traffic limit, by partner and limit kind",
+            m.rate_limit_denials.clone(),
+        );
+        registry.register("alerts", "Alerts raised, by kind", m.alerts.clone());
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until a usable partner certificate expires, by partner and serial",
+            m.cert_expiry.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads applied",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "config_reload_failures",
+            "Configuration changes refused (the running configuration stayed in force)",
+            m.reload_failures.clone(),
+        );
+        monitor.registry = registry;
+        monitor
+    }
+
+    /// Counts one event: exchanges (requests, duration, denials, rate-limit
+    /// denials, the partner's window), refused handshakes, config reloads
+    /// and alerts. `risk` is the granted route's risk, if a route was granted.
+    pub fn observe_event(&self, ev: &Event, risk: Option<Risk>) {
+        match ev.kind {
+            EventKind::Exchange => self.observe_exchange(ev, risk),
+            EventKind::Handshake => {
+                self.handshakes
+                    .get_or_create(&HandshakeLabels {
+                        outcome: "refused".into(),
+                        reason: code_label(ev.reason.as_deref()),
+                    })
+                    .inc();
+            }
+            // The individual refusals it sums up were counted already.
+            EventKind::HandshakeAggregate => {}
+            EventKind::Alert => {
+                let kind = code_label(ev.reason.as_deref());
+                self.alerts
+                    .get_or_create(&AlertLabels { kind: kind.clone() })
+                    .inc();
+                if let Ok(mut q) = self.recent_alerts.lock() {
+                    if q.len() >= MAX_RECENT_ALERTS {
+                        q.pop_front();
+                    }
+                    q.push_back(RecentAlert {
+                        time_ms: ev.time_ms,
+                        kind,
+                        partner: ev.partner.as_deref().map(partner_label),
+                        detail: ev.detail.as_deref().map(|d| truncate(d, 512)),
+                    });
+                }
+            }
+            EventKind::Admin => match ev.reason.as_deref() {
+                Some("config_reloaded") => {
+                    self.reloads.inc();
+                }
+                Some("config_reload_refused") => {
+                    self.reload_failures.inc();
+                }
+                _ => {}
+            },
+        }
+    }
+
+    fn observe_exchange(&self, ev: &Event, risk: Option<Risk>) {
+        let partner = ev
+            .partner
+            .as_deref()
+            .map(partner_label)
+            .unwrap_or_else(|| "none".into());
+        let route = ev.route.clone().unwrap_or_else(|| "none".into());
+        let risk = match risk {
+            Some(Risk::High) => "high",
+            _ => "normal",
+        };
+        let denied = ev.decision == Decision::Denied;
+        self.requests
+            .get_or_create(&RequestLabels {
+                partner: partner.clone(),
+                route: route.clone(),
+                method: method_label(ev.method.as_deref()).into(),
+                status_class: status_class(ev.status).into(),
+                decision: if denied { "denied" } else { "allowed" }.into(),
+                risk: risk.into(),
+            })
+            .inc();
+        let seconds = ev.duration_us as f64 / 1e6;
+        self.request_duration
+            .get_or_create(&DurationLabels {
+                partner: partner.clone(),
+                route,
+                risk: risk.into(),
+            })
+            .observe(seconds);
+        if denied {
+            let reason = code_label(ev.reason.as_deref());
+            if is_limit_reason(&reason) {
+                self.rate_limit_denials
+                    .get_or_create(&LimitLabels {
+                        partner: partner.clone(),
+                        limit: reason.clone(),
+                    })
+                    .inc();
+            }
+            self.denials
+                .get_or_create(&DenialLabels {
+                    partner: partner.clone(),
+                    reason,
+                })
+                .inc();
+        }
+        self.window_for(&partner)
+            .lock()
+            .map(|mut w| w.record(ev.time_ms, denied, ev.duration_us))
+            .unwrap_or(());
+    }
+
+    fn window_for(&self, partner: &str) -> Arc<Mutex<WindowRing>> {
+        if let Ok(map) = self.windows.read()
+            && let Some(w) = map.get(partner)
+        {
+            return w.clone();
+        }
+        match self.windows.write() {
+            Ok(mut map) => map
+                .entry(partner.to_string())
+                .or_insert_with(|| Arc::new(Mutex::new(WindowRing::default())))
+                .clone(),
+            // A poisoned map: count into a throwaway window rather than panic.
+            Err(_) => Arc::new(Mutex::new(WindowRing::default())),
+        }
+    }
+
+    /// Counts one successful partner handshake (identity established).
+    pub fn handshake_ok(&self) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                outcome: "ok".into(),
+                reason: "none".into(),
+            })
+            .inc();
+    }
+
+    pub fn connection_opened(&self) {
+        self.active_connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.active_connections.dec();
+    }
+
+    /// One upstream call: its time to the response head, and its error code if it failed.
+    pub fn upstream(&self, upstream: &str, seconds: f64, error: Option<&str>) {
+        let upstream = code_label(Some(upstream));
+        self.upstream_duration
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.clone(),
+            })
+            .observe(seconds);
+        if let Some(e) = error {
+            self.upstream_errors
+                .get_or_create(&UpstreamErrorLabels {
+                    upstream,
+                    error: code_label(Some(e)),
+                })
+                .inc();
+        }
+    }
+
+    /// One journal batch: how many records, how long the append took, whether it failed.
+    pub fn journal_batch(&self, records: usize, seconds: f64, failed: bool) {
+        self.journal_append.observe(seconds);
+        self.journal_batch.observe(records as f64);
+        if failed {
+            self.journal_failures.inc();
+        }
+    }
+
+    /// Replaces the certificate expiry gauges with the inventory's usable
+    /// certificates at `now`; series of certificates no longer usable go away.
+    pub fn set_cert_expiry(&self, inventory: &Inventory, now: OffsetDateTime) {
+        let mut fresh = HashSet::new();
+        for c in inventory.certs.values() {
+            if !c.state(now).usable() {
+                continue;
+            }
+            let labels = CertLabels {
+                partner: partner_label(&c.partner),
+                serial: code_label(Some(&c.serial)),
+            };
+            self.cert_expiry
+                .get_or_create(&labels)
+                .set((c.not_after - now).whole_seconds());
+            fresh.insert(labels);
+        }
+        let Ok(mut current) = self.cert_series.lock() else {
+            return;
+        };
+        for stale in current.difference(&fresh) {
+            self.cert_expiry.remove(stale);
+        }
+        *current = fresh;
+    }
+
+    /// The metrics in the OpenMetrics text format (see [`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            // Writing to a String cannot fail; keep the output well-formed anyway.
+            return "# EOF\n".into();
+        }
+        out
+    }
+
+    /// A partner's traffic over the hour before `now_ms`.
+    pub fn recent(&self, partner: &str, now_ms: i64) -> PartnerWindow {
+        let ring = self
+            .windows
+            .read()
+            .ok()
+            .and_then(|m| m.get(partner).cloned());
+        match ring {
+            Some(r) => r.lock().map(|w| w.summary(now_ms)).unwrap_or_default(),
+            None => PartnerWindow::default(),
+        }
+    }
+
+    /// Alerts raised within the hour before `now_ms`, oldest first.
+    pub fn open_alerts(&self, now_ms: i64) -> Vec<RecentAlert> {
+        self.recent_alerts
+            .lock()
+            .map(|q| {
+                q.iter()
+                    .filter(|a| now_ms - a.time_ms < ALERT_OPEN_MS)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn is_limit_reason(reason: &str) -> bool {
+    reason.starts_with("requests_per_")
+        || reason.starts_with("max_concurrent")
+        || reason.starts_with("throttled")
+}
+
+/// The method if it is a standard one, else `OTHER`.
+fn method_label(m: Option<&str>) -> &'static str {
+    match m {
+        Some(m) => METHODS
+            .iter()
+            .find(|k| **k == m)
+            .copied()
+            .unwrap_or("OTHER"),
+        None => "none",
+    }
+}
+
+fn status_class(s: Option<u16>) -> &'static str {
+    match s {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
+/// A fixed code as a label: `[A-Za-z0-9_.:-]`, at most 64 bytes, else `other`.
+fn code_label(code: Option<&str>) -> String {
+    match code {
+        None => "none".into(),
+        Some(c)
+            if !c.is_empty()
+                && c.len() <= MAX_CODE_LEN
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b)) =>
+        {
+            c.to_string()
+        }
+        Some(_) => "other".into(),
+    }
+}
+
+/// A partner id as a label (ids are validated; anything else is `invalid`).
+fn partner_label(p: &str) -> String {
+    if crate::config::valid_id(p) {
+        p.to_string()
+    } else {
+        "invalid".into()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests;

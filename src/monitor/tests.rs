@@ -1,0 +1,542 @@
+use std::collections::{BTreeMap, HashMap};
+
+use time::Duration;
+use time::macros::datetime;
+
+use super::*;
+use crate::ca::inventory::{IssuedCert, RecordStatus, RevocationReason};
+use crate::config::{LimitSpec, Partner, PartnerStatus};
+
+const NOW: OffsetDateTime = datetime!(2026-06-01 12:00 UTC);
+const NOW_MS: i64 = 1_780_315_200_000;
+
+fn exchange(partner: &str, method: &str, path: &str, status: u16, reason: Option<&str>) -> Event {
+    let decision = if reason.is_some() {
+        Decision::Denied
+    } else {
+        Decision::Allowed
+    };
+    let mut ev = Event::new(EventKind::Exchange, "node-1", decision);
+    ev.time_ms = NOW_MS;
+    ev.partner = Some(partner.into());
+    ev.method = Some(method.into());
+    ev.path = Some(path.into());
+    ev.status = Some(status);
+    ev.reason = reason.map(Into::into);
+    ev.duration_us = 4_000;
+    ev.client_addr = Some("203.0.113.9:5555".into());
+    ev
+}
+
+fn granted(mut ev: Event, route: &str) -> Event {
+    ev.route = Some(route.into());
+    ev.upstream = Some("orders".into());
+    ev
+}
+
+/// Samples of the rendered text: `name{labels}` → value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    parse_exposition(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// A small OpenMetrics/Prometheus text checker: every sample line is
+/// `name{labels} value` with a float value, every sample belongs to a family
+/// declared with `# TYPE`, and the text ends with `# EOF`.
+fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, String> {
+    let mut families: Vec<(String, String)> = Vec::new();
+    let mut out = BTreeMap::new();
+    let mut saw_eof = false;
+    for line in text.lines() {
+        if saw_eof {
+            return Err(format!("text after # EOF: {line}"));
+        }
+        if line == "# EOF" {
+            saw_eof = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let (Some(name), Some(kind), None) = (it.next(), it.next(), it.next()) else {
+                return Err(format!("bad TYPE line: {line}"));
+            };
+            if ![
+                "counter",
+                "gauge",
+                "histogram",
+                "summary",
+                "info",
+                "unknown",
+            ]
+            .contains(&kind)
+            {
+                return Err(format!("unknown type: {line}"));
+            }
+            families.push((name.to_string(), kind.to_string()));
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            return Err(format!("unexpected line: {line:?}"));
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| format!("no value: {line}"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse().map_err(|_| format!("bad value: {line}"))?,
+        };
+        let name = match series.find('{') {
+            Some(i) => {
+                let labels = &series[i..];
+                if !labels.ends_with('}') {
+                    return Err(format!("bad labels: {line}"));
+                }
+                let inner = &labels[1..labels.len() - 1];
+                for pair in split_labels(inner) {
+                    let (k, v) = pair
+                        .split_once('=')
+                        .ok_or_else(|| format!("bad label: {line}"))?;
+                    let ok_name =
+                        !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                    if !(ok_name && v.starts_with('"') && v.ends_with('"') && v.len() >= 2) {
+                        return Err(format!("bad label: {line}"));
+                    }
+                }
+                &series[..i]
+            }
+            None => series,
+        };
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+        {
+            return Err(format!("bad metric name: {line}"));
+        }
+        let declared = families.iter().any(|(f, kind)| {
+            let suffixes: &[&str] = match kind.as_str() {
+                "counter" => &["_total", "_created"],
+                "histogram" => &["_bucket", "_sum", "_count", "_created"],
+                _ => &[""],
+            };
+            suffixes
+                .iter()
+                .any(|s| name.strip_suffix(s) == Some(f.as_str()))
+                || name == f
+        });
+        if !declared {
+            return Err(format!("sample of an undeclared family: {line}"));
+        }
+        if out.insert(series.to_string(), value).is_some() {
+            return Err(format!("duplicate series: {line}"));
+        }
+    }
+    if !saw_eof {
+        return Err("no # EOF".into());
+    }
+    Ok(out)
+}
+
+/// Splits `a="x",b="y,z"` on commas outside quotes.
+fn split_labels(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < s.len() {
+        out.push(&s[start..]);
+    }
+    out
+}
+
+fn value(m: &Monitor, series: &str) -> f64 {
+    samples(&m.render()).get(series).copied().unwrap_or(0.0)
+}
+
+fn series_count(m: &Monitor) -> usize {
+    samples(&m.render()).len()
+}
+
+#[test]
+fn monitor_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Monitor>();
+}
+
+#[test]
+fn counters_move_by_exactly_the_events_observed() {
+    let m = Monitor::new();
+    let denied = exchange("acme", "GET", "/v1/x", 403, Some("route_not_granted"));
+    for _ in 0..3 {
+        m.observe_event(&denied, None);
+    }
+    let ok = granted(
+        exchange("acme", "POST", "/v1/orders/7", 201, None),
+        "/v1/orders",
+    );
+    m.observe_event(&ok, Some(Risk::High));
+    let s = samples(&m.render());
+    assert_eq!(
+        s[r#"gatehouse_requests_total{partner="acme",route="none",method="GET",status_class="4xx",decision="denied",risk="normal"}"#],
+        3.0
+    );
+    assert_eq!(
+        s[r#"gatehouse_requests_total{partner="acme",route="/v1/orders",method="POST",status_class="2xx",decision="allowed",risk="high"}"#],
+        1.0
+    );
+    assert_eq!(
+        s[r#"gatehouse_request_denials_total{partner="acme",reason="route_not_granted"}"#],
+        3.0
+    );
+    assert_eq!(
+        s[r#"gatehouse_request_duration_seconds_count{partner="acme",route="none",risk="normal"}"#],
+        3.0
+    );
+    assert_eq!(
+        s[r#"gatehouse_request_duration_seconds_bucket{le="0.004",partner="acme",route="/v1/orders",risk="high"}"#],
+        1.0
+    );
+    // Nothing else moved.
+    assert!(
+        !s.keys()
+            .any(|k| k.starts_with("gatehouse_rate_limit_denials_total"))
+    );
+    assert_eq!(s["gatehouse_config_reloads_total"], 0.0);
+
+    // Rate-limit denials by partner and limit kind.
+    for reason in [
+        "requests_per_minute",
+        "max_concurrent",
+        "throttled",
+        "requests_per_minute",
+    ] {
+        m.observe_event(&exchange("acme", "GET", "/v1/x", 429, Some(reason)), None);
+    }
+    assert_eq!(
+        value(
+            &m,
+            r#"gatehouse_rate_limit_denials_total{partner="acme",limit="requests_per_minute"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"gatehouse_rate_limit_denials_total{partner="acme",limit="max_concurrent"}"#
+        ),
+        1.0
+    );
+
+    // Handshakes, connections, reloads, alerts, upstream, journal.
+    let mut hs = Event::new(EventKind::Handshake, "n", Decision::Denied);
+    hs.reason = Some("unknown_ca".into());
+    hs.client_addr = Some("198.51.100.1:1".into());
+    m.observe_event(&hs, None);
+    m.observe_event(&hs, None);
+    m.handshake_ok();
+    m.connection_opened();
+    m.connection_opened();
+    m.connection_closed();
+    let mut reload = Event::new(EventKind::Admin, "n", Decision::Allowed);
+    reload.reason = Some("config_reloaded".into());
+    m.observe_event(&reload, None);
+    reload.reason = Some("config_reload_refused".into());
+    m.observe_event(&reload, None);
+    m.observe_event(&reload, None);
+    reload.reason = Some("cert_issued".into());
+    m.observe_event(&reload, None);
+    let mut alert = Event::new(EventKind::Alert, "n", Decision::Allowed);
+    alert.reason = Some("traffic_spike".into());
+    alert.partner = Some("acme".into());
+    alert.time_ms = NOW_MS;
+    m.observe_event(&alert, None);
+    m.upstream("orders", 0.02, None);
+    m.upstream("orders", 0.5, Some("upstream_timeout"));
+    m.journal_batch(8, 0.003, false);
+    m.journal_batch(2, 0.1, true);
+
+    let s = samples(&m.render());
+    assert_eq!(
+        s[r#"gatehouse_tls_handshakes_total{outcome="refused",reason="unknown_ca"}"#],
+        2.0
+    );
+    assert_eq!(
+        s[r#"gatehouse_tls_handshakes_total{outcome="ok",reason="none"}"#],
+        1.0
+    );
+    assert_eq!(s["gatehouse_active_connections"], 1.0);
+    assert_eq!(s["gatehouse_config_reloads_total"], 1.0);
+    assert_eq!(s["gatehouse_config_reload_failures_total"], 2.0);
+    assert_eq!(s[r#"gatehouse_alerts_total{kind="traffic_spike"}"#], 1.0);
+    assert_eq!(
+        s[r#"gatehouse_upstream_duration_seconds_count{upstream="orders"}"#],
+        2.0
+    );
+    assert_eq!(
+        s[r#"gatehouse_upstream_errors_total{upstream="orders",error="upstream_timeout"}"#],
+        1.0
+    );
+    assert_eq!(s["gatehouse_journal_append_seconds_count"], 2.0);
+    assert_eq!(s["gatehouse_journal_batch_records_sum"], 10.0);
+    assert_eq!(s["gatehouse_journal_append_failures_total"], 1.0);
+    assert_eq!(m.open_alerts(NOW_MS).len(), 1);
+    assert!(m.open_alerts(NOW_MS + ALERT_OPEN_MS).is_empty());
+}
+
+#[test]
+fn rendered_text_is_valid_exposition_with_types() {
+    let m = Monitor::new();
+    m.observe_event(
+        &exchange("acme", "GET", "/v1/x", 403, Some("route_not_granted")),
+        None,
+    );
+    m.handshake_ok();
+    m.set_cert_expiry(&inv(vec![cert("aa", "acme", 10)]), NOW);
+    let text = m.render();
+    let s = samples(&text);
+    assert!(!s.is_empty());
+    for family in [
+        "gatehouse_requests counter",
+        "gatehouse_request_duration_seconds histogram",
+        "gatehouse_active_connections gauge",
+        "gatehouse_certificate_expiry_seconds gauge",
+        "gatehouse_tls_handshakes counter",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family}\n")),
+            "{family}\n{text}"
+        );
+    }
+    // The checker itself refuses broken text.
+    assert!(parse_exposition("foo 1\n# EOF\n").is_err());
+    assert!(parse_exposition("# TYPE foo gauge\nfoo one\n# EOF\n").is_err());
+    assert!(parse_exposition("# TYPE foo gauge\nfoo 1\n").is_err());
+    assert!(parse_exposition("# TYPE foo gauge\nfoo{a=\"x\"} 1\n# EOF\n").is_ok());
+}
+
+#[test]
+fn label_cardinality_stays_bounded_with_hostile_inputs() {
+    let m = Monitor::new();
+    let methods = ["GET", "POST", "BREW", "get", "PROPFIND", "X-\"evil\""];
+    // Warm up: one event of each shape.
+    let shape = |i: usize| {
+        let mut ev = exchange(
+            "acme",
+            methods[i % methods.len()],
+            &format!("/v1/orders/{i}/../../admin?x={i}"),
+            if i.is_multiple_of(2) { 403 } else { 404 },
+            Some("route_not_granted"),
+        );
+        ev.client_addr = Some(format!(
+            "{}.{}.{}.{}:{}",
+            i % 251,
+            (i / 7) % 251,
+            (i / 13) % 251,
+            i % 199,
+            1024 + i
+        ));
+        ev.request_id = Some(format!("{i:032x}"));
+        ev.duration_us = (i as u64 * 7919) % 10_000_000;
+        ev
+    };
+    for i in 0..12 {
+        m.observe_event(&shape(i), None);
+    }
+    let before = series_count(&m);
+    for i in 12..10_012 {
+        m.observe_event(&shape(i), None);
+    }
+    let text = m.render();
+    let s = samples(&text);
+    assert_eq!(s.len(), before, "series grew with raw paths/IPs");
+    assert!(!text.contains("/v1/orders/"), "a raw path became a label");
+    assert!(!text.contains("203.0.113") && !text.contains(":1024"));
+    assert!(text.contains(r#"method="OTHER""#));
+    let total: f64 = s
+        .iter()
+        .filter(|(k, _)| k.starts_with("gatehouse_requests_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(total, 10_012.0);
+
+    // A reason that is not a code cannot mint arbitrary labels either.
+    for i in 0..100 {
+        m.observe_event(
+            &exchange("acme", "GET", "/", 403, Some(&format!("bad reason {i}"))),
+            None,
+        );
+    }
+    assert!(
+        value(
+            &m,
+            r#"gatehouse_request_denials_total{partner="acme",reason="other"}"#
+        ) == 100.0
+    );
+}
+
+fn cert(serial: &str, partner: &str, days_left: i64) -> IssuedCert {
+    IssuedCert {
+        serial: serial.into(),
+        partner: partner.into(),
+        fingerprint: format!("fp-{serial}"),
+        ca_fingerprint: "ca".into(),
+        issued_at: NOW - Duration::days(30),
+        not_before: NOW - Duration::days(30),
+        not_after: NOW + Duration::days(days_left),
+        status: RecordStatus::Active,
+        superseded_by: None,
+        overlap_until: None,
+        revoked_at: None,
+        reason: None,
+    }
+}
+
+fn inv(certs: Vec<IssuedCert>) -> Inventory {
+    Inventory {
+        certs: certs.into_iter().map(|c| (c.serial.clone(), c)).collect(),
+    }
+}
+
+#[test]
+fn cert_expiry_gauges_follow_the_inventory() {
+    let m = Monitor::new();
+    let mut revoked = cert("cc", "acme", 50);
+    revoked.status = RecordStatus::Revoked;
+    revoked.reason = Some(RevocationReason::KeyCompromise);
+    let first = inv(vec![
+        cert("aa", "acme", 10),
+        cert("bb", "globex", 1),
+        revoked,
+        cert("dd", "acme", -2),
+    ]);
+    m.set_cert_expiry(&first, NOW);
+    let s = samples(&m.render());
+    assert_eq!(
+        s[r#"gatehouse_certificate_expiry_seconds{partner="acme",serial="aa"}"#],
+        (10 * 86_400) as f64
+    );
+    assert_eq!(
+        s[r#"gatehouse_certificate_expiry_seconds{partner="globex",serial="bb"}"#],
+        86_400.0
+    );
+    assert_eq!(
+        s.keys()
+            .filter(|k| k.starts_with("gatehouse_certificate_expiry_seconds"))
+            .count(),
+        2
+    );
+    // aa is gone (renewed away and removed), ee is new: the stale series goes.
+    m.set_cert_expiry(
+        &inv(vec![cert("bb", "globex", 1), cert("ee", "acme", 90)]),
+        NOW + Duration::hours(1),
+    );
+    let s = samples(&m.render());
+    assert!(!s.contains_key(r#"gatehouse_certificate_expiry_seconds{partner="acme",serial="aa"}"#));
+    assert_eq!(
+        s[r#"gatehouse_certificate_expiry_seconds{partner="globex",serial="bb"}"#],
+        (86_400 - 3_600) as f64
+    );
+    assert!(s.contains_key(r#"gatehouse_certificate_expiry_seconds{partner="acme",serial="ee"}"#));
+}
+
+#[test]
+fn recent_windows_count_per_partner_and_drop_old_minutes() {
+    let m = Monitor::new();
+    let mut old = exchange("acme", "GET", "/a", 200, None);
+    old.time_ms = NOW_MS - 2 * 60 * 60 * 1000;
+    m.observe_event(&old, None);
+    m.observe_event(&exchange("acme", "GET", "/a", 200, None), None);
+    m.observe_event(
+        &exchange("acme", "GET", "/a", 403, Some("route_not_granted")),
+        None,
+    );
+    m.observe_event(&exchange("globex", "GET", "/a", 200, None), None);
+    let w = m.recent("acme", NOW_MS);
+    assert_eq!((w.requests, w.denials), (2, 1));
+    assert_eq!(w.p50_ms, Some(5.0));
+    assert_eq!(m.recent("globex", NOW_MS).requests, 1);
+    assert_eq!(m.recent("nobody", NOW_MS), PartnerWindow::default());
+    // An hour later, everything has dropped out.
+    assert_eq!(m.recent("acme", NOW_MS + 60 * 60 * 1000).requests, 0);
+}
+
+#[test]
+fn status_json_shape() {
+    let m = Monitor::new();
+    m.observe_event(
+        &exchange("acme", "GET", "/a", 403, Some("route_not_granted")),
+        None,
+    );
+    let mut alert = Event::new(EventKind::Alert, "n", Decision::Allowed);
+    alert.reason = Some("traffic_spike".into());
+    alert.partner = Some("acme".into());
+    alert.time_ms = NOW_MS;
+    m.observe_event(&alert, None);
+    let partners = vec![
+        Partner {
+            id: "globex".into(),
+            name: "Globex".into(),
+            status: PartnerStatus::Suspended,
+            on_anomaly: Default::default(),
+            limits: LimitSpec::default(),
+            routes: vec![],
+        },
+        Partner {
+            id: "acme".into(),
+            name: "Acme Logistics".into(),
+            status: PartnerStatus::Active,
+            on_anomaly: Default::default(),
+            limits: LimitSpec {
+                requests_per_minute: Some(600),
+                burst: Some(50),
+                ..LimitSpec::default()
+            },
+            routes: vec![],
+        },
+    ];
+    let inventory = inv(vec![cert("aa", "acme", 5), cert("bb", "globex", 100)]);
+    let mut limits = HashMap::new();
+    limits.insert(
+        "globex".to_string(),
+        serde_json::json!({"requests_per_minute": 10, "remaining": 4}),
+    );
+    let v = status_json(&m, &partners, &inventory, &limits, NOW, 14);
+    assert_eq!(v["generated_at"], "2026-06-01T12:00:00Z");
+    let rows = v["partners"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let acme = &rows[0];
+    assert_eq!(acme["id"], "acme");
+    assert_eq!(acme["name"], "Acme Logistics");
+    assert_eq!(acme["status"], "active");
+    assert_eq!(acme["last_hour"]["requests"], 1);
+    assert_eq!(acme["last_hour"]["denials"], 1);
+    assert_eq!(acme["last_hour"]["p50_ms"], 5.0);
+    assert_eq!(acme["limits"]["requests_per_minute"], 600);
+    assert_eq!(acme["certificates"][0]["serial"], "aa");
+    assert_eq!(acme["certificates"][0]["days_to_expiry"], 5);
+    assert_eq!(acme["certificates"][0]["expiring"], true);
+    assert_eq!(acme["alerts"][0]["kind"], "traffic_spike");
+    let globex = &rows[1];
+    assert_eq!(globex["status"], "suspended");
+    assert_eq!(globex["last_hour"]["requests"], 0);
+    assert!(globex["last_hour"]["p99_ms"].is_null());
+    assert_eq!(globex["limits"]["remaining"], 4);
+    assert_eq!(globex["certificates"][0]["expiring"], false);
+    assert!(globex["alerts"].as_array().unwrap().is_empty());
+    assert_eq!(v["expiring"][0]["serial"], "aa");
+    assert_eq!(v["alerts"].as_array().unwrap().len(), 1);
+}

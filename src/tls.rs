@@ -1,0 +1,306 @@
+//! TLS on both legs. Partner side: a rustls `ServerConfig` that requires a
+//! client certificate, verifies chain, validity, EKU clientAuth and the CRL
+//! (rustls' WebPKI verifier), then the partner identity and the inventory's
+//! revocation state (`PartnerVerifier`). Refusals carry a reason code,
+//! subject and fingerprint so the refused handshake can be recorded.
+//! Upstream side: a `ClientConfig` that verifies the upstream against its
+//! configured CA and presents the broker's client certificate.
+//!
+//! One crypto provider (aws-lc-rs) is used everywhere, passed explicitly.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+
+use crate::identity::{describe, identify};
+
+/// Number of TLS sessions the server remembers for resumption.
+pub const SESSION_CACHE_SIZE: usize = 20_000;
+
+/// The process's crypto provider.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Problems loading TLS material or building a config.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn file_err(path: &Path, message: impl fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Every certificate in a PEM file (at least one).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, format!("cannot read certificates: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(path, format!("not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "holds no CERTIFICATE block"));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| file_err(path, format!("not a usable private key: {e}")))
+}
+
+/// The CRL in a PEM file.
+pub fn load_crl(path: &Path) -> Result<CertificateRevocationListDer<'static>, TlsError> {
+    CertificateRevocationListDer::from_pem_file(path)
+        .map_err(|e| file_err(path, format!("not a usable CRL: {e}")))
+}
+
+/// The live revocation view the verifier consults at each handshake: is
+/// this serial known and still usable at `now` (unix seconds)? Returns a
+/// reason code when not.
+pub trait CertificateStatus: Send + Sync + fmt::Debug {
+    fn check(&self, serial: &str, now_unix: i64) -> Result<(), &'static str>;
+}
+
+/// A refused client certificate, with what the record needs.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub subject: String,
+    pub fingerprint: String,
+    pub message: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.reason)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+fn refuse(reason: &'static str, der: &[u8], message: String) -> rustls::Error {
+    let (subject, fingerprint) = describe(der);
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        Refusal {
+            reason,
+            subject,
+            fingerprint,
+            message,
+        },
+    ))))
+}
+
+/// Reason code for a rustls certificate error.
+fn certificate_reason(e: &rustls::Error) -> &'static str {
+    match e {
+        rustls::Error::InvalidCertificate(ce) => match ce {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
+            CertificateError::Revoked => "revoked",
+            CertificateError::UnknownIssuer => "unknown_ca",
+            CertificateError::BadSignature => "bad_signature",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "wrong_key_usage"
+            }
+            CertificateError::BadEncoding => "bad_certificate",
+            _ => "invalid_certificate",
+        },
+        _ => "invalid_certificate",
+    }
+}
+
+/// WebPKI verification plus gatehouse's identity and inventory checks.
+#[derive(Debug)]
+pub struct PartnerVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+    status: Arc<dyn CertificateStatus>,
+}
+
+impl ClientCertVerifier for PartnerVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| refuse(certificate_reason(&e), end_entity, e.to_string()))?;
+        let id = identify(end_entity, &self.trust_domain)
+            .map_err(|e| refuse(e.code(), end_entity, e.to_string()))?;
+        self.status
+            .check(&id.serial, now.as_secs() as i64)
+            .map_err(|reason| {
+                refuse(
+                    reason,
+                    end_entity,
+                    format!("certificate {} of {} is {reason}", id.serial, id.partner),
+                )
+            })?;
+        Ok(verified)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// What the partner-facing TLS config is built from.
+pub struct ServerMaterial {
+    pub trust_anchors: Vec<CertificateDer<'static>>,
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    pub server_chain: Vec<CertificateDer<'static>>,
+    pub server_key: PrivateKeyDer<'static>,
+}
+
+/// Builds the partner-facing server config: client certificate required,
+/// ALPN h2 and http/1.1, a fresh session cache and ticketer (so a rebuild
+/// after a revocation forgets every earlier session).
+pub fn server_config(
+    material: ServerMaterial,
+    trust_domain: &str,
+    status: Arc<dyn CertificateStatus>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    for anchor in &material.trust_anchors {
+        roots.add(anchor.clone()).map_err(|e| {
+            TlsError::Config(format!("CA certificate is not a usable trust anchor: {e}"))
+        })?;
+    }
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(material.crls)
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
+        .build()
+        .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+    let verifier = Arc::new(PartnerVerifier {
+        inner,
+        trust_domain: trust_domain.to_string(),
+        status,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(material.server_chain, material.server_key)
+        .map_err(|e| TlsError::Config(format!("server certificate/key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|e| TlsError::Config(format!("session ticketer: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+/// Builds the upstream-facing client config: trust only `ca_file`, present
+/// the broker's client certificate.
+pub fn upstream_client_config(
+    ca_file: &Path,
+    client_chain: Vec<CertificateDer<'static>>,
+    client_key: PrivateKeyDer<'static>,
+) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca_file)? {
+        roots
+            .add(c)
+            .map_err(|e| file_err(ca_file, format!("not a usable CA certificate: {e}")))?;
+    }
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(client_chain, client_key)
+        .map_err(|e| TlsError::Config(format!("broker client certificate/key: {e}")))
+}
+
+/// How a partner handshake failed, for the record.
+#[derive(Debug, Clone)]
+pub struct HandshakeFailure {
+    pub reason: &'static str,
+    pub subject: Option<String>,
+    pub fingerprint: Option<String>,
+    pub message: String,
+}
+
+/// Classifies the error of a failed server-side handshake.
+pub fn classify_handshake_error(e: &std::io::Error) -> HandshakeFailure {
+    let plain = |reason: &'static str| HandshakeFailure {
+        reason,
+        subject: None,
+        fingerprint: None,
+        message: e.to_string(),
+    };
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe => plain("client_closed"),
+            _ => plain("tls_error"),
+        };
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            match other.0.downcast_ref::<Refusal>() {
+                Some(r) => HandshakeFailure {
+                    reason: r.reason,
+                    subject: Some(r.subject.clone()),
+                    fingerprint: Some(r.fingerprint.clone()),
+                    message: r.message.clone(),
+                },
+                None => plain("invalid_certificate"),
+            }
+        }
+        rustls::Error::NoCertificatesPresented => plain("no_certificate"),
+        rustls::Error::AlertReceived(_) => plain("client_alert"),
+        rustls::Error::NoApplicationProtocol => plain("no_alpn"),
+        rustls::Error::PeerIncompatible(_) => plain("incompatible"),
+        _ => plain("tls_error"),
+    }
+}

@@ -1,0 +1,106 @@
+//! A connection without a valid partner certificate never gets an HTTP
+//! response: no certificate, a foreign CA, expired, serverAuth-only, another
+//! trust domain, not in the inventory. Each refusal is recorded with its reason.
+
+mod common;
+
+use common::broker::{
+    TestHome, client_tls, foreign_ca, get_once, mint, mint_with_home_ca, tls_connect,
+};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+#[tokio::test]
+async fn bad_certificates_are_refused_at_the_handshake() {
+    let h = TestHome::new();
+    h.add_partner("acme", &[]);
+    let good = h.issue("acme");
+    // Every refusal individually on record (the flood aggregation is tested apart).
+    h.edit_config(|d| d["journal"]["handshake_refusals_per_interval"] = toml_edit::value(1000));
+    let broker = h.start();
+    let ca = h.ca_pem();
+
+    // The good certificate connects (and, with no routes, is denied by policy: 403).
+    let r = get_once(broker.addr, &ca, &good, "/v1/orders")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+
+    // No certificate.
+    assert!(
+        tls_connect(broker.addr, client_tls(&ca, None, &[b"http/1.1"]))
+            .await
+            .is_err()
+    );
+
+    let (rogue, rogue_pem) = foreign_ca();
+    let cases = vec![
+        ("unknown_ca", mint(&rogue, &rogue_pem, |_| {})),
+        (
+            "expired",
+            mint_with_home_ca(&h, |p| {
+                let now = time::OffsetDateTime::now_utc();
+                p.not_before = now - time::Duration::days(10);
+                p.not_after = now - time::Duration::days(1);
+            }),
+        ),
+        (
+            "wrong_key_usage",
+            mint_with_home_ca(&h, |p| {
+                p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+            }),
+        ),
+        (
+            "foreign_identity",
+            mint_with_home_ca(&h, |p| {
+                p.subject_alt_names = vec![rcgen::SanType::URI(
+                    "spiffe://other.example/partner/acme".try_into().unwrap(),
+                )];
+            }),
+        ),
+        (
+            "ambiguous_identity",
+            mint_with_home_ca(&h, |p| {
+                p.subject_alt_names.push(rcgen::SanType::URI(
+                    "spiffe://gatehouse.local/partner/globex"
+                        .try_into()
+                        .unwrap(),
+                ));
+            }),
+        ),
+        // Signed by our CA with a valid identity, but never issued (not in the inventory).
+        ("unknown_certificate", mint_with_home_ca(&h, |_| {})),
+    ];
+    for (reason, cert) in &cases {
+        let res = tls_connect(broker.addr, client_tls(&ca, Some(cert), &[b"http/1.1"])).await;
+        assert!(res.is_err(), "{reason}: handshake should be refused");
+        let r = get_once(broker.addr, &ca, cert, "/v1/orders").await;
+        assert!(r.is_err(), "{reason}: got an HTTP response {r:?}");
+    }
+    // Each refusal is in the journal, with the certificate's fingerprint.
+    let records = h.journal();
+    for (reason, cert) in &cases {
+        let fp = {
+            let der = CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap();
+            gatehouse::ca::fingerprint(&der)
+        };
+        let rec = records
+            .iter()
+            .find(|r| r["kind"] == "handshake" && r["reason"] == *reason)
+            .unwrap_or_else(|| panic!("refusal {reason} not recorded: {records:#?}"));
+        assert_eq!(rec["decision"], "denied");
+        assert_eq!(rec["cert_fingerprint"], fp.as_str(), "{reason}");
+        assert!(
+            rec["client_addr"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:")
+        );
+    }
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "handshake" && r["reason"] == "no_certificate")
+    );
+    drop(broker);
+}

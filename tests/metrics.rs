@@ -1,0 +1,136 @@
+//! The monitor in the real broker: `/metrics` counts each denied request
+//! exactly once under its partner, and `gatehouse status --json` reaches the
+//! running broker and lists the partner; without a broker it says so and
+//! exits non-zero. A relayed call on a high-risk route is counted under
+//! its configured route with `risk="high"`, and its upstream time too.
+
+mod common;
+
+use common::broker::{TestHome, admin_get, get_once};
+use common::upstream::{EchoOptions, start_echo_upstream};
+
+const DENIED_SERIES: &str = r#"gatehouse_requests_total{partner="acme",route="none",method="GET",status_class="4xx",decision="denied",risk="normal"}"#;
+
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_each_denial_once_and_status_lists_the_partner() {
+    let h = TestHome::new();
+    h.add_partner("acme", &[]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let ca = h.ca_pem();
+
+    let (code, before) = admin_get(broker.admin, "/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(sample(&before, DENIED_SERIES), None, "{before}");
+
+    for n in 1..=3 {
+        let r = get_once(broker.addr, &ca, &acme, &format!("/v1/orders/{n}?q={n}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 403);
+        let (code, metrics) = admin_get(broker.admin, "/metrics").await;
+        assert_eq!(code, 200);
+        assert_eq!(sample(&metrics, DENIED_SERIES), Some(n as f64), "{metrics}");
+    }
+    let (_, metrics) = admin_get(broker.admin, "/metrics").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"gatehouse_request_denials_total{partner="acme",reason="route_not_granted"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"gatehouse_tls_handshakes_total{outcome="ok",reason="none"}"#
+        ),
+        Some(3.0)
+    );
+    // No raw path reaches a label; the issued certificate's expiry is there.
+    assert!(!metrics.contains("/v1/orders/"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            r#"gatehouse_certificate_expiry_seconds{{partner="acme",serial="{}"}}"#,
+            acme.serial
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.trim_end().ends_with("# EOF"));
+
+    // The operator view.
+    let admin = broker.admin.to_string();
+    let out = h.run(&["status", "--json", "--admin", &admin]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let partners = doc["partners"].as_array().unwrap();
+    let p = partners.iter().find(|p| p["id"] == "acme").unwrap();
+    assert_eq!(p["last_hour"]["requests"], 3);
+    assert_eq!(p["last_hour"]["denials"], 3);
+    assert_eq!(p["certificates"][0]["serial"], acme.serial.as_str());
+
+    let out = h.run(&["status", "--admin", &admin]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("acme"), "{table}");
+
+    // Broker gone: one line, non-zero.
+    drop(broker);
+    let out = h.run(&["status", "--admin", &admin]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not running"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn a_high_risk_route_is_counted_apart_with_its_upstream_time() {
+    let h = TestHome::new();
+    let up = start_echo_upstream(EchoOptions::default()).await;
+    h.add_upstream(
+        "orders",
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_pem),
+    );
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    let file = h.path().join("partners/acme.toml");
+    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+    doc["routes"][0]["risk"] = toml_edit::value("high");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let ca = h.ca_pem();
+
+    let r = get_once(broker.addr, &ca, &acme, "/v1/orders/42?x=1")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let (_, metrics) = admin_get(broker.admin, "/metrics").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"gatehouse_requests_total{partner="acme",route="/v1/orders",method="GET",status_class="2xx",decision="allowed",risk="high"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"gatehouse_upstream_duration_seconds_count{upstream="orders"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("/v1/orders/42"));
+}

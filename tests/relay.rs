@@ -1,0 +1,244 @@
+//! Relaying: identity headers set, spoofed ones dropped, deny by default,
+//! HTTP/2, the upstream's certificate verified, the broker's own client
+//! certificate presented, upstream failures mapped to 502/504, body limits.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::broker::{Conn, TestHome, get_once};
+use common::upstream::{EchoOptions, start_echo_upstream};
+use http::Method;
+
+#[tokio::test]
+async fn allowed_call_is_relayed_with_the_broker_identity_headers() {
+    let h = TestHome::new();
+    let up = start_echo_upstream(EchoOptions {
+        client_ca_pem: Some(h.ca_pem()),
+        ..Default::default()
+    })
+    .await;
+    h.add_upstream(
+        "orders",
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_pem),
+    );
+    h.add_partner("acme", &["GET,POST /v1/orders -> orders"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false)
+        .await
+        .unwrap();
+    let r = c
+        .send(
+            Method::POST,
+            "/v1/orders/7?x=1",
+            &[
+                ("x-gatehouse-partner", "globex"),
+                ("x-gatehouse-cert-serial", "00"),
+                (
+                    "x-forwarded-client-cert",
+                    "Hash=evil;URI=spiffe://gatehouse.local/partner/globex",
+                ),
+                ("forwarded", "for=6.6.6.6"),
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-request-id", "forged"),
+                ("connection", "keep-alive, x-hop"),
+                ("x-hop", "1"),
+                ("x-custom", "kept"),
+            ],
+            b"hello",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let echo = r.json();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/v1/orders/7?x=1");
+    assert_eq!(echo["body_bytes"], 5);
+    let hd = &echo["headers"];
+    assert_eq!(hd["x-gatehouse-partner"], "acme");
+    assert_eq!(hd["x-gatehouse-cert-serial"], acme.serial.as_str());
+    let xfcc = hd["x-forwarded-client-cert"].as_str().unwrap();
+    assert!(
+        xfcc.starts_with("Hash=") && xfcc.ends_with(";URI=spiffe://gatehouse.local/partner/acme"),
+        "{xfcc}"
+    );
+    assert!(!xfcc.contains("evil"));
+    assert_eq!(hd["x-forwarded-for"], "127.0.0.1");
+    assert!(hd.get("forwarded").is_none());
+    assert!(hd.get("x-hop").is_none());
+    assert_eq!(hd["x-custom"], "kept");
+    let rid = r.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(hd["x-request-id"], rid);
+    assert_ne!(rid, "forged");
+    // The upstream required a client certificate and saw the broker's.
+    assert_eq!(echo["client_cert_cn"], "gatehouse-broker");
+    assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn ungranted_calls_are_denied_and_never_relayed() {
+    let h = TestHome::new();
+    let up = start_echo_upstream(EchoOptions::default()).await;
+    h.add_upstream(
+        "orders",
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_pem),
+    );
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    h.add_partner("globex", &["GET /v1/invoices -> orders"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false)
+        .await
+        .unwrap();
+    for (m, p) in [
+        (Method::DELETE, "/v1/orders/7"),
+        (Method::POST, "/v1/orders"),
+        (Method::GET, "/v1/orders-export"),
+        (Method::GET, "/v1/invoices"),
+        (Method::GET, "/v1/nonexistent"),
+        (Method::GET, "/"),
+    ] {
+        let r = c.send(m.clone(), p, &[], b"").await.unwrap();
+        assert_eq!(r.status, 403, "{m} {p}");
+        assert_eq!(r.json()["error"], "route_not_granted", "{m} {p}");
+        assert_eq!(
+            r.json()["request_id"],
+            r.headers["x-request-id"].to_str().unwrap()
+        );
+    }
+    assert_eq!(up.calls.load(Ordering::SeqCst), 0);
+    let r = c.get("/v1/orders/7").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn http2_is_served_and_relayed() {
+    let h = TestHome::new();
+    let up = start_echo_upstream(EchoOptions::default()).await;
+    h.add_upstream(
+        "orders",
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_pem),
+    );
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, true)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let r = c.get(&format!("/v1/orders/{i}")).await.unwrap();
+        assert_eq!(r.version, http::Version::HTTP_2);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["path"], format!("/v1/orders/{i}"));
+        assert_eq!(r.json()["headers"]["x-gatehouse-partner"], "acme");
+    }
+    let r = c.get("/v2").await.unwrap();
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn an_upstream_with_a_certificate_from_the_wrong_ca_gets_502_and_no_request() {
+    let h = TestHome::new();
+    let up = start_echo_upstream(EchoOptions {
+        wrong_ca: true,
+        ..Default::default()
+    })
+    .await;
+    h.add_upstream(
+        "orders",
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_pem),
+    );
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/orders")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.json()["error"], "upstream_tls", "{}", broker.log());
+    assert_eq!(up.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_silent_upstream_is_504() {
+    let h = TestHome::new();
+    // A port with nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // A listener that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            if let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        }
+    });
+    h.add_upstream("down", &format!("http://{closed}"), None);
+    h.add_upstream("slow", &format!("http://{silent_addr}"), None);
+    h.edit_config(|d| d["upstreams"]["slow"]["response_timeout"] = toml_edit::value("1s"));
+    h.add_partner("acme", &["GET /down -> down", "GET /slow -> slow"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/down")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "upstream_unavailable");
+    let t = std::time::Instant::now();
+    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/slow")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn request_bodies_over_the_route_limit_get_413() {
+    let h = TestHome::new();
+    let up = start_echo_upstream(EchoOptions::default()).await;
+    h.add_upstream(
+        "orders",
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_pem),
+    );
+    h.add_partner("acme", &["POST /v1/orders -> orders"]);
+    let p = h.path().join("partners/acme.toml");
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "upstream = \"orders\"",
+        "upstream = \"orders\"\nmax_body_bytes = 1000",
+    );
+    std::fs::write(&p, text).unwrap();
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false)
+        .await
+        .unwrap();
+    let r = c
+        .send(Method::POST, "/v1/orders", &[], &[b'x'; 1000])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false)
+        .await
+        .unwrap();
+    let r = c
+        .send(Method::POST, "/v1/orders", &[], &[b'x'; 1001])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"], "body_too_large");
+    assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+}
