@@ -278,3 +278,57 @@ fn log_commands_go_through_the_admin_socket_of_a_running_broker() {
     assert!(!home.admin_socket().exists(), "socket removed at shutdown");
     j.shutdown().unwrap();
 }
+
+#[test]
+fn following_a_stopped_broker_does_not_keep_it_from_starting() {
+    let (_d, home) = init_home();
+    let j = fill_journal(&home);
+    j.shutdown().unwrap();
+    drop(j);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .arg("--home")
+        .arg(home.root())
+        .args([
+            "log",
+            "export",
+            "--format",
+            "jsonl",
+            "--after-seq",
+            "38",
+            "--follow",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next =
+        || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    assert_eq!(next()["seq"], 39);
+    assert_eq!(next()["seq"], 40);
+    assert_eq!(next()["kind"], "shutdown", "checkpoint at 40");
+    // The broker starts while the follower runs: it can open the database.
+    let j = Journal::open(&home, &settings(15)).unwrap();
+    let rt = rt();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(serve_admin_socket(
+        home.admin_socket(),
+        j.clone(),
+        Default::default(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    fill(&j, vec![exchange(Some("acme"), T0 + 77_000, 202)]);
+    let v = next();
+    assert_eq!(
+        (v["seq"].as_u64(), v["status"].as_u64()),
+        (Some(41), Some(202))
+    );
+    fill(&j, vec![exchange(Some("acme"), T0 + 78_000, 204)]);
+    assert_eq!(next()["seq"], 42);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    stop_tx.send(()).unwrap();
+    rt.block_on(server).unwrap().unwrap();
+    j.shutdown().unwrap();
+}

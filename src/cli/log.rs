@@ -110,6 +110,13 @@ fn run_request(
     if let Ok(stream) = UnixStream::connect(&path) {
         return admin::request(stream, &path, &req, on_reply);
     }
+    if let Request::Export {
+        after_seq,
+        follow: true,
+    } = req
+    {
+        return follow_direct(home, after_seq, on_reply);
+    }
     let store = Store::open_existing(&home.journal_db())?;
     let verifier = Verifier::load(&home.journal_pub())?;
     let signer = match req {
@@ -141,6 +148,53 @@ fn run_request(
         Some(JournalError::Remote(m)) => Err(JournalError::Message(m)),
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// `export --follow` on a stopped broker. Holding the database open would
+/// keep the broker from starting (sled allows one process), so this polls:
+/// open, export what is new, close, wait. When the broker comes up (its
+/// socket answers, or the database is locked by it), it goes on through
+/// the socket from the last record seen.
+fn follow_direct(
+    home: &Home,
+    after_seq: u64,
+    on_reply: &mut dyn FnMut(Reply) -> Result<bool, JournalError>,
+) -> Result<(), JournalError> {
+    let path = home.admin_socket();
+    let last = std::cell::Cell::new(after_seq);
+    let stopped = std::cell::Cell::new(false);
+    let mut track = |r: Reply| {
+        if let Reply::Record(rec) = &r {
+            last.set(rec.seq);
+        }
+        let more = on_reply(r)?;
+        stopped.set(!more);
+        Ok(more)
+    };
+    loop {
+        if let Ok(stream) = UnixStream::connect(&path) {
+            let req = Request::Export {
+                after_seq: last.get(),
+                follow: true,
+            };
+            return admin::request(stream, &path, &req, &mut track);
+        }
+        match run_request(
+            home,
+            Request::Export {
+                after_seq: last.get(),
+                follow: false,
+            },
+            &mut track,
+        ) {
+            Ok(()) | Err(JournalError::Locked { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if stopped.get() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 

@@ -122,6 +122,7 @@ pub struct JournalStats {
 
 struct Inner {
     tx: SyncSender<Msg>,
+    strict: bool,
     shared: Arc<Shared>,
     store: Store,
     signer: Arc<Signer>,
@@ -189,6 +190,7 @@ impl Journal {
         Ok(Journal {
             inner: Arc::new(Inner {
                 tx,
+                strict: settings.durability == Durability::Strict,
                 shared,
                 store,
                 signer,
@@ -246,7 +248,12 @@ impl Journal {
             return Err(RecordError(format!("{why}; the journal retries by itself")));
         }
         let (tx, rx) = oneshot::channel();
-        match self.inner.tx.try_send(Msg::Append(Box::new(event), tx)) {
+        shared.queued.fetch_add(1, Ordering::SeqCst);
+        let sent = self.inner.tx.try_send(Msg::Append(Box::new(event), tx));
+        if sent.is_err() {
+            shared.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        match sent {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(RecordError(format!(
                 "journal queue full ({QUEUE_CAPACITY} records waiting): the disk cannot keep up"
@@ -314,9 +321,26 @@ impl Drop for Inner {
 }
 
 impl Recorder for Journal {
+    /// Strict: resolves after the flush that holds the record. Relaxed:
+    /// resolves as soon as the writer's queue has taken the record (it is
+    /// written at once and flushed within `flush_interval`).
     fn record(&self, event: Event) -> RecordAck {
-        let ack = self.append(event);
-        Box::pin(async move { ack.await.map(|_| ()) })
+        if self.inner.strict {
+            let ack = self.append(event);
+            Box::pin(async move { ack.await.map(|_| ()) })
+        } else {
+            // Backpressure: past half the queue, wait for the writer too,
+            // so producers slow down instead of meeting a full queue.
+            let backlog = self.inner.shared.queued.load(Ordering::SeqCst);
+            match self.send(event) {
+                Ok(rx) if backlog >= (QUEUE_CAPACITY / 2) as u64 => Box::pin(async move {
+                    rx.await
+                        .unwrap_or_else(|_| Err(RecordError("the journal writer stopped".into())))
+                        .map(drop)
+                }),
+                sent => Box::pin(std::future::ready(sent.map(drop))),
+            }
+        }
     }
 
     fn writable(&self) -> bool {

@@ -93,6 +93,34 @@ pub struct StoreStats {
     pub size_on_disk: u64,
 }
 
+/// What one verify thread found in its range of records.
+struct ChunkResult {
+    first_prev: Option<[u8; 32]>,
+    last_hash: [u8; 32],
+    count: u64,
+    failure: Option<VerifyFailure>,
+    checkpoint_hashes: Vec<(u64, [u8; 32])>,
+}
+
+/// Splits `lo..=hi` into `parts` ranges (default: two per core — page
+/// loads wait on reads and allocation, so oversubscribing helps — with at
+/// least 50,000 records each).
+fn chunk_ranges(lo: u64, hi: u64, parts: Option<u64>) -> Vec<(u64, u64)> {
+    if hi < lo {
+        return Vec::new();
+    }
+    let n = hi - lo + 1;
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1) as u64;
+    let parts = parts.unwrap_or((2 * cores).min(n / 50_000)).clamp(1, n);
+    let size = n.div_ceil(parts);
+    (0..parts)
+        .map(|i| (lo + i * size, (lo + (i + 1) * size - 1).min(hi)))
+        .filter(|(a, b)| a <= b)
+        .collect()
+}
+
 /// Handle on the journal database (cheap to clone).
 #[derive(Clone)]
 pub struct Store {
@@ -148,11 +176,24 @@ fn stored_time(v: &[u8]) -> Option<i64> {
 
 impl Store {
     /// Opens (or creates) the database at `path`.
+    ///
+    /// sled releases its file lock from a background thread a moment after
+    /// the last handle is dropped, so a lock held by a just-closed handle
+    /// is waited for (up to about a second) before `Locked` is reported.
     pub fn open(path: &Path) -> Result<Store, JournalError> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|e| JournalError::open(path, e))?;
+        let mut tries = 0;
+        let db = loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => break db,
+                Err(e) => match JournalError::open(path, e) {
+                    JournalError::Locked { .. } if tries < 20 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    other => return Err(other),
+                },
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(JournalError::from);
         Ok(Store {
             records: tree("records")?,
@@ -406,6 +447,17 @@ impl Store {
     /// and every checkpoint's signature and hash. Reports the lowest bad
     /// sequence number.
     pub fn verify(&self, verifier: &Verifier) -> Result<VerifyReport, JournalError> {
+        self.verify_in_parts(verifier, None)
+    }
+
+    /// [`Store::verify`], with the records checked in `parts` ranges in
+    /// parallel (None: one per core); the links between ranges are checked
+    /// after.
+    pub(crate) fn verify_in_parts(
+        &self,
+        verifier: &Verifier,
+        parts: Option<u64>,
+    ) -> Result<VerifyReport, JournalError> {
         let base = self.base_seq()?;
         let mut ckpts: BTreeMap<u64, Checkpoint> = BTreeMap::new();
         let mut failures: Vec<VerifyFailure> = Vec::new();
@@ -446,73 +498,73 @@ impl Store {
                 }),
             }
         }
-        let mut expected = base + 1;
+        // The records present now; ones appended during the check are left
+        // for the next run.
+        let last_key = match self.records.last()? {
+            Some((k, _)) => seq_of(&k).unwrap_or(base),
+            None => base,
+        };
+        let ck_seqs: Vec<u64> = ckpts.range(base + 1..).map(|(s, _)| *s).collect();
+        let chunks = chunk_ranges(base + 1, last_key, parts);
+        let results: Vec<Result<ChunkResult, JournalError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .iter()
+                .map(|&(lo, hi)| {
+                    let ck = &ck_seqs;
+                    scope.spawn(move || self.verify_chunk(lo, hi, ck))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(JournalError::Message("a verify thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
         let mut records = 0u64;
-        let mut ck_iter = ckpts.range(base + 1..).peekable();
-        for kv in self.records.range(be(base + 1)..) {
-            let (k, v) = kv?;
-            let Some(seq) = seq_of(&k) else {
+        for ((lo, _), r) in chunks.iter().zip(results) {
+            let r = r?;
+            if let Some(fp) = r.first_prev
+                && fp != running
+            {
                 failures.push(VerifyFailure {
-                    seq: expected,
-                    reason: "a record key is not 8 bytes".into(),
-                });
-                break;
-            };
-            let fail = |reason: String| VerifyFailure { seq, reason };
-            if seq != expected {
-                failures.push(VerifyFailure {
-                    seq: expected,
+                    seq: *lo,
                     reason: format!(
-                        "record {expected} is missing (the next record present is {seq}): records were deleted"
+                        "record {lo}: prev_hash does not match the hash of record {}",
+                        lo - 1
                     ),
                 });
-                break;
             }
-            let Some((prev, hash, canonical)) = record::split_stored(&v) else {
-                failures.push(fail(format!("record {seq} is truncated")));
-                break;
-            };
-            if record::canonical_seq(canonical) != Some(seq) {
-                failures.push(fail(format!(
-                    "record {seq} carries another sequence number or format version (moved or altered)"
-                )));
-                break;
-            }
-            if prev != running {
-                failures.push(fail(format!(
-                    "record {seq}: prev_hash does not match the hash of record {}",
-                    seq - 1
-                )));
-                break;
-            }
-            if record::chain_hash(&prev, canonical) != hash {
-                failures.push(fail(format!(
-                    "record {seq}: hash does not match its contents (record altered)"
-                )));
-                break;
-            }
-            running = hash;
-            while let Some((_, c)) = ck_iter.next_if(|(s, _)| **s <= seq) {
-                if c.seq == seq && c.hash != hash {
-                    failures.push(fail(format!(
-                        "checkpoint at seq {seq} signs a different hash than the chain has"
-                    )));
+            records += r.count;
+            for (seq, hash) in r.checkpoint_hashes {
+                if ckpts.get(&seq).is_some_and(|c| c.hash != hash) {
+                    failures.push(VerifyFailure {
+                        seq,
+                        reason: format!(
+                            "checkpoint at seq {seq} signs a different hash than the chain has"
+                        ),
+                    });
                 }
             }
-            records += 1;
-            expected = seq + 1;
-        }
-        let last_seq = expected - 1;
-        for (s, _) in ck_iter {
-            if *s > last_seq && failures.iter().all(|f| f.seq > last_seq) {
-                failures.push(VerifyFailure {
-                    seq: last_seq + 1,
-                    reason: format!(
-                        "a signed checkpoint exists at seq {s} but the journal ends at {last_seq}: records were deleted from the end"
-                    ),
-                });
+            let failed = r.failure.is_some();
+            failures.extend(r.failure);
+            if failed {
                 break;
             }
+            running = r.last_hash;
+        }
+        let last_seq = last_key;
+        if let Some((&s, _)) = ckpts.iter().next_back()
+            && s > last_seq
+        {
+            failures.push(VerifyFailure {
+                seq: last_seq + 1,
+                reason: format!(
+                    "a signed checkpoint exists at seq {s} but the journal ends at {last_seq}: records were deleted from the end"
+                ),
+            });
         }
         let last_checkpoint_seq = ckpts.keys().next_back().copied();
         let failure = failures.into_iter().min_by_key(|f| f.seq);
@@ -526,6 +578,82 @@ impl Store {
             unsigned_tail: last_seq.saturating_sub(last_checkpoint_seq.unwrap_or(0).max(base)),
             failure,
         })
+    }
+
+    /// Checks records `lo..=hi` on their own: dense keys, each record's
+    /// hash over its bytes, each link inside the range. The link into the
+    /// range (`first_prev`) is checked by the caller.
+    fn verify_chunk(&self, lo: u64, hi: u64, ck_seqs: &[u64]) -> Result<ChunkResult, JournalError> {
+        let mut out = ChunkResult {
+            first_prev: None,
+            last_hash: GENESIS_HASH,
+            count: 0,
+            failure: None,
+            checkpoint_hashes: Vec::new(),
+        };
+        let mut expected = lo;
+        let mut running: Option<[u8; 32]> = None;
+        let mut ck = ck_seqs
+            .iter()
+            .copied()
+            .filter(|s| *s >= lo && *s <= hi)
+            .peekable();
+        for kv in self.records.range(be(lo)..=be(hi)) {
+            let (k, v) = kv?;
+            let seq = seq_of(&k).unwrap_or(0);
+            let fail = |reason: String| Some(VerifyFailure { seq, reason });
+            if seq != expected {
+                out.failure = Some(VerifyFailure {
+                    seq: expected,
+                    reason: format!(
+                        "record {expected} is missing (the next record present is {seq}): records were deleted"
+                    ),
+                });
+                return Ok(out);
+            }
+            let Some((prev, hash, canonical)) = record::split_stored(&v) else {
+                out.failure = fail(format!("record {seq} is truncated"));
+                return Ok(out);
+            };
+            if record::canonical_seq(canonical) != Some(seq) {
+                out.failure = fail(format!(
+                    "record {seq} carries another sequence number or format version (moved or altered)"
+                ));
+                return Ok(out);
+            }
+            match running {
+                None => out.first_prev = Some(prev),
+                Some(r) if r != prev => {
+                    out.failure = fail(format!(
+                        "record {seq}: prev_hash does not match the hash of record {}",
+                        seq - 1
+                    ));
+                    return Ok(out);
+                }
+                Some(_) => {}
+            }
+            if record::chain_hash(&prev, canonical) != hash {
+                out.failure = fail(format!(
+                    "record {seq}: hash does not match its contents (record altered)"
+                ));
+                return Ok(out);
+            }
+            while ck.next_if(|s| *s < seq).is_some() {}
+            if ck.next_if(|s| *s == seq).is_some() {
+                out.checkpoint_hashes.push((seq, hash));
+            }
+            running = Some(hash);
+            out.last_hash = hash;
+            out.count += 1;
+            expected = seq + 1;
+        }
+        if expected <= hi {
+            out.failure = Some(VerifyFailure {
+                seq: expected,
+                reason: format!("record {expected} is missing: records were deleted"),
+            });
+        }
+        Ok(out)
     }
 
     /// Drops the oldest records whose time is before `before_ms` (a

@@ -68,8 +68,11 @@ fn relaxed_ack_does_not_wait_for_a_flush() {
     assert_eq!(seq, 1);
     assert_eq!(s.flushes, 0, "flush_interval is 1h: no flush yet");
     assert_eq!(s.durable_seq, 0);
+    // The Recorder ack resolves once queued; the record follows as seq 2.
+    rt().block_on(j.record(ev(1))).unwrap();
     j.shutdown().unwrap();
-    assert_eq!(j.stats().durable_seq, 1, "shutdown flushes");
+    assert_eq!(j.stats().durable_seq, 2, "shutdown flushes");
+    assert_eq!(j.store().tail(10).unwrap().len(), 2);
 }
 
 #[test]
@@ -82,6 +85,24 @@ fn relaxed_mode_flushes_every_interval() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(j.stats().durable_seq, 1);
     assert_eq!(j.stats().flushes, 1);
+}
+
+#[test]
+fn relaxed_mode_flushes_on_schedule_under_continuous_load() {
+    let (_d, home) = home();
+    let mut s = settings(Durability::Relaxed);
+    s.flush_interval = Duration::from_millis(20);
+    let j = Journal::open(&home, &s).unwrap();
+    let rt = rt();
+    let t0 = std::time::Instant::now();
+    let mut i = 0;
+    while t0.elapsed() < Duration::from_millis(600) {
+        rt.block_on(j.record(ev(i))).unwrap();
+        i += 1;
+    }
+    let st = j.stats();
+    assert!(st.flushes >= 5, "{} flushes in 600 ms of load", st.flushes);
+    assert!(st.durable_seq > 0);
 }
 
 #[test]
@@ -198,4 +219,56 @@ fn a_second_opener_is_told_the_database_is_locked() {
     let _j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
     let err = Store::open(&home.journal_db()).err().unwrap();
     assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+}
+
+#[test]
+fn verify_in_parallel_ranges_checks_the_links_between_them() {
+    let (_d, home) = home();
+    let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let acks: Vec<_> = (0..1000).map(|i| j.append(ev(i))).collect();
+        futures_util::future::join_all(acks).await;
+    });
+    let v = Verifier::load(&home.journal_pub()).unwrap();
+    let store = j.store();
+    for parts in [1, 2, 3, 7, 1000] {
+        let r = store.verify_in_parts(&v, Some(parts)).unwrap();
+        assert!(r.ok, "{parts}: {r:?}");
+        assert_eq!(r.records, 1000);
+    }
+    // With 4 parts of 250, record 501 starts the third range: rewrite it
+    // with a consistent hash of its own, so only the link into it breaks.
+    let old = store.records.get(store::be(501)).unwrap().unwrap();
+    let (_, _, canonical) = record::split_stored(&old).unwrap();
+    let fake_prev = [1u8; 32];
+    let h = record::chain_hash(&fake_prev, canonical);
+    store
+        .records
+        .insert(
+            store::be(501),
+            record::stored_value(&fake_prev, &h, canonical),
+        )
+        .unwrap();
+    for parts in [1, 2, 4, 5] {
+        let f = store
+            .verify_in_parts(&v, Some(parts))
+            .unwrap()
+            .failure
+            .unwrap();
+        assert_eq!(f.seq, 501, "{parts}: {f:?}");
+        assert!(f.reason.contains("prev_hash"), "{f:?}");
+    }
+    store.records.insert(store::be(501), old).unwrap();
+    // A record missing at the end of a range.
+    store.records.remove(store::be(250)).unwrap();
+    for parts in [1, 4] {
+        let f = store
+            .verify_in_parts(&v, Some(parts))
+            .unwrap()
+            .failure
+            .unwrap();
+        assert_eq!(f.seq, 250, "{parts}: {f:?}");
+        assert!(f.reason.contains("missing"), "{f:?}");
+    }
 }

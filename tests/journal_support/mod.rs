@@ -87,8 +87,20 @@ pub fn fill(j: &Journal, events: Vec<Event>) -> Vec<u64> {
 }
 
 /// Opens the journal's sled database directly (the journal must be closed).
+/// sled drops its file lock from a background thread, so retry briefly.
 pub fn raw_db(home: &Home) -> sled::Db {
-    sled::open(home.journal_db()).unwrap()
+    let mut tries = 0;
+    loop {
+        match sled::open(home.journal_db()) {
+            Ok(db) => return db,
+            Err(e) if tries < 40 => {
+                tries += 1;
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot open the journal db: {e}"),
+        }
+    }
 }
 
 pub fn be(seq: u64) -> [u8; 8] {
