@@ -267,7 +267,10 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         })
     };
     // Reload watcher (files + SIGHUP) and CRL re-signing.
-    let watcher = tokio::spawn(watch_files(shared.clone(), shutdown_rx.clone()));
+    let stop_signals = StopSignals::register()?;
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    let watcher = tokio::spawn(watch_files(shared.clone(), hup, shutdown_rx.clone()));
     // Anomaly baselines persist every minute (and at shutdown).
     let saver = {
         let (shared, journal, mut rx) = (
@@ -307,7 +310,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     );
     let mut accept = Box::pin(accept);
 
-    let signal = wait_for_stop();
+    let signal = stop_signals.wait();
     tokio::select! {
         () = &mut accept => {},
         () = signal => {},
@@ -337,19 +340,29 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     Ok(())
 }
 
-async fn wait_for_stop() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {},
-                _ = i.recv() => {},
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+/// The stop signals (SIGTERM, SIGINT), registered before the broker says it
+/// is listening: a signal that arrives early must not take the default
+/// action (killing the process without a drain).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn register() -> Result<StopSignals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())
+                .map_err(|e| format!("cannot handle SIGTERM: {e}"))?,
+            int: signal(SignalKind::interrupt())
+                .map_err(|e| format!("cannot handle SIGINT: {e}"))?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
         }
     }
 }
@@ -866,9 +879,11 @@ async fn handle_request(
 }
 
 /// Picks up file changes (polling) and SIGHUP, and re-signs the CRL when due.
-async fn watch_files(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).ok();
+async fn watch_files(
+    shared: Arc<Shared>,
+    mut hup: tokio::signal::unix::Signal,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(crate::live::WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut crl_tick = tokio::time::interval(Duration::from_secs(600));
@@ -879,7 +894,7 @@ async fn watch_files(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let force = tokio::select! {
             _ = tick.tick() => false,
-            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            Some(_) = hup.recv() => true,
             _ = crl_tick.tick() => {
                 let s = shared.clone();
                 match tokio::task::spawn_blocking(move || s.live.refresh_crl_if_due()).await {

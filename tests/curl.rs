@@ -23,11 +23,7 @@ async fn curl_with_a_partner_certificate() {
     }
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
+    h.add_echo_upstream("orders", &up);
     h.add_partner("acme", &["GET /v1/orders -> orders"]);
     let out = h.path().join("acme-files");
     h.ok(&["cert", "issue", "acme", "--out", out.to_str().unwrap()]);

@@ -7,20 +7,12 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::broker::{Conn, TestHome, raw_exchange};
+use common::broker::{Conn, TestHome, home_with_echo, raw_exchange, start_slow_upstream};
 use common::upstream::{EchoOptions, start_echo_upstream};
 
 #[tokio::test]
 async fn bad_targets_get_400_and_are_never_relayed() {
-    let h = TestHome::new();
-    let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
-    h.add_partner("acme", &["GET /v1/orders -> orders"]);
-    let acme = h.issue("acme");
+    let (h, up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
     let broker = h.start();
     let ca = h.ca_pem();
     let long = format!("/v1/orders/{}", "a".repeat(9000));
@@ -80,11 +72,7 @@ async fn bad_targets_get_400_and_are_never_relayed() {
 async fn smuggling_shapes_are_refused_or_neutralized() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
+    h.add_echo_upstream("orders", &up);
     h.add_partner(
         "acme",
         &["POST /v1/orders -> orders", "GET /v1/secret -> orders"],
@@ -176,24 +164,7 @@ async fn oversized_headers_get_431_and_slow_headers_are_cut() {
 async fn idle_keep_alive_connections_are_closed_but_busy_ones_are_not() {
     let h = TestHome::new();
     // An upstream slower than the idle timeout: a busy connection must survive it.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let slow_addr = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        for _ in 0..4 {
-            let Ok((mut s, _)) = silent.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                tokio::time::sleep(Duration::from_millis(1800)).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-            });
-        }
-    });
+    let slow_addr = start_slow_upstream(Duration::from_millis(1800), "ok").await;
     h.add_upstream("slow", &format!("http://{slow_addr}"), None);
     h.add_partner("acme", &["GET /slow -> slow"]);
     h.set_server("idle_timeout", "1s");

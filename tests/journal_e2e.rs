@@ -9,21 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::broker::{Conn, TestHome, admin_get, client_tls, get_once, tls_connect};
-use common::upstream::{EchoOptions, start_echo_upstream};
+use common::broker::{
+    Conn, TestHome, admin_get, client_tls, get_once, home_with_echo, tls_connect,
+};
 use tokio::sync::Mutex;
 
 #[tokio::test]
 async fn every_field_is_recorded_and_the_chain_verifies() {
-    let h = TestHome::new();
-    let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
-    h.add_partner("acme", &["POST /v1/orders -> orders"]);
-    let acme = h.issue("acme");
+    let (h, _up, acme) = home_with_echo(&["POST /v1/orders -> orders"]).await;
     let broker = h.start();
     let ca = h.ca_pem();
     let mut c = Conn::open(broker.addr, &ca, &acme, false).await.unwrap();
@@ -133,15 +126,7 @@ async fn every_field_is_recorded_and_the_chain_verifies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_loses_no_exchange_a_partner_saw_complete() {
-    let h = TestHome::new();
-    let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
-    h.add_partner("acme", &["GET /v1/orders -> orders"]);
-    let acme = h.issue("acme");
+    let (h, _up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
     let mut broker = h.start();
     let ca = h.ca_pem();
     let completed = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -220,15 +205,7 @@ async fn kill_dash_nine_loses_no_exchange_a_partner_saw_complete() {
 
 #[tokio::test]
 async fn a_journal_that_cannot_write_fails_closed_and_recovers() {
-    let h = TestHome::new();
-    let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
-    h.add_partner("acme", &["GET /v1/orders -> orders"]);
-    let acme = h.issue("acme");
+    let (h, up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
     let broker = h.start();
     let ca = h.ca_pem();
     assert_eq!(admin_get(broker.admin, "/readyz").await.0, 200);

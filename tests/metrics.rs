@@ -97,11 +97,7 @@ async fn metrics_count_each_denial_once_and_status_lists_the_partner() {
 async fn a_high_risk_route_is_counted_apart_with_its_upstream_time() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
+    h.add_echo_upstream("orders", &up);
     h.add_partner("acme", &["GET /v1/orders -> orders"]);
     let file = h.path().join("partners/acme.toml");
     let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&file).unwrap().parse().unwrap();

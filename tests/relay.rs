@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::broker::{Conn, TestHome, get_once};
+use common::broker::{Conn, TestHome, get_once, home_with_echo};
 use common::upstream::{EchoOptions, start_echo_upstream};
 use http::Method;
 
@@ -19,11 +19,7 @@ async fn allowed_call_is_relayed_with_the_broker_identity_headers() {
         ..Default::default()
     })
     .await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
+    h.add_echo_upstream("orders", &up);
     h.add_partner("acme", &["GET,POST /v1/orders -> orders"]);
     let acme = h.issue("acme");
     let broker = h.start();
@@ -82,11 +78,7 @@ async fn allowed_call_is_relayed_with_the_broker_identity_headers() {
 async fn ungranted_calls_are_denied_and_never_relayed() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
+    h.add_echo_upstream("orders", &up);
     h.add_partner("acme", &["GET /v1/orders -> orders"]);
     h.add_partner("globex", &["GET /v1/invoices -> orders"]);
     let acme = h.issue("acme");
@@ -118,15 +110,7 @@ async fn ungranted_calls_are_denied_and_never_relayed() {
 
 #[tokio::test]
 async fn http2_is_served_and_relayed() {
-    let h = TestHome::new();
-    let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
-    h.add_partner("acme", &["GET /v1/orders -> orders"]);
-    let acme = h.issue("acme");
+    let (h, _up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
     let broker = h.start();
     let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, true)
         .await
@@ -150,11 +134,7 @@ async fn an_upstream_with_a_certificate_from_the_wrong_ca_gets_502_and_no_reques
         ..Default::default()
     })
     .await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
+    h.add_echo_upstream("orders", &up);
     h.add_partner("acme", &["GET /v1/orders -> orders"]);
     let acme = h.issue("acme");
     let broker = h.start();
@@ -209,11 +189,7 @@ async fn upstream_down_is_502_and_silent_upstream_is_504() {
 async fn request_bodies_over_the_route_limit_get_413() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
+    h.add_echo_upstream("orders", &up);
     h.add_partner("acme", &["POST /v1/orders -> orders"]);
     let p = h.path().join("partners/acme.toml");
     let text = std::fs::read_to_string(&p).unwrap().replace(

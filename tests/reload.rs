@@ -6,20 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::broker::{Conn, TestHome};
-use common::upstream::{EchoOptions, start_echo_upstream};
+use common::broker::{Conn, TestHome, home_with_echo, start_slow_upstream};
 
 #[tokio::test]
 async fn a_broken_partner_file_keeps_the_old_routes_serving() {
-    let h = TestHome::new();
-    let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
-    h.add_partner("acme", &["GET /v1/orders -> orders"]);
-    let acme = h.issue("acme");
+    let (h, _up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
     let broker = h.start();
     let ca = h.ca_pem();
     let mut c = Conn::open(broker.addr, &ca, &acme, false).await.unwrap();
@@ -64,15 +55,7 @@ async fn a_broken_partner_file_keeps_the_old_routes_serving() {
 
 #[tokio::test]
 async fn sighup_reloads_and_sigterm_drains_then_exits_zero() {
-    let h = TestHome::new();
-    let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
-    h.add_partner("acme", &["GET /v1/orders -> orders"]);
-    let acme = h.issue("acme");
+    let (h, _up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
     let mut broker = h.start();
     broker.signal("HUP");
     assert!(
@@ -98,24 +81,7 @@ async fn sighup_reloads_and_sigterm_drains_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_before_exiting() {
     let h = TestHome::new();
-    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let slow_addr = slow.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        for _ in 0..4 {
-            let Ok((mut s, _)) = slow.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
-                    .await;
-            });
-        }
-    });
+    let slow_addr = start_slow_upstream(Duration::from_millis(1500), "done").await;
     h.add_upstream("slow", &format!("http://{slow_addr}"), None);
     h.add_partner("acme", &["GET /slow -> slow"]);
     let acme = h.issue("acme");

@@ -7,20 +7,11 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::broker::{ClientCert, Conn, TestHome, client_tls, tls_connect};
-use common::upstream::{EchoOptions, EchoUpstream, start_echo_upstream};
+use common::broker::{ClientCert, Conn, TestHome, client_tls, home_with_echo, tls_connect};
+use common::upstream::EchoUpstream;
 
 async fn setup() -> (TestHome, EchoUpstream, ClientCert) {
-    let h = TestHome::new();
-    let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
-    h.add_partner("acme", &["GET /v1/orders -> orders"]);
-    let acme = h.issue("acme");
-    (h, up, acme)
+    home_with_echo(&["GET /v1/orders -> orders"]).await
 }
 
 /// Polls on the open connection until a 403 with `reason` comes back; returns how long it took.

@@ -24,11 +24,7 @@ fn write_partner(h: &TestHome, id: &str, body: &str) {
 async fn bursts_get_429_with_retry_after_and_the_partner_recovers() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
+    h.add_echo_upstream("orders", &up);
     write_partner(
         &h,
         "acme",
@@ -152,11 +148,7 @@ async fn webhook() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
 async fn a_traffic_spike_raises_one_alert_and_throttle_mode_clamps_until_resume() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_upstream(
-        "orders",
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        Some(&up.ca_pem),
-    );
+    h.add_echo_upstream("orders", &up);
     let (hook, got) = webhook().await;
     h.edit_config(|d| {
         d["monitor"]["anomaly_warmup_minutes"] = toml_edit::value(0);

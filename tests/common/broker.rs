@@ -531,3 +531,53 @@ pub fn foreign_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
     let cert = p.self_signed(&key).unwrap();
     (rcgen::Issuer::new(p, key), cert.pem())
 }
+
+/// A plain-HTTP upstream (hyper) that answers every request with 200 and
+/// `body` after `delay`: for timeouts, idle and drain tests.
+pub async fn start_slow_upstream(delay: Duration, body: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..64 {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        Bytes::from_static(body.as_bytes()),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+impl TestHome {
+    /// Adds `[upstreams.<name>]` pointing at an echo upstream (trusting its CA).
+    pub fn add_echo_upstream(&self, name: &str, up: &super::upstream::EchoUpstream) {
+        self.add_upstream(
+            name,
+            &format!("https://127.0.0.1:{}", up.addr.port()),
+            Some(&up.ca_pem),
+        );
+    }
+}
+
+/// The common setup: a home, an echo upstream `orders`, and partner `acme`
+/// granted `routes`, with its certificate.
+pub async fn home_with_echo(
+    routes: &[&str],
+) -> (TestHome, super::upstream::EchoUpstream, ClientCert) {
+    let h = TestHome::new();
+    let up = super::upstream::start_echo_upstream(super::upstream::EchoOptions::default()).await;
+    h.add_echo_upstream("orders", &up);
+    h.add_partner("acme", routes);
+    let acme = h.issue("acme");
+    (h, up, acme)
+}
