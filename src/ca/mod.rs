@@ -51,6 +51,10 @@ pub enum CaError {
     UnknownSerial(String),
     #[error("unknown partner `{0}` (see `gatehouse partner list`)")]
     UnknownPartner(String),
+    #[error(
+        "certificate {serial} cannot be renewed: it is {state} (renew with the partner's current certificate)"
+    )]
+    NotRenewable { serial: String, state: String },
 }
 
 pub fn invalid(msg: impl Into<String>) -> CaError {
