@@ -22,6 +22,7 @@ pub mod monitor;
 pub mod partners;
 pub mod policy;
 pub mod relay;
+pub mod renewal;
 pub mod server;
 pub mod timefmt;
 pub mod tls;
