@@ -5,6 +5,7 @@
 //! decides, `relay` forwards, `journal` records, `server` wires them.
 
 pub mod admin;
+pub mod agent;
 pub mod alerts;
 pub mod anomaly;
 pub mod ca;

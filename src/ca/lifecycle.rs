@@ -137,6 +137,15 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
         // They stay on file for the record; the CRL starts again.
         let _ = std::fs::remove_file(home.crl_number());
     }
+    if opts.force {
+        // Earlier CAs kept by a rollover belong to the replaced lineage:
+        // out of trust (their files move to ca-retired/ for the record).
+        retire_all_previous(home)?;
+    }
+    write_public(
+        &home.ca_bundle(),
+        super::der_to_pem(&ca.cert_der).as_bytes(),
+    )?;
     write_public(&home.crl_number(), b"1\n")?;
     write_public(&home.crl(), crl_pem.as_bytes())?;
 
@@ -166,6 +175,24 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
         ca_fingerprint: ca.fingerprint.clone(),
         config_written,
     })
+}
+
+/// Moves every `certs/ca-previous/*` file to `certs/ca-retired/`.
+fn retire_all_previous(home: &Home) -> Result<(), CaError> {
+    let dir = home.ca_previous_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    let retired = home.ca_retired_dir();
+    ensure_dir(&retired)?;
+    for entry in entries.flatten() {
+        let from = entry.path();
+        if let Some(name) = from.file_name() {
+            let to = retired.join(name);
+            std::fs::rename(&from, &to).map_err(|e| home::HomeError::io(&from, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Leaf followed by the CA chain, the form TLS peers want.

@@ -12,6 +12,7 @@ pub mod crl;
 pub mod csr;
 pub mod inventory;
 pub mod lifecycle;
+pub mod rollover;
 
 use std::net::IpAddr;
 
@@ -51,6 +52,10 @@ pub enum CaError {
     UnknownSerial(String),
     #[error("unknown partner `{0}` (see `gatehouse partner list`)")]
     UnknownPartner(String),
+    #[error(
+        "CA {fingerprint} still has usable certificates: {list}. Renew them under the current CA (`gatehouse cert renew ID`) or revoke them, then retire again"
+    )]
+    CaInUse { fingerprint: String, list: String },
     #[error(
         "certificate {serial} cannot be renewed: it is {state} (renew with the partner's current certificate)"
     )]
@@ -129,11 +134,19 @@ pub struct Authority {
 impl Authority {
     /// Creates a new self-signed ECDSA P-256 CA. Returns it and its key PEM.
     pub fn create(trust_domain: &str) -> Result<(Authority, String), CaError> {
+        let (authority, key_pem, _) =
+            Authority::create_named(&format!("gatehouse CA {trust_domain}"))?;
+        Ok((authority, key_pem))
+    }
+
+    /// Creates a new self-signed ECDSA P-256 CA with common name `cn`.
+    /// Returns it, its key PEM, and its parameters (for cross-signing).
+    pub fn create_named(cn: &str) -> Result<(Authority, String, CertificateParams), CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("gatehouse CA {trust_domain}"));
+        dn.push(DnType::CommonName, cn);
         dn.push(DnType::OrganizationName, "gatehouse");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -148,7 +161,7 @@ impl Authority {
         let cert = params.self_signed(&key)?;
         let key_pem = key.serialize_pem();
         let authority = Authority::from_pem(&cert.pem(), &key_pem)?;
-        Ok((authority, key_pem))
+        Ok((authority, key_pem, params))
     }
 
     /// Loads `certs/ca.pem` and `certs/ca.key`.
