@@ -48,14 +48,17 @@ pub struct Renewals {
 }
 
 /// When renewal opens for a certificate valid `not_before..not_after`:
-/// `window` before `not_after`, else at two thirds of the lifetime.
+/// `window` before `not_after` (never before `not_before`), else at two
+/// thirds of the lifetime.
 pub fn window_opens(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     window: Option<Duration>,
 ) -> OffsetDateTime {
     match window.and_then(|w| time::Duration::try_from(w).ok()) {
-        Some(w) => not_after.checked_sub(w).unwrap_or(not_before),
+        Some(w) => not_after
+            .checked_sub(w)
+            .map_or(not_before, |t| t.max(not_before)),
         None => not_after - (not_after - not_before) / DEFAULT_WINDOW_DIVISOR,
     }
 }
