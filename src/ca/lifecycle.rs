@@ -1,6 +1,7 @@
 //! The CA operations the CLI exposes: set up a home (`init`), issue a
 //! partner certificate (from a generated key or a CSR), renew it with an
-//! overlap, revoke, re-sign the CRL, and re-issue the broker's own
+//! overlap (all of a partner's active certificates, or exactly one serial
+//! from a CSR held in memory, for self-service renewal), revoke, re-sign the CRL, and re-issue the broker's own
 //! certificates. Each one prepares everything in memory first and then
 //! writes files atomically, so a refused command leaves nothing half-done.
 

@@ -3,7 +3,8 @@
 //! certificates, the broker's server and upstream-client certificates) and of
 //! the CRL. Submodules own the CSR check, the inventory of issued
 //! certificates and the CRL file; `lifecycle` ties them into the operations
-//! the CLI exposes (init, issue, renew, revoke).
+//! the CLI exposes (init, issue, renew, revoke) and self-service renewal
+//! uses (renew from a CSR in memory); `rollover` rotates and retires CAs.
 //!
 //! Private keys never leave this module except as PEM handed to
 //! `home::write_key`, and are never logged.
