@@ -34,6 +34,7 @@ fn partners(count: usize) -> Vec<Partner> {
                 name: format!("Partner {i}"),
                 status: PartnerStatus::Active,
                 on_anomaly: Default::default(),
+                renewal_window: None,
                 limits: LimitSpec {
                     requests_per_minute: Some(6_000_000),
                     burst: None,

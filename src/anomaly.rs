@@ -900,6 +900,7 @@ mod tests {
                 status: PartnerStatus::Active,
                 limits: LimitSpec::default(),
                 on_anomaly: OnAnomaly::Throttle,
+                renewal_window: None,
                 routes: vec![],
             }],
             None,

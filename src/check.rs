@@ -1,7 +1,7 @@
 //! `gatehouse check`: validates a home offline, like `nginx -t` — the
-//! configuration, every partner file, the CA and broker certificates and the
-//! CRL — and reports every problem found with its file (and line where the
-//! problem has one).
+//! configuration, every partner file, the CA (and any previous CA kept by a
+//! rollover), the broker certificates and the CRL — and reports every
+//! problem found with its file (and line where the problem has one).
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -42,6 +42,24 @@ pub fn check_home(home: &Home) -> Vec<String> {
     }
     if let Err(e) = Authority::load(home) {
         problems.push(e.to_string());
+    }
+    // CAs kept by a rollover: loadable, keys private.
+    if let Err(e) = crate::ca::rollover::previous(home) {
+        problems.push(e.to_string());
+    }
+    if let Ok(entries) = std::fs::read_dir(home.ca_previous_dir()) {
+        for key in entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "key"))
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if std::fs::metadata(&key).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+                problems.push(format!(
+                    "{}: private key is readable by others (chmod 600 it)",
+                    key.display()
+                ));
+            }
+        }
     }
     for (cert, key) in [
         (home.server_cert(), home.server_key()),

@@ -476,6 +476,9 @@ struct PartnerFileRaw {
     limits: Option<LimitSpec>,
     #[serde(default)]
     on_anomaly: crate::anomaly::OnAnomaly,
+    /// Self-service renewal opens this long before `not_after`.
+    #[serde(default)]
+    renewal_window: Option<Spanned<String>>,
     #[serde(default)]
     routes: Vec<Spanned<RouteRaw>>,
 }
@@ -506,6 +509,14 @@ pub struct Partner {
     /// `on_anomaly = "throttle"` clamps the partner on a traffic spike.
     #[serde(default, skip_serializing_if = "is_alert_only")]
     pub on_anomaly: crate::anomaly::OnAnomaly,
+    /// `renewal_window = "30d"`: self-service renewal opens this long before
+    /// the certificate's `not_after` (unset: the last third of its lifetime).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "serde_duration::option"
+    )]
+    pub renewal_window: Option<Duration>,
     pub routes: Vec<RouteSpec>,
 }
 
@@ -682,6 +693,23 @@ pub fn parse_partner(
             max_body_bytes: r.max_body_bytes,
         });
     }
+    let renewal_window = match &raw.renewal_window {
+        None => None,
+        Some(w) => match crate::timefmt::parse_duration(w.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                err(
+                    w.span(),
+                    "renewal_window must be longer than 0 (e.g. \"30d\")".into(),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(m) => {
+                err(w.span(), format!("renewal_window: {m}"));
+                None
+            }
+        },
+    };
     let limits = raw.limits.unwrap_or_default();
     if let Some(m) = limit_problem(&limits) {
         errors.push(ConfigError {
@@ -702,6 +730,7 @@ pub fn parse_partner(
         status: raw.status,
         limits,
         on_anomaly: raw.on_anomaly,
+        renewal_window,
         routes,
     })
 }
@@ -791,6 +820,11 @@ pub fn render_partner(partner: &Partner) -> String {
         status: PartnerStatus,
         #[serde(skip_serializing_if = "is_alert_only")]
         on_anomaly: crate::anomaly::OnAnomaly,
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            with = "serde_duration::option"
+        )]
+        renewal_window: Option<Duration>,
         #[serde(skip_serializing_if = "is_empty_limits")]
         limits: &'a LimitSpec,
         routes: &'a [RouteSpec],
@@ -803,6 +837,7 @@ pub fn render_partner(partner: &Partner) -> String {
         name: &partner.name,
         status: partner.status,
         on_anomaly: partner.on_anomaly,
+        renewal_window: partner.renewal_window,
         limits: &partner.limits,
         routes: &partner.routes,
     };
@@ -962,6 +997,7 @@ mod tests {
             status: PartnerStatus::Active,
             limits: LimitSpec::default(),
             on_anomaly: Default::default(),
+            renewal_window: None,
             routes: vec![parse_route_arg("GET /v1/orders -> orders").unwrap()],
         };
         let text = render_partner(&p);

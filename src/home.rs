@@ -89,6 +89,22 @@ impl Home {
     pub fn ca_key(&self) -> PathBuf {
         self.certs_dir().join("ca.key")
     }
+    /// Every CA the broker trusts (current and retired-pending), for partners and upstreams.
+    pub fn ca_bundle(&self) -> PathBuf {
+        self.certs_dir().join("ca-bundle.pem")
+    }
+    /// CAs replaced by `ca rotate` and not yet retired: `<fingerprint>.pem` / `.key`.
+    pub fn ca_previous_dir(&self) -> PathBuf {
+        self.certs_dir().join("ca-previous")
+    }
+    /// CAs `ca retire` removed from trust (certificates only, for the record).
+    pub fn ca_retired_dir(&self) -> PathBuf {
+        self.certs_dir().join("ca-retired")
+    }
+    /// The current CA cross-signed by its predecessor (`ca rotate --cross-sign`).
+    pub fn ca_cross(&self) -> PathBuf {
+        self.certs_dir().join("ca-cross.pem")
+    }
     pub fn server_cert(&self) -> PathBuf {
         self.certs_dir().join("server.pem")
     }

@@ -5,6 +5,7 @@
 //! decides, `relay` forwards, `journal` records, `server` wires them.
 
 pub mod admin;
+pub mod agent;
 pub mod alerts;
 pub mod anomaly;
 pub mod ca;
@@ -22,6 +23,7 @@ pub mod monitor;
 pub mod partners;
 pub mod policy;
 pub mod relay;
+pub mod renewal;
 pub mod server;
 pub mod timefmt;
 pub mod tls;

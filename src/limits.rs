@@ -819,6 +819,7 @@ mod tests {
             status: PartnerStatus::Active,
             limits: l,
             on_anomaly: Default::default(),
+            renewal_window: None,
             routes,
         }
     }

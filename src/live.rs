@@ -141,6 +141,7 @@ fn compute_stamps(home: &Home, gateway: Option<&GatewayConfig>) -> Stamps {
         home.server_key(),
     ];
     tls_files.extend(files_in(&home.issued_dir(), "toml"));
+    tls_files.extend(files_in(&home.ca_previous_dir(), "pem"));
     let mut upstream_files = vec![
         home.config_file(),
         home.broker_client_cert(),
@@ -372,14 +373,22 @@ fn build_tls(
     gateway: &GatewayConfig,
     cell: Arc<ArcSwap<SnapshotCell>>,
 ) -> Result<Arc<ServerConfig>, String> {
-    let anchors = tls::load_certs(&home.ca_cert()).map_err(|e| e.to_string())?;
-    let crl = tls::load_crl(&home.crl()).map_err(|e| e.to_string())?;
+    // Trusted: the issuing CA (first in ca.pem) and every CA a rollover
+    // keeps until it is retired (certs/ca-previous/*.pem).
+    let mut anchors = tls::load_certs(&home.ca_cert()).map_err(|e| e.to_string())?;
+    anchors.truncate(1);
+    for path in files_in(&home.ca_previous_dir(), "pem") {
+        let mut certs = tls::load_certs(&path).map_err(|e| e.to_string())?;
+        certs.truncate(1);
+        anchors.extend(certs);
+    }
+    let crls = tls::load_crls(&home.crl()).map_err(|e| e.to_string())?;
     let chain = tls::load_certs(&home.server_cert()).map_err(|e| e.to_string())?;
     let key = tls::load_key(&home.server_key()).map_err(|e| e.to_string())?;
     tls::server_config(
         ServerMaterial {
-            trust_anchors: anchors.into_iter().take(1).collect(),
-            crls: vec![crl],
+            trust_anchors: anchors,
+            crls,
             server_chain: chain,
             server_key: key,
         },

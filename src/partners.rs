@@ -58,6 +58,7 @@ pub fn add(
         status: PartnerStatus::Active,
         limits: LimitSpec::default(),
         on_anomaly: Default::default(),
+        renewal_window: None,
         routes,
     };
     let text = render_partner(&partner);

@@ -65,6 +65,8 @@ pub struct Shared {
     pub active_connections: AtomicUsize,
     /// Metrics and the operator view, fed by the events below.
     pub monitor: Arc<Monitor>,
+    /// Self-service renewal state (rate, one at a time).
+    pub renewals: crate::renewal::Renewals,
     epoch: Instant,
 }
 
@@ -236,6 +238,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         listening: AtomicBool::new(true),
         active_connections: AtomicUsize::new(0),
         monitor: Arc::new(Monitor::new()),
+        renewals: Default::default(),
         epoch: Instant::now(),
     });
     shared.apply_anomaly_modes();
@@ -700,6 +703,67 @@ async fn handle_request(
             return deny(ev, StatusCode::FORBIDDEN, reason, true).await;
         }
     };
+
+    // Self-service renewal: a broker endpoint, not a route (admitted above,
+    // so suspended, revoked, expired and superseded certificates never get here).
+    if req.method() == Method::POST && req.uri().path() == crate::renewal::RENEW_PATH {
+        drop(snapshot);
+        ev.route = Some(crate::renewal::RENEW_PATH.to_string());
+        return match crate::renewal::handle(req, &ctx.identity, &shared).await {
+            Ok(done) => {
+                ev.decision = Decision::Allowed;
+                ev.status = Some(200);
+                ev.response_bytes = done.chain_pem.len() as u64;
+                ev.detail = Some(format!("renewed; new serial {}", done.new_serial));
+                let mut resp = Response::new(
+                    Full::new(Bytes::from(done.chain_pem))
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                );
+                let h = resp.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-pem-file"),
+                );
+                if let Ok(v) = HeaderValue::from_str(&request_id) {
+                    h.insert("x-request-id", v);
+                }
+                match pending(ev).submit().await {
+                    Ok(()) => resp,
+                    Err(_) => json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "journal_unavailable",
+                        &request_id,
+                        false,
+                    ),
+                }
+            }
+            Err(refusal) => {
+                ev.detail = Some(truncated(&refusal.detail, 1024));
+                let close = refusal.status == StatusCode::PAYLOAD_TOO_LARGE;
+                if close {
+                    ctx.request_close();
+                }
+                let mut resp = deny(ev, refusal.status, refusal.code, close).await;
+                if resp.status() == refusal.status {
+                    let mut body =
+                        serde_json::json!({"error": refusal.code, "request_id": request_id});
+                    for (k, v) in refusal.extra {
+                        body[k] = v;
+                    }
+                    *resp.body_mut() = Full::new(Bytes::from(body.to_string()))
+                        .map_err(|e| match e {})
+                        .boxed_unsync();
+                    if let Some(secs) = refusal.retry_after_secs
+                        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+                    {
+                        resp.headers_mut().insert(header::RETRY_AFTER, v);
+                    }
+                }
+                resp
+            }
+        };
+    }
 
     // Smuggling shapes: both framings, or conflicting lengths.
     let headers = req.headers();

@@ -91,6 +91,24 @@ pub mod serde_duration {
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format_duration(*v))
     }
+
+    /// The same for `Option<Duration>` (absent = `None`).
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+        use std::time::Duration;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|s| super::super::parse_duration(&s).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+        pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(d) => s.serialize_str(&super::super::format_duration(*d)),
+                None => s.serialize_none(),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -73,6 +73,18 @@ pub fn load_crl(path: &Path) -> Result<CertificateRevocationListDer<'static>, Tl
         .map_err(|e| file_err(path, format!("not a usable CRL: {e}")))
 }
 
+/// Every CRL in a PEM file (one per trusted CA; at least one).
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crls: Vec<_> = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, format!("cannot read CRLs: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(path, format!("not a usable CRL: {e}")))?;
+    if crls.is_empty() {
+        return Err(file_err(path, "holds no X509 CRL block"));
+    }
+    Ok(crls)
+}
+
 /// The live revocation view the verifier consults at each handshake: is
 /// this serial known and still usable at `now` (unix seconds)? Returns a
 /// reason code when not.

@@ -1,7 +1,9 @@
-//! The certificate revocation list, `certs/crl.pem`: built from the
+//! The certificate revocation lists, `certs/crl.pem`: built from the
 //! inventory (revoked certificates, and superseded ones past their overlap),
-//! signed by the CA, with an increasing CRL number kept in `certs/crl.number`
-//! and a next-update `crl_validity` ahead. Written atomically.
+//! one CRL per trusted CA (the current one first, then each previous CA kept
+//! by a rollover: rustls needs a CRL from every issuer), each signed by its
+//! CA, with an increasing CRL number kept in `certs/crl.number` and a
+//! next-update `crl_validity` ahead. Written atomically, as one file.
 
 use std::time::Duration;
 
@@ -78,11 +80,18 @@ pub fn build(
     Ok(crl.pem()?)
 }
 
-/// Re-signs the CRL from the inventory with the next number and writes it.
+/// Re-signs the CRLs (of `ca` and of every previous CA) from the inventory
+/// with the next number and writes them.
 pub fn refresh(home: &Home, ca: &Authority, validity: Duration) -> Result<u64, CaError> {
     let inventory = Inventory::load(home)?;
     let number = last_number(home)? + 1;
-    let pem = build(ca, &inventory, number, OffsetDateTime::now_utc(), validity)?;
+    let now = OffsetDateTime::now_utc();
+    let mut pem = build(ca, &inventory, number, now, validity)?;
+    for previous in super::rollover::previous(home)? {
+        if previous.fingerprint != ca.fingerprint {
+            pem.push_str(&build(&previous, &inventory, number, now, validity)?);
+        }
+    }
     write_public(&home.crl_number(), format!("{number}\n").as_bytes())?;
     write_public(&home.crl(), pem.as_bytes())?;
     Ok(number)

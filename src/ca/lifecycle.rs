@@ -1,6 +1,7 @@
 //! The CA operations the CLI exposes: set up a home (`init`), issue a
 //! partner certificate (from a generated key or a CSR), renew it with an
-//! overlap, revoke, re-sign the CRL, and re-issue the broker's own
+//! overlap (all of a partner's active certificates, or exactly one serial
+//! from a CSR held in memory, for self-service renewal), revoke, re-sign the CRL, and re-issue the broker's own
 //! certificates. Each one prepares everything in memory first and then
 //! writes files atomically, so a refused command leaves nothing half-done.
 
@@ -137,6 +138,15 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
         // They stay on file for the record; the CRL starts again.
         let _ = std::fs::remove_file(home.crl_number());
     }
+    if opts.force {
+        // Earlier CAs kept by a rollover belong to the replaced lineage:
+        // out of trust (their files move to ca-retired/ for the record).
+        retire_all_previous(home)?;
+    }
+    write_public(
+        &home.ca_bundle(),
+        super::der_to_pem(&ca.cert_der).as_bytes(),
+    )?;
     write_public(&home.crl_number(), b"1\n")?;
     write_public(&home.crl(), crl_pem.as_bytes())?;
 
@@ -166,6 +176,24 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
         ca_fingerprint: ca.fingerprint.clone(),
         config_written,
     })
+}
+
+/// Moves every `certs/ca-previous/*` file to `certs/ca-retired/`.
+fn retire_all_previous(home: &Home) -> Result<(), CaError> {
+    let dir = home.ca_previous_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    let retired = home.ca_retired_dir();
+    ensure_dir(&retired)?;
+    for entry in entries.flatten() {
+        let from = entry.path();
+        if let Some(name) = from.file_name() {
+            let to = retired.join(name);
+            std::fs::rename(&from, &to).map_err(|e| home::HomeError::io(&from, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Leaf followed by the CA chain, the form TLS peers want.
@@ -232,6 +260,9 @@ impl Subject {
             None => Ok(Subject::Generated(new_key()?)),
         }
     }
+    fn from_csr_pem(pem: &[u8]) -> Result<Subject, CaError> {
+        Ok(Subject::Csr(csr::verified_public_key(pem)?))
+    }
     fn key(&self) -> &dyn PublicKeyData {
         match self {
             Subject::Csr(spki) => spki,
@@ -279,31 +310,7 @@ fn issue_inner(
     now: OffsetDateTime,
 ) -> Result<(IssuedCert, PathBuf, bool), CaError> {
     let subject = Subject::from_options(opts)?;
-    let (nb, na) = validity(ctx, opts.days, now)?;
-    let signed = ctx.ca.sign_leaf(
-        LeafKind::Partner {
-            trust_domain: &ctx.gateway.trust_domain,
-            id: partner,
-            name: &ctx.partner_name,
-        },
-        &DynKey(subject.key()),
-        nb,
-        na,
-    )?;
-    let record = IssuedCert {
-        serial: signed.serial.clone(),
-        partner: partner.to_string(),
-        fingerprint: signed.fingerprint.clone(),
-        ca_fingerprint: ctx.ca.fingerprint.clone(),
-        issued_at: now,
-        not_before: nb,
-        not_after: na,
-        status: RecordStatus::Active,
-        superseded_by: None,
-        overlap_until: None,
-        revoked_at: None,
-        reason: None,
-    };
+    let (record, signed) = sign_partner(partner, &subject, opts.days, ctx, now)?;
     let out_dir = opts
         .out
         .clone()
@@ -328,6 +335,43 @@ fn issue_inner(
     Ok((record, out_dir, key_written))
 }
 
+/// Signs a partner certificate for `subject`'s key under the current CA
+/// and builds its inventory record (nothing is written).
+fn sign_partner(
+    partner: &str,
+    subject: &Subject,
+    days: Option<u32>,
+    ctx: &Context,
+    now: OffsetDateTime,
+) -> Result<(IssuedCert, Signed), CaError> {
+    let (nb, na) = validity(ctx, days, now)?;
+    let signed = ctx.ca.sign_leaf(
+        LeafKind::Partner {
+            trust_domain: &ctx.gateway.trust_domain,
+            id: partner,
+            name: &ctx.partner_name,
+        },
+        &DynKey(subject.key()),
+        nb,
+        na,
+    )?;
+    let record = IssuedCert {
+        serial: signed.serial.clone(),
+        partner: partner.to_string(),
+        fingerprint: signed.fingerprint.clone(),
+        ca_fingerprint: ctx.ca.fingerprint.clone(),
+        issued_at: now,
+        not_before: nb,
+        not_after: na,
+        status: RecordStatus::Active,
+        superseded_by: None,
+        overlap_until: None,
+        revoked_at: None,
+        reason: None,
+    };
+    Ok((record, signed))
+}
+
 /// `gatehouse cert issue ID [--csr FILE] [--days N] [--out DIR]`.
 pub fn issue(home: &Home, partner: &str, opts: &IssueOptions) -> Result<IssueReport, CaError> {
     let ctx = context(home, partner)?;
@@ -341,6 +385,16 @@ pub fn issue(home: &Home, partner: &str, opts: &IssueOptions) -> Result<IssueRep
     })
 }
 
+/// Which certificates a renewal supersedes.
+#[derive(Debug, Clone)]
+pub enum Supersede {
+    /// Every active certificate of the partner (`cert renew`).
+    AllActive,
+    /// Exactly this one, which must be the partner's and active (self-service
+    /// renewal: the certificate that authenticated the request).
+    Serial(String),
+}
+
 /// `gatehouse cert renew ID [--csr FILE] [--overlap D]`: issues a successor
 /// and marks the partner's active certificates superseded; they stay valid
 /// for `overlap`, then count as revoked.
@@ -352,17 +406,104 @@ pub fn renew(
 ) -> Result<IssueReport, CaError> {
     let ctx = context(home, partner)?;
     let now = OffsetDateTime::now_utc();
-    let overlap = overlap.unwrap_or(ctx.gateway.ca.overlap);
-    let overlap =
-        time::Duration::try_from(overlap).map_err(|_| invalid("--overlap is too long"))?;
-    let inventory = Inventory::load(home)?;
-    let predecessors: Vec<IssuedCert> = inventory
-        .for_partner(partner)
-        .into_iter()
-        .filter(|c| c.state(now) == CertState::Active)
-        .cloned()
-        .collect();
+    let overlap = overlap_of(&ctx, overlap)?;
+    let predecessors = predecessors(home, partner, &Supersede::AllActive, now)?;
     let (record, out_dir, key_written) = issue_inner(home, partner, opts, &ctx, now)?;
+    let superseded = supersede(home, predecessors, &record, overlap, now)?;
+    Ok(IssueReport {
+        record,
+        out_dir,
+        key_written,
+        superseded,
+    })
+}
+
+/// What a renewal from a CSR produced (nothing is written outside the home).
+#[derive(Debug)]
+pub struct CsrRenewal {
+    pub record: IssuedCert,
+    /// The new leaf followed by the issuing CA chain.
+    pub chain_pem: String,
+    pub superseded: Vec<String>,
+}
+
+/// Renews from a PEM CSR held in memory (self-service renewal): signs only
+/// the CSR's public key under the current CA, records the new certificate,
+/// and supersedes `which` with the configured (or given) overlap. `days`
+/// defaults to `[ca] default_days`.
+pub fn renew_from_csr(
+    home: &Home,
+    partner: &str,
+    csr_pem: &[u8],
+    which: &Supersede,
+    days: Option<u32>,
+    overlap: Option<Duration>,
+) -> Result<CsrRenewal, CaError> {
+    let subject = Subject::from_csr_pem(csr_pem)?;
+    let ctx = context(home, partner)?;
+    let now = OffsetDateTime::now_utc();
+    let overlap = overlap_of(&ctx, overlap)?;
+    let predecessors = predecessors(home, partner, which, now)?;
+    let (record, signed) = sign_partner(partner, &subject, days, &ctx, now)?;
+    write_record(home, &record, Some(&signed.pem))?;
+    let superseded = supersede(home, predecessors, &record, overlap, now)?;
+    Ok(CsrRenewal {
+        chain_pem: chain_pem(&signed, &ctx.ca),
+        record,
+        superseded,
+    })
+}
+
+/// The certificates a renewal will supersede (checked before signing).
+fn predecessors(
+    home: &Home,
+    partner: &str,
+    which: &Supersede,
+    now: OffsetDateTime,
+) -> Result<Vec<IssuedCert>, CaError> {
+    let inventory = Inventory::load(home)?;
+    match which {
+        Supersede::AllActive => Ok(inventory
+            .for_partner(partner)
+            .into_iter()
+            .filter(|c| c.state(now) == CertState::Active)
+            .cloned()
+            .collect()),
+        Supersede::Serial(serial) => {
+            let rec = inventory
+                .get(serial)
+                .ok_or_else(|| CaError::UnknownSerial(serial.clone()))?;
+            if rec.partner != partner {
+                return Err(invalid(format!(
+                    "certificate {serial} belongs to partner {}, not {partner}",
+                    rec.partner
+                )));
+            }
+            match rec.state(now) {
+                CertState::Active => Ok(vec![rec.clone()]),
+                state => Err(CaError::NotRenewable {
+                    serial: serial.clone(),
+                    state: state.to_string(),
+                }),
+            }
+        }
+    }
+}
+
+/// The overlap to give superseded certificates (checked before signing).
+fn overlap_of(ctx: &Context, overlap: Option<Duration>) -> Result<time::Duration, CaError> {
+    time::Duration::try_from(overlap.unwrap_or(ctx.gateway.ca.overlap))
+        .map_err(|_| invalid("--overlap is too long"))
+}
+
+/// Marks `predecessors` superseded by `record`, valid until the overlap ends.
+fn supersede(
+    home: &Home,
+    predecessors: Vec<IssuedCert>,
+    record: &IssuedCert,
+    overlap: time::Duration,
+    now: OffsetDateTime,
+) -> Result<Vec<String>, CaError> {
     let mut superseded = Vec::new();
     for mut old in predecessors {
         old.status = RecordStatus::Superseded;
@@ -371,12 +512,7 @@ pub fn renew(
         write_record(home, &old, None)?;
         superseded.push(old.serial);
     }
-    Ok(IssueReport {
-        record,
-        out_dir,
-        key_written,
-        superseded,
-    })
+    Ok(superseded)
 }
 
 /// Normalizes a serial as typed: hex, any case, colons allowed.

@@ -3,7 +3,8 @@
 //! certificates, the broker's server and upstream-client certificates) and of
 //! the CRL. Submodules own the CSR check, the inventory of issued
 //! certificates and the CRL file; `lifecycle` ties them into the operations
-//! the CLI exposes (init, issue, renew, revoke).
+//! the CLI exposes (init, issue, renew, revoke) and self-service renewal
+//! uses (renew from a CSR in memory); `rollover` rotates and retires CAs.
 //!
 //! Private keys never leave this module except as PEM handed to
 //! `home::write_key`, and are never logged.
@@ -12,6 +13,7 @@ pub mod crl;
 pub mod csr;
 pub mod inventory;
 pub mod lifecycle;
+pub mod rollover;
 
 use std::net::IpAddr;
 
@@ -51,6 +53,14 @@ pub enum CaError {
     UnknownSerial(String),
     #[error("unknown partner `{0}` (see `gatehouse partner list`)")]
     UnknownPartner(String),
+    #[error(
+        "CA {fingerprint} still has usable certificates: {list}. Renew them under the current CA (`gatehouse cert renew ID`) or revoke them, then retire again"
+    )]
+    CaInUse { fingerprint: String, list: String },
+    #[error(
+        "certificate {serial} cannot be renewed: it is {state} (renew with the partner's current certificate)"
+    )]
+    NotRenewable { serial: String, state: String },
 }
 
 pub fn invalid(msg: impl Into<String>) -> CaError {
@@ -125,11 +135,19 @@ pub struct Authority {
 impl Authority {
     /// Creates a new self-signed ECDSA P-256 CA. Returns it and its key PEM.
     pub fn create(trust_domain: &str) -> Result<(Authority, String), CaError> {
+        let (authority, key_pem, _) =
+            Authority::create_named(&format!("gatehouse CA {trust_domain}"))?;
+        Ok((authority, key_pem))
+    }
+
+    /// Creates a new self-signed ECDSA P-256 CA with common name `cn`.
+    /// Returns it, its key PEM, and its parameters (for cross-signing).
+    pub fn create_named(cn: &str) -> Result<(Authority, String, CertificateParams), CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("gatehouse CA {trust_domain}"));
+        dn.push(DnType::CommonName, cn);
         dn.push(DnType::OrganizationName, "gatehouse");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -144,7 +162,7 @@ impl Authority {
         let cert = params.self_signed(&key)?;
         let key_pem = key.serialize_pem();
         let authority = Authority::from_pem(&cert.pem(), &key_pem)?;
-        Ok((authority, key_pem))
+        Ok((authority, key_pem, params))
     }
 
     /// Loads `certs/ca.pem` and `certs/ca.key`.

@@ -2,6 +2,7 @@
 //! the modules that do the work. Output for people by default, `--json` for
 //! scripts; exit 0 on success, non-zero with one clear line on stderr.
 
+pub mod agent;
 pub mod log;
 
 use std::path::PathBuf;
@@ -55,6 +56,12 @@ pub enum Command {
     Log(log::LogCmd),
     /// The running broker's view per partner: traffic, limits, certificates, alerts.
     Status(status::StatusArgs),
+    /// CA rollover: rotate to a new CA, retire the old one.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Partner side: renew this partner's certificate at the broker (no home needed).
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
 }
 
 #[derive(Args, Debug)]
@@ -178,6 +185,27 @@ pub enum CertCmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum CaCmd {
+    /// Make a new issuing CA; the old one stays trusted until retired.
+    Rotate {
+        /// Also sign the new CA with the old one (certs/ca-cross.pem), so peers
+        /// that pinned the old root keep verifying the broker.
+        #[arg(long)]
+        cross_sign: bool,
+    },
+    /// Remove a previous CA from trust (refused while its certificates are usable).
+    Retire {
+        /// Fingerprint prefix (see `gatehouse ca list`), or `previous`.
+        old: String,
+    },
+    /// The trusted CAs and how many usable certificates each has.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// Entry point for the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -203,6 +231,8 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Serve(a) => cmd_serve(existing(&cli.home)?, a),
         Command::Log(c) => log::run(&existing(&cli.home)?, c),
         Command::Status(a) => status::run(&existing(&cli.home)?, a),
+        Command::Ca(c) => cmd_ca(&existing(&cli.home)?, c),
+        Command::Agent(c) => agent::run(c),
     }
 }
 
@@ -229,7 +259,7 @@ fn cmd_serve(home: Home, a: ServeArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_tracing(format: LogFormat) {
+pub(crate) fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -480,17 +510,18 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "{:<32} {:<16} {:<20} {:<20} {:<44} FINGERPRINT (SHA-256)",
-                    "SERIAL", "PARTNER", "NOT-BEFORE", "NOT-AFTER", "STATE"
+                    "{:<32} {:<16} {:<20} {:<20} {:<44} {:<12} FINGERPRINT (SHA-256)",
+                    "SERIAL", "PARTNER", "NOT-BEFORE", "NOT-AFTER", "STATE", "CA"
                 );
                 for c in certs {
                     println!(
-                        "{:<32} {:<16} {:<20} {:<20} {:<44} {}",
+                        "{:<32} {:<16} {:<20} {:<20} {:<44} {:<12} {}",
                         c.serial,
                         c.partner,
                         rfc3339(c.not_before),
                         rfc3339(c.not_after),
                         c.state(now).to_string(),
+                        crate::ca::rollover::short(&c.ca_fingerprint),
                         c.fingerprint
                     );
                 }
@@ -502,6 +533,65 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
                 println!("CRL #{n} signed: {}", home.crl().display());
             } else {
                 print!("{}", crate::home::read_to_string(&home.crl())?);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_ca(home: &Home, cmd: CaCmd) -> CliResult {
+    use crate::ca::rollover::{self, short};
+    match cmd {
+        CaCmd::Rotate { cross_sign } => {
+            let r = rollover::rotate(home, cross_sign)?;
+            println!(
+                "new issuing CA {} (was {}); both are trusted until `gatehouse ca retire {}`",
+                short(&r.new_fingerprint),
+                short(&r.old_fingerprint),
+                short(&r.old_fingerprint)
+            );
+            println!(
+                "  trust bundle for partners and upstreams: {}",
+                home.ca_bundle().display()
+            );
+            println!("  broker server and upstream-client certificates re-issued by the new CA");
+            if r.cross_signed {
+                println!(
+                    "  cross-signed by the old CA: {} (sent in the broker's chains)",
+                    home.ca_cross().display()
+                );
+            }
+            println!(
+                "next: renew partner certificates (`gatehouse cert renew ID`, or the partners' agents), then retire the old CA"
+            );
+        }
+        CaCmd::Retire { old } => {
+            let fp = rollover::retire(home, &old)?;
+            println!(
+                "retired CA {}: no longer trusted; its certificate is kept in {}, its key deleted",
+                short(&fp),
+                home.ca_retired_dir().display()
+            );
+        }
+        CaCmd::List { json } => {
+            let list = rollover::list(home)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<14} {:<9} {:<20} {:>6}  SUBJECT",
+                    "CA", "ROLE", "NOT-AFTER", "CERTS"
+                );
+                for c in list {
+                    println!(
+                        "{:<14} {:<9} {:<20} {:>6}  {}",
+                        short(&c.fingerprint),
+                        c.role,
+                        rfc3339(c.not_after),
+                        c.usable_certs,
+                        c.subject
+                    );
+                }
             }
         }
     }

@@ -492,6 +492,7 @@ fn status_json_shape() {
             name: "Globex".into(),
             status: PartnerStatus::Suspended,
             on_anomaly: Default::default(),
+            renewal_window: None,
             limits: LimitSpec::default(),
             routes: vec![],
         },
@@ -500,6 +501,7 @@ fn status_json_shape() {
             name: "Acme Logistics".into(),
             status: PartnerStatus::Active,
             on_anomaly: Default::default(),
+            renewal_window: None,
             limits: LimitSpec {
                 requests_per_minute: Some(600),
                 burst: Some(50),

@@ -1,0 +1,370 @@
+//! The partner-side renewal agent (`gatehouse agent renew`): makes a fresh
+//! P-256 key and a CSR, POSTs it to the broker's
+//! `/.well-known/gatehouse/renew` over mutual TLS with the partner's current
+//! certificate, checks that the certificate it gets back is for the new key,
+//! and writes the new certificate and key atomically (key mode 0600 from
+//! creation). Once, or as a daemon that renews at about two thirds of each
+//! certificate's lifetime.
+//!
+//! It needs no gatehouse home: only the partner's own files and the CA
+//! (or CA bundle) that verifies the broker. The broker decides whether a
+//! renewal is allowed; the agent only asks at sensible times.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use time::OffsetDateTime;
+
+use crate::renewal::RENEW_PATH;
+use crate::timefmt::rfc3339;
+
+/// Largest response the agent reads (a chain is a few KiB).
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+/// Connect + request timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retry backoff after a failure: first wait, and the longest.
+const BACKOFF_START: Duration = Duration::from_secs(30);
+const BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
+/// What went wrong, said so the partner's operator can act.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("broker URL `{0}`: {1}")]
+    Url(String, String),
+    #[error("cannot reach the broker at {0}: {1}")]
+    Connect(String, String),
+    #[error("the broker refused the renewal ({status}): {body}")]
+    Refused { status: u16, body: String },
+    #[error("the broker's answer is not usable: {0}")]
+    BadAnswer(String),
+    #[error("could not make a key or CSR: {0}")]
+    Key(String),
+    #[error("`{0}` failed: {1}")]
+    Exec(String, String),
+}
+
+fn file_err(path: &Path, message: impl std::fmt::Display) -> AgentError {
+    AgentError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// The agent's inputs.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The partner's certificate chain (PEM), replaced on renewal.
+    pub cert: PathBuf,
+    /// The partner's private key (PEM), replaced on renewal.
+    pub key: PathBuf,
+    /// CA certificate(s) that verify the broker (the CA bundle during a rollover).
+    pub ca: PathBuf,
+    /// `https://broker.example.com:8443`.
+    pub broker: String,
+    /// Shell command run (`sh -c`) after each successful renewal.
+    pub exec: Option<String>,
+}
+
+/// What one attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Renewed {
+        serial: String,
+        not_after: OffsetDateTime,
+    },
+    /// The broker's renewal window for this certificate is not open yet.
+    NotYet { opens_at: Option<String> },
+}
+
+/// Validity and serial of the first certificate in a PEM file.
+pub fn read_validity(path: &Path) -> Result<(String, OffsetDateTime, OffsetDateTime), AgentError> {
+    let der = CertificateDer::from_pem_file(path)
+        .map_err(|e| file_err(path, format!("not a PEM certificate: {e}")))?;
+    let (_, x) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| file_err(path, format!("the certificate cannot be parsed: {e}")))?;
+    Ok((
+        hex::encode(x.raw_serial()),
+        x.validity().not_before.to_datetime(),
+        x.validity().not_after.to_datetime(),
+    ))
+}
+
+fn client_config(opts: &AgentOptions) -> Result<Arc<rustls::ClientConfig>, AgentError> {
+    let mut roots = RootCertStore::empty();
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&opts.ca)
+        .map_err(|e| file_err(&opts.ca, format!("cannot read: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(&opts.ca, format!("not valid PEM: {e}")))?;
+    if cas.is_empty() {
+        return Err(file_err(&opts.ca, "holds no CERTIFICATE block"));
+    }
+    for c in cas {
+        roots
+            .add(c)
+            .map_err(|e| file_err(&opts.ca, format!("not a usable CA certificate: {e}")))?;
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&opts.cert)
+        .map_err(|e| file_err(&opts.cert, format!("cannot read: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(&opts.cert, format!("not valid PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(file_err(&opts.cert, "holds no CERTIFICATE block"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&opts.key)
+        .map_err(|e| file_err(&opts.key, format!("not a usable private key: {e}")))?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AgentError::Key(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| file_err(&opts.key, format!("does not match the certificate: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Host, port and the renewal path for a broker URL.
+fn endpoint(broker: &str) -> Result<(String, u16, String), AgentError> {
+    let uri: Uri = broker
+        .parse()
+        .map_err(|e| AgentError::Url(broker.into(), format!("{e}")))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(AgentError::Url(
+            broker.into(),
+            "must start with https://".into(),
+        ));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| AgentError::Url(broker.into(), "no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let prefix = uri.path().trim_end_matches('/');
+    Ok((host, port, format!("{prefix}{RENEW_PATH}")))
+}
+
+/// Makes a fresh P-256 key and a CSR for it (its subject is ignored by the
+/// broker, which sets the identity itself).
+fn new_csr() -> Result<(KeyPair, String), AgentError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| AgentError::Key(e.to_string()))?;
+    let params = CertificateParams::default();
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| AgentError::Key(e.to_string()))?;
+    Ok((key, csr))
+}
+
+/// POSTs `csr` to the broker; returns the status and body.
+async fn post_csr(opts: &AgentOptions, csr: String) -> Result<(StatusCode, Bytes), AgentError> {
+    let (host, port, path) = endpoint(&opts.broker)?;
+    let tls = client_config(opts)?;
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|e| AgentError::Url(opts.broker.clone(), e.to_string()))?;
+    let conn_err =
+        |e: &dyn std::fmt::Display| AgentError::Connect(opts.broker.clone(), e.to_string());
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| conn_err(&e))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| conn_err(&e))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| conn_err(&e))?;
+        tokio::spawn(conn);
+        let authority = if port == 443 {
+            host.clone()
+        } else {
+            format!("{host}:{port}")
+        };
+        let req = Request::post(path.as_str())
+            .header(http::header::HOST, authority)
+            .header(http::header::CONTENT_TYPE, "application/pkcs10")
+            .body(Full::new(Bytes::from(csr)))
+            .map_err(|e| AgentError::Url(opts.broker.clone(), e.to_string()))?;
+        let resp = send.send_request(req).await.map_err(|e| conn_err(&e))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| conn_err(&e))?
+            .to_bytes();
+        Ok::<_, AgentError>((status, body))
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| conn_err(&"no answer within 30 s"))?
+}
+
+/// One renewal attempt. On success the new certificate and key are on
+/// disk and `--exec` has run.
+pub async fn renew_once(opts: &AgentOptions) -> Result<Outcome, AgentError> {
+    let (key, csr) = new_csr()?;
+    let (status, body) = post_csr(opts, csr).await?;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if status == StatusCode::FORBIDDEN {
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if v["error"] == "renewal_not_yet_allowed" {
+            return Ok(Outcome::NotYet {
+                opens_at: v["renewal_opens_at"].as_str().map(String::from),
+            });
+        }
+    }
+    if status != StatusCode::OK {
+        return Err(AgentError::Refused {
+            status: status.as_u16(),
+            body: text.trim().to_string(),
+        });
+    }
+    // The answer must be a chain whose leaf certifies our new key.
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&body)
+        .collect::<Result<_, _>>()
+        .map_err(|e| AgentError::BadAnswer(format!("not PEM: {e}")))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| AgentError::BadAnswer("no certificate in the answer".into()))?;
+    let (_, x) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| AgentError::BadAnswer(format!("the certificate cannot be parsed: {e}")))?;
+    if x.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(AgentError::BadAnswer(
+            "the certificate is not for the key this agent just made".into(),
+        ));
+    }
+    let serial = hex::encode(x.raw_serial());
+    let not_after = x.validity().not_after.to_datetime();
+    // Key first, then certificate: each write is atomic.
+    crate::home::write_key(&opts.key, &key.serialize_pem()).map_err(|e| file_err(&opts.key, e))?;
+    crate::home::write_public(&opts.cert, &body).map_err(|e| file_err(&opts.cert, e))?;
+    if let Some(cmd) = &opts.exec {
+        run_exec(cmd).await?;
+    }
+    Ok(Outcome::Renewed { serial, not_after })
+}
+
+async fn run_exec(cmd: &str) -> Result<(), AgentError> {
+    let owned = cmd.to_string();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&owned)
+            .status()
+    })
+    .await
+    .map_err(|e| AgentError::Exec(cmd.into(), e.to_string()))?
+    .map_err(|e| AgentError::Exec(cmd.into(), e.to_string()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(AgentError::Exec(
+            cmd.into(),
+            format!("exited with {status}"),
+        ))
+    }
+}
+
+/// When the daemon next tries: two thirds into the certificate's lifetime,
+/// give or take 5% of the lifetime (so a fleet does not renew in step).
+pub fn next_attempt(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
+    let life = not_after - not_before;
+    let jitter = life * (rand::random::<f64>() * 0.1 - 0.05);
+    not_before + life * (2.0 / 3.0) + jitter
+}
+
+fn until(t: OffsetDateTime) -> Duration {
+    let d = t - OffsetDateTime::now_utc();
+    Duration::try_from(d).unwrap_or(Duration::ZERO)
+}
+
+/// Renews forever: sleeps until the next attempt, renews, repeats; backs
+/// off on failure (30 s doubling to an hour, never past expiry).
+pub async fn run_daemon(opts: &AgentOptions) -> Result<(), AgentError> {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let (serial, nb, na) = read_validity(&opts.cert)?;
+        let at = next_attempt(nb, na);
+        tracing::info!(%serial, not_after = %rfc3339(na), next_attempt = %rfc3339(at), "waiting to renew");
+        tokio::time::sleep(until(at)).await;
+        match renew_once(opts).await {
+            Ok(Outcome::Renewed { serial, not_after }) => {
+                tracing::info!(%serial, not_after = %rfc3339(not_after), "certificate renewed");
+                backoff = BACKOFF_START;
+            }
+            Ok(Outcome::NotYet { opens_at }) => {
+                let opens = opens_at
+                    .as_deref()
+                    .and_then(crate::ca::inventory::parse_time)
+                    .unwrap_or_else(|| OffsetDateTime::now_utc() + BACKOFF_MAX);
+                tracing::info!(opens_at = %rfc3339(opens), "renewal window not open yet");
+                let extra = Duration::from_secs(rand::random::<u64>() % 60);
+                tokio::time::sleep(until(opens) + extra).await;
+                // Try right away now the window is open.
+                match renew_once(opts).await {
+                    Ok(_) => backoff = BACKOFF_START,
+                    Err(e) => {
+                        tracing::warn!("renewal failed: {e}; retrying in {backoff:?}");
+                        tokio::time::sleep(backoff.min(until(na))).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("renewal failed: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff.min(until(na))).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                if OffsetDateTime::now_utc() >= na {
+                    return Err(AgentError::Refused {
+                        status: 0,
+                        body: format!(
+                            "certificate {serial} expired before it could be renewed ({e}); ask the broker's operator for a new one"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            endpoint("https://broker.example:8443").unwrap(),
+            (
+                "broker.example".into(),
+                8443,
+                "/.well-known/gatehouse/renew".into()
+            )
+        );
+        assert_eq!(endpoint("https://127.0.0.1/").unwrap().1, 443);
+        assert!(endpoint("http://broker").is_err());
+    }
+
+    #[test]
+    fn attempts_fall_near_two_thirds() {
+        let nb = OffsetDateTime::from_unix_timestamp(0).unwrap();
+        let na = nb + time::Duration::days(90);
+        for _ in 0..50 {
+            let t = next_attempt(nb, na);
+            assert!(t >= nb + time::Duration::days(55) && t <= nb + time::Duration::days(65));
+        }
+    }
+}
