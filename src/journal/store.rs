@@ -179,14 +179,14 @@ impl Store {
     ///
     /// sled releases its file lock from a background thread a moment after
     /// the last handle is dropped, so a lock held by a just-closed handle
-    /// is waited for (up to about a second) before `Locked` is reported.
+    /// is waited for (up to about five seconds, for a loaded machine) before `Locked` is reported.
     pub fn open(path: &Path) -> Result<Store, JournalError> {
         let mut tries = 0;
         let db = loop {
             match sled::Config::new().path(path).open() {
                 Ok(db) => break db,
                 Err(e) => match JournalError::open(path, e) {
-                    JournalError::Locked { .. } if tries < 20 => {
+                    JournalError::Locked { .. } if tries < 100 => {
                         tries += 1;
                         std::thread::sleep(std::time::Duration::from_millis(50));
                     }
