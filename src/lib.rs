@@ -25,3 +25,4 @@ pub mod relay;
 pub mod server;
 pub mod timefmt;
 pub mod tls;
+pub mod upstream_identity;
