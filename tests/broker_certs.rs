@@ -177,3 +177,91 @@ async fn broker_warns_before_its_own_certificates_expire() {
         "{metrics}"
     );
 }
+
+/// Replaces `to` with `from`'s content by rename (as an operator's tool would).
+fn install(from: &std::path::Path, to: &std::path::Path) {
+    let tmp = to.with_extension("installing");
+    std::fs::copy(from, &tmp).expect("copy");
+    std::fs::rename(&tmp, to).expect("rename");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_without_its_key_keeps_the_old_one_until_the_key_arrives() {
+    let h = TestHome::new();
+    let up = start_echo_upstream(EchoOptions::mtls(h.ca_pem())).await;
+    h.add_upstream("orders", &up.url(), Some(&up.ca_pem));
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    let acme = h.issue("acme");
+    let certs = h.path().join("certs");
+    // Make a new pair aside, then put the old one back before serving.
+    let saved = h.path().join("saved");
+    let fresh = h.path().join("fresh");
+    std::fs::create_dir_all(&saved).expect("dir");
+    std::fs::create_dir_all(&fresh).expect("dir");
+    let files = [
+        "server.pem",
+        "server.key",
+        "broker-client.pem",
+        "broker-client.key",
+    ];
+    for f in files {
+        std::fs::copy(certs.join(f), saved.join(f)).expect("save");
+    }
+    h.ok(&["cert", "server-renew"]);
+    for f in files {
+        std::fs::copy(certs.join(f), fresh.join(f)).expect("keep");
+        install(&saved.join(f), &certs.join(f));
+    }
+    let broker = h.start();
+    let ca = h.ca_pem();
+    let old_leaf = first_cert_der(&certs.join("server.pem"));
+    let new_leaf = first_cert_der(&fresh.join("server.pem"));
+    let old_client = serial_of_pem_file(&certs.join("broker-client.pem"));
+    let new_client = serial_of_pem_file(&fresh.join("broker-client.pem"));
+
+    // Only the certificates arrive: a mismatch with the keys in place.
+    install(&fresh.join("server.pem"), &certs.join("server.pem"));
+    install(
+        &fresh.join("broker-client.pem"),
+        &certs.join("broker-client.pem"),
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        server_leaf(broker.addr, &ca, &acme).await,
+        old_leaf,
+        "the old certificate and key keep serving"
+    );
+    let r = get_once(broker.addr, &ca, &acme, "/v1/orders")
+        .await
+        .expect("still serving");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        up.seen().last().expect("seen")["client_cert_serial"],
+        old_client.as_str()
+    );
+
+    // The keys follow: picked up without any other change.
+    install(&fresh.join("server.key"), &certs.join("server.key"));
+    install(
+        &fresh.join("broker-client.key"),
+        &certs.join("broker-client.key"),
+    );
+    let started = Instant::now();
+    let mut ok = false;
+    while started.elapsed() < Duration::from_secs(3) {
+        if server_leaf(broker.addr, &ca, &acme).await == new_leaf {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ok, "new pair not picked up: {}", broker.log());
+    let r = get_once(broker.addr, &ca, &acme, "/v1/orders")
+        .await
+        .expect("new connection");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        up.seen().last().expect("seen")["client_cert_serial"],
+        new_client.as_str()
+    );
+}
