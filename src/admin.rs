@@ -1,7 +1,8 @@
 //! The admin listener (loopback by default): `/healthz` (alive),
 //! `/readyz` (config loaded, journal writable, listening), `/metrics`
 //! (the monitor's Prometheus text) and `/status` (the operator view as
-//! JSON, read by `gatehouse status`).
+//! JSON, read by `gatehouse status`) and `/.well-known/jwks.json` (the
+//! public keys of the upstream identity tokens).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -52,6 +53,20 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byt
             r
         }
         "/status" => status(&shared).await,
+        crate::upstream_identity::JWKS_PATH => {
+            let mut r = text(StatusCode::OK, shared.identity.current().jwks_json.clone());
+            let h = r.headers_mut();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            // Short: after a rotation verifiers see the new key soon.
+            h.insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("max-age=60"),
+            );
+            r
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -123,6 +123,14 @@ impl Home {
     pub fn journal_pub(&self) -> PathBuf {
         self.certs_dir().join("journal-signing.pub.pem")
     }
+    /// The key that signs `X-Gatehouse-Identity` tokens (not the CA key).
+    pub fn identity_key(&self) -> PathBuf {
+        self.certs_dir().join("identity-signing.key")
+    }
+    /// The public keys for those tokens (JWKS: current and previous).
+    pub fn identity_jwks(&self) -> PathBuf {
+        self.certs_dir().join("identity-jwks.json")
+    }
     pub fn issued_dir(&self) -> PathBuf {
         self.certs_dir().join("issued")
     }
@@ -181,6 +189,58 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), HomeErro
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(|e| HomeError::io(path, e))
+}
+
+/// Writes several files so they change together as closely as a file
+/// system allows: every temporary file is created (with its mode), written
+/// and synced first; then they are renamed over their targets back to back,
+/// in order; then the folders are synced. On an error before the renames,
+/// nothing changed; the temporary files are removed.
+pub fn write_atomic_many(files: &[(&Path, &[u8], u32)]) -> Result<(), HomeError> {
+    let mut temps: Vec<PathBuf> = Vec::with_capacity(files.len());
+    let cleanup = |temps: &[PathBuf]| {
+        for t in temps {
+            let _ = fs::remove_file(t);
+        }
+    };
+    for (path, bytes, mode) in files {
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(
+            ".{name}.tmp-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let written = (|| -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(*mode)
+                .open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        })();
+        temps.push(tmp);
+        if let Err(e) = written {
+            cleanup(&temps);
+            return Err(HomeError::io(path, e));
+        }
+    }
+    for (i, ((path, _, _), tmp)) in files.iter().zip(&temps).enumerate() {
+        if let Err(e) = fs::rename(tmp, path) {
+            cleanup(&temps[i..]);
+            return Err(HomeError::io(path, e));
+        }
+    }
+    for (path, _, _) in files {
+        if let Ok(d) = fs::File::open(path.parent().unwrap_or_else(|| Path::new("."))) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// Writes a private key: atomically, created with mode 0600.

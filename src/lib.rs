@@ -27,3 +27,4 @@ pub mod renewal;
 pub mod server;
 pub mod timefmt;
 pub mod tls;
+pub mod upstream_identity;

@@ -100,7 +100,8 @@ struct Stamps {
     upstream: u64,
 }
 
-fn stamp_files(paths: &[PathBuf]) -> u64 {
+/// A hash of each file's path, length and mtime (changes when a file does).
+pub(crate) fn stamp_files(paths: &[PathBuf]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for p in paths {
         p.hash(&mut h);
@@ -192,6 +193,9 @@ pub struct Live {
     tls: ArcSwap<ServerConfig>,
     /// Stamps of the last refused attempt: not retried until files change again.
     refused: std::sync::Mutex<Option<Stamps>>,
+    /// The last TLS rebuild failed (e.g. a certificate and key caught between
+    /// two renames): retried at every tick until it succeeds.
+    tls_retry: std::sync::atomic::AtomicBool,
 }
 
 /// What a reload did.
@@ -281,6 +285,7 @@ impl Live {
             snapshot,
             tls: ArcSwap::new(tls),
             refused: std::sync::Mutex::new(None),
+            tls_retry: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -294,10 +299,24 @@ impl Live {
         self.tls.load_full()
     }
 
+    /// Rebuilds the partner-facing TLS config. On failure the running
+    /// config stays and the next `reload` tries again, even if no file
+    /// changes in between.
     fn rebuild_tls(&self) -> Result<(), String> {
-        let cfg = build_tls(&self.home, &self.snapshot().gateway, self.snapshot.clone())?;
-        self.tls.store(cfg);
-        Ok(())
+        use std::sync::atomic::Ordering;
+        match build_tls(&self.home, &self.snapshot().gateway, self.snapshot.clone()) {
+            Ok(cfg) => {
+                self.tls.store(cfg);
+                self.tls_retry.store(false, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.tls_retry.store(true, Ordering::Relaxed);
+                Err(format!(
+                    "the partner-facing TLS configuration was not rebuilt; the running one stays in force: {e}"
+                ))
+            }
+        }
     }
 
     /// Re-reads the files if they changed (or `force`). On a validation
@@ -306,6 +325,15 @@ impl Live {
         let current = self.snapshot();
         let stamps = compute_stamps(&self.home, Some(&current.gateway));
         if !force && stamps == current.stamps {
+            if self.tls_retry.load(std::sync::atomic::Ordering::Relaxed) {
+                self.rebuild_tls()?;
+                return Ok(ReloadOutcome {
+                    changed: true,
+                    tls_rebuilt: true,
+                    partners: current.partners.len(),
+                    changes: Vec::new(),
+                });
+            }
             return Ok(ReloadOutcome::default());
         }
         let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());

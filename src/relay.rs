@@ -293,6 +293,9 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, annotations: &Annotatio
         "x-forwarded-client-cert",
         &format!("Hash={};URI={}", annotations.fingerprint, annotations.uri),
     );
+    if let Some(token) = annotations.identity {
+        set(crate::upstream_identity::HEADER, token);
+    }
 }
 
 /// What the broker tells the upstream about the caller.
@@ -303,6 +306,8 @@ pub struct Annotations<'a> {
     pub uri: &'a str,
     pub request_id: &'a str,
     pub client_ip: &'a str,
+    /// The signed identity token (`X-Gatehouse-Identity`), when there is one.
+    pub identity: Option<&'a str>,
 }
 
 #[cfg(test)]
@@ -313,6 +318,7 @@ mod tests {
     fn spoofed_and_hop_headers_are_replaced() {
         let mut h = HeaderMap::new();
         h.insert("x-gatehouse-partner", HeaderValue::from_static("globex"));
+        h.insert("x-gatehouse-identity", HeaderValue::from_static("forged"));
         h.insert(
             "X-Forwarded-Client-Cert",
             HeaderValue::from_static("Hash=x;URI=y"),
@@ -335,9 +341,11 @@ mod tests {
                 uri: "spiffe://td/partner/acme",
                 request_id: "r1",
                 client_ip: "127.0.0.1",
+                identity: Some("e30.e30.sig"),
             },
         );
         assert_eq!(h["x-gatehouse-partner"], "acme");
+        assert_eq!(h["x-gatehouse-identity"], "e30.e30.sig");
         assert_eq!(
             h["x-forwarded-client-cert"],
             "Hash=ff;URI=spiffe://td/partner/acme"

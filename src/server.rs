@@ -37,6 +37,7 @@ use crate::monitor::Monitor;
 use crate::policy::check_target;
 use crate::relay::{Annotations, BoxError, strip_hop_by_hop, upstream_request_headers};
 use crate::tls::classify_handshake_error;
+use crate::upstream_identity::{LiveIdentity, TokenSubject};
 
 /// The body of every response the broker sends to partners.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -67,6 +68,8 @@ pub struct Shared {
     pub monitor: Arc<Monitor>,
     /// Self-service renewal state (rate, one at a time).
     pub renewals: crate::renewal::Renewals,
+    /// The key that signs `X-Gatehouse-Identity` for upstreams.
+    pub identity: LiveIdentity,
     epoch: Instant,
 }
 
@@ -107,6 +110,61 @@ impl Shared {
                 Vec::new()
             }
         }
+    }
+
+    /// The broker's own certificates (server, upstream client) that end
+    /// within `[monitor] expiry_warning_days`: (which, serial, alert).
+    fn broker_cert_warnings(&self) -> Vec<(String, AlertNotice)> {
+        let days = self.live.snapshot().gateway.monitor.expiry_warning_days;
+        let home = &self.live.home;
+        let now = time::OffsetDateTime::now_utc();
+        let horizon = now + time::Duration::days(i64::from(days));
+        let mut out = Vec::new();
+        for (which, path) in [
+            ("server", home.server_cert()),
+            ("broker-client", home.broker_client_cert()),
+        ] {
+            let (serial, not_after) = match crate::ca::lifecycle::read_cert_summary(&path) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("expiry check of the broker's {which} certificate: {e}");
+                    continue;
+                }
+            };
+            if not_after > horizon {
+                continue;
+            }
+            let left = not_after - now;
+            let message = format!(
+                "the broker's {which} certificate {serial} ({}) expires {} ({} days): run `gatehouse cert server-renew`",
+                path.display(),
+                crate::timefmt::rfc3339(not_after),
+                left.whole_days()
+            );
+            out.push((
+                serial.clone(),
+                AlertNotice {
+                    kind: "broker_cert_expiry".into(),
+                    partner: None,
+                    addr: None,
+                    message,
+                    time_ms: crate::event::now_ms(),
+                    details: serde_json::json!({
+                        "certificate": which,
+                        "serial": serial,
+                        "not_after": crate::timefmt::rfc3339(not_after),
+                        "days_left": left.whole_days(),
+                        "seconds_left": left.whole_seconds(),
+                    }),
+                },
+            ));
+        }
+        out
+    }
+
+    fn raise_notice(&self, notice: AlertNotice) {
+        let ev = self.alerts.raise(notice);
+        self.monitor.observe_event(&ev, None);
     }
 
     fn raise_expiry(&self, w: &crate::monitor::ExpiryWarning) {
@@ -229,7 +287,10 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         &gateway.monitor,
         &home,
     )?;
+    let identity = LiveIdentity::load(&home, &gateway.server.node_id)
+        .map_err(|e| format!("upstream identity key: {e}"))?;
     let shared = Arc::new(Shared {
+        identity,
         live,
         detector,
         alerts,
@@ -854,6 +915,26 @@ async fn handle_request(
         Ok(u) => u,
         Err(_) => return deny(ev, StatusCode::BAD_REQUEST, "bad_target", false).await,
     };
+    // The signed identity for the upstream (fail closed: no token, no relay).
+    let token = match shared.identity.sign(&TokenSubject {
+        partner: &ctx.identity.partner,
+        serial: &ctx.identity.serial,
+        route: &permit.route.path,
+        request_id: &request_id,
+        upstream: &upstream.name,
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(request_id = %request_id, "{e}");
+            return deny(
+                ev,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "identity_signing_failed",
+                false,
+            )
+            .await;
+        }
+    };
     let is_head = req.method() == Method::HEAD;
     let (mut parts, body) = req.into_parts();
     upstream_request_headers(
@@ -865,6 +946,7 @@ async fn handle_request(
             uri: &ctx.identity.uri,
             request_id: &request_id,
             client_ip: &ctx.peer_ip,
+            identity: Some(&token),
         },
     );
     parts.uri = uri;
@@ -974,10 +1056,30 @@ async fn watch_files(
                         }
                     }
                 }
+                let s = shared.clone();
+                if let Ok(warnings) = tokio::task::spawn_blocking(move || s.broker_cert_warnings()).await {
+                    for (serial, notice) in warnings {
+                        if warned.insert(serial) {
+                            shared.raise_notice(notice);
+                        }
+                    }
+                }
                 false
             }
             _ = shutdown.changed() => return,
         };
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || s.identity.refresh()).await {
+            Ok(Ok(true)) => tracing::info!(
+                kid = shared.identity.current().signer.kid(),
+                "upstream identity key reloaded"
+            ),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(
+                "upstream identity key not reloaded; the running key stays in force: {e}"
+            ),
+            Err(e) => tracing::error!("identity reload task failed: {e}"),
+        }
         let s = shared.clone();
         let result = tokio::task::spawn_blocking(move || s.live.reload(force)).await;
         match result {

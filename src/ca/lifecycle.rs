@@ -45,7 +45,7 @@ pub fn default_hostnames() -> Vec<String> {
 }
 
 /// `gatehouse init`: creates (or adopts) the CA, the broker's certificates,
-/// the journal signing key, `gatehouse.toml`, an empty CRL and the folders.
+/// the journal signing key, the upstream identity signing key, `gatehouse.toml`, an empty CRL and the folders.
 pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
     let existing_cfg = if home.config_file().is_file() {
         Some(config::load_gateway(home).map_err(|e| invalid(e.to_string()))?)
@@ -149,6 +149,14 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
     )?;
     write_public(&home.crl_number(), b"1\n")?;
     write_public(&home.crl(), crl_pem.as_bytes())?;
+    // The upstream identity key (kept when it exists: upstreams trust its JWKS).
+    let issuer = crate::upstream_identity::issuer(
+        &existing_cfg
+            .as_ref()
+            .map(|c| c.server.node_id.clone())
+            .unwrap_or_default(),
+    );
+    crate::upstream_identity::ensure(home, &issuer).map_err(|e| invalid(e.to_string()))?;
 
     let mut config_written = false;
     match existing_cfg {
@@ -194,6 +202,139 @@ fn retire_all_previous(home: &Home) -> Result<(), CaError> {
         }
     }
     Ok(())
+}
+
+/// Options of `gatehouse cert server-renew`.
+#[derive(Debug, Default, Clone)]
+pub struct ServerRenewOptions {
+    /// SANs of the new server certificate; empty keeps the current ones.
+    pub hostnames: Vec<String>,
+    /// Also rotate the upstream identity signing key.
+    pub identity_key: bool,
+}
+
+/// What `cert server-renew` did.
+#[derive(Debug)]
+pub struct ServerRenewReport {
+    pub hostnames: Vec<String>,
+    pub server_serial: String,
+    pub client_serial: String,
+    pub not_after: OffsetDateTime,
+    pub identity: Option<crate::upstream_identity::Rotation>,
+}
+
+/// The names in a server certificate's SANs (DNS names and IP addresses).
+fn server_hostnames(path: &Path) -> Result<Vec<String>, CaError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::GeneralName;
+    let der = CertificateDer::from_pem_file(path).map_err(|e| {
+        invalid(format!(
+            "{}: not a PEM certificate ({e}); pass --hostname to choose the names",
+            path.display()
+        ))
+    })?;
+    let (_, x) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| invalid(format!("{}: cannot parse: {e}", path.display())))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = x.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push(d.to_string()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => names.push(
+                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap_or([0; 4]))
+                            .to_string(),
+                    ),
+                    16 => names.push(
+                        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap_or([0; 16]))
+                            .to_string(),
+                    ),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(invalid(format!(
+            "{} names no host; pass --hostname",
+            path.display()
+        )));
+    }
+    Ok(names)
+}
+
+/// `gatehouse cert server-renew`: new keys and certificates for the
+/// broker's server certificate and its upstream client certificate. All of
+/// it is made in memory first; then each key and certificate pair is
+/// renamed into place back to back, so a running broker sees a mismatched
+/// pair for microseconds at most (and then keeps its old config and retries
+/// at the next tick). The running broker picks them up within a second.
+pub fn server_renew(home: &Home, opts: &ServerRenewOptions) -> Result<ServerRenewReport, CaError> {
+    let gateway = config::load_gateway(home).map_err(|e| invalid(e.to_string()))?;
+    let ca = Authority::load(home)?;
+    let hostnames = if opts.hostnames.is_empty() {
+        server_hostnames(&home.server_cert())?
+    } else {
+        opts.hostnames.clone()
+    };
+    let now = OffsetDateTime::now_utc();
+    let until = (now + time::Duration::days(BROKER_CERT_DAYS)).min(ca.not_after);
+    let server_key = new_key()?;
+    let server = ca.sign_leaf(
+        LeafKind::Server {
+            hostnames: &hostnames,
+        },
+        &server_key,
+        now - BACKDATE,
+        until,
+    )?;
+    let client_key = new_key()?;
+    let client = ca.sign_leaf(
+        LeafKind::BrokerClient {
+            trust_domain: &gateway.trust_domain,
+        },
+        &client_key,
+        now - BACKDATE,
+        until,
+    )?;
+    let (server_key_pem, client_key_pem) = (server_key.serialize_pem(), client_key.serialize_pem());
+    let (server_pem, client_pem) = (chain_pem(&server, &ca), chain_pem(&client, &ca));
+    home::write_atomic_many(&[
+        (
+            &home.server_key(),
+            server_key_pem.as_bytes(),
+            home::KEY_MODE,
+        ),
+        (
+            &home.server_cert(),
+            server_pem.as_bytes(),
+            home::PUBLIC_MODE,
+        ),
+        (
+            &home.broker_client_key(),
+            client_key_pem.as_bytes(),
+            home::KEY_MODE,
+        ),
+        (
+            &home.broker_client_cert(),
+            client_pem.as_bytes(),
+            home::PUBLIC_MODE,
+        ),
+    ])?;
+    let identity = if opts.identity_key {
+        Some(crate::upstream_identity::rotate(home).map_err(|e| invalid(e.to_string()))?)
+    } else {
+        None
+    };
+    Ok(ServerRenewReport {
+        hostnames,
+        server_serial: server.serial,
+        client_serial: client.serial,
+        not_after: until,
+        identity,
+    })
 }
 
 /// Leaf followed by the CA chain, the form TLS peers want.

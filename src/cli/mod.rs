@@ -183,6 +183,20 @@ pub enum CertCmd {
         #[arg(long)]
         refresh: bool,
     },
+    /// Re-issue the broker's own certificates (server and upstream client);
+    /// a running broker picks them up within a second, without a restart.
+    ServerRenew {
+        /// Name or IP for the new server certificate (repeatable; default:
+        /// keep the current certificate's names).
+        #[arg(long = "hostname")]
+        hostnames: Vec<String>,
+        /// Also rotate the key that signs X-Gatehouse-Identity (the JWKS
+        /// keeps the previous key, so tokens already issued still verify).
+        #[arg(long)]
+        identity_key: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -525,6 +539,52 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
                         c.fingerprint
                     );
                 }
+            }
+        }
+        CertCmd::ServerRenew {
+            hostnames,
+            identity_key,
+            json,
+        } => {
+            let r = lifecycle::server_renew(
+                home,
+                &lifecycle::ServerRenewOptions {
+                    hostnames,
+                    identity_key,
+                },
+            )?;
+            if json {
+                let v = json!({
+                    "hostnames": r.hostnames,
+                    "server_serial": r.server_serial,
+                    "client_serial": r.client_serial,
+                    "not_after": rfc3339(r.not_after),
+                    "identity_kid": r.identity.as_ref().map(|i| i.kid.clone()),
+                    "identity_previous_kid": r.identity.as_ref().and_then(|i| i.previous_kid.clone()),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "server certificate {} for {} (valid until {}): {}",
+                    r.server_serial,
+                    r.hostnames.join(", "),
+                    rfc3339(r.not_after),
+                    home.server_cert().display()
+                );
+                println!(
+                    "upstream client certificate {}: {}",
+                    r.client_serial,
+                    home.broker_client_cert().display()
+                );
+                if let Some(i) = &r.identity {
+                    println!(
+                        "identity signing key rotated: kid {} (previous {} stays in {})",
+                        i.kid,
+                        i.previous_kid.as_deref().unwrap_or("none"),
+                        home.identity_jwks().display()
+                    );
+                }
+                println!("a running broker picks these up within a second; no restart needed");
             }
         }
         CertCmd::Crl { refresh } => {

@@ -341,6 +341,27 @@ pub async fn tls_connect(
     }
 }
 
+/// The DER of the leaf certificate the broker presents in a fresh handshake.
+pub async fn server_leaf(addr: SocketAddr, ca_pem: &str, cert: &ClientCert) -> Vec<u8> {
+    let tls = tls_connect(addr, client_tls(ca_pem, Some(cert), &[b"http/1.1"]))
+        .await
+        .expect("connect");
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .expect("the broker presents a certificate")
+}
+
+/// The DER of the first certificate in a PEM file.
+pub fn first_cert_der(path: &Path) -> Vec<u8> {
+    CertificateDer::from_pem_file(path)
+        .expect("PEM certificate")
+        .as_ref()
+        .to_vec()
+}
+
 /// A response, fully read.
 #[derive(Debug)]
 pub struct Reply {

@@ -10,7 +10,8 @@
 //!
 //! The answer body:
 //! `{"method", "path" (path and query as received), "headers" {name: value},
-//!   "client_cert_cn", "client_cert_uri" (or null), "body_bytes"}`.
+//!   "client_cert_cn", "client_cert_uri", "client_cert_serial" (hex; or null),
+//!   "body_bytes"}`.
 #![allow(dead_code)] // each test binary uses a different part of `common`
 
 use std::fmt;
@@ -264,6 +265,8 @@ pub fn server_tls_config(
 struct PeerIdentity {
     cn: Option<String>,
     uri: Option<String>,
+    /// Lowercase hex of the certificate's serial.
+    serial: Option<String>,
 }
 
 fn peer_identity(der: &[u8]) -> PeerIdentity {
@@ -286,7 +289,11 @@ fn peer_identity(der: &[u8]) -> PeerIdentity {
                 _ => None,
             })
         });
-    PeerIdentity { cn, uri }
+    PeerIdentity {
+        cn,
+        uri,
+        serial: Some(cert.raw_serial_as_string().replace(':', "")),
+    }
 }
 
 #[derive(Clone)]
@@ -330,6 +337,7 @@ async fn echo(
         "headers": headers,
         "client_cert_cn": peer.cn,
         "client_cert_uri": peer.uri,
+        "client_cert_serial": peer.serial,
         "body_bytes": body_bytes,
     });
     let text = json.to_string();
