@@ -54,7 +54,8 @@ $G check
 
 step "start the broker"
 $G serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 >"$HOME_DIR/serve.out" 2>"$HOME_DIR/serve.log" &
-PIDS+=($!)
+BROKER=$!
+PIDS+=($BROKER)
 GW=$(addr_from "$HOME_DIR/serve.out" "gatehouse listening on ")
 PORT=${GW##*:}
 URL="https://localhost:$PORT"
@@ -84,6 +85,10 @@ $G cert revoke --partner acme --reason keyCompromise
 sleep 1
 if curl "${C[@]}" "${ACME[@]}" "$URL/v1/orders/42" 2>&1; then echo "quickstart: a revoked certificate got through" >&2; exit 1; fi
 echo "refused, as it should be"
+
+step "stop the broker (SIGTERM: drain, final signed checkpoint, exit 0)"
+kill -TERM "$BROKER"
+wait "$BROKER" && echo "broker stopped cleanly"
 
 step "the journal: every exchange on record, hash-chained (gatehouse log tail)"
 $G log tail -n 10
