@@ -133,5 +133,4 @@ async fn a_revoked_client_cannot_resume_its_session() {
     if let Ok((kind, status)) = request(broker.addr, cfg.clone()).await {
         panic!("revoked client got {kind:?} {status}");
     }
-    }
 }
