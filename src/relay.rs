@@ -39,6 +39,8 @@ pub struct Upstream {
     base_path: String,
     client: Client<HttpsConnector<HttpConnector>, RelayBody>,
     pub response_timeout: Duration,
+    /// Whether requests relayed here carry `X-Gatehouse-Identity`.
+    pub signed_identity: bool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -118,6 +120,7 @@ impl Upstream {
             base_path: uri.path().trim_end_matches('/').to_string(),
             client,
             response_timeout: settings.response_timeout,
+            signed_identity: settings.signed_identity,
         })
     }
 

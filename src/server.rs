@@ -916,24 +916,28 @@ async fn handle_request(
         Err(_) => return deny(ev, StatusCode::BAD_REQUEST, "bad_target", false).await,
     };
     // The signed identity for the upstream (fail closed: no token, no relay).
-    let token = match shared.identity.sign(&TokenSubject {
-        partner: &ctx.identity.partner,
-        serial: &ctx.identity.serial,
-        route: &permit.route.path,
-        request_id: &request_id,
-        upstream: &upstream.name,
-    }) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(request_id = %request_id, "{e}");
-            return deny(
-                ev,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "identity_signing_failed",
-                false,
-            )
-            .await;
+    let token = if upstream.signed_identity {
+        match shared.identity.sign(&TokenSubject {
+            partner: &ctx.identity.partner,
+            serial: &ctx.identity.serial,
+            route: &permit.route.path,
+            request_id: &request_id,
+            upstream: &upstream.name,
+        }) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(request_id = %request_id, "{e}");
+                return deny(
+                    ev,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "identity_signing_failed",
+                    false,
+                )
+                .await;
+            }
         }
+    } else {
+        None
     };
     let is_head = req.method() == Method::HEAD;
     let (mut parts, body) = req.into_parts();
@@ -946,7 +950,7 @@ async fn handle_request(
             uri: &ctx.identity.uri,
             request_id: &request_id,
             client_ip: &ctx.peer_ip,
-            identity: Some(&token),
+            identity: token.as_deref(),
         },
     );
     parts.uri = uri;

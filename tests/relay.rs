@@ -218,3 +218,42 @@ async fn request_bodies_over_the_route_limit_get_413() {
     assert_eq!(r.json()["error"], "body_too_large");
     assert_eq!(up.calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn the_signed_identity_can_be_turned_off_per_upstream() {
+    let h = TestHome::new();
+    let (up, legacy) = (
+        start_echo_upstream(EchoOptions::default()).await,
+        start_echo_upstream(EchoOptions::default()).await,
+    );
+    h.add_echo_upstream("orders", &up);
+    h.add_echo_upstream("legacy", &legacy);
+    h.edit_config(|d| d["upstreams"]["legacy"]["signed_identity"] = toml_edit::value(false));
+    h.add_partner(
+        "acme",
+        &["GET /v1/orders -> orders", "GET /legacy -> legacy"],
+    );
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false)
+        .await
+        .unwrap();
+    let forged = [("x-gatehouse-identity", "forged")];
+    let r = c
+        .send(Method::GET, "/v1/orders", &forged, b"")
+        .await
+        .unwrap();
+    let token = r.json()["headers"]["x-gatehouse-identity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let r = c.send(Method::GET, "/legacy", &forged, b"").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.json()["headers"].get("x-gatehouse-identity").is_none(),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.json()["headers"]["x-gatehouse-partner"], "acme");
+}
