@@ -68,8 +68,10 @@ echo "$out"
 grep -q '"x-gatehouse-partner":"acme"' <<<"$out" || { echo "quickstart: the upstream did not see X-Gatehouse-Partner: acme" >&2; exit 1; }
 
 step "acme calls a route it was not granted: GET /v1/invoices  (403)"
-code=$(curl "${C[@]}" "${ACME[@]}" -o /dev/stderr -w '%{http_code}' "$URL/v1/invoices")
-echo; echo "status $code"
+out=$(curl "${C[@]}" "${ACME[@]}" -w '\n%{http_code}' "$URL/v1/invoices")
+code=${out##*$'\n'}
+echo "${out%$'\n'*}"
+echo "status $code"
 [[ $code == 403 ]] || { echo "quickstart: expected 403" >&2; exit 1; }
 
 step "a call without a client certificate  (the handshake fails; no HTTP response)"
