@@ -27,16 +27,16 @@ PEERS_STARTED=0
 log() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
 
-# Stops a pid we started: TERM, up to 10 s, then KILL.
+# Stops a pid we started: TERM, up to 15 s (gatehouse drains up to 10 s), then KILL.
 stop_pid() {
   local pid=$1
   [[ -d /proc/$pid ]] || return 0
   kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 150); do
     [[ -d /proc/$pid ]] || return 0
     sleep 0.1
   done
-  echo "bench: pid $pid ignored TERM for 10 s; KILL" >&2
+  echo "bench: pid $pid ignored TERM for 15 s; KILL" >&2
   kill -KILL "$pid" 2>/dev/null || true
 }
 
