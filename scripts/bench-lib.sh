@@ -46,7 +46,7 @@ bench_cleanup() {
   local i
   for ((i = ${#BENCH_PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${BENCH_PIDS[i]}"; done
   [[ $PEERS_STARTED == 1 ]] && "$PEERS/stop-peers.sh" >/dev/null
-  if [[ -n ${KEEP:-} ]]; then echo "bench: work folder kept: $WORK" >&2; else rm -rf "$WORK/home/data"; fi
+  if [[ -n ${KEEP:-} || -n ${BENCH_WORK:-} ]]; then echo "bench: work folder kept: $WORK" >&2; else rm -rf "$WORK"; fi
   exit $rc
 }
 trap bench_cleanup EXIT
