@@ -319,6 +319,33 @@ impl Live {
         }
     }
 
+    /// Whether a failed TLS rebuild waits to be retried.
+    pub fn tls_retry_pending(&self) -> bool {
+        self.tls_retry.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The folders whose files make up the configuration (never `data/`).
+    pub fn watched_dirs(&self) -> Vec<PathBuf> {
+        let h = &self.home;
+        let mut dirs = vec![
+            h.root().to_path_buf(),
+            h.partners_dir(),
+            h.certs_dir(),
+            h.issued_dir(),
+            h.certs_dir().join("ca-previous"),
+        ];
+        for u in self.snapshot().gateway.upstreams.values() {
+            for f in [&u.ca, &u.client_cert, &u.client_key].into_iter().flatten() {
+                if let Some(parent) = h.resolve(f).parent() {
+                    dirs.push(parent.to_path_buf());
+                }
+            }
+        }
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
     /// Re-reads the files if they changed (or `force`). On a validation
     /// failure the running state stays and the error names file and line.
     pub fn reload(&self, force: bool) -> Result<ReloadOutcome, String> {

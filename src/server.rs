@@ -1028,7 +1028,42 @@ async fn handle_request(
     )
 }
 
-/// Picks up file changes (polling) and SIGHUP, and re-signs the CRL when due.
+/// How often the watcher looks at every file even without a notification.
+const SAFETY_POLL: Duration = Duration::from_secs(10);
+
+/// Watches the home's configuration folders (not `data/`) and raises
+/// `changed` on any change in them.
+fn file_notifier(
+    live: &Live,
+    changed: Arc<AtomicBool>,
+) -> Result<notify::RecommendedWatcher, String> {
+    use notify::{EventKind as FsEvent, RecursiveMode, Watcher};
+    // Only configuration material counts (not logs that may sit in the home).
+    let relevant = |p: &std::path::Path| {
+        !matches!(
+            p.extension().and_then(|x| x.to_str()),
+            Some("log" | "out" | "sock" | "tmp")
+        )
+    };
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(ev) if matches!(ev.kind, FsEvent::Access(_)) => {}
+            Ok(ev) if !ev.paths.is_empty() && !ev.paths.iter().any(|p| relevant(p)) => {}
+            _ => changed.store(true, Ordering::Release),
+        })
+        .map_err(|e| e.to_string())?;
+    for dir in live.watched_dirs() {
+        if dir.is_dir() {
+            watcher
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+    }
+    Ok(watcher)
+}
+
+/// Picks up file changes (notifications, with a slow safety poll) and
+/// SIGHUP, and re-signs the CRL when due.
 async fn watch_files(
     shared: Arc<Shared>,
     mut hup: tokio::signal::unix::Signal,
@@ -1036,6 +1071,22 @@ async fn watch_files(
 ) {
     let mut tick = tokio::time::interval(crate::live::WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // File-change notifications (inotify) say when to look; a full look at
+    // every file's stamp then happens only on a change, on SIGHUP, and every
+    // SAFETY_POLL for file systems that do not notify. Without
+    // notifications, every tick looks.
+    let changed = Arc::new(AtomicBool::new(true));
+    let _notifier = match file_notifier(&shared.live, changed.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "file-change notifications unavailable ({e}); polling every {:?}",
+                crate::live::WATCH_INTERVAL
+            );
+            None
+        }
+    };
+    let mut last_full_look = Instant::now();
     let mut crl_tick = tokio::time::interval(Duration::from_secs(600));
     crl_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;
@@ -1072,6 +1123,15 @@ async fn watch_files(
             }
             _ = shutdown.changed() => return,
         };
+        let look = force
+            || _notifier.is_none()
+            || changed.swap(false, Ordering::AcqRel)
+            || shared.live.tls_retry_pending()
+            || last_full_look.elapsed() >= SAFETY_POLL;
+        if !look {
+            continue;
+        }
+        last_full_look = Instant::now();
         let s = shared.clone();
         match tokio::task::spawn_blocking(move || s.identity.refresh()).await {
             Ok(Ok(true)) => tracing::info!(
