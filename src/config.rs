@@ -778,6 +778,29 @@ fn defined_upstreams(gateway: &GatewayConfig) -> String {
 /// Reads and validates every `partners/*.toml`. Returns the partners sorted
 /// by id, or every problem found.
 pub fn load_partners(home: &Home, gateway: &GatewayConfig) -> Result<Vec<Partner>, ConfigErrors> {
+    load_partners_cached(home, gateway, &mut PartnerCache::default())
+}
+
+/// Parsed partner files by path, with the (length, mtime) they were parsed
+/// at: a reload re-parses only the files that changed. Valid for one
+/// gateway config (its upstream names); clear it when that changes.
+#[derive(Default)]
+pub struct PartnerCache {
+    entries: std::collections::HashMap<PathBuf, (u64, Option<std::time::SystemTime>, Partner)>,
+}
+
+impl PartnerCache {
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+/// `load_partners`, re-using `cache` for files whose length and mtime are unchanged.
+pub fn load_partners_cached(
+    home: &Home,
+    gateway: &GatewayConfig,
+    cache: &mut PartnerCache,
+) -> Result<Vec<Partner>, ConfigErrors> {
     let dir = home.partners_dir();
     let mut errors = Vec::new();
     let mut partners = Vec::new();
@@ -796,7 +819,19 @@ pub fn load_partners(home: &Home, gateway: &GatewayConfig) -> Result<Vec<Partner
         })
         .collect();
     paths.sort();
+    let mut seen = std::collections::HashSet::with_capacity(paths.len());
     for path in paths {
+        let meta = std::fs::metadata(&path).ok();
+        let stamp = meta.as_ref().map(|m| (m.len(), m.modified().ok()));
+        seen.insert(path.clone());
+        if let (Some((len, mtime)), Some((clen, cmtime, p))) = (stamp, cache.entries.get(&path))
+            && len == *clen
+            && mtime == *cmtime
+            && mtime.is_some()
+        {
+            partners.push(p.clone());
+            continue;
+        }
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
@@ -809,10 +844,19 @@ pub fn load_partners(home: &Home, gateway: &GatewayConfig) -> Result<Vec<Partner
             }
         };
         match parse_partner(&path, &text, gateway) {
-            Ok(p) => partners.push(p),
-            Err(ConfigErrors(mut es)) => errors.append(&mut es),
+            Ok(p) => {
+                if let Some((len, mtime)) = stamp {
+                    cache.entries.insert(path.clone(), (len, mtime, p.clone()));
+                }
+                partners.push(p)
+            }
+            Err(ConfigErrors(mut es)) => {
+                cache.entries.remove(&path);
+                errors.append(&mut es)
+            }
         }
     }
+    cache.entries.retain(|p, _| seen.contains(p));
     if errors.is_empty() {
         Ok(partners)
     } else {

@@ -191,6 +191,8 @@ pub struct Live {
     pub home: Home,
     snapshot: Arc<ArcSwap<SnapshotCell>>,
     tls: ArcSwap<ServerConfig>,
+    /// Partner files parsed by earlier reloads (re-parsed only when changed).
+    partner_cache: std::sync::Mutex<config::PartnerCache>,
     /// Stamps of the last refused attempt: not retried until files change again.
     refused: std::sync::Mutex<Option<Stamps>>,
     /// The last TLS rebuild failed (e.g. a certificate and key caught between
@@ -276,7 +278,8 @@ fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
 impl Live {
     /// Loads everything; any problem is an error (the broker does not start).
     pub fn load(home: Home) -> Result<Live, String> {
-        let snapshot = build(&home, None)?;
+        let mut cache = config::PartnerCache::default();
+        let snapshot = build(&home, None, &mut cache)?;
         let gateway = snapshot.gateway.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(SnapshotCell(Arc::new(snapshot))));
         let tls = build_tls(&home, &gateway, snapshot.clone())?;
@@ -285,6 +288,7 @@ impl Live {
             snapshot,
             tls: ArcSwap::new(tls),
             refused: std::sync::Mutex::new(None),
+            partner_cache: std::sync::Mutex::new(cache),
             tls_retry: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -368,7 +372,12 @@ impl Live {
             // Same broken files as last time: the error was already reported.
             return Err(String::from(REFUSED_AGAIN));
         }
-        let next = match build(&self.home, Some(&current)) {
+        let mut cache = self.partner_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if force {
+            // SIGHUP: read every file afresh.
+            cache.clear();
+        }
+        let next = match build(&self.home, Some(&current), &mut cache) {
             Ok(n) => n,
             Err(e) => {
                 *refused = Some(stamps);
@@ -455,8 +464,22 @@ fn build_tls(
 
 /// Builds a snapshot from the files. Upstream clients are reused from
 /// `previous` when their inputs did not change (their pools stay warm).
-fn build(home: &Home, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
-    let loaded = config::load_all(home).map_err(|e| e.to_string())?;
+fn build(
+    home: &Home,
+    previous: Option<&Snapshot>,
+    cache: &mut config::PartnerCache,
+) -> Result<Snapshot, String> {
+    let gateway = config::load_gateway(home).map_err(|e| e.to_string())?;
+    // Parsed partner files stay valid while gatehouse.toml (their upstream
+    // names) is unchanged.
+    let same_gateway = previous
+        .is_some_and(|p| toml::to_string(&p.gateway).ok() == toml::to_string(&gateway).ok());
+    if !same_gateway {
+        cache.clear();
+    }
+    let partners =
+        config::load_partners_cached(home, &gateway, cache).map_err(|e| e.to_string())?;
+    let loaded = config::Loaded { gateway, partners };
     let stamps = compute_stamps(home, Some(&loaded.gateway));
     let inventory = Inventory::load(home).map_err(|e| e.to_string())?;
     let certs = inventory
