@@ -87,25 +87,12 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
         _ => return Err(invalid("--ca-cert and --ca-key go together")),
     };
     let now = OffsetDateTime::now_utc();
-    let broker_until = (now + time::Duration::days(BROKER_CERT_DAYS)).min(ca.not_after);
-    let server_key = new_key()?;
-    let server = ca.sign_leaf(
-        LeafKind::Server {
-            hostnames: &hostnames,
-        },
-        &server_key,
-        now - BACKDATE,
-        broker_until,
-    )?;
-    let client_key = new_key()?;
-    let client = ca.sign_leaf(
-        LeafKind::BrokerClient {
-            trust_domain: &trust_domain,
-        },
-        &client_key,
-        now - BACKDATE,
-        broker_until,
-    )?;
+    let BrokerCerts {
+        server_key,
+        server,
+        client_key,
+        client,
+    } = sign_broker_certs(&ca, &hostnames, &trust_domain, now)?;
     let journal_key = new_key()?;
     let crl_validity = existing_cfg
         .as_ref()
@@ -281,24 +268,12 @@ pub fn server_renew(home: &Home, opts: &ServerRenewOptions) -> Result<ServerRene
     };
     let now = OffsetDateTime::now_utc();
     let until = (now + time::Duration::days(BROKER_CERT_DAYS)).min(ca.not_after);
-    let server_key = new_key()?;
-    let server = ca.sign_leaf(
-        LeafKind::Server {
-            hostnames: &hostnames,
-        },
-        &server_key,
-        now - BACKDATE,
-        until,
-    )?;
-    let client_key = new_key()?;
-    let client = ca.sign_leaf(
-        LeafKind::BrokerClient {
-            trust_domain: &gateway.trust_domain,
-        },
-        &client_key,
-        now - BACKDATE,
-        until,
-    )?;
+    let BrokerCerts {
+        server_key,
+        server,
+        client_key,
+        client,
+    } = sign_broker_certs(&ca, &hostnames, &gateway.trust_domain, now)?;
     let (server_key_pem, client_key_pem) = (server_key.serialize_pem(), client_key.serialize_pem());
     let (server_pem, client_pem) = (chain_pem(&server, &ca), chain_pem(&client, &ca));
     home::write_atomic_many(&[
@@ -334,6 +309,46 @@ pub fn server_renew(home: &Home, opts: &ServerRenewOptions) -> Result<ServerRene
         client_serial: client.serial,
         not_after: until,
         identity,
+    })
+}
+
+/// The broker's own certificates, freshly signed (keys still in memory).
+pub(crate) struct BrokerCerts {
+    pub server_key: KeyPair,
+    pub server: Signed,
+    pub client_key: KeyPair,
+    pub client: Signed,
+}
+
+/// Signs a new TLS server certificate (`hostnames`) and upstream client
+/// certificate for the broker under `ca`, each with a new key; valid
+/// `BROKER_CERT_DAYS`, never past the CA.
+pub(crate) fn sign_broker_certs(
+    ca: &Authority,
+    hostnames: &[String],
+    trust_domain: &str,
+    now: OffsetDateTime,
+) -> Result<BrokerCerts, CaError> {
+    let until = (now + time::Duration::days(BROKER_CERT_DAYS)).min(ca.not_after);
+    let server_key = new_key()?;
+    let server = ca.sign_leaf(
+        LeafKind::Server { hostnames },
+        &server_key,
+        now - BACKDATE,
+        until,
+    )?;
+    let client_key = new_key()?;
+    let client = ca.sign_leaf(
+        LeafKind::BrokerClient { trust_domain },
+        &client_key,
+        now - BACKDATE,
+        until,
+    )?;
+    Ok(BrokerCerts {
+        server_key,
+        server,
+        client_key,
+        client,
     })
 }
 

@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 use x509_parser::prelude::parse_x509_certificate;
 
 use super::inventory::Inventory;
-use super::lifecycle::default_hostnames;
-use super::{Authority, BACKDATE, BROKER_CERT_DAYS, CaError, LeafKind, crl, invalid, new_key};
+use super::lifecycle::{BrokerCerts, default_hostnames, sign_broker_certs};
+use super::{Authority, CaError, crl, invalid};
 use crate::config;
 use crate::home::{self, Home, ensure_dir, write_key, write_public};
 
@@ -147,26 +147,13 @@ pub fn rotate(home: &Home, cross_sign: bool) -> Result<RotateReport, CaError> {
     // The broker's own certificates, under the new CA; their chains carry the
     // cross certificate when there is one, so old-root peers still verify.
     let chain_tail = cross_pem.clone().unwrap_or_else(|| new.chain_pem.clone());
-    let until = (now + time::Duration::days(BROKER_CERT_DAYS)).min(new.not_after);
     let hostnames = server_hostnames(home);
-    let server_key = new_key()?;
-    let server = new.sign_leaf(
-        LeafKind::Server {
-            hostnames: &hostnames,
-        },
-        &server_key,
-        now - BACKDATE,
-        until,
-    )?;
-    let client_key = new_key()?;
-    let client = new.sign_leaf(
-        LeafKind::BrokerClient {
-            trust_domain: &gateway.trust_domain,
-        },
-        &client_key,
-        now - BACKDATE,
-        until,
-    )?;
+    let BrokerCerts {
+        server_key,
+        server,
+        client_key,
+        client,
+    } = sign_broker_certs(&new, &hostnames, &gateway.trust_domain, now)?;
     let mut previous = previous(home)?;
     previous.retain(|a| a.fingerprint != old.fingerprint);
     previous.push(Authority::from_pem(&old_cert_pem, &old_key_pem)?);
