@@ -161,34 +161,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), HomeError> {
 /// created with `mode`, synced, then renamed over `path`, then the folder
 /// synced. A crash leaves either the old or the new content, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), HomeError> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| HomeError::io(path, e))
+    write_atomic_many(&[(path, bytes, mode)])
 }
 
 /// Writes several files so they change together as closely as a file

@@ -621,6 +621,27 @@ async fn handle_connection(
     }
 }
 
+/// A response the broker makes itself (not relayed), tagged with the request id.
+fn local_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let mut resp = Response::new(
+        Full::new(body.into())
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-request-id", v);
+    }
+    resp
+}
+
 /// A JSON error response: `{"error": code, "request_id": id}`.
 fn json_error(
     status: StatusCode,
@@ -629,22 +650,10 @@ fn json_error(
     close: bool,
 ) -> Response<ResponseBody> {
     let body = serde_json::json!({"error": code, "request_id": request_id}).to_string();
-    let mut resp = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-request-id", v);
-    }
+    let mut resp = local_response(status, "application/json", body, request_id);
     if close {
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }
@@ -776,19 +785,12 @@ async fn handle_request(
                 ev.status = Some(200);
                 ev.response_bytes = done.chain_pem.len() as u64;
                 ev.detail = Some(format!("renewed; new serial {}", done.new_serial));
-                let mut resp = Response::new(
-                    Full::new(Bytes::from(done.chain_pem))
-                        .map_err(|e| match e {})
-                        .boxed_unsync(),
+                let resp = local_response(
+                    StatusCode::OK,
+                    "application/x-pem-file",
+                    done.chain_pem,
+                    &request_id,
                 );
-                let h = resp.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/x-pem-file"),
-                );
-                if let Ok(v) = HeaderValue::from_str(&request_id) {
-                    h.insert("x-request-id", v);
-                }
                 match pending(ev).submit().await {
                     Ok(()) => resp,
                     Err(_) => json_error(
