@@ -303,6 +303,13 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         epoch: Instant::now(),
     });
     shared.apply_anomaly_modes();
+    {
+        // Journal append latency, batch size and failures, per group commit.
+        let monitor = shared.monitor.clone();
+        journal_for_state.set_batch_observer(Arc::new(move |records, seconds, failed| {
+            monitor.journal_batch(records, seconds, failed)
+        }));
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     // Admin listener.

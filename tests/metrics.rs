@@ -63,6 +63,17 @@ async fn metrics_count_each_denial_once_and_status_lists_the_partner() {
         "{metrics}"
     );
     assert!(metrics.trim_end().ends_with("# EOF"));
+    // Every exchange went through a journal group commit.
+    let batches = sample(&metrics, "gatehouse_journal_batch_records_count").unwrap_or(0.0);
+    let records = sample(&metrics, "gatehouse_journal_batch_records_sum").unwrap_or(0.0);
+    assert!(
+        batches >= 1.0 && records >= 3.0,
+        "batches {batches}, records {records}: {metrics}"
+    );
+    assert!(
+        metrics.contains("gatehouse_journal_append_seconds_count"),
+        "{metrics}"
+    );
 
     // The operator view.
     let admin = broker.admin.to_string();

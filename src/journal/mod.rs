@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod record;
 pub mod store;
 mod writer;
+pub use writer::BatchObserver;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -211,6 +212,14 @@ impl Journal {
     /// `false`, the writer's next probe recovers by itself.
     pub fn inject_write_failure(&self, on: bool) {
         self.inner.shared.inject_failure.store(on, Ordering::SeqCst);
+    }
+
+    /// Sets the function told of every group commit (records, seconds,
+    /// failed); the broker feeds its metrics with it.
+    pub fn set_batch_observer(&self, observer: BatchObserver) {
+        if let Ok(mut g) = self.inner.shared.batch_observer.lock() {
+            *g = Some(observer);
+        }
     }
 
     /// Like [`Recorder::record`], but the ack carries the record's sequence

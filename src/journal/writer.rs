@@ -47,9 +47,21 @@ pub(super) struct Shared {
     pub flushes: AtomicU64,
     pub write_failures: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Told of every group commit: records, seconds, failed (for metrics).
+    pub batch_observer: Mutex<Option<BatchObserver>>,
 }
 
+/// Receives (records in the batch, seconds the commit took, whether it failed).
+pub type BatchObserver = std::sync::Arc<dyn Fn(usize, f64, bool) + Send + Sync>;
+
 impl Shared {
+    fn observe_batch(&self, records: usize, seconds: f64, failed: bool) {
+        let observer = self.batch_observer.lock().ok().and_then(|g| g.clone());
+        if let Some(f) = observer {
+            f(records, seconds, failed);
+        }
+    }
+
     fn set_error(&self, e: Option<String>) {
         if let Ok(mut g) = self.last_error.lock() {
             *g = e;
@@ -206,6 +218,8 @@ impl Writer {
     }
 
     fn commit(&mut self, pending: Pending) {
+        let started = Instant::now();
+        let records = pending.len();
         if self.shared.inject_failure.load(Ordering::SeqCst) {
             return self.fail(
                 pending,
@@ -272,10 +286,13 @@ impl Writer {
                 let _ = ack.send(Ok(Some(s)));
             }
         }
+        self.shared
+            .observe_batch(records, started.elapsed().as_secs_f64(), false);
     }
 
     fn fail(&mut self, pending: Pending, msg: String) {
         tracing::error!("{msg}; failing closed until writes succeed again");
+        self.shared.observe_batch(pending.len(), 0.0, true);
         self.shared.write_failures.fetch_add(1, Ordering::SeqCst);
         self.shared.set_error(Some(msg.clone()));
         self.shared.healthy.store(false, Ordering::SeqCst);
