@@ -58,15 +58,16 @@ pub fn expiring(inventory: &Inventory, now: OffsetDateTime, warn_days: u32) -> V
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ca::inventory::{IssuedCert, RecordStatus, RevocationReason};
     use time::Duration;
     use time::macros::datetime;
 
-    const NOW: OffsetDateTime = datetime!(2026-06-01 12:00 UTC);
+    pub(crate) const NOW: OffsetDateTime = datetime!(2026-06-01 12:00 UTC);
 
-    fn cert(serial: &str, partner: &str, days_left: i64) -> IssuedCert {
+    /// An active certificate of `partner` with `days_left` to go at `NOW`.
+    pub(crate) fn cert(serial: &str, partner: &str, days_left: i64) -> IssuedCert {
         IssuedCert {
             serial: serial.into(),
             partner: partner.into(),
@@ -83,7 +84,7 @@ mod tests {
         }
     }
 
-    fn inv(certs: Vec<IssuedCert>) -> Inventory {
+    pub(crate) fn inv(certs: Vec<IssuedCert>) -> Inventory {
         Inventory {
             certs: certs.into_iter().map(|c| (c.serial.clone(), c)).collect(),
         }

@@ -1,13 +1,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use time::Duration;
-use time::macros::datetime;
 
 use super::*;
-use crate::ca::inventory::{IssuedCert, RecordStatus, RevocationReason};
+use crate::ca::inventory::{RecordStatus, RevocationReason};
 use crate::config::{LimitSpec, Partner, PartnerStatus};
 
-const NOW: OffsetDateTime = datetime!(2026-06-01 12:00 UTC);
+use super::expiry::tests::{NOW, cert, inv};
 const NOW_MS: i64 = 1_780_315_200_000;
 
 fn exchange(partner: &str, method: &str, path: &str, status: u16, reason: Option<&str>) -> Event {
@@ -386,29 +385,6 @@ fn label_cardinality_stays_bounded_with_hostile_inputs() {
             r#"gatehouse_request_denials_total{partner="acme",reason="other"}"#
         ) == 100.0
     );
-}
-
-fn cert(serial: &str, partner: &str, days_left: i64) -> IssuedCert {
-    IssuedCert {
-        serial: serial.into(),
-        partner: partner.into(),
-        fingerprint: format!("fp-{serial}"),
-        ca_fingerprint: "ca".into(),
-        issued_at: NOW - Duration::days(30),
-        not_before: NOW - Duration::days(30),
-        not_after: NOW + Duration::days(days_left),
-        status: RecordStatus::Active,
-        superseded_by: None,
-        overlap_until: None,
-        revoked_at: None,
-        reason: None,
-    }
-}
-
-fn inv(certs: Vec<IssuedCert>) -> Inventory {
-    Inventory {
-        certs: certs.into_iter().map(|c| (c.serial.clone(), c)).collect(),
-    }
 }
 
 #[test]
