@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::alerts::{AlertNotice, AlertSink};
 use crate::anomaly::{AnomalySettings, Detector};
-use crate::event::{Decision, Event, EventKind, Recorder};
+use crate::event::{Decision, Event, EventKind, RecordAck, Recorder};
 use crate::exchange::{PendingRecord, RecordedBody};
 use crate::home::Home;
 use crate::identity::{PartnerIdentity, identify};
@@ -649,6 +649,25 @@ fn local_response(
     resp
 }
 
+/// Answers `resp` once its record is written (strict: flushed). If the
+/// journal failed, the partner gets 503 instead: nothing leaves unrecorded.
+async fn once_recorded(
+    ack: RecordAck,
+    resp: Response<ResponseBody>,
+    request_id: &str,
+    close: bool,
+) -> Response<ResponseBody> {
+    match ack.await {
+        Ok(()) => resp,
+        Err(_) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "journal_unavailable",
+            request_id,
+            close,
+        ),
+    }
+}
+
 /// A JSON error response: `{"error": code, "request_id": id}`.
 fn json_error(
     status: StatusCode,
@@ -746,17 +765,7 @@ async fn handle_request(
         let ack = pending(ev).submit();
         let resp = json_error(status, code, &request_id, close);
         let rid = request_id.clone();
-        async move {
-            match ack.await {
-                Ok(()) => resp,
-                Err(_) => json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "journal_unavailable",
-                    &rid,
-                    close,
-                ),
-            }
-        }
+        async move { once_recorded(ack, resp, &rid, close).await }
     };
 
     // Fail closed: never relay a call that cannot be recorded.
@@ -798,15 +807,7 @@ async fn handle_request(
                     done.chain_pem,
                     &request_id,
                 );
-                match pending(ev).submit().await {
-                    Ok(()) => resp,
-                    Err(_) => json_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "journal_unavailable",
-                        &request_id,
-                        false,
-                    ),
-                }
+                once_recorded(pending(ev).submit(), resp, &request_id, false).await
             }
             Err(refusal) => {
                 ev.detail = Some(truncated(&refusal.detail, 1024));
@@ -892,15 +893,7 @@ async fn handle_request(
             if let Ok(v) = HeaderValue::from_str(&denied.retry_after_secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
-            return match pending(ev).submit().await {
-                Ok(()) => resp,
-                Err(_) => json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "journal_unavailable",
-                    &request_id,
-                    false,
-                ),
-            };
+            return once_recorded(pending(ev).submit(), resp, &request_id, false).await;
         }
     };
 
@@ -1021,15 +1014,8 @@ async fn handle_request(
     if is_head || body.is_end_stream() || content_length == Some(0) {
         // Nothing to hold back: record before the head leaves.
         drop(body);
-        if record.submit().await.is_err() {
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "journal_unavailable",
-                &request_id,
-                false,
-            );
-        }
-        return Response::from_parts(parts, Empty::new().map_err(|e| match e {}).boxed_unsync());
+        let resp = Response::from_parts(parts, Empty::new().map_err(|e| match e {}).boxed_unsync());
+        return once_recorded(record.submit(), resp, &request_id, false).await;
     }
     Response::from_parts(
         parts,
