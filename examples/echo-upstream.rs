@@ -16,10 +16,10 @@
 //! `echo-upstream listening on https://ADDR` on stdout. SIGINT / SIGTERM stop
 //! it cleanly.
 //!
-//! The server itself lives in `tests/common/upstream.rs`, shared with the
+//! The server itself lives in `tests/e2e/common/upstream.rs`, shared with the
 //! in-process test helper so the two cannot drift apart.
 
-#[path = "../tests/common/upstream.rs"]
+#[path = "../tests/e2e/common/upstream.rs"]
 mod upstream;
 
 use std::io::Write;

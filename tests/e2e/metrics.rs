@@ -4,7 +4,7 @@
 //! exits non-zero. A relayed call on a high-risk route is counted under
 //! its configured route with `risk="high"`, and its upstream time too.
 
-mod common;
+use crate::common;
 
 use common::broker::{TestHome, admin_get, get_once};
 use common::upstream::{EchoOptions, start_echo_upstream};

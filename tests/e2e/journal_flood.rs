@@ -2,7 +2,7 @@
 //! folded into one aggregate record per interval, so the journal's growth
 //! stays bounded.
 
-mod journal_support;
+use crate::journal_support;
 
 use std::time::Duration;
 

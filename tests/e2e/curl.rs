@@ -1,7 +1,7 @@
 //! The broker driven by plain `curl`, as a partner would (skipped, with a
 //! note, where curl is not installed).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! home: issuance, CSR signing, rotation, revocation and the CRL, and every
 //! bad input refused with nothing half-written.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

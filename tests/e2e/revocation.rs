@@ -2,7 +2,7 @@
 //! that are already open (HTTP/1.1 keep-alive and HTTP/2) and on new ones,
 //! without a restart.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -1,6 +1,5 @@
 //! Shared helpers for the journal integration tests: a home with a journal
 //! signing key, events, a runtime, and raw sled access for tamper tests.
-#![allow(dead_code)]
 
 use std::time::Duration;
 

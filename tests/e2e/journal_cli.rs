@@ -3,7 +3,7 @@
 //! opens the database), then with a journal serving the admin socket (the
 //! database is locked, so every answer must come through the socket).
 
-mod journal_support;
+use crate::journal_support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;

@@ -4,7 +4,7 @@
 //! at the handshake. Also: the cross-signed chain lets a client that pinned
 //! the old root keep verifying the broker.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

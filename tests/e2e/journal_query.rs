@@ -1,7 +1,7 @@
 //! Per-partner time-range queries go through the (partner, time, seq)
 //! index and return exactly the matching records.
 
-mod journal_support;
+use crate::journal_support;
 
 use gatehouse::event::Decision;
 use gatehouse::journal::{Journal, Query};

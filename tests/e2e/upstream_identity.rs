@@ -5,7 +5,7 @@
 //! and request id. A forged header from the partner never gets through; a
 //! tampered token fails; a key rotation keeps earlier tokens verifiable.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;

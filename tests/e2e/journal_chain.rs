@@ -2,7 +2,7 @@
 //! on an honest journal and names the first bad sequence number after
 //! tampering through sled directly (altered, deleted, truncated, forged).
 
-mod journal_support;
+use crate::journal_support;
 
 use gatehouse::event::{Decision, Event, EventKind};
 use gatehouse::journal::{CheckpointKind, Journal, Signer, Store, Verifier, record};

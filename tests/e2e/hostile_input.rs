@@ -2,7 +2,7 @@
 //! control characters, absolute form, over-long), request smuggling shapes,
 //! oversized headers and slow headers. None is relayed; none crashes the broker.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! can present a certificate from the wrong CA, speaks HTTP/1.1 and HTTP/2,
 //! and stops when shut down.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

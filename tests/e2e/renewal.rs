@@ -3,7 +3,7 @@
 //! renewed certificate, refusals (suspended, revoked, too early, twice), the
 //! overlap of old and new certificates, and `gatehouse agent renew --exec`.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;

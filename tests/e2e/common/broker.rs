@@ -2,7 +2,6 @@
 //! real certificates), the real `gatehouse serve` binary started on ports
 //! the OS assigns, and mTLS clients (HTTP/1.1 and HTTP/2) built on rustls +
 //! hyper.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -192,7 +191,6 @@ pub struct Broker {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub stderr_path: PathBuf,
-    home: PathBuf,
 }
 
 impl Broker {
@@ -243,7 +241,6 @@ impl Broker {
             addr,
             admin,
             stderr_path,
-            home: home.to_path_buf(),
         }
     }
 

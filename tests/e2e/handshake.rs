@@ -2,7 +2,7 @@
 //! response: no certificate, a foreign CA, expired, serverAuth-only, another
 //! trust domain, not in the inventory. Each refusal is recorded with its reason.
 
-mod common;
+use crate::common;
 
 use common::broker::{
     TestHome, client_tls, foreign_ca, get_once, mint, mint_with_home_ca, tls_connect,

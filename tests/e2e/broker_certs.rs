@@ -4,7 +4,7 @@
 //! working, and the upstream sees the new broker client certificate. And
 //! the broker warns (log, journal alert) before its own certificates expire.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

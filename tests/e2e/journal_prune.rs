@@ -1,7 +1,7 @@
 //! Retention: `prune --before T` drops the oldest records but leaves a
 //! signed checkpoint at the cut, so verification still runs from there.
 
-mod journal_support;
+use crate::journal_support;
 
 use gatehouse::journal::{CheckpointKind, ExportItem, Journal, Query, Store, Verifier};
 use journal_support::*;

@@ -4,7 +4,7 @@
 //! revocation rebuilds the server config (fresh ticketer), so a revoked
 //! client cannot resume at all.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

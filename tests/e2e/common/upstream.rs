@@ -12,7 +12,7 @@
 //! `{"method", "path" (path and query as received), "headers" {name: value},
 //!   "client_cert_cn", "client_cert_uri", "client_cert_serial" (hex; or null),
 //!   "body_bytes"}`.
-#![allow(dead_code)] // each test binary uses a different part of `common`
+#![allow(dead_code)] // not every helper is used by every test build
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -2,7 +2,7 @@
 //! is refused with its file and line, and the old routes keep serving; SIGHUP
 //! reloads at once; SIGTERM drains and exits 0.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! HTTP/2, the upstream's certificate verified, the broker's own client
 //! certificate presented, upstream failures mapped to 502/504, body limits.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

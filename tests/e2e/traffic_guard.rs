@@ -3,7 +3,7 @@
 //! to the journal, the metrics and a webhook, with throttle mode cleared by
 //! `partner resume`.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

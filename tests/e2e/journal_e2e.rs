@@ -3,7 +3,7 @@
 //! journal that cannot write fails closed (503, nothing relayed, not
 //! ready), and a handshake flood is aggregated.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

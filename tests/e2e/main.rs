@@ -1,0 +1,34 @@
+//! gatehouse's end-to-end tests, one module per concern, compiled into one
+//! test binary (one link of the dependency tree instead of one per file keeps
+//! a clean CI build small and quick).
+//!
+//! Every test starts its own broker (the real `gatehouse` binary, or the
+//! library's server) on ports the OS assigns, with a PKI minted at test time,
+//! real TLS over loopback, a real HTTP upstream and a real sled journal in a
+//! temporary directory, so the tests run in parallel. `common` holds the
+//! broker, PKI and client helpers; `journal_support` the journal fixtures.
+
+mod common;
+mod journal_support;
+
+mod broker_certs;
+mod ca_cli;
+mod ca_rollover;
+mod curl;
+mod echo_upstream;
+mod handshake;
+mod hostile_input;
+mod journal_chain;
+mod journal_cli;
+mod journal_e2e;
+mod journal_flood;
+mod journal_prune;
+mod journal_query;
+mod metrics;
+mod relay;
+mod reload;
+mod renewal;
+mod resumption;
+mod revocation;
+mod traffic_guard;
+mod upstream_identity;
