@@ -104,3 +104,27 @@ async fn bad_certificates_are_refused_at_the_handshake() {
     );
     drop(broker);
 }
+
+/// The broker picks the cipher suite (AES-128-GCM/SHA-256 first) even when
+/// the client lists AES-256-GCM/SHA-384 first, as OpenSSL clients do.
+#[tokio::test]
+async fn the_broker_prefers_aes128_gcm_over_the_clients_order() {
+    let h = TestHome::new();
+    h.add_partner("acme", &[]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let ca = h.ca_pem();
+    let cfg = client_tls(&ca, Some(&acme), &[b"http/1.1"]);
+    let first = cfg.crypto_provider().cipher_suites[0].suite();
+    assert_eq!(
+        first,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "the test client must list AES-256 first for this test to mean anything"
+    );
+    let tls = tls_connect(broker.addr, cfg).await.unwrap();
+    let (_, conn) = tls.get_ref();
+    assert_eq!(
+        conn.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+}
