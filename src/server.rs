@@ -47,6 +47,10 @@ const ANOMALY_STATE_KEY: &str = "anomaly-baselines";
 
 /// Longest path kept in a record (the journal's growth per record is bounded).
 const MAX_RECORDED_PATH: usize = 2048;
+/// Relayed responses with a Content-Length up to this are read whole,
+/// recorded, then sent head and body together (one write, one TLS record)
+/// instead of streamed with the last frame held back for the record.
+const WHOLE_BODY_MAX: u64 = 64 * 1024;
 
 /// Command-line overrides of `gatehouse serve`.
 #[derive(Debug, Default, Clone)]
@@ -1017,10 +1021,54 @@ async fn handle_request(
         let resp = Response::from_parts(parts, Empty::new().map_err(|e| match e {}).boxed_unsync());
         return once_recorded(record.submit(), resp, &request_id, false).await;
     }
+    if let Some(n) = content_length.filter(|n| *n <= WHOLE_BODY_MAX) {
+        return whole_response(parts, body, n, record, &upstream, &request_id).await;
+    }
     Response::from_parts(
         parts,
         RecordedBody::new(body, content_length, record).boxed_unsync(),
     )
+}
+
+/// A small relayed response (Content-Length `n` <= `WHOLE_BODY_MAX`): read
+/// the body whole, record the exchange, then answer. The partner sees
+/// nothing before the record is written, gets the head and body in one
+/// write, and gets a clean 502/504 (not a cut-off body) when the upstream
+/// fails mid-body, or 503 when the journal cannot take the record.
+async fn whole_response(
+    parts: http::response::Parts,
+    body: Incoming,
+    n: u64,
+    mut record: PendingRecord,
+    upstream: &crate::relay::Upstream,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let failure = match tokio::time::timeout(upstream.response_timeout, body.collect()).await {
+        Ok(Ok(collected)) => {
+            let bytes = collected.to_bytes();
+            if bytes.len() as u64 == n {
+                record.event.response_bytes = n;
+                let resp = Response::from_parts(
+                    parts,
+                    Full::new(bytes).map_err(|e| match e {}).boxed_unsync(),
+                );
+                return once_recorded(record.submit(), resp, request_id, false).await;
+            }
+            tracing::warn!(upstream = %upstream.name, request_id, "upstream body shorter than its Content-Length");
+            (StatusCode::BAD_GATEWAY, "upstream_body_error")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %upstream.name, request_id, "upstream body failed: {e}");
+            (StatusCode::BAD_GATEWAY, "upstream_body_error")
+        }
+        Err(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+    };
+    let (status, code) = failure;
+    record.event.decision = Decision::Denied;
+    record.event.status = Some(status.as_u16());
+    record.event.reason = Some(code.to_string());
+    let resp = json_error(status, code, request_id, false);
+    once_recorded(record.submit(), resp, request_id, false).await
 }
 
 /// How often the watcher looks at every file even without a notification.

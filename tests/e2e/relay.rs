@@ -257,3 +257,51 @@ async fn the_signed_identity_can_be_turned_off_per_upstream() {
     );
     assert_eq!(r.json()["headers"]["x-gatehouse-partner"], "acme");
 }
+
+/// A small response (read whole before it is sent) whose upstream closes
+/// mid-body: the partner gets a clean 502, never a cut-off 200, and the
+/// exchange is on record as that 502. A deliberately broken peer, so it is
+/// raw bytes on a socket.
+#[tokio::test]
+async fn a_small_response_cut_off_by_the_upstream_is_a_502_on_record() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+                    .await;
+            });
+        }
+    });
+    let h = TestHome::new();
+    h.add_upstream("orders", &format!("http://{addr}"), None);
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/orders")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.json()["error"], "upstream_body_error");
+    drop(broker);
+    let rec = h
+        .wait_journal(5, |v| v["path"] == "/v1/orders")
+        .await
+        .expect("the exchange is on record");
+    assert_eq!(rec["status"], 502);
+    assert_eq!(rec["reason"], "upstream_body_error");
+}
