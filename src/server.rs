@@ -48,9 +48,11 @@ const ANOMALY_STATE_KEY: &str = "anomaly-baselines";
 /// Longest path kept in a record (the journal's growth per record is bounded).
 const MAX_RECORDED_PATH: usize = 2048;
 /// Relayed responses with a Content-Length up to this are read whole,
-/// recorded, then sent head and body together (one write, one TLS record)
-/// instead of streamed with the last frame held back for the record.
-const WHOLE_BODY_MAX: u64 = 64 * 1024;
+/// recorded, then sent head and body together (one write; the size of one
+/// TLS record) instead of streamed with the last frame held back for the
+/// record. Small enough that holding it per in-flight exchange stays within
+/// what the upstream connection's read buffer holds anyway.
+const WHOLE_BODY_MAX: u64 = 16 * 1024;
 
 /// Command-line overrides of `gatehouse serve`.
 #[derive(Debug, Default, Clone)]
