@@ -305,3 +305,30 @@ async fn a_small_response_cut_off_by_the_upstream_is_a_502_on_record() {
     assert_eq!(rec["status"], 502);
     assert_eq!(rec["reason"], "upstream_body_error");
 }
+
+/// Responses above the whole-response size (16 KiB) stream through, with
+/// their last frame held for the record: the partner gets every byte and
+/// the record counts them.
+#[tokio::test]
+async fn a_large_response_streams_through_whole_and_on_record() {
+    let body: &'static str = Box::leak("0123456789abcdef".repeat(6400).into_boxed_str());
+    let upstream = common::broker::start_slow_upstream(Duration::ZERO, body).await;
+    let h = TestHome::new();
+    h.add_upstream("orders", &format!("http://{upstream}"), None);
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/orders")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 102_400);
+    assert!(r.body == body, "the body arrived altered");
+    drop(broker);
+    let rec = h
+        .wait_journal(5, |v| v["path"] == "/v1/orders")
+        .await
+        .expect("the exchange is on record");
+    assert_eq!(rec["status"], 200);
+    assert_eq!(rec["response_bytes"], 102_400);
+}
