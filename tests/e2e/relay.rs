@@ -332,3 +332,55 @@ async fn a_large_response_streams_through_whole_and_on_record() {
     assert_eq!(rec["status"], 200);
     assert_eq!(rec["response_bytes"], 102_400);
 }
+
+/// A chunked response (no Content-Length) streams through, its end held
+/// for the record: the partner gets every chunk, the record counts them.
+#[tokio::test]
+async fn a_chunked_response_streams_through_and_is_on_record() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = tcp.write_all(b"6\r\n world\r\n0\r\n\r\n").await;
+                let _ = tcp.flush().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            });
+        }
+    });
+    let h = TestHome::new();
+    h.add_upstream("orders", &format!("http://{addr}"), None);
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/orders")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "hello world");
+    drop(broker);
+    let rec = h
+        .wait_journal(5, |v| v["path"] == "/v1/orders")
+        .await
+        .expect("the exchange is on record");
+    assert_eq!(rec["status"], 200);
+    assert_eq!(rec["response_bytes"], 11);
+}
