@@ -7,7 +7,7 @@ use crate::common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::broker::{Conn, TestHome, get_once, home_with_echo};
+use common::broker::{Conn, TestHome, get_once, home_with_echo, start_raw_upstream};
 use common::upstream::{EchoOptions, start_echo_upstream};
 use http::Method;
 
@@ -260,33 +260,14 @@ async fn the_signed_identity_can_be_turned_off_per_upstream() {
 
 /// A small response (read whole before it is sent) whose upstream closes
 /// mid-body: the partner gets a clean 502, never a cut-off 200, and the
-/// exchange is on record as that 502. A deliberately broken peer, so it is
-/// raw bytes on a socket.
+/// exchange is on record as that 502.
 #[tokio::test]
 async fn a_small_response_cut_off_by_the_upstream_is_a_502_on_record() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        for _ in 0..4 {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tcp
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
-                    .await;
-            });
-        }
-    });
+    let addr = start_raw_upstream(vec![(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part",
+        Duration::ZERO,
+    )])
+    .await;
     let h = TestHome::new();
     h.add_upstream("orders", &format!("http://{addr}"), None);
     h.add_partner("acme", &["GET /v1/orders -> orders"]);
@@ -337,35 +318,14 @@ async fn a_large_response_streams_through_whole_and_on_record() {
 /// for the record: the partner gets every chunk, the record counts them.
 #[tokio::test]
 async fn a_chunked_response_streams_through_and_is_on_record() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        for _ in 0..4 {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tcp
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
-                    )
-                    .await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let _ = tcp.write_all(b"6\r\n world\r\n0\r\n\r\n").await;
-                let _ = tcp.flush().await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            });
-        }
-    });
+    let addr = start_raw_upstream(vec![
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            Duration::from_millis(50),
+        ),
+        (b"6\r\n world\r\n0\r\n\r\n", Duration::from_millis(200)),
+    ])
+    .await;
     let h = TestHome::new();
     h.add_upstream("orders", &format!("http://{addr}"), None);
     h.add_partner("acme", &["GET /v1/orders -> orders"]);

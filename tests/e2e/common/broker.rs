@@ -576,6 +576,41 @@ pub async fn start_slow_upstream(delay: Duration, body: &'static str) -> SocketA
     addr
 }
 
+/// A deliberately raw plain-HTTP upstream, for peers no well-behaved server
+/// would be (a body cut short, hand-timed chunks): for each connection it
+/// reads one request head, writes `pieces` in order (sleeping after each
+/// for its duration), then closes. Serves at most 4 connections.
+pub async fn start_raw_upstream(pieces: Vec<(&'static [u8], Duration)>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let pieces = pieces.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                for (bytes, pause) in pieces {
+                    if tcp.write_all(bytes).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
 impl TestHome {
     /// Adds `[upstreams.<name>]` pointing at an echo upstream (trusting its CA).
     pub fn add_echo_upstream(&self, name: &str, up: &super::upstream::EchoUpstream) {
