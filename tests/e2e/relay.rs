@@ -7,7 +7,9 @@ use crate::common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::broker::{Conn, TestHome, get_once, home_with_echo, start_raw_upstream};
+use common::broker::{
+    Conn, TestHome, get_once, home_with_echo, home_with_plain_upstream, start_raw_upstream,
+};
 use common::upstream::{EchoOptions, start_echo_upstream};
 use http::Method;
 
@@ -268,21 +270,10 @@ async fn a_small_response_cut_off_by_the_upstream_is_a_502_on_record() {
         Duration::ZERO,
     )])
     .await;
-    let h = TestHome::new();
-    h.add_upstream("orders", &format!("http://{addr}"), None);
-    h.add_partner("acme", &["GET /v1/orders -> orders"]);
-    let acme = h.issue("acme");
-    let broker = h.start();
-    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/orders")
-        .await
-        .unwrap();
+    let (h, acme) = home_with_plain_upstream(addr);
+    let (r, rec) = get_orders_and_its_record(&h, &acme).await;
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(r.json()["error"], "upstream_body_error");
-    drop(broker);
-    let rec = h
-        .wait_journal(5, |v| v["path"] == "/v1/orders")
-        .await
-        .expect("the exchange is on record");
     assert_eq!(rec["status"], 502);
     assert_eq!(rec["reason"], "upstream_body_error");
 }
@@ -294,22 +285,11 @@ async fn a_small_response_cut_off_by_the_upstream_is_a_502_on_record() {
 async fn a_large_response_streams_through_whole_and_on_record() {
     let body: &'static str = Box::leak("0123456789abcdef".repeat(6400).into_boxed_str());
     let upstream = common::broker::start_slow_upstream(Duration::ZERO, body).await;
-    let h = TestHome::new();
-    h.add_upstream("orders", &format!("http://{upstream}"), None);
-    h.add_partner("acme", &["GET /v1/orders -> orders"]);
-    let acme = h.issue("acme");
-    let broker = h.start();
-    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/orders")
-        .await
-        .unwrap();
+    let (h, acme) = home_with_plain_upstream(upstream);
+    let (r, rec) = get_orders_and_its_record(&h, &acme).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), 102_400);
     assert!(r.body == body, "the body arrived altered");
-    drop(broker);
-    let rec = h
-        .wait_journal(5, |v| v["path"] == "/v1/orders")
-        .await
-        .expect("the exchange is on record");
     assert_eq!(rec["status"], 200);
     assert_eq!(rec["response_bytes"], 102_400);
 }
@@ -326,21 +306,28 @@ async fn a_chunked_response_streams_through_and_is_on_record() {
         (b"6\r\n world\r\n0\r\n\r\n", Duration::from_millis(200)),
     ])
     .await;
-    let h = TestHome::new();
-    h.add_upstream("orders", &format!("http://{addr}"), None);
-    h.add_partner("acme", &["GET /v1/orders -> orders"]);
-    let acme = h.issue("acme");
-    let broker = h.start();
-    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/orders")
-        .await
-        .unwrap();
+    let (h, acme) = home_with_plain_upstream(addr);
+    let (r, rec) = get_orders_and_its_record(&h, &acme).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "hello world");
+    assert_eq!(rec["status"], 200);
+    assert_eq!(rec["response_bytes"], 11);
+}
+
+/// Starts the broker of `h`, GETs `/v1/orders` as `acme`, stops the broker
+/// and returns the response and the exchange's journal record.
+async fn get_orders_and_its_record(
+    h: &TestHome,
+    acme: &common::broker::ClientCert,
+) -> (common::broker::Reply, serde_json::Value) {
+    let broker = h.start();
+    let r = get_once(broker.addr, &h.ca_pem(), acme, "/v1/orders")
+        .await
+        .unwrap();
     drop(broker);
     let rec = h
         .wait_journal(5, |v| v["path"] == "/v1/orders")
         .await
         .expect("the exchange is on record");
-    assert_eq!(rec["status"], 200);
-    assert_eq!(rec["response_bytes"], 11);
+    (r, rec)
 }

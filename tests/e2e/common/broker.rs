@@ -622,6 +622,16 @@ impl TestHome {
     }
 }
 
+/// A home whose upstream `orders` is the plain-HTTP server at `addr`, with
+/// partner `acme` granted `GET /v1/orders`, and its certificate.
+pub fn home_with_plain_upstream(addr: SocketAddr) -> (TestHome, ClientCert) {
+    let h = TestHome::new();
+    h.add_upstream("orders", &format!("http://{addr}"), None);
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    let acme = h.issue("acme");
+    (h, acme)
+}
+
 /// The common setup: a home, an echo upstream `orders`, and partner `acme`
 /// granted `routes`, with its certificate.
 pub async fn home_with_echo(
