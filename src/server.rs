@@ -1045,7 +1045,8 @@ async fn whole_response(
     upstream: &crate::relay::Upstream,
     request_id: &str,
 ) -> Response<ResponseBody> {
-    let failure = match tokio::time::timeout(upstream.response_timeout, body.collect()).await {
+    let (status, code) = match tokio::time::timeout(upstream.response_timeout, body.collect()).await
+    {
         Ok(Ok(collected)) => {
             let bytes = collected.to_bytes();
             if bytes.len() as u64 == n {
@@ -1065,7 +1066,6 @@ async fn whole_response(
         }
         Err(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
     };
-    let (status, code) = failure;
     record.event.decision = Decision::Denied;
     record.event.status = Some(status.as_u16());
     record.event.reason = Some(code.to_string());

@@ -240,7 +240,9 @@ pub fn server_config(
     trust_domain: &str,
     status: Arc<dyn CertificateStatus>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = provider();
+    let provider = Arc::new(server_suites_first_aes128(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ));
     let mut roots = RootCertStore::empty();
     for anchor in &material.trust_anchors {
         roots.add(anchor.clone()).map_err(|e| {
@@ -258,14 +260,12 @@ pub fn server_config(
         trust_domain: trust_domain.to_string(),
         status,
     });
-    let mut config = ServerConfig::builder_with_provider(Arc::new(server_suites_first_aes128(
-        (*provider).clone(),
-    )))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| TlsError::Config(e.to_string()))?
-    .with_client_cert_verifier(verifier)
-    .with_single_cert(material.server_chain, material.server_key)
-    .map_err(|e| TlsError::Config(format!("server certificate/key: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(material.server_chain, material.server_key)
+        .map_err(|e| TlsError::Config(format!("server certificate/key: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Our order, not the client's: see `server_suites_first_aes128`.
     config.ignore_client_order = true;
