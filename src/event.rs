@@ -7,6 +7,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +117,54 @@ pub trait Recorder: Send + Sync + 'static {
     fn record(&self, event: Event) -> RecordAck;
     /// Whether new events can be recorded now (false: fail closed, 503).
     fn writable(&self) -> bool;
+    /// Announces a record on its way (a request or a handshake in
+    /// progress) until the returned guard is released or dropped. A hint
+    /// only: the journal's group commit waits a little for announced
+    /// records, and never for anyone when nothing is announced.
+    fn expect_record(&self) -> ExpectedRecord {
+        ExpectedRecord::none()
+    }
+}
+
+/// A record announced to the recorder (see [`Recorder::expect_record`]);
+/// counts once, until `release` or drop.
+pub struct ExpectedRecord {
+    counter: Option<Arc<AtomicUsize>>,
+    released: AtomicBool,
+}
+
+impl ExpectedRecord {
+    /// Announces nothing.
+    pub fn none() -> Self {
+        ExpectedRecord {
+            counter: None,
+            released: AtomicBool::new(true),
+        }
+    }
+
+    /// Counts one expected record on `counter` until released.
+    pub fn counting(counter: Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        ExpectedRecord {
+            counter: Some(counter),
+            released: AtomicBool::new(false),
+        }
+    }
+
+    /// The record was handed over, or will not come.
+    pub fn release(&self) {
+        if let Some(c) = &self.counter
+            && !self.released.swap(true, Ordering::Relaxed)
+        {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for ExpectedRecord {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// A recorder that writes each event as a structured tracing line.

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::config::Risk;
-use crate::event::{Event, RecordAck, RecordError, Recorder};
+use crate::event::{Event, ExpectedRecord, RecordAck, RecordError, Recorder};
 use crate::monitor::Monitor;
 use crate::relay::BoxError;
 
@@ -30,6 +30,8 @@ pub struct PendingRecord {
     /// Counts the finished exchange (with the granted route's risk).
     pub monitor: Option<Arc<Monitor>>,
     pub risk: Option<Risk>,
+    /// The announcement of this record to the recorder, released on submit.
+    pub expected: Option<Arc<ExpectedRecord>>,
 }
 
 impl PendingRecord {
@@ -42,7 +44,11 @@ impl PendingRecord {
         if let Some(m) = &self.monitor {
             m.observe_event(&self.event, self.risk);
         }
-        self.recorder.record(self.event)
+        let ack = self.recorder.record(self.event);
+        if let Some(x) = &self.expected {
+            x.release();
+        }
+        ack
     }
 }
 

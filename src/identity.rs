@@ -21,6 +21,8 @@ pub struct PartnerIdentity {
     /// Lowercase hex SHA-256 of the certificate DER.
     pub fingerprint: Arc<str>,
     pub uri: Arc<str>,
+    /// Seconds since the epoch before which the certificate is not valid.
+    pub not_before_unix: i64,
     /// Seconds since the epoch after which the certificate is expired.
     pub not_after_unix: i64,
     /// The certificate's subject, for logs.
@@ -86,6 +88,7 @@ pub fn identify(der: &[u8], trust_domain: &str) -> Result<PartnerIdentity, Ident
         serial: Arc::from(hex::encode(cert.raw_serial())),
         fingerprint: Arc::from(fingerprint(der)),
         uri: Arc::from(uri),
+        not_before_unix: cert.validity().not_before.timestamp(),
         not_after_unix: cert.validity().not_after.timestamp(),
         subject: cert.subject().to_string(),
     })

@@ -28,3 +28,4 @@ pub mod server;
 pub mod timefmt;
 pub mod tls;
 pub mod upstream_identity;
+pub mod verified_certs;

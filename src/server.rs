@@ -520,6 +520,9 @@ async fn handle_connection(
     let server = &snapshot.gateway.server;
     let acceptor = TlsAcceptor::from(shared.live.tls_config());
     let started = Instant::now();
+    // A handshake in progress ends in a refusal record or, soon after, a
+    // request's record: tell the journal's group commit it is coming.
+    let expected = shared.recorder.expect_record();
     let tls = match tokio::time::timeout(server.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -551,6 +554,11 @@ async fn handle_connection(
         }
     };
     let (_, conn) = tls.get_ref();
+    let handshake_kind = match conn.handshake_kind() {
+        Some(rustls::HandshakeKind::Resumed) => "resumed",
+        Some(rustls::HandshakeKind::FullWithHelloRetryRequest) => "hello_retry",
+        _ => "full",
+    };
     let tls_version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
@@ -575,7 +583,8 @@ async fn handle_connection(
             return;
         }
     };
-    shared.monitor.handshake_ok();
+    shared.monitor.handshake_ok(handshake_kind);
+    drop(expected);
     let idle_timeout = server.idle_timeout;
     drop(snapshot);
     let ctx = Arc::new(ConnCtx {
@@ -732,6 +741,7 @@ async fn handle_request(
     ctx.last_activity_ms
         .store(shared.now_ms(), Ordering::Relaxed);
     let in_flight = InFlight(ctx.clone(), shared.clone());
+    let expected = Arc::new(shared.recorder.expect_record());
     let request_id = new_request_id();
     let mut ev = Event::new(EventKind::Exchange, &shared.node, Decision::Denied);
     ev.partner = Some(ctx.identity.partner.to_string());
@@ -763,6 +773,7 @@ async fn handle_request(
         },
         monitor: Some(shared.monitor.clone()),
         risk: route_risk.get().copied(),
+        expected: Some(expected.clone()),
     };
     // A denial: record first (strict: flushed), then answer.
     let deny = |mut ev: Event, status: StatusCode, code: &str, close: bool| {

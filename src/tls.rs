@@ -24,6 +24,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
 use crate::identity::{describe, identify};
+use crate::verified_certs::{self, VerifiedCerts};
 
 /// Number of TLS sessions the server remembers for resumption.
 pub const SESSION_CACHE_SIZE: usize = 20_000;
@@ -148,6 +149,8 @@ pub struct PartnerVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
     status: Arc<dyn CertificateStatus>,
+    /// Leaf certificates that passed `inner` (see `verified_certs`).
+    verified: VerifiedCerts,
 }
 
 impl ClientCertVerifier for PartnerVerifier {
@@ -166,12 +169,29 @@ impl ClientCertVerifier for PartnerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)
-            .map_err(|e| refuse(certificate_reason(&e), end_entity, e.to_string()))?;
+        let now_unix = now.as_secs() as i64;
+        // Leaf-only chains this verifier already verified skip the chain
+        // check while within their validity period; everything after it
+        // (identity, inventory, revocation) runs at every handshake.
+        let key = intermediates
+            .is_empty()
+            .then(|| verified_certs::digest(end_entity));
+        let known = key
+            .as_ref()
+            .is_some_and(|k| self.verified.holds(k, now_unix));
+        if !known {
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)
+                .map_err(|e| refuse(certificate_reason(&e), end_entity, e.to_string()))?;
+        }
         let id = identify(end_entity, &self.trust_domain)
             .map_err(|e| refuse(e.code(), end_entity, e.to_string()))?;
+        if let Some(k) = key
+            && !known
+        {
+            self.verified
+                .insert(k, id.not_before_unix, id.not_after_unix);
+        }
         self.status
             .check(&id.serial, now.as_secs() as i64)
             .map_err(|reason| {
@@ -181,7 +201,7 @@ impl ClientCertVerifier for PartnerVerifier {
                     format!("certificate {} of {} is {reason}", id.serial, id.partner),
                 )
             })?;
-        Ok(verified)
+        Ok(ClientCertVerified::assertion())
     }
     fn verify_tls12_signature(
         &self,
@@ -259,6 +279,7 @@ pub fn server_config(
         inner,
         trust_domain: trust_domain.to_string(),
         status,
+        verified: VerifiedCerts::new(),
     });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -344,6 +365,128 @@ pub fn classify_handshake_error(e: &std::io::Error) -> HandshakeFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[derive(Debug, Default)]
+    struct Revocable(AtomicBool);
+
+    impl CertificateStatus for Revocable {
+        fn check(&self, _serial: &str, _now_unix: i64) -> Result<(), &'static str> {
+            if self.0.load(Ordering::SeqCst) {
+                Err("revoked")
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn ca(
+        name: &str,
+    ) -> (
+        rcgen::Issuer<'static, rcgen::KeyPair>,
+        CertificateDer<'static>,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        (rcgen::Issuer::new(p, key), cert.der().clone())
+    }
+
+    /// acme's client certificate, valid from `from` for 30 days.
+    fn partner_cert(
+        issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+        from: time::OffsetDateTime,
+    ) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "acme");
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://gatehouse.local/partner/acme".try_into().unwrap(),
+        )];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.not_before = from;
+        p.not_after = from + time::Duration::days(30);
+        p.signed_by(&key, issuer).unwrap().der().clone()
+    }
+
+    fn reason(r: Result<ClientCertVerified, rustls::Error>) -> &'static str {
+        match r {
+            Ok(_) => "accepted",
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(o))) => {
+                match o.0.downcast_ref::<Refusal>() {
+                    Some(refusal) => refusal.reason,
+                    None => "other",
+                }
+            }
+            Err(_) => "other",
+        }
+    }
+
+    #[test]
+    fn a_remembered_certificate_still_meets_validity_revocation_and_its_ca() {
+        let (issuer, ca_der) = ca("gatehouse CA");
+        let (rogue, _) = ca("gatehouse CA");
+        let mut roots = RootCertStore::empty();
+        roots.add(ca_der).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+        let status = Arc::new(Revocable::default());
+        let v = PartnerVerifier {
+            inner,
+            trust_domain: "gatehouse.local".into(),
+            status: status.clone(),
+            verified: VerifiedCerts::new(),
+        };
+        let start = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        let leaf = partner_cert(&issuer, start);
+        let at =
+            |secs: i64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs as u64));
+        let now = start.unix_timestamp() + 3600;
+
+        assert_eq!(
+            reason(v.verify_client_cert(&leaf, &[], at(now))),
+            "accepted"
+        );
+        assert_eq!(v.verified.len(), 1, "the verified leaf is remembered");
+        assert_eq!(
+            reason(v.verify_client_cert(&leaf, &[], at(now + 60))),
+            "accepted"
+        );
+
+        // Past its not-after the remembered certificate is expired again.
+        let later = start.unix_timestamp() + 31 * 86_400;
+        assert_eq!(
+            reason(v.verify_client_cert(&leaf, &[], at(later))),
+            "expired"
+        );
+        // Before its not-before, not yet valid.
+        let earlier = start.unix_timestamp() - 60;
+        assert_eq!(
+            reason(v.verify_client_cert(&leaf, &[], at(earlier))),
+            "not_yet_valid"
+        );
+
+        // A look-alike from a foreign CA of the same name (same subject and
+        // URI, other bytes) is not it: its signature does not verify.
+        let impostor = partner_cert(&rogue, start);
+        assert_eq!(
+            reason(v.verify_client_cert(&impostor, &[], at(now))),
+            "bad_signature"
+        );
+        assert_eq!(
+            v.verified.len(),
+            1,
+            "refused certificates are not remembered"
+        );
+
+        // Revocation bites at the next handshake, remembered or not.
+        status.0.store(true, Ordering::SeqCst);
+        assert_eq!(reason(v.verify_client_cert(&leaf, &[], at(now))), "revoked");
+    }
 
     #[test]
     fn server_suites_put_aes128_first_and_keep_the_rest() {

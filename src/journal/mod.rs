@@ -32,7 +32,7 @@ pub use record::Record;
 pub use store::{ExportItem, PruneReport, Query, Store, VerifyFailure, VerifyReport};
 
 use crate::config::{Durability, JournalSettings};
-use crate::event::{Event, RecordAck, RecordError, Recorder};
+use crate::event::{Event, ExpectedRecord, RecordAck, RecordError, Recorder};
 use crate::home::{Home, HomeError, ensure_dir};
 use writer::{Msg, Shared, Writer};
 
@@ -355,6 +355,10 @@ impl Recorder for Journal {
     fn writable(&self) -> bool {
         let s = &self.inner.shared;
         s.healthy.load(Ordering::SeqCst) && !s.closed.load(Ordering::SeqCst)
+    }
+
+    fn expect_record(&self) -> ExpectedRecord {
+        ExpectedRecord::counting(self.inner.shared.expected.clone())
     }
 }
 

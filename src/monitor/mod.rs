@@ -375,12 +375,14 @@ impl Monitor {
         }
     }
 
-    /// Counts one successful partner handshake (identity established).
-    pub fn handshake_ok(&self) {
+    /// Counts one successful partner handshake (identity established) of
+    /// a kind: `full` (the certificate chain was verified), `hello_retry`
+    /// (full, after asking the client for another key share) or `resumed`.
+    pub fn handshake_ok(&self, kind: &'static str) {
         self.handshakes
             .get_or_create(&HandshakeLabels {
                 outcome: "ok".into(),
-                reason: "none".into(),
+                reason: kind.into(),
             })
             .inc();
     }

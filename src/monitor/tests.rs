@@ -246,7 +246,9 @@ fn counters_move_by_exactly_the_events_observed() {
     hs.client_addr = Some("198.51.100.1:1".into());
     m.observe_event(&hs, None);
     m.observe_event(&hs, None);
-    m.handshake_ok();
+    m.handshake_ok("full");
+    m.handshake_ok("resumed");
+    m.handshake_ok("full");
     m.connection_opened();
     m.connection_opened();
     m.connection_closed();
@@ -274,7 +276,11 @@ fn counters_move_by_exactly_the_events_observed() {
         2.0
     );
     assert_eq!(
-        s[r#"gatehouse_tls_handshakes_total{outcome="ok",reason="none"}"#],
+        s[r#"gatehouse_tls_handshakes_total{outcome="ok",reason="full"}"#],
+        2.0
+    );
+    assert_eq!(
+        s[r#"gatehouse_tls_handshakes_total{outcome="ok",reason="resumed"}"#],
         1.0
     );
     assert_eq!(s["gatehouse_active_connections"], 1.0);
@@ -303,7 +309,7 @@ fn rendered_text_is_valid_exposition_with_types() {
         &exchange("acme", "GET", "/v1/x", 403, Some("route_not_granted")),
         None,
     );
-    m.handshake_ok();
+    m.handshake_ok("full");
     m.set_cert_expiry(&inv(vec![cert("aa", "acme", 10)]), NOW);
     let text = m.render();
     let s = samples(&text);

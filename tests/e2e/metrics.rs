@@ -49,7 +49,7 @@ async fn metrics_count_each_denial_once_and_status_lists_the_partner() {
     assert_eq!(
         sample(
             &metrics,
-            r#"gatehouse_tls_handshakes_total{outcome="ok",reason="none"}"#
+            r#"gatehouse_tls_handshakes_total{outcome="ok",reason="full"}"#
         ),
         Some(3.0)
     );
