@@ -182,3 +182,29 @@ impl Recorder for TracingRecorder {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expected_record_counts_once_until_released_or_dropped() {
+        let counter = Arc::new(AtomicUsize::new(0));
+        let a = ExpectedRecord::counting(counter.clone());
+        let b = ExpectedRecord::counting(counter.clone());
+        assert_eq!(counter.load(Ordering::Relaxed), 2);
+        a.release();
+        a.release();
+        assert_eq!(counter.load(Ordering::Relaxed), 1, "released once");
+        drop(a);
+        assert_eq!(
+            counter.load(Ordering::Relaxed),
+            1,
+            "no second release on drop"
+        );
+        drop(b);
+        assert_eq!(counter.load(Ordering::Relaxed), 0, "dropped unreleased");
+        drop(ExpectedRecord::none());
+        assert_eq!(counter.load(Ordering::Relaxed), 0);
+    }
+}

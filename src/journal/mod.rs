@@ -119,6 +119,9 @@ pub struct JournalStats {
     pub flushes: u64,
     pub write_failures: u64,
     pub last_error: Option<String>,
+    /// Records announced as on their way (`Recorder::expect_record`).
+    #[serde(default)]
+    pub expected_records: u64,
 }
 
 struct Inner {
@@ -297,6 +300,7 @@ impl Journal {
             flushes: s.flushes.load(Ordering::SeqCst),
             write_failures: s.write_failures.load(Ordering::SeqCst),
             last_error: s.last_error.lock().ok().and_then(|g| g.clone()),
+            expected_records: s.expected.load(Ordering::Relaxed) as u64,
         }
     }
 }

@@ -42,6 +42,25 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 #[test]
+fn announced_records_are_counted_until_handed_over() {
+    let (_d, home) = home();
+    let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
+    rt().block_on(async {
+        let a = j.expect_record();
+        let b = j.expect_record();
+        assert_eq!(j.stats().expected_records, 2);
+        let ack = j.record(ev(1));
+        a.release();
+        ack.await.unwrap();
+        assert_eq!(j.stats().expected_records, 1);
+        drop(b);
+        assert_eq!(j.stats().expected_records, 0);
+        // With nothing announced, a lone record is written at once.
+        assert_eq!(j.append(ev(2)).await.unwrap(), Some(2));
+    });
+}
+
+#[test]
 fn strict_ack_resolves_only_after_the_flush_that_holds_the_record() {
     let (_d, home) = home();
     let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
