@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::alerts::{AlertNotice, AlertSink};
 use crate::anomaly::{AnomalySettings, Detector};
-use crate::event::{Decision, Event, EventKind, RecordAck, Recorder};
+use crate::event::{Decision, Event, EventKind, ExpectedRecord, RecordAck, Recorder};
 use crate::exchange::{PendingRecord, RecordedBody};
 use crate::home::Home;
 use crate::identity::{PartnerIdentity, identify};
@@ -731,6 +731,15 @@ impl Drop for InFlight {
     }
 }
 
+/// Releases a record's announcement when dropped (see `handle_request`).
+struct ReleaseOnDrop(Arc<ExpectedRecord>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 async fn handle_request(
     req: Request<Incoming>,
     ctx: Arc<ConnCtx>,
@@ -741,7 +750,11 @@ async fn handle_request(
     ctx.last_activity_ms
         .store(shared.now_ms(), Ordering::Relaxed);
     let in_flight = InFlight(ctx.clone(), shared.clone());
+    // Announced to the journal until the record is handed over, or until
+    // this function returns: a streamed response's record comes at the end
+    // of its body, which may be long after.
     let expected = Arc::new(shared.recorder.expect_record());
+    let _expected_until_return = ReleaseOnDrop(expected.clone());
     let request_id = new_request_id();
     let mut ev = Event::new(EventKind::Exchange, &shared.node, Decision::Denied);
     ev.partner = Some(ctx.identity.partner.to_string());
