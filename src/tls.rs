@@ -1,8 +1,10 @@
 //! TLS on both legs. Partner side: a rustls `ServerConfig` that requires a
 //! client certificate, verifies chain, validity, EKU clientAuth and the CRL
 //! (rustls' WebPKI verifier), then the partner identity and the inventory's
-//! revocation state (`PartnerVerifier`). Refusals carry a reason code,
-//! subject and fingerprint so the refused handshake can be recorded.
+//! revocation state (`PartnerVerifier`; a certificate whose chain already
+//! verified skips only the chain's signature check, see `verified_certs`).
+//! Refusals carry a reason code, subject and fingerprint so the refused
+//! handshake can be recorded.
 //! Upstream side: a `ClientConfig` that verifies the upstream against its
 //! configured CA and presents the broker's client certificate.
 //!
