@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::broker::{ClientCert, TestHome, client_tls, home_with_echo, mint_with_home_ca};
+use common::broker::{
+    ClientCert, TestHome, admin_get, client_tls, home_with_echo, mint_with_home_ca,
+};
 use gatehouse::ca::inventory::{IssuedCert, RecordStatus, write_record};
 use gatehouse::home::Home;
 use http_body_util::{BodyExt, Empty};
@@ -126,6 +128,15 @@ async fn a_revoked_client_cannot_resume_its_session() {
         request(broker.addr, cfg.clone()).await.unwrap(),
         (HandshakeKind::Resumed, 200)
     );
+    // The metrics tell the two kinds apart.
+    let (_, metrics) = admin_get(broker.admin, "/metrics").await;
+    for (kind, n) in [("full", 1.0), ("resumed", 1.0)] {
+        let series = format!(r#"gatehouse_tls_handshakes_total{{outcome="ok",reason="{kind}"}}"#);
+        let got = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<f64>().ok());
+        assert_eq!(got, Some(n), "{series} in {metrics}");
+    }
     h.ok(&["cert", "revoke", &acme.serial]);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // The ticket is from a ticketer that no longer exists: the client falls
