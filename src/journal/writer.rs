@@ -175,12 +175,13 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            // Strict group commit: one flush (a write, a sync and sled's
-            // hand-off to its I/O threads) costs far more than a record, and
-            // without waiting, batches under concurrent traffic were ~1.6
-            // records. When the previous batch had company, let records
-            // already on their way join this one; a lone caller (previous
-            // batch of one) never waits.
+            // Strict group commit: one flush (a write, a sync and the
+            // wake-ups of every waiting caller) costs far more than a record,
+            // and without waiting, batches under concurrent traffic were ~1.6
+            // records. When the previous batch had company, or requests and
+            // handshakes in progress have announced records, let those join
+            // this one; a lone caller (previous batch of one, nothing
+            // announced) never waits.
             let expected = self.shared.expected.load(Ordering::Relaxed);
             let linger = strict_linger(last_batch, expected);
             if self.strict && !linger.is_zero() && !pending.is_empty() && !disconnected {
