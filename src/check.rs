@@ -84,6 +84,14 @@ pub fn check_home(home: &Home) -> Vec<String> {
             Err(e) => problems.push(format!("{}: {e}", key.display())),
         }
     }
+    // The journal and the admin socket live in data/: closed to other users.
+    let data = home.data_dir();
+    if crate::durable_file::is_loose(&data).unwrap_or(false) {
+        problems.push(format!(
+            "{}: folder is open to other users (the journal and admin socket live here; chmod 700 it)",
+            data.display()
+        ));
+    }
     if let Err(e) = CertificateRevocationListDer::from_pem_file(home.crl()) {
         problems.push(format!(
             "{}: not a usable CRL: {e} (run `gatehouse cert crl --refresh`)",

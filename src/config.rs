@@ -152,7 +152,8 @@ impl Default for ServerSettings {
 pub enum Durability {
     /// A response's end is held until its record is flushed.
     Strict,
-    /// Records are flushed every `flush_interval`; a crash may lose that window.
+    /// Records are flushed (fdatasync) every `flush_interval`; a crash or
+    /// power cut may lose that window.
     Relaxed,
 }
 
@@ -165,6 +166,9 @@ pub struct JournalSettings {
     pub flush_interval: Duration,
     /// A signed checkpoint every this many records (and at shutdown).
     pub checkpoint_every: u64,
+    /// And a signed checkpoint at least this often while records come in.
+    #[serde(with = "serde_duration")]
+    pub checkpoint_interval: Duration,
     /// Refused handshakes from one address per interval before they are aggregated.
     pub handshake_refusals_per_interval: u32,
     #[serde(with = "serde_duration")]
@@ -177,6 +181,7 @@ impl Default for JournalSettings {
             durability: Durability::Strict,
             flush_interval: Duration::from_millis(10),
             checkpoint_every: 10_000,
+            checkpoint_interval: Duration::from_secs(60),
             handshake_refusals_per_interval: 10,
             handshake_aggregate_interval: Duration::from_secs(60),
         }
@@ -325,6 +330,9 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
     }
     if cfg.journal.checkpoint_every == 0 {
         err("[journal] checkpoint_every must be at least 1".into());
+    }
+    if cfg.journal.checkpoint_interval < Duration::from_secs(1) {
+        err("[journal] checkpoint_interval must be at least 1s".into());
     }
     for (name, up) in &cfg.upstreams {
         if let Err(m) = validate_upstream_name(name) {
@@ -944,9 +952,10 @@ max_header_bytes = 16384      # larger header blocks get 431
 max_body_bytes = 10485760     # default per-route request body limit (413 beyond)
 
 [journal]
-durability = "strict"         # "strict": a response ends only after its record is on disk; or "relaxed"
-flush_interval = "10ms"       # relaxed mode: how often records are flushed (the loss window)
+durability = "strict"         # "strict": a response ends only after its record is fsynced; or "relaxed"
+flush_interval = "10ms"       # relaxed mode: how often records are fsynced (the loss window)
 checkpoint_every = 10000      # a signed checkpoint every N records and at shutdown
+checkpoint_interval = "60s"   # and at least this often while records come in
 
 [ca]
 default_days = 90             # partner certificate lifetime

@@ -1,13 +1,13 @@
-//! The gatehouse home folder: where every file lives (DESIGN.md, "Files"),
-//! and the one way files are written there — atomically, and with private
-//! keys created mode 0600 from the start.
+//! The gatehouse home folder: where every file lives, and the one way files
+//! are written there — atomically and durably (`durable_file`), with
+//! private keys created mode 0600 from the start.
 //!
 //! Nothing else in the crate builds paths under the home by hand.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
+
+use crate::durable_file;
 
 /// File mode for private keys: owner read/write only.
 pub const KEY_MODE: u32 = 0o600;
@@ -151,69 +151,28 @@ impl Home {
     }
 }
 
-/// Creates `dir` and its parents (mode 0700 for new folders holding keys is
-/// not required: key files themselves are 0600).
+/// Creates `dir` and its parents, durably (see `durable_file`).
 pub fn ensure_dir(dir: &Path) -> Result<(), HomeError> {
-    fs::create_dir_all(dir).map_err(|e| HomeError::io(dir, e))
+    durable_file::create_dir_all(dir, 0o755).map_err(|e| HomeError::io(dir, e))
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder,
-/// created with `mode`, synced, then renamed over `path`, then the folder
-/// synced. A crash leaves either the old or the new content, never a mix.
+/// Creates `dir` and its parents closed to other users (0700), durably.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), HomeError> {
+    durable_file::create_private_dir(dir).map_err(|e| HomeError::io(dir, e))
+}
+
+/// Writes `bytes` to `path` atomically and durably: a temporary file in the
+/// same folder, created with `mode`, synced, then renamed over `path`, then
+/// the folder synced. A crash leaves either the old or the new content,
+/// never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), HomeError> {
     write_atomic_many(&[(path, bytes, mode)])
 }
 
 /// Writes several files so they change together as closely as a file
-/// system allows: every temporary file is created (with its mode), written
-/// and synced first; then they are renamed over their targets back to back,
-/// in order; then the folders are synced. On an error before the renames,
-/// nothing changed; the temporary files are removed.
+/// system allows (see [`durable_file::write_atomic_many`]).
 pub fn write_atomic_many(files: &[(&Path, &[u8], u32)]) -> Result<(), HomeError> {
-    let mut temps: Vec<PathBuf> = Vec::with_capacity(files.len());
-    let cleanup = |temps: &[PathBuf]| {
-        for t in temps {
-            let _ = fs::remove_file(t);
-        }
-    };
-    for (path, bytes, mode) in files {
-        let dir = path.parent().unwrap_or_else(|| Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(
-            ".{name}.tmp-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let written = (|| -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(*mode)
-                .open(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()
-        })();
-        temps.push(tmp);
-        if let Err(e) = written {
-            cleanup(&temps);
-            return Err(HomeError::io(path, e));
-        }
-    }
-    for (i, ((path, _, _), tmp)) in files.iter().zip(&temps).enumerate() {
-        if let Err(e) = fs::rename(tmp, path) {
-            cleanup(&temps[i..]);
-            return Err(HomeError::io(path, e));
-        }
-    }
-    for (path, _, _) in files {
-        if let Ok(d) = fs::File::open(path.parent().unwrap_or_else(|| Path::new("."))) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    durable_file::write_atomic_many(files).map_err(|(p, e)| HomeError::io(&p, e))
 }
 
 /// Writes a private key: atomically, created with mode 0600.

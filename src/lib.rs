@@ -12,6 +12,7 @@ pub mod ca;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod durable_file;
 pub mod event;
 pub mod exchange;
 pub mod home;

@@ -105,10 +105,10 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
         home.certs_dir(),
         home.issued_dir(),
         home.partners_dir(),
-        home.data_dir(),
     ] {
         ensure_dir(&dir)?;
     }
+    home::ensure_private_dir(&home.data_dir())?;
     write_key(&home.ca_key(), &ca_key_pem)?;
     write_public(&home.ca_cert(), ca_cert_pem.as_bytes())?;
     write_key(&home.server_key(), &server_key.serialize_pem())?;

@@ -33,7 +33,7 @@ pub use store::{ExportItem, PruneReport, Query, Store, VerifyFailure, VerifyRepo
 
 use crate::config::{Durability, JournalSettings};
 use crate::event::{Event, ExpectedRecord, RecordAck, RecordError, Recorder};
-use crate::home::{Home, HomeError, ensure_dir};
+use crate::home::{Home, HomeError, ensure_private_dir};
 use writer::{Msg, Shared, Writer};
 
 /// Records waiting for the writer before `record` refuses more.
@@ -157,7 +157,7 @@ impl Journal {
                 ),
             });
         }
-        ensure_dir(&home.data_dir())?;
+        ensure_private_dir(&home.data_dir())?;
         let store = Store::open(&home.journal_db())?;
         let (last_seq, last_hash) = store.last()?;
         store.reindex_after(last_seq.saturating_sub(2 * writer::MAX_BATCH as u64))?;
@@ -174,6 +174,9 @@ impl Journal {
             strict: settings.durability == Durability::Strict,
             flush_interval: settings.flush_interval,
             checkpoint_every: settings.checkpoint_every.max(1),
+            checkpoint_interval: settings.checkpoint_interval,
+            unsigned_since: (last_ckpt < last_seq).then(Instant::now),
+            acked_seq: last_seq,
             agg: aggregate::Aggregator::new(
                 settings.handshake_refusals_per_interval,
                 settings.handshake_aggregate_interval,

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -121,14 +123,22 @@ fn chunk_ranges(lo: u64, hi: u64, parts: Option<u64>) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Handle on the journal database (cheap to clone).
-#[derive(Clone)]
-pub struct Store {
+/// The open sled database and its trees.
+pub(super) struct Trees {
     pub(super) db: sled::Db,
     pub(super) records: sled::Tree,
     pub(super) index: sled::Tree,
     pub(super) checkpoints: sled::Tree,
     pub(super) meta: sled::Tree,
+}
+
+/// Handle on the journal database (cheap to clone). Every clone sees the
+/// same database, also after [`Store::reopen`] replaced it (after a write
+/// failure: sled's errors are sticky until the database is opened anew).
+#[derive(Clone)]
+pub struct Store {
+    path: std::path::PathBuf,
+    trees: Arc<RwLock<Option<Arc<Trees>>>>,
 }
 
 pub(super) fn be(seq: u64) -> [u8; 8] {
@@ -206,13 +216,86 @@ impl Store {
             }
         };
         let tree = |name: &str| db.open_tree(name).map_err(JournalError::from);
-        Ok(Store {
+        let trees = Trees {
             records: tree("records")?,
             index: tree("by_partner")?,
             checkpoints: tree("checkpoints")?,
             meta: tree("meta")?,
             db,
+        };
+        // The folder entries of new files are durable before anything
+        // written into them is reported durable (sled syncs the database's
+        // own folder; this covers the folders above it).
+        for dir in [Some(path), path.parent()].into_iter().flatten() {
+            crate::durable_file::sync_dir(dir).map_err(|e| JournalError::Open {
+                path: dir.to_path_buf(),
+                message: format!("cannot sync the folder: {e}"),
+            })?;
+        }
+        Ok(Store {
+            path: path.to_path_buf(),
+            trees: Arc::new(RwLock::new(Some(Arc::new(trees)))),
         })
+    }
+
+    /// The open database, or an error while [`Store::reopen`] replaces it.
+    pub(super) fn t(&self) -> Result<Arc<Trees>, JournalError> {
+        self.trees
+            .read()
+            .ok()
+            .and_then(|g| g.clone())
+            .ok_or_else(|| {
+                JournalError::Storage(
+                    "the journal database is being reopened after a write failure; retry in a moment"
+                        .into(),
+                )
+            })
+    }
+
+    /// Closes the database and opens it again from disk: the way out of a
+    /// sled write error, which is sticky for the life of the handle. Readers
+    /// in progress are waited for (up to 5 s; sled allows one open handle
+    /// per process); meanwhile every call on any clone answers an error.
+    pub(super) fn reopen(&self) -> Result<(), JournalError> {
+        let old = self
+            .trees
+            .write()
+            .map_err(|_| JournalError::Storage("journal handle lock poisoned".into()))?
+            .take();
+        if let Some(old) = old {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut old = old;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(trees) => {
+                        drop(trees);
+                        break;
+                    }
+                    Err(still) if Instant::now() < deadline => {
+                        old = still;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(still) => {
+                        // Put it back: better a failing handle than none.
+                        if let Ok(mut g) = self.trees.write() {
+                            *g = Some(still);
+                        }
+                        return Err(JournalError::Storage(
+                            "cannot reopen the journal database: readers still hold it".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let fresh = Store::open(&self.path)?;
+        let trees = fresh.t()?;
+        drop(fresh);
+        let mut g = self
+            .trees
+            .write()
+            .map_err(|_| JournalError::Storage("journal handle lock poisoned".into()))?;
+        *g = Some(trees);
+        Ok(())
     }
 
     /// Opens an existing database for reading; refuses to create one.
@@ -224,17 +307,19 @@ impl Store {
     }
 
     /// Stores a piece of broker state (e.g. anomaly baselines) beside the
-    /// journal, in the `state` tree. Not part of the hash chain.
+    /// journal, in the `state` tree, and flushes it (durable when this
+    /// returns). Not part of the hash chain.
     pub fn put_state(&self, key: &str, value: &[u8]) -> Result<(), JournalError> {
-        let tree = self.db.open_tree("state").map_err(JournalError::from)?;
+        let tree = self.t()?.db.open_tree("state").map_err(JournalError::from)?;
         tree.insert(key.as_bytes(), value)
             .map_err(JournalError::from)?;
+        self.t()?.db.flush()?;
         Ok(())
     }
 
     /// Reads a piece of broker state stored with `put_state`.
     pub fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
-        let tree = self.db.open_tree("state").map_err(JournalError::from)?;
+        let tree = self.t()?.db.open_tree("state").map_err(JournalError::from)?;
         Ok(tree
             .get(key.as_bytes())
             .map_err(JournalError::from)?
@@ -242,13 +327,14 @@ impl Store {
     }
 
     pub fn flush(&self) -> Result<(), JournalError> {
-        self.db.flush()?;
+        self.t()?.db.flush()?;
         Ok(())
     }
 
     /// The retention cut: records up to here were pruned (0: none).
     pub fn base_seq(&self) -> Result<u64, JournalError> {
         Ok(self
+            .t()?
             .meta
             .get(META_BASE)?
             .and_then(|v| seq_of(&v))
@@ -256,7 +342,7 @@ impl Store {
     }
 
     pub fn checkpoint(&self, seq: u64) -> Result<Option<Checkpoint>, JournalError> {
-        match self.checkpoints.get(be(seq))? {
+        match self.t()?.checkpoints.get(be(seq))? {
             None => Ok(None),
             Some(v) => Checkpoint::from_stored(seq, &v)
                 .map(Some)
@@ -266,7 +352,7 @@ impl Store {
 
     /// The last sequence number and its hash (genesis: 0 and 32 zero bytes).
     pub fn last(&self) -> Result<(u64, [u8; 32]), JournalError> {
-        if let Some((k, v)) = self.records.last()? {
+        if let Some((k, v)) = self.t()?.records.last()? {
             let seq = seq_of(&k).ok_or_else(|| corrupt(0, "record key is not 8 bytes"))?;
             let (_, hash, _) =
                 record::split_stored(&v).ok_or_else(|| corrupt(seq, "stored value too short"))?;
@@ -286,11 +372,11 @@ impl Store {
     }
 
     pub fn last_checkpoint_seq(&self) -> Result<Option<u64>, JournalError> {
-        Ok(self.checkpoints.last()?.and_then(|(k, _)| seq_of(&k)))
+        Ok(self.t()?.checkpoints.last()?.and_then(|(k, _)| seq_of(&k)))
     }
 
     pub fn get(&self, seq: u64) -> Result<Option<Record>, JournalError> {
-        match self.records.get(be(seq))? {
+        match self.t()?.records.get(be(seq))? {
             None => Ok(None),
             Some(v) => Record::from_stored(&v)
                 .map(Some)
@@ -306,7 +392,7 @@ impl Store {
     /// The last `n` records, oldest first.
     pub fn tail(&self, n: usize) -> Result<Vec<Record>, JournalError> {
         let mut out = Vec::with_capacity(n.min(10_000));
-        for kv in self.records.iter().rev().take(n) {
+        for kv in self.t()?.records.iter().rev().take(n) {
             let (k, v) = kv?;
             out.push(Self::decode(&k, &v)?);
         }
@@ -318,6 +404,7 @@ impl Store {
     pub fn after(&self, after: u64, limit: usize) -> Result<Vec<Record>, JournalError> {
         let mut out = Vec::new();
         for kv in self
+            .t()?
             .records
             .range(be(after.saturating_add(1))..)
             .take(limit)
@@ -334,7 +421,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        for kv in self.checkpoints.range(be(from + 1)..=be(to)) {
+        for kv in self.t()?.checkpoints.range(be(from + 1)..=be(to)) {
             let (k, v) = kv?;
             let seq = seq_of(&k).unwrap_or(0);
             out.push(
@@ -360,7 +447,7 @@ impl Store {
             lo.extend_from_slice(&time_key(q.since_ms.unwrap_or(i64::MIN)));
             let mut hi = prefix.clone();
             hi.extend_from_slice(&time_key(q.until_ms.unwrap_or(i64::MAX)));
-            for kv in self.index.range(lo..hi) {
+            for kv in self.t()?.index.range(lo..hi) {
                 let (k, _) = kv?;
                 let Some(seq) = k.len().checked_sub(8).and_then(|at| seq_of(&k[at..])) else {
                     continue;
@@ -377,7 +464,7 @@ impl Store {
             }
             return Ok(out);
         }
-        for kv in self.records.iter() {
+        for kv in self.t()?.records.iter() {
             let (k, v) = kv?;
             if let Some(t) = stored_time(&v)
                 && (q.since_ms.is_some_and(|s| t < s) || q.until_ms.is_some_and(|u| t >= u))
@@ -472,7 +559,7 @@ impl Store {
         let base = self.base_seq()?;
         let mut ckpts: BTreeMap<u64, Checkpoint> = BTreeMap::new();
         let mut failures: Vec<VerifyFailure> = Vec::new();
-        for kv in self.checkpoints.iter() {
+        for kv in self.t()?.checkpoints.iter() {
             let (k, v) = kv?;
             let Some(seq) = seq_of(&k) else {
                 failures.push(VerifyFailure {
@@ -511,7 +598,7 @@ impl Store {
         }
         // The records present now; ones appended during the check are left
         // for the next run.
-        let last_key = match self.records.last()? {
+        let last_key = match self.t()?.records.last()? {
             Some((k, _)) => seq_of(&k).unwrap_or(base),
             None => base,
         };
@@ -609,7 +696,7 @@ impl Store {
             .copied()
             .filter(|s| *s >= lo && *s <= hi)
             .peekable();
-        for kv in self.records.range(be(lo)..=be(hi)) {
+        for kv in self.t()?.records.range(be(lo)..=be(hi)) {
             let (k, v) = kv?;
             let seq = seq_of(&k).unwrap_or(0);
             let fail = |reason: String| Some(VerifyFailure { seq, reason });
@@ -683,7 +770,7 @@ impl Store {
             })?
         };
         let mut cut = base;
-        for kv in self.records.range(be(base + 1)..) {
+        for kv in self.t()?.records.range(be(base + 1)..) {
             let (k, v) = kv?;
             let seq = seq_of(&k).unwrap_or(0);
             let Some(t) = stored_time(&v) else {
@@ -718,16 +805,16 @@ impl Store {
         }
         let anchor =
             signer.checkpoint(cut, running, crate::event::now_ms(), CheckpointKind::Prune)?;
-        self.checkpoints.insert(be(cut), anchor.to_stored())?;
-        self.meta.insert(META_BASE, &be(cut))?;
-        self.db.flush()?;
+        self.t()?.checkpoints.insert(be(cut), anchor.to_stored())?;
+        self.t()?.meta.insert(META_BASE, &be(cut))?;
+        self.t()?.db.flush()?;
         let mut removed = 0u64;
         let mut from = base + 1;
         while from <= cut {
             let to = (from + 9_999).min(cut);
             let mut recs = sled::Batch::default();
             let mut idx = sled::Batch::default();
-            for kv in self.records.range(be(from)..=be(to)) {
+            for kv in self.t()?.records.range(be(from)..=be(to)) {
                 let (k, v) = kv?;
                 if let Ok(r) = Record::from_stored(&v)
                     && let Some(p) = &r.event.partner
@@ -738,16 +825,16 @@ impl Store {
                 recs.remove(k);
                 removed += 1;
             }
-            self.index.apply_batch(idx)?;
-            self.records.apply_batch(recs)?;
+            self.t()?.index.apply_batch(idx)?;
+            self.t()?.records.apply_batch(recs)?;
             from = to + 1;
         }
         let mut old = sled::Batch::default();
-        for kv in self.checkpoints.range(..be(cut)) {
+        for kv in self.t()?.checkpoints.range(..be(cut)) {
             old.remove(kv?.0);
         }
-        self.checkpoints.apply_batch(old)?;
-        self.db.flush()?;
+        self.t()?.checkpoints.apply_batch(old)?;
+        self.t()?.db.flush()?;
         Ok(PruneReport {
             removed,
             base_seq: cut,
@@ -758,7 +845,7 @@ impl Store {
     /// on open and after a write failure, in case a crash split a batch).
     pub(super) fn reindex_after(&self, from: u64) -> Result<(), JournalError> {
         let mut idx = sled::Batch::default();
-        for kv in self.records.range(be(from.saturating_add(1))..) {
+        for kv in self.t()?.records.range(be(from.saturating_add(1))..) {
             let (k, v) = kv?;
             let r = Self::decode(&k, &v)?;
             if let Some(p) = &r.event.partner
@@ -767,15 +854,52 @@ impl Store {
                 idx.insert(ik, &[] as &[u8]);
             }
         }
-        self.index.apply_batch(idx)?;
+        self.t()?.index.apply_batch(idx)?;
         Ok(())
+    }
+
+    /// Stores a signed checkpoint (not flushed).
+    pub(super) fn put_checkpoint(&self, c: &Checkpoint) -> Result<(), JournalError> {
+        self.t()?.checkpoints.insert(be(c.seq), c.to_stored())?;
+        Ok(())
+    }
+
+    /// Removes every record after `seq`, with its index entry, and every
+    /// checkpoint after `seq`, then flushes; returns how many records went.
+    /// Only for records never acknowledged (a group commit whose flush
+    /// failed): the chain up to `seq` is untouched.
+    pub(super) fn truncate_after(&self, seq: u64) -> Result<u64, JournalError> {
+        let t = self.t()?;
+        let mut recs = sled::Batch::default();
+        let mut idx = sled::Batch::default();
+        let mut removed = 0u64;
+        for kv in t.records.range(be(seq.saturating_add(1))..) {
+            let (k, v) = kv?;
+            if let Ok(r) = Record::from_stored(&v)
+                && let Some(p) = &r.event.partner
+                && let Some(ik) = index_key(p, r.event.time_ms, r.seq)
+            {
+                idx.remove(ik);
+            }
+            recs.remove(k);
+            removed += 1;
+        }
+        let mut ckpts = sled::Batch::default();
+        for kv in t.checkpoints.range(be(seq.saturating_add(1))..) {
+            ckpts.remove(kv?.0);
+        }
+        t.index.apply_batch(idx)?;
+        t.records.apply_batch(recs)?;
+        t.checkpoints.apply_batch(ckpts)?;
+        t.db.flush()?;
+        Ok(removed)
     }
 
     /// Writes and flushes a small marker: proves the disk takes writes again.
     pub(super) fn probe(&self) -> Result<(), JournalError> {
-        self.meta
+        self.t()?.meta
             .insert(META_PROBE, &crate::event::now_ms().to_be_bytes())?;
-        self.db.flush()?;
+        self.t()?.db.flush()?;
         Ok(())
     }
 
@@ -783,13 +907,13 @@ impl Store {
         Ok(StoreStats {
             base_seq: self.base_seq()?,
             last_seq: self.last()?.0,
-            checkpoints: self.checkpoints.len() as u64,
-            size_on_disk: self.db.size_on_disk().unwrap_or(0),
+            checkpoints: self.t()?.checkpoints.len() as u64,
+            size_on_disk: self.t()?.db.size_on_disk().unwrap_or(0),
         })
     }
 
     /// Number of index entries (for tests and status).
     pub fn index_len(&self) -> usize {
-        self.index.len()
+        self.t().map(|t| t.index.len()).unwrap_or(0)
     }
 }

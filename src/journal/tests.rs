@@ -258,11 +258,11 @@ fn verify_in_parallel_ranges_checks_the_links_between_them() {
     }
     // With 4 parts of 250, record 501 starts the third range: rewrite it
     // with a consistent hash of its own, so only the link into it breaks.
-    let old = store.records.get(store::be(501)).unwrap().unwrap();
+    let old = store.t().unwrap().records.get(store::be(501)).unwrap().unwrap();
     let (_, _, canonical) = record::split_stored(&old).unwrap();
     let fake_prev = [1u8; 32];
     let h = record::chain_hash(&fake_prev, canonical);
-    store
+    store.t().unwrap()
         .records
         .insert(
             store::be(501),
@@ -278,9 +278,9 @@ fn verify_in_parallel_ranges_checks_the_links_between_them() {
         assert_eq!(f.seq, 501, "{parts}: {f:?}");
         assert!(f.reason.contains("prev_hash"), "{f:?}");
     }
-    store.records.insert(store::be(501), old).unwrap();
+    store.t().unwrap().records.insert(store::be(501), old).unwrap();
     // A record missing at the end of a range.
-    store.records.remove(store::be(250)).unwrap();
+    store.t().unwrap().records.remove(store::be(250)).unwrap();
     for parts in [1, 4] {
         let f = store
             .verify_in_parts(&v, Some(parts))

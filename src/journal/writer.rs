@@ -96,10 +96,19 @@ pub(super) struct Writer {
     pub strict: bool,
     pub flush_interval: Duration,
     pub checkpoint_every: u64,
+    /// A signed checkpoint at least this often while records come in.
+    pub checkpoint_interval: Duration,
+    /// When the oldest record not yet covered by a checkpoint was written
+    /// (None: every record is covered).
+    pub unsigned_since: Option<Instant>,
     pub agg: Aggregator,
     pub last_seq: u64,
     pub last_hash: [u8; 32],
     pub last_ckpt: u64,
+    /// Highest sequence number acknowledged to a strict caller (flushed).
+    /// After a failed flush, records beyond it were answered 503 and are
+    /// removed at recovery, whatever of them reached the disk.
+    pub acked_seq: u64,
     pub dirty: bool,
     pub last_flush: Instant,
     pub retry_at: Option<Instant>,
@@ -115,7 +124,11 @@ impl Writer {
 
     fn deadline(&self) -> Option<Instant> {
         let flush = (self.dirty && !self.strict).then(|| self.last_flush + self.flush_interval);
-        [self.agg.deadline(), flush, self.retry_at]
+        let checkpoint = self
+            .unsigned_since
+            .filter(|_| self.healthy())
+            .map(|t| t + self.checkpoint_interval);
+        [self.agg.deadline(), flush, self.retry_at, checkpoint]
             .into_iter()
             .flatten()
             .min()
@@ -222,6 +235,16 @@ impl Writer {
                     self.flushed(now);
                 }
             }
+            // A signed checkpoint at least every `checkpoint_interval` while
+            // records come in, so the unsigned tail stays short in time.
+            if self.healthy()
+                && self
+                    .unsigned_since
+                    .is_some_and(|t| Instant::now() >= t + self.checkpoint_interval)
+                && !ending
+            {
+                self.checkpoint_now(CheckpointKind::Periodic);
+            }
             if ending {
                 let r = self.finish();
                 if let Some(tx) = shutdown {
@@ -286,8 +309,12 @@ impl Writer {
         // writing out its log buffer and a batch marker (two synchronous
         // writes per group commit, through its I/O pool). The one flush
         // below makes them all durable; recovery keeps a prefix of the log.
+        let t = match self.store.t() {
+            Ok(t) => t,
+            Err(e) => return self.fail(pending, format!("journal write failed: {e}")),
+        };
         for (k, v) in recs {
-            if let Err(e) = self.store.records.insert(k, v) {
+            if let Err(e) = t.records.insert(k, v) {
                 return self.fail(pending, format!("journal write failed: {e}"));
             }
         }
@@ -295,23 +322,29 @@ impl Writer {
         self.last_hash = hash;
         self.shared.last_seq.store(seq, Ordering::SeqCst);
         for k in idx {
-            if let Err(e) = self.store.index.insert(k, &[] as &[u8]) {
+            if let Err(e) = t.index.insert(k, &[] as &[u8]) {
                 return self.fail(pending, format!("journal index write failed: {e}"));
             }
         }
         for c in ckpts {
-            if let Err(e) = self.store.checkpoints.insert(be(c.seq), c.to_stored()) {
+            if let Err(e) = t.checkpoints.insert(be(c.seq), c.to_stored()) {
                 return self.fail(pending, format!("journal checkpoint write failed: {e}"));
             }
             self.last_ckpt = c.seq;
         }
         if self.strict {
-            if let Err(e) = self.store.db.flush() {
+            if let Err(e) = t.db.flush() {
                 return self.fail(pending, format!("journal flush failed: {e}"));
             }
             self.flushed(Instant::now());
+            self.acked_seq = seq;
         } else {
             self.dirty = true;
+        }
+        if self.last_ckpt == seq {
+            self.unsigned_since = None;
+        } else if self.unsigned_since.is_none() {
+            self.unsigned_since = Some(started);
         }
         for ((_, ack), s) in pending.into_iter().zip(seqs) {
             if let Some(ack) = ack {
@@ -344,6 +377,23 @@ impl Writer {
             Err("injected failure still on".to_string())
         } else {
             (|| {
+                // sled's write errors are sticky: open the database anew
+                // from what is on disk.
+                self.store.reopen()?;
+                if self.strict {
+                    // Records past the last acknowledged one were answered
+                    // 503 (their flush failed): whatever of them reached
+                    // the disk goes, so none reads as an exchange that
+                    // happened.
+                    let removed = self.store.truncate_after(self.acked_seq)?;
+                    if removed > 0 {
+                        tracing::warn!(
+                            removed,
+                            acked = self.acked_seq,
+                            "removed journal records whose flush had failed (their callers got 503)"
+                        );
+                    }
+                }
                 self.store.probe()?;
                 let (seq, hash) = self.store.last()?;
                 self.store
@@ -356,6 +406,15 @@ impl Writer {
             Ok((seq, hash)) => {
                 self.last_seq = seq;
                 self.last_hash = hash;
+                self.acked_seq = seq;
+                self.last_ckpt = self
+                    .store
+                    .last_checkpoint_seq()
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+                    .min(seq);
+                self.unsigned_since = (self.last_ckpt < seq).then(Instant::now);
                 self.shared.last_seq.store(seq, Ordering::SeqCst);
                 self.flushed(Instant::now());
                 self.retry_at = None;
@@ -369,6 +428,32 @@ impl Writer {
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                 self.retry_at = Some(Instant::now() + self.backoff);
             }
+        }
+    }
+
+    /// Signs the chain head now (the periodic checkpoint by time) and
+    /// flushes it. A failure fails the journal closed like a failed commit.
+    fn checkpoint_now(&mut self, kind: CheckpointKind) {
+        if self.last_seq == 0 || self.last_ckpt >= self.last_seq {
+            self.unsigned_since = None;
+            return;
+        }
+        let c = match self
+            .signer
+            .checkpoint(self.last_seq, self.last_hash, now_ms(), kind)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                return self.fail(Vec::new(), format!("journal checkpoint signing failed: {e}"));
+            }
+        };
+        if let Err(e) = self.store.put_checkpoint(&c).and_then(|_| self.store.flush()) {
+            return self.fail(Vec::new(), format!("journal checkpoint write failed: {e}"));
+        }
+        self.last_ckpt = c.seq;
+        self.unsigned_since = None;
+        if self.strict {
+            self.flushed(Instant::now());
         }
     }
 
@@ -398,13 +483,12 @@ impl Writer {
                 )
                 .map_err(|e| e.to_string())?;
             self.store
-                .checkpoints
-                .insert(be(c.seq), c.to_stored())
+                .put_checkpoint(&c)
                 .map_err(|e| format!("cannot write the shutdown checkpoint: {e}"))?;
             self.last_ckpt = c.seq;
+            self.unsigned_since = None;
         }
         self.store
-            .db
             .flush()
             .map_err(|e| format!("journal flush at shutdown failed: {e}"))?;
         self.flushed(Instant::now());

@@ -573,7 +573,13 @@ impl Config {
             options.create_new(true);
         }
 
-        self.try_lock(options.open(&self.db_path())?)
+        let file = self.try_lock(options.open(&self.db_path())?)?;
+        // gatehouse patch: a new data file's (and `blobs/`'s) folder entry
+        // is durable before anything written into it is reported durable.
+        if !self.temporary {
+            fs::File::open(self.get_path())?.sync_all()?;
+        }
+        Ok(file)
     }
 
     fn try_lock(&self, file: File) -> Result<File> {
@@ -678,6 +684,9 @@ impl Config {
         io_fail!(self, "write_config crc");
         f.write_all(&crc_arr)?;
         io_fail!(self, "write_config post");
+        // gatehouse patch: the file and its folder entry are durable.
+        f.sync_all()?;
+        fs::File::open(self.get_path())?.sync_all()?;
         Ok(())
     }
 

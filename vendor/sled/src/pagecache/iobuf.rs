@@ -314,6 +314,11 @@ pub(crate) struct IoBufs {
     pub segment_accountant: Mutex<SegmentAccountant>,
     pub segment_cleaner: SegmentCleaner,
     deferred_segment_ops: stack::Stack<SegmentOp>,
+    /// gatehouse patch: log writes completed (`pwrite` returned), and the
+    /// number of them the last `fdatasync` covered; `flush` syncs only when
+    /// something was written since.
+    pub writes_done: AtomicU64,
+    pub writes_synced: AtomicU64,
     #[cfg(feature = "io_uring")]
     pub submission_mutex: Mutex<()>,
     #[cfg(feature = "io_uring")]
@@ -417,6 +422,8 @@ impl IoBufs {
             segment_accountant: Mutex::new(segment_accountant),
             segment_cleaner,
             deferred_segment_ops: stack::Stack::default(),
+            writes_done: AtomicU64::new(0),
+            writes_synced: AtomicU64::new(0),
             #[cfg(feature = "io_uring")]
             submission_mutex: Mutex::new(()),
             #[cfg(feature = "io_uring")]
@@ -566,7 +573,11 @@ impl IoBufs {
 
     // Write an IO buffer's data to stable storage and set up the
     // next IO buffer for writing.
-    pub(crate) fn write_to_log(&self, iobuf: &IoBuf) -> Result<()> {
+    pub(crate) fn write_to_log(
+        &self,
+        iobuf: &IoBuf,
+        synced_by_caller: bool,
+    ) -> Result<()> {
         let _measure = Measure::new(&M.write_to_log);
         let header = iobuf.get_header();
         let log_offset = iobuf.offset;
@@ -728,7 +739,11 @@ impl IoBufs {
         {
             let f = &self.config.file;
             pwrite_all(f, data, log_offset)?;
-            if !self.config.temporary {
+            self.writes_done.fetch_add(1, SeqCst);
+            // gatehouse patch: a buffer sealed by `flush` is made durable by
+            // the `fdatasync` that `flush` issues right after; starting the
+            // write-back here first only adds a wait.
+            if !self.config.temporary && !synced_by_caller {
                 #[cfg(target_os = "linux")]
                 {
                     use std::os::unix::io::AsRawFd;
@@ -1008,10 +1023,44 @@ pub(in crate::pagecache) fn make_stable_inner(
 /// Called by users who wish to force the current buffer
 /// to flush some pending writes. Returns the number
 /// of bytes written during this call.
+///
+/// gatehouse patch: then `fdatasync`s the log file, so that what `flush`
+/// returned for is durable by fsync semantics (data and file size), not
+/// only handed to the kernel (`sync_file_range`, upstream's barrier, flushes
+/// neither metadata nor the device's write cache). Skipped when no log write
+/// completed since the last sync. A failed sync is sticky: the pages it
+/// could not write may be dropped by the kernel, so a later sync that
+/// succeeds proves nothing; the database must be reopened.
 pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
     let _cc = concurrency_control::read();
     let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
-    make_stable(iobufs, max_reserved_lsn)
+    let written = make_stable(iobufs, max_reserved_lsn)?;
+    sync_log(iobufs)?;
+    Ok(written)
+}
+
+/// gatehouse patch: `fdatasync` of the log file if a write completed since
+/// the last one (see `flush`).
+pub(in crate::pagecache) fn sync_log(iobufs: &Arc<IoBufs>) -> Result<()> {
+    if iobufs.config.temporary {
+        return Ok(());
+    }
+    let done = iobufs.writes_done.load(SeqCst);
+    if iobufs.writes_synced.load(SeqCst) >= done {
+        return Ok(());
+    }
+    iobufs.config.global_error()?;
+    if let Err(e) = iobufs.config.file.sync_data() {
+        error!("fdatasync of the log failed: {:?}", e);
+        let e: Error = e.into();
+        iobufs.config.set_global_error(e.clone());
+        let intervals = iobufs.intervals.lock();
+        drop(intervals);
+        let _notified = iobufs.interval_updated.notify_all();
+        return Err(e);
+    }
+    iobufs.writes_synced.fetch_max(done, SeqCst);
+    Ok(())
 }
 
 /// Attempt to seal the current IO buffer, possibly
@@ -1193,7 +1242,7 @@ pub(in crate::pagecache) fn seal_and_write_iobuf(
             lsn
         );
         if write_here {
-            if let Err(e) = iobufs.write_to_log(iobuf) {
+            if let Err(e) = iobufs.write_to_log(iobuf, true) {
                 error!(
                     "hit error while writing iobuf with lsn {}: {:?}",
                     lsn, e
@@ -1208,7 +1257,7 @@ pub(in crate::pagecache) fn seal_and_write_iobuf(
         let iobufs = iobufs.clone();
         let iobuf = iobuf.clone();
         let _result = threadpool::spawn(move || {
-            if let Err(e) = iobufs.write_to_log(&iobuf) {
+            if let Err(e) = iobufs.write_to_log(&iobuf, false) {
                 error!(
                     "hit error while writing iobuf with lsn {}: {:?}",
                     lsn, e

@@ -436,7 +436,7 @@ impl Log {
             let iobufs = self.iobufs.clone();
             let iobuf = iobuf.clone();
             threadpool::spawn(move || {
-                if let Err(e) = iobufs.write_to_log(&iobuf) {
+                if let Err(e) = iobufs.write_to_log(&iobuf, false) {
                     error!(
                         "hit error while writing iobuf with lsn {}: {:?}",
                         lsn, e

@@ -559,6 +559,10 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
 
     io_fail!(config, "snap write mv");
     std::fs::rename(&path_1, &path_2)?;
+    // gatehouse patch: the rename is durable only once the folder is synced.
+    if !config.temporary {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
     io_fail!(config, "snap write mv post");
 
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
