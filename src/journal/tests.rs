@@ -173,6 +173,50 @@ fn injected_failure_fails_closed_then_recovers() {
     assert_eq!(seq, 2, "failed records took no sequence number");
     assert!(j.stats().write_failures >= 1);
     assert!(j.verify().unwrap().ok);
+    // The failed batch (ev(1), partner p1) was inserted before its flush
+    // failed: it must not read as an exchange that happened.
+    let rec = j.store().get(2).unwrap().unwrap();
+    assert_eq!(rec.event.partner.as_deref(), Some("p0"));
+    let q = Query {
+        partner: Some("p1".into()),
+        limit: 10,
+        ..Query::default()
+    };
+    assert!(j.store().query(&q).unwrap().is_empty(), "index kept the failed record");
+}
+
+#[test]
+fn a_checkpoint_is_signed_within_checkpoint_interval_of_new_records() {
+    let (_d, home) = home();
+    let s = JournalSettings {
+        checkpoint_every: 1_000_000,
+        checkpoint_interval: Duration::from_secs(1),
+        ..settings(Durability::Strict)
+    };
+    let j = Journal::open(&home, &s).unwrap();
+    let rt = rt();
+    for i in 0..3 {
+        rt.block_on(j.record(ev(i))).unwrap();
+    }
+    assert_eq!(j.verify().unwrap().unsigned_tail, 3);
+    let t0 = std::time::Instant::now();
+    while j.verify().unwrap().unsigned_tail != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "no checkpoint 3 s after the last record"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(700), "signed too early");
+    let report = j.verify().unwrap();
+    assert!(report.ok);
+    assert_eq!(report.last_checkpoint_seq, Some(3));
+    // Idle: no new records, no new checkpoints.
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!(j.verify().unwrap().checkpoints, 1);
+    rt.block_on(j.record(ev(4))).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(j.verify().unwrap().last_checkpoint_seq, Some(4));
 }
 
 #[test]

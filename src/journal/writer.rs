@@ -267,7 +267,8 @@ impl Writer {
     fn commit(&mut self, pending: Pending) {
         let started = Instant::now();
         let records = pending.len();
-        if self.shared.inject_failure.load(Ordering::SeqCst) {
+        let injected = self.shared.inject_failure.load(Ordering::SeqCst);
+        if injected && !self.strict {
             return self.fail(
                 pending,
                 "journal write failed: injected failure (test hook / fault drill)".into(),
@@ -333,6 +334,14 @@ impl Writer {
             self.last_ckpt = c.seq;
         }
         if self.strict {
+            // Strict: the injected failure strikes at the flush, after the
+            // records were inserted — the hardest case for recovery.
+            if injected {
+                return self.fail(
+                    pending,
+                    "journal flush failed: injected failure (test hook / fault drill)".into(),
+                );
+            }
             if let Err(e) = t.db.flush() {
                 return self.fail(pending, format!("journal flush failed: {e}"));
             }
