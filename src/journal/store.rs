@@ -759,16 +759,32 @@ impl Store {
     /// signed checkpoint at the cut so verification runs on from there.
     pub fn prune(&self, before_ms: i64, signer: &Signer) -> Result<PruneReport, JournalError> {
         let base = self.base_seq()?;
+        let verifier = signer.verifier();
         let mut running = if base == 0 {
             GENESIS_HASH
         } else {
-            self.checkpoint(base)?.map(|c| c.hash).ok_or_else(|| {
+            let anchor = self.checkpoint(base)?.ok_or_else(|| {
                 corrupt(
                     base,
                     "the prune anchor checkpoint is missing; run `gatehouse log verify`",
                 )
-            })?
+            })?;
+            if !verifier.verify(&anchor) {
+                return Err(corrupt(
+                    base,
+                    "the prune anchor checkpoint's signature does not verify; not pruning (run `gatehouse log verify`)",
+                ));
+            }
+            anchor.hash
         };
+        // The checkpoints in the range that may be cut: each must verify and
+        // sign the chain's hash at its seq, or nothing is pruned (a prune
+        // removes them, and with them the evidence they were wrong).
+        let ckpts: BTreeMap<u64, Checkpoint> = self
+            .checkpoints_between(base, u64::MAX)?
+            .into_iter()
+            .map(|c| (c.seq, c))
+            .collect();
         let mut cut = base;
         for kv in self.t()?.records.range(be(base + 1)..) {
             let (k, v) = kv?;
@@ -793,6 +809,14 @@ impl Store {
                 return Err(corrupt(
                     seq,
                     "the chain does not verify here; not pruning, which would destroy the evidence (run `gatehouse log verify`)",
+                ));
+            }
+            if let Some(c) = ckpts.get(&seq)
+                && (!verifier.verify(c) || c.hash != running)
+            {
+                return Err(corrupt(
+                    seq,
+                    "the signed checkpoint here does not verify against the chain; not pruning, which would destroy the evidence (run `gatehouse log verify`)",
                 ));
             }
             cut = seq;

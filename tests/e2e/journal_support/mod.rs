@@ -42,6 +42,7 @@ pub fn settings(checkpoint_every: u64) -> JournalSettings {
         durability: Durability::Strict,
         flush_interval: Duration::from_millis(10),
         checkpoint_every,
+        checkpoint_interval: Duration::from_secs(60),
         handshake_refusals_per_interval: 10,
         handshake_aggregate_interval: Duration::from_secs(60),
     }
