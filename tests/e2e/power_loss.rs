@@ -165,6 +165,7 @@ async fn power_cuts_and_torn_writes_lose_no_acknowledged_exchange() {
         )
         .await;
         acked.extend(ids);
+        let log_before = fs.log_text().len();
         fs.fault(&fault);
         let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watcher = {
@@ -197,6 +198,12 @@ async fn power_cuts_and_torn_writes_lose_no_acknowledged_exchange() {
             "{name}: the fault never fired in 30 s: {}",
             fs.log_text()
         );
+        let log = fs.log_text();
+        let what: Vec<&str> = log[log_before.min(log.len())..]
+            .lines()
+            .filter(|l| l.contains("will persist") || l.contains("Going to persist"))
+            .collect();
+        eprintln!("power_loss: {name}: {} acknowledged; {what:?}", ids.len());
         kill_broker(broker);
         fs.power_cut();
         fs.mount();
