@@ -131,6 +131,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), (PathBuf
     write_atomic_many(&[(path, bytes, mode)])
 }
 
+/// Renames `from` to `to` and syncs both folders (a move that must not be
+/// undone by a power cut).
+pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to)?;
+    sync_dir(parent_of(to))?;
+    if parent_of(from) != parent_of(to) {
+        sync_dir(parent_of(from))?;
+    }
+    Ok(())
+}
+
 /// Removes a file and syncs its folder (a removal that must not come back
 /// after a power cut). A file already gone is not an error.
 pub fn remove_file(path: &Path) -> io::Result<()> {

@@ -185,7 +185,7 @@ fn retire_all_previous(home: &Home) -> Result<(), CaError> {
         let from = entry.path();
         if let Some(name) = from.file_name() {
             let to = retired.join(name);
-            std::fs::rename(&from, &to).map_err(|e| home::HomeError::io(&from, e))?;
+            crate::durable_file::rename(&from, &to).map_err(|e| home::HomeError::io(&from, e))?;
         }
     }
     Ok(())

@@ -192,11 +192,7 @@ pub fn rotate(home: &Home, cross_sign: bool) -> Result<RotateReport, CaError> {
 }
 
 fn remove_if_exists(path: &std::path::Path) -> Result<(), CaError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(home::HomeError::io(path, e).into()),
-    }
+    crate::durable_file::remove_file(path).map_err(|e| home::HomeError::io(path, e).into())
 }
 
 /// Finds a previous CA by fingerprint prefix, or `previous` when there is one.

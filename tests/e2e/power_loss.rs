@@ -247,3 +247,57 @@ impl LazyProbe {
             .is_ok_and(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
     }
 }
+
+/// Runs the real binary on `home`; asserts success; returns stdout.
+fn gatehouse(home: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(common::broker::BIN)
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .output()
+        .expect("run gatehouse");
+    assert!(
+        out.status.success(),
+        "gatehouse {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn what_the_cli_writes_survives_a_power_cut() {
+    let Some(bin) = lazyfs_bin() else { return };
+    // A whole home on LazyFS: keys, config, partner files, the inventory
+    // and the CRL are all written by the CLI, each to a temporary file,
+    // synced, renamed, folder synced.
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("mnt");
+    let mut fs = LazyFs::new(&bin, work.path(), &mnt);
+    fs.mount();
+    let home = mnt.join("home");
+    gatehouse(&home, &["init"]);
+    gatehouse(&home, &["partner", "add", "acme", "--route", "GET /v1/orders -> orders"]);
+    let out = work.path().join("acme-files");
+    gatehouse(&home, &["cert", "issue", "acme", "--out", out.to_str().unwrap()]);
+    gatehouse(&home, &["cert", "revoke", "--partner", "acme"]);
+    let crl_before = std::fs::read(home.join("certs/crl.pem")).unwrap();
+    fs.power_cut();
+    fs.mount();
+    let show = gatehouse(&home, &["partner", "show", "acme"]);
+    assert!(show.contains("/v1/orders"), "partner file lost: {show}");
+    let list = gatehouse(&home, &["cert", "list", "--json"]);
+    assert!(
+        list.contains("revoked"),
+        "the revocation was lost in the power cut: {list}"
+    );
+    assert_eq!(
+        std::fs::read(home.join("certs/crl.pem")).unwrap(),
+        crl_before,
+        "the CRL was lost in the power cut"
+    );
+    for key in ["ca.key", "server.key", "journal-signing.key"] {
+        let k = std::fs::read_to_string(home.join("certs").join(key)).unwrap();
+        assert!(k.contains("PRIVATE KEY"), "{key} lost in the power cut");
+    }
+    fs.unmount();
+}
