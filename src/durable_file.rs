@@ -163,7 +163,10 @@ mod tests {
         write_atomic(&p, b"one", 0o600).unwrap();
         write_atomic(&p, b"two", 0o600).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "a temporary file was left behind");
     }
@@ -185,7 +188,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("x").join("data");
         create_private_dir(&d).unwrap();
-        assert_eq!(fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         assert!(!is_loose(&d).unwrap());
         fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
         assert!(is_loose(&d).unwrap());

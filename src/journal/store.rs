@@ -310,7 +310,11 @@ impl Store {
     /// journal, in the `state` tree, and flushes it (durable when this
     /// returns). Not part of the hash chain.
     pub fn put_state(&self, key: &str, value: &[u8]) -> Result<(), JournalError> {
-        let tree = self.t()?.db.open_tree("state").map_err(JournalError::from)?;
+        let tree = self
+            .t()?
+            .db
+            .open_tree("state")
+            .map_err(JournalError::from)?;
         tree.insert(key.as_bytes(), value)
             .map_err(JournalError::from)?;
         self.t()?.db.flush()?;
@@ -319,7 +323,11 @@ impl Store {
 
     /// Reads a piece of broker state stored with `put_state`.
     pub fn get_state(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
-        let tree = self.t()?.db.open_tree("state").map_err(JournalError::from)?;
+        let tree = self
+            .t()?
+            .db
+            .open_tree("state")
+            .map_err(JournalError::from)?;
         Ok(tree
             .get(key.as_bytes())
             .map_err(JournalError::from)?
@@ -921,7 +929,8 @@ impl Store {
 
     /// Writes and flushes a small marker: proves the disk takes writes again.
     pub(super) fn probe(&self) -> Result<(), JournalError> {
-        self.t()?.meta
+        self.t()?
+            .meta
             .insert(META_PROBE, &crate::event::now_ms().to_be_bytes())?;
         self.t()?.db.flush()?;
         Ok(())

@@ -182,7 +182,10 @@ fn injected_failure_fails_closed_then_recovers() {
         limit: 10,
         ..Query::default()
     };
-    assert!(j.store().query(&q).unwrap().is_empty(), "index kept the failed record");
+    assert!(
+        j.store().query(&q).unwrap().is_empty(),
+        "index kept the failed record"
+    );
 }
 
 #[test]
@@ -207,7 +210,10 @@ fn a_checkpoint_is_signed_within_checkpoint_interval_of_new_records() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(t0.elapsed() >= Duration::from_millis(700), "signed too early");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "signed too early"
+    );
     let report = j.verify().unwrap();
     assert!(report.ok);
     assert_eq!(report.last_checkpoint_seq, Some(3));
@@ -302,11 +308,19 @@ fn verify_in_parallel_ranges_checks_the_links_between_them() {
     }
     // With 4 parts of 250, record 501 starts the third range: rewrite it
     // with a consistent hash of its own, so only the link into it breaks.
-    let old = store.t().unwrap().records.get(store::be(501)).unwrap().unwrap();
+    let old = store
+        .t()
+        .unwrap()
+        .records
+        .get(store::be(501))
+        .unwrap()
+        .unwrap();
     let (_, _, canonical) = record::split_stored(&old).unwrap();
     let fake_prev = [1u8; 32];
     let h = record::chain_hash(&fake_prev, canonical);
-    store.t().unwrap()
+    store
+        .t()
+        .unwrap()
         .records
         .insert(
             store::be(501),
@@ -322,7 +336,12 @@ fn verify_in_parallel_ranges_checks_the_links_between_them() {
         assert_eq!(f.seq, 501, "{parts}: {f:?}");
         assert!(f.reason.contains("prev_hash"), "{f:?}");
     }
-    store.t().unwrap().records.insert(store::be(501), old).unwrap();
+    store
+        .t()
+        .unwrap()
+        .records
+        .insert(store::be(501), old)
+        .unwrap();
     // A record missing at the end of a range.
     store.t().unwrap().records.remove(store::be(250)).unwrap();
     for parts in [1, 4] {

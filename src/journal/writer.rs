@@ -453,10 +453,17 @@ impl Writer {
         {
             Ok(c) => c,
             Err(e) => {
-                return self.fail(Vec::new(), format!("journal checkpoint signing failed: {e}"));
+                return self.fail(
+                    Vec::new(),
+                    format!("journal checkpoint signing failed: {e}"),
+                );
             }
         };
-        if let Err(e) = self.store.put_checkpoint(&c).and_then(|_| self.store.flush()) {
+        if let Err(e) = self
+            .store
+            .put_checkpoint(&c)
+            .and_then(|_| self.store.flush())
+        {
             return self.fail(Vec::new(), format!("journal checkpoint write failed: {e}"));
         }
         self.last_ckpt = c.seq;

@@ -115,7 +115,10 @@ async fn a_full_disk_fails_closed_and_recovers_without_a_restart() {
         first_503.unwrap_or(0),
         freed.elapsed().as_secs_f64()
     );
-    assert!(broker.child.try_wait().unwrap().is_none(), "broker restarted");
+    assert!(
+        broker.child.try_wait().unwrap().is_none(),
+        "broker restarted"
+    );
     assert_eq!(admin_get(broker.admin, "/readyz").await.0, 200);
     for i in 0..20 {
         let (status, id, _) = call!(&format!("/v1/orders/again-{i}")).expect("answer");
@@ -132,7 +135,10 @@ async fn a_full_disk_fails_closed_and_recovers_without_a_restart() {
         .iter()
         .filter_map(|r| r["request_id"].as_str())
         .collect();
-    let missing: Vec<&String> = acked.iter().filter(|id| !ids.contains(id.as_str())).collect();
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !ids.contains(id.as_str()))
+        .collect();
     assert!(
         missing.is_empty(),
         "{} of {} answered 200s missing from the journal",

@@ -61,8 +61,7 @@ async fn drive(
     for t in tasks {
         let _ = tokio::time::timeout(max + Duration::from_secs(10), t).await;
     }
-    let ids = acked.lock().unwrap().clone();
-    ids
+    acked.lock().unwrap().clone()
 }
 
 /// After a cut: the journal read straight from the remounted files holds
@@ -81,7 +80,10 @@ fn check_journal(h: &TestHome, acked: &HashSet<String>, round: &str) {
         .iter()
         .filter_map(|r| r["request_id"].as_str())
         .collect();
-    let missing: Vec<&String> = acked.iter().filter(|id| !ids.contains(id.as_str())).collect();
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !ids.contains(id.as_str()))
+        .collect();
     assert!(
         missing.is_empty(),
         "{round}: {} of {} acknowledged exchanges missing after the power cut (e.g. {:?})",
@@ -127,7 +129,11 @@ async fn power_cuts_and_torn_writes_lose_no_acknowledged_exchange() {
             never.clone(),
         )
         .await;
-        assert!(ids.len() > 20, "round {round}: too little load ({})", ids.len());
+        assert!(
+            ids.len() > 20,
+            "round {round}: too little load ({})",
+            ids.len()
+        );
         kill_broker(broker);
         fs.power_cut();
         fs.mount();
@@ -149,7 +155,10 @@ async fn power_cuts_and_torn_writes_lose_no_acknowledged_exchange() {
         ),
         (
             "torn-seq, second of consecutive writes persisted",
-            format!("lazyfs::torn-seq::op=write::file={}::persist=2", db.display()),
+            format!(
+                "lazyfs::torn-seq::op=write::file={}::persist=2",
+                db.display()
+            ),
         ),
     ] {
         let broker = h.start();
@@ -222,7 +231,11 @@ async fn power_cuts_and_torn_writes_lose_no_acknowledged_exchange() {
         never.clone(),
     )
     .await;
-    assert!(!ids.is_empty(), "no answer after recovery: {}", broker.log());
+    assert!(
+        !ids.is_empty(),
+        "no answer after recovery: {}",
+        broker.log()
+    );
     acked.extend(ids);
     broker.signal("TERM");
     assert!(broker.wait_exit(15).is_some_and(|s| s.success()));
@@ -244,7 +257,7 @@ impl LazyProbe {
     fn alive(&mut self) -> bool {
         // A zombie (dead, not yet reaped) counts as dead.
         std::fs::read_to_string(format!("/proc/{}/stat", self.0))
-            .is_ok_and(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+            .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
     }
 }
 
@@ -276,9 +289,21 @@ fn what_the_cli_writes_survives_a_power_cut() {
     fs.mount();
     let home = mnt.join("home");
     gatehouse(&home, &["init"]);
-    gatehouse(&home, &["partner", "add", "acme", "--route", "GET /v1/orders -> orders"]);
+    gatehouse(
+        &home,
+        &[
+            "partner",
+            "add",
+            "acme",
+            "--route",
+            "GET /v1/orders -> orders",
+        ],
+    );
     let out = work.path().join("acme-files");
-    gatehouse(&home, &["cert", "issue", "acme", "--out", out.to_str().unwrap()]);
+    gatehouse(
+        &home,
+        &["cert", "issue", "acme", "--out", out.to_str().unwrap()],
+    );
     gatehouse(&home, &["cert", "revoke", "--partner", "acme"]);
     let crl_before = std::fs::read(home.join("certs/crl.pem")).unwrap();
     fs.power_cut();

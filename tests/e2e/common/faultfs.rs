@@ -269,7 +269,10 @@ pub struct SmallFs {
 impl SmallFs {
     /// Mounts a tmpfs of `size` (e.g. "8m") at `mnt`; None (skipped) when not root.
     pub fn mount(mnt: &Path, size: &str) -> Option<SmallFs> {
-        if !require(is_root(), "the disk-full test needs root (it mounts a small tmpfs)") {
+        if !require(
+            is_root(),
+            "the disk-full test needs root (it mounts a small tmpfs)",
+        ) {
             return None;
         }
         std::fs::create_dir_all(mnt).unwrap();
