@@ -173,7 +173,7 @@ pub struct TracingRecorder;
 impl Recorder for TracingRecorder {
     fn record(&self, event: Event) -> RecordAck {
         match serde_json::to_string(&event) {
-            Ok(line) => tracing::info!(target: "gatehouse::exchange", "{line}"),
+            Ok(line) => tracing::info!(target: "gatehouse::gateway::exchange", "{line}"),
             Err(e) => tracing::warn!("cannot encode event: {e}"),
         }
         Box::pin(async { Ok(()) })

@@ -24,20 +24,20 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::alerts::{AlertNotice, AlertSink};
-use crate::anomaly::{AnomalySettings, Detector};
+use crate::ca::upstream_identity::{LiveIdentity, TokenSubject};
+use crate::control::socket::{AdminHooks, serve_admin_socket};
 use crate::event::{Decision, Event, EventKind, ExpectedRecord, RecordAck, Recorder};
-use crate::exchange::{PendingRecord, RecordedBody};
+use crate::gateway::exchange::{PendingRecord, RecordedBody};
+use crate::gateway::live::Live;
+use crate::gateway::relay::{Annotations, BoxError, strip_hop_by_hop, upstream_request_headers};
+use crate::guard::alerts::{AlertNotice, AlertSink};
+use crate::guard::anomaly::{AnomalySettings, Detector};
+use crate::guard::monitor::Monitor;
 use crate::home::Home;
 use crate::identity::{PartnerIdentity, identify};
 use crate::journal::Journal;
-use crate::journal::admin::{AdminHooks, serve_admin_socket};
-use crate::live::Live;
-use crate::monitor::Monitor;
 use crate::policy::check_target;
-use crate::relay::{Annotations, BoxError, strip_hop_by_hop, upstream_request_headers};
 use crate::tls::classify_handshake_error;
-use crate::upstream_identity::{LiveIdentity, TokenSubject};
 
 /// The body of every response the broker sends to partners.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -73,7 +73,7 @@ pub struct Shared {
     /// Metrics and the operator view, fed by the events below.
     pub monitor: Arc<Monitor>,
     /// Self-service renewal state (rate, one at a time).
-    pub renewals: crate::renewal::Renewals,
+    pub renewals: crate::gateway::renewal::Renewals,
     /// The key that signs `X-Gatehouse-Identity` for upstreams.
     pub identity: LiveIdentity,
     epoch: Instant,
@@ -91,7 +91,7 @@ impl Shared {
         }
     }
 
-    fn raise(&self, alert: crate::anomaly::Alert) {
+    fn raise(&self, alert: crate::guard::anomaly::Alert) {
         if let (Some(p), Some(rate)) = (&alert.partner, alert.throttle_per_minute) {
             self.live.snapshot().limits.set_throttle(p, Some(rate));
         }
@@ -107,10 +107,10 @@ impl Shared {
     }
 
     /// Partner certificates near expiry with no successor.
-    fn expiry_warnings(&self) -> Vec<crate::monitor::ExpiryWarning> {
+    fn expiry_warnings(&self) -> Vec<crate::guard::monitor::ExpiryWarning> {
         let days = self.live.snapshot().gateway.monitor.expiry_warning_days;
         match crate::ca::inventory::Inventory::load(&self.live.home) {
-            Ok(inv) => crate::monitor::expiring(&inv, time::OffsetDateTime::now_utc(), days),
+            Ok(inv) => crate::guard::monitor::expiring(&inv, time::OffsetDateTime::now_utc(), days),
             Err(e) => {
                 tracing::warn!("expiry check: cannot read the inventory: {e}");
                 Vec::new()
@@ -173,7 +173,7 @@ impl Shared {
         self.monitor.observe_event(&ev, None);
     }
 
-    fn raise_expiry(&self, w: &crate::monitor::ExpiryWarning) {
+    fn raise_expiry(&self, w: &crate::guard::monitor::ExpiryWarning) {
         let ev = self.alerts.raise(AlertNotice {
             kind: "cert_expiry".into(),
             partner: Some(w.partner.clone()),
@@ -319,7 +319,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     // Admin listener.
-    let admin_task = tokio::spawn(crate::admin::serve(
+    let admin_task = tokio::spawn(crate::control::http::serve(
         admin_listener,
         shared.clone(),
         shutdown_rx.clone(),
@@ -822,10 +822,10 @@ async fn handle_request(
 
     // Self-service renewal: a broker endpoint, not a route (admitted above,
     // so suspended, revoked, expired and superseded certificates never get here).
-    if req.method() == Method::POST && req.uri().path() == crate::renewal::RENEW_PATH {
+    if req.method() == Method::POST && req.uri().path() == crate::gateway::renewal::RENEW_PATH {
         drop(snapshot);
-        ev.route = Some(crate::renewal::RENEW_PATH.to_string());
-        return match crate::renewal::handle(req, &ctx.identity, &shared).await {
+        ev.route = Some(crate::gateway::renewal::RENEW_PATH.to_string());
+        return match crate::gateway::renewal::handle(req, &ctx.identity, &shared).await {
             Ok(done) => {
                 ev.decision = Decision::Allowed;
                 ev.status = Some(200);
@@ -987,7 +987,7 @@ async fn handle_request(
     );
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    let body: crate::relay::RelayBody = if body.is_end_stream() {
+    let body: crate::gateway::relay::RelayBody = if body.is_end_stream() {
         Empty::new().map_err(|e| match e {}).boxed()
     } else {
         Limited::new(body, max_body as usize).boxed()
@@ -1006,7 +1006,7 @@ async fn handle_request(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(upstream = %upstream.name, request_id = %request_id, "upstream failed: {e:?}");
-            let close = matches!(e, crate::relay::UpstreamError::BodyTooLarge);
+            let close = matches!(e, crate::gateway::relay::UpstreamError::BodyTooLarge);
             if close {
                 ctx.request_close();
             }
@@ -1066,7 +1066,7 @@ async fn whole_response(
     body: Incoming,
     n: u64,
     mut record: PendingRecord,
-    upstream: &crate::relay::Upstream,
+    upstream: &crate::gateway::relay::Upstream,
     request_id: &str,
 ) -> Response<ResponseBody> {
     let (status, code) = match tokio::time::timeout(upstream.response_timeout, body.collect()).await
@@ -1138,7 +1138,7 @@ async fn watch_files(
     mut hup: tokio::signal::unix::Signal,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(crate::live::WATCH_INTERVAL);
+    let mut tick = tokio::time::interval(crate::gateway::live::WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // File-change notifications (inotify) say when to look; a full look at
     // every file's stamp then happens only on a change, on SIGHUP, and every
@@ -1150,7 +1150,7 @@ async fn watch_files(
         Err(e) => {
             tracing::warn!(
                 "file-change notifications unavailable ({e}); polling every {:?}",
-                crate::live::WATCH_INTERVAL
+                crate::gateway::live::WATCH_INTERVAL
             );
             None
         }
@@ -1241,7 +1241,7 @@ async fn watch_files(
                 }
             }
             Ok(Ok(_)) => {}
-            Ok(Err(e)) if e == crate::live::REFUSED_AGAIN => {}
+            Ok(Err(e)) if e == crate::gateway::live::REFUSED_AGAIN => {}
             Ok(Err(e)) => {
                 if last_error.as_deref() != Some(e.as_str()) {
                     tracing::error!(

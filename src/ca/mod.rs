@@ -14,6 +14,7 @@ pub mod csr;
 pub mod inventory;
 pub mod lifecycle;
 pub mod rollover;
+pub mod upstream_identity;
 
 use std::net::IpAddr;
 

@@ -15,8 +15,8 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::config::Risk;
 use crate::event::{Event, ExpectedRecord, RecordAck, RecordError, Recorder};
-use crate::monitor::Monitor;
-use crate::relay::BoxError;
+use crate::gateway::relay::BoxError;
+use crate::guard::monitor::Monitor;
 
 /// Called once when an exchange is finished (for metrics, in-flight counts).
 pub type OnFinish = Box<dyn FnOnce(&Event) + Send + Sync>;

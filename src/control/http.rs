@@ -48,12 +48,12 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byt
             let mut r = text(StatusCode::OK, shared.monitor.render());
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(crate::monitor::CONTENT_TYPE),
+                http::HeaderValue::from_static(crate::guard::monitor::CONTENT_TYPE),
             );
             r
         }
         "/status" => status(&shared).await,
-        crate::upstream_identity::JWKS_PATH => {
+        crate::ca::upstream_identity::JWKS_PATH => {
             let mut r = text(StatusCode::OK, shared.identity.current().jwks_json.clone());
             let h = r.headers_mut();
             h.insert(
@@ -124,7 +124,7 @@ async fn status(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
         }
         limits.insert(p.id.clone(), v);
     }
-    let body = crate::monitor::status_json(
+    let body = crate::guard::monitor::status_json(
         &shared.monitor,
         &partners,
         &inventory,

@@ -18,11 +18,11 @@ use time::OffsetDateTime;
 
 use crate::ca::inventory::{Inventory, RecordStatus};
 use crate::config::{self, GatewayConfig, Partner, PartnerStatus};
+use crate::gateway::relay::Upstream;
+use crate::guard::limits::LimitState;
 use crate::home::Home;
 use crate::identity::PartnerIdentity;
-use crate::limits::LimitState;
 use crate::policy::RouteTable;
-use crate::relay::Upstream;
 use crate::tls::{self, CertificateStatus, ServerMaterial};
 
 /// The error `reload` returns for files already refused (not re-reported).

@@ -484,7 +484,7 @@ struct PartnerFileRaw {
     #[serde(default)]
     limits: Option<LimitSpec>,
     #[serde(default)]
-    on_anomaly: crate::anomaly::OnAnomaly,
+    on_anomaly: crate::guard::anomaly::OnAnomaly,
     /// Self-service renewal opens this long before `not_after`.
     #[serde(default)]
     renewal_window: Option<Spanned<String>>,
@@ -517,7 +517,7 @@ pub struct Partner {
     pub limits: LimitSpec,
     /// `on_anomaly = "throttle"` clamps the partner on a traffic spike.
     #[serde(default, skip_serializing_if = "is_alert_only")]
-    pub on_anomaly: crate::anomaly::OnAnomaly,
+    pub on_anomaly: crate::guard::anomaly::OnAnomaly,
     /// `renewal_window = "30d"`: self-service renewal opens this long before
     /// the certificate's `not_after` (unset: the last third of its lifetime).
     #[serde(
@@ -529,8 +529,8 @@ pub struct Partner {
     pub routes: Vec<RouteSpec>,
 }
 
-fn is_alert_only(a: &crate::anomaly::OnAnomaly) -> bool {
-    *a == crate::anomaly::OnAnomaly::Alert
+fn is_alert_only(a: &crate::guard::anomaly::OnAnomaly) -> bool {
+    *a == crate::guard::anomaly::OnAnomaly::Alert
 }
 
 /// A validated route grant.
@@ -872,7 +872,7 @@ pub fn render_partner(partner: &Partner) -> String {
         name: &'a str,
         status: PartnerStatus,
         #[serde(skip_serializing_if = "is_alert_only")]
-        on_anomaly: crate::anomaly::OnAnomaly,
+        on_anomaly: crate::guard::anomaly::OnAnomaly,
         #[serde(
             skip_serializing_if = "Option::is_none",
             with = "serde_duration::option"
