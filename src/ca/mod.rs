@@ -13,6 +13,7 @@ pub mod crl;
 pub mod csr;
 pub mod inventory;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod rollover;
 pub mod upstream_identity;
 

@@ -61,6 +61,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::OnAnomaly;
 use crate::guard::limits::MS_PER_MINUTE;
 
 const SHARDS: usize = 16;
@@ -69,17 +70,6 @@ const SHARDS: usize = 16;
 const MAX_GAP_FOLD: i64 = 1_500;
 /// Export format version.
 const STATE_VERSION: u32 = 1;
-
-/// What to do about a partner's rate spike.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnAnomaly {
-    /// Alert only.
-    #[default]
-    Alert,
-    /// Alert and clamp the partner to the threshold until an operator clears it.
-    Throttle,
-}
 
 /// Tuning of the detector.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,3 +6,6 @@ pub mod alerts;
 pub mod anomaly;
 pub mod limits;
 pub mod monitor;
+pub mod sink;
+
+pub use sink::{EventSink, Throttles};
