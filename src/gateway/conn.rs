@@ -8,7 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::Request;
@@ -17,62 +17,17 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::ServerSettings;
 use crate::event::{Decision, EventKind};
 use crate::gateway::refusal::{Refusal, code};
+use crate::gateway::session::ConnCtx;
 use crate::gateway::{Gateway, request};
 use crate::identity::{PartnerIdentity, identify};
 use crate::tls::classify_handshake_error;
-
-/// One verified partner connection, shared by its requests.
-pub struct ConnCtx {
-    pub identity: PartnerIdentity,
-    pub peer: SocketAddr,
-    pub peer_ip: String,
-    pub tls_version: &'static str,
-    /// Set when the connection must close after the current response.
-    closing: AtomicBool,
-    close: Notify,
-    in_flight: AtomicUsize,
-    last_activity_ms: AtomicI64,
-}
-
-impl ConnCtx {
-    /// Asks the connection to close after the response in progress.
-    pub fn request_close(&self) {
-        if !self.closing.swap(true, Ordering::AcqRel) {
-            self.close.notify_one();
-        }
-    }
-
-    /// Whether the connection closes after the current response.
-    pub fn closing(&self) -> bool {
-        self.closing.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request in flight until the returned guard drops.
-    pub fn begin_request(self: &Arc<Self>, gw: &Arc<Gateway>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.last_activity_ms.store(gw.now_ms(), Ordering::Relaxed);
-        InFlight(self.clone(), gw.clone())
-    }
-}
-
-/// Decrements the connection's in-flight count when the exchange ends.
-pub struct InFlight(Arc<ConnCtx>, Arc<Gateway>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0
-            .last_activity_ms
-            .store(self.1.now_ms(), Ordering::Relaxed);
-    }
-}
 
 /// hyper's server settings from `[server]`.
 pub fn http_builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
@@ -212,16 +167,12 @@ async fn handle_connection(
     gw.events.monitor().handshake_ok(done.kind);
     drop(expected);
     let idle_timeout = gw.live.snapshot().gateway.server.idle_timeout;
-    let ctx = Arc::new(ConnCtx {
-        identity: done.identity,
+    let ctx = Arc::new(ConnCtx::new(
+        done.identity,
         peer,
-        peer_ip: peer.ip().to_string(),
-        tls_version: done.tls_version,
-        closing: AtomicBool::new(false),
-        close: Notify::new(),
-        in_flight: AtomicUsize::new(0),
-        last_activity_ms: AtomicI64::new(gw.now_ms()),
-    });
+        done.tls_version,
+        gw.epoch,
+    ));
     let service = {
         let (ctx, gw) = (ctx.clone(), gw.clone());
         service_fn(move |req: Request<Incoming>| {
@@ -233,14 +184,14 @@ async fn handle_connection(
     tokio::pin!(conn);
     let mut shutting_down = false;
     loop {
-        let idle_left = if ctx.in_flight.load(Ordering::Relaxed) > 0 {
+        let idle_left = if ctx.busy() {
             // Busy: look again a full idle period later (never a zero-length
             // sleep, which would spin while a long request is in flight).
             idle_timeout
         } else {
-            let last = ctx.last_activity_ms.load(Ordering::Relaxed);
+            let last = ctx.last_activity_ms();
             let deadline = last + idle_timeout.as_millis() as i64;
-            Duration::from_millis((deadline - gw.now_ms()).max(1) as u64)
+            Duration::from_millis((deadline - ctx.now_ms()).max(1) as u64)
         };
         tokio::select! {
             res = conn.as_mut() => {
@@ -249,7 +200,7 @@ async fn handle_connection(
                 }
                 break;
             }
-            _ = ctx.close.notified(), if !shutting_down => {
+            _ = ctx.close_requested(), if !shutting_down => {
                 shutting_down = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -258,8 +209,8 @@ async fn handle_connection(
                 conn.as_mut().graceful_shutdown();
             }
             _ = tokio::time::sleep(idle_left), if !shutting_down => {
-                let idle_for = gw.now_ms() - ctx.last_activity_ms.load(Ordering::Relaxed);
-                if ctx.in_flight.load(Ordering::Relaxed) == 0 && idle_for >= idle_timeout.as_millis() as i64 {
+                let idle_for = ctx.now_ms() - ctx.last_activity_ms();
+                if !ctx.busy() && idle_for >= idle_timeout.as_millis() as i64 {
                     shutting_down = true;
                     conn.as_mut().graceful_shutdown();
                 }

@@ -26,6 +26,7 @@ pub mod relay;
 pub mod renewal;
 pub mod request;
 pub mod respond;
+pub mod session;
 
 pub use conn::{accept_loop, http_builder};
 pub use refusal::Refusal;
@@ -42,6 +43,7 @@ pub struct Gateway {
     pub renewals: renewal::Renewals,
     /// Connections being served, and whether the listener still accepts.
     pub connections: Arc<Connections>,
+    /// The clock origin of the connections' idle timers.
     epoch: Instant,
 }
 
@@ -59,11 +61,6 @@ impl Gateway {
             connections: Arc::default(),
             epoch: Instant::now(),
         }
-    }
-
-    /// Milliseconds since the gateway started (idle timers).
-    fn now_ms(&self) -> i64 {
-        self.epoch.elapsed().as_millis() as i64
     }
 }
 

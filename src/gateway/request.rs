@@ -17,13 +17,13 @@ use hyper::body::{Body, Incoming};
 use crate::ca::upstream_identity::TokenSubject;
 use crate::event::{Decision, Event, EventKind, truncated};
 use crate::gateway::Gateway;
-use crate::gateway::conn::ConnCtx;
 use crate::gateway::exchange::PendingRecord;
 use crate::gateway::live::{PartnerEntry, Snapshot};
 use crate::gateway::refusal::{Refusal, code};
 use crate::gateway::relay::{Annotations, RelayBody, Upstream, upstream_request_headers};
 use crate::gateway::renewal;
 use crate::gateway::respond::{self, Answer, ResponseBody};
+use crate::gateway::session::ConnCtx;
 use crate::policy::{Permit, check_target};
 
 /// Longest path kept in a record (the journal's growth per record is bounded).
@@ -36,7 +36,7 @@ pub async fn handle(
     gw: Arc<Gateway>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
-    let in_flight = conn.begin_request(&gw);
+    let in_flight = conn.begin_request();
     // Announced to the journal until the record is handed over, or until
     // this function returns: a streamed response's record comes at the end
     // of its body, which may be long after.

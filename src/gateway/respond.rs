@@ -17,10 +17,10 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Incoming};
 
 use crate::event::{Decision, RecordAck};
-use crate::gateway::conn::ConnCtx;
 use crate::gateway::exchange::{PendingRecord, RecordedBody};
 use crate::gateway::refusal::{Refusal, code};
 use crate::gateway::relay::{BoxError, Upstream, strip_hop_by_hop};
+use crate::gateway::session::ConnCtx;
 
 /// The body of every response the broker sends to partners.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
