@@ -140,26 +140,65 @@ async fn status(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
     r
 }
 
-/// Serves the admin endpoints until shutdown.
+/// Connections the admin listener serves at once; more wait in the
+/// kernel's backlog until one ends.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// A request head must arrive within this (slow-header cut-off).
+pub const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A connection is closed after this long, whatever it does (an answer
+/// takes milliseconds; scrapers reconnect).
+pub const ADMIN_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves the admin endpoints until shutdown: at most
+/// [`MAX_ADMIN_CONNECTIONS`] at once, each cut after
+/// [`ADMIN_HEADER_TIMEOUT`] without a full request head and after
+/// [`ADMIN_CONNECTION_TIMEOUT`] in all; an accept error (out of descriptors)
+/// backs off instead of spinning.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(16)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(10)))
+        .keep_alive_timeout(std::time::Duration::from_secs(10));
+    let builder = Arc::new(builder);
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
         let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("admin listener: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
             _ = shutdown.changed() => return,
         };
         let shared = shared.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(req, shared).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            let _ = tokio::time::timeout(ADMIN_CONNECTION_TIMEOUT, conn).await;
+            drop(slot);
         });
     }
 }

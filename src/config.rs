@@ -125,6 +125,13 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub h2_max_concurrent_streams: u32,
+    /// A relayed response the partner stops reading is abandoned (and its
+    /// upstream connection released) after this long without progress.
+    #[serde(with = "serde_duration")]
+    pub write_timeout: Duration,
+    /// TLS handshakes in progress from one client address (an IPv6 /64)
+    /// at once; more are closed at once.
+    pub max_pending_handshakes_per_addr: usize,
 }
 
 impl Default for ServerSettings {
@@ -142,6 +149,8 @@ impl Default for ServerSettings {
             max_header_bytes: 16 * 1024,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             h2_max_concurrent_streams: 100,
+            write_timeout: Duration::from_secs(30),
+            max_pending_handshakes_per_addr: 256,
         }
     }
 }
@@ -303,6 +312,12 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
     }
     if cfg.server.max_connections == 0 {
         err("[server] max_connections must be at least 1".into());
+    }
+    if cfg.server.max_pending_handshakes_per_addr == 0 {
+        err("[server] max_pending_handshakes_per_addr must be at least 1".into());
+    }
+    if cfg.server.write_timeout.is_zero() {
+        err("[server] write_timeout must be longer than 0s".into());
     }
     if cfg.server.max_header_bytes < 1024 {
         err("[server] max_header_bytes must be at least 1024".into());
@@ -781,12 +796,21 @@ pub fn load_partners(home: &Home, gateway: &GatewayConfig) -> Result<Vec<Partner
     load_partners_cached(home, gateway, &mut PartnerCache::default())
 }
 
-/// Parsed partner files by path, with the (length, mtime) they were parsed
-/// at: a reload re-parses only the files that changed. Valid for one
-/// gateway config (its upstream names); clear it when that changes.
+/// Parsed partner files by path, with a hash of the content they were
+/// parsed from: a reload re-parses only the files whose content changed
+/// (content, not length and mtime: two writes of the same length within one
+/// clock tick of the file system share an mtime). Valid for one gateway
+/// config (its upstream names); clear it when that changes.
 #[derive(Default)]
 pub struct PartnerCache {
-    entries: std::collections::HashMap<PathBuf, (u64, Option<std::time::SystemTime>, Partner)>,
+    entries: std::collections::HashMap<PathBuf, (u64, Partner)>,
+}
+
+fn content_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 impl PartnerCache {
@@ -795,7 +819,7 @@ impl PartnerCache {
     }
 }
 
-/// `load_partners`, re-using `cache` for files whose length and mtime are unchanged.
+/// `load_partners`, re-using `cache` for files whose content is unchanged.
 pub fn load_partners_cached(
     home: &Home,
     gateway: &GatewayConfig,
@@ -821,17 +845,7 @@ pub fn load_partners_cached(
     paths.sort();
     let mut seen = std::collections::HashSet::with_capacity(paths.len());
     for path in paths {
-        let meta = std::fs::metadata(&path).ok();
-        let stamp = meta.as_ref().map(|m| (m.len(), m.modified().ok()));
         seen.insert(path.clone());
-        if let (Some((len, mtime)), Some((clen, cmtime, p))) = (stamp, cache.entries.get(&path))
-            && len == *clen
-            && mtime == *cmtime
-            && mtime.is_some()
-        {
-            partners.push(p.clone());
-            continue;
-        }
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
@@ -843,11 +857,16 @@ pub fn load_partners_cached(
                 continue;
             }
         };
+        let hash = content_hash(&text);
+        if let Some((cached, p)) = cache.entries.get(&path)
+            && *cached == hash
+        {
+            partners.push(p.clone());
+            continue;
+        }
         match parse_partner(&path, &text, gateway) {
             Ok(p) => {
-                if let Some((len, mtime)) = stamp {
-                    cache.entries.insert(path.clone(), (len, mtime, p.clone()));
-                }
+                cache.entries.insert(path.clone(), (hash, p.clone()));
                 partners.push(p)
             }
             Err(ConfigErrors(mut es)) => {
@@ -942,6 +961,8 @@ drain_timeout = "10s"         # on SIGTERM, in-flight requests get this long
 max_connections = 10000
 max_header_bytes = 16384      # larger header blocks get 431
 max_body_bytes = 10485760     # default per-route request body limit (413 beyond)
+write_timeout = "30s"         # a response the partner stops reading is abandoned after this
+max_pending_handshakes_per_addr = 256   # TLS handshakes in progress per client address (IPv6: per /64)
 
 [journal]
 durability = "strict"         # "strict": a response ends only after its record is on disk; or "relaxed"

@@ -1029,7 +1029,11 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig {
+                cases: 4000,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
 
             #[test]
             fn accepted_targets_never_normalise_outside_their_grant(raw in target()) {

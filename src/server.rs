@@ -76,6 +76,8 @@ pub struct Shared {
     pub renewals: crate::renewal::Renewals,
     /// The key that signs `X-Gatehouse-Identity` for upstreams.
     pub identity: LiveIdentity,
+    /// TLS handshakes in progress per client address.
+    pub handshakes: Arc<crate::handshake_gate::HandshakeGate>,
     epoch: Instant,
 }
 
@@ -295,8 +297,12 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     )?;
     let identity = LiveIdentity::load(&home, &gateway.server.node_id)
         .map_err(|e| format!("upstream identity key: {e}"))?;
+    crate::rlimit::prepare(gateway.server.max_connections);
     let shared = Arc::new(Shared {
         identity,
+        handshakes: crate::handshake_gate::HandshakeGate::new(
+            gateway.server.max_pending_handshakes_per_addr,
+        ),
         live,
         detector,
         alerts,
@@ -332,6 +338,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
             let shared = shared.clone();
             AdminHooks {
                 clear_anomaly: Some(Arc::new(move |p: &str| shared.clear_anomaly(p))),
+                admin_addr: Some(admin_bound),
             }
         };
         tokio::spawn(async move {
@@ -523,8 +530,18 @@ async fn handle_connection(
     // A handshake in progress ends in a refusal record or, soon after, a
     // request's record: tell the journal's group commit it is coming.
     let expected = shared.recorder.expect_record();
+    // One address may not hold every slot with unfinished handshakes.
+    let Some(pending_handshake) = shared.handshakes.try_enter(peer.ip()) else {
+        let ev = handshake_event(&shared, peer, "too_many_pending_handshakes");
+        shared.monitor.observe_event(&ev, None);
+        drop(shared.recorder.record(ev));
+        return;
+    };
     let tls = match tokio::time::timeout(server.handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => {
+            drop(pending_handshake);
+            tls
+        }
         Ok(Err(e)) => {
             let failure = classify_handshake_error(&e);
             let mut ev = handshake_event(&shared, peer, failure.reason);
@@ -586,6 +603,7 @@ async fn handle_connection(
     shared.monitor.handshake_ok(handshake_kind);
     drop(expected);
     let idle_timeout = server.idle_timeout;
+    let write_timeout = server.write_timeout;
     drop(snapshot);
     let ctx = Arc::new(ConnCtx {
         identity,
@@ -607,6 +625,10 @@ async fn handle_connection(
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let mut shutting_down = false;
+    // Once the broker decided to close (idle, or after a refusal), the
+    // partner gets `write_timeout` to take what is left, then the
+    // connection is dropped whatever it is doing.
+    let mut hard_close: Option<tokio::time::Instant> = None;
     loop {
         let idle_left = if ctx.in_flight.load(Ordering::Relaxed) > 0 {
             // Busy: look again a full idle period later (never a zero-length
@@ -626,7 +648,12 @@ async fn handle_connection(
             }
             _ = ctx.close.notified(), if !shutting_down => {
                 shutting_down = true;
+                hard_close = Some(tokio::time::Instant::now() + write_timeout);
                 conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(hard_close.unwrap_or_else(tokio::time::Instant::now)), if hard_close.is_some() => {
+                tracing::debug!(%peer, "the partner did not take the rest of the answer within write_timeout: closed");
+                break;
             }
             _ = shutdown.changed(), if !shutting_down => {
                 shutting_down = true;
@@ -636,6 +663,7 @@ async fn handle_connection(
                 let idle_for = shared.now_ms() - ctx.last_activity_ms.load(Ordering::Relaxed);
                 if ctx.in_flight.load(Ordering::Relaxed) == 0 && idle_for >= idle_timeout.as_millis() as i64 {
                     shutting_down = true;
+                    hard_close = Some(tokio::time::Instant::now() + write_timeout);
                     conn.as_mut().graceful_shutdown();
                 }
             }
@@ -866,12 +894,12 @@ async fn handle_request(
         };
     }
 
-    // Smuggling shapes: both framings, or conflicting lengths.
-    let headers = req.headers();
-    let has_te = headers.contains_key(header::TRANSFER_ENCODING);
-    let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
-    let conflicting_lengths = lengths.windows(2).any(|w| w[0] != w[1]);
-    if (has_te && !lengths.is_empty()) || conflicting_lengths {
+    // Content-Length values spelled differently. HTTP/1.1 never gets here
+    // (hyper answers 400 to differing lengths, and drops Content-Length
+    // beside Transfer-Encoding, closing the connection after the answer);
+    // HTTP/2 accepts `5` and `05` together, as equal numbers.
+    let lengths: Vec<&HeaderValue> = req.headers().get_all(header::CONTENT_LENGTH).iter().collect();
+    if lengths.windows(2).any(|w| w[0] != w[1]) {
         ctx.request_close();
         return deny(ev, StatusCode::BAD_REQUEST, "ambiguous_framing", true).await;
     }
@@ -990,9 +1018,10 @@ async fn handle_request(
     let body: crate::relay::RelayBody = if body.is_end_stream() {
         Empty::new().map_err(|e| match e {}).boxed()
     } else {
-        Limited::new(body, max_body as usize).boxed()
+        crate::header_guard::TrailerFilter::new(Limited::new(body, max_body as usize)).boxed()
     };
     let upstream_req = Request::from_parts(parts, body);
+    let write_timeout = snapshot.gateway.server.write_timeout;
     drop(snapshot);
 
     let upstream_started = Instant::now();
@@ -1050,9 +1079,12 @@ async fn handle_request(
     if let Some(n) = content_length.filter(|n| *n <= WHOLE_BODY_MAX) {
         return whole_response(parts, body, n, record, &upstream, &request_id).await;
     }
+    // The partner must keep reading, or the body (and its upstream
+    // connection) is let go after `write_timeout`.
+    let body = RecordedBody::new(body, content_length, record);
     Response::from_parts(
         parts,
-        RecordedBody::new(body, content_length, record).boxed_unsync(),
+        crate::write_guard::WriteGuard::new(body, write_timeout, request_id.clone()).boxed_unsync(),
     )
 }
 
