@@ -13,8 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -160,18 +159,14 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only (Prometheus, curl, `gatehouse status`): its header
+    // timer runs from the connection's start, so a connection that never
+    // sends a byte is cut too.
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(ADMIN_HEADER_TIMEOUT)
         .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .max_concurrent_streams(16)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(10)))
-        .keep_alive_timeout(std::time::Duration::from_secs(10));
     let builder = Arc::new(builder);
     loop {
         let slot = tokio::select! {
