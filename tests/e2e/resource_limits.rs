@@ -37,7 +37,7 @@ async fn serve_raises_the_open_files_limit_and_warns_when_it_is_too_low() {
     // Started with soft 256 under a hard limit of 2048: too low for 5000
     // connections (two descriptors each).
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "ulimit -Hn 2048 && ulimit -Sn 256 && exec \"$0\" \"$@\"", BIN]);
+    cmd.args(["-c", "ulimit -Sn 256 && ulimit -Hn 2048 && exec \"$0\" \"$@\"", BIN]);
     let broker = Broker::start_with(h.path(), cmd);
     assert_eq!(
         open_files_limit(broker.child.id()),
@@ -51,10 +51,11 @@ async fn serve_raises_the_open_files_limit_and_warns_when_it_is_too_low() {
         broker.log()
     );
 
+    drop(broker);
     // With enough descriptors, no warning.
     h.set_server("max_connections", 100);
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "ulimit -Hn 4096 && ulimit -Sn 256 && exec \"$0\" \"$@\"", BIN]);
+    cmd.args(["-c", "ulimit -Sn 256 && ulimit -Hn 4096 && exec \"$0\" \"$@\"", BIN]);
     let broker = Broker::start_with(h.path(), cmd);
     assert_eq!(open_files_limit(broker.child.id()).0, "4096");
     assert!(broker.wait_log("gatehouse serving", 5).await);
