@@ -2,7 +2,10 @@
 //! `/readyz` (config loaded, journal writable, listening), `/metrics`
 //! (the monitor's Prometheus text) and `/status` (the operator view as
 //! JSON, read by `gatehouse status`) and `/.well-known/jwks.json` (the
-//! public keys of the upstream identity tokens).
+//! public keys of the upstream identity tokens). HTTP/1.1 only, at most
+//! [`MAX_ADMIN_CONNECTIONS`] connections at once, each cut after
+//! [`ADMIN_HEADER_TIMEOUT`] without a request head and after
+//! [`ADMIN_CONNECTION_TIMEOUT`] in all.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -215,7 +215,9 @@ fn fold_round(seg: &[u8]) -> Option<Vec<u8>> {
             continue;
         }
         if seg[i] >= 0x80
-            && let Some((from, to)) = LOOKALIKES.iter().find(|(from, _)| seg[i..].starts_with(from))
+            && let Some((from, to)) = LOOKALIKES
+                .iter()
+                .find(|(from, _)| seg[i..].starts_with(from))
         {
             out.push(*to);
             i += from.len();
@@ -920,10 +922,44 @@ mod tests {
         /// Pieces of segments: names, every dot spelling, parameters,
         /// encoded and double-encoded bytes, look-alikes, separators.
         const PIECES: &[&str] = &[
-            "a", "v1", "orders", "export", "admin", "7", ".", "..", "%2e", "%2E", "%2e%2e",
-            ";", ";x", ";jsessionid=1", "%3b", "%3B", "%25", "%252e", "%25252e", "%c0%ae",
-            "%e0%80%ae", "%ef%bc%8e", "\u{ff0e}", "\u{2024}", "%41", "x.y", "~", "%2f",
-            "%252f", "%5c", "\\", "%c0%af", "=", "%20", "", "%", "%00", "\u{e9}",
+            "a",
+            "v1",
+            "orders",
+            "export",
+            "admin",
+            "7",
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            "%2e%2e",
+            ";",
+            ";x",
+            ";jsessionid=1",
+            "%3b",
+            "%3B",
+            "%25",
+            "%252e",
+            "%25252e",
+            "%c0%ae",
+            "%e0%80%ae",
+            "%ef%bc%8e",
+            "\u{ff0e}",
+            "\u{2024}",
+            "%41",
+            "x.y",
+            "~",
+            "%2f",
+            "%252f",
+            "%5c",
+            "\\",
+            "%c0%af",
+            "=",
+            "%20",
+            "",
+            "%",
+            "%00",
+            "\u{e9}",
         ];
 
         fn segment() -> impl Strategy<Value = String> {

@@ -272,7 +272,11 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, annotations: &Annotatio
     crate::header_guard::strip_reserved(headers);
     // Repeated (equal) Content-Length values go upstream as one.
     if let Some(len) = headers.get(header::CONTENT_LENGTH).cloned()
-        && headers.get_all(header::CONTENT_LENGTH).iter().nth(1).is_some()
+        && headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .nth(1)
+            .is_some()
     {
         headers.insert(header::CONTENT_LENGTH, len);
     }

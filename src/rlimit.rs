@@ -4,6 +4,9 @@
 //! is below what `max_connections` needs (each relayed connection can hold
 //! two descriptors: the partner's and the upstream's).
 
+// `rlim_t` is `u64` on 64-bit Linux but not everywhere: the casts stay.
+#![allow(clippy::unnecessary_cast)]
+
 /// Descriptors the broker keeps besides connections: the journal's files,
 /// listeners, sockets, the watcher, configuration reads.
 const BASE_DESCRIPTORS: u64 = 256;

@@ -898,7 +898,11 @@ async fn handle_request(
     // (hyper answers 400 to differing lengths, and drops Content-Length
     // beside Transfer-Encoding, closing the connection after the answer);
     // HTTP/2 accepts `5` and `05` together, as equal numbers.
-    let lengths: Vec<&HeaderValue> = req.headers().get_all(header::CONTENT_LENGTH).iter().collect();
+    let lengths: Vec<&HeaderValue> = req
+        .headers()
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .collect();
     if lengths.windows(2).any(|w| w[0] != w[1]) {
         ctx.request_close();
         return deny(ev, StatusCode::BAD_REQUEST, "ambiguous_framing", true).await;

@@ -174,7 +174,9 @@ mod tests {
         }
     }
 
-    fn poll_once<B: Body + Unpin>(b: &mut B) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    type Polled<B> = Poll<Option<Result<Frame<<B as Body>::Data>, <B as Body>::Error>>>;
+
+    fn poll_once<B: Body + Unpin>(b: &mut B) -> Polled<B> {
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         Pin::new(b).poll_frame(&mut cx)
@@ -199,7 +201,10 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert!(!dropped.load(Ordering::SeqCst), "the clock did not restart");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(dropped.load(Ordering::SeqCst), "not dropped after the timeout");
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "not dropped after the timeout"
+        );
         assert!(matches!(poll_once(&mut g), Poll::Ready(Some(Err(_)))));
     }
 

@@ -74,9 +74,7 @@ pub enum Reply {
     Verify(VerifyReport),
     Prune(PruneReport),
     Status(StatusReport),
-    AdminAddress {
-        addr: std::net::SocketAddr,
-    },
+    AdminAddress { addr: std::net::SocketAddr },
     End,
     Error { message: String },
 }
@@ -397,7 +395,9 @@ pub fn request(
 
 /// The running broker's admin listener address, asked over the admin
 /// socket; `Ok(None)` when no broker answers there.
-pub fn admin_address(home: &crate::home::Home) -> Result<Option<std::net::SocketAddr>, JournalError> {
+pub fn admin_address(
+    home: &crate::home::Home,
+) -> Result<Option<std::net::SocketAddr>, JournalError> {
     let path = home.admin_socket();
     let Ok(stream) = std::os::unix::net::UnixStream::connect(&path) else {
         return Ok(None);

@@ -23,7 +23,10 @@ const SPOOFS: &[(&str, &str)] = &[
     ("X_Gatehouse_Partner", "globex"),
     ("X-Gatehouse_Cert_Serial", "00"),
     ("x-gatehouse-identity", "forged"),
-    ("X-Forwarded_Client_Cert", "Hash=evil;URI=spiffe://x/partner/globex"),
+    (
+        "X-Forwarded_Client_Cert",
+        "Hash=evil;URI=spiffe://x/partner/globex",
+    ),
     ("X_Forwarded_For", "6.6.6.6"),
     ("X-Forwarded-Host", "admin.internal"),
     ("Forwarded", "for=6.6.6.6"),
@@ -143,7 +146,10 @@ async fn spoofed_identity_method_and_path_headers_never_reach_a_python_upstream(
             .iter()
             .filter(|(n, v)| folded(n) == spoof && SPOOFS.iter().any(|(_, sv)| sv == v))
             .collect();
-        assert!(from_partner.is_empty(), "{k} reached the upstream: {headers:?}");
+        assert!(
+            from_partner.is_empty(),
+            "{k} reached the upstream: {headers:?}"
+        );
     }
     for (name, want) in [
         ("x-gatehouse-partner", "acme"),
@@ -153,7 +159,11 @@ async fn spoofed_identity_method_and_path_headers_never_reach_a_python_upstream(
     ] {
         let got: Vec<_> = headers.iter().filter(|(n, _)| folded(n) == name).collect();
         assert_eq!(got.len(), 1, "{name}: {headers:?}");
-        assert_eq!(got[0].1.to_ascii_lowercase(), want.to_ascii_lowercase(), "{name}");
+        assert_eq!(
+            got[0].1.to_ascii_lowercase(),
+            want.to_ascii_lowercase(),
+            "{name}"
+        );
     }
     // What a CGI/WSGI/PHP/Rack application reads.
     let env = &seen["environ"];
@@ -212,7 +222,11 @@ async fn spoofs_in_request_trailers_are_dropped() {
     let trailers = seen[0]["trailers"].as_object().unwrap();
     // The legitimate trailer arrives (the broker speaks HTTP/2 to this
     // upstream, where trailers need no declaration); nothing else does.
-    assert_eq!(trailers.get("x-checksum").and_then(|v| v.as_str()), Some("abc123"), "{trailers:?}");
+    assert_eq!(
+        trailers.get("x-checksum").and_then(|v| v.as_str()),
+        Some("abc123"),
+        "{trailers:?}"
+    );
     assert_eq!(trailers.len(), 1, "{trailers:?}");
     assert_eq!(seen[0]["headers"]["x-gatehouse-partner"], "acme");
 }
@@ -232,7 +246,14 @@ async fn content_length_with_transfer_encoding_is_reframed_and_the_connection_cl
     // (RFC 9112 §6.1), so a smuggled second request is never read.
     let smuggle = b"POST /v1/orders HTTP/1.1\r\nhost: l\r\ncontent-length: 30\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /v1/secret HTTP/1.1\r\nhost: l\r\n\r\n";
     let t = Instant::now();
-    let resp = raw_exchange(broker.addr, &h.ca_pem(), &acme, smuggle, Duration::from_secs(8)).await;
+    let resp = raw_exchange(
+        broker.addr,
+        &h.ca_pem(),
+        &acme,
+        smuggle,
+        Duration::from_secs(8),
+    )
+    .await;
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "the connection stayed open after the answer: {resp}"
@@ -242,7 +263,10 @@ async fn content_length_with_transfer_encoding_is_reframed_and_the_connection_cl
     let seen = up.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0]["path"], "/v1/orders");
-    assert_eq!(seen[0]["body_bytes"], 5, "re-framed by the chunked encoding");
+    assert_eq!(
+        seen[0]["body_bytes"], 5,
+        "re-framed by the chunked encoding"
+    );
     assert!(
         seen[0]["headers"]
             .get("content-length")
@@ -287,7 +311,12 @@ async fn differing_content_length_spellings_over_http2_get_400_ambiguous_framing
     };
     // `5` and `05`: HTTP/2 takes them as one length; the broker does not.
     assert_eq!(curl(&["5", "05"]).await.unwrap(), "2 400");
-    assert_eq!(up.calls.load(Ordering::SeqCst), 0, "relayed: {:?}", up.seen());
+    assert_eq!(
+        up.calls.load(Ordering::SeqCst),
+        0,
+        "relayed: {:?}",
+        up.seen()
+    );
     let rec = h
         .wait_journal(5, |r| r["reason"] == "ambiguous_framing")
         .await;

@@ -24,5 +24,9 @@ async fn a_log_file_holds_no_ansi_escape_codes() {
     );
     // A CLI error to a pipe has none either.
     let out = h.run(&["cert", "revoke", "nobody-here"]);
-    assert!(!out.stderr.contains(&0x1b), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

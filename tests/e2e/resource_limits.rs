@@ -37,14 +37,22 @@ async fn serve_raises_the_open_files_limit_and_warns_when_it_is_too_low() {
     // Started with soft 256 under a hard limit of 2048: too low for 5000
     // connections (two descriptors each).
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "ulimit -Sn 256 && ulimit -Hn 2048 && exec \"$0\" \"$@\"", BIN]);
+    cmd.args([
+        "-c",
+        "ulimit -Sn 256 && ulimit -Hn 2048 && exec \"$0\" \"$@\"",
+        BIN,
+    ]);
     let broker = Broker::start_with(h.path(), cmd);
     assert_eq!(
         open_files_limit(broker.child.id()),
         ("2048".to_string(), "2048".to_string()),
         "the soft limit was not raised to the hard one"
     );
-    assert!(broker.wait_log("open-files limit raised", 5).await, "{}", broker.log());
+    assert!(
+        broker.wait_log("open-files limit raised", 5).await,
+        "{}",
+        broker.log()
+    );
     assert!(
         broker.wait_log("below what max_connections needs", 5).await,
         "{}",
@@ -55,11 +63,19 @@ async fn serve_raises_the_open_files_limit_and_warns_when_it_is_too_low() {
     // With enough descriptors, no warning.
     h.set_server("max_connections", 100);
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "ulimit -Sn 256 && ulimit -Hn 4096 && exec \"$0\" \"$@\"", BIN]);
+    cmd.args([
+        "-c",
+        "ulimit -Sn 256 && ulimit -Hn 4096 && exec \"$0\" \"$@\"",
+        BIN,
+    ]);
     let broker = Broker::start_with(h.path(), cmd);
     assert_eq!(open_files_limit(broker.child.id()).0, "4096");
     assert!(broker.wait_log("gatehouse serving", 5).await);
-    assert!(!broker.log().contains("below what max_connections needs"), "{}", broker.log());
+    assert!(
+        !broker.log().contains("below what max_connections needs"),
+        "{}",
+        broker.log()
+    );
 }
 
 #[tokio::test]
@@ -163,7 +179,10 @@ async fn a_partner_that_stops_reading_does_not_pin_the_upstream_connection() {
         assert!(n > 0, "closed early");
         got += n;
     }
-    assert!(writing.load(Ordering::SeqCst), "the upstream is not streaming");
+    assert!(
+        writing.load(Ordering::SeqCst),
+        "the upstream is not streaming"
+    );
     let stopped = Instant::now();
     // Buffers fill within a moment, then `write_timeout` (2 s) runs.
     let mut released = false;
@@ -179,7 +198,10 @@ async fn a_partner_that_stops_reading_does_not_pin_the_upstream_connection() {
         released,
         "the upstream connection was still pinned {took:?} after the partner stopped reading"
     );
-    assert!(took < Duration::from_secs(12), "released only after {took:?}");
+    assert!(
+        took < Duration::from_secs(12),
+        "released only after {took:?}"
+    );
     assert!(closed_after_ms.load(Ordering::SeqCst) > 0);
     // On record as an exchange the partner did not take whole.
     let rec = h
@@ -222,7 +244,10 @@ async fn the_admin_listener_caps_connections_and_cuts_silent_ones() {
         took >= Duration::from_secs(3),
         "answered in {took:?}: no connection cap"
     );
-    assert!(took < Duration::from_secs(10), "answered only after {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "answered only after {took:?}"
+    );
     // The silent ones were closed.
     let mut buf = [0u8; 8];
     for s in silent.iter_mut().take(4) {

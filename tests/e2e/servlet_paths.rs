@@ -44,7 +44,8 @@ async fn dot_segments_in_servlet_spellings_get_400_and_never_reach_the_upstream(
     }
     // The fullwidth dot sent raw (UTF-8 bytes on the wire): hyper or the
     // target check refuses it.
-    let raw = "GET /v1/orders/\u{ff0e}\u{ff0e}/admin HTTP/1.1\r\nhost: l\r\nconnection: close\r\n\r\n";
+    let raw =
+        "GET /v1/orders/\u{ff0e}\u{ff0e}/admin HTTP/1.1\r\nhost: l\r\nconnection: close\r\n\r\n";
     let resp = raw_exchange(
         broker.addr,
         &ca,

@@ -336,7 +336,9 @@ async fn echo(
             for (name, value) in t {
                 trailers.insert(
                     name.as_str().to_string(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned().into(),
+                    String::from_utf8_lossy(value.as_bytes())
+                        .into_owned()
+                        .into(),
                 );
             }
         }
