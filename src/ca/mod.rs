@@ -13,7 +13,9 @@ pub mod crl;
 pub mod csr;
 pub mod inventory;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod rollover;
+pub mod upstream_identity;
 
 use std::net::IpAddr;
 

@@ -50,7 +50,7 @@ enum FetchError {
 pub fn run(home: &Home, args: StatusArgs) -> Result<ExitCode, Box<dyn Error>> {
     let admin = match args.admin {
         Some(a) => a,
-        None => match crate::journal::admin::admin_address(home) {
+        None => match crate::control::socket::admin_address(home) {
             Ok(Some(a)) => reachable(a),
             Ok(None) => crate::config::load_gateway(home)?.server.admin,
             Err(e) => {

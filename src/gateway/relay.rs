@@ -258,9 +258,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Whether a partner-sent header could be used to pose as someone else,
 /// forge the broker's own annotations or override the granted method or
 /// path, in any spelling (`_` for `-`, any case): such headers are dropped.
-/// The list and the folding live in [`crate::header_guard`].
+/// The list and the folding live in [`crate::gateway::header_guard`].
 pub fn is_spoofable(name: &HeaderName) -> bool {
-    crate::header_guard::is_reserved(name.as_str())
+    crate::gateway::header_guard::is_reserved(name.as_str())
 }
 
 /// Prepares a partner's request headers for the upstream: hop-by-hop and
@@ -269,7 +269,7 @@ pub fn is_spoofable(name: &HeaderName) -> bool {
 pub fn upstream_request_headers(headers: &mut HeaderMap, annotations: &Annotations<'_>) {
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
-    crate::header_guard::strip_reserved(headers);
+    crate::gateway::header_guard::strip_reserved(headers);
     // Repeated (equal) Content-Length values go upstream as one.
     if let Some(len) = headers.get(header::CONTENT_LENGTH).cloned()
         && headers
@@ -295,7 +295,7 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, annotations: &Annotatio
         &format!("Hash={};URI={}", annotations.fingerprint, annotations.uri),
     );
     if let Some(token) = annotations.identity {
-        set(crate::upstream_identity::HEADER, token);
+        set(crate::ca::upstream_identity::HEADER, token);
     }
 }
 

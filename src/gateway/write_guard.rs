@@ -19,7 +19,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
-use crate::relay::BoxError;
+use crate::gateway::relay::BoxError;
 
 struct Slot<B> {
     body: Mutex<Option<B>>,
