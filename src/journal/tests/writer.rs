@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::*;
+use crate::home::Home;
+use crate::journal::*;
 use crate::config::{Durability, JournalSettings};
 use crate::event::{Decision, Event, EventKind, Recorder};
 
