@@ -2,10 +2,9 @@
 //! on an honest journal and names the first bad sequence number after
 //! tampering through sled directly (altered, deleted, truncated, forged).
 
-
+use super::support::*;
 use crate::event::{Decision, Event, EventKind};
 use crate::journal::{CheckpointKind, Journal, Signer, Store, Verifier, record};
-use super::support::*;
 
 fn verify(home: &crate::home::Home) -> crate::journal::VerifyReport {
     let store = Store::open(&home.journal_db()).unwrap();

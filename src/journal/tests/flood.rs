@@ -2,12 +2,11 @@
 //! folded into one aggregate record per interval, so the journal's growth
 //! stays bounded.
 
-
 use std::time::Duration;
 
+use super::support::*;
 use crate::event::{Decision, Event, EventKind};
 use crate::journal::Journal;
-use super::support::*;
 
 fn refused(addr: &str) -> Event {
     let mut e = Event::new(EventKind::Handshake, "gatehouse-1", Decision::Denied);

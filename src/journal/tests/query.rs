@@ -1,10 +1,9 @@
 //! Per-partner time-range queries go through the (partner, time, seq)
 //! index and return exactly the matching records.
 
-
+use super::support::*;
 use crate::event::Decision;
 use crate::journal::{Journal, Query};
-use super::support::*;
 
 const T0: i64 = 1_800_000_000_000;
 
