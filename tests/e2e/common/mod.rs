@@ -1,5 +1,10 @@
 //! Shared test harness: `broker` makes a home and runs the real binary;
 //! `upstream` is an in-process echo upstream (TLS, mTLS, plain, wrong CA).
 pub mod broker;
+pub mod client;
+pub mod home;
+pub mod pki;
+pub mod process;
+pub mod raw_upstream;
 pub mod tools;
 pub mod upstream;
