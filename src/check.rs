@@ -150,7 +150,11 @@ fn pki_problems(home: &Home) -> Vec<String> {
             home.upstream_client_ca_cert().display()
         ));
     }
-    for key in [home.root_key(), home.upstream_client_ca_key(), home.ca_key()] {
+    for key in [
+        home.root_key(),
+        home.upstream_client_ca_key(),
+        home.ca_key(),
+    ] {
         if std::fs::metadata(&key).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
             problems.push(format!(
                 "{}: private key is readable by others (chmod 600 it)",

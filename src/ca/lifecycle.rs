@@ -87,11 +87,10 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
                 let key_pem = home::read_to_string(k)?;
                 let ca = Authority::from_pem(&cert_pem, &key_pem)
                     .map_err(|e| invalid(format!("cannot adopt {}: {e}", c.display())))?;
-                let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(
-                    ca.chain_pem.as_bytes(),
-                )
-                .filter_map(Result::ok)
-                .collect();
+                let chain: Vec<_> =
+                    rustls_pki_types::CertificateDer::pem_slice_iter(ca.chain_pem.as_bytes())
+                        .filter_map(Result::ok)
+                        .collect();
                 let top = chain
                     .iter()
                     .find(|d| super::is_self_issued(d))
@@ -356,8 +355,7 @@ pub fn server_renew(home: &Home, opts: &ServerRenewOptions) -> Result<ServerRene
     let until = (now + time::Duration::days(BROKER_CERT_DAYS)).min(ca.not_after);
     let (server_key, server) = sign_server_cert(&ca, &hostnames, now)?;
     let (upstream_ca, client_tail) = crate::ca::pki::upstream_client_signer(home)?;
-    let (client_key, client) =
-        sign_broker_client_cert(&upstream_ca, &gateway.trust_domain, now)?;
+    let (client_key, client) = sign_broker_client_cert(&upstream_ca, &gateway.trust_domain, now)?;
     let (server_key_pem, client_key_pem) = (server_key.serialize_pem(), client_key.serialize_pem());
     let server_pem = format!("{}{}", server.pem, crate::ca::pki::chain_tail(home, &ca)?);
     let client_pem = format!("{}{client_tail}", client.pem);
@@ -581,10 +579,9 @@ fn issue_inner(
             &key.serialize_pem(),
         )?;
         if opts.p12 || opts.p12_legacy {
-            let certs: Vec<_> =
-                rustls_pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
-                    .filter_map(Result::ok)
-                    .collect();
+            let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+                .filter_map(Result::ok)
+                .collect();
             let password = super::p12::random_password();
             let bytes = super::p12::build(
                 partner,

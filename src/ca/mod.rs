@@ -420,7 +420,11 @@ pub fn is_self_issued(der: &[u8]) -> bool {
 pub fn ca_name(what: &str, trust_domain: &str) -> String {
     let now = OffsetDateTime::now_utc();
     let tag: [u8; 3] = rand::random();
-    format!("gatehouse {what} {trust_domain} {} {}", now.date(), hex::encode(tag))
+    format!(
+        "gatehouse {what} {trust_domain} {} {}",
+        now.date(),
+        hex::encode(tag)
+    )
 }
 
 /// A new P-256 key pair (partner keys made by `cert issue`, broker keys).

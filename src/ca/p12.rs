@@ -74,10 +74,21 @@ mod tests {
         let cert = p.self_signed(&key).unwrap();
         let pass = random_password();
         assert_eq!(pass.len(), 32);
-        let bytes = build("acme", &key.serialize_der(), &[cert.der().clone()], &pass, false).unwrap();
-        let store = KeyStore::from_pkcs12(&bytes, &pass, p12_keystore::Pkcs12ImportPolicy::Relaxed).unwrap();
+        let bytes = build(
+            "acme",
+            &key.serialize_der(),
+            &[cert.der().clone()],
+            &pass,
+            false,
+        )
+        .unwrap();
+        let store = KeyStore::from_pkcs12(&bytes, &pass, p12_keystore::Pkcs12ImportPolicy::Relaxed)
+            .unwrap();
         let (_, chain) = store.private_key_chain().unwrap();
         assert_eq!(chain.certs()[0].as_der(), cert.der().as_ref());
-        assert!(KeyStore::from_pkcs12(&bytes, "wrong", p12_keystore::Pkcs12ImportPolicy::Relaxed).is_err());
+        assert!(
+            KeyStore::from_pkcs12(&bytes, "wrong", p12_keystore::Pkcs12ImportPolicy::Relaxed)
+                .is_err()
+        );
     }
 }

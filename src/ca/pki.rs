@@ -96,9 +96,8 @@ pub(crate) fn pem_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Whether a certificate is still within its validity.
 fn unexpired(der: &[u8]) -> bool {
-    parse_x509_certificate(der).is_ok_and(|(_, c)| {
-        super::asn1_time(c.validity().not_after) > OffsetDateTime::now_utc()
-    })
+    parse_x509_certificate(der)
+        .is_ok_and(|(_, c)| super::asn1_time(c.validity().not_after) > OffsetDateTime::now_utc())
 }
 
 /// Roots replaced by `ca rotate --root` and not retired (unexpired ones).
@@ -164,7 +163,10 @@ pub fn chain_tail(home: &Home, ca: &Authority) -> Result<String, CaError> {
 
 /// The upstream-client CA, when the home has one (not in a single-tier home).
 pub fn load_upstream_client_ca(home: &Home) -> Result<Option<Authority>, CaError> {
-    let (cert, key) = (home.upstream_client_ca_cert(), home.upstream_client_ca_key());
+    let (cert, key) = (
+        home.upstream_client_ca_cert(),
+        home.upstream_client_ca_key(),
+    );
     if !cert.is_file() {
         return Ok(None);
     }

@@ -38,8 +38,8 @@ use super::lifecycle::{default_hostnames, sign_broker_client_cert, sign_server_c
 use super::lock::{self, CaLock};
 use super::pki::{self, pem_files};
 use super::{
-    Authority, CaError, ISSUING_VALIDITY_DAYS, ROOT_VALIDITY_DAYS, UPSTREAM_CLIENT_CA_DAYS, ca_name,
-    crl, der_to_pem, invalid,
+    Authority, CaError, ISSUING_VALIDITY_DAYS, ROOT_VALIDITY_DAYS, UPSTREAM_CLIENT_CA_DAYS,
+    ca_name, crl, der_to_pem, invalid,
 };
 use crate::config::{self, GatewayConfig};
 use crate::home::{self, Home, ensure_dir, write_key, write_public};
@@ -191,11 +191,7 @@ fn keep_as_previous(home: &Home, old: &Authority) -> Result<(), CaError> {
 
 /// Writes the new issuing CA and re-issues the broker's server certificate
 /// under it (chain: leaf, issuing CA, cross certificate if any).
-fn install_issuing(
-    home: &Home,
-    new: &Authority,
-    new_key_pem: &str,
-) -> Result<(), CaError> {
+fn install_issuing(home: &Home, new: &Authority, new_key_pem: &str) -> Result<(), CaError> {
     let (server_key, server) =
         sign_server_cert(new, &server_hostnames(home), OffsetDateTime::now_utc())?;
     let server_pem = format!("{}{}", server.pem, pki::chain_tail(home, new)?);
@@ -666,8 +662,7 @@ fn retire_upstream_client(home: &Home) -> Result<Retired, CaError> {
 
 /// Whether `der` names `ca`'s subject as its issuer.
 fn issued_by(der: &[u8], ca: &[u8]) -> bool {
-    let (Ok((_, c)), Ok((_, a))) = (parse_x509_certificate(der), parse_x509_certificate(ca))
-    else {
+    let (Ok((_, c)), Ok((_, a))) = (parse_x509_certificate(der), parse_x509_certificate(ca)) else {
         return false;
     };
     c.issuer().as_raw() == a.subject().as_raw()

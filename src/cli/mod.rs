@@ -351,7 +351,10 @@ fn cmd_init(home: Home, a: InitArgs) -> CliResult {
             home.ca_cert().display()
         );
     }
-    println!("  issuing CA fingerprint (SHA-256): {}", report.ca_fingerprint);
+    println!(
+        "  issuing CA fingerprint (SHA-256): {}",
+        report.ca_fingerprint
+    );
     println!(
         "  upstream-client CA: created {} (upstreams trust this, and only this, to admit the broker)",
         home.upstream_client_ca_cert().display()
@@ -836,7 +839,9 @@ fn print_issue(id: &str, r: &lifecycle::IssueReport) {
         );
     }
     if r.p12_written {
-        println!("  PKCS#12:           {out}/{id}.p12 (password in {out}/{id}.p12.pass, mode 0600)");
+        println!(
+            "  PKCS#12:           {out}/{id}.p12 (password in {out}/{id}.p12.pass, mode 0600)"
+        );
     }
     println!("  root(s) to trust:  {out}/ca.pem");
 }
