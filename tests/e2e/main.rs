@@ -18,6 +18,7 @@ mod curl;
 mod echo_upstream;
 mod handshake;
 mod hostile_input;
+mod interop;
 mod journal_chain;
 mod journal_cli;
 mod journal_e2e;
