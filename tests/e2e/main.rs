@@ -13,6 +13,7 @@ mod journal_support;
 
 mod broker_certs;
 mod ca_cli;
+mod ca_lock;
 mod ca_rollover;
 mod curl;
 mod echo_upstream;
