@@ -17,9 +17,11 @@ pub mod csr;
 pub mod inventory;
 pub mod lifecycle;
 pub mod lock;
+pub mod maintenance;
 pub mod p12;
 pub mod pki;
 pub mod rollover;
+pub mod upstream_identity;
 
 use std::net::IpAddr;
 

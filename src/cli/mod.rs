@@ -480,7 +480,7 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
         PartnerCmd::Resume { id } => {
             partners::set_status(home, &id, PartnerStatus::Active)?;
             // A running broker also lifts an anomaly throttle on the partner.
-            let note = match crate::journal::admin::clear_anomaly(home, &id) {
+            let note = match crate::control::socket::clear_anomaly(home, &id) {
                 Ok(true) => "; the running broker cleared its anomaly state",
                 _ => "",
             };
