@@ -1,4 +1,4 @@
-//! The gatehouse home folder: where every file lives (DESIGN.md, "Files"),
+//! The gatehouse home folder: where every file lives (docs/architecture.md, "Files"),
 //! and the one way files are written there — atomically, and with private
 //! keys created mode 0600 from the start.
 //!

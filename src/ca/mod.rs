@@ -120,7 +120,7 @@ pub struct Signed {
 
 /// What a leaf certificate is for.
 pub enum LeafKind<'a> {
-    /// A partner's client certificate (DESIGN.md, Identity).
+    /// A partner's client certificate (docs/architecture.md, "Identity").
     Partner {
         trust_domain: &'a str,
         id: &'a str,

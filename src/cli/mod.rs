@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md, "CLI"): clap definitions and the dispatch to
+//! The command line (README, "Operator's guide"): clap definitions and the dispatch to
 //! the modules that do the work. Output for people by default, `--json` for
 //! scripts; exit 0 on success, non-zero with one clear line on stderr.
 
