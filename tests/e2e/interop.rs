@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::broker::TestHome;
-use common::clients::{self, Client, PartnerFiles};
+use common::stacks::{self as clients, Client, PartnerFiles};
 use common::upstream::{EchoOptions, EchoUpstream, start_echo_upstream};
 
 /// A home with an echo upstream that admits only the broker, partner acme
