@@ -13,12 +13,14 @@ mod journal_support;
 
 mod broker_certs;
 mod ca_cli;
+mod ca_lock;
 mod ca_rollover;
 mod curl;
 mod echo_upstream;
 mod handshake;
 mod header_spoofing;
 mod hostile_input;
+mod interop;
 mod journal_cli;
 mod journal_e2e;
 mod log_output;

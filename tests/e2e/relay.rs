@@ -17,7 +17,7 @@ use http::Method;
 async fn allowed_call_is_relayed_with_the_broker_identity_headers() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions {
-        client_ca_pem: Some(h.ca_pem()),
+        client_ca_pem: Some(h.upstream_client_ca_pem()),
         ..Default::default()
     })
     .await;

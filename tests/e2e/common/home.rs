@@ -155,8 +155,19 @@ impl TestHome {
         None
     }
 
+    /// The issuing CA (`certs/ca.pem`), which signs partner and server certificates.
     pub fn ca_pem(&self) -> String {
         std::fs::read_to_string(self.path().join("certs/ca.pem")).unwrap()
+    }
+
+    /// What partners trust: the root(s) (`certs/ca-bundle.pem`).
+    pub fn roots_pem(&self) -> String {
+        std::fs::read_to_string(self.path().join("certs/ca-bundle.pem")).unwrap()
+    }
+
+    /// The CA an upstream trusts to admit the broker (and only the broker).
+    pub fn upstream_client_ca_pem(&self) -> String {
+        std::fs::read_to_string(self.path().join("certs/upstream-client-ca.pem")).unwrap()
     }
 
     /// Starts `gatehouse serve` on OS-assigned ports.
