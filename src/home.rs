@@ -1,6 +1,7 @@
-//! The gatehouse home folder: where every file lives, and the one way files
-//! are written there — atomically and durably (`durable_file`), with
-//! private keys created mode 0600 from the start.
+//! The gatehouse home folder: where every file lives (docs/architecture.md,
+//! "Files"), and the one way files are written there — atomically and
+//! durably (`durable_file`), with private keys created mode 0600 from the
+//! start.
 //!
 //! Nothing else in the crate builds paths under the home by hand.
 
@@ -90,9 +91,55 @@ impl Home {
     pub fn ca_key(&self) -> PathBuf {
         self.certs_dir().join("ca.key")
     }
-    /// Every CA the broker trusts (current and retired-pending), for partners and upstreams.
+    /// The root(s) partners trust: the current root, every previous root
+    /// not yet retired, and a single-tier CA kept by a migration.
     pub fn ca_bundle(&self) -> PathBuf {
         self.certs_dir().join("ca-bundle.pem")
+    }
+    /// The root CA (the trust anchor partners hold); absent in a
+    /// single-tier home made by an earlier `init`.
+    pub fn root_cert(&self) -> PathBuf {
+        self.certs_dir().join("root.pem")
+    }
+    /// The root's key; may be moved offline (only `ca rotate` needs it).
+    pub fn root_key(&self) -> PathBuf {
+        self.certs_dir().join("root.key")
+    }
+    /// Roots replaced by `ca rotate --root`, until retired: `<fingerprint>.pem` (and `.key`).
+    pub fn root_previous_dir(&self) -> PathBuf {
+        self.certs_dir().join("root-previous")
+    }
+    /// The current root cross-signed by the previous one (`ca rotate --root`),
+    /// sent in the broker's server chain so holders of the old root verify it.
+    pub fn root_cross(&self) -> PathBuf {
+        self.certs_dir().join("root-cross.pem")
+    }
+    /// The root's CRL (issuing CAs retired under it).
+    pub fn root_crl(&self) -> PathBuf {
+        self.certs_dir().join("root-crl.pem")
+    }
+    pub fn root_crl_number(&self) -> PathBuf {
+        self.certs_dir().join("root-crl.number")
+    }
+    /// The CA used only for the broker's upstream-leg client certificate.
+    pub fn upstream_client_ca_cert(&self) -> PathBuf {
+        self.certs_dir().join("upstream-client-ca.pem")
+    }
+    pub fn upstream_client_ca_key(&self) -> PathBuf {
+        self.certs_dir().join("upstream-client-ca.key")
+    }
+    /// The upstream-client CA replaced by `ca rotate --upstream-client`, until retired.
+    pub fn upstream_client_ca_previous(&self) -> PathBuf {
+        self.certs_dir().join("upstream-client-ca-previous.pem")
+    }
+    /// The current upstream-client CA cross-signed by the previous one, sent
+    /// after `broker-client.pem`'s leaf during the overlap.
+    pub fn upstream_client_cross(&self) -> PathBuf {
+        self.certs_dir().join("upstream-client-cross.pem")
+    }
+    /// The lock file every inventory and CRL writer holds (CLI and broker).
+    pub fn ca_lock(&self) -> PathBuf {
+        self.certs_dir().join("ca.lock")
     }
     /// CAs replaced by `ca rotate` and not yet retired: `<fingerprint>.pem` / `.key`.
     pub fn ca_previous_dir(&self) -> PathBuf {
@@ -101,10 +148,6 @@ impl Home {
     /// CAs `ca retire` removed from trust (certificates only, for the record).
     pub fn ca_retired_dir(&self) -> PathBuf {
         self.certs_dir().join("ca-retired")
-    }
-    /// The current CA cross-signed by its predecessor (`ca rotate --cross-sign`).
-    pub fn ca_cross(&self) -> PathBuf {
-        self.certs_dir().join("ca-cross.pem")
     }
     pub fn server_cert(&self) -> PathBuf {
         self.certs_dir().join("server.pem")
@@ -191,19 +234,17 @@ pub fn read_to_string(path: &Path) -> Result<String, HomeError> {
     fs::read_to_string(path).map_err(|e| HomeError::io(path, e))
 }
 
-/// A hash of each file's path, length and mtime (changes when a file does).
+/// A hash of each file's path and content (changes when a file does, however
+/// quickly and whatever its length: two writes of the same length within one
+/// clock tick of the file system share an mtime).
 pub fn stamp_files(paths: &[PathBuf]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for p in paths {
         p.hash(&mut h);
-        match std::fs::metadata(p) {
-            Ok(m) => {
-                m.len().hash(&mut h);
-                m.modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
-                    .map(|d| d.as_nanos())
-                    .hash(&mut h);
+        match std::fs::read(p) {
+            Ok(bytes) => {
+                1u8.hash(&mut h);
+                bytes.hash(&mut h);
             }
             Err(_) => 0u8.hash(&mut h),
         }

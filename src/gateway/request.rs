@@ -7,20 +7,24 @@
 //! response and the record, the same way for every phase.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 
 use crate::ca::upstream_identity::TokenSubject;
 use crate::event::{Decision, Event, EventKind, truncated};
 use crate::gateway::Gateway;
 use crate::gateway::exchange::PendingRecord;
+use crate::gateway::header_guard::TrailerFilter;
 use crate::gateway::live::{PartnerEntry, Snapshot};
 use crate::gateway::refusal::{Refusal, code};
-use crate::gateway::relay::{Annotations, RelayBody, Upstream, upstream_request_headers};
+use crate::gateway::relay::{
+    Annotations, RelayBody, Upstream, UpstreamError, upstream_request_headers,
+};
 use crate::gateway::renewal;
 use crate::gateway::respond::{self, Answer, ResponseBody};
 use crate::gateway::session::ConnCtx;
@@ -119,16 +123,33 @@ async fn phases(
         .uri_for(&permit.upstream_path, target.query)
         .map_err(|_| Refusal::http(StatusCode::BAD_REQUEST, code::BAD_TARGET))?;
     let route = permit.route.path.clone();
+    let write_timeout = snapshot.gateway.server.write_timeout;
     drop(snapshot);
 
     let is_head = req.method() == Method::HEAD;
+    let over_limit = Arc::new(AtomicBool::new(false));
+    let cap = BodyCap {
+        max: max_body,
+        exceeded: over_limit.clone(),
+    };
     let upstream_req =
-        build_upstream_request(req, uri, max_body, conn, gw, &upstream, &route, request_id)?;
-    let response = relay(gw, &upstream, upstream_req, request_id).await?;
+        build_upstream_request(req, uri, cap, conn, gw, &upstream, &route, request_id)?;
+    let response = relay(gw, &upstream, upstream_req, request_id)
+        .await
+        .map_err(|refusal| {
+            // An HTTP/2 upstream leg reports a body error only as a reset
+            // stream; the cap says whether it was the body limit.
+            if over_limit.load(Ordering::Relaxed) {
+                Refusal::from(UpstreamError::BodyTooLarge)
+            } else {
+                refusal
+            }
+        })?;
     Ok(Answer::Relayed {
         response,
         upstream,
         is_head,
+        write_timeout,
     })
 }
 
@@ -152,13 +173,14 @@ fn admit<'s>(
         .map_err(|reason| Refusal::http(StatusCode::FORBIDDEN, reason).closing())
 }
 
-/// Framing: refuses both framings at once or conflicting lengths (request
-/// smuggling shapes), and returns the declared Content-Length.
+/// Framing: refuses Content-Length values spelled differently, and returns
+/// the declared Content-Length. HTTP/1.1 never gets here with an ambiguous
+/// shape (hyper answers 400 to differing lengths, and drops Content-Length
+/// beside Transfer-Encoding, closing the connection after the answer);
+/// HTTP/2 accepts `5` and `05` together, as equal numbers.
 fn frame(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
-    let has_te = headers.contains_key(header::TRANSFER_ENCODING);
     let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
-    let conflicting_lengths = lengths.windows(2).any(|w| w[0] != w[1]);
-    if (has_te && !lengths.is_empty()) || conflicting_lengths {
+    if lengths.windows(2).any(|w| w[0] != w[1]) {
         return Err(Refusal::http(StatusCode::BAD_REQUEST, code::AMBIGUOUS_FRAMING).closing());
     }
     Ok(lengths
@@ -218,6 +240,13 @@ fn limit(
     Ok(max_body)
 }
 
+/// The request body's limit while it streams; `exceeded` is set when the
+/// partner's body goes past it.
+struct BodyCap {
+    max: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
 /// The upstream request: the partner's, re-addressed, with the broker's
 /// identity headers (and the signed identity, when the upstream asks for
 /// it; fail closed: no token, no relay), hop-by-hop and spoofable headers
@@ -226,7 +255,7 @@ fn limit(
 fn build_upstream_request(
     req: Request<Incoming>,
     uri: http::Uri,
-    max_body: u64,
+    cap: BodyCap,
     conn: &ConnCtx,
     gw: &Gateway,
     upstream: &Upstream,
@@ -272,7 +301,14 @@ fn build_upstream_request(
     let body: RelayBody = if body.is_end_stream() {
         Empty::new().map_err(|e| match e {}).boxed()
     } else {
-        Limited::new(body, max_body as usize).boxed()
+        let exceeded = cap.exceeded;
+        TrailerFilter::new(Limited::new(body, cap.max as usize).map_err(move |e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                exceeded.store(true, Ordering::Relaxed);
+            }
+            e
+        }))
+        .boxed()
     };
     Ok(Request::from_parts(parts, body))
 }

@@ -1,10 +1,8 @@
 //! Retention: `prune --before T` drops the oldest records but leaves a
 //! signed checkpoint at the cut, so verification still runs from there.
 
-use crate::journal_support;
-
-use gatehouse::journal::{CheckpointKind, ExportItem, Journal, Query, Store, Verifier};
-use journal_support::*;
+use super::support::*;
+use crate::journal::{CheckpointKind, ExportItem, Journal, Query, Store, Verifier};
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -112,4 +110,36 @@ fn prune_refuses_to_destroy_a_broken_chain() {
     let err = j.prune(T0 + 10_000).unwrap_err();
     assert!(err.to_string().contains("not pruning"), "{err}");
     assert!(j.store().get(1).unwrap().is_some(), "nothing was removed");
+}
+
+#[test]
+fn prune_refuses_to_cut_a_checkpoint_that_does_not_verify() {
+    let (_d, home) = key_home();
+    let j = Journal::open(&home, &settings(10)).unwrap();
+    fill(
+        &j,
+        (0..30)
+            .map(|i| exchange(Some("acme"), T0 + i * 1000, 200))
+            .collect(),
+    );
+    j.shutdown().unwrap();
+    drop(j);
+    {
+        // Forge the signature of the checkpoint at seq 10 (the chain itself
+        // stays intact, so only the checkpoint check can see it).
+        let db = raw_db(&home);
+        let t = db.open_tree("checkpoints").unwrap();
+        let mut v = t.get(be(10)).unwrap().expect("checkpoint at 10").to_vec();
+        let last = v.len() - 1;
+        v[last] ^= 0x01;
+        t.insert(be(10), v).unwrap();
+        db.flush().unwrap();
+    }
+    let j = Journal::open(&home, &settings(10)).unwrap();
+    let err = j.prune(T0 + 25_000).unwrap_err();
+    assert!(err.to_string().contains("not pruning"), "{err}");
+    assert!(err.to_string().contains("checkpoint"), "{err}");
+    assert!(j.store().get(1).unwrap().is_some(), "records were removed");
+    // A range without the forged checkpoint still prunes.
+    assert_eq!(j.prune(T0 + 5_000).unwrap().removed, 5);
 }
