@@ -45,10 +45,25 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byt
         }
         "/metrics" => {
             refresh_cert_expiry(&shared).await;
-            let mut r = text(StatusCode::OK, shared.monitor.render());
+            shared
+                .monitor
+                .set_journal_writable(shared.recorder.writable());
+            // OpenMetrics for scrapers that ask for it (Prometheus does),
+            // else the classic text format (curl, promtool).
+            let accept = req.headers().get(http::header::ACCEPT);
+            let (body, content_type) =
+                if crate::monitor::wants_openmetrics(accept.and_then(|v| v.to_str().ok())) {
+                    (shared.monitor.render(), crate::monitor::CONTENT_TYPE)
+                } else {
+                    (
+                        shared.monitor.render_text(),
+                        crate::monitor::TEXT_CONTENT_TYPE,
+                    )
+                };
+            let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(crate::monitor::CONTENT_TYPE),
+                http::HeaderValue::from_static(content_type),
             );
             r
         }

@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use time::Duration;
 
@@ -523,4 +523,111 @@ fn status_json_shape() {
     assert!(globex["alerts"].as_array().unwrap().is_empty());
     assert_eq!(v["expiring"][0]["serial"], "aa");
     assert_eq!(v["alerts"].as_array().unwrap().len(), 1);
+}
+
+/// Every family the monitor has, with at least one sample.
+fn every_family() -> Monitor {
+    let m = Monitor::new();
+    m.observe_event(
+        &exchange("acme", "GET", "/v1/x", 429, Some("requests_per_minute")),
+        None,
+    );
+    m.observe_event(
+        &granted(
+            exchange("acme", "GET", "/v1/orders/1", 503, None),
+            "/v1/orders",
+        ),
+        None,
+    );
+    let mut hs = Event::new(EventKind::Handshake, "n", Decision::Denied);
+    hs.reason = Some("unknown_ca".into());
+    m.observe_event(&hs, None);
+    m.handshake_ok("full");
+    m.connection_opened();
+    m.upstream("orders", 0.5, Some("upstream_timeout"));
+    m.journal_batch(2, 0.1, true);
+    let mut alert = Event::new(EventKind::Alert, "n", Decision::Denied);
+    alert.reason = Some("denial_spike".into());
+    alert.time_ms = crate::event::now_ms();
+    m.observe_event(&alert, None);
+    let mut reload = Event::new(EventKind::Admin, "n", Decision::Allowed);
+    reload.reason = Some("config_reloaded".into());
+    m.observe_event(&reload, None);
+    m.set_cert_expiry(&inv(vec![cert("aa", "acme", 10)]), NOW);
+    m
+}
+
+#[test]
+fn the_classic_text_format_declares_every_sample_with_help_and_type() {
+    let m = every_family();
+    let text = m.render_text();
+    assert!(!text.contains("# EOF"));
+    let mut help = HashSet::new();
+    let mut types = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, h) = rest.split_once(' ').unwrap();
+            assert!(!h.trim().is_empty(), "empty help: {line}");
+            help.insert(name.to_string());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            types.insert(name.to_string(), kind.to_string());
+        } else {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = types
+                .iter()
+                .find(|(f, kind)| {
+                    name == f.as_str()
+                        || (kind.as_str() == "histogram"
+                            && ["_bucket", "_sum", "_count"]
+                                .iter()
+                                .any(|suf| name == format!("{f}{suf}")))
+                })
+                .map(|(f, _)| f.clone())
+                .unwrap_or_else(|| panic!("sample without a TYPE: {line}\n{text}"));
+            assert!(help.contains(&family), "no HELP for {family}\n{text}");
+            if types[&family] == "counter" {
+                assert!(family.ends_with("_total"), "{family}");
+            }
+        }
+    }
+    for family in [
+        "gatehouse_requests_total",
+        "gatehouse_rate_limit_denials_total",
+        "gatehouse_upstream_responses_total",
+        "gatehouse_upstream_errors_total",
+        "gatehouse_alerts_total",
+        "gatehouse_alerts_open",
+        "gatehouse_journal_writable",
+        "gatehouse_journal_append_failures_total",
+        "gatehouse_config_reloads_total",
+        "gatehouse_config_reload_failures_total",
+    ] {
+        assert!(types.contains_key(family), "{family} missing\n{text}");
+    }
+}
+
+#[test]
+fn open_alerts_and_journal_health_are_gauges() {
+    let m = every_family();
+    let s = samples(&m.render());
+    assert_eq!(s[r#"gatehouse_alerts_open{kind="denial_spike"}"#], 1.0);
+    // The failed batch above.
+    assert_eq!(s["gatehouse_journal_writable"], 0.0);
+    m.set_journal_writable(true);
+    assert_eq!(samples(&m.render())["gatehouse_journal_writable"], 1.0);
+    assert_eq!(
+        s[r#"gatehouse_upstream_responses_total{upstream="orders",status_class="5xx"}"#],
+        1.0
+    );
+    // An alert over an hour old is no longer open; its kind stays at 0.
+    let m = Monitor::new();
+    let mut old = Event::new(EventKind::Alert, "n", Decision::Denied);
+    old.reason = Some("rate_spike".into());
+    old.time_ms = crate::event::now_ms() - ALERT_OPEN_MS - 1000;
+    m.observe_event(&old, None);
+    assert_eq!(
+        samples(&m.render())[r#"gatehouse_alerts_open{kind="rate_spike"}"#],
+        0.0
+    );
 }
