@@ -631,3 +631,58 @@ fn open_alerts_and_journal_health_are_gauges() {
         0.0
     );
 }
+
+/// The `gatehouse_*` names in `text` (metric names in PromQL).
+fn metric_names(text: &str) -> HashSet<String> {
+    let mut out = HashSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("gatehouse_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        out.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn the_grafana_dashboard_and_alerting_rules_use_real_metric_names() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let dashboard = std::fs::read_to_string(root.join("grafana/gatehouse.json")).unwrap();
+    let rules = std::fs::read_to_string(root.join("prometheus/gatehouse-rules.yml")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
+    let panels = doc["panels"].as_array().expect("panels");
+    let exprs: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(exprs.len() >= 15, "{} queries", exprs.len());
+    let m = every_family();
+    let rendered: HashSet<String> = samples(&m.render())
+        .keys()
+        .map(|k| k.split('{').next().unwrap_or(k).to_string())
+        .collect();
+    let used = metric_names(&exprs.join("\n"));
+    let in_rules = metric_names(&rules);
+    assert!(in_rules.len() >= 8, "{in_rules:?}");
+    for name in used.iter().chain(&in_rules) {
+        assert!(
+            rendered.contains(name),
+            "{name} is not a metric the broker exports: {rendered:?}"
+        );
+    }
+    // The dashboard covers what operators look for.
+    for needed in [
+        "gatehouse_requests_total",
+        "gatehouse_request_denials_total",
+        "gatehouse_request_duration_seconds_bucket",
+        "gatehouse_certificate_expiry_seconds",
+        "gatehouse_journal_writable",
+        "gatehouse_journal_append_seconds_bucket",
+    ] {
+        assert!(used.contains(needed), "dashboard lacks {needed}");
+    }
+}
