@@ -25,6 +25,7 @@ pub enum LogCmd {
         /// How many records.
         #[arg(short = 'n', long = "lines", default_value_t = 20)]
         n: usize,
+        /// Keep following: print new records as they are written.
         #[arg(short = 'f', long)]
         follow: bool,
         /// One JSON object per line.
@@ -33,6 +34,7 @@ pub enum LogCmd {
     },
     /// Find records by partner, time, decision and status (oldest first).
     Query {
+        /// Only this partner's records.
         #[arg(long)]
         partner: Option<String>,
         /// From this time (RFC 3339, or a duration ago: 1h, 7d).
@@ -41,18 +43,22 @@ pub enum LogCmd {
         /// Before this time (RFC 3339, or a duration ago).
         #[arg(long)]
         until: Option<String>,
+        /// Only allowed, or only denied, exchanges.
         #[arg(long, value_enum)]
         decision: Option<DecisionArg>,
         /// HTTP status.
         #[arg(long)]
         status: Option<u16>,
+        /// At most this many records.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// One JSON object per line.
         #[arg(long)]
         json: bool,
     },
     /// Export records and signed checkpoints, one JSON object per line.
     Export {
+        /// Output format: JSON lines, one record or checkpoint per line.
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
         /// Resume after this sequence number.
@@ -64,6 +70,7 @@ pub enum LogCmd {
     },
     /// Check the hash chain and every checkpoint signature (exit 0 only if all hold).
     Verify {
+        /// The verification report as one JSON object.
         #[arg(long)]
         json: bool,
     },

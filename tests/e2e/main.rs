@@ -14,6 +14,7 @@ mod journal_support;
 mod broker_certs;
 mod ca_cli;
 mod ca_rollover;
+mod cli_docs;
 mod contrib;
 mod curl;
 mod echo_upstream;
