@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Subcommand, ValueEnum};
 use time::OffsetDateTime;
 
-use crate::event::Decision;
+use crate::event::{Decision, EventKind};
 use crate::home::Home;
 use crate::journal::admin::{self, Backend, Reply, Request};
 use crate::journal::{JournalError, Query, Signer, Store, Verifier, fmt_time_ms};
@@ -32,7 +32,8 @@ pub enum LogCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Find records by partner, time, decision and status (oldest first).
+    /// Find records by partner, kind, time, decision and status. Lists the
+    /// oldest matches first (at most --limit); --reverse lists the newest first.
     Query {
         /// Only this partner's records.
         #[arg(long)]
@@ -49,6 +50,14 @@ pub enum LogCmd {
         /// HTTP status.
         #[arg(long)]
         status: Option<u16>,
+        /// Only records of this kind: exchanges, refused TLS handshakes
+        /// (and their per-address summaries), alerts, or admin events
+        /// (reloads, certificate changes).
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        /// Newest first: with --limit, the last N matches, not the first N.
+        #[arg(long)]
+        reverse: bool,
         /// At most this many records.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -100,6 +109,25 @@ pub enum DrillArg {
 pub enum DecisionArg {
     Allowed,
     Denied,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum KindArg {
+    Exchange,
+    Handshake,
+    Alert,
+    Admin,
+}
+
+impl KindArg {
+    fn kind(self) -> EventKind {
+        match self {
+            KindArg::Exchange => EventKind::Exchange,
+            KindArg::Handshake => EventKind::Handshake,
+            KindArg::Alert => EventKind::Alert,
+            KindArg::Admin => EventKind::Admin,
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -341,6 +369,8 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
             until,
             decision,
             status,
+            kind,
+            reverse,
             limit,
             json,
         } => {
@@ -353,8 +383,9 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
                     DecisionArg::Denied => Decision::Denied,
                 }),
                 status,
-                kind: None,
+                kind: kind.map(KindArg::kind),
                 limit,
+                reverse,
             };
             run_request(home, Request::Query { query }, &mut |r| print_ok(r, json))?;
         }

@@ -118,6 +118,38 @@ fn check_reads(home: &Home) {
         &["log", "query", "--status", "200", "--limit", "5", "--json"],
     )));
     assert_eq!(limited.len(), 5);
+    // Newest first, by partner (the index) and over everything (a scan).
+    let newest = json_lines(&ok(gh(
+        home,
+        &[
+            "log",
+            "query",
+            "--partner",
+            "acme",
+            "--reverse",
+            "--limit",
+            "2",
+            "--json",
+        ],
+    )));
+    let seqs: Vec<u64> = newest.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![40, 37]);
+    let newest = json_lines(&ok(gh(
+        home,
+        &[
+            "log",
+            "query",
+            "--kind",
+            "exchange",
+            "--reverse",
+            "--limit",
+            "1",
+            "--json",
+        ],
+    )));
+    assert_eq!(newest[0]["seq"], 40);
+    let alerts = ok(gh(home, &["log", "query", "--kind", "alert", "--json"]));
+    assert!(alerts.trim().is_empty(), "no alert was recorded: {alerts}");
 
     let export = json_lines(&ok(gh(home, &["log", "export", "--format", "jsonl"])));
     let records = export.iter().filter(|v| v["type"] == "record").count();
