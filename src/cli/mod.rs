@@ -346,7 +346,7 @@ fn cmd_init(home: Home, a: InitArgs) -> CliResult {
         println!("  config: {}", home.config_file().display());
     }
     println!(
-        "next: gatehouse partner add ID --route \"GET /v1/orders -> orders\", then gatehouse cert issue ID"
+        "next: add your API as an [upstreams.NAME] table in gatehouse.toml (a commented example is there), then gatehouse partner add ID --route \"GET /v1/orders -> NAME\" and gatehouse cert issue ID"
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -360,6 +360,11 @@ fn cmd_check(home: &Home) -> CliResult {
             home.config_file().display(),
             loaded.partners.len()
         );
+        if loaded.gateway.upstreams.is_empty() {
+            println!(
+                "note: no [upstreams.NAME] is configured yet: the broker serves, but every partner call is denied until one is (see the commented example in gatehouse.toml)"
+            );
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         for p in &problems {

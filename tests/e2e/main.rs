@@ -18,6 +18,7 @@ mod cli_docs;
 mod contrib;
 mod curl;
 mod echo_upstream;
+mod first_run;
 mod handshake;
 mod hostile_input;
 mod journal_chain;
