@@ -76,6 +76,13 @@ pub enum LogCmd {
         /// Keep streaming new records.
         #[arg(long)]
         follow: bool,
+        /// A cursor file for a resumable shipper: start after the sequence
+        /// number it holds (else after --after-seq), and keep it updated as
+        /// lines are written (at most once a second, and at the end). After
+        /// a crash or restart at most the last second's lines come again;
+        /// none is skipped.
+        #[arg(long, value_name = "FILE")]
+        cursor: Option<std::path::PathBuf>,
     },
     /// Check the hash chain and every checkpoint signature (exit 0 only if all hold).
     Verify {
@@ -393,10 +400,39 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
             format: ExportFormat::Jsonl,
             after_seq,
             follow,
+            cursor,
         } => {
+            let Some(path) = cursor else {
+                run_request(home, Request::Export { after_seq, follow }, &mut |r| {
+                    print_ok(r, true)
+                })?;
+                return Ok(ExitCode::SUCCESS);
+            };
+            let mut cursor = Cursor::open(path, after_seq)?;
+            let after_seq = cursor.seq;
+            let mut complete = true;
             run_request(home, Request::Export { after_seq, follow }, &mut |r| {
-                print_ok(r, true)
+                let done = match &r {
+                    // Everything before this record (its checkpoint included) is out.
+                    Reply::Record(rec) => Some(rec.seq.saturating_sub(1)),
+                    Reply::Checkpoint(c) => Some(c.seq),
+                    _ => None,
+                };
+                let last = match &r {
+                    Reply::Record(rec) => Some(rec.seq),
+                    _ => None,
+                };
+                if !print_ok(r, true)? {
+                    // stdout is closed: this line did not go out.
+                    complete = false;
+                    return Ok(false);
+                }
+                if let Some(done) = done {
+                    cursor.advance(done, last)?;
+                }
+                Ok(true)
             })?;
+            cursor.finish(complete)?;
         }
         LogCmd::Verify { json } => {
             let mut report = None;
@@ -469,6 +505,90 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `log export --cursor FILE`: the sequence number after which a shipper
+/// resumes. It only ever names lines already written to stdout (flushed
+/// first), so a restart may repeat lines but never skips one.
+struct Cursor {
+    path: std::path::PathBuf,
+    /// The sequence number the file holds (or will, at the next save).
+    seq: u64,
+    /// The last record written, for the end of the stream.
+    last_record: Option<u64>,
+    saved: std::time::Instant,
+    dirty: bool,
+}
+
+impl Cursor {
+    fn open(path: std::path::PathBuf, default: u64) -> Result<Cursor, JournalError> {
+        let seq = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+                JournalError::Message(format!(
+                    "cursor file {} does not hold a sequence number (got {:?}); fix or remove it",
+                    path.display(),
+                    text.trim()
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => default,
+            Err(e) => {
+                return Err(JournalError::Message(format!(
+                    "cannot read cursor file {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        Ok(Cursor {
+            path,
+            seq,
+            last_record: None,
+            saved: std::time::Instant::now(),
+            dirty: false,
+        })
+    }
+
+    fn advance(&mut self, done: u64, last_record: Option<u64>) -> Result<(), JournalError> {
+        if last_record.is_some() {
+            self.last_record = last_record;
+        }
+        if done > self.seq {
+            self.seq = done;
+            self.dirty = true;
+        }
+        if self.dirty && self.saved.elapsed() >= std::time::Duration::from_secs(1) {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Saves at the end; a `complete` stream also vouches for its last
+    /// record (no checkpoint line can follow it any more).
+    fn finish(&mut self, complete: bool) -> Result<(), JournalError> {
+        if let Some(last) = self.last_record.filter(|l| complete && *l > self.seq) {
+            self.seq = last;
+            self.dirty = true;
+        }
+        if self.dirty { self.save() } else { Ok(()) }
+    }
+
+    fn save(&mut self) -> Result<(), JournalError> {
+        // The lines the cursor vouches for must have left the process.
+        std::io::stdout()
+            .flush()
+            .map_err(|_| JournalError::Closed)?;
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{}\n", self.seq))
+            .and_then(|()| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| {
+                JournalError::Message(format!(
+                    "cannot write cursor file {}: {e}",
+                    self.path.display()
+                ))
+            })?;
+        self.saved = std::time::Instant::now();
+        self.dirty = false;
+        Ok(())
+    }
 }
 
 fn current_last(home: &Home) -> Result<u64, JournalError> {
