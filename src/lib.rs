@@ -24,6 +24,7 @@ pub mod partners;
 pub mod policy;
 pub mod relay;
 pub mod renewal;
+pub mod sd_notify;
 pub mod server;
 pub mod timefmt;
 pub mod tls;

@@ -374,6 +374,8 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     println!("gatehouse listening on {bound}");
     println!("gatehouse admin on {admin_bound}");
     tracing::info!(%bound, %admin_bound, partners = shared.live.snapshot().partners.len(), "gatehouse serving");
+    crate::sd_notify::ready(&format!("serving on {bound}, admin on {admin_bound}"));
+    crate::sd_notify::spawn_watchdog(shutdown_rx.clone());
 
     let max_conns = gateway.server.max_connections;
     let permits = Arc::new(Semaphore::new(max_conns));
@@ -396,6 +398,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     // was holding for the next connection.
     drop(accept);
     tracing::info!("stopping: no new connections; draining in-flight requests");
+    crate::sd_notify::stopping();
     shared.listening.store(false, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     let drain = shared.live.snapshot().gateway.server.drain_timeout;
@@ -1192,6 +1195,9 @@ async fn watch_files(
             }
             _ = shutdown.changed() => return,
         };
+        if force {
+            crate::sd_notify::reloading();
+        }
         let look = force
             || _notifier.is_none()
             || changed.swap(false, Ordering::AcqRel)
@@ -1256,6 +1262,9 @@ async fn watch_files(
                 }
             }
             Err(e) => tracing::error!("reload task failed: {e}"),
+        }
+        if force {
+            crate::sd_notify::reloaded("serving (reload done)");
         }
     }
 }

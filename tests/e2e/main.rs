@@ -33,5 +33,6 @@ mod reload;
 mod renewal;
 mod resumption;
 mod revocation;
+mod systemd;
 mod traffic_guard;
 mod upstream_identity;

@@ -195,6 +195,11 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(home: &Path) -> Broker {
+        Broker::start_with_env(home, &[])
+    }
+
+    /// Starts the broker with extra environment variables.
+    pub fn start_with_env(home: &Path, env: &[(&str, &str)]) -> Broker {
         let stderr_path = home.join(format!("serve-{}.log", rand_suffix()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut child = Command::new(BIN)
@@ -202,6 +207,7 @@ impl Broker {
             .arg(home)
             .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
