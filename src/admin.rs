@@ -28,6 +28,10 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Bytes>> {
+    // The operator console (`/`, its assets and JSON).
+    if let Some(r) = crate::console::route(&req, &shared).await {
+        return r;
+    }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
@@ -67,7 +71,10 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byt
             );
             r
         }
-        "/status" => status(&shared).await,
+        "/status" => match crate::console::authorize(&req, &shared).await {
+            Some(denied) => denied,
+            None => status(&shared).await,
+        },
         crate::upstream_identity::JWKS_PATH => {
             let mut r = text(StatusCode::OK, shared.identity.current().jwks_json.clone());
             let h = r.headers_mut();

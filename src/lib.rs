@@ -12,6 +12,7 @@ pub mod ca;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod event;
 pub mod exchange;
 pub mod home;

@@ -37,7 +37,7 @@ use crate::event::{Decision, Event, EventKind};
 pub use expiry::{ExpiryWarning, expiring};
 pub use exposition::{TEXT_CONTENT_TYPE, wants_openmetrics};
 pub use status::status_json;
-pub use window::PartnerWindow;
+pub use window::{MinutePoint, PartnerWindow};
 
 use window::WindowRing;
 
@@ -545,6 +545,19 @@ impl Monitor {
         match ring {
             Some(r) => r.lock().map(|w| w.summary(now_ms)).unwrap_or_default(),
             None => PartnerWindow::default(),
+        }
+    }
+
+    /// A partner's traffic per minute over the hour before `now_ms`, oldest first.
+    pub fn recent_series(&self, partner: &str, now_ms: i64) -> Vec<MinutePoint> {
+        let ring = self
+            .windows
+            .read()
+            .ok()
+            .and_then(|m| m.get(partner).cloned());
+        match ring.and_then(|r| r.lock().ok().map(|w| w.series(now_ms))) {
+            Some(s) => s,
+            None => WindowRing::default().series(now_ms),
         }
     }
 

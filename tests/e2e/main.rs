@@ -15,6 +15,7 @@ mod broker_certs;
 mod ca_cli;
 mod ca_rollover;
 mod cli_docs;
+mod console;
 mod contrib;
 mod curl;
 mod echo_upstream;
