@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gatehouse::config::{LimitSpec, Partner, PartnerStatus, parse_route_arg};
-use gatehouse::limits::LimitState;
+use gatehouse::guard::limits::LimitState;
 
 const PARTNERS: usize = 10_000;
 const T0: i64 = 1_764_201_600_000;

@@ -24,7 +24,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use time::OffsetDateTime;
 
-use crate::renewal::RENEW_PATH;
+use crate::gateway::renewal::RENEW_PATH;
 use crate::timefmt::rfc3339;
 
 /// Largest response the agent reads (a chain is a few KiB).

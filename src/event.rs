@@ -3,7 +3,7 @@
 //! hands events to. The journal is the durable recorder; the gateway knows
 //! only this interface, so the request path does not change with the sink.
 //!
-//! Field meanings follow DESIGN.md, "Exchange record".
+//! Field meanings: docs/architecture.md, "The exchange record".
 
 use std::future::Future;
 use std::pin::Pin;
@@ -101,6 +101,19 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// `s` cut to at most `max` bytes (on a character boundary), marked with `…`
+/// when cut: bounds what one record keeps of a partner-controlled string.
+pub fn truncated(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 /// Why an event could not be recorded.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("journal unavailable: {0}")]
@@ -173,7 +186,7 @@ pub struct TracingRecorder;
 impl Recorder for TracingRecorder {
     fn record(&self, event: Event) -> RecordAck {
         match serde_json::to_string(&event) {
-            Ok(line) => tracing::info!(target: "gatehouse::exchange", "{line}"),
+            Ok(line) => tracing::info!(target: "gatehouse::gateway::exchange", "{line}"),
             Err(e) => tracing::warn!("cannot encode event: {e}"),
         }
         Box::pin(async { Ok(()) })

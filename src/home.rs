@@ -1,10 +1,11 @@
-//! The gatehouse home folder: where every file lives (DESIGN.md, "Files"),
+//! The gatehouse home folder: where every file lives (docs/architecture.md, "Files"),
 //! and the one way files are written there — atomically, and with private
 //! keys created mode 0600 from the start.
 //!
 //! Nothing else in the crate builds paths under the home by hand.
 
 use std::fs::{self, OpenOptions};
+use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -229,4 +230,24 @@ pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
 /// Reads a whole file, naming it in the error.
 pub fn read_to_string(path: &Path) -> Result<String, HomeError> {
     fs::read_to_string(path).map_err(|e| HomeError::io(path, e))
+}
+
+/// A hash of each file's path, length and mtime (changes when a file does).
+pub fn stamp_files(paths: &[PathBuf]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in paths {
+        p.hash(&mut h);
+        match std::fs::metadata(p) {
+            Ok(m) => {
+                m.len().hash(&mut h);
+                m.modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos())
+                    .hash(&mut h);
+            }
+            Err(_) => 0u8.hash(&mut h),
+        }
+    }
+    h.finish()
 }

@@ -1,33 +1,30 @@
 //! gatehouse: a mutual-TLS broker for business-to-business APIs.
 //!
-//! Modules follow the data path (DESIGN.md): `ca` issues, `config` reads the
-//! operator's files, `tls` verifies, `identity` names the partner, `policy`
-//! decides, `relay` forwards, `journal` records, `server` wires them.
+//! The folders follow the data path (docs/architecture.md): `tls` verifies
+//! the partner's certificate, `identity` names the partner, `gateway` runs
+//! each connection and request through its phases (admit, frame, authorize,
+//! limit, relay, respond), `policy` decides, `guard` watches (limits,
+//! anomaly baselines, metrics, alerts), `journal` records, `ca` issues and
+//! revokes, `config` reads the operator's files, `control` serves the
+//! operator (admin listener, admin socket, file watcher), `cli` is the
+//! command line. `server` is the composition root that wires them.
 
-pub mod admin;
 pub mod agent;
-pub mod alerts;
-pub mod anomaly;
 pub mod ca;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod event;
-pub mod exchange;
+pub mod gateway;
+pub mod guard;
 pub mod home;
 pub mod identity;
 pub mod journal;
-pub mod limits;
-pub mod live;
-pub mod monitor;
 pub mod partners;
 pub mod policy;
-pub mod relay;
-pub mod renewal;
 pub mod sd_notify;
 pub mod server;
 pub mod timefmt;
 pub mod tls;
-pub mod upstream_identity;
-pub mod verified_certs;

@@ -137,13 +137,13 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
     write_public(&home.crl_number(), b"1\n")?;
     write_public(&home.crl(), crl_pem.as_bytes())?;
     // The upstream identity key (kept when it exists: upstreams trust its JWKS).
-    let issuer = crate::upstream_identity::issuer(
+    let issuer = crate::ca::upstream_identity::issuer(
         &existing_cfg
             .as_ref()
             .map(|c| c.server.node_id.clone())
             .unwrap_or_default(),
     );
-    crate::upstream_identity::ensure(home, &issuer).map_err(|e| invalid(e.to_string()))?;
+    crate::ca::upstream_identity::ensure(home, &issuer).map_err(|e| invalid(e.to_string()))?;
 
     let mut config_written = false;
     match existing_cfg {
@@ -207,7 +207,7 @@ pub struct ServerRenewReport {
     pub server_serial: String,
     pub client_serial: String,
     pub not_after: OffsetDateTime,
-    pub identity: Option<crate::upstream_identity::Rotation>,
+    pub identity: Option<crate::ca::upstream_identity::Rotation>,
 }
 
 /// The names in a server certificate's SANs (DNS names and IP addresses).
@@ -299,7 +299,7 @@ pub fn server_renew(home: &Home, opts: &ServerRenewOptions) -> Result<ServerRene
         ),
     ])?;
     let identity = if opts.identity_key {
-        Some(crate::upstream_identity::rotate(home).map_err(|e| invalid(e.to_string()))?)
+        Some(crate::ca::upstream_identity::rotate(home).map_err(|e| invalid(e.to_string()))?)
     } else {
         None
     };

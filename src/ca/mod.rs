@@ -13,7 +13,9 @@ pub mod crl;
 pub mod csr;
 pub mod inventory;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod rollover;
+pub mod upstream_identity;
 
 use std::net::IpAddr;
 
@@ -104,7 +106,7 @@ pub struct Signed {
 
 /// What a leaf certificate is for.
 pub enum LeafKind<'a> {
-    /// A partner's client certificate (DESIGN.md, Identity).
+    /// A partner's client certificate (docs/architecture.md, "Identity").
     Partner {
         trust_domain: &'a str,
         id: &'a str,

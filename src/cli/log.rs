@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use clap::{Subcommand, ValueEnum};
 use time::OffsetDateTime;
 
+use crate::control::socket::{self, Backend, Reply, Request};
 use crate::event::{Decision, EventKind};
 use crate::home::Home;
-use crate::journal::admin::{self, Backend, Reply, Request};
 use crate::journal::{JournalError, Query, Signer, Store, Verifier, fmt_time_ms};
 use crate::timefmt::parse_instant;
 
@@ -150,7 +150,7 @@ fn run_request(
 ) -> Result<(), JournalError> {
     let path = home.admin_socket();
     if let Ok(stream) = UnixStream::connect(&path) {
-        return admin::request(stream, &path, &req, on_reply);
+        return socket::request(stream, &path, &req, on_reply);
     }
     if let Request::Export {
         after_seq,
@@ -172,7 +172,7 @@ fn run_request(
         writer: None,
     };
     let mut failure = None;
-    admin::execute(&backend, req, &|| false, &mut |reply| match reply {
+    socket::execute(&backend, req, &|| false, &mut |reply| match reply {
         Reply::End => false,
         Reply::Error { message } => {
             failure = Some(JournalError::Remote(message));
@@ -220,7 +220,7 @@ fn follow_direct(
                 after_seq: last.get(),
                 follow: true,
             };
-            return admin::request(stream, &path, &req, &mut track);
+            return socket::request(stream, &path, &req, &mut track);
         }
         match run_request(
             home,
@@ -328,7 +328,7 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
             let stream = UnixStream::connect(&path)
                 .map_err(|e| format!("no running broker answers on {}: {e}", path.display()))?;
             let on = matches!(mode, DrillArg::Fail);
-            admin::request(
+            socket::request(
                 stream,
                 &path,
                 &Request::FaultDrill {

@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md, "CLI"): clap definitions and the dispatch to
+//! The command line (README, "Operator's guide"): clap definitions and the dispatch to
 //! the modules that do the work. Output for people by default, `--json` for
 //! scripts; exit 0 on success, non-zero with one clear line on stderr.
 
@@ -465,7 +465,7 @@ fn cmd_partner(home: &Home, cmd: PartnerCmd) -> CliResult {
         PartnerCmd::Resume { id } => {
             partners::set_status(home, &id, PartnerStatus::Active)?;
             // A running broker also lifts an anomaly throttle on the partner.
-            let note = match crate::journal::admin::clear_anomaly(home, &id) {
+            let note = match crate::control::socket::clear_anomaly(home, &id) {
                 Ok(true) => "; the running broker cleared its anomaly state",
                 _ => "",
             };

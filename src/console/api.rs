@@ -18,10 +18,10 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::{error, json};
+use crate::control::http::AdminView;
+use crate::control::socket::{self as admin, Reply, Request};
 use crate::event::{Decision, EventKind, now_ms};
-use crate::journal::admin::{self, Reply, Request};
 use crate::journal::{JournalError, Query};
-use crate::server::Shared;
 
 /// Records one journal answer may hold.
 const MAX_LIMIT: usize = 1000;
@@ -34,7 +34,7 @@ const CHECKPOINT_SCAN: usize = 50_000;
 /// How long one admin-socket answer may take.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn overview(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
+pub async fn overview(shared: &Arc<AdminView>) -> Response<Full<Bytes>> {
     let home = shared.live.home.clone();
     let inventory =
         match tokio::task::spawn_blocking(move || crate::ca::inventory::Inventory::load(&home))
@@ -63,7 +63,7 @@ pub async fn overview(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
             .snapshot(&p.id, now)
             .and_then(|s| serde_json::to_value(s).ok())
             .unwrap_or(Value::Null);
-        if let Some(a) = shared.detector.status(&p.id, now)
+        if let Some(a) = shared.events.detector().status(&p.id, now)
             && let Ok(a) = serde_json::to_value(a)
             && let Some(obj) = v.as_object_mut()
         {
@@ -72,8 +72,8 @@ pub async fn overview(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
         limits.insert(p.id.clone(), v);
     }
     let warn_days = snapshot.gateway.monitor.expiry_warning_days;
-    let mut status = crate::monitor::status_json(
-        &shared.monitor,
+    let mut status = crate::guard::monitor::status_json(
+        shared.events.monitor(),
         &partners,
         &inventory,
         &limits,
@@ -88,13 +88,13 @@ pub async fn overview(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
             if let Some(p) = partners.iter().find(|p| p.id == id) {
                 row["routes"] = p.routes.iter().map(|r| Value::from(r.describe())).collect();
             }
-            row["series"] = json!(shared.monitor.recent_series(&id, now));
+            row["series"] = json!(shared.events.monitor().recent_series(&id, now));
             row["denial_reasons"] = json!(reasons.get(&id).cloned().unwrap_or_default());
         }
     }
-    let journal = shared.recorder.writable();
-    let listening = shared.listening.load(std::sync::atomic::Ordering::Relaxed);
-    status["node"] = json!(shared.node);
+    let journal = shared.events.writable();
+    let listening = shared.connections.listening();
+    status["node"] = json!(shared.events.node());
     status["expiry_warning_days"] = json!(warn_days);
     status["health"] = json!({
         "ready": journal && listening,
@@ -105,7 +105,7 @@ pub async fn overview(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
 }
 
 async fn denial_reasons(
-    shared: &Arc<Shared>,
+    shared: &Arc<AdminView>,
     since_ms: i64,
 ) -> HashMap<String, BTreeMap<String, u64>> {
     let query = Query {
@@ -131,7 +131,7 @@ async fn denial_reasons(
 }
 
 /// `/api/journal?partner=&kind=&decision=&status=&since=&until=&request_id=&limit=&order=`
-pub async fn journal(shared: &Arc<Shared>, raw_query: &str) -> Response<Full<Bytes>> {
+pub async fn journal(shared: &Arc<AdminView>, raw_query: &str) -> Response<Full<Bytes>> {
     let q = params(raw_query);
     let parsed = (|| -> Result<(Query, Option<String>), String> {
         let now = OffsetDateTime::now_utc();
@@ -238,7 +238,7 @@ pub async fn journal(shared: &Arc<Shared>, raw_query: &str) -> Response<Full<Byt
 }
 
 /// `/api/journal/record?seq=N`
-pub async fn record(shared: &Arc<Shared>, raw_query: &str) -> Response<Full<Bytes>> {
+pub async fn record(shared: &Arc<AdminView>, raw_query: &str) -> Response<Full<Bytes>> {
     let q = params(raw_query);
     let Some(seq) = q
         .get("seq")
@@ -328,7 +328,11 @@ pub async fn record(shared: &Arc<Shared>, raw_query: &str) -> Response<Full<Byte
 }
 
 /// Runs one admin-socket request, collecting at most `max` replies.
-async fn ask(shared: &Arc<Shared>, req: Request, max: usize) -> Result<Vec<Reply>, JournalError> {
+async fn ask(
+    shared: &Arc<AdminView>,
+    req: Request,
+    max: usize,
+) -> Result<Vec<Reply>, JournalError> {
     ask_with(shared, req, Vec::new(), move |out: &mut Vec<Reply>, r| {
         out.push(r);
         out.len() < max
@@ -340,7 +344,7 @@ async fn ask(shared: &Arc<Shared>, req: Request, max: usize) -> Result<Vec<Reply
 /// reply into `state` and says whether to read on; the state comes back at
 /// the end of the answer or when `step` stops.
 async fn ask_with<S, F>(
-    shared: &Arc<Shared>,
+    shared: &Arc<AdminView>,
     req: Request,
     mut state: S,
     mut step: F,

@@ -13,13 +13,16 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
 
-use crate::server::Shared;
+use crate::control::http::AdminView;
 
 /// Longest token file read.
 const MAX_TOKEN_BYTES: u64 = 4096;
 
 /// `None` when `req` may read; else the 401 to answer.
-pub async fn authorize<B>(req: &Request<B>, shared: &Arc<Shared>) -> Option<Response<Full<Bytes>>> {
+pub async fn authorize<B>(
+    req: &Request<B>,
+    shared: &Arc<AdminView>,
+) -> Option<Response<Full<Bytes>>> {
     let server = shared.live.snapshot().gateway.server.clone();
     let public = server.admin_public || !server.admin.ip().is_loopback();
     if !public {

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 
-use crate::server::Shared;
+use crate::control::http::AdminView;
 
 pub use auth::authorize;
 
@@ -34,7 +34,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 /// Answers the console's paths; `None` for any other path (the admin
 /// router goes on).
-pub async fn route<B>(req: &Request<B>, shared: &Arc<Shared>) -> Option<Response<Full<Bytes>>> {
+pub async fn route<B>(req: &Request<B>, shared: &Arc<AdminView>) -> Option<Response<Full<Bytes>>> {
     let path = req.uri().path();
     let resp = match path {
         // The page and its assets hold no data: they load without the

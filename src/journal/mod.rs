@@ -9,7 +9,6 @@
 //! and `writable()` turns false while writes fail (fail closed: 503).
 //! Format and guarantees: `docs/journal.md`.
 
-pub mod admin;
 pub mod aggregate;
 pub mod checkpoint;
 pub mod record;
@@ -26,7 +25,6 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-pub use admin::serve_admin_socket;
 pub use checkpoint::{Checkpoint, CheckpointKind, Signer, Verifier};
 pub use record::Record;
 pub use store::{ExportItem, PruneReport, Query, Store, VerifyFailure, VerifyReport};
@@ -274,6 +272,15 @@ impl Journal {
                 Err(RecordError("the journal writer stopped".into()))
             }
         }
+    }
+    /// The key that verifies this journal's checkpoints.
+    pub fn verifier(&self) -> &Verifier {
+        &self.inner.verifier
+    }
+
+    /// The key that signs this journal's checkpoints.
+    pub fn signer(&self) -> &Signer {
+        &self.inner.signer
     }
 
     /// The database, for reads (tail, query, export).

@@ -10,8 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use gatehouse::control::socket::serve_admin_socket;
 use gatehouse::home::Home;
-use gatehouse::journal::{Journal, serve_admin_socket};
+use gatehouse::journal::Journal;
 use journal_support::*;
 
 const T0: i64 = 1_800_000_000_000;

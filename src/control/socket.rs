@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use super::checkpoint::{CheckpointLine, Signer, Verifier};
-use super::record::RecordLine;
-use super::store::{ExportItem, PruneReport, Query, Store, StoreStats, VerifyReport};
-use super::{Journal, JournalError, JournalStats};
+use crate::journal::checkpoint::{CheckpointLine, Signer, Verifier};
+use crate::journal::record::RecordLine;
+use crate::journal::store::{ExportItem, PruneReport, Query, Store, StoreStats, VerifyReport};
+use crate::journal::{Journal, JournalError, JournalStats};
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -312,8 +312,8 @@ async fn handle(
         let stop = || stopping.load(Ordering::SeqCst) || tx.is_closed();
         let backend = Backend {
             store: journal.store(),
-            verifier: &journal.inner.verifier,
-            signer: Some(&journal.inner.signer),
+            verifier: journal.verifier(),
+            signer: Some(journal.signer()),
             writer: Some(journal.stats()),
         };
         execute(&backend, req, &stop, &mut |r| tx.blocking_send(r).is_ok());

@@ -14,37 +14,54 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::config::Risk;
-use crate::event::{Event, ExpectedRecord, RecordAck, RecordError, Recorder};
-use crate::monitor::Monitor;
-use crate::relay::BoxError;
+use crate::event::{Event, ExpectedRecord, RecordAck, RecordError};
+use crate::gateway::relay::BoxError;
+use crate::guard::EventSink;
 
-/// Called once when an exchange is finished (for metrics, in-flight counts).
-pub type OnFinish = Box<dyn FnOnce(&Event) + Send + Sync>;
+/// Something held for the exchange's lifetime and released when its record
+/// is handed over (a limits admission, the connection's in-flight count).
+pub type Hold = Box<dyn std::any::Any + Send + Sync>;
 
 /// An exchange whose record is still to be written.
 pub struct PendingRecord {
     pub event: Event,
     pub started: Instant,
-    pub recorder: Arc<dyn Recorder>,
-    pub on_finish: Option<OnFinish>,
-    /// Counts the finished exchange (with the granted route's risk).
-    pub monitor: Option<Arc<Monitor>>,
+    events: Arc<EventSink>,
+    /// The granted route's risk (for the metrics), once a route is granted.
     pub risk: Option<Risk>,
-    /// The announcement of this record to the recorder, released on submit.
-    pub expected: Option<Arc<ExpectedRecord>>,
+    /// The announcement of this record to the journal, released on submit.
+    expected: Option<Arc<ExpectedRecord>>,
+    holds: Vec<Hold>,
 }
 
 impl PendingRecord {
-    /// Finalizes the event (duration) and hands it to the recorder.
+    pub fn new(
+        event: Event,
+        started: Instant,
+        events: Arc<EventSink>,
+        expected: Option<Arc<ExpectedRecord>>,
+    ) -> PendingRecord {
+        PendingRecord {
+            event,
+            started,
+            events,
+            risk: None,
+            expected,
+            holds: Vec::new(),
+        }
+    }
+
+    /// Keeps `hold` until the record is handed over.
+    pub fn hold(&mut self, hold: Hold) {
+        self.holds.push(hold);
+    }
+
+    /// Finalizes the event (duration), releases what the exchange held and
+    /// hands the record to the event sink.
     pub fn submit(mut self) -> RecordAck {
         self.event.duration_us = self.started.elapsed().as_micros() as u64;
-        if let Some(f) = self.on_finish.take() {
-            f(&self.event);
-        }
-        if let Some(m) = &self.monitor {
-            m.observe_event(&self.event, self.risk);
-        }
-        let ack = self.recorder.record(self.event);
+        self.holds.clear();
+        let ack = self.events.record(self.event, self.risk);
         if let Some(x) = &self.expected {
             x.release();
         }

@@ -22,9 +22,11 @@ use time::OffsetDateTime;
 use crate::ca::CaError;
 use crate::ca::inventory::{CertState, Inventory};
 use crate::ca::lifecycle::{self, Supersede};
-use crate::event::{Decision, Event, EventKind};
+use crate::event::{Decision, EventKind};
+use crate::gateway::Refusal;
+use crate::gateway::live::Live;
+use crate::guard::EventSink;
 use crate::identity::PartnerIdentity;
-use crate::server::Shared;
 use crate::timefmt::rfc3339;
 
 /// The renewal endpoint's path.
@@ -80,38 +82,13 @@ pub struct Renewed {
     pub new_serial: String,
 }
 
-/// A refused renewal: HTTP status, reason code and extra JSON fields.
-#[derive(Debug)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub extra: serde_json::Map<String, serde_json::Value>,
-    pub retry_after_secs: Option<u64>,
-    /// For the journal and the operator's log.
-    pub detail: String,
-}
-
-impl Refusal {
-    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Refusal {
-        Refusal {
-            status,
-            code,
-            extra: serde_json::Map::new(),
-            retry_after_secs: None,
-            detail: detail.into(),
-        }
-    }
-    fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Refusal {
-        self.extra.insert(key.to_string(), value.into());
-        self
-    }
-}
-
 /// Handles one renewal request from `identity` (already admitted).
 pub async fn handle(
     req: http::Request<Incoming>,
     identity: &PartnerIdentity,
-    shared: &Arc<Shared>,
+    live: &Arc<Live>,
+    renewals: &Renewals,
+    events: &EventSink,
 ) -> Result<Renewed, Refusal> {
     let declared = req
         .headers()
@@ -119,11 +96,11 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_CSR_BODY as u64) {
-        return Err(Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "csr_too_large",
-            "the CSR body is larger than 64 KiB",
-        ));
+        return Err(
+            Refusal::http(StatusCode::PAYLOAD_TOO_LARGE, "csr_too_large")
+                .closing()
+                .detail("the CSR body is larger than 64 KiB"),
+        );
     }
     let body = match Limited::new(req.into_body(), MAX_CSR_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -131,26 +108,22 @@ pub async fn handle(
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            return Err(Refusal::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "csr_too_large",
-                "the CSR body is larger than 64 KiB",
-            ));
+            return Err(
+                Refusal::http(StatusCode::PAYLOAD_TOO_LARGE, "csr_too_large")
+                    .closing()
+                    .detail("the CSR body is larger than 64 KiB"),
+            );
         }
         Err(e) => {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                format!("the request body could not be read: {e}"),
-            ));
+            return Err(Refusal::http(StatusCode::BAD_REQUEST, "bad_body")
+                .detail(format!("the request body could not be read: {e}")));
         }
     };
 
     let partner = identity.partner.to_string();
     let serial = identity.serial.to_string();
-    let _one_at_a_time = shared.renewals.signing.lock().await;
-    let since_last = shared
-        .renewals
+    let _one_at_a_time = renewals.signing.lock().await;
+    let since_last = renewals
         .last
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -158,62 +131,50 @@ pub async fn handle(
         .map(Instant::elapsed);
     if let Some(elapsed) = since_last.filter(|e| *e < MIN_INTERVAL) {
         let wait = (MIN_INTERVAL - elapsed).as_secs().max(1);
-        let mut r = Refusal::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "renewal_rate_limited",
-            format!("partner {partner} renewed less than a minute ago"),
-        );
-        r.retry_after_secs = Some(wait);
-        return Err(r.with("retry_after_secs", wait));
+        let r = Refusal::http(StatusCode::TOO_MANY_REQUESTS, "renewal_rate_limited")
+            .detail(format!("partner {partner} renewed less than a minute ago"));
+        return Err(r.retry_after(wait).with("retry_after_secs", wait));
     }
 
-    let window = shared
-        .live
+    let window = live
         .snapshot()
         .partners
         .get(&partner)
         .and_then(|e| e.partner.renewal_window);
-    let home = shared.live.home.clone();
+    let home = live.home.clone();
     let (p, s) = (partner.clone(), serial.clone());
     let outcome = tokio::task::spawn_blocking(move || -> Result<Renewed, Refusal> {
         let inventory = Inventory::load(&home).map_err(internal)?;
         let rec = inventory.get(&s).cloned().ok_or_else(|| {
-            Refusal::new(
-                StatusCode::FORBIDDEN,
-                "unknown_certificate",
-                format!("certificate {s} is not in the inventory"),
-            )
+            Refusal::http(StatusCode::FORBIDDEN, "unknown_certificate")
+                .detail(format!("certificate {s} is not in the inventory"))
         })?;
         let now = OffsetDateTime::now_utc();
         match rec.state(now) {
             CertState::Active => {}
             CertState::SupersededUntil(_) => {
-                let mut r = Refusal::new(
-                    StatusCode::CONFLICT,
-                    "already_renewed",
-                    format!("certificate {s} was already renewed"),
-                );
+                let mut r = Refusal::http(StatusCode::CONFLICT, "already_renewed")
+                    .detail(format!("certificate {s} was already renewed"));
                 if let Some(next) = &rec.superseded_by {
                     r = r.with("superseded_by", next.clone());
                 }
                 return Err(r);
             }
             other => {
-                return Err(Refusal::new(
-                    StatusCode::FORBIDDEN,
-                    "not_renewable",
-                    format!("certificate {s} is {other}"),
-                ));
+                return Err(Refusal::http(StatusCode::FORBIDDEN, "not_renewable")
+                    .detail(format!("certificate {s} is {other}")));
             }
         }
         let opens = window_opens(rec.not_before, rec.not_after, window);
         if now < opens {
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                "renewal_not_yet_allowed",
-                format!("renewal of certificate {s} opens at {}", rfc3339(opens)),
-            )
-            .with("renewal_opens_at", rfc3339(opens)));
+            return Err(
+                Refusal::http(StatusCode::FORBIDDEN, "renewal_not_yet_allowed")
+                    .detail(format!(
+                        "renewal of certificate {s} opens at {}",
+                        rfc3339(opens)
+                    ))
+                    .with("renewal_opens_at", rfc3339(opens)),
+            );
         }
         let days = successor_days(rec.not_before, rec.not_after);
         let done = lifecycle::renew_from_csr(
@@ -225,11 +186,11 @@ pub async fn handle(
             None,
         )
         .map_err(|e| match e {
-            CaError::Invalid(m) => {
-                Refusal::new(StatusCode::BAD_REQUEST, "bad_csr", m.clone()).with("message", m)
-            }
+            CaError::Invalid(m) => Refusal::http(StatusCode::BAD_REQUEST, "bad_csr")
+                .detail(m.clone())
+                .with("message", m),
             e @ CaError::NotRenewable { .. } => {
-                Refusal::new(StatusCode::CONFLICT, "already_renewed", e.to_string())
+                Refusal::http(StatusCode::CONFLICT, "already_renewed").detail(e.to_string())
             }
             other => internal(other),
         })?;
@@ -242,20 +203,19 @@ pub async fn handle(
     .await
     .map_err(|e| internal(format!("renewal task failed: {e}")))??;
 
-    shared
-        .renewals
+    renewals
         .last
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(partner.clone(), Instant::now());
     // The new certificate is usable at once, not only after the watcher's tick.
-    let s2 = shared.clone();
-    match tokio::task::spawn_blocking(move || s2.live.reload(true)).await {
+    let live2 = live.clone();
+    match tokio::task::spawn_blocking(move || live2.reload(true)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!("reload after renewal: {e}"),
         Err(e) => tracing::warn!("reload after renewal failed: {e}"),
     }
-    let mut ev = Event::new(EventKind::Admin, &shared.node, Decision::Allowed);
+    let mut ev = events.event(EventKind::Admin, Decision::Allowed);
     ev.partner = Some(partner.clone());
     ev.cert_serial = Some(outcome.new_serial.clone());
     ev.reason = Some("cert_renewed".into());
@@ -263,8 +223,7 @@ pub async fn handle(
         "self-service renewal by partner {partner}: certificate {} superseded by {}",
         outcome.old_serial, outcome.new_serial
     ));
-    shared.monitor.observe_event(&ev, None);
-    if let Err(e) = shared.recorder.record(ev).await {
+    if let Err(e) = events.record(ev, None).await {
         tracing::error!("renewal of {partner} not recorded: {e}");
     }
     tracing::info!(partner = %partner, old = %outcome.old_serial, new = %outcome.new_serial, "certificate renewed by the partner");
@@ -273,11 +232,7 @@ pub async fn handle(
 
 fn internal(e: impl std::fmt::Display) -> Refusal {
     tracing::error!("renewal failed: {e}");
-    Refusal::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "renewal_failed",
-        e.to_string(),
-    )
+    Refusal::http(StatusCode::INTERNAL_SERVER_ERROR, "renewal_failed").detail(e.to_string())
 }
 
 #[cfg(test)]

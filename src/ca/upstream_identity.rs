@@ -345,7 +345,7 @@ impl LiveIdentity {
     }
 
     fn stamp_of(home: &Home) -> u64 {
-        crate::live::stamp_files(&[home.identity_key(), home.identity_jwks()])
+        crate::home::stamp_files(&[home.identity_key(), home.identity_jwks()])
     }
 
     fn build(home: &Home, issuer: &str) -> Result<Published, IdentityError> {

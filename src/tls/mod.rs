@@ -26,7 +26,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
 use crate::identity::{describe, identify};
-use crate::verified_certs::{self, VerifiedCerts};
+pub mod verified_certs;
+
+use verified_certs::VerifiedCerts;
 
 /// Number of TLS sessions the server remembers for resumption.
 pub const SESSION_CACHE_SIZE: usize = 20_000;

@@ -7,26 +7,32 @@
 //! SIGHUP within a second.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use time::OffsetDateTime;
 
 use crate::ca::inventory::{Inventory, RecordStatus};
 use crate::config::{self, GatewayConfig, Partner, PartnerStatus};
-use crate::home::Home;
+use crate::gateway::relay::Upstream;
+use crate::guard::limits::LimitState;
+use crate::home::{Home, stamp_files};
 use crate::identity::PartnerIdentity;
-use crate::limits::LimitState;
 use crate::policy::RouteTable;
-use crate::relay::Upstream;
 use crate::tls::{self, CertificateStatus, ServerMaterial};
 
-/// The error `reload` returns for files already refused (not re-reported).
-pub const REFUSED_AGAIN: &str = "the same files were refused before";
+/// Why `reload` kept the running state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    /// The files fail validation (the message names file and line).
+    #[error("{0}")]
+    Refused(String),
+    /// The same files were refused before (already reported).
+    #[error("the same files were refused before")]
+    RefusedAgain,
+}
 
 /// How often the watcher looks at the files.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
@@ -98,26 +104,6 @@ struct Stamps {
     config: u64,
     tls: u64,
     upstream: u64,
-}
-
-/// A hash of each file's path, length and mtime (changes when a file does).
-pub(crate) fn stamp_files(paths: &[PathBuf]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for p in paths {
-        p.hash(&mut h);
-        match std::fs::metadata(p) {
-            Ok(m) => {
-                m.len().hash(&mut h);
-                m.modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                    .map(|d| d.as_nanos())
-                    .hash(&mut h);
-            }
-            Err(_) => 0u8.hash(&mut h),
-        }
-    }
-    h.finish()
 }
 
 fn files_in(dir: &Path, ext: &str) -> Vec<PathBuf> {
@@ -352,12 +338,12 @@ impl Live {
 
     /// Re-reads the files if they changed (or `force`). On a validation
     /// failure the running state stays and the error names file and line.
-    pub fn reload(&self, force: bool) -> Result<ReloadOutcome, String> {
+    pub fn reload(&self, force: bool) -> Result<ReloadOutcome, ReloadError> {
         let current = self.snapshot();
         let stamps = compute_stamps(&self.home, Some(&current.gateway));
         if !force && stamps == current.stamps {
             if self.tls_retry.load(std::sync::atomic::Ordering::Relaxed) {
-                self.rebuild_tls()?;
+                self.rebuild_tls().map_err(ReloadError::Refused)?;
                 return Ok(ReloadOutcome {
                     changed: true,
                     tls_rebuilt: true,
@@ -370,7 +356,7 @@ impl Live {
         let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
         if !force && refused.as_ref() == Some(&stamps) {
             // Same broken files as last time: the error was already reported.
-            return Err(String::from(REFUSED_AGAIN));
+            return Err(ReloadError::RefusedAgain);
         }
         let mut cache = self.partner_cache.lock().unwrap_or_else(|p| p.into_inner());
         if force {
@@ -381,7 +367,7 @@ impl Live {
             Ok(n) => n,
             Err(e) => {
                 *refused = Some(stamps);
-                return Err(e);
+                return Err(ReloadError::Refused(e));
             }
         };
         *refused = None;
@@ -393,7 +379,7 @@ impl Live {
         if tls_changed {
             // A fresh config also means a fresh session cache and ticketer:
             // no session from before a revocation can be resumed.
-            self.rebuild_tls()?;
+            self.rebuild_tls().map_err(ReloadError::Refused)?;
         }
         Ok(ReloadOutcome {
             changed: true,
@@ -402,35 +388,7 @@ impl Live {
             changes,
         })
     }
-
-    /// Re-signs the CRL when less than half its validity is left.
-    pub fn refresh_crl_if_due(&self) -> Result<bool, String> {
-        let crl = match tls::load_crl(&self.home.crl()) {
-            Ok(c) => c,
-            Err(_) => {
-                crate::ca::lifecycle::refresh_crl(&self.home).map_err(|e| e.to_string())?;
-                return Ok(true);
-            }
-        };
-        let validity = self.snapshot().gateway.ca.crl_validity;
-        let next_update =
-            x509_parser::revocation_list::CertificateRevocationList::from_der(crl.as_ref())
-                .ok()
-                .and_then(|(_, c)| c.next_update())
-                .map(|t| t.timestamp());
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        let due = match next_update {
-            Some(t) => t - now < (validity.as_secs() / 2) as i64,
-            None => true,
-        };
-        if due {
-            crate::ca::lifecycle::refresh_crl(&self.home).map_err(|e| e.to_string())?;
-        }
-        Ok(due)
-    }
 }
-
-use x509_parser::prelude::FromDer;
 
 fn build_tls(
     home: &Home,
@@ -537,4 +495,10 @@ fn build(
         stamps,
     };
     Ok(snapshot)
+}
+
+impl crate::guard::Throttles for Live {
+    fn set_throttle(&self, partner: &str, per_minute: Option<f64>) {
+        self.snapshot().limits.set_throttle(partner, per_minute);
+    }
 }

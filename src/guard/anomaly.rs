@@ -2,10 +2,10 @@
 //! request rate and of denials (403/429), the per-address counts of refused
 //! handshakes, and the decision "this is a spike: alert (once)". It does no
 //! I/O and reads no clock: every call takes `now_ms` (ms since the Unix
-//! epoch, e.g. from [`crate::limits::Clock`]), so tests replay hours of
+//! epoch, e.g. from [`crate::guard::limits::Clock`]), so tests replay hours of
 //! traffic in milliseconds. It does not throttle by itself: in throttle mode
 //! an [`Alert`] carries the rate the gateway hands to
-//! [`crate::limits::LimitState::set_throttle`].
+//! [`crate::guard::limits::LimitState::set_throttle`].
 //!
 //! Semantics (documented contract):
 //!
@@ -61,7 +61,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::MS_PER_MINUTE;
+pub use crate::config::OnAnomaly;
+use crate::guard::limits::MS_PER_MINUTE;
 
 const SHARDS: usize = 16;
 /// Gaps longer than this many minutes fold as this many (the EWMA has
@@ -69,17 +70,6 @@ const SHARDS: usize = 16;
 const MAX_GAP_FOLD: i64 = 1_500;
 /// Export format version.
 const STATE_VERSION: u32 = 1;
-
-/// What to do about a partner's rate spike.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnAnomaly {
-    /// Alert only.
-    #[default]
-    Alert,
-    /// Alert and clamp the partner to the threshold until an operator clears it.
-    Throttle,
-}
 
 /// Tuning of the detector.
 #[derive(Debug, Clone, PartialEq)]
@@ -889,7 +879,7 @@ mod tests {
     #[test]
     fn throttle_mode_clamps_and_clear_lifts_it() {
         use crate::config::{LimitSpec, Partner, PartnerStatus};
-        use crate::limits::{LimitKind, LimitState};
+        use crate::guard::limits::{LimitKind, LimitState};
 
         let d = Detector::new(AnomalySettings::default());
         d.set_on_anomaly("acme", OnAnomaly::Throttle);
@@ -1014,6 +1004,6 @@ mod tests {
     fn detector_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Detector>();
-        check::<crate::limits::LimitState>();
+        check::<crate::guard::limits::LimitState>();
     }
 }

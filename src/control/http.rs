@@ -2,7 +2,8 @@
 //! `/readyz` (config loaded, journal writable, listening), `/metrics`
 //! (the monitor's Prometheus text) and `/status` (the operator view as
 //! JSON, read by `gatehouse status`) and `/.well-known/jwks.json` (the
-//! public keys of the upstream identity tokens).
+//! public keys of the upstream identity tokens); `/` and the console's
+//! JSON are the operator console's (`crate::console`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -19,7 +20,27 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::ca::inventory::Inventory;
-use crate::server::Shared;
+use crate::ca::upstream_identity::LiveIdentity;
+use crate::gateway::Connections;
+use crate::gateway::live::Live;
+use crate::guard::EventSink;
+
+/// What the admin listener reads: the live state, the event sink (journal
+/// health, metrics, anomaly status), the identity key's JWKS and whether
+/// the partner listener accepts.
+pub struct AdminView {
+    pub live: Arc<Live>,
+    pub events: Arc<EventSink>,
+    pub identity: Arc<LiveIdentity>,
+    pub connections: Arc<Connections>,
+}
+
+impl AdminView {
+    /// Whether the broker can take traffic (config loaded, journal writable, listening).
+    pub fn ready(&self) -> bool {
+        self.connections.listening() && self.events.writable()
+    }
+}
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
@@ -27,19 +48,19 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
-async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Bytes>> {
+async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<Bytes>> {
     // The operator console (`/`, its assets and JSON).
-    if let Some(r) = crate::console::route(&req, &shared).await {
+    if let Some(r) = crate::console::route(&req, &view).await {
         return r;
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            let journal = shared.recorder.writable();
-            let listening = shared.listening.load(std::sync::atomic::Ordering::Relaxed);
+            let journal = view.events.writable();
+            let listening = view.connections.listening();
             let body = serde_json::json!({"ready": journal && listening, "config_loaded": true, "journal_writable": journal, "listening": listening}).to_string();
             text(
-                if shared.ready() {
+                if view.ready() {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
@@ -48,20 +69,19 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byt
             )
         }
         "/metrics" => {
-            refresh_cert_expiry(&shared).await;
-            shared
-                .monitor
-                .set_journal_writable(shared.recorder.writable());
+            refresh_cert_expiry(&view).await;
+            let monitor = view.events.monitor();
+            monitor.set_journal_writable(view.events.writable());
             // OpenMetrics for scrapers that ask for it (Prometheus does),
             // else the classic text format (curl, promtool).
             let accept = req.headers().get(http::header::ACCEPT);
             let (body, content_type) =
-                if crate::monitor::wants_openmetrics(accept.and_then(|v| v.to_str().ok())) {
-                    (shared.monitor.render(), crate::monitor::CONTENT_TYPE)
+                if crate::guard::monitor::wants_openmetrics(accept.and_then(|v| v.to_str().ok())) {
+                    (monitor.render(), crate::guard::monitor::CONTENT_TYPE)
                 } else {
                     (
-                        shared.monitor.render_text(),
-                        crate::monitor::TEXT_CONTENT_TYPE,
+                        monitor.render_text(),
+                        crate::guard::monitor::TEXT_CONTENT_TYPE,
                     )
                 };
             let mut r = text(StatusCode::OK, body);
@@ -71,12 +91,12 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byt
             );
             r
         }
-        "/status" => match crate::console::authorize(&req, &shared).await {
+        "/status" => match crate::console::authorize(&req, &view).await {
             Some(denied) => denied,
-            None => status(&shared).await,
+            None => status(&view).await,
         },
-        crate::upstream_identity::JWKS_PATH => {
-            let mut r = text(StatusCode::OK, shared.identity.current().jwks_json.clone());
+        crate::ca::upstream_identity::JWKS_PATH => {
+            let mut r = text(StatusCode::OK, view.identity.current().jwks_json.clone());
             let h = r.headers_mut();
             h.insert(
                 http::header::CONTENT_TYPE,
@@ -94,8 +114,8 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byt
 }
 
 /// Loads the certificate inventory off the async threads.
-async fn load_inventory(shared: &Arc<Shared>) -> Option<Inventory> {
-    let home = shared.live.home.clone();
+async fn load_inventory(view: &Arc<AdminView>) -> Option<Inventory> {
+    let home = view.live.home.clone();
     match tokio::task::spawn_blocking(move || Inventory::load(&home)).await {
         Ok(Ok(inv)) => Some(inv),
         Ok(Err(e)) => {
@@ -109,22 +129,22 @@ async fn load_inventory(shared: &Arc<Shared>) -> Option<Inventory> {
 /// Sets the certificate expiry gauges from the inventory at scrape time
 /// (seconds-until-expiry is a function of the clock). On a read error the
 /// previous values stay.
-async fn refresh_cert_expiry(shared: &Arc<Shared>) {
-    if let Some(inv) = load_inventory(shared).await {
-        shared
-            .monitor
+async fn refresh_cert_expiry(view: &Arc<AdminView>) {
+    if let Some(inv) = load_inventory(view).await {
+        view.events
+            .monitor()
             .set_cert_expiry(&inv, time::OffsetDateTime::now_utc());
     }
 }
 
-async fn status(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
-    let Some(inventory) = load_inventory(shared).await else {
+async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
+    let Some(inventory) = load_inventory(view).await else {
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "{\"error\":\"inventory_unreadable\"}",
         );
     };
-    let snapshot = shared.live.snapshot();
+    let snapshot = view.live.snapshot();
     let partners: Vec<_> = snapshot
         .partners
         .values()
@@ -138,7 +158,7 @@ async fn status(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
             .snapshot(&p.id, now_ms)
             .and_then(|s| serde_json::to_value(s).ok())
             .unwrap_or(serde_json::Value::Null);
-        if let Some(a) = shared.detector.status(&p.id, now_ms)
+        if let Some(a) = view.events.detector().status(&p.id, now_ms)
             && let Ok(a) = serde_json::to_value(a)
             && let Some(obj) = v.as_object_mut()
         {
@@ -146,8 +166,8 @@ async fn status(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
         }
         limits.insert(p.id.clone(), v);
     }
-    let body = crate::monitor::status_json(
-        &shared.monitor,
+    let body = crate::guard::monitor::status_json(
+        view.events.monitor(),
         &partners,
         &inventory,
         &limits,
@@ -165,7 +185,7 @@ async fn status(shared: &Arc<Shared>) -> Response<Full<Bytes>> {
 /// Serves the admin endpoints until shutdown.
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    view: Arc<AdminView>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -173,11 +193,11 @@ pub async fn serve(
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = shutdown.changed() => return,
         };
-        let shared = shared.clone();
+        let view = view.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(req, shared).await) }
+                let view = view.clone();
+                async move { Ok::<_, Infallible>(route(req, view).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tcp), svc)

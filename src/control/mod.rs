@@ -1,0 +1,10 @@
+//! The operator's side of a running broker: the admin HTTP listener
+//! (`http`: health, readiness, metrics, status, JWKS) and the admin socket
+//! (`socket`: `gatehouse log` and `partner resume` while serving), the
+//! watcher that reloads the operator's changes (`watch`) and the periodic
+//! upkeep: CRL re-signing and expiry alerts (`upkeep`).
+
+pub mod http;
+pub mod socket;
+pub mod upkeep;
+pub mod watch;

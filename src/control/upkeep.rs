@@ -1,0 +1,138 @@
+//! The broker's periodic upkeep, every ten minutes: re-sign the CRL before
+//! its next-update, and alert (once per certificate per run) on partner
+//! certificates near expiry without a successor and on the broker's own
+//! certificates near expiry.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::ca::inventory::Inventory;
+use crate::gateway::live::Live;
+use crate::guard::EventSink;
+use crate::guard::alerts::AlertNotice;
+use crate::guard::monitor::{ExpiryWarning, expiring};
+use crate::timefmt::rfc3339;
+
+/// How often the upkeep runs.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Runs the upkeep at start and every [`UPKEEP_INTERVAL`] until shutdown.
+pub async fn run(live: Arc<Live>, events: Arc<EventSink>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Certificates already warned about (one alert per certificate per run).
+    let mut warned = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let l = live.clone();
+        let validity = live.snapshot().gateway.ca.crl_validity;
+        match tokio::task::spawn_blocking(move || {
+            crate::ca::maintenance::refresh_crl_if_due(&l.home, validity)
+        })
+        .await
+        {
+            Ok(Ok(true)) => tracing::info!("CRL re-signed before its next-update"),
+            Ok(Err(e)) => tracing::error!("could not re-sign the CRL: {e}"),
+            _ => {}
+        }
+        let l = live.clone();
+        if let Ok(warnings) = tokio::task::spawn_blocking(move || partner_warnings(&l)).await {
+            for w in warnings {
+                if warned.insert(w.serial.clone()) {
+                    events.raise_notice(partner_notice(&w));
+                }
+            }
+        }
+        let l = live.clone();
+        if let Ok(warnings) = tokio::task::spawn_blocking(move || broker_cert_warnings(&l)).await {
+            for (serial, notice) in warnings {
+                if warned.insert(serial) {
+                    events.raise_notice(notice);
+                }
+            }
+        }
+    }
+}
+
+/// Partner certificates near expiry with no successor.
+fn partner_warnings(live: &Live) -> Vec<ExpiryWarning> {
+    let days = live.snapshot().gateway.monitor.expiry_warning_days;
+    match Inventory::load(&live.home) {
+        Ok(inv) => expiring(&inv, OffsetDateTime::now_utc(), days),
+        Err(e) => {
+            tracing::warn!("expiry check: cannot read the inventory: {e}");
+            Vec::new()
+        }
+    }
+}
+
+fn partner_notice(w: &ExpiryWarning) -> AlertNotice {
+    AlertNotice {
+        kind: "cert_expiry".into(),
+        partner: Some(w.partner.clone()),
+        addr: None,
+        message: format!(
+            "certificate {} of partner {} expires {} ({} days) and has no successor: run `gatehouse cert renew {}`",
+            w.serial, w.partner, w.not_after, w.days_left, w.partner
+        ),
+        time_ms: crate::event::now_ms(),
+        details: serde_json::to_value(w).unwrap_or_default(),
+    }
+}
+
+/// The broker's own certificates (server, upstream client) that end
+/// within `[monitor] expiry_warning_days`: (serial, alert).
+fn broker_cert_warnings(live: &Live) -> Vec<(String, AlertNotice)> {
+    let days = live.snapshot().gateway.monitor.expiry_warning_days;
+    let home = &live.home;
+    let now = OffsetDateTime::now_utc();
+    let horizon = now + time::Duration::days(i64::from(days));
+    let mut out = Vec::new();
+    for (which, path) in [
+        ("server", home.server_cert()),
+        ("broker-client", home.broker_client_cert()),
+    ] {
+        let (serial, not_after) = match crate::ca::lifecycle::read_cert_summary(&path) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("expiry check of the broker's {which} certificate: {e}");
+                continue;
+            }
+        };
+        if not_after > horizon {
+            continue;
+        }
+        let left = not_after - now;
+        let message = format!(
+            "the broker's {which} certificate {serial} ({}) expires {} ({} days): run `gatehouse cert server-renew`",
+            path.display(),
+            rfc3339(not_after),
+            left.whole_days()
+        );
+        out.push((
+            serial.clone(),
+            AlertNotice {
+                kind: "broker_cert_expiry".into(),
+                partner: None,
+                addr: None,
+                message,
+                time_ms: crate::event::now_ms(),
+                details: serde_json::json!({
+                    "certificate": which,
+                    "serial": serial,
+                    "not_after": rfc3339(not_after),
+                    "days_left": left.whole_days(),
+                    "seconds_left": left.whole_seconds(),
+                }),
+            },
+        ));
+    }
+    out
+}

@@ -1,0 +1,183 @@
+//! Picks up the operator's changes while the broker runs: file-change
+//! notifications on the home's configuration folders (with a slow safety
+//! poll for file systems that do not notify) and SIGHUP reload the live
+//! state and the upstream identity key; a refused change is reported once
+//! and the running configuration stays in force. Each reload and each
+//! audited change (certificate issued, revoked, partner suspended, ...)
+//! becomes an admin record.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::ca::upstream_identity::LiveIdentity;
+use crate::event::{Decision, EventKind, truncated};
+use crate::gateway::live::{Live, ReloadError, WATCH_INTERVAL};
+use crate::guard::EventSink;
+
+/// How often the watcher looks at every file even without a notification.
+const SAFETY_POLL: Duration = Duration::from_secs(10);
+
+/// What the watcher reloads and where it reports.
+pub struct Watched {
+    pub live: Arc<Live>,
+    pub identity: Arc<LiveIdentity>,
+    pub events: Arc<EventSink>,
+}
+
+impl Watched {
+    /// Applies each partner's `on_anomaly` to the detector.
+    pub fn apply_anomaly_modes(&self) {
+        for (id, entry) in &self.live.snapshot().partners {
+            self.events
+                .detector()
+                .set_on_anomaly(id, entry.partner.on_anomaly);
+        }
+    }
+}
+
+/// Watches the home's configuration folders (not `data/`) and raises
+/// `changed` on any change in them.
+fn file_notifier(
+    live: &Live,
+    changed: Arc<AtomicBool>,
+) -> Result<notify::RecommendedWatcher, String> {
+    use notify::{EventKind as FsEvent, RecursiveMode, Watcher};
+    // Only configuration material counts (not logs that may sit in the home).
+    let relevant = |p: &std::path::Path| {
+        !matches!(
+            p.extension().and_then(|x| x.to_str()),
+            Some("log" | "out" | "sock" | "tmp")
+        )
+    };
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(ev) if matches!(ev.kind, FsEvent::Access(_)) => {}
+            Ok(ev) if !ev.paths.is_empty() && !ev.paths.iter().any(|p| relevant(p)) => {}
+            _ => changed.store(true, Ordering::Release),
+        })
+        .map_err(|e| e.to_string())?;
+    for dir in live.watched_dirs() {
+        if dir.is_dir() {
+            watcher
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+    }
+    Ok(watcher)
+}
+
+/// Picks up file changes (notifications, with a slow safety poll) and
+/// SIGHUP until shutdown.
+pub async fn watch_files(
+    w: Arc<Watched>,
+    mut hup: tokio::signal::unix::Signal,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // File-change notifications (inotify) say when to look; a full look at
+    // every file's stamp then happens only on a change, on SIGHUP, and every
+    // SAFETY_POLL for file systems that do not notify. Without
+    // notifications, every tick looks.
+    let changed = Arc::new(AtomicBool::new(true));
+    let notifier = match file_notifier(&w.live, changed.clone()) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(
+                "file-change notifications unavailable ({e}); polling every {WATCH_INTERVAL:?}"
+            );
+            None
+        }
+    };
+    let mut last_full_look = Instant::now();
+    let mut last_error: Option<String> = None;
+    loop {
+        let force = tokio::select! {
+            _ = tick.tick() => false,
+            Some(_) = hup.recv() => true,
+            _ = shutdown.changed() => return,
+        };
+        if force {
+            crate::sd_notify::reloading();
+        }
+        let look = force
+            || notifier.is_none()
+            || changed.swap(false, Ordering::AcqRel)
+            || w.live.tls_retry_pending()
+            || last_full_look.elapsed() >= SAFETY_POLL;
+        if !look {
+            continue;
+        }
+        last_full_look = Instant::now();
+        reload_identity(&w).await;
+        reload(&w, force, &mut last_error).await;
+        if force {
+            crate::sd_notify::reloaded("serving (reload done)");
+        }
+    }
+}
+
+/// Reloads the upstream identity key if its files changed.
+async fn reload_identity(w: &Arc<Watched>) {
+    let identity = w.identity.clone();
+    match tokio::task::spawn_blocking(move || identity.refresh()).await {
+        Ok(Ok(true)) => tracing::info!(
+            kid = w.identity.current().signer.kid(),
+            "upstream identity key reloaded"
+        ),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::error!(
+            "upstream identity key not reloaded; the running key stays in force: {e}"
+        ),
+        Err(e) => tracing::error!("identity reload task failed: {e}"),
+    }
+}
+
+/// Reloads the live state and records what changed, or reports a refusal
+/// once per distinct error.
+async fn reload(w: &Arc<Watched>, force: bool, last_error: &mut Option<String>) {
+    let live = w.live.clone();
+    let result = tokio::task::spawn_blocking(move || live.reload(force)).await;
+    match result {
+        Ok(Ok(outcome)) if outcome.changed => {
+            *last_error = None;
+            w.apply_anomaly_modes();
+            tracing::info!(
+                partners = outcome.partners,
+                tls_rebuilt = outcome.tls_rebuilt,
+                "configuration reloaded"
+            );
+            let mut ev = w.events.event(EventKind::Admin, Decision::Allowed);
+            ev.reason = Some("config_reloaded".into());
+            ev.detail = Some(format!(
+                "partners: {}; tls rebuilt: {}",
+                outcome.partners, outcome.tls_rebuilt
+            ));
+            drop(w.events.record(ev, None));
+            for change in &outcome.changes {
+                let mut ev = w.events.event(EventKind::Admin, Decision::Allowed);
+                ev.reason = Some(change.kind.to_string());
+                ev.partner = Some(change.partner.clone());
+                ev.cert_serial = change.serial.clone();
+                drop(w.events.record(ev, None));
+            }
+        }
+        Ok(Ok(_)) | Ok(Err(ReloadError::RefusedAgain)) => {}
+        Ok(Err(ReloadError::Refused(e))) => {
+            if last_error.as_deref() != Some(e.as_str()) {
+                tracing::error!(
+                    "configuration change refused; the running configuration stays in force:\n{e}"
+                );
+                let mut ev = w.events.event(EventKind::Admin, Decision::Denied);
+                ev.reason = Some("config_reload_refused".into());
+                ev.detail = Some(truncated(&e, 4096));
+                drop(w.events.record(ev, None));
+                *last_error = Some(e);
+            }
+        }
+        Err(e) => tracing::error!("reload task failed: {e}"),
+    }
+}

@@ -1,0 +1,220 @@
+//! One partner connection's life: accepted within the connection limit, the
+//! TLS handshake (bounded in time; a refusal becomes a TLS-level `Refusal`
+//! and a record), the partner identified from the verified certificate,
+//! then HTTP/1.1 or HTTP/2 served by hyper, each request handed to
+//! `request::handle`, until the partner leaves, the connection idles out,
+//! a refusal asks it to close, or the broker drains.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::ServerSettings;
+use crate::event::{Decision, EventKind};
+use crate::gateway::refusal::{Refusal, code};
+use crate::gateway::session::ConnCtx;
+use crate::gateway::{Gateway, request};
+use crate::identity::{PartnerIdentity, identify};
+use crate::tls::classify_handshake_error;
+
+/// hyper's server settings from `[server]`.
+pub fn http_builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_timeout)
+        .max_buf_size(s.max_header_bytes.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(s.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(50))
+        .max_local_error_reset_streams(Some(128))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// Accepts partner connections until shutdown, each within a slot of
+/// `permits` (past the limit, new connections wait in the kernel's backlog:
+/// memory stays bounded).
+pub async fn accept_loop(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    permits: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let gw = gw.clone();
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            gw.connections.active.fetch_add(1, Ordering::Relaxed);
+            gw.events.monitor().connection_opened();
+            handle_connection(tcp, peer, gw.clone(), builder, shutdown).await;
+            gw.events.monitor().connection_closed();
+            gw.connections.active.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+/// A finished handshake: the stream and what the connection needs of it.
+struct Handshaken {
+    tls: TlsStream<TcpStream>,
+    identity: PartnerIdentity,
+    tls_version: &'static str,
+    kind: &'static str,
+}
+
+/// The TLS handshake and the partner's identity, or a TLS-level refusal.
+async fn handshake(gw: &Gateway, tcp: TcpStream) -> Result<Handshaken, Refusal> {
+    let snapshot = gw.live.snapshot();
+    let acceptor = TlsAcceptor::from(gw.live.tls_config());
+    let timeout = snapshot.gateway.server.handshake_timeout;
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let failure = classify_handshake_error(&e);
+            let mut r = Refusal::tls(failure.reason).detail(match failure.subject {
+                Some(s) => format!("subject: {s}; {}", failure.message),
+                None => failure.message,
+            });
+            r.fingerprint = failure.fingerprint;
+            return Err(r);
+        }
+        Err(_) => return Err(Refusal::tls(code::HANDSHAKE_TIMEOUT)),
+    };
+    let (_, conn) = tls.get_ref();
+    let kind = match conn.handshake_kind() {
+        Some(rustls::HandshakeKind::Resumed) => "resumed",
+        Some(rustls::HandshakeKind::FullWithHelloRetryRequest) => "hello_retry",
+        _ => "full",
+    };
+    let tls_version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    };
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| Refusal::tls(code::NO_CERTIFICATE))?;
+    let identity = identify(leaf.as_ref(), &snapshot.gateway.trust_domain)
+        .map_err(|e| Refusal::tls(e.code()))?;
+    Ok(Handshaken {
+        tls,
+        identity,
+        tls_version,
+        kind,
+    })
+}
+
+/// Serves one partner connection to its end.
+async fn handle_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    gw: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let started = Instant::now();
+    // A handshake in progress ends in a refusal record or, soon after, a
+    // request's record: tell the journal's group commit it is coming.
+    let expected = gw.events.expect_record();
+    let done = match handshake(&gw, tcp).await {
+        Ok(done) => done,
+        Err(refusal) => {
+            let mut ev = gw.events.event(EventKind::Handshake, Decision::Denied);
+            ev.client_addr = Some(peer.to_string());
+            refusal.mark(&mut ev);
+            ev.duration_us = started.elapsed().as_micros() as u64;
+            tracing::debug!(%peer, reason = refusal.code, "refused handshake");
+            drop(gw.events.record(ev, None));
+            return;
+        }
+    };
+    gw.events.monitor().handshake_ok(done.kind);
+    drop(expected);
+    let idle_timeout = gw.live.snapshot().gateway.server.idle_timeout;
+    let ctx = Arc::new(ConnCtx::new(
+        done.identity,
+        peer,
+        done.tls_version,
+        gw.epoch,
+    ));
+    let service = {
+        let (ctx, gw) = (ctx.clone(), gw.clone());
+        service_fn(move |req: Request<Incoming>| {
+            let (ctx, gw) = (ctx.clone(), gw.clone());
+            async move { Ok::<_, Infallible>(request::handle(req, ctx, gw).await) }
+        })
+    };
+    let conn = builder.serve_connection(TokioIo::new(done.tls), service);
+    tokio::pin!(conn);
+    let mut shutting_down = false;
+    loop {
+        let idle_left = if ctx.busy() {
+            // Busy: look again a full idle period later (never a zero-length
+            // sleep, which would spin while a long request is in flight).
+            idle_timeout
+        } else {
+            let last = ctx.last_activity_ms();
+            let deadline = last + idle_timeout.as_millis() as i64;
+            Duration::from_millis((deadline - ctx.now_ms()).max(1) as u64)
+        };
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+                break;
+            }
+            _ = ctx.close_requested(), if !shutting_down => {
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = shutdown.changed(), if !shutting_down => {
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(idle_left), if !shutting_down => {
+                let idle_for = ctx.now_ms() - ctx.last_activity_ms();
+                if !ctx.busy() && idle_for >= idle_timeout.as_millis() as i64 {
+                    shutting_down = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}

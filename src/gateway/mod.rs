@@ -1,0 +1,88 @@
+//! The partner-facing gateway: each connection's life (`conn`: accept,
+//! handshake, identity, idle and drain) and each request's phases
+//! (`request`: admit → frame → target → authorize → limit → build → relay),
+//! the one `Refusal` type every refusal travels as (`refusal`), the one
+//! place that turns an outcome into the partner's response and its record
+//! (`respond`), the live configuration the phases read (`live`), the
+//! upstream leg (`relay`), the record-keeping response body (`exchange`)
+//! and the self-service renewal endpoint (`renewal`).
+//!
+//! The gateway receives what it uses as a [`Gateway`]: the live state, the
+//! event sink, the upstream identity signer and the renewal state. It knows
+//! nothing of the admin listener, the watcher or the journal's internals.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use crate::ca::upstream_identity::LiveIdentity;
+use crate::guard::EventSink;
+
+pub mod conn;
+pub mod exchange;
+pub mod live;
+pub mod refusal;
+pub mod relay;
+pub mod renewal;
+pub mod request;
+pub mod respond;
+pub mod session;
+
+pub use conn::{accept_loop, http_builder};
+pub use refusal::Refusal;
+
+/// What the gateway's connections and requests use.
+pub struct Gateway {
+    /// The validated configuration, routes, certificates and upstreams.
+    pub live: Arc<live::Live>,
+    /// Where every event goes (monitor, anomaly detector, journal).
+    pub events: Arc<EventSink>,
+    /// The key that signs `X-Gatehouse-Identity` for upstreams.
+    pub identity: Arc<LiveIdentity>,
+    /// Self-service renewal state (rate, one at a time).
+    pub renewals: renewal::Renewals,
+    /// Connections being served, and whether the listener still accepts.
+    pub connections: Arc<Connections>,
+    /// The clock origin of the connections' idle timers.
+    epoch: Instant,
+}
+
+impl Gateway {
+    pub fn new(
+        live: Arc<live::Live>,
+        events: Arc<EventSink>,
+        identity: Arc<LiveIdentity>,
+    ) -> Gateway {
+        Gateway {
+            live,
+            events,
+            identity,
+            renewals: Default::default(),
+            connections: Arc::default(),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// The listener's state: connections open, and whether it still accepts.
+#[derive(Default)]
+pub struct Connections {
+    listening: AtomicBool,
+    active: AtomicUsize,
+}
+
+impl Connections {
+    /// The listener accepts (true) or drains (false).
+    pub fn set_listening(&self, on: bool) {
+        self.listening.store(on, Ordering::Relaxed);
+    }
+
+    pub fn listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
+    /// Connections being served now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}

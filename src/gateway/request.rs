@@ -1,0 +1,307 @@
+//! One request's life, as phases: admit (journal writable, partner active,
+//! certificate still good) → the renewal endpoint, if that is what it asks
+//! → frame (no smuggling shapes) → target (origin form, no traversal
+//! tricks) → authorize (deny by default) → limit (rate, quota, concurrency,
+//! body size) → build the upstream request → relay. Each phase returns
+//! `Result<_, Refusal>`; `respond::finish` turns the outcome into the
+//! response and the record, the same way for every phase.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::{Body, Incoming};
+
+use crate::ca::upstream_identity::TokenSubject;
+use crate::event::{Decision, Event, EventKind, truncated};
+use crate::gateway::Gateway;
+use crate::gateway::exchange::PendingRecord;
+use crate::gateway::live::{PartnerEntry, Snapshot};
+use crate::gateway::refusal::{Refusal, code};
+use crate::gateway::relay::{Annotations, RelayBody, Upstream, upstream_request_headers};
+use crate::gateway::renewal;
+use crate::gateway::respond::{self, Answer, ResponseBody};
+use crate::gateway::session::ConnCtx;
+use crate::policy::{Permit, check_target};
+
+/// Longest path kept in a record (the journal's growth per record is bounded).
+const MAX_RECORDED_PATH: usize = 2048;
+
+/// Handles one request from a verified partner connection.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnCtx>,
+    gw: Arc<Gateway>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let in_flight = conn.begin_request();
+    // Announced to the journal until the record is handed over, or until
+    // this function returns: a streamed response's record comes at the end
+    // of its body, which may be long after.
+    let expected = Arc::new(gw.events.expect_record());
+    let _expected_until_return = ReleaseOnDrop(expected.clone());
+    let request_id = format!("{:032x}", rand::random::<u128>());
+    let mut record = PendingRecord::new(
+        exchange_event(&req, &conn, &gw, &request_id),
+        started,
+        gw.events.clone(),
+        Some(expected),
+    );
+    record.hold(Box::new(in_flight));
+    let outcome = phases(req, &conn, &gw, &mut record, &request_id).await;
+    respond::finish(record, outcome, &conn, &request_id).await
+}
+
+/// The record as the request arrives: who, from where, what.
+fn exchange_event(
+    req: &Request<Incoming>,
+    conn: &ConnCtx,
+    gw: &Gateway,
+    request_id: &str,
+) -> Event {
+    let mut ev = gw.events.event(EventKind::Exchange, Decision::Denied);
+    ev.partner = Some(conn.identity.partner.to_string());
+    ev.cert_serial = Some(conn.identity.serial.to_string());
+    ev.cert_fingerprint = Some(conn.identity.fingerprint.to_string());
+    ev.client_addr = Some(conn.peer.to_string());
+    ev.tls_version = Some(conn.tls_version.to_string());
+    ev.method = Some(req.method().as_str().to_string());
+    ev.request_id = Some(request_id.to_string());
+    let path = raw_target(req).split('?').next().unwrap_or("");
+    ev.path = Some(truncated(path, MAX_RECORDED_PATH));
+    ev
+}
+
+fn raw_target(req: &Request<Incoming>) -> &str {
+    req.uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/")
+}
+
+/// The phases, in order; the first refusal ends them.
+async fn phases(
+    req: Request<Incoming>,
+    conn: &ConnCtx,
+    gw: &Gateway,
+    record: &mut PendingRecord,
+    request_id: &str,
+) -> Result<Answer, Refusal> {
+    let snapshot = gw.live.snapshot();
+    let entry = admit(conn, gw, &snapshot)?;
+
+    // Self-service renewal: a broker endpoint, not a route (admitted above,
+    // so suspended, revoked, expired and superseded certificates never get here).
+    if req.method() == Method::POST && req.uri().path() == renewal::RENEW_PATH {
+        drop(snapshot);
+        record.event.route = Some(renewal::RENEW_PATH.to_string());
+        let renewed =
+            renewal::handle(req, &conn.identity, &gw.live, &gw.renewals, &gw.events).await?;
+        record.event.detail = Some(format!("renewed; new serial {}", renewed.new_serial));
+        return Ok(Answer::Local {
+            content_type: "application/x-pem-file",
+            body: renewed.chain_pem,
+        });
+    }
+
+    let declared_length = frame(req.headers())?;
+    let target = target(&req)?;
+    let permit = authorize(entry, req.method(), target.path, record)?;
+    let upstream = snapshot
+        .upstreams
+        .get(permit.upstream)
+        .cloned()
+        .ok_or_else(|| Refusal::http(StatusCode::BAD_GATEWAY, code::UPSTREAM_UNKNOWN))?;
+    let max_body = limit(conn, &snapshot, &permit, declared_length, record)?;
+    let uri = upstream
+        .uri_for(&permit.upstream_path, target.query)
+        .map_err(|_| Refusal::http(StatusCode::BAD_REQUEST, code::BAD_TARGET))?;
+    let route = permit.route.path.clone();
+    drop(snapshot);
+
+    let is_head = req.method() == Method::HEAD;
+    let upstream_req =
+        build_upstream_request(req, uri, max_body, conn, gw, &upstream, &route, request_id)?;
+    let response = relay(gw, &upstream, upstream_req, request_id).await?;
+    Ok(Answer::Relayed {
+        response,
+        upstream,
+        is_head,
+    })
+}
+
+/// Admission: the journal can record (fail closed: never relay a call that
+/// cannot be recorded), the partner is active, its certificate still good.
+/// A refused certificate or partner closes the connection.
+fn admit<'s>(
+    conn: &ConnCtx,
+    gw: &Gateway,
+    snapshot: &'s Snapshot,
+) -> Result<&'s PartnerEntry, Refusal> {
+    if !gw.events.writable() {
+        return Err(Refusal::http(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::JOURNAL_UNAVAILABLE,
+        ));
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    snapshot
+        .admit(&conn.identity, now)
+        .map_err(|reason| Refusal::http(StatusCode::FORBIDDEN, reason).closing())
+}
+
+/// Framing: refuses both framings at once or conflicting lengths (request
+/// smuggling shapes), and returns the declared Content-Length.
+fn frame(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
+    let has_te = headers.contains_key(header::TRANSFER_ENCODING);
+    let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    let conflicting_lengths = lengths.windows(2).any(|w| w[0] != w[1]);
+    if (has_te && !lengths.is_empty()) || conflicting_lengths {
+        return Err(Refusal::http(StatusCode::BAD_REQUEST, code::AMBIGUOUS_FRAMING).closing());
+    }
+    Ok(lengths
+        .first()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok()))
+}
+
+/// The target: origin-form (HTTP/1.1) and free of traversal tricks.
+fn target(req: &Request<Incoming>) -> Result<crate::policy::Target<'_>, Refusal> {
+    if req.version() != Version::HTTP_2
+        && (req.uri().scheme().is_some() || req.uri().authority().is_some())
+    {
+        return Err(Refusal::http(StatusCode::BAD_REQUEST, code::BAD_TARGET));
+    }
+    Ok(check_target(raw_target(req))?)
+}
+
+/// Authorization: deny by default. Records the granted route and upstream.
+fn authorize<'a>(
+    entry: &'a PartnerEntry,
+    method: &Method,
+    path: &'a str,
+    record: &mut PendingRecord,
+) -> Result<Permit<'a>, Refusal> {
+    let permit = entry.routes.authorize(method.as_str(), path)?;
+    record.event.route = Some(permit.route.path.clone());
+    record.event.upstream = Some(permit.upstream.to_string());
+    record.risk = Some(permit.route.risk);
+    Ok(permit)
+}
+
+/// Rate, quota and concurrency limits (partner and route; the admission is
+/// held until the record is handed over), then the body limit. Returns the
+/// body limit for the relay.
+fn limit(
+    conn: &ConnCtx,
+    snapshot: &Snapshot,
+    permit: &Permit<'_>,
+    declared_length: Option<u64>,
+    record: &mut PendingRecord,
+) -> Result<u64, Refusal> {
+    let admission = snapshot.limits.check(
+        &conn.identity.partner,
+        Some(permit.route_index),
+        crate::event::now_ms(),
+    )?;
+    record.hold(Box::new(admission));
+    let max_body = permit
+        .route
+        .max_body_bytes
+        .unwrap_or(snapshot.gateway.server.max_body_bytes);
+    if declared_length.is_some_and(|n| n > max_body) {
+        return Err(Refusal::http(StatusCode::PAYLOAD_TOO_LARGE, code::BODY_TOO_LARGE).closing());
+    }
+    record.event.request_bytes = declared_length.unwrap_or(0);
+    Ok(max_body)
+}
+
+/// The upstream request: the partner's, re-addressed, with the broker's
+/// identity headers (and the signed identity, when the upstream asks for
+/// it; fail closed: no token, no relay), hop-by-hop and spoofable headers
+/// gone, and the body bounded by the limit.
+#[allow(clippy::too_many_arguments)]
+fn build_upstream_request(
+    req: Request<Incoming>,
+    uri: http::Uri,
+    max_body: u64,
+    conn: &ConnCtx,
+    gw: &Gateway,
+    upstream: &Upstream,
+    route: &str,
+    request_id: &str,
+) -> Result<Request<RelayBody>, Refusal> {
+    let token = if upstream.signed_identity {
+        let subject = TokenSubject {
+            partner: &conn.identity.partner,
+            serial: &conn.identity.serial,
+            route,
+            request_id,
+            upstream: &upstream.name,
+        };
+        match gw.identity.sign(&subject) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(request_id = %request_id, "{e}");
+                return Err(Refusal::http(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    code::IDENTITY_SIGNING_FAILED,
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    let (mut parts, body) = req.into_parts();
+    upstream_request_headers(
+        &mut parts.headers,
+        &Annotations {
+            partner: &conn.identity.partner,
+            serial: &conn.identity.serial,
+            fingerprint: &conn.identity.fingerprint,
+            uri: &conn.identity.uri,
+            request_id,
+            client_ip: &conn.peer_ip,
+            identity: token.as_deref(),
+        },
+    );
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let body: RelayBody = if body.is_end_stream() {
+        Empty::new().map_err(|e| match e {}).boxed()
+    } else {
+        Limited::new(body, max_body as usize).boxed()
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Sends the request upstream (timed for the metrics).
+async fn relay(
+    gw: &Gateway,
+    upstream: &Upstream,
+    req: Request<RelayBody>,
+    request_id: &str,
+) -> Result<Response<Incoming>, Refusal> {
+    let started = Instant::now();
+    let sent = upstream.send(req).await;
+    gw.events.monitor().upstream(
+        &upstream.name,
+        started.elapsed().as_secs_f64(),
+        sent.as_ref().err().map(|e| e.code()),
+    );
+    sent.map_err(|e| {
+        tracing::warn!(upstream = %upstream.name, request_id = %request_id, "upstream failed: {e:?}");
+        Refusal::from(e)
+    })
+}
+
+/// Releases a record's announcement when dropped (see `handle`).
+struct ReleaseOnDrop(Arc<crate::event::ExpectedRecord>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}

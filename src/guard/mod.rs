@@ -1,0 +1,11 @@
+//! Watching the traffic: rate, quota and concurrency limits (`limits`),
+//! per-partner baselines and spike detection (`anomaly`), metrics and the
+//! operator view (`monitor`), alert delivery (`alerts`).
+
+pub mod alerts;
+pub mod anomaly;
+pub mod limits;
+pub mod monitor;
+pub mod sink;
+
+pub use sink::{EventSink, Throttles};
