@@ -14,7 +14,6 @@ pub mod ca;
 pub mod check;
 pub mod cli;
 pub mod config;
-pub mod console;
 pub mod control;
 pub mod event;
 pub mod gateway;

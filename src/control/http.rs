@@ -3,7 +3,7 @@
 //! (the monitor's Prometheus text) and `/status` (the operator view as
 //! JSON, read by `gatehouse status`) and `/.well-known/jwks.json` (the
 //! public keys of the upstream identity tokens); `/` and the console's
-//! JSON are the operator console's (`crate::console`).
+//! JSON are the operator console's (`super::console`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -50,7 +50,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 
 async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<Bytes>> {
     // The operator console (`/`, its assets and JSON).
-    if let Some(r) = crate::console::route(&req, &view).await {
+    if let Some(r) = super::console::route(&req, &view).await {
         return r;
     }
     match req.uri().path() {
@@ -91,7 +91,7 @@ async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<By
             );
             r
         }
-        "/status" => match crate::console::authorize(&req, &view).await {
+        "/status" => match super::console::authorize(&req, &view).await {
             Some(denied) => denied,
             None => status(&view).await,
         },
