@@ -63,7 +63,7 @@ TOML
 cp partners/acme.toml partners/globex.toml "$HOME_DIR/partners/"
 $G cert issue acme --out "$WORK/acme" >/dev/null
 $G cert issue globex --days 5 --out "$WORK/globex" >/dev/null
-$ECHO --listen 127.0.0.1:0 --client-ca "$HOME_DIR/certs/ca.pem" --write-ca "$HOME_DIR/certs/upstream-ca.pem" >"$WORK/echo.out" 2>&1 &
+$ECHO --listen 127.0.0.1:0 --client-ca "$HOME_DIR/certs/upstream-client-ca.pem" --write-ca "$HOME_DIR/certs/upstream-ca.pem" >"$WORK/echo.out" 2>&1 &
 PIDS+=($!)
 UP=$(addr_from "$WORK/echo.out" "listening on ")
 sed -i "s|^url = \"https://127.0.0.1:9443\"|url = \"https://$UP\"|" "$HOME_DIR/gatehouse.toml"
@@ -73,7 +73,7 @@ PIDS+=($BROKER)
 GW=$(addr_from "$WORK/serve.out" "gatehouse listening on ")
 ADMIN=$(addr_from "$WORK/serve.out" "gatehouse admin on ")
 URL="https://localhost:${GW##*:}"
-C=(--silent --show-error --cacert "$HOME_DIR/certs/ca.pem")
+C=(--silent --show-error --cacert "$WORK/acme/ca.pem")
 for i in 1 2 3 4 5; do
   curl "${C[@]}" --cert "$WORK/acme/acme.pem" --key "$WORK/acme/acme.key" -o /dev/null "$URL/v1/orders/$i" || fail "acme's call $i"
 done
