@@ -289,6 +289,19 @@ fn what_the_cli_writes_survives_a_power_cut() {
     fs.mount();
     let home = mnt.join("home");
     gatehouse(&home, &["init"]);
+    // The operator's edit (an upstream for the route), synced by the test
+    // itself: only what the CLI writes is under test.
+    {
+        use std::io::Write;
+        let cfg = home.join("gatehouse.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let mut f = std::fs::File::create(&cfg).unwrap();
+        f.write_all(
+            format!("{text}\n[upstreams.orders]\nurl = \"http://127.0.0.1:9\"\n").as_bytes(),
+        )
+        .unwrap();
+        f.sync_all().unwrap();
+    }
     gatehouse(
         &home,
         &[
