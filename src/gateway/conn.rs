@@ -166,6 +166,8 @@ async fn handle_connection(
     };
     gw.events.monitor().handshake_ok(done.kind);
     drop(expected);
+    // Renewal may replace a successor only while it was never used.
+    gw.seen.handshake(&gw.live.home, &done.identity.serial);
     let idle_timeout = gw.live.snapshot().gateway.server.idle_timeout;
     let ctx = Arc::new(ConnCtx::new(
         done.identity,
