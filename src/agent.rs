@@ -231,8 +231,7 @@ fn pending_or_new(opts: &AgentOptions) -> Result<(KeyPair, String), AgentError> 
     }
     let (key, csr) = new_csr()?;
     let (key_path, csr_path) = pending_paths(&opts.key);
-    crate::home::write_key(&key_path, &key.serialize_pem())
-        .map_err(|e| file_err(&key_path, e))?;
+    crate::home::write_key(&key_path, &key.serialize_pem()).map_err(|e| file_err(&key_path, e))?;
     crate::home::write_key(&csr_path, &csr).map_err(|e| file_err(&csr_path, e))?;
     Ok((key, csr))
 }

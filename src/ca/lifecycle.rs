@@ -783,7 +783,9 @@ pub fn replace_successor(
     let now = OffsetDateTime::now_utc();
     let inventory = Inventory::load(home)?;
     let (Some(old), Some(unused)) = (inventory.get(predecessor), inventory.get(successor)) else {
-        return Err(CaError::UnknownSerial(format!("{predecessor} or {successor}")));
+        return Err(CaError::UnknownSerial(format!(
+            "{predecessor} or {successor}"
+        )));
     };
     let current = old.partner == partner
         && unused.partner == partner

@@ -240,7 +240,11 @@ async fn renew(
     };
     gw.renewals.check_rate(partner)?;
     record_issuing(&gw.events, partner, serial, &issue).await?;
-    let (home, p, s) = (gw.live.home.clone(), partner.to_string(), serial.to_string());
+    let (home, p, s) = (
+        gw.live.home.clone(),
+        partner.to_string(),
+        serial.to_string(),
+    );
     let renewed = blocking(move || sign(&home, &p, &s, &csr, &issue)).await?;
     gw.renewals.note(partner);
     // The new certificate is usable at once, not only after the watcher's tick.
@@ -309,8 +313,10 @@ fn retry_plan(
     now: OffsetDateTime,
 ) -> Result<Plan, Refusal> {
     let already = |why: &str| {
-        let mut r = Refusal::http(StatusCode::CONFLICT, "already_renewed")
-            .detail(format!("certificate {} was already renewed{why}", rec.serial));
+        let mut r = Refusal::http(StatusCode::CONFLICT, "already_renewed").detail(format!(
+            "certificate {} was already renewed{why}",
+            rec.serial
+        ));
         if let Some(next) = &rec.superseded_by {
             r = r.with("superseded_by", next.clone());
         }

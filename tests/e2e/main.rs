@@ -28,6 +28,7 @@ mod metrics;
 mod relay;
 mod reload;
 mod renewal;
+mod renewal_retry;
 mod resumption;
 mod revocation;
 mod traffic_guard;
