@@ -930,6 +930,9 @@ pub fn replace_successor(
 ) -> Result<CsrRenewal, CaError> {
     let subject = Subject::from_csr_pem(csr_pem)?;
     let ctx = context(home, partner)?;
+    // Under the lock from the read of both records to the CRL: a concurrent
+    // revoke or renewal runs entirely before or after.
+    let lock = lock::lock(home)?;
     let now = OffsetDateTime::now_utc();
     let inventory = Inventory::load(home)?;
     let (Some(old), Some(unused)) = (inventory.get(predecessor), inventory.get(successor)) else {
@@ -958,7 +961,7 @@ pub fn replace_successor(
     unused.reason = Some(RevocationReason::Superseded);
     unused.superseded_by = Some(record.serial.clone());
     write_record(home, &unused, None)?;
-    crl::refresh(home, &ctx.ca, ctx.gateway.ca.crl_validity)?;
+    crl::refresh(home, &lock, &ctx.ca, ctx.gateway.ca.crl_validity)?;
     Ok(CsrRenewal {
         chain_pem: chain_pem(&signed, &ctx.ca),
         record,
@@ -973,7 +976,7 @@ pub fn issued_chain(home: &Home, rec: &IssuedCert) -> Result<String, CaError> {
     let leaf = home::read_to_string(&home.issued_dir().join(format!("{}.pem", rec.serial)))?;
     let ca = Authority::load(home)?;
     if ca.fingerprint == rec.ca_fingerprint {
-        Ok(format!("{leaf}{}", ca.chain_pem))
+        Ok(format!("{leaf}{}", ca.chain_to_send()))
     } else {
         Ok(leaf)
     }
