@@ -23,6 +23,7 @@ pub mod identity;
 pub mod journal;
 pub mod partners;
 pub mod policy;
+pub mod rlimit;
 pub mod server;
 pub mod timefmt;
 pub mod tls;

@@ -60,6 +60,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_bound = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
+    crate::rlimit::prepare(server.max_connections);
     let events = Arc::new(event_sink(&gateway_config, &home, &journal, &live)?);
     let identity = Arc::new(
         LiveIdentity::load(&home, &server.node_id)
@@ -91,7 +92,8 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         }),
         shutdown_rx.clone(),
     ));
-    let socket_task = spawn_admin_socket(&home, &journal, &events, shutdown_rx.clone());
+    let socket_task =
+        spawn_admin_socket(&home, &journal, &events, admin_bound, shutdown_rx.clone());
     let stop_signals = StopSignals::register()?;
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
@@ -211,6 +213,7 @@ fn spawn_admin_socket(
     home: &Home,
     journal: &Journal,
     events: &Arc<EventSink>,
+    admin_bound: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let path = home.admin_socket();
@@ -219,6 +222,7 @@ fn spawn_admin_socket(
         let events = events.clone();
         AdminHooks {
             clear_anomaly: Some(Arc::new(move |p: &str| events.clear_anomaly(p))),
+            admin_addr: Some(admin_bound),
         }
     };
     tokio::spawn(async move {

@@ -1,5 +1,6 @@
 //! `gatehouse status`: asks the running broker's admin listener for
-//! `GET /status` and shows it per partner (a table, or the JSON with
+//! `GET /status` (found through `data/admin.sock`, whatever address
+//! `serve` bound) and shows it per partner (a table, or the JSON with
 //! `--json`). Owns nothing but the HTTP call and the rendering; the numbers
 //! come from the monitor inside the broker.
 
@@ -27,7 +28,8 @@ pub struct StatusArgs {
     /// Print the broker's status document as JSON.
     #[arg(long)]
     pub json: bool,
-    /// The broker's admin address (default: [server] admin in gatehouse.toml).
+    /// The broker's admin address (default: asked of the running broker
+    /// through data/admin.sock, else [server] admin in gatehouse.toml).
     #[arg(long)]
     pub admin: Option<SocketAddr>,
 }
@@ -48,7 +50,14 @@ enum FetchError {
 pub fn run(home: &Home, args: StatusArgs) -> Result<ExitCode, Box<dyn Error>> {
     let admin = match args.admin {
         Some(a) => a,
-        None => crate::config::load_gateway(home)?.server.admin,
+        None => match crate::control::socket::admin_address(home) {
+            Ok(Some(a)) => reachable(a),
+            Ok(None) => crate::config::load_gateway(home)?.server.admin,
+            Err(e) => {
+                tracing::debug!("admin socket: {e}");
+                crate::config::load_gateway(home)?.server.admin
+            }
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -66,6 +75,21 @@ pub fn run(home: &Home, args: StatusArgs) -> Result<ExitCode, Box<dyn Error>> {
         print!("{}", render_table(&doc));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An address to connect to for a listener bound to `addr`: a wildcard
+/// bind (`0.0.0.0`, `[::]`) is reached on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
 }
 
 async fn fetch(admin: SocketAddr) -> Result<Value, FetchError> {

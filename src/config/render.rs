@@ -73,6 +73,8 @@ drain_timeout = "10s"         # on SIGTERM, in-flight requests get this long
 max_connections = 10000
 max_header_bytes = 16384      # larger header blocks get 431
 max_body_bytes = 10485760     # default per-route request body limit (413 beyond)
+write_timeout = "30s"         # a response the partner stops reading is abandoned after this
+max_pending_handshakes_per_addr = 256   # TLS handshakes in progress per client address (IPv6: per /64)
 
 [journal]
 durability = "strict"         # "strict": a response ends only after its record is on disk; or "relaxed"

@@ -2,7 +2,10 @@
 //! `/readyz` (config loaded, journal writable, listening), `/metrics`
 //! (the monitor's Prometheus text) and `/status` (the operator view as
 //! JSON, read by `gatehouse status`) and `/.well-known/jwks.json` (the
-//! public keys of the upstream identity tokens).
+//! public keys of the upstream identity tokens). HTTP/1.1 only, at most
+//! [`MAX_ADMIN_CONNECTIONS`] connections at once, each cut after
+//! [`ADMIN_HEADER_TIMEOUT`] without a request head and after
+//! [`ADMIN_CONNECTION_TIMEOUT`] in all.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -13,8 +16,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -160,26 +162,61 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
     r
 }
 
-/// Serves the admin endpoints until shutdown.
+/// Connections the admin listener serves at once; more wait in the
+/// kernel's backlog until one ends.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// A request head must arrive within this (slow-header cut-off).
+pub const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A connection is closed after this long, whatever it does (an answer
+/// takes milliseconds; scrapers reconnect).
+pub const ADMIN_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves the admin endpoints until shutdown: at most
+/// [`MAX_ADMIN_CONNECTIONS`] at once, each cut after
+/// [`ADMIN_HEADER_TIMEOUT`] without a full request head and after
+/// [`ADMIN_CONNECTION_TIMEOUT`] in all; an accept error (out of descriptors)
+/// backs off instead of spinning.
 pub async fn serve(
     listener: TcpListener,
     view: Arc<AdminView>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    // HTTP/1.1 only (Prometheus, curl, `gatehouse status`): its header
+    // timer runs from the connection's start, so a connection that never
+    // sends a byte is cut too.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    let builder = Arc::new(builder);
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
         let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("admin listener: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
             _ = shutdown.changed() => return,
         };
         let view = view.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let view = view.clone();
                 async move { Ok::<_, Infallible>(route(req, view).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            let _ = tokio::time::timeout(ADMIN_CONNECTION_TIMEOUT, conn).await;
+            drop(slot);
         });
     }
 }

@@ -21,6 +21,8 @@ use crate::guard::EventSink;
 
 pub mod conn;
 pub mod exchange;
+pub mod handshake_gate;
+pub mod header_guard;
 pub mod live;
 pub mod refusal;
 pub mod relay;
@@ -29,6 +31,7 @@ pub mod request;
 pub mod respond;
 pub mod seen;
 pub mod session;
+pub mod write_guard;
 
 pub use conn::{accept_loop, http_builder};
 pub use refusal::Refusal;
@@ -47,6 +50,9 @@ pub struct Gateway {
     pub seen: Arc<seen::Seen>,
     /// Connections being served, and whether the listener still accepts.
     pub connections: Arc<Connections>,
+    /// TLS handshakes in progress per client address (the cap is read at
+    /// start: `[server] max_pending_handshakes_per_addr`).
+    pub handshakes: Arc<handshake_gate::HandshakeGate>,
     /// The clock origin of the connections' idle timers.
     epoch: Instant,
 }
@@ -57,7 +63,13 @@ impl Gateway {
         events: Arc<EventSink>,
         identity: Arc<LiveIdentity>,
     ) -> Gateway {
+        let max_pending = live
+            .snapshot()
+            .gateway
+            .server
+            .max_pending_handshakes_per_addr;
         Gateway {
+            handshakes: handshake_gate::HandshakeGate::new(max_pending),
             live,
             events,
             identity,

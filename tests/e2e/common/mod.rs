@@ -8,4 +8,5 @@ pub mod pki;
 pub mod process;
 pub mod raw_upstream;
 pub mod stacks;
+pub mod tools;
 pub mod upstream;

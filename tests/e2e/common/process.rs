@@ -29,9 +29,16 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(home: &Path) -> Broker {
+        Broker::start_with(home, Command::new(BIN))
+    }
+
+    /// Starts `gatehouse serve` with `cmd` as the program (the binary, or a
+    /// wrapper such as `sh -c '...; exec "$0" "$@"' BIN`); the arguments are
+    /// added here.
+    pub fn start_with(home: &Path, mut cmd: Command) -> Broker {
         let stderr_path = home.join(format!("serve-{}.log", rand_suffix()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = cmd
             .arg("--home")
             .arg(home)
             .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
