@@ -109,6 +109,8 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     println!("gatehouse listening on {bound}");
     println!("gatehouse admin on {admin_bound}");
     tracing::info!(%bound, %admin_bound, partners = live.snapshot().partners.len(), "gatehouse serving");
+    crate::sd_notify::ready(&format!("serving on {bound}, admin on {admin_bound}"));
+    crate::sd_notify::spawn_watchdog(shutdown_rx.clone());
 
     let max_conns = server.max_connections;
     let permits = Arc::new(Semaphore::new(max_conns));
@@ -128,6 +130,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     // was holding for the next connection.
     drop(accept);
     tracing::info!("stopping: no new connections; draining in-flight requests");
+    crate::sd_notify::stopping();
     gateway.connections.set_listening(false);
     let _ = shutdown_tx.send(true);
     let drain = live.snapshot().gateway.server.drain_timeout;

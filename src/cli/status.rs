@@ -59,10 +59,23 @@ pub fn run(home: &Home, args: StatusArgs) -> Result<ExitCode, Box<dyn Error>> {
             }
         },
     };
+    // A public admin listener wants the bearer token from [server] admin_token_file.
+    let token = match crate::config::load_gateway(home)
+        .ok()
+        .and_then(|g| g.server.admin_token_file)
+    {
+        Some(f) => {
+            let path = home.resolve(&f);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
+            Some(text.trim().to_string())
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let doc = match runtime.block_on(fetch(admin)) {
+    let doc = match runtime.block_on(fetch(admin, token.as_deref())) {
         Ok(doc) => doc,
         Err(e) => {
             eprintln!("gatehouse: {e}");
@@ -92,14 +105,14 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-async fn fetch(admin: SocketAddr) -> Result<Value, FetchError> {
-    match tokio::time::timeout(STATUS_TIMEOUT, fetch_inner(admin)).await {
+async fn fetch(admin: SocketAddr, token: Option<&str>) -> Result<Value, FetchError> {
+    match tokio::time::timeout(STATUS_TIMEOUT, fetch_inner(admin, token)).await {
         Ok(r) => r,
         Err(_) => Err(FetchError::Timeout(admin, STATUS_TIMEOUT)),
     }
 }
 
-async fn fetch_inner(admin: SocketAddr) -> Result<Value, FetchError> {
+async fn fetch_inner(admin: SocketAddr, token: Option<&str>) -> Result<Value, FetchError> {
     let http = |e: &dyn std::fmt::Display| FetchError::Http(admin, e.to_string());
     let tcp = tokio::net::TcpStream::connect(admin)
         .await
@@ -108,11 +121,13 @@ async fn fetch_inner(admin: SocketAddr) -> Result<Value, FetchError> {
         .await
         .map_err(|e| http(&e))?;
     let conn_task = tokio::spawn(conn);
-    let req = http::Request::get("/status")
+    let mut req = http::Request::get("/status")
         .header(http::header::HOST, admin.to_string())
-        .header(http::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| http(&e))?;
+        .header(http::header::ACCEPT, "application/json");
+    if let Some(t) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| http(&e))?;
     let resp = sender.send_request(req).await.map_err(|e| http(&e))?;
     let status = resp.status();
     let body = http_body_util::Limited::new(resp.into_body(), MAX_STATUS_BYTES)

@@ -41,6 +41,10 @@ pub struct ServerSettings {
     pub admin: SocketAddr,
     /// Must be set to bind the admin listener to a non-loopback address.
     pub admin_public: bool,
+    /// With `admin_public`: a file (relative to the home) holding the bearer
+    /// token that the console, `/status` and the journal API then require.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// Name of this broker in journal records.
     pub node_id: String,
     #[serde(with = "serde_duration")]
@@ -70,6 +74,7 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
             admin_public: false,
+            admin_token_file: None,
             node_id: "gatehouse-1".to_string(),
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),

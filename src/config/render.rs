@@ -94,16 +94,19 @@ anomaly_warmup_minutes = 60  # a baseline needs this much history before it aler
 # webhook_url = "https://alerts.example.com/gatehouse"   # alerts are POSTed here as JSON
 # webhook_ca = "certs/webhook-ca.pem"                     # CA for an https webhook
 
-# The example upstream: `cargo run --example echo-upstream` serves it and writes
-# certs/upstream-ca.pem, the CA that verifies its server certificate.
-[upstreams.orders]
-url = "https://127.0.0.1:9443"
-ca = "certs/upstream-ca.pem"
-server_name = "localhost"
-# client_cert / client_key default to certs/broker-client.pem / .key
-connect_timeout = "5s"
-response_timeout = "30s"
-
+# Upstreams: the APIs partners reach through the broker, one [upstreams.NAME]
+# table each; a partner's route names one. None is configured yet, so the
+# broker serves but has nowhere to relay: every partner call is denied.
+# An example to uncomment and point at your API (`cargo run --example
+# echo-upstream` serves one and writes certs/upstream-ca.pem):
+# [upstreams.orders]
+# url = "https://127.0.0.1:9443"
+# ca = "certs/upstream-ca.pem"    # verifies the upstream's server certificate
+# server_name = "localhost"       # the name checked in that certificate
+# # client_cert / client_key default to certs/broker-client.pem / .key
+# connect_timeout = "5s"
+# response_timeout = "30s"
+#
 # A legacy plain-HTTP upstream looks like this:
 # [upstreams.legacy-billing]
 # url = "http://127.0.0.1:8080"

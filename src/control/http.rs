@@ -5,7 +5,8 @@
 //! public keys of the upstream identity tokens). HTTP/1.1 only, at most
 //! [`MAX_ADMIN_CONNECTIONS`] connections at once, each cut after
 //! [`ADMIN_HEADER_TIMEOUT`] without a request head and after
-//! [`ADMIN_CONNECTION_TIMEOUT`] in all.
+//! [`ADMIN_CONNECTION_TIMEOUT`] in all. `/` and the console's JSON are the
+//! operator console's (`super::console`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -50,6 +51,10 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<Bytes>> {
+    // The operator console (`/`, its assets and JSON).
+    if let Some(r) = super::console::route(&req, &view).await {
+        return r;
+    }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
@@ -67,14 +72,31 @@ async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<By
         }
         "/metrics" => {
             refresh_cert_expiry(&view).await;
-            let mut r = text(StatusCode::OK, view.events.monitor().render());
+            let monitor = view.events.monitor();
+            monitor.set_journal_writable(view.events.writable());
+            // OpenMetrics for scrapers that ask for it (Prometheus does),
+            // else the classic text format (curl, promtool).
+            let accept = req.headers().get(http::header::ACCEPT);
+            let (body, content_type) =
+                if crate::guard::monitor::wants_openmetrics(accept.and_then(|v| v.to_str().ok())) {
+                    (monitor.render(), crate::guard::monitor::CONTENT_TYPE)
+                } else {
+                    (
+                        monitor.render_text(),
+                        crate::guard::monitor::TEXT_CONTENT_TYPE,
+                    )
+                };
+            let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(crate::guard::monitor::CONTENT_TYPE),
+                http::HeaderValue::from_static(content_type),
             );
             r
         }
-        "/status" => status(&view).await,
+        "/status" => match super::console::authorize(&req, &view).await {
+            Some(denied) => denied,
+            None => status(&view).await,
+        },
         crate::ca::upstream_identity::JWKS_PATH => {
             let mut r = text(StatusCode::OK, view.identity.current().jwks_json.clone());
             let h = r.headers_mut();

@@ -100,6 +100,9 @@ pub async fn watch_files(
             Some(_) = hup.recv() => true,
             _ = shutdown.changed() => return,
         };
+        if force {
+            crate::sd_notify::reloading();
+        }
         let look = force
             || notifier.is_none()
             || changed.swap(false, Ordering::AcqRel)
@@ -111,6 +114,9 @@ pub async fn watch_files(
         last_full_look = Instant::now();
         reload_identity(&w).await;
         reload(&w, force, &mut last_error).await;
+        if force {
+            crate::sd_notify::reloaded("serving (reload done)");
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Shared test harness: `broker` makes a home and runs the real binary;
 //! `upstream` is an in-process echo upstream (TLS, mTLS, plain, wrong CA);
-//! `stacks` runs the real client stacks (curl, Python, Node, Java, Go).
+//! `stacks` runs the real client stacks (curl, Python, Node, Java, Go);
+//! `tools` finds the other external tools a test drives (promtool, ...).
 pub mod broker;
 pub mod client;
 pub mod home;

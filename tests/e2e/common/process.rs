@@ -32,6 +32,13 @@ impl Broker {
         Broker::start_with(home, Command::new(BIN))
     }
 
+    /// Starts the broker with extra environment variables.
+    pub fn start_with_env(home: &Path, env: &[(&str, &str)]) -> Broker {
+        let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
+        Broker::start_with(home, cmd)
+    }
+
     /// Starts `gatehouse serve` with `cmd` as the program (the binary, or a
     /// wrapper such as `sh -c '...; exec "$0" "$@"' BIN`); the arguments are
     /// added here.
