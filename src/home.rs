@@ -178,6 +178,11 @@ impl Home {
     pub fn issued_dir(&self) -> PathBuf {
         self.certs_dir().join("issued")
     }
+    /// An empty file whose presence says the certificate `serial` (lowercase
+    /// hex) completed a handshake at least once.
+    pub fn seen_marker(&self, serial: &str) -> PathBuf {
+        self.issued_dir().join(format!("{serial}.seen"))
+    }
     pub fn crl(&self) -> PathBuf {
         self.certs_dir().join("crl.pem")
     }

@@ -172,6 +172,8 @@ async fn handle_connection(
     };
     gw.events.monitor().handshake_ok(done.kind);
     drop(expected);
+    // Renewal may replace a successor only while it was never used.
+    gw.seen.handshake(&gw.live.home, &done.identity.serial);
     let (idle_timeout, write_timeout) = {
         let s = gw.live.snapshot();
         (

@@ -4,8 +4,9 @@
 //! the one `Refusal` type every refusal travels as (`refusal`), the one
 //! place that turns an outcome into the partner's response and its record
 //! (`respond`), the live configuration the phases read (`live`), the
-//! upstream leg (`relay`), the record-keeping response body (`exchange`)
-//! and the self-service renewal endpoint (`renewal`).
+//! upstream leg (`relay`), the record-keeping response body (`exchange`),
+//! the self-service renewal endpoint (`renewal`) and which certificates
+//! have completed a handshake (`seen`, which renewal reads).
 //!
 //! The gateway receives what it uses as a [`Gateway`]: the live state, the
 //! event sink, the upstream identity signer and the renewal state. It knows
@@ -28,6 +29,7 @@ pub mod relay;
 pub mod renewal;
 pub mod request;
 pub mod respond;
+pub mod seen;
 pub mod session;
 pub mod write_guard;
 
@@ -44,6 +46,8 @@ pub struct Gateway {
     pub identity: Arc<LiveIdentity>,
     /// Self-service renewal state (rate, one at a time).
     pub renewals: renewal::Renewals,
+    /// Certificates that completed a handshake (for renewal).
+    pub seen: Arc<seen::Seen>,
     /// Connections being served, and whether the listener still accepts.
     pub connections: Arc<Connections>,
     /// TLS handshakes in progress per client address (the cap is read at
@@ -70,6 +74,7 @@ impl Gateway {
             events,
             identity,
             renewals: Default::default(),
+            seen: Arc::default(),
             connections: Arc::default(),
             epoch: Instant::now(),
         }

@@ -89,7 +89,7 @@ fn raw_target(req: &Request<Incoming>) -> &str {
 async fn phases(
     req: Request<Incoming>,
     conn: &ConnCtx,
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     record: &mut PendingRecord,
     request_id: &str,
 ) -> Result<Answer, Refusal> {
@@ -101,9 +101,8 @@ async fn phases(
     if req.method() == Method::POST && req.uri().path() == renewal::RENEW_PATH {
         drop(snapshot);
         record.event.route = Some(renewal::RENEW_PATH.to_string());
-        let renewed =
-            renewal::handle(req, &conn.identity, &gw.live, &gw.renewals, &gw.events).await?;
-        record.event.detail = Some(format!("renewed; new serial {}", renewed.new_serial));
+        let renewed = renewal::handle(req, &conn.identity, gw).await?;
+        record.event.detail = Some(renewed.summary());
         return Ok(Answer::Local {
             content_type: "application/x-pem-file",
             body: renewed.chain_pem,

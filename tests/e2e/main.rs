@@ -36,6 +36,7 @@ mod relay;
 mod reload;
 mod reload_race;
 mod renewal;
+mod renewal_retry;
 mod resource_limits;
 mod resumption;
 mod revocation;
