@@ -38,22 +38,31 @@ async fn drive(
     for w in 0..conns {
         let (ca, cert, acked, stop) = (ca.to_string(), cert.clone(), acked.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let Ok(mut c) = Conn::open(addr, &ca, &cert, w % 2 == 1).await else {
-                return;
-            };
+            let mut conn: Option<Conn> = None;
             for i in 0..1_000_000u64 {
                 if Instant::now() > until || stop() {
                     return;
                 }
+                if conn.is_none() {
+                    conn = Conn::open(addr, &ca, &cert, w % 2 == 1).await.ok();
+                }
+                let Some(c) = conn.as_mut() else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
                 let path = format!("/v1/orders/{w}-{i}");
                 match tokio::time::timeout(Duration::from_secs(5), c.get(&path)).await {
                     Ok(Ok(r)) if r.status == 200 => {
                         let id = r.headers["x-request-id"].to_str().unwrap().to_string();
                         acked.lock().unwrap().push(id);
                     }
-                    // 503 (journal failing), a cut-off response, or a dead
-                    // broker: this connection is done.
-                    _ => return,
+                    // 503 (journal failing), a cut-off response, a slow or a
+                    // dead broker: not acknowledged; try again on a new
+                    // connection until told to stop.
+                    _ => {
+                        conn = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             }
         }));
