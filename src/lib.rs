@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod fleet;
 pub mod gateway;
 pub mod guard;
 pub mod home;

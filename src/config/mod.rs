@@ -17,6 +17,9 @@ use toml::Spanned;
 use crate::home::Home;
 use crate::timefmt::serde_duration;
 
+pub mod cluster;
+pub use cluster::{ClusterSettings, OnStoreFailure};
+
 /// Methods a route may grant.
 pub const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
@@ -99,6 +102,9 @@ pub struct GatewayConfig {
     pub monitor: MonitorSettings,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSettings>,
+    /// A fleet's shared store; absent: a single node, no Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// `[server]`: listeners and the limits that protect them.
@@ -322,6 +328,9 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         } else if https && cfg.monitor.webhook_ca.is_none() {
             err("[monitor] an https webhook_url needs webhook_ca to verify it".into());
         }
+    }
+    for m in cfg.cluster.iter().flat_map(|c| c.problems()) {
+        err(m);
     }
     if cfg.journal.checkpoint_every == 0 {
         err("[journal] checkpoint_every must be at least 1".into());
@@ -981,6 +990,14 @@ server_name = "localhost"
 # client_cert / client_key default to certs/broker-client.pem / .key
 connect_timeout = "5s"
 response_timeout = "30s"
+
+# A fleet of several nodes shares limits, quotas, revocations and anomaly
+# baselines through Redis (see the README, "Run a fleet"):
+# [cluster]
+# redis_url = "rediss://redis.internal:6379"
+# redis_ca = "certs/redis-ca.pem"
+# redis_password_file = "certs/redis.pass"
+# on_store_failure = "local"  # or "deny"
 
 # A legacy plain-HTTP upstream looks like this:
 # [upstreams.legacy-billing]

@@ -43,6 +43,8 @@ pub struct Gateway {
     pub renewals: renewal::Renewals,
     /// Connections being served, and whether the listener still accepts.
     pub connections: Arc<Connections>,
+    /// The fleet this node belongs to (`[cluster]`); `None`: a single node.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// The clock origin of the connections' idle timers.
     epoch: Instant,
 }
@@ -59,8 +61,15 @@ impl Gateway {
             identity,
             renewals: Default::default(),
             connections: Arc::default(),
+            fleet: None,
             epoch: Instant::now(),
         }
+    }
+
+    /// The same gateway as a member of `fleet`.
+    pub fn with_fleet(mut self, fleet: Option<Arc<crate::fleet::Fleet>>) -> Gateway {
+        self.fleet = fleet;
+        self
     }
 }
 

@@ -42,6 +42,13 @@
 //!   the gateway swaps states, a check still running under the old setting
 //!   may reset a changed limit once more: a window of microseconds.)
 //!
+//! - A fleet ([`LocalShare`]): with `[cluster]` the rate and quota are the
+//!   fleet store's, and a node enforces here only the anomaly throttle and
+//!   `max_concurrent` (both at 1/N, N = live nodes: best effort);
+//!   while the store does not answer, a node enforces every limit at 1/N
+//!   (rates, bursts, quotas and concurrency divided, rounded up, at least 1).
+//!   A limit scaled differently is a different setting: it starts fresh.
+//!
 //! No global lock: the partner map is built once and never mutated (a reload
 //! builds a new `LimitState` that the gateway swaps in, e.g. with `ArcSwap`),
 //! so lookups read it without locking. Each partner's counters sit behind
@@ -207,6 +214,69 @@ impl fmt::Display for LimitDenied {
 
 impl std::error::Error for LimitDenied {}
 
+/// How much of each limit this node enforces by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalShare {
+    /// Every limit, in full (a single node).
+    All,
+    /// The fleet store enforces rate and quota; this node only the
+    /// throttle and `max_concurrent`, each at 1/n.
+    ConcurrencyOf(u32),
+    /// Every limit at 1/n (a fleet node while the store is down).
+    FractionOf(u32),
+}
+
+impl LocalShare {
+    fn divisor(self) -> u64 {
+        match self {
+            LocalShare::All => 1,
+            LocalShare::ConcurrencyOf(n) | LocalShare::FractionOf(n) => u64::from(n.max(1)),
+        }
+    }
+}
+
+/// The limits of one level as this node enforces them (see [`LocalShare`]).
+#[derive(Debug, Clone, Copy)]
+struct Effective {
+    bucket: Option<BucketSpec>,
+    day: Option<u64>,
+    max_concurrent: Option<u32>,
+}
+
+impl Effective {
+    fn of(level: &Level, share: LocalShare) -> Effective {
+        let n = share.divisor();
+        let max_concurrent = level
+            .spec
+            .max_concurrent
+            .map(|m| (u64::from(m).div_ceil(n).max(1)).min(u64::from(u32::MAX)) as u32);
+        match share {
+            LocalShare::All => Effective {
+                bucket: level.bucket,
+                day: level.spec.requests_per_day,
+                max_concurrent,
+            },
+            LocalShare::ConcurrencyOf(_) => Effective {
+                bucket: None,
+                day: None,
+                max_concurrent,
+            },
+            LocalShare::FractionOf(_) => Effective {
+                bucket: level.bucket.map(|b| BucketSpec {
+                    rate_milli: (b.rate_milli / n).max(1),
+                    burst: (u64::from(b.burst).div_ceil(n).max(1)) as u32,
+                }),
+                day: level.spec.requests_per_day.map(|d| d.div_ceil(n).max(1)),
+                max_concurrent,
+            },
+        }
+    }
+
+    fn has_counters(&self) -> bool {
+        self.bucket.is_some() || self.day.is_some()
+    }
+}
+
 /// An admitted request. It holds the request's concurrency slots (partner
 /// and route); dropping it gives them back. Keep it until the exchange ends.
 #[must_use = "dropping the Admission ends the request's concurrency slot"]
@@ -365,15 +435,10 @@ impl Level {
         }
     }
 
-    /// Whether `check` needs this level's lock (anything but concurrency set).
-    fn has_counters(&self) -> bool {
-        self.bucket.is_some() || self.spec.requests_per_day.is_some()
-    }
-
     /// Reserves an in-flight slot if under `max_concurrent`.
-    fn acquire(&self) -> Option<Arc<Shared>> {
+    fn acquire(&self, max_concurrent: Option<u32>) -> Option<Arc<Shared>> {
         let in_flight = &self.shared.in_flight;
-        let ok = match self.spec.max_concurrent {
+        let ok = match max_concurrent {
             None => {
                 in_flight.fetch_add(1, Ordering::AcqRel);
                 true
@@ -391,7 +456,7 @@ impl Level {
 /// Refills `c` to `now_ms` and records in `worst` any limit that refuses.
 /// Consumes nothing.
 fn evaluate(
-    level: &Level,
+    level: &Effective,
     c: &mut Counters,
     throttle: Option<BucketSpec>,
     now_ms: i64,
@@ -437,7 +502,7 @@ fn evaluate(
             refuse(LimitKind::RequestsPerMinute, b.wait_ms(spec));
         }
     }
-    if let Some(max) = level.spec.requests_per_day {
+    if let Some(max) = level.day {
         let today = utc_day(now_ms);
         let fresh = Quota {
             day: today,
@@ -459,7 +524,7 @@ fn evaluate(
 }
 
 /// Takes one request out of every limit of `c` (after `evaluate` admitted it).
-fn consume(level: &Level, c: &mut Counters) {
+fn consume(level: &Effective, c: &mut Counters) {
     if let Some((_, b)) = &mut c.throttle {
         b.units = b.units.saturating_sub(UNITS_PER_TOKEN);
     }
@@ -468,7 +533,7 @@ fn consume(level: &Level, c: &mut Counters) {
     {
         b.units = b.units.saturating_sub(UNITS_PER_TOKEN);
     }
-    if level.spec.requests_per_day.is_some()
+    if level.day.is_some()
         && let Some((_, q)) = &mut c.quota
     {
         q.used = q.used.saturating_add(1);
@@ -571,35 +636,43 @@ impl LimitState {
         route_index: Option<usize>,
         now_ms: i64,
     ) -> Result<Admission, LimitDenied> {
+        self.check_share(partner, route_index, now_ms, LocalShare::All)
+    }
+
+    /// [`LimitState::check`] enforcing only `share` of the limits (a fleet
+    /// node: see [`LocalShare`]).
+    pub fn check_share(
+        &self,
+        partner: &str,
+        route_index: Option<usize>,
+        now_ms: i64,
+        share: LocalShare,
+    ) -> Result<Admission, LimitDenied> {
         let Some(p) = self.partners.get(partner) else {
             return Ok(Admission::unlimited());
         };
         let route = route_index.and_then(|i| p.routes.get(i).map(|r| (i, r)));
         let throttle = match p.level.shared.throttle_milli.load(Ordering::Acquire) {
             0 => None,
-            milli => Some(BucketSpec::throttle(milli)),
+            milli => Some(BucketSpec::throttle((milli / share.divisor()).max(1))),
         };
+        let pe = Effective::of(&p.level, share);
+        let re = route.map(|(_, r)| Effective::of(&r.level, share));
 
         // Lock order: partner, then route.
         let mut pc =
-            (p.level.has_counters() || throttle.is_some()).then(|| lock(&p.level.shared.counters));
+            (pe.has_counters() || throttle.is_some()).then(|| lock(&p.level.shared.counters));
         let mut rc = route
-            .filter(|(_, r)| r.level.has_counters())
-            .map(|(_, r)| lock(&r.level.shared.counters));
+            .zip(re)
+            .filter(|(_, e)| e.has_counters())
+            .map(|((_, r), _)| lock(&r.level.shared.counters));
 
         let mut worst = None;
         if let Some(c) = pc.as_deref_mut() {
-            evaluate(
-                &p.level,
-                c,
-                throttle,
-                now_ms,
-                LimitScope::Partner,
-                &mut worst,
-            );
+            evaluate(&pe, c, throttle, now_ms, LimitScope::Partner, &mut worst);
         }
-        if let (Some(c), Some((i, r))) = (rc.as_deref_mut(), route) {
-            evaluate(&r.level, c, None, now_ms, LimitScope::Route(i), &mut worst);
+        if let (Some(c), Some((i, _)), Some(e)) = (rc.as_deref_mut(), route, &re) {
+            evaluate(e, c, None, now_ms, LimitScope::Route(i), &mut worst);
         }
         if let Some(d) = worst {
             return Err(d);
@@ -610,7 +683,10 @@ impl LimitState {
             retry_after_secs: 1,
             scope,
         };
-        let partner_slot = p.level.acquire().ok_or_else(|| busy(LimitScope::Partner))?;
+        let partner_slot = p
+            .level
+            .acquire(pe.max_concurrent)
+            .ok_or_else(|| busy(LimitScope::Partner))?;
         let mut admission = Admission {
             partner: Some(partner_slot),
             route: None,
@@ -619,16 +695,16 @@ impl LimitState {
             // On refusal, dropping `admission` gives the partner slot back.
             admission.route = Some(
                 r.level
-                    .acquire()
+                    .acquire(re.and_then(|e| e.max_concurrent))
                     .ok_or_else(|| busy(LimitScope::Route(i)))?,
             );
         }
 
         if let Some(c) = pc.as_deref_mut() {
-            consume(&p.level, c);
+            consume(&pe, c);
         }
-        if let (Some(c), Some((_, r))) = (rc.as_deref_mut(), route) {
-            consume(&r.level, c);
+        if let (Some(c), Some(e)) = (rc.as_deref_mut(), &re) {
+            consume(e, c);
         }
         Ok(admission)
     }
