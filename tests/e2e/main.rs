@@ -16,6 +16,7 @@ mod ca_cli;
 mod ca_rollover;
 mod curl;
 mod echo_upstream;
+mod fleet;
 mod handshake;
 mod hostile_input;
 mod journal_chain;

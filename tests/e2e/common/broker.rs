@@ -195,12 +195,18 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(home: &Path) -> Broker {
+        Broker::start_with(home, &[])
+    }
+
+    /// Starts `gatehouse serve` with extra arguments (`--node-id`, `--data`, ...).
+    pub fn start_with(home: &Path, extra: &[&str]) -> Broker {
         let stderr_path = home.join(format!("serve-{}.log", rand_suffix()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut child = Command::new(BIN)
             .arg("--home")
             .arg(home)
             .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)
