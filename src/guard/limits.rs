@@ -954,6 +954,34 @@ mod tests {
     }
 
     #[test]
+    fn fleet_shares_divide_the_limits() {
+        // 60/min burst 6, 9 a day, 4 at once; a fleet of 3 nodes.
+        let s = one(limits(Some(60), Some(6), Some(9), Some(4)));
+        // The store has rate and quota: locally only concurrency, at 4/3 → 2.
+        let share = LocalShare::ConcurrencyOf(3);
+        let held: Vec<Admission> = (0..2)
+            .map(|_| s.check_share("acme", None, T0, share).unwrap())
+            .collect();
+        let d = s.check_share("acme", None, T0, share).unwrap_err();
+        assert_eq!(d.limit, LimitKind::MaxConcurrent);
+        drop(held);
+        for _ in 0..20 {
+            // No rate or quota here: the store's business.
+            assert!(s.check_share("acme", None, T0, share).is_ok());
+        }
+        // Store down: every limit at 1/3 (burst 2, 3 a day), fresh.
+        let s = one(limits(Some(60), Some(6), Some(9), None));
+        let down = LocalShare::FractionOf(3);
+        assert!(s.check_share("acme", None, T0, down).is_ok());
+        assert!(s.check_share("acme", None, T0, down).is_ok());
+        let d = s.check_share("acme", None, T0, down).unwrap_err();
+        assert_eq!((d.limit, d.retry_after_secs), (LimitKind::RequestsPerMinute, 3));
+        assert!(s.check_share("acme", None, T0 + 3_000, down).is_ok());
+        let d = s.check_share("acme", None, T0 + 60_000, down).unwrap_err();
+        assert_eq!(d.limit, LimitKind::RequestsPerDay);
+    }
+
+    #[test]
     fn refusals_consume_nothing() {
         let s = one(limits(Some(60), Some(2), Some(100), None));
         assert!(s.check("acme", None, T0).is_ok());
