@@ -975,7 +975,10 @@ mod tests {
         assert!(s.check_share("acme", None, T0, down).is_ok());
         assert!(s.check_share("acme", None, T0, down).is_ok());
         let d = s.check_share("acme", None, T0, down).unwrap_err();
-        assert_eq!((d.limit, d.retry_after_secs), (LimitKind::RequestsPerMinute, 3));
+        assert_eq!(
+            (d.limit, d.retry_after_secs),
+            (LimitKind::RequestsPerMinute, 3)
+        );
         assert!(s.check_share("acme", None, T0 + 3_000, down).is_ok());
         let d = s.check_share("acme", None, T0 + 60_000, down).unwrap_err();
         assert_eq!(d.limit, LimitKind::RequestsPerDay);

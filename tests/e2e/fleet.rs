@@ -484,3 +484,65 @@ async fn fleet_spike_over_three_nodes_raises_one_alert() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(count(), 1, "the other nodes raised the same alert again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_over_tls_with_a_password() {
+    // The store's own PKI, made here: a CA and a server certificate for 127.0.0.1.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test redis CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let srv_key = rcgen::KeyPair::generate().unwrap();
+    let srv = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&srv_key, &issuer)
+        .unwrap();
+    let Some(redis) = RedisServer::start_tls(&srv.pem(), &srv_key.serialize_pem(), "s3cret-pass")
+    else {
+        return;
+    };
+
+    let (h, _up, acme) = home_with_echo(&[ROUTE]).await;
+    limits(&h, "acme", &[("requests_per_minute", 60), ("burst", 2)]);
+    std::fs::write(h.path().join("certs/redis-ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(h.path().join("certs/redis.pass"), "s3cret-pass\n").unwrap();
+    h.edit_config(|doc| {
+        let mut t = toml_edit::Table::new();
+        t["redis_url"] = toml_edit::value(format!("rediss://127.0.0.1:{}", redis.port));
+        t["redis_ca"] = toml_edit::value("certs/redis-ca.pem");
+        t["redis_password_file"] = toml_edit::value("certs/redis.pass");
+        t["on_store_failure"] = toml_edit::value("deny");
+        doc["cluster"] = toml_edit::Item::Table(t);
+    });
+    let n1 = node(h.path(), "n1");
+    let mut conn = open(&n1, &h, &acme).await;
+    // "deny" would answer 503 if the node could not reach the store.
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(status(&mut conn).await);
+    }
+    assert_eq!(got, [200, 200, 429], "{}", n1.log());
+    let mut view = serde_json::Value::Null;
+    for _ in 0..30 {
+        view = fleet_view(&h);
+        if view["partners"]["acme"]["today"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(view["nodes"][0]["node"], "n1", "{view}");
+    assert_eq!(view["partners"]["acme"]["today"], 3, "{view}");
+    assert!(
+        !n1.log().contains("s3cret-pass"),
+        "the password reached the log"
+    );
+
+    // A wrong password is refused, and says so.
+    std::fs::write(h.path().join("certs/redis.pass"), "wrong").unwrap();
+    let out = h.run(&["status", "--fleet"]);
+    assert!(!out.status.success());
+}

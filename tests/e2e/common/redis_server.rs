@@ -12,6 +12,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// TLS and password settings (`start_tls`): the port is a TLS port.
+    tls: Option<Vec<String>>,
 }
 
 /// Whether redis-server can run here; panics in CI when it cannot.
@@ -46,6 +48,37 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
+            tls: None,
+        };
+        r.restart();
+        Some(r)
+    }
+
+    /// Starts redis-server serving TLS only (certificate and key PEM) and
+    /// asking for `password`.
+    pub fn start_tls(cert_pem: &str, key_pem: &str, password: &str) -> Option<RedisServer> {
+        if !available() {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert = dir.path().join("server.pem");
+        let key = dir.path().join("server.key");
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        let mut r = RedisServer {
+            port: free_port(),
+            child: None,
+            tls: Some(vec![
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+                "--requirepass".into(),
+                password.into(),
+            ]),
+            dir,
         };
         r.restart();
         Some(r)
@@ -62,8 +95,14 @@ impl RedisServer {
     /// Starts (again) on the same port, and waits until it answers PING.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis-server already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some(tls) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(tls),
+        };
+        let child = cmd
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -103,6 +142,10 @@ impl RedisServer {
         let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
             return false;
         };
+        if self.tls.is_some() {
+            // Listening is enough; the test's own client proves TLS.
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         if s.write_all(b"PING\r\n").is_err() {
             return false;
