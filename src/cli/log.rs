@@ -50,6 +50,10 @@ pub enum LogCmd {
         limit: usize,
         #[arg(long)]
         json: bool,
+        /// Query these `log export` files (several nodes of a fleet,
+        /// merged in time order) instead of this node's journal.
+        #[arg(long = "export", num_args = 1..)]
+        exports: Vec<std::path::PathBuf>,
     },
     /// Export records and signed checkpoints, one JSON object per line.
     Export {
@@ -66,6 +70,10 @@ pub enum LogCmd {
     Verify {
         #[arg(long)]
         json: bool,
+        /// Verify these `log export` files (each node's chain and signed
+        /// checkpoints) instead of this node's journal.
+        #[arg(long = "export", num_args = 1..)]
+        exports: Vec<std::path::PathBuf>,
     },
     /// Fault drill on the running broker: make journal writes fail or recover.
     #[command(hide = true)]
@@ -336,7 +344,25 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
             status,
             limit,
             json,
+            exports,
         } => {
+            if !exports.is_empty() {
+                return crate::fleet::exports::cli_query(
+                    &exports,
+                    crate::fleet::exports::Filter {
+                        partner,
+                        since_ms: time_arg(&since)?,
+                        until_ms: time_arg(&until)?,
+                        decision: decision.map(|d| match d {
+                            DecisionArg::Allowed => Decision::Allowed,
+                            DecisionArg::Denied => Decision::Denied,
+                        }),
+                        status,
+                        limit,
+                    },
+                    json,
+                );
+            }
             let query = Query {
                 partner,
                 since_ms: time_arg(&since)?,
@@ -360,7 +386,10 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
                 print_ok(r, true)
             })?;
         }
-        LogCmd::Verify { json } => {
+        LogCmd::Verify { json, exports } if !exports.is_empty() => {
+            return crate::fleet::exports::cli_verify(home, &exports, json);
+        }
+        LogCmd::Verify { json, .. } => {
             let mut report = None;
             run_request(home, Request::Verify, &mut |r| {
                 if let Reply::Verify(v) = r {

@@ -35,6 +35,7 @@ use crate::home::Home;
 use crate::identity::PartnerIdentity;
 
 pub mod announce;
+pub mod exports;
 pub mod limiter;
 pub mod node;
 pub mod status;

@@ -177,6 +177,52 @@ async fn fleet_limits_and_quota_hold_across_three_nodes() {
     assert_eq!(view["partners"]["beta"]["today"], 12, "{view}");
     let text = h.ok(&["status", "--fleet"]);
     assert!(text.contains("3 live node(s)"), "{text}");
+
+    // Each node's journal export, read together: every chain verifies, and
+    // a query merges the three nodes' records (72 exchanges in all).
+    let mut files = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        let f = h.path().join(format!("export-{id}.jsonl"));
+        std::fs::write(&f, cli(&h, id, &["log", "export", "--format", "jsonl"])).unwrap();
+        files.push(f.display().to_string());
+    }
+    let mut args = vec!["log", "verify"];
+    for f in &files {
+        args.extend(["--export", f.as_str()]);
+    }
+    let out = h.ok(&args);
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok: ")).count(),
+        3,
+        "{out}"
+    );
+    let mut q = vec!["log", "query", "--json", "--limit", "1000", "--export"];
+    q.extend(files.iter().map(String::as_str));
+    let merged: Vec<serde_json::Value> = h
+        .ok(&q)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["kind"] == "exchange")
+        .collect();
+    assert_eq!(merged.len(), 72);
+    let nodes: std::collections::BTreeSet<&str> =
+        merged.iter().map(|r| r["node"].as_str().unwrap()).collect();
+    assert_eq!(nodes.into_iter().collect::<Vec<_>>(), ["n1", "n2", "n3"]);
+    assert!(
+        merged
+            .windows(2)
+            .all(|w| w[0]["time_ms"].as_i64() <= w[1]["time_ms"].as_i64())
+    );
+    // One altered record in one node's export fails verification.
+    let text = std::fs::read_to_string(&files[1]).unwrap();
+    std::fs::write(
+        &files[1],
+        text.replacen("\"status\":200", "\"status\":201", 1),
+    )
+    .unwrap();
+    let out = h.run(&args);
+    assert!(!out.status.success(), "an altered export verified");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("altered"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
