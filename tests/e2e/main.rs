@@ -17,6 +17,7 @@ mod ca_rollover;
 mod curl;
 mod echo_upstream;
 mod fleet;
+mod fleet_bench;
 mod handshake;
 mod hostile_input;
 mod journal_chain;
