@@ -5,14 +5,17 @@
 //!
 //! ```text
 //! cargo run --example echo-upstream -- [--listen 127.0.0.1:9443]
-//!     [--client-ca certs/ca.pem] [--write-ca certs/upstream-ca.pem] [--plain]
+//!     [--client-ca certs/upstream-client-ca.pem] [--write-ca certs/upstream-ca.pem] [--plain]
 //! ```
 //!
 //! It mints its own CA and a server certificate for `localhost` and
 //! `127.0.0.1` at every start; `--write-ca` writes that CA (atomically) where
 //! the broker's `[upstreams.*] ca` expects it. With `--client-ca`, client
-//! certificates are required and verified against that CA (the gatehouse CA,
-//! so only the broker gets in). Once bound it prints
+//! certificates are required and verified against that CA — give it the
+//! home's `certs/upstream-client-ca.pem`, the CA that signs only the
+//! broker's upstream-leg certificate, so the broker gets in and no partner
+//! certificate does (never `ca.pem` or `ca-bundle.pem`: those are what
+//! partner certificates chain to). Once bound it prints
 //! `echo-upstream listening on https://ADDR` on stdout. SIGINT / SIGTERM stop
 //! it cleanly.
 //!
@@ -40,8 +43,9 @@ struct Args {
     /// Address to listen on (port 0: any free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:9443")]
     listen: SocketAddr,
-    /// Require client certificates signed by this CA (PEM), e.g. the
-    /// gatehouse `certs/ca.pem`. Without it no client certificate is asked for.
+    /// Require client certificates signed by this CA (PEM): the gatehouse
+    /// `certs/upstream-client-ca.pem`, so only the broker gets in. Without it
+    /// no client certificate is asked for.
     #[arg(long, value_name = "FILE")]
     client_ca: Option<PathBuf>,
     /// Write the PEM of the CA that signed this server's certificate here,

@@ -110,7 +110,11 @@ setup_home() { # setup_home [extra gatehouse.toml [server] lines...]
     cp "$WORK/issued/$f/$f.pem" "$CERTS/partners/$f.pem"
     cp "$WORK/issued/$f/$f.key" "$CERTS/partners/$f.key"
   done
-  cp "$GH_HOME/certs/ca.pem" "$CERTS/ca.pem"
+  # The peers' configurations take one ca.pem for everything: the partners'
+  # root and issuing CA (client certificates at nginx/HAProxy, the server
+  # chain at the load clients) and the upstream-client CA (the upstream
+  # admitting the broker). A production upstream trusts the last one alone.
+  cat "$GH_HOME/certs/root.pem" "$GH_HOME/certs/ca.pem" "$GH_HOME/certs/upstream-client-ca.pem" >"$CERTS/ca.pem"
   for f in server broker-client; do
     cp "$GH_HOME/certs/$f.pem" "$GH_HOME/certs/$f.key" "$CERTS/"
   done

@@ -44,8 +44,8 @@ $G cert issue acme --out "$HOME_DIR/clients/acme"
 $G cert issue globex --out "$HOME_DIR/clients/globex"
 $G cert list
 
-step "start the echo upstream (HTTPS, requires the broker's client certificate)"
-$ECHO --listen 127.0.0.1:0 --client-ca "$HOME_DIR/certs/ca.pem" --write-ca "$HOME_DIR/certs/upstream-ca.pem" \
+step "start the echo upstream (HTTPS; admits only certificates of certs/upstream-client-ca.pem: the broker, never a partner)"
+$ECHO --listen 127.0.0.1:0 --client-ca "$HOME_DIR/certs/upstream-client-ca.pem" --write-ca "$HOME_DIR/certs/upstream-ca.pem" \
   >"$HOME_DIR/echo.out" 2>&1 &
 PIDS+=($!)
 UP=$(addr_from "$HOME_DIR/echo.out" "listening on ")
@@ -59,13 +59,19 @@ PIDS+=($BROKER)
 GW=$(addr_from "$HOME_DIR/serve.out" "gatehouse listening on ")
 PORT=${GW##*:}
 URL="https://localhost:$PORT"
-C=(--silent --show-error --cacert "$HOME_DIR/certs/ca.pem")
+C=(--silent --show-error --cacert "$HOME_DIR/clients/acme/ca.pem")
 ACME=(--cert "$HOME_DIR/clients/acme/acme.pem" --key "$HOME_DIR/clients/acme/acme.key")
 
 step "acme calls a granted route: GET /v1/orders/42  (relayed; the echo shows the identity headers)"
 out=$(curl "${C[@]}" "${ACME[@]}" "$URL/v1/orders/42")
 echo "$out"
 grep -q '"x-gatehouse-partner":"acme"' <<<"$out" || { echo "quickstart: the upstream did not see X-Gatehouse-Partner: acme" >&2; exit 1; }
+
+step "acme goes around the broker, straight to the upstream  (refused: the upstream trusts only certs/upstream-client-ca.pem)"
+if curl --silent --show-error --cacert "$HOME_DIR/certs/upstream-ca.pem" "${ACME[@]}" "https://$UP/v1/orders/42" 2>&1; then
+  echo "quickstart: a partner certificate got into the upstream directly" >&2; exit 1
+fi
+echo "refused, as it should be"
 
 step "acme calls a route it was not granted: GET /v1/invoices  (403)"
 out=$(curl "${C[@]}" "${ACME[@]}" -w '\n%{http_code}' "$URL/v1/invoices")

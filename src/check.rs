@@ -1,7 +1,9 @@
 //! `gatehouse check`: validates a home offline, like `nginx -t` — the
 //! configuration, every partner file, the CA (and any previous CA kept by a
-//! rollover), the broker certificates and the CRL — and reports every
-//! problem found with its file (and line where the problem has one).
+//! rollover), the root and upstream-client CA with their path lengths, the
+//! broker certificates and the CRL — and reports every problem found with
+//! its file (and line where the problem has one). `describe_pki` says which
+//! layout the home has and where the root key is.
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -61,6 +63,7 @@ pub fn check_home(home: &Home) -> Vec<String> {
             }
         }
     }
+    problems.extend(pki_problems(home));
     for (cert, key) in [
         (home.server_cert(), home.server_key()),
         (home.broker_client_cert(), home.broker_client_key()),
@@ -91,4 +94,112 @@ pub fn check_home(home: &Home) -> Vec<String> {
         ));
     }
     problems
+}
+
+/// The path length of a CA certificate (`None`: no limit), or `Err` when it
+/// is no CA.
+fn path_len(der: &[u8]) -> Result<Option<u32>, String> {
+    let (_, x) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    match x.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => Ok(bc.value.path_len_constraint),
+        _ => Err("not a CA certificate".into()),
+    }
+}
+
+/// Problems of the two-tier material: path lengths that real clients
+/// refuse, private keys others can read.
+fn pki_problems(home: &Home) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut problems = Vec::new();
+    if !crate::ca::pki::is_two_tier(home) {
+        return problems;
+    }
+    // A root of ours has a CRL beside it; an adopted CA's root is the
+    // corporate PKI's, and its limits are not ours to judge.
+    let adopted = !home.root_crl().is_file();
+    match CertificateDer::from_pem_file(home.root_cert()) {
+        Err(e) => problems.push(format!(
+            "{}: not a usable certificate: {e}",
+            home.root_cert().display()
+        )),
+        Ok(root) if !adopted => match path_len(&root) {
+            Ok(Some(n)) if n < 2 => problems.push(format!(
+                "{}: the root's pathlen is {n}: after a root rollover (old root, cross certificate, issuing CA) OpenSSL, Go, Java and Node refuse the chain; it needs no limit or at least 2",
+                home.root_cert().display()
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{}: {e}", home.root_cert().display())),
+        },
+        Ok(_) => {}
+    }
+    if let Ok(cross) = CertificateDer::from_pem_file(home.root_cross()) {
+        match path_len(&cross) {
+            Ok(Some(0)) => problems.push(format!(
+                "{}: the cross certificate has pathlen 0: the issuing CA below it is refused by real clients",
+                home.root_cross().display()
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{}: {e}", home.root_cross().display())),
+        }
+    }
+    if let Err(e) = crate::ca::pki::load_upstream_client_ca(home) {
+        problems.push(e.to_string());
+    } else if !home.upstream_client_ca_cert().is_file() {
+        problems.push(format!(
+            "{} is missing: upstreams cannot tell the broker from a partner (run `gatehouse ca migrate` or `init --force`)",
+            home.upstream_client_ca_cert().display()
+        ));
+    }
+    for key in [
+        home.root_key(),
+        home.upstream_client_ca_key(),
+        home.ca_key(),
+    ] {
+        if std::fs::metadata(&key).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            problems.push(format!(
+                "{}: private key is readable by others (chmod 600 it)",
+                key.display()
+            ));
+        }
+    }
+    problems
+}
+
+/// What PKI layout the home has, one line each, for `check`'s report.
+pub fn describe_pki(home: &Home) -> Vec<String> {
+    use crate::ca::pki::{self, RootKeyState};
+    use crate::ca::rollover::short;
+    let fp = |p: &std::path::Path| {
+        CertificateDer::from_pem_file(p)
+            .map(|d| short(&crate::ca::fingerprint(&d)).to_string())
+            .unwrap_or_else(|_| "?".into())
+    };
+    let mut lines = Vec::new();
+    match pki::root_key_state(home) {
+        RootKeyState::NoRoot => {
+            lines.push(format!(
+                "pki: single-tier ({} is its own root; no separate upstream-client CA): run `gatehouse ca migrate` to move to a root + issuing CA without breaking issued certificates",
+                home.ca_cert().display()
+            ));
+        }
+        state => {
+            lines.push(format!(
+                "pki: two-tier: root {}, issuing CA {}, upstream-client CA {}",
+                fp(&home.root_cert()),
+                fp(&home.ca_cert()),
+                fp(&home.upstream_client_ca_cert())
+            ));
+            lines.push(match state {
+                RootKeyState::Present => format!(
+                    "root key: present ({}); it may be moved offline: only `ca rotate` needs it (then pass --root-key FILE)",
+                    home.root_key().display()
+                ),
+                _ => format!(
+                    "root key: offline ({} absent); serving, issuing, renewing, revoking and CRLs work without it; `ca rotate` needs --root-key FILE",
+                    home.root_key().display()
+                ),
+            });
+        }
+    }
+    lines
 }

@@ -1,4 +1,4 @@
-//! The gatehouse home folder: where every file lives (DESIGN.md, "Files"),
+//! The gatehouse home folder: where every file lives (docs/architecture.md, "Files"),
 //! and the one way files are written there — atomically, and with private
 //! keys created mode 0600 from the start.
 //!
@@ -110,9 +110,55 @@ impl Home {
     pub fn ca_key(&self) -> PathBuf {
         self.certs_dir().join("ca.key")
     }
-    /// Every CA the broker trusts (current and retired-pending), for partners and upstreams.
+    /// The root(s) partners trust: the current root, every previous root
+    /// not yet retired, and a single-tier CA kept by a migration.
     pub fn ca_bundle(&self) -> PathBuf {
         self.certs_dir().join("ca-bundle.pem")
+    }
+    /// The root CA (the trust anchor partners hold); absent in a
+    /// single-tier home made by an earlier `init`.
+    pub fn root_cert(&self) -> PathBuf {
+        self.certs_dir().join("root.pem")
+    }
+    /// The root's key; may be moved offline (only `ca rotate` needs it).
+    pub fn root_key(&self) -> PathBuf {
+        self.certs_dir().join("root.key")
+    }
+    /// Roots replaced by `ca rotate --root`, until retired: `<fingerprint>.pem` (and `.key`).
+    pub fn root_previous_dir(&self) -> PathBuf {
+        self.certs_dir().join("root-previous")
+    }
+    /// The current root cross-signed by the previous one (`ca rotate --root`),
+    /// sent in the broker's server chain so holders of the old root verify it.
+    pub fn root_cross(&self) -> PathBuf {
+        self.certs_dir().join("root-cross.pem")
+    }
+    /// The root's CRL (issuing CAs retired under it).
+    pub fn root_crl(&self) -> PathBuf {
+        self.certs_dir().join("root-crl.pem")
+    }
+    pub fn root_crl_number(&self) -> PathBuf {
+        self.certs_dir().join("root-crl.number")
+    }
+    /// The CA used only for the broker's upstream-leg client certificate.
+    pub fn upstream_client_ca_cert(&self) -> PathBuf {
+        self.certs_dir().join("upstream-client-ca.pem")
+    }
+    pub fn upstream_client_ca_key(&self) -> PathBuf {
+        self.certs_dir().join("upstream-client-ca.key")
+    }
+    /// The upstream-client CA replaced by `ca rotate --upstream-client`, until retired.
+    pub fn upstream_client_ca_previous(&self) -> PathBuf {
+        self.certs_dir().join("upstream-client-ca-previous.pem")
+    }
+    /// The current upstream-client CA cross-signed by the previous one, sent
+    /// after `broker-client.pem`'s leaf during the overlap.
+    pub fn upstream_client_cross(&self) -> PathBuf {
+        self.certs_dir().join("upstream-client-cross.pem")
+    }
+    /// The lock file every inventory and CRL writer holds (CLI and broker).
+    pub fn ca_lock(&self) -> PathBuf {
+        self.certs_dir().join("ca.lock")
     }
     /// CAs replaced by `ca rotate` and not yet retired: `<fingerprint>.pem` / `.key`.
     pub fn ca_previous_dir(&self) -> PathBuf {
@@ -121,10 +167,6 @@ impl Home {
     /// CAs `ca retire` removed from trust (certificates only, for the record).
     pub fn ca_retired_dir(&self) -> PathBuf {
         self.certs_dir().join("ca-retired")
-    }
-    /// The current CA cross-signed by its predecessor (`ca rotate --cross-sign`).
-    pub fn ca_cross(&self) -> PathBuf {
-        self.certs_dir().join("ca-cross.pem")
     }
     pub fn server_cert(&self) -> PathBuf {
         self.certs_dir().join("server.pem")

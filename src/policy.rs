@@ -1,5 +1,5 @@
 //! Route policy: the pure decision "may this partner call this method on this
-//! path, and where does the call go?" (DESIGN.md, data path step
+//! path, and where does the call go?" (docs/architecture.md, data path step
 //! *authorize*). No I/O, no async, no logging: callers log and count, the
 //! [`Permit`] is carried downstream to the relay.
 //!

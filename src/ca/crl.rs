@@ -3,7 +3,9 @@
 //! one CRL per trusted CA (the current one first, then each previous CA kept
 //! by a rollover: rustls needs a CRL from every issuer), each signed by its
 //! CA, with an increasing CRL number kept in `certs/crl.number` and a
-//! next-update `crl_validity` ahead. Written atomically, as one file.
+//! next-update `crl_validity` ahead. Written atomically, as one file, under
+//! the CA lock. The root's own CRL (retired issuing CAs) is built here too
+//! and written by `pki`.
 
 use std::time::Duration;
 
@@ -11,16 +13,21 @@ use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, Ser
 use time::OffsetDateTime;
 
 use super::inventory::Inventory;
+use super::lock::CaLock;
 use super::{Authority, BACKDATE, CaError, invalid};
 use crate::home::{Home, read_to_string, write_public};
 
 /// Reads the last CRL number (0 when none was issued).
 pub fn last_number(home: &Home) -> Result<u64, CaError> {
-    let path = home.crl_number();
+    read_number(&home.crl_number())
+}
+
+/// Reads a CRL number file (0 when it does not exist).
+pub fn read_number(path: &std::path::Path) -> Result<u64, CaError> {
     if !path.exists() {
         return Ok(0);
     }
-    read_to_string(&path)?
+    read_to_string(path)?
         .trim()
         .parse()
         .map_err(|_| invalid(format!("{} does not hold a number", path.display())))
@@ -48,7 +55,6 @@ pub fn build(
     now: OffsetDateTime,
     validity: Duration,
 ) -> Result<String, CaError> {
-    let mut revoked: Vec<RevokedCertParams> = Vec::new();
     let mut entries: Vec<_> = inventory
         .certs
         .values()
@@ -56,6 +62,7 @@ pub fn build(
         .filter_map(|c| c.revocation(now).map(|r| (c, r)))
         .collect();
     entries.sort_by(|a, b| a.0.serial.cmp(&b.0.serial));
+    let mut revoked = Vec::new();
     for (cert, (at, reason)) in entries {
         let serial = hex::decode(&cert.serial)
             .map_err(|_| invalid(format!("inventory serial `{}` is not hex", cert.serial)))?;
@@ -66,6 +73,37 @@ pub fn build(
             invalidity_date: None,
         });
     }
+    sign(ca, revoked, number, now, validity)
+}
+
+/// Builds and signs a CRL of CA certificates `ca` signed (the root's CRL:
+/// retired issuing CAs, reason cessationOfOperation).
+pub fn build_ca_crl(
+    ca: &Authority,
+    revoked: Vec<(Vec<u8>, OffsetDateTime)>,
+    number: u64,
+    now: OffsetDateTime,
+    validity: Duration,
+) -> Result<String, CaError> {
+    let revoked = revoked
+        .into_iter()
+        .map(|(serial, at)| RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&serial),
+            revocation_time: at,
+            reason_code: Some(rcgen::RevocationReason::CessationOfOperation),
+            invalidity_date: None,
+        })
+        .collect();
+    sign(ca, revoked, number, now, validity)
+}
+
+fn sign(
+    ca: &Authority,
+    revoked_certs: Vec<RevokedCertParams>,
+    number: u64,
+    now: OffsetDateTime,
+    validity: Duration,
+) -> Result<String, CaError> {
     let params = CertificateRevocationListParams {
         this_update: now - BACKDATE,
         next_update: now
@@ -73,7 +111,7 @@ pub fn build(
                 .map_err(|_| invalid("crl_validity is too long"))?,
         crl_number: SerialNumber::from_slice(&positive_bytes(number)),
         issuing_distribution_point: None,
-        revoked_certs: revoked,
+        revoked_certs,
         key_identifier_method: KeyIdMethod::Sha256,
     };
     let crl = params.signed_by(ca.issuer())?;
@@ -81,8 +119,14 @@ pub fn build(
 }
 
 /// Re-signs the CRLs (of `ca` and of every previous CA) from the inventory
-/// with the next number and writes them.
-pub fn refresh(home: &Home, ca: &Authority, validity: Duration) -> Result<u64, CaError> {
+/// with the next number and writes them. The caller holds the CA lock, so
+/// the inventory read here is the one the CRL is written from.
+pub fn refresh(
+    home: &Home,
+    _lock: &CaLock,
+    ca: &Authority,
+    validity: Duration,
+) -> Result<u64, CaError> {
     let inventory = Inventory::load(home)?;
     let number = last_number(home)? + 1;
     let now = OffsetDateTime::now_utc();

@@ -2,7 +2,7 @@
 //! check that it is PEM, that it parses, that its self-signature holds (so
 //! the requester has the private key) and that its key is of a kind we
 //! accept. Then only its public key is used; subject, SANs and extensions in
-//! the request are ignored (DESIGN.md, Identity).
+//! the request are ignored (docs/architecture.md, "Identity").
 
 use rcgen::SubjectPublicKeyInfo;
 use rustls_pki_types::CertificateSigningRequestDer;

@@ -1,21 +1,26 @@
 //! The CA operations the CLI exposes: set up a home (`init`), issue a
 //! partner certificate (from a generated key or a CSR), renew it with an
 //! overlap (all of a partner's active certificates, or exactly one serial
-//! from a CSR held in memory, for self-service renewal), revoke, re-sign the CRL, and re-issue the broker's own
-//! certificates. Each one prepares everything in memory first and then
-//! writes files atomically, so a refused command leaves nothing half-done.
+//! from a CSR held in memory, for self-service renewal), revoke, re-sign the
+//! CRL, and re-issue the broker's own certificates. Each one prepares
+//! everything in memory first and then writes files atomically, so a refused
+//! command leaves nothing half-done, and holds the CA lock from its first
+//! read of the inventory to its last write (see `lock`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{KeyPair, PublicKeyData};
+use rustls_pki_types::pem::PemObject;
 use time::OffsetDateTime;
 
 use super::inventory::{
     CertState, Inventory, IssuedCert, RecordStatus, RevocationReason, write_record,
 };
+use super::lock::{self, CaLock};
 use super::{
-    Authority, BACKDATE, BROKER_CERT_DAYS, CaError, LeafKind, Signed, crl, csr, invalid, new_key,
+    Authority, BACKDATE, BROKER_CERT_DAYS, CaError, ISSUING_VALIDITY_DAYS, LeafKind,
+    ROOT_VALIDITY_DAYS, Signed, UPSTREAM_CLIENT_CA_DAYS, crl, csr, invalid, new_key,
 };
 use crate::config::{self, GatewayConfig, validate_trust_domain};
 use crate::home::{self, Home, ensure_dir, write_key, write_public};
@@ -44,8 +49,12 @@ pub fn default_hostnames() -> Vec<String> {
     vec!["localhost".to_string(), "127.0.0.1".to_string()]
 }
 
-/// `gatehouse init`: creates (or adopts) the CA, the broker's certificates,
-/// the journal signing key, the upstream identity signing key, `gatehouse.toml`, an empty CRL and the folders.
+/// `gatehouse init`: creates the root, the issuing CA under it (or adopts
+/// an existing CA as the issuing CA), the upstream-client CA, the broker's
+/// certificates, the journal signing key, the upstream identity signing
+/// key, `gatehouse.toml`, empty CRLs and the folders. With `--force` over an
+/// existing home, the replaced CAs' certificates are marked superseded (no
+/// overlap) in the inventory: none of them stays usable.
 pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
     let existing_cfg = if home.config_file().is_file() {
         Some(config::load_gateway(home).map_err(|e| invalid(e.to_string()))?)
@@ -70,29 +79,55 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
     };
 
     // Everything is built in memory before anything is written.
-    let (ca, ca_cert_pem, ca_key_pem, adopted) = match (&opts.ca_cert, &opts.ca_key) {
-        (Some(c), Some(k)) => {
-            let cert_pem = home::read_to_string(c)?;
-            let key_pem = home::read_to_string(k)?;
-            let ca = Authority::from_pem(&cert_pem, &key_pem)
-                .map_err(|e| invalid(format!("cannot adopt {}: {e}", c.display())))?;
-            let chain = ca.chain_pem.clone();
-            (ca, chain, key_pem, true)
-        }
-        (None, None) => {
-            let (ca, key_pem) = Authority::create(&trust_domain)?;
-            let chain = ca.chain_pem.clone();
-            (ca, chain, key_pem, false)
-        }
-        _ => return Err(invalid("--ca-cert and --ca-key go together")),
-    };
+    // The root: ours (key written), or the top of an adopted CA's chain.
+    let (ca, ca_cert_pem, ca_key_pem, root_pem, root_key_pem, adopted) =
+        match (&opts.ca_cert, &opts.ca_key) {
+            (Some(c), Some(k)) => {
+                let cert_pem = home::read_to_string(c)?;
+                let key_pem = home::read_to_string(k)?;
+                let ca = Authority::from_pem(&cert_pem, &key_pem)
+                    .map_err(|e| invalid(format!("cannot adopt {}: {e}", c.display())))?;
+                let chain: Vec<_> =
+                    rustls_pki_types::CertificateDer::pem_slice_iter(ca.chain_pem.as_bytes())
+                        .filter_map(Result::ok)
+                        .collect();
+                let top = chain
+                    .iter()
+                    .find(|d| super::is_self_issued(d))
+                    .or(chain.last())
+                    .map(|d| super::der_to_pem(d))
+                    .unwrap_or_default();
+                let chain = ca.chain_pem.clone();
+                (ca, chain, key_pem, top, None, true)
+            }
+            (None, None) => {
+                let (root, root_key, _) = Authority::create_ca(
+                    &super::ca_name("root CA", &trust_domain),
+                    None,
+                    ROOT_VALIDITY_DAYS,
+                    None,
+                )?;
+                let (ca, key_pem, _) = Authority::create_ca(
+                    &super::ca_name("issuing CA", &trust_domain),
+                    Some(0),
+                    ISSUING_VALIDITY_DAYS,
+                    Some(&root),
+                )?;
+                let chain = ca.chain_pem.clone();
+                let root_pem = super::der_to_pem(&root.cert_der);
+                (ca, chain, key_pem, root_pem, Some((root, root_key)), false)
+            }
+            _ => return Err(invalid("--ca-cert and --ca-key go together")),
+        };
+    let (upstream_ca, upstream_ca_key, _) = Authority::create_ca(
+        &super::ca_name("upstream-client CA", &trust_domain),
+        None,
+        UPSTREAM_CLIENT_CA_DAYS,
+        None,
+    )?;
     let now = OffsetDateTime::now_utc();
-    let BrokerCerts {
-        server_key,
-        server,
-        client_key,
-        client,
-    } = sign_broker_certs(&ca, &hostnames, &trust_domain, now)?;
+    let (server_key, server) = sign_server_cert(&ca, &hostnames, now)?;
+    let (client_key, client) = sign_broker_client_cert(&upstream_ca, &trust_domain, now)?;
     let journal_key = new_key()?;
     let crl_validity = existing_cfg
         .as_ref()
@@ -109,33 +144,56 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
     ] {
         ensure_dir(&dir)?;
     }
-    write_key(&home.ca_key(), &ca_key_pem)?;
-    write_public(&home.ca_cert(), ca_cert_pem.as_bytes())?;
-    write_key(&home.server_key(), &server_key.serialize_pem())?;
-    write_public(&home.server_cert(), chain_pem(&server, &ca).as_bytes())?;
-    write_key(&home.broker_client_key(), &client_key.serialize_pem())?;
-    write_public(
-        &home.broker_client_cert(),
-        chain_pem(&client, &ca).as_bytes(),
-    )?;
-    write_key(&home.journal_key(), &journal_key.serialize_pem())?;
-    write_public(&home.journal_pub(), journal_key.public_key_pem().as_bytes())?;
+    let lock = lock::lock(home)?;
     if opts.force {
-        // A new CA: the old inventory's certificates no longer chain to it.
-        // They stay on file for the record; the CRL starts again.
-        let _ = std::fs::remove_file(home.crl_number());
-    }
-    if opts.force {
+        // The replaced CAs' certificates no longer chain to anything the
+        // broker trusts: mark them superseded, with no overlap, so that the
+        // inventory says so too. They stay on file for the record.
+        supersede_everything(home, &lock, now)?;
         // Earlier CAs kept by a rollover belong to the replaced lineage:
         // out of trust (their files move to ca-retired/ for the record).
         retire_all_previous(home)?;
+        for f in [
+            home.root_cross(),
+            home.upstream_client_cross(),
+            home.upstream_client_ca_previous(),
+            home.root_crl_number(),
+            home.crl_number(),
+        ] {
+            remove_if_exists(&f)?;
+        }
+        if root_key_pem.is_none() {
+            remove_if_exists(&home.root_key())?;
+        }
     }
+    if let Some((root, key)) = &root_key_pem {
+        write_key(&home.root_key(), key)?;
+        write_public(&home.root_cert(), root_pem.as_bytes())?;
+        crate::ca::pki::write_root_crl(home, root)?;
+    } else {
+        write_public(&home.root_cert(), root_pem.as_bytes())?;
+        remove_if_exists(&home.root_crl())?;
+    }
+    write_key(&home.ca_key(), &ca_key_pem)?;
+    write_public(&home.ca_cert(), ca_cert_pem.as_bytes())?;
+    write_key(&home.upstream_client_ca_key(), &upstream_ca_key)?;
     write_public(
-        &home.ca_bundle(),
-        super::der_to_pem(&ca.cert_der).as_bytes(),
+        &home.upstream_client_ca_cert(),
+        super::der_to_pem(&upstream_ca.cert_der).as_bytes(),
     )?;
+    write_key(&home.server_key(), &server_key.serialize_pem())?;
+    write_public(
+        &home.server_cert(),
+        format!("{}{}", server.pem, crate::ca::pki::chain_tail(home, &ca)?).as_bytes(),
+    )?;
+    write_key(&home.broker_client_key(), &client_key.serialize_pem())?;
+    write_public(&home.broker_client_cert(), client.pem.as_bytes())?;
+    write_key(&home.journal_key(), &journal_key.serialize_pem())?;
+    write_public(&home.journal_pub(), journal_key.public_key_pem().as_bytes())?;
+    crate::ca::pki::write_trust_bundle(home)?;
     write_public(&home.crl_number(), b"1\n")?;
     write_public(&home.crl(), crl_pem.as_bytes())?;
+    drop(lock);
     // The upstream identity key (kept when it exists: upstreams trust its JWKS).
     let issuer = crate::ca::upstream_identity::issuer(
         &existing_cfg
@@ -173,19 +231,44 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
     })
 }
 
-/// Moves every `certs/ca-previous/*` file to `certs/ca-retired/`.
+/// `init --force`: every usable certificate of the inventory becomes
+/// superseded with its overlap ending now (so it counts as revoked).
+fn supersede_everything(home: &Home, _lock: &CaLock, now: OffsetDateTime) -> Result<(), CaError> {
+    let inventory = Inventory::load(home)?;
+    for rec in inventory.certs.values() {
+        if rec.state(now).usable() {
+            let mut rec = rec.clone();
+            rec.status = RecordStatus::Superseded;
+            rec.overlap_until = Some(now);
+            write_record(home, &rec, None)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), CaError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(home::HomeError::io(path, e).into()),
+    }
+}
+
+/// Moves every `certs/ca-previous/*` and `certs/root-previous/*` file to
+/// `certs/ca-retired/`.
 fn retire_all_previous(home: &Home) -> Result<(), CaError> {
-    let dir = home.ca_previous_dir();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(());
-    };
     let retired = home.ca_retired_dir();
-    ensure_dir(&retired)?;
-    for entry in entries.flatten() {
-        let from = entry.path();
-        if let Some(name) = from.file_name() {
-            let to = retired.join(name);
-            std::fs::rename(&from, &to).map_err(|e| home::HomeError::io(&from, e))?;
+    for dir in [home.ca_previous_dir(), home.root_previous_dir()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        ensure_dir(&retired)?;
+        for entry in entries.flatten() {
+            let from = entry.path();
+            if let Some(name) = from.file_name() {
+                let to = retired.join(name);
+                std::fs::rename(&from, &to).map_err(|e| home::HomeError::io(&from, e))?;
+            }
         }
     }
     Ok(())
@@ -253,13 +336,15 @@ fn server_hostnames(path: &Path) -> Result<Vec<String>, CaError> {
 }
 
 /// `gatehouse cert server-renew`: new keys and certificates for the
-/// broker's server certificate and its upstream client certificate. All of
-/// it is made in memory first; then each key and certificate pair is
-/// renamed into place back to back, so a running broker sees a mismatched
-/// pair for microseconds at most (and then keeps its old config and retries
-/// at the next tick). The running broker picks them up within a second.
+/// broker's server certificate (signed by the issuing CA) and its upstream
+/// client certificate (signed by the upstream-client CA). All of it is made
+/// in memory first; then each key and certificate pair is renamed into
+/// place back to back, so a running broker sees a mismatched pair for
+/// microseconds at most (and then keeps its old config and retries at the
+/// next tick). The running broker picks them up within a second.
 pub fn server_renew(home: &Home, opts: &ServerRenewOptions) -> Result<ServerRenewReport, CaError> {
     let gateway = config::load_gateway(home).map_err(|e| invalid(e.to_string()))?;
+    let _lock = lock::lock(home)?;
     let ca = Authority::load(home)?;
     let hostnames = if opts.hostnames.is_empty() {
         server_hostnames(&home.server_cert())?
@@ -268,14 +353,12 @@ pub fn server_renew(home: &Home, opts: &ServerRenewOptions) -> Result<ServerRene
     };
     let now = OffsetDateTime::now_utc();
     let until = (now + time::Duration::days(BROKER_CERT_DAYS)).min(ca.not_after);
-    let BrokerCerts {
-        server_key,
-        server,
-        client_key,
-        client,
-    } = sign_broker_certs(&ca, &hostnames, &gateway.trust_domain, now)?;
+    let (server_key, server) = sign_server_cert(&ca, &hostnames, now)?;
+    let (upstream_ca, client_tail) = crate::ca::pki::upstream_client_signer(home)?;
+    let (client_key, client) = sign_broker_client_cert(&upstream_ca, &gateway.trust_domain, now)?;
     let (server_key_pem, client_key_pem) = (server_key.serialize_pem(), client_key.serialize_pem());
-    let (server_pem, client_pem) = (chain_pem(&server, &ca), chain_pem(&client, &ca));
+    let server_pem = format!("{}{}", server.pem, crate::ca::pki::chain_tail(home, &ca)?);
+    let client_pem = format!("{}{client_tail}", client.pem);
     home::write_atomic_many(&[
         (
             &home.server_key(),
@@ -312,49 +395,41 @@ pub fn server_renew(home: &Home, opts: &ServerRenewOptions) -> Result<ServerRene
     })
 }
 
-/// The broker's own certificates, freshly signed (keys still in memory).
-pub(crate) struct BrokerCerts {
-    pub server_key: KeyPair,
-    pub server: Signed,
-    pub client_key: KeyPair,
-    pub client: Signed,
-}
-
-/// Signs a new TLS server certificate (`hostnames`) and upstream client
-/// certificate for the broker under `ca`, each with a new key; valid
-/// `BROKER_CERT_DAYS`, never past the CA.
-pub(crate) fn sign_broker_certs(
+/// A new key and TLS server certificate (`hostnames`) for the broker under
+/// `ca`, valid `BROKER_CERT_DAYS`, never past the CA.
+pub(crate) fn sign_server_cert(
     ca: &Authority,
     hostnames: &[String],
-    trust_domain: &str,
     now: OffsetDateTime,
-) -> Result<BrokerCerts, CaError> {
+) -> Result<(KeyPair, Signed), CaError> {
     let until = (now + time::Duration::days(BROKER_CERT_DAYS)).min(ca.not_after);
-    let server_key = new_key()?;
-    let server = ca.sign_leaf(
-        LeafKind::Server { hostnames },
-        &server_key,
-        now - BACKDATE,
-        until,
-    )?;
-    let client_key = new_key()?;
-    let client = ca.sign_leaf(
-        LeafKind::BrokerClient { trust_domain },
-        &client_key,
-        now - BACKDATE,
-        until,
-    )?;
-    Ok(BrokerCerts {
-        server_key,
-        server,
-        client_key,
-        client,
-    })
+    let key = new_key()?;
+    let cert = ca.sign_leaf(LeafKind::Server { hostnames }, &key, now - BACKDATE, until)?;
+    Ok((key, cert))
 }
 
-/// Leaf followed by the CA chain, the form TLS peers want.
+/// A new key and upstream-leg client certificate for the broker under `ca`
+/// (the upstream-client CA), valid `BROKER_CERT_DAYS`, never past the CA.
+pub(crate) fn sign_broker_client_cert(
+    ca: &Authority,
+    trust_domain: &str,
+    now: OffsetDateTime,
+) -> Result<(KeyPair, Signed), CaError> {
+    let until = (now + time::Duration::days(BROKER_CERT_DAYS)).min(ca.not_after);
+    let key = new_key()?;
+    let cert = ca.sign_leaf(
+        LeafKind::BrokerClient { trust_domain },
+        &key,
+        now - BACKDATE,
+        until,
+    )?;
+    Ok((key, cert))
+}
+
+/// Leaf followed by what a peer needs of the CA chain (the issuing CA and
+/// any intermediate above it; never a self-signed root).
 pub fn chain_pem(leaf: &Signed, ca: &Authority) -> String {
-    format!("{}{}", leaf.pem, ca.chain_pem)
+    format!("{}{}", leaf.pem, ca.chain_to_send())
 }
 
 /// Options shared by `cert issue` and `cert renew`.
@@ -363,6 +438,10 @@ pub struct IssueOptions {
     pub csr: Option<PathBuf>,
     pub days: Option<u32>,
     pub out: Option<PathBuf>,
+    /// Also write `ID.p12` (key + chain) and its password in `ID.p12.pass`.
+    pub p12: bool,
+    /// PKCS#12 with 3DES and a SHA-1 MAC, for Java 8-era readers.
+    pub p12_legacy: bool,
 }
 
 /// What `cert issue` / `cert renew` produced.
@@ -371,6 +450,7 @@ pub struct IssueReport {
     pub record: IssuedCert,
     pub out_dir: PathBuf,
     pub key_written: bool,
+    pub p12_written: bool,
     pub superseded: Vec<String>,
 }
 
@@ -457,14 +537,31 @@ fn validity(
     Ok((now - BACKDATE, not_after))
 }
 
-/// Signs and records a partner certificate; writes the files for the partner.
+/// What `issue_inner` wrote.
+struct Written {
+    record: IssuedCert,
+    out_dir: PathBuf,
+    key_written: bool,
+    p12_written: bool,
+}
+
+/// Signs and records a partner certificate; writes the files for the
+/// partner: `ID.pem` (leaf + issuing CA), `ID.key` (when we made the key),
+/// `ca.pem` (the root(s) to trust), and with `--p12` `ID.p12` + `ID.p12.pass`.
 fn issue_inner(
     home: &Home,
+    lock: &CaLock,
     partner: &str,
     opts: &IssueOptions,
     ctx: &Context,
     now: OffsetDateTime,
-) -> Result<(IssuedCert, PathBuf, bool), CaError> {
+) -> Result<Written, CaError> {
+    let _ = lock;
+    if (opts.p12 || opts.p12_legacy) && opts.csr.is_some() {
+        return Err(invalid(
+            "--p12 needs the private key, which a CSR does not give: issue without --csr, or let the partner build its PKCS#12 file itself",
+        ));
+    }
     let subject = Subject::from_options(opts)?;
     let (record, signed) = sign_partner(partner, &subject, opts.days, ctx, now)?;
     let out_dir = opts
@@ -472,23 +569,51 @@ fn issue_inner(
         .clone()
         .unwrap_or_else(|| home.root().join("clients").join(partner));
     ensure_dir(&out_dir)?;
+    let chain = chain_pem(&signed, &ctx.ca);
+    let trust = crate::ca::pki::trust_bundle_pem(home)?;
     // Partner files first: if they cannot be written, nothing is recorded.
+    let mut p12_written = false;
     let key_written = if let Subject::Generated(key) = &subject {
         write_key(
             &out_dir.join(format!("{partner}.key")),
             &key.serialize_pem(),
         )?;
+        if opts.p12 || opts.p12_legacy {
+            let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+                .filter_map(Result::ok)
+                .collect();
+            let password = super::p12::random_password();
+            let bytes = super::p12::build(
+                partner,
+                &key.serialize_der(),
+                &certs,
+                &password,
+                opts.p12_legacy,
+            )?;
+            home::write_atomic(
+                &out_dir.join(format!("{partner}.p12")),
+                &bytes,
+                home::KEY_MODE,
+            )?;
+            write_key(
+                &out_dir.join(format!("{partner}.p12.pass")),
+                &format!("{password}\n"),
+            )?;
+            p12_written = true;
+        }
         true
     } else {
         false
     };
-    write_public(
-        &out_dir.join(format!("{partner}.pem")),
-        chain_pem(&signed, &ctx.ca).as_bytes(),
-    )?;
-    write_public(&out_dir.join("ca.pem"), ctx.ca.chain_pem.as_bytes())?;
+    write_public(&out_dir.join(format!("{partner}.pem")), chain.as_bytes())?;
+    write_public(&out_dir.join("ca.pem"), trust.as_bytes())?;
     write_record(home, &record, Some(&signed.pem))?;
-    Ok((record, out_dir, key_written))
+    Ok(Written {
+        record,
+        out_dir,
+        key_written,
+        p12_written,
+    })
 }
 
 /// Signs a partner certificate for `subject`'s key under the current CA
@@ -531,12 +656,13 @@ fn sign_partner(
 /// `gatehouse cert issue ID [--csr FILE] [--days N] [--out DIR]`.
 pub fn issue(home: &Home, partner: &str, opts: &IssueOptions) -> Result<IssueReport, CaError> {
     let ctx = context(home, partner)?;
-    let (record, out_dir, key_written) =
-        issue_inner(home, partner, opts, &ctx, OffsetDateTime::now_utc())?;
+    let lock = lock::lock(home)?;
+    let w = issue_inner(home, &lock, partner, opts, &ctx, OffsetDateTime::now_utc())?;
     Ok(IssueReport {
-        record,
-        out_dir,
-        key_written,
+        record: w.record,
+        out_dir: w.out_dir,
+        key_written: w.key_written,
+        p12_written: w.p12_written,
         superseded: Vec::new(),
     })
 }
@@ -561,15 +687,19 @@ pub fn renew(
     overlap: Option<Duration>,
 ) -> Result<IssueReport, CaError> {
     let ctx = context(home, partner)?;
-    let now = OffsetDateTime::now_utc();
     let overlap = overlap_of(&ctx, overlap)?;
-    let predecessors = predecessors(home, partner, &Supersede::AllActive, now)?;
-    let (record, out_dir, key_written) = issue_inner(home, partner, opts, &ctx, now)?;
-    let superseded = supersede(home, predecessors, &record, overlap, now)?;
+    // Under the lock from the read of the predecessors to the last write: a
+    // concurrent revoke or renewal runs entirely before or after.
+    let lock = lock::lock(home)?;
+    let now = OffsetDateTime::now_utc();
+    let predecessors = predecessors(home, &lock, partner, &Supersede::AllActive, now)?;
+    let w = issue_inner(home, &lock, partner, opts, &ctx, now)?;
+    let superseded = supersede(home, &lock, predecessors, &w.record, overlap, now)?;
     Ok(IssueReport {
-        record,
-        out_dir,
-        key_written,
+        record: w.record,
+        out_dir: w.out_dir,
+        key_written: w.key_written,
+        p12_written: w.p12_written,
         superseded,
     })
 }
@@ -597,12 +727,13 @@ pub fn renew_from_csr(
 ) -> Result<CsrRenewal, CaError> {
     let subject = Subject::from_csr_pem(csr_pem)?;
     let ctx = context(home, partner)?;
-    let now = OffsetDateTime::now_utc();
     let overlap = overlap_of(&ctx, overlap)?;
-    let predecessors = predecessors(home, partner, which, now)?;
+    let lock = lock::lock(home)?;
+    let now = OffsetDateTime::now_utc();
+    let predecessors = predecessors(home, &lock, partner, which, now)?;
     let (record, signed) = sign_partner(partner, &subject, days, &ctx, now)?;
     write_record(home, &record, Some(&signed.pem))?;
-    let superseded = supersede(home, predecessors, &record, overlap, now)?;
+    let superseded = supersede(home, &lock, predecessors, &record, overlap, now)?;
     Ok(CsrRenewal {
         chain_pem: chain_pem(&signed, &ctx.ca),
         record,
@@ -613,6 +744,7 @@ pub fn renew_from_csr(
 /// The certificates a renewal will supersede (checked before signing).
 fn predecessors(
     home: &Home,
+    _lock: &CaLock,
     partner: &str,
     which: &Supersede,
     now: OffsetDateTime,
@@ -655,6 +787,7 @@ fn overlap_of(ctx: &Context, overlap: Option<Duration>) -> Result<time::Duration
 /// Marks `predecessors` superseded by `record`, valid until the overlap ends.
 fn supersede(
     home: &Home,
+    _lock: &CaLock,
     predecessors: Vec<IssuedCert>,
     record: &IssuedCert,
     overlap: time::Duration,
@@ -693,16 +826,30 @@ pub fn revoke(
     serials: &[String],
     reason: RevocationReason,
 ) -> Result<Vec<String>, CaError> {
+    let serials = serials
+        .iter()
+        .map(|s| normalize_serial(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let lock = lock::lock(home)?;
+    revoke_locked(home, &lock, &serials, reason)
+}
+
+fn revoke_locked(
+    home: &Home,
+    lock: &CaLock,
+    serials: &[String],
+    reason: RevocationReason,
+) -> Result<Vec<String>, CaError> {
     let gateway = config::load_gateway(home).map_err(|e| invalid(e.to_string()))?;
     let ca = Authority::load(home)?;
+    // Read under the lock: what a concurrent renewal wrote is seen here.
     let inventory = Inventory::load(home)?;
     let now = OffsetDateTime::now_utc();
     let mut changed = Vec::new();
     let mut records = Vec::new();
-    for s in serials {
-        let serial = normalize_serial(s)?;
+    for serial in serials {
         let rec = inventory
-            .get(&serial)
+            .get(serial)
             .ok_or_else(|| CaError::UnknownSerial(serial.clone()))?;
         if rec.status == RecordStatus::Revoked {
             continue;
@@ -717,17 +864,19 @@ pub fn revoke(
         write_record(home, &rec, None)?;
         changed.push(rec.serial);
     }
-    crl::refresh(home, &ca, gateway.ca.crl_validity)?;
+    crl::refresh(home, lock, &ca, gateway.ca.crl_validity)?;
     Ok(changed)
 }
 
-/// Revokes every certificate of a partner that is still usable.
+/// Revokes every certificate of a partner that is still usable (chosen
+/// under the lock, so one a concurrent renewal just issued is included).
 pub fn revoke_partner(
     home: &Home,
     partner: &str,
     reason: RevocationReason,
 ) -> Result<Vec<String>, CaError> {
     config::validate_partner_id(partner).map_err(invalid)?;
+    let lock = lock::lock(home)?;
     let inventory = Inventory::load(home)?;
     let now = OffsetDateTime::now_utc();
     let certs: Vec<_> = inventory.for_partner(partner);
@@ -739,14 +888,15 @@ pub fn revoke_partner(
         .filter(|c| c.state(now).usable())
         .map(|c| c.serial.clone())
         .collect();
-    revoke(home, &serials, reason)
+    revoke_locked(home, &lock, &serials, reason)
 }
 
 /// `gatehouse cert crl --refresh`: re-signs the CRL now.
 pub fn refresh_crl(home: &Home) -> Result<u64, CaError> {
     let gateway = config::load_gateway(home).map_err(|e| invalid(e.to_string()))?;
+    let lock = lock::lock(home)?;
     let ca = Authority::load(home)?;
-    crl::refresh(home, &ca, gateway.ca.crl_validity)
+    crl::refresh(home, &lock, &ca, gateway.ca.crl_validity)
 }
 
 /// Reads a PEM file's first certificate as (serial, not_after).

@@ -4,7 +4,10 @@
 //! the CRL. Submodules own the CSR check, the inventory of issued
 //! certificates and the CRL file; `lifecycle` ties them into the operations
 //! the CLI exposes (init, issue, renew, revoke) and self-service renewal
-//! uses (renew from a CSR in memory); `rollover` rotates and retires CAs.
+//! uses (renew from a CSR in memory); `pki` knows the two-tier layout (root,
+//! issuing CA, upstream-client CA); `rollover` rotates, migrates and retires
+//! CAs; `lock` serialises every writer of the inventory and the CRLs; `p12`
+//! writes PKCS#12 files.
 //!
 //! Private keys never leave this module except as PEM handed to
 //! `home::write_key`, and are never logged.
@@ -13,7 +16,10 @@ pub mod crl;
 pub mod csr;
 pub mod inventory;
 pub mod lifecycle;
+pub mod lock;
 pub mod maintenance;
+pub mod p12;
+pub mod pki;
 pub mod rollover;
 pub mod upstream_identity;
 
@@ -31,8 +37,12 @@ use x509_parser::prelude::{ASN1Time, X509Certificate, parse_x509_certificate};
 
 use crate::home::{Home, HomeError};
 
-/// CA certificate lifetime at `init`.
-pub const CA_VALIDITY_DAYS: i64 = 3650;
+/// Root CA lifetime (the trust anchor partners hold).
+pub const ROOT_VALIDITY_DAYS: i64 = 7300;
+/// Issuing CA lifetime (rotated under the same root with `ca rotate`).
+pub const ISSUING_VALIDITY_DAYS: i64 = 1825;
+/// Upstream-client CA lifetime.
+pub const UPSTREAM_CLIENT_CA_DAYS: i64 = 3650;
 /// Broker server / upstream-client certificate lifetime.
 pub const BROKER_CERT_DAYS: i64 = 397;
 /// Backdating of `not_before`, for clocks a little behind ours.
@@ -59,6 +69,10 @@ pub enum CaError {
         "CA {fingerprint} still has usable certificates: {list}. Renew them under the current CA (`gatehouse cert renew ID`) or revoke them, then retire again"
     )]
     CaInUse { fingerprint: String, list: String },
+    #[error(
+        "the root key {0} is not here (kept offline, or the root belongs to the PKI whose CA you adopted): bring it back, or pass --root-key FILE"
+    )]
+    RootKeyMissing(String),
     #[error(
         "certificate {serial} cannot be renewed: it is {state} (renew with the partner's current certificate)"
     )]
@@ -106,7 +120,7 @@ pub struct Signed {
 
 /// What a leaf certificate is for.
 pub enum LeafKind<'a> {
-    /// A partner's client certificate (DESIGN.md, Identity).
+    /// A partner's client certificate (docs/architecture.md, "Identity").
     Partner {
         trust_domain: &'a str,
         id: &'a str,
@@ -135,36 +149,75 @@ pub struct Authority {
 }
 
 impl Authority {
-    /// Creates a new self-signed ECDSA P-256 CA. Returns it and its key PEM.
-    pub fn create(trust_domain: &str) -> Result<(Authority, String), CaError> {
-        let (authority, key_pem, _) =
-            Authority::create_named(&format!("gatehouse CA {trust_domain}"))?;
-        Ok((authority, key_pem))
-    }
-
-    /// Creates a new self-signed ECDSA P-256 CA with common name `cn`.
+    /// Creates a new ECDSA P-256 CA certificate and key: self-signed when
+    /// `signer` is `None`, else signed by `signer` (and never outliving it).
+    /// `path_len` is the basicConstraints path length (`None`: no limit).
     /// Returns it, its key PEM, and its parameters (for cross-signing).
-    pub fn create_named(cn: &str) -> Result<(Authority, String, CertificateParams), CaError> {
+    pub fn create_ca(
+        cn: &str,
+        path_len: Option<u8>,
+        days: i64,
+        signer: Option<&Authority>,
+    ) -> Result<(Authority, String, CertificateParams), CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let now = OffsetDateTime::now_utc();
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, cn);
-        dn.push(DnType::OrganizationName, "gatehouse");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let mut params = ca_params(cn, path_len);
         params.not_before = now - BACKDATE;
-        params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
-        params.serial_number = Some(random_serial());
-        let cert = params.self_signed(&key)?;
+        params.not_after = now + Duration::days(days);
+        let cert = match signer {
+            None => params.self_signed(&key)?,
+            Some(s) => {
+                params.not_after = params.not_after.min(s.not_after);
+                params.use_authority_key_identifier_extension = true;
+                params.signed_by(&key, s.issuer())?
+            }
+        };
         let key_pem = key.serialize_pem();
         let authority = Authority::from_pem(&cert.pem(), &key_pem)?;
         Ok((authority, key_pem, params))
+    }
+
+    /// Signs `subject`'s CA certificate again, with `self` as issuer and
+    /// the given path length: a cross certificate (same subject and key,
+    /// another issuer). Never outlives `self`.
+    pub fn cross_sign(
+        &self,
+        subject: &CertificateParams,
+        subject_key_pem: &str,
+        path_len: Option<u8>,
+    ) -> Result<String, CaError> {
+        let key = KeyPair::from_pem(subject_key_pem)
+            .map_err(|e| invalid(format!("the new CA key cannot be read back: {e}")))?;
+        let mut params = subject.clone();
+        params.is_ca = IsCa::Ca(match path_len {
+            Some(n) => BasicConstraints::Constrained(n),
+            None => BasicConstraints::Unconstrained,
+        });
+        params.not_after = params.not_after.min(self.not_after);
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        Ok(params.signed_by(&key, &self.issuer)?.pem())
+    }
+
+    /// Whether this CA's certificate is self-signed (subject = issuer).
+    pub fn is_self_signed(&self) -> bool {
+        is_self_issued(&self.cert_der)
+    }
+
+    /// The chain a peer needs after a leaf this CA signed: the CA and any
+    /// intermediate above it in `ca.pem`, without self-signed roots (the
+    /// peer holds those) unless the CA is itself the root (single tier).
+    pub fn chain_to_send(&self) -> String {
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
+                .filter_map(Result::ok)
+                .collect();
+        certs
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| *i == 0 || !is_self_issued(c))
+            .map(|(_, c)| der_to_pem(c))
+            .collect()
     }
 
     /// Loads `certs/ca.pem` and `certs/ca.key`.
@@ -336,6 +389,43 @@ pub fn pem_block(tag: &str, der: &[u8]) -> String {
     pem::encode_config(
         &pem::Pem::new(tag, der.to_vec()),
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+/// Parameters of a CA certificate named `cn` (O=gatehouse), with a fresh
+/// random serial; validity is the caller's.
+fn ca_params(cn: &str, path_len: Option<u8>) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn.push(DnType::OrganizationName, "gatehouse");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(random_serial());
+    params
+}
+
+/// Whether a certificate names itself as its issuer.
+pub fn is_self_issued(der: &[u8]) -> bool {
+    parse_x509_certificate(der).is_ok_and(|(_, c)| c.issuer().as_raw() == c.subject().as_raw())
+}
+
+/// A CA common name that stays unique across rotations on one day.
+pub fn ca_name(what: &str, trust_domain: &str) -> String {
+    let now = OffsetDateTime::now_utc();
+    let tag: [u8; 3] = rand::random();
+    format!(
+        "gatehouse {what} {trust_domain} {} {}",
+        now.date(),
+        hex::encode(tag)
     )
 }
 

@@ -1,27 +1,47 @@
-//! CA rollover. `rotate` makes a new issuing CA (`certs/ca.pem`/`ca.key`),
-//! keeps the old one as `certs/ca-previous/<fingerprint>.pem`/`.key` (its
-//! key still signs its CRL), re-issues the broker's server and upstream
-//! client certificates under the new CA, optionally cross-signs the new CA
-//! with the old one (`certs/ca-cross.pem`, sent in the broker's chains so
-//! peers that pinned the old root still verify the broker), and writes the
-//! trust bundle `certs/ca-bundle.pem` (every trusted CA). `retire` removes a
-//! previous CA from trust once no usable certificate depends on it.
+//! CA rollover, migration and retirement, on the two-tier layout of `pki`.
 //!
-//! Like `lifecycle`, every operation builds everything in memory first and
-//! then writes files atomically; keys are created mode 0600.
+//! - `rotate` makes a new issuing CA under the same root. The old one moves
+//!   to `certs/ca-previous/<fingerprint>.pem`/`.key` (its key still signs
+//!   its CRL; the broker keeps trusting its certificates until retired); the
+//!   broker's server certificate is re-issued under the new one. Partners
+//!   and upstreams trust the root: nothing changes for them.
+//! - `rotate_root` makes a new root and a new issuing CA under it, and
+//!   cross-signs the new root with the old one (`certs/root-cross.pem`,
+//!   `pathlen:1`), which the broker sends after its server certificate:
+//!   holders of only the old root keep verifying the broker.
+//! - `rotate_upstream_client` does the same for the upstream-client CA: the
+//!   new CA cross-signed by the old (`pathlen:0`) follows the broker's
+//!   client certificate, so upstreams trusting only the old CA keep
+//!   admitting it while they add the new one.
+//! - `migrate` turns a single-tier home into a two-tier one without
+//!   touching any issued certificate (the old CA stays trusted as a
+//!   previous CA, and the broker keeps its certificates until
+//!   `cert server-renew`).
+//! - `retire` removes a previous issuing CA (refused while any certificate
+//!   it signed is usable), a previous root (refused while an issuing CA
+//!   under it is trusted) or the previous upstream-client CA from trust.
+//!
+//! Every operation holds the CA lock, builds everything in memory first and
+//! then writes files atomically; keys are created mode 0600. Only operations
+//! that sign a CA certificate need the root key (`--root-key FILE` when it
+//! is kept offline).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use rcgen::KeyPair;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use time::OffsetDateTime;
 use x509_parser::prelude::parse_x509_certificate;
 
 use super::inventory::Inventory;
-use super::lifecycle::{BrokerCerts, default_hostnames, sign_broker_certs};
-use super::{Authority, CaError, crl, invalid};
-use crate::config;
+use super::lifecycle::{default_hostnames, sign_broker_client_cert, sign_server_cert};
+use super::lock::{self, CaLock};
+use super::pki::{self, pem_files};
+use super::{
+    Authority, CaError, ISSUING_VALIDITY_DAYS, ROOT_VALIDITY_DAYS, UPSTREAM_CLIENT_CA_DAYS,
+    ca_name, crl, der_to_pem, invalid,
+};
+use crate::config::{self, GatewayConfig};
 use crate::home::{self, Home, ensure_dir, write_key, write_public};
 
 /// Length of the short fingerprint shown in listings.
@@ -32,22 +52,11 @@ pub fn short(fp: &str) -> &str {
     &fp[..fp.len().min(SHORT_FP)]
 }
 
-/// The CAs replaced by `rotate` and not yet retired, oldest file name first.
-/// Expired ones are skipped: nothing they signed is valid any more.
+/// The issuing CAs replaced by `rotate` and not yet retired, oldest file
+/// name first. Expired ones are skipped: nothing they signed is valid any more.
 pub fn previous(home: &Home) -> Result<Vec<Authority>, CaError> {
-    let dir = home.ca_previous_dir();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(home::HomeError::io(&dir, e).into()),
-    };
-    let mut pems: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "pem"))
-        .collect();
-    pems.sort();
     let mut out = Vec::new();
-    for pem in pems {
+    for pem in pem_files(&home.ca_previous_dir()) {
         let key = pem.with_extension("key");
         let cert_text = home::read_to_string(&pem)?;
         let key_text = home::read_to_string(&key)?;
@@ -61,31 +70,37 @@ pub fn previous(home: &Home) -> Result<Vec<Authority>, CaError> {
     Ok(out)
 }
 
-/// The bundle's text: the current CA then every previous one.
-fn bundle_pem(current: &Authority, previous: &[Authority]) -> String {
-    std::iter::once(current)
-        .chain(previous)
-        .map(|a| super::der_to_pem(&a.cert_der))
-        .collect()
-}
-
-/// Rewrites `certs/ca-bundle.pem` from the CA files.
-pub fn write_bundle(home: &Home) -> Result<(), CaError> {
-    let current = Authority::load(home)?;
-    let previous = previous(home)?;
-    write_public(
-        &home.ca_bundle(),
-        bundle_pem(&current, &previous).as_bytes(),
-    )?;
-    Ok(())
-}
-
-/// What `ca rotate` did.
+/// What a rotation did.
 #[derive(Debug)]
 pub struct RotateReport {
+    pub kind: RotateKind,
     pub old_fingerprint: String,
     pub new_fingerprint: String,
-    pub cross_signed: bool,
+    /// The new root, for `--root` (and a migration).
+    pub new_root: Option<String>,
+    /// The root key was given with `--root-key` (it is not kept in the home).
+    pub root_key_given: bool,
+}
+
+/// Which CA a rotation replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotateKind {
+    Issuing,
+    Root,
+    UpstreamClient,
+    /// A single-tier home moved to the two-tier layout.
+    Migration,
+}
+
+/// Options of `ca rotate` / `ca migrate`.
+#[derive(Debug, Default, Clone)]
+pub struct RotateOptions {
+    /// Also a new root, cross-signed by the old one.
+    pub root: bool,
+    /// The upstream-client CA instead of the issuing CA.
+    pub upstream_client: bool,
+    /// The root key, when it is kept outside the home.
+    pub root_key: Option<PathBuf>,
 }
 
 /// SAN names (DNS and IP) of the broker's current server certificate.
@@ -122,43 +137,48 @@ fn server_hostnames(home: &Home) -> Vec<String> {
     }
 }
 
-/// `gatehouse ca rotate [--cross-sign]`.
-pub fn rotate(home: &Home, cross_sign: bool) -> Result<RotateReport, CaError> {
+/// `gatehouse ca rotate [--root | --upstream-client] [--root-key FILE]`.
+/// In a single-tier home, the first rotation is the migration.
+pub fn rotate(home: &Home, opts: &RotateOptions) -> Result<RotateReport, CaError> {
     let gateway = config::load_gateway(home).map_err(|e| invalid(e.to_string()))?;
-    let old = Authority::load(home)?;
+    let lock = lock::lock(home)?;
+    if opts.upstream_client {
+        if !pki::is_two_tier(home) {
+            return Err(invalid(
+                "this single-tier home has no upstream-client CA yet: run `gatehouse ca migrate` first",
+            ));
+        }
+        return rotate_upstream_client(home, &lock, &gateway);
+    }
+    if !pki::is_two_tier(home) {
+        return migrate_locked(home, &lock, &gateway);
+    }
+    let old_root = pki::load_root(home, opts.root_key.as_deref())?;
+    if opts.root {
+        rotate_root(home, &lock, &gateway, old_root, opts.root_key.is_some())
+    } else {
+        rotate_issuing(home, &lock, &gateway, &old_root, opts.root_key.is_some())
+    }
+}
+
+/// `gatehouse ca migrate`: a single-tier home to the two-tier layout.
+pub fn migrate(home: &Home) -> Result<RotateReport, CaError> {
+    let gateway = config::load_gateway(home).map_err(|e| invalid(e.to_string()))?;
+    let lock = lock::lock(home)?;
+    if pki::is_two_tier(home) {
+        return Err(invalid(format!(
+            "this home is already two-tier ({} exists); use `gatehouse ca rotate`",
+            home.root_cert().display()
+        )));
+    }
+    migrate_locked(home, &lock, &gateway)
+}
+
+/// Moves the current issuing CA to `certs/ca-previous/` (never lost: it is
+/// written before anything replaces it).
+fn keep_as_previous(home: &Home, old: &Authority) -> Result<(), CaError> {
     let old_cert_pem = home::read_to_string(&home.ca_cert())?;
     let old_key_pem = home::read_to_string(&home.ca_key())?;
-    let now = OffsetDateTime::now_utc();
-    let cn = format!("gatehouse CA {} {}", gateway.trust_domain, now.date());
-    let (new, new_key_pem, mut params) = Authority::create_named(&cn)?;
-
-    // The new CA's key and subject, signed by the old CA.
-    let cross_pem = if cross_sign {
-        let key = KeyPair::from_pem(&new_key_pem)
-            .map_err(|e| invalid(format!("the new CA key cannot be read back: {e}")))?;
-        params.not_after = params.not_after.min(old.not_after);
-        params.serial_number = Some(super::random_serial());
-        params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, old.issuer())?;
-        Some(cert.pem())
-    } else {
-        None
-    };
-    // The broker's own certificates, under the new CA; their chains carry the
-    // cross certificate when there is one, so old-root peers still verify.
-    let chain_tail = cross_pem.clone().unwrap_or_else(|| new.chain_pem.clone());
-    let hostnames = server_hostnames(home);
-    let BrokerCerts {
-        server_key,
-        server,
-        client_key,
-        client,
-    } = sign_broker_certs(&new, &hostnames, &gateway.trust_domain, now)?;
-    let mut previous = previous(home)?;
-    previous.retain(|a| a.fingerprint != old.fingerprint);
-    previous.push(Authority::from_pem(&old_cert_pem, &old_key_pem)?);
-
-    // Write: the old CA first (never lost), then the new one, then the rest.
     let dir = home.ca_previous_dir();
     ensure_dir(&dir)?;
     write_key(&dir.join(format!("{}.key", old.fingerprint)), &old_key_pem)?;
@@ -166,32 +186,217 @@ pub fn rotate(home: &Home, cross_sign: bool) -> Result<RotateReport, CaError> {
         &dir.join(format!("{}.pem", old.fingerprint)),
         old_cert_pem.as_bytes(),
     )?;
-    write_key(&home.ca_key(), &new_key_pem)?;
+    Ok(())
+}
+
+/// Writes the new issuing CA and re-issues the broker's server certificate
+/// under it (chain: leaf, issuing CA, cross certificate if any).
+fn install_issuing(home: &Home, new: &Authority, new_key_pem: &str) -> Result<(), CaError> {
+    let (server_key, server) =
+        sign_server_cert(new, &server_hostnames(home), OffsetDateTime::now_utc())?;
+    let server_pem = format!("{}{}", server.pem, pki::chain_tail(home, new)?);
+    write_key(&home.ca_key(), new_key_pem)?;
     write_public(&home.ca_cert(), new.chain_pem.as_bytes())?;
-    write_public(&home.ca_bundle(), bundle_pem(&new, &previous).as_bytes())?;
-    match &cross_pem {
-        Some(pem) => write_public(&home.ca_cross(), pem.as_bytes())?,
-        None => remove_if_exists(&home.ca_cross())?,
-    }
-    write_key(&home.server_key(), &server_key.serialize_pem())?;
-    write_public(
-        &home.server_cert(),
-        format!("{}{chain_tail}", server.pem).as_bytes(),
+    home::write_atomic_many(&[
+        (
+            &home.server_key(),
+            server_key.serialize_pem().as_bytes(),
+            home::KEY_MODE,
+        ),
+        (
+            &home.server_cert(),
+            server_pem.as_bytes(),
+            home::PUBLIC_MODE,
+        ),
+    ])?;
+    Ok(())
+}
+
+fn rotate_issuing(
+    home: &Home,
+    lock: &CaLock,
+    gateway: &GatewayConfig,
+    root: &Authority,
+    root_key_given: bool,
+) -> Result<RotateReport, CaError> {
+    let old = Authority::load(home)?;
+    let (new, new_key_pem, _) = Authority::create_ca(
+        &ca_name("issuing CA", &gateway.trust_domain),
+        Some(0),
+        ISSUING_VALIDITY_DAYS,
+        Some(root),
     )?;
-    write_key(&home.broker_client_key(), &client_key.serialize_pem())?;
-    write_public(
-        &home.broker_client_cert(),
-        format!("{}{chain_tail}", client.pem).as_bytes(),
-    )?;
-    crl::refresh(home, &new, gateway.ca.crl_validity)?;
+    keep_as_previous(home, &old)?;
+    install_issuing(home, &new, &new_key_pem)?;
+    pki::write_trust_bundle(home)?;
+    crl::refresh(home, lock, &new, gateway.ca.crl_validity)?;
+    pki::write_root_crl(home, root)?;
     Ok(RotateReport {
+        kind: RotateKind::Issuing,
         old_fingerprint: old.fingerprint,
         new_fingerprint: new.fingerprint,
-        cross_signed: cross_sign,
+        new_root: None,
+        root_key_given,
     })
 }
 
-fn remove_if_exists(path: &std::path::Path) -> Result<(), CaError> {
+fn rotate_root(
+    home: &Home,
+    lock: &CaLock,
+    gateway: &GatewayConfig,
+    old_root: Authority,
+    root_key_given: bool,
+) -> Result<RotateReport, CaError> {
+    let old = Authority::load(home)?;
+    let (root, root_key_pem, root_params) = Authority::create_ca(
+        &ca_name("root CA", &gateway.trust_domain),
+        None,
+        ROOT_VALIDITY_DAYS,
+        None,
+    )?;
+    // The new root signed by the old one: old root -> cross -> issuing -> leaf
+    // needs room for one CA below the cross certificate.
+    let cross = old_root.cross_sign(&root_params, &root_key_pem, Some(1))?;
+    let (new, new_key_pem, _) = Authority::create_ca(
+        &ca_name("issuing CA", &gateway.trust_domain),
+        Some(0),
+        ISSUING_VALIDITY_DAYS,
+        Some(&root),
+    )?;
+    // The old root stays trusted (by partners, through ca-bundle.pem) until retired.
+    let prev = home.root_previous_dir();
+    ensure_dir(&prev)?;
+    write_public(
+        &prev.join(format!("{}.pem", old_root.fingerprint)),
+        der_to_pem(&old_root.cert_der).as_bytes(),
+    )?;
+    keep_as_previous(home, &old)?;
+    write_key(&home.root_key(), &root_key_pem)?;
+    write_public(&home.root_cert(), der_to_pem(&root.cert_der).as_bytes())?;
+    write_public(&home.root_cross(), cross.as_bytes())?;
+    install_issuing(home, &new, &new_key_pem)?;
+    pki::write_trust_bundle(home)?;
+    crl::refresh(home, lock, &new, gateway.ca.crl_validity)?;
+    pki::write_root_crl(home, &root)?;
+    Ok(RotateReport {
+        kind: RotateKind::Root,
+        old_fingerprint: old_root.fingerprint,
+        new_fingerprint: new.fingerprint,
+        new_root: Some(root.fingerprint),
+        root_key_given,
+    })
+}
+
+fn rotate_upstream_client(
+    home: &Home,
+    _lock: &CaLock,
+    gateway: &GatewayConfig,
+) -> Result<RotateReport, CaError> {
+    let Some(old) = pki::load_upstream_client_ca(home)? else {
+        return Err(invalid(format!(
+            "{} is missing: run `gatehouse ca migrate` (or `init`) first",
+            home.upstream_client_ca_cert().display()
+        )));
+    };
+    if home.upstream_client_ca_previous().is_file() {
+        return Err(invalid(
+            "an upstream-client CA rotation is still in its overlap: once every upstream trusts the current certs/upstream-client-ca.pem, run `gatehouse ca retire --upstream-client`, then rotate again",
+        ));
+    }
+    let (new, new_key_pem, params) = Authority::create_ca(
+        &ca_name("upstream-client CA", &gateway.trust_domain),
+        None,
+        UPSTREAM_CLIENT_CA_DAYS,
+        None,
+    )?;
+    let cross = old.cross_sign(&params, &new_key_pem, Some(0))?;
+    let (client_key, client) =
+        sign_broker_client_cert(&new, &gateway.trust_domain, OffsetDateTime::now_utc())?;
+    write_public(
+        &home.upstream_client_ca_previous(),
+        der_to_pem(&old.cert_der).as_bytes(),
+    )?;
+    write_key(&home.upstream_client_ca_key(), &new_key_pem)?;
+    write_public(
+        &home.upstream_client_ca_cert(),
+        der_to_pem(&new.cert_der).as_bytes(),
+    )?;
+    write_public(&home.upstream_client_cross(), cross.as_bytes())?;
+    let client_pem = format!("{}{cross}", client.pem);
+    home::write_atomic_many(&[
+        (
+            &home.broker_client_key(),
+            client_key.serialize_pem().as_bytes(),
+            home::KEY_MODE,
+        ),
+        (
+            &home.broker_client_cert(),
+            client_pem.as_bytes(),
+            home::PUBLIC_MODE,
+        ),
+    ])?;
+    Ok(RotateReport {
+        kind: RotateKind::UpstreamClient,
+        old_fingerprint: old.fingerprint,
+        new_fingerprint: new.fingerprint,
+        new_root: None,
+        root_key_given: false,
+    })
+}
+
+/// A single-tier home to two tiers: a new root, an issuing CA under it and
+/// an upstream-client CA. The old CA (its own root, `pathlen:0`, so it can
+/// cross-sign nothing) stays trusted as a previous issuing CA and in the
+/// partners' bundle; the broker keeps its certificates (signed by the old
+/// CA) until `cert server-renew`, so no partner or upstream notices.
+fn migrate_locked(
+    home: &Home,
+    lock: &CaLock,
+    gateway: &GatewayConfig,
+) -> Result<RotateReport, CaError> {
+    let old = Authority::load(home)?;
+    let (root, root_key_pem, _) = Authority::create_ca(
+        &ca_name("root CA", &gateway.trust_domain),
+        None,
+        ROOT_VALIDITY_DAYS,
+        None,
+    )?;
+    let (new, new_key_pem, _) = Authority::create_ca(
+        &ca_name("issuing CA", &gateway.trust_domain),
+        Some(0),
+        ISSUING_VALIDITY_DAYS,
+        Some(&root),
+    )?;
+    let (upstream, upstream_key_pem, _) = Authority::create_ca(
+        &ca_name("upstream-client CA", &gateway.trust_domain),
+        None,
+        UPSTREAM_CLIENT_CA_DAYS,
+        None,
+    )?;
+    keep_as_previous(home, &old)?;
+    write_key(&home.upstream_client_ca_key(), &upstream_key_pem)?;
+    write_public(
+        &home.upstream_client_ca_cert(),
+        der_to_pem(&upstream.cert_der).as_bytes(),
+    )?;
+    write_key(&home.root_key(), &root_key_pem)?;
+    write_key(&home.ca_key(), &new_key_pem)?;
+    write_public(&home.ca_cert(), new.chain_pem.as_bytes())?;
+    // Last: root.pem makes the home two-tier.
+    write_public(&home.root_cert(), der_to_pem(&root.cert_der).as_bytes())?;
+    pki::write_trust_bundle(home)?;
+    crl::refresh(home, lock, &new, gateway.ca.crl_validity)?;
+    pki::write_root_crl(home, &root)?;
+    Ok(RotateReport {
+        kind: RotateKind::Migration,
+        old_fingerprint: old.fingerprint,
+        new_fingerprint: new.fingerprint,
+        new_root: Some(root.fingerprint),
+        root_key_given: false,
+    })
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), CaError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -199,36 +404,74 @@ fn remove_if_exists(path: &std::path::Path) -> Result<(), CaError> {
     }
 }
 
-/// Finds a previous CA by fingerprint prefix, or `previous` when there is one.
-fn find_previous(home: &Home, which: &str) -> Result<Authority, CaError> {
+fn listed(fps: &[String]) -> String {
+    if fps.is_empty() {
+        "none".to_string()
+    } else {
+        fps.iter()
+            .map(|f| short(f).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// What `retire` removed.
+#[derive(Debug)]
+pub struct Retired {
+    pub what: &'static str,
+    pub fingerprint: String,
+}
+
+/// The previous roots: (fingerprint, file).
+fn previous_root_files(home: &Home) -> Vec<(String, PathBuf, CertificateDer<'static>)> {
+    pem_files(&home.root_previous_dir())
+        .into_iter()
+        .filter_map(|p| {
+            let der = CertificateDer::from_pem_file(&p).ok()?;
+            Some((super::fingerprint(&der), p, der))
+        })
+        .collect()
+}
+
+/// `gatehouse ca retire OLD [--root-key FILE]` / `ca retire --upstream-client`.
+pub fn retire(
+    home: &Home,
+    which: Option<&str>,
+    upstream_client: bool,
+    root_key: Option<&Path>,
+) -> Result<Retired, CaError> {
+    let gateway = config::load_gateway(home).map_err(|e| invalid(e.to_string()))?;
+    let lock = lock::lock(home)?;
+    if upstream_client {
+        return retire_upstream_client(home);
+    }
+    let which = which
+        .ok_or_else(|| invalid("name the CA to retire (a fingerprint prefix, or `previous`)"))?
+        .trim()
+        .to_ascii_lowercase()
+        .replace(':', "");
     let current = Authority::load(home)?;
-    let which = which.trim().to_ascii_lowercase().replace(':', "");
     if which.len() >= 4 && current.fingerprint.starts_with(&which) {
         return Err(invalid(format!(
             "{} is the current issuing CA; run `gatehouse ca rotate` first, then retire the old one",
             short(&current.fingerprint)
         )));
     }
-    let mut list = previous(home)?;
-    let listed = |l: &[Authority]| {
-        if l.is_empty() {
-            "none".to_string()
-        } else {
-            l.iter()
-                .map(|a| short(&a.fingerprint).to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    };
+    let prev = previous(home)?;
+    let roots = previous_root_files(home);
+    let prev_fps: Vec<String> = prev.iter().map(|a| a.fingerprint.clone()).collect();
+    let root_fps: Vec<String> = roots.iter().map(|r| r.0.clone()).collect();
     if which == "previous" {
-        return match list.len() {
-            1 => Ok(list.remove(0)),
-            0 => Err(invalid(
+        return match (prev.len(), roots.len()) {
+            (1, _) => retire_issuing(home, &lock, &gateway, &prev[0], root_key),
+            (0, 1) => retire_root(home, &roots[0], &prev),
+            (0, 0) => Err(invalid(
                 "there is no previous CA to retire (see `gatehouse ca list`)",
             )),
             _ => Err(invalid(format!(
-                "several previous CAs ({}); name one by fingerprint prefix",
-                listed(&list)
+                "several previous CAs (issuing: {}; roots: {}); name one by fingerprint prefix",
+                listed(&prev_fps),
+                listed(&root_fps)
             ))),
         };
     }
@@ -237,17 +480,18 @@ fn find_previous(home: &Home, which: &str) -> Result<Authority, CaError> {
             "`{which}` is not a CA fingerprint prefix (at least 4 hex digits) or `previous`"
         )));
     }
-    let found: Vec<usize> = list
+    let issuing: Vec<&Authority> = prev
         .iter()
-        .enumerate()
-        .filter(|(_, a)| a.fingerprint.starts_with(&which))
-        .map(|(i, _)| i)
+        .filter(|a| a.fingerprint.starts_with(&which))
         .collect();
-    match found.as_slice() {
-        [i] => Ok(list.remove(*i)),
-        [] => Err(invalid(format!(
-            "no previous CA has fingerprint {which}… (previous CAs: {})",
-            listed(&list)
+    let root: Vec<_> = roots.iter().filter(|r| r.0.starts_with(&which)).collect();
+    match (issuing.as_slice(), root.as_slice()) {
+        ([a], []) => retire_issuing(home, &lock, &gateway, a, root_key),
+        ([], [r]) => retire_root(home, r, &prev),
+        ([], []) => Err(invalid(format!(
+            "no previous CA has fingerprint {which}… (previous issuing CAs: {}; previous roots: {})",
+            listed(&prev_fps),
+            listed(&root_fps)
         ))),
         _ => Err(invalid(format!(
             "`{which}` matches several previous CAs; give more of the fingerprint"
@@ -255,13 +499,17 @@ fn find_previous(home: &Home, which: &str) -> Result<Authority, CaError> {
     }
 }
 
-/// `gatehouse ca retire OLD`: refuses while usable certificates from OLD
-/// exist (listing serial and partner); else removes it from trust. Its
-/// certificate moves to `certs/ca-retired/`, its key is deleted. Returns the
-/// retired CA's fingerprint.
-pub fn retire(home: &Home, which: &str) -> Result<String, CaError> {
-    let gateway = config::load_gateway(home).map_err(|e| invalid(e.to_string()))?;
-    let old = find_previous(home, which)?;
+/// Retires a previous issuing CA: refused while usable certificates from
+/// it exist (listing serial and partner); else its certificate moves to
+/// `certs/ca-retired/`, its key is deleted, and — when the root key is at
+/// hand — the root's CRL lists it.
+fn retire_issuing(
+    home: &Home,
+    lock: &CaLock,
+    gateway: &GatewayConfig,
+    old: &Authority,
+    root_key: Option<&Path>,
+) -> Result<Retired, CaError> {
     let inventory = Inventory::load(home)?;
     let now = OffsetDateTime::now_utc();
     let dependents: Vec<String> = inventory
@@ -276,14 +524,21 @@ pub fn retire(home: &Home, which: &str) -> Result<String, CaError> {
             list: dependents.join(", "),
         });
     }
+    // The broker's own certificates must not hang off the retired CA.
+    for path in [home.server_cert(), home.broker_client_cert()] {
+        if let Ok(der) = CertificateDer::from_pem_file(&path)
+            && issued_by(&der, &old.cert_der)
+        {
+            return Err(invalid(format!(
+                "{} is still signed by CA {}: run `gatehouse cert server-renew` first (once partners trust {} and upstreams {})",
+                path.display(),
+                short(&old.fingerprint),
+                home.root_cert().display(),
+                home.upstream_client_ca_cert().display()
+            )));
+        }
+    }
     let current = Authority::load(home)?;
-    // The broker's chains drop a cross certificate signed by the retired CA.
-    let cross_from_old = CertificateDer::from_pem_file(home.ca_cross())
-        .ok()
-        .is_some_and(|der| issued_by(&der, &old));
-    let mut remaining = previous(home)?;
-    remaining.retain(|a| a.fingerprint != old.fingerprint);
-
     let src = home
         .ca_previous_dir()
         .join(format!("{}.pem", old.fingerprint));
@@ -291,35 +546,123 @@ pub fn retire(home: &Home, which: &str) -> Result<String, CaError> {
     ensure_dir(&retired)?;
     write_public(
         &retired.join(format!("{}.pem", old.fingerprint)),
-        super::der_to_pem(&old.cert_der).as_bytes(),
+        der_to_pem(&old.cert_der).as_bytes(),
     )?;
     remove_if_exists(&src)?;
     remove_if_exists(&src.with_extension("key"))?;
-    write_public(
-        &home.ca_bundle(),
-        bundle_pem(&current, &remaining).as_bytes(),
-    )?;
-    if cross_from_old {
-        for path in [home.server_cert(), home.broker_client_cert()] {
-            let leaf = CertificateDer::from_pem_file(&path)
-                .map_err(|e| invalid(format!("{}: not a PEM certificate: {e}", path.display())))?;
-            write_public(
-                &path,
-                format!("{}{}", super::der_to_pem(&leaf), current.chain_pem).as_bytes(),
-            )?;
+    pki::write_trust_bundle(home)?;
+    crl::refresh(home, lock, &current, gateway.ca.crl_validity)?;
+    if pki::is_two_tier(home) {
+        match pki::load_root(home, root_key) {
+            Ok(root) => pki::write_root_crl(home, &root)?,
+            Err(CaError::RootKeyMissing(_)) => {}
+            Err(e) => return Err(e),
         }
-        remove_if_exists(&home.ca_cross())?;
     }
-    crl::refresh(home, &current, gateway.ca.crl_validity)?;
-    Ok(old.fingerprint)
+    Ok(Retired {
+        what: "issuing CA",
+        fingerprint: old.fingerprint.clone(),
+    })
+}
+
+/// Retires a previous root: refused while an issuing CA it signed is still
+/// trusted. Partners stop getting it in their bundle, and the broker stops
+/// sending the cross certificate it signed.
+fn retire_root(
+    home: &Home,
+    root: &(String, PathBuf, CertificateDer<'static>),
+    previous: &[Authority],
+) -> Result<Retired, CaError> {
+    let (fp, path, der) = root;
+    let current = Authority::load(home)?;
+    let under: Vec<String> = std::iter::once(&current)
+        .chain(previous)
+        .filter(|a| issued_by(&a.cert_der, der))
+        .map(|a| a.fingerprint.clone())
+        .collect();
+    if !under.is_empty() {
+        return Err(invalid(format!(
+            "root {} still has issuing CAs in trust ({}); retire them first",
+            short(fp),
+            listed(&under)
+        )));
+    }
+    let retired = home.ca_retired_dir();
+    ensure_dir(&retired)?;
+    write_public(
+        &retired.join(format!("{fp}.pem")),
+        der_to_pem(der).as_bytes(),
+    )?;
+    remove_if_exists(path)?;
+    remove_if_exists(&path.with_extension("key"))?;
+    let cross_from_old = CertificateDer::from_pem_file(home.root_cross())
+        .ok()
+        .is_some_and(|c| issued_by(&c, der));
+    if cross_from_old {
+        // The server chain without the cross certificate.
+        let leaf = CertificateDer::from_pem_file(home.server_cert()).map_err(|e| {
+            invalid(format!(
+                "{}: not a PEM certificate: {e}",
+                home.server_cert().display()
+            ))
+        })?;
+        remove_if_exists(&home.root_cross())?;
+        let signer = previous
+            .iter()
+            .chain(std::iter::once(&current))
+            .find(|a| issued_by(&leaf, &a.cert_der))
+            .unwrap_or(&current);
+        write_public(
+            &home.server_cert(),
+            format!("{}{}", der_to_pem(&leaf), pki::chain_tail(home, signer)?).as_bytes(),
+        )?;
+    }
+    pki::write_trust_bundle(home)?;
+    Ok(Retired {
+        what: "root",
+        fingerprint: fp.clone(),
+    })
+}
+
+/// Ends an upstream-client CA rotation's overlap: the broker stops sending
+/// the cross certificate (upstreams must trust the new CA by now) and the
+/// old CA is kept in `certs/ca-retired/` for the record.
+fn retire_upstream_client(home: &Home) -> Result<Retired, CaError> {
+    let prev = home.upstream_client_ca_previous();
+    let der = CertificateDer::from_pem_file(&prev).map_err(|_| {
+        invalid("there is no previous upstream-client CA to retire (see `gatehouse ca list`)")
+    })?;
+    let fp = super::fingerprint(&der);
+    let leaf = CertificateDer::from_pem_file(home.broker_client_cert()).map_err(|e| {
+        invalid(format!(
+            "{}: not a PEM certificate: {e}",
+            home.broker_client_cert().display()
+        ))
+    })?;
+    if issued_by(&leaf, &der) {
+        return Err(invalid(format!(
+            "{} is still signed by the previous upstream-client CA: run `gatehouse cert server-renew` first",
+            home.broker_client_cert().display()
+        )));
+    }
+    let retired = home.ca_retired_dir();
+    ensure_dir(&retired)?;
+    write_public(
+        &retired.join(format!("{fp}.pem")),
+        der_to_pem(&der).as_bytes(),
+    )?;
+    write_public(&home.broker_client_cert(), der_to_pem(&leaf).as_bytes())?;
+    remove_if_exists(&home.upstream_client_cross())?;
+    remove_if_exists(&prev)?;
+    Ok(Retired {
+        what: "upstream-client CA",
+        fingerprint: fp,
+    })
 }
 
 /// Whether `der` names `ca`'s subject as its issuer.
-fn issued_by(der: &[u8], ca: &Authority) -> bool {
-    let (Ok((_, c)), Ok((_, a))) = (
-        parse_x509_certificate(der),
-        parse_x509_certificate(&ca.cert_der),
-    ) else {
+fn issued_by(der: &[u8], ca: &[u8]) -> bool {
+    let (Ok((_, c)), Ok((_, a))) = (parse_x509_certificate(der), parse_x509_certificate(ca)) else {
         return false;
     };
     c.issuer().as_raw() == a.subject().as_raw()
@@ -329,40 +672,122 @@ fn issued_by(der: &[u8], ca: &Authority) -> bool {
 #[derive(Debug, serde::Serialize)]
 pub struct CaSummary {
     pub fingerprint: String,
+    /// `root`, `issuing` or `upstream-client`.
+    pub kind: &'static str,
+    /// `current` or `previous`.
     pub role: &'static str,
+    /// Fingerprint of the CA that signed it (itself for a root).
+    pub issuer: Option<String>,
     pub subject: String,
     #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
+    /// Usable partner certificates it signed (issuing CAs), issuing CAs in
+    /// trust under it (roots).
     pub usable_certs: usize,
+    /// For the current root: `present` or `offline`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'static str>,
 }
 
-/// The trusted CAs: the current one, then the previous ones.
+fn subject_cn(der: &[u8]) -> String {
+    parse_x509_certificate(der)
+        .map(|(_, c)| {
+            c.subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn not_after(der: &[u8]) -> OffsetDateTime {
+    parse_x509_certificate(der)
+        .map(|(_, c)| super::asn1_time(c.validity().not_after))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Every CA of the home: roots, issuing CAs, upstream-client CAs, with
+/// what still depends on each.
 pub fn list(home: &Home) -> Result<Vec<CaSummary>, CaError> {
     let inventory = Inventory::load(home)?;
     let now = OffsetDateTime::now_utc();
     let current = Authority::load(home)?;
     let previous = previous(home)?;
-    let summary = |a: &Authority, role| CaSummary {
-        fingerprint: a.fingerprint.clone(),
-        role,
-        subject: parse_x509_certificate(&a.cert_der)
-            .map(|(_, c)| {
-                c.subject()
-                    .iter_common_name()
-                    .next()
-                    .and_then(|cn| cn.as_str().ok())
-                    .unwrap_or("")
-                    .to_string()
-            })
-            .unwrap_or_default(),
-        not_after: a.not_after,
-        usable_certs: inventory
-            .certs
-            .values()
-            .filter(|c| c.ca_fingerprint == a.fingerprint && c.state(now).usable())
-            .count(),
+    let issuing: Vec<(&Authority, &'static str)> = std::iter::once((&current, "current"))
+        .chain(previous.iter().map(|a| (a, "previous")))
+        .collect();
+    let mut roots: Vec<(CertificateDer<'static>, &'static str)> = Vec::new();
+    if pki::is_two_tier(home) {
+        roots.push((pki::root_cert(home)?, "current"));
+        roots.extend(
+            previous_root_files(home)
+                .into_iter()
+                .map(|(_, _, d)| (d, "previous")),
+        );
+    }
+    let parent = |der: &[u8]| -> Option<String> {
+        roots
+            .iter()
+            .find(|(r, _)| issued_by(der, r))
+            .map(|(r, _)| super::fingerprint(r))
     };
-    Ok(std::iter::once(summary(&current, "current"))
-        .chain(previous.iter().map(|a| summary(a, "previous")))
-        .collect())
+    let mut out = Vec::new();
+    for (der, role) in &roots {
+        out.push(CaSummary {
+            fingerprint: super::fingerprint(der),
+            kind: "root",
+            role,
+            issuer: Some(super::fingerprint(der)),
+            subject: subject_cn(der),
+            not_after: not_after(der),
+            usable_certs: issuing
+                .iter()
+                .filter(|(a, _)| issued_by(&a.cert_der, der))
+                .count(),
+            key: (*role == "current").then(|| match pki::root_key_state(home) {
+                pki::RootKeyState::Present => "present",
+                _ => "offline",
+            }),
+        });
+    }
+    for (a, role) in &issuing {
+        out.push(CaSummary {
+            fingerprint: a.fingerprint.clone(),
+            kind: "issuing",
+            role,
+            issuer: if a.is_self_signed() {
+                Some(a.fingerprint.clone())
+            } else {
+                parent(&a.cert_der)
+            },
+            subject: subject_cn(&a.cert_der),
+            not_after: a.not_after,
+            usable_certs: inventory
+                .certs
+                .values()
+                .filter(|c| c.ca_fingerprint == a.fingerprint && c.state(now).usable())
+                .count(),
+            key: None,
+        });
+    }
+    for (path, role) in [
+        (home.upstream_client_ca_cert(), "current"),
+        (home.upstream_client_ca_previous(), "previous"),
+    ] {
+        if let Ok(der) = CertificateDer::from_pem_file(&path) {
+            out.push(CaSummary {
+                fingerprint: super::fingerprint(&der),
+                kind: "upstream-client",
+                role,
+                issuer: Some(super::fingerprint(&der)),
+                subject: subject_cn(&der),
+                not_after: not_after(&der),
+                usable_certs: 0,
+                key: None,
+            });
+        }
+    }
+    Ok(out)
 }

@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md, "CLI"): clap definitions and the dispatch to
+//! The command line (README, "Operator's guide"): clap definitions and the dispatch to
 //! the modules that do the work. Output for people by default, `--json` for
 //! scripts; exit 0 on success, non-zero with one clear line on stderr.
 
@@ -60,7 +60,7 @@ pub enum Command {
     Log(log::LogCmd),
     /// The running broker's view per partner: traffic, limits, certificates, alerts.
     Status(status::StatusArgs),
-    /// CA rollover: rotate to a new CA, retire the old one.
+    /// CA rollover: rotate the issuing CA, the root or the upstream-client CA; migrate; retire.
     #[command(subcommand)]
     Ca(CaCmd),
     /// Partner side: renew this partner's certificate at the broker (no home needed).
@@ -149,9 +149,17 @@ pub enum CertCmd {
         csr: Option<PathBuf>,
         #[arg(long)]
         days: Option<u32>,
-        /// Where to write ID.pem, ID.key and ca.pem (default: <home>/clients/ID).
+        /// Where to write ID.pem (leaf + issuing CA), ID.key and ca.pem (the
+        /// root(s) to trust); default: <home>/clients/ID.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also write ID.p12 (key + chain, AES-256-CBC/PBKDF2-SHA256) and its
+        /// password in ID.p12.pass (0600), for Java and .NET partners.
+        #[arg(long)]
+        p12: bool,
+        /// Write ID.p12 with 3DES/SHA-1 instead, for Java 8-era readers.
+        #[arg(long)]
+        p12_legacy: bool,
     },
     /// Rotate: issue a successor; the old certificate stays valid for the overlap.
     Renew {
@@ -165,6 +173,12 @@ pub enum CertCmd {
         /// How long the old certificate stays valid (default from gatehouse.toml, 24h).
         #[arg(long)]
         overlap: Option<String>,
+        /// Also write ID.p12 and ID.p12.pass (see `cert issue --p12`).
+        #[arg(long)]
+        p12: bool,
+        /// Write ID.p12 with 3DES/SHA-1 instead, for Java 8-era readers.
+        #[arg(long)]
+        p12_legacy: bool,
     },
     /// Revoke one certificate by serial, or all of a partner's.
     Revoke {
@@ -208,19 +222,38 @@ pub enum CertCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum CaCmd {
-    /// Make a new issuing CA; the old one stays trusted until retired.
+    /// Make a new issuing CA under the same root (partners and upstreams
+    /// notice nothing); `--root`: also a new root, cross-signed by the old
+    /// one; `--upstream-client`: a new upstream-client CA, cross-signed by
+    /// the old one. In a single-tier home, the first rotation migrates it.
     Rotate {
-        /// Also sign the new CA with the old one (certs/ca-cross.pem), so peers
-        /// that pinned the old root keep verifying the broker.
+        /// A new root too, cross-signed by the current one (certs/root-cross.pem,
+        /// sent in the broker's chain so holders of the old root keep working).
+        #[arg(long, visible_alias = "cross-sign", conflicts_with = "upstream_client")]
+        root: bool,
+        /// Rotate the CA of the broker's upstream-leg certificate instead.
         #[arg(long)]
-        cross_sign: bool,
+        upstream_client: bool,
+        /// The root key, when it is kept offline (not in certs/root.key).
+        #[arg(long, value_name = "FILE")]
+        root_key: Option<PathBuf>,
     },
-    /// Remove a previous CA from trust (refused while its certificates are usable).
+    /// Move a single-tier home (an earlier `init`: one self-signed CA) to a
+    /// root + issuing CA + upstream-client CA, keeping every issued certificate valid.
+    Migrate,
+    /// Remove a previous CA from trust (refused while anything still depends on it).
     Retire {
         /// Fingerprint prefix (see `gatehouse ca list`), or `previous`.
-        old: String,
+        #[arg(required_unless_present = "upstream_client")]
+        old: Option<String>,
+        /// End the overlap of an upstream-client CA rotation instead.
+        #[arg(long, conflicts_with = "old")]
+        upstream_client: bool,
+        /// The root key, to list the retired issuing CA in the root's CRL.
+        #[arg(long, value_name = "FILE")]
+        root_key: Option<PathBuf>,
     },
-    /// The trusted CAs and how many usable certificates each has.
+    /// The roots, issuing CAs and upstream-client CAs, and what depends on each.
     List {
         #[arg(long)]
         json: bool,
@@ -321,12 +354,31 @@ fn cmd_init(home: Home, a: InitArgs) -> CliResult {
         home.root().display(),
         report.trust_domain
     );
+    if report.adopted {
+        println!(
+            "  issuing CA: adopted {} (its chain's top, {}, is what partners trust)",
+            home.ca_cert().display(),
+            home.root_cert().display()
+        );
+    } else {
+        println!(
+            "  root CA: created {} (key {}: may be moved offline; only `ca rotate` needs it)",
+            home.root_cert().display(),
+            home.root_key().display()
+        );
+        println!(
+            "  issuing CA: created {} (signs partner and server certificates)",
+            home.ca_cert().display()
+        );
+    }
     println!(
-        "  CA: {} {}",
-        if report.adopted { "adopted" } else { "created" },
-        home.ca_cert().display()
+        "  issuing CA fingerprint (SHA-256): {}",
+        report.ca_fingerprint
     );
-    println!("  CA fingerprint (SHA-256): {}", report.ca_fingerprint);
+    println!(
+        "  upstream-client CA: created {} (upstreams trust this, and only this, to admit the broker)",
+        home.upstream_client_ca_cert().display()
+    );
     if report.config_written {
         println!("  config: {}", home.config_file().display());
     }
@@ -338,6 +390,9 @@ fn cmd_init(home: Home, a: InitArgs) -> CliResult {
 
 fn cmd_check(home: &Home) -> CliResult {
     let problems = crate::check::check_home(home);
+    for line in crate::check::describe_pki(home) {
+        println!("{line}");
+    }
     if problems.is_empty() {
         let loaded = config::load_all(home)?;
         println!(
@@ -484,8 +539,22 @@ fn cert_json(c: &crate::ca::inventory::IssuedCert, now: OffsetDateTime) -> serde
 
 fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
     match cmd {
-        CertCmd::Issue { id, csr, days, out } => {
-            let r = lifecycle::issue(home, &id, &IssueOptions { csr, days, out })?;
+        CertCmd::Issue {
+            id,
+            csr,
+            days,
+            out,
+            p12,
+            p12_legacy,
+        } => {
+            let opts = IssueOptions {
+                csr,
+                days,
+                out,
+                p12,
+                p12_legacy,
+            };
+            let r = lifecycle::issue(home, &id, &opts)?;
             print_issue(&id, &r);
         }
         CertCmd::Renew {
@@ -494,9 +563,18 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
             days,
             out,
             overlap,
+            p12,
+            p12_legacy,
         } => {
             let overlap = overlap.as_deref().map(parse_duration).transpose()?;
-            let r = lifecycle::renew(home, &id, &IssueOptions { csr, days, out }, overlap)?;
+            let opts = IssueOptions {
+                csr,
+                days,
+                out,
+                p12,
+                p12_legacy,
+            };
+            let r = lifecycle::renew(home, &id, &opts, overlap)?;
             print_issue(&id, &r);
             for s in &r.superseded {
                 println!("  superseded: {s} (valid until the overlap ends)");
@@ -620,36 +698,37 @@ fn cmd_cert(home: &Home, cmd: CertCmd) -> CliResult {
 }
 
 fn cmd_ca(home: &Home, cmd: CaCmd) -> CliResult {
-    use crate::ca::rollover::{self, short};
+    use crate::ca::rollover::{self, RotateOptions, short};
     match cmd {
-        CaCmd::Rotate { cross_sign } => {
-            let r = rollover::rotate(home, cross_sign)?;
-            println!(
-                "new issuing CA {} (was {}); both are trusted until `gatehouse ca retire {}`",
-                short(&r.new_fingerprint),
-                short(&r.old_fingerprint),
-                short(&r.old_fingerprint)
-            );
-            println!(
-                "  trust bundle for partners and upstreams: {}",
-                home.ca_bundle().display()
-            );
-            println!("  broker server and upstream-client certificates re-issued by the new CA");
-            if r.cross_signed {
-                println!(
-                    "  cross-signed by the old CA: {} (sent in the broker's chains)",
-                    home.ca_cross().display()
-                );
-            }
-            println!(
-                "next: renew partner certificates (`gatehouse cert renew ID`, or the partners' agents), then retire the old CA"
-            );
+        CaCmd::Rotate {
+            root,
+            upstream_client,
+            root_key,
+        } => {
+            let r = rollover::rotate(
+                home,
+                &RotateOptions {
+                    root,
+                    upstream_client,
+                    root_key,
+                },
+            )?;
+            print_rotation(home, &r);
         }
-        CaCmd::Retire { old } => {
-            let fp = rollover::retire(home, &old)?;
+        CaCmd::Migrate => {
+            let r = rollover::migrate(home)?;
+            print_rotation(home, &r);
+        }
+        CaCmd::Retire {
+            old,
+            upstream_client,
+            root_key,
+        } => {
+            let r = rollover::retire(home, old.as_deref(), upstream_client, root_key.as_deref())?;
             println!(
-                "retired CA {}: no longer trusted; its certificate is kept in {}, its key deleted",
-                short(&fp),
+                "retired {} {}: no longer trusted; its certificate is kept in {}",
+                r.what,
+                short(&r.fingerprint),
                 home.ca_retired_dir().display()
             );
         }
@@ -659,14 +738,20 @@ fn cmd_ca(home: &Home, cmd: CaCmd) -> CliResult {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 println!(
-                    "{:<14} {:<9} {:<20} {:>6}  SUBJECT",
-                    "CA", "ROLE", "NOT-AFTER", "CERTS"
+                    "{:<14} {:<16} {:<9} {:<14} {:<20} {:>6}  SUBJECT",
+                    "CA", "KIND", "ROLE", "ISSUER", "NOT-AFTER", "DEPS"
                 );
                 for c in list {
+                    let kind = match c.key {
+                        Some(k) => format!("{} (key {k})", c.kind),
+                        None => c.kind.to_string(),
+                    };
                     println!(
-                        "{:<14} {:<9} {:<20} {:>6}  {}",
+                        "{:<14} {:<16} {:<9} {:<14} {:<20} {:>6}  {}",
                         short(&c.fingerprint),
+                        kind,
                         c.role,
+                        c.issuer.as_deref().map(short).unwrap_or("-"),
                         rfc3339(c.not_after),
                         c.usable_certs,
                         c.subject
@@ -676,6 +761,87 @@ fn cmd_ca(home: &Home, cmd: CaCmd) -> CliResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_rotation(home: &Home, r: &crate::ca::rollover::RotateReport) {
+    use crate::ca::rollover::{RotateKind, short};
+    match r.kind {
+        RotateKind::Issuing => {
+            println!(
+                "new issuing CA {} under the same root (was {}); both are trusted until `gatehouse ca retire {}`",
+                short(&r.new_fingerprint),
+                short(&r.old_fingerprint),
+                short(&r.old_fingerprint)
+            );
+            println!("  broker server certificate re-issued by the new issuing CA");
+            println!("  partners and upstreams: nothing to do (they trust the root)");
+            println!(
+                "next: renew partner certificates as usual (`gatehouse cert renew ID`, or the partners' agents), then retire the old issuing CA"
+            );
+        }
+        RotateKind::Root => {
+            println!(
+                "new root {} and issuing CA {} (old root {}), the new root cross-signed by the old: {}",
+                r.new_root.as_deref().map(short).unwrap_or(""),
+                short(&r.new_fingerprint),
+                short(&r.old_fingerprint),
+                home.root_cross().display()
+            );
+            println!(
+                "  partners holding only the old root keep verifying the broker; hand them {} (both roots) when convenient",
+                home.ca_bundle().display()
+            );
+            println!(
+                "  the new root key is {}: move it offline again if you keep it there",
+                home.root_key().display()
+            );
+            println!(
+                "next: retire the old issuing CA once its certificates are renewed, then the old root (`gatehouse ca retire {}`)",
+                short(&r.old_fingerprint)
+            );
+        }
+        RotateKind::UpstreamClient => {
+            println!(
+                "new upstream-client CA {} (was {}), cross-signed by the old one: {}",
+                short(&r.new_fingerprint),
+                short(&r.old_fingerprint),
+                home.upstream_client_cross().display()
+            );
+            println!(
+                "  upstreams trusting the old CA keep admitting the broker; add {} to each upstream's trust",
+                home.upstream_client_ca_cert().display()
+            );
+            println!(
+                "next: when every upstream trusts the new CA, `gatehouse ca retire --upstream-client`, then drop the old CA from the upstreams"
+            );
+        }
+        RotateKind::Migration => {
+            println!(
+                "migrated to two tiers: root {} ({}), issuing CA {}, upstream-client CA {}",
+                r.new_root.as_deref().map(short).unwrap_or(""),
+                home.root_cert().display(),
+                short(&r.new_fingerprint),
+                home.upstream_client_ca_cert().display()
+            );
+            println!(
+                "  the old CA {} stays trusted: every issued certificate keeps working, the broker keeps its certificates",
+                short(&r.old_fingerprint)
+            );
+            println!(
+                "  partners: add {} to their trust (it is in {} and every new ca.pem); upstreams: add {}",
+                home.root_cert().display(),
+                home.ca_bundle().display(),
+                home.upstream_client_ca_cert().display()
+            );
+            println!(
+                "next: once they have, `gatehouse cert server-renew`; renew partner certificates; then `gatehouse ca retire {}`",
+                short(&r.old_fingerprint)
+            );
+        }
+    }
+    if r.root_key_given {
+        println!("  (root key read from --root-key; not copied into the home)");
+    }
 }
 
 fn print_issue(id: &str, r: &lifecycle::IssueReport) {
@@ -692,5 +858,10 @@ fn print_issue(id: &str, r: &lifecycle::IssueReport) {
             "  private key:       {out}/{id}.key (mode 0600; hand it to the partner securely)"
         );
     }
-    println!("  CA to trust:       {out}/ca.pem");
+    if r.p12_written {
+        println!(
+            "  PKCS#12:           {out}/{id}.p12 (password in {out}/{id}.p12.pass, mode 0600)"
+        );
+    }
+    println!("  root(s) to trust:  {out}/ca.pem");
 }

@@ -47,6 +47,9 @@ pub struct PartnerEntry {
 #[derive(Debug, Clone)]
 pub struct CertEntry {
     pub partner: String,
+    /// SHA-256 of the certificate as issued: a certificate with a known
+    /// serial but other bytes (signed out of band) is not this one.
+    pub fingerprint: String,
     pub status: RecordStatus,
     pub overlap_until: Option<i64>,
     pub not_after: i64,
@@ -64,9 +67,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Whether the certificate `serial` may be used at `now` (unix seconds).
-    pub fn cert_status(&self, serial: &str, now: i64) -> Result<&CertEntry, &'static str> {
+    /// Whether the certificate `serial` with SHA-256 `fingerprint` may be
+    /// used at `now` (unix seconds). The inventory is looked up by serial
+    /// and the fingerprint must match the one recorded at issue.
+    pub fn cert_status(
+        &self,
+        serial: &str,
+        fingerprint: &str,
+        now: i64,
+    ) -> Result<&CertEntry, &'static str> {
         let c = self.certs.get(serial).ok_or("unknown_certificate")?;
+        if !c.fingerprint.eq_ignore_ascii_case(fingerprint) {
+            return Err("certificate_mismatch");
+        }
         match c.status {
             RecordStatus::Revoked => return Err("revoked"),
             RecordStatus::Superseded if c.overlap_until.is_none_or(|t| now >= t) => {
@@ -86,7 +99,7 @@ impl Snapshot {
         if now >= id.not_after_unix {
             return Err("expired");
         }
-        let cert = self.cert_status(&id.serial, now)?;
+        let cert = self.cert_status(&id.serial, &id.fingerprint, now)?;
         if cert.partner != *id.partner {
             return Err("certificate_partner_mismatch");
         }
@@ -129,6 +142,7 @@ fn compute_stamps(home: &Home, gateway: Option<&GatewayConfig>) -> Stamps {
     ];
     tls_files.extend(files_in(&home.issued_dir(), "toml"));
     tls_files.extend(files_in(&home.ca_previous_dir(), "pem"));
+    tls_files.push(home.root_cross());
     let mut upstream_files = vec![
         home.config_file(),
         home.broker_client_cert(),
@@ -162,9 +176,9 @@ impl std::fmt::Debug for SnapshotCell {
 }
 
 impl CertificateStatus for LiveCertStatus {
-    fn check(&self, serial: &str, now_unix: i64) -> Result<(), &'static str> {
+    fn check(&self, serial: &str, fingerprint: &str, now_unix: i64) -> Result<(), &'static str> {
         let snap = self.0.load();
-        let entry = snap.0.cert_status(serial, now_unix)?;
+        let entry = snap.0.cert_status(serial, fingerprint, now_unix)?;
         match snap.0.partners.get(&entry.partner) {
             None => Err("unknown_partner"),
             Some(_) => Ok(()),
@@ -448,6 +462,7 @@ fn build(
                 c.serial,
                 CertEntry {
                     partner: c.partner,
+                    fingerprint: c.fingerprint,
                     status: c.status,
                     overlap_until: c.overlap_until.map(|t| t.unix_timestamp()),
                     not_after: c.not_after.unix_timestamp(),

@@ -7,11 +7,12 @@
 //! response and the record, the same way for every phase.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 
 use crate::ca::upstream_identity::TokenSubject;
@@ -20,7 +21,9 @@ use crate::gateway::Gateway;
 use crate::gateway::exchange::PendingRecord;
 use crate::gateway::live::{PartnerEntry, Snapshot};
 use crate::gateway::refusal::{Refusal, code};
-use crate::gateway::relay::{Annotations, RelayBody, Upstream, upstream_request_headers};
+use crate::gateway::relay::{
+    Annotations, RelayBody, Upstream, UpstreamError, upstream_request_headers,
+};
 use crate::gateway::renewal;
 use crate::gateway::respond::{self, Answer, ResponseBody};
 use crate::gateway::session::ConnCtx;
@@ -128,9 +131,24 @@ async fn phases(
     drop(snapshot);
 
     let is_head = req.method() == Method::HEAD;
+    let over_limit = Arc::new(AtomicBool::new(false));
+    let cap = BodyCap {
+        max: max_body,
+        exceeded: over_limit.clone(),
+    };
     let upstream_req =
-        build_upstream_request(req, uri, max_body, conn, gw, &upstream, &route, request_id)?;
-    let response = relay(gw, &upstream, upstream_req, request_id).await?;
+        build_upstream_request(req, uri, cap, conn, gw, &upstream, &route, request_id)?;
+    let response = relay(gw, &upstream, upstream_req, request_id)
+        .await
+        .map_err(|refusal| {
+            // An HTTP/2 upstream leg reports a body error only as a reset
+            // stream; the cap says whether it was the body limit.
+            if over_limit.load(Ordering::Relaxed) {
+                Refusal::from(UpstreamError::BodyTooLarge)
+            } else {
+                refusal
+            }
+        })?;
     Ok(Answer::Relayed {
         response,
         upstream,
@@ -236,6 +254,13 @@ async fn limit(
     Ok(max_body)
 }
 
+/// The request body's limit while it streams; `exceeded` is set when the
+/// partner's body goes past it.
+struct BodyCap {
+    max: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
 /// The upstream request: the partner's, re-addressed, with the broker's
 /// identity headers (and the signed identity, when the upstream asks for
 /// it; fail closed: no token, no relay), hop-by-hop and spoofable headers
@@ -244,7 +269,7 @@ async fn limit(
 fn build_upstream_request(
     req: Request<Incoming>,
     uri: http::Uri,
-    max_body: u64,
+    cap: BodyCap,
     conn: &ConnCtx,
     gw: &Gateway,
     upstream: &Upstream,
@@ -290,7 +315,15 @@ fn build_upstream_request(
     let body: RelayBody = if body.is_end_stream() {
         Empty::new().map_err(|e| match e {}).boxed()
     } else {
-        Limited::new(body, max_body as usize).boxed()
+        let exceeded = cap.exceeded;
+        Limited::new(body, cap.max as usize)
+            .map_err(move |e| {
+                if e.downcast_ref::<LengthLimitError>().is_some() {
+                    exceeded.store(true, Ordering::Relaxed);
+                }
+                e
+            })
+            .boxed()
     };
     Ok(Request::from_parts(parts, body))
 }

@@ -91,10 +91,10 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
 }
 
 /// The live revocation view the verifier consults at each handshake: is
-/// this serial known and still usable at `now` (unix seconds)? Returns a
-/// reason code when not.
+/// this serial known, recorded with this SHA-256 fingerprint, and still
+/// usable at `now` (unix seconds)? Returns a reason code when not.
 pub trait CertificateStatus: Send + Sync + fmt::Debug {
-    fn check(&self, serial: &str, now_unix: i64) -> Result<(), &'static str>;
+    fn check(&self, serial: &str, fingerprint: &str, now_unix: i64) -> Result<(), &'static str>;
 }
 
 /// A refused client certificate, with what the record needs.
@@ -197,7 +197,7 @@ impl ClientCertVerifier for PartnerVerifier {
                 .insert(k, id.not_before_unix, id.not_after_unix);
         }
         self.status
-            .check(&id.serial, now.as_secs() as i64)
+            .check(&id.serial, &id.fingerprint, now.as_secs() as i64)
             .map_err(|reason| {
                 refuse(
                     reason,
@@ -375,7 +375,7 @@ mod tests {
     struct Revocable(AtomicBool);
 
     impl CertificateStatus for Revocable {
-        fn check(&self, _serial: &str, _now_unix: i64) -> Result<(), &'static str> {
+        fn check(&self, _serial: &str, _fp: &str, _now_unix: i64) -> Result<(), &'static str> {
             if self.0.load(Ordering::SeqCst) {
                 Err("revoked")
             } else {

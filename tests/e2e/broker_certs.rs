@@ -20,7 +20,7 @@ fn serial_of_pem_file(path: &std::path::Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_renew_is_picked_up_without_dropping_connections() {
     let h = TestHome::new();
-    let up = start_echo_upstream(EchoOptions::mtls(h.ca_pem())).await;
+    let up = start_echo_upstream(EchoOptions::mtls(h.upstream_client_ca_pem())).await;
     h.add_upstream("orders", &up.url(), Some(&up.ca_pem));
     h.add_partner("acme", &["GET /v1/orders -> orders"]);
     let acme = h.issue("acme");
@@ -188,7 +188,7 @@ fn install(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_without_its_key_keeps_the_old_one_until_the_key_arrives() {
     let h = TestHome::new();
-    let up = start_echo_upstream(EchoOptions::mtls(h.ca_pem())).await;
+    let up = start_echo_upstream(EchoOptions::mtls(h.upstream_client_ca_pem())).await;
     h.add_upstream("orders", &up.url(), Some(&up.ca_pem));
     h.add_partner("acme", &["GET /v1/orders -> orders"]);
     let acme = h.issue("acme");

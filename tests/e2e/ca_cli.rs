@@ -44,27 +44,68 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
+/// basicConstraints of a certificate: (is CA, path length).
+fn constraints(der: &[u8]) -> (bool, Option<u32>) {
+    let (_, c) = parse_x509_certificate(der).unwrap();
+    let bc = c.basic_constraints().unwrap().unwrap().value;
+    (bc.ca, bc.path_len_constraint)
+}
+
+fn read(h: &TestHome, rel: &str) -> String {
+    std::fs::read_to_string(h.path().join(rel)).unwrap()
+}
+
 #[test]
 fn init_creates_a_ca_and_broker_certificates_with_private_keys_0600() {
     let h = TestHome::new();
     for k in [
+        "root.key",
         "ca.key",
+        "upstream-client-ca.key",
         "server.key",
         "broker-client.key",
         "journal-signing.key",
     ] {
         assert_eq!(mode(&h.path().join("certs").join(k)), 0o600, "{k}");
     }
+    // Two tiers: a root with no path length limit (room for a root
+    // rollover's cross certificate), an issuing CA with pathlen 0 under it.
+    let root_der = parse(&read(&h, "certs/root.pem"));
+    let (_, root) = parse_x509_certificate(&root_der).unwrap();
+    assert_eq!(constraints(&root_der), (true, None));
+    assert_eq!(root.issuer().as_raw(), root.subject().as_raw());
+    let root_years = (root.validity().not_after.timestamp()
+        - root.validity().not_before.timestamp())
+        / 86_400
+        / 365;
+    assert!(root_years >= 19, "root validity {root_years} years");
     let ca_der = parse(&h.ca_pem());
     let (_, ca) = parse_x509_certificate(&ca_der).unwrap();
-    let bc = ca.basic_constraints().unwrap().unwrap().value;
-    assert!(bc.ca);
-    assert_eq!(bc.path_len_constraint, Some(0));
+    assert_eq!(constraints(&ca_der), (true, Some(0)));
+    ca.verify_signature(Some(root.public_key())).unwrap();
     let ku = ca.key_usage().unwrap().unwrap().value;
     assert!(ku.key_cert_sign() && ku.crl_sign());
     let years =
         (ca.validity().not_after.timestamp() - ca.validity().not_before.timestamp()) / 86_400 / 365;
-    assert!(years >= 9, "CA validity {years} years");
+    assert!(years >= 4, "issuing CA validity {years} years");
+    // Partners are handed the root, nothing else.
+    assert_eq!(parse(&h.roots_pem()), root_der);
+    // The upstream leg has its own self-signed CA; it signs the broker's
+    // client certificate and nothing else.
+    let up_der = parse(&h.upstream_client_ca_pem());
+    let (_, up) = parse_x509_certificate(&up_der).unwrap();
+    assert_eq!(up.issuer().as_raw(), up.subject().as_raw());
+    assert_ne!(up_der, root_der);
+    let client_der = parse(&read(&h, "certs/broker-client.pem"));
+    let (_, client) = parse_x509_certificate(&client_der).unwrap();
+    client.verify_signature(Some(up.public_key())).unwrap();
+    assert!(client.verify_signature(Some(ca.public_key())).is_err());
+    // `check` says where the root key is.
+    let out = h.ok(&["check"]);
+    assert!(
+        out.contains("two-tier") && out.contains("root key: present"),
+        "{out}"
+    );
     let server = std::fs::read_to_string(h.path().join("certs/server.pem")).unwrap();
     let sder = parse(&server);
     let (_, s) = parse_x509_certificate(&sder).unwrap();
@@ -82,6 +123,8 @@ fn init_creates_a_ca_and_broker_certificates_with_private_keys_0600() {
     assert!(sans.iter().any(|n| n.contains("localhost")), "{sans:?}");
     assert!(sans.iter().any(|n| n.contains("7f:00:00:01")), "{sans:?}");
     s.verify_signature(Some(ca.public_key())).unwrap();
+    // The server chain: leaf + issuing CA (the partner holds the root).
+    assert_eq!(CertificateDer::pem_slice_iter(server.as_bytes()).count(), 2);
 
     // A second init refuses, and changes nothing.
     let before = tree(h.path());
@@ -89,9 +132,25 @@ fn init_creates_a_ca_and_broker_certificates_with_private_keys_0600() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
     assert_eq!(before, tree(h.path()));
-    // --force replaces the CA.
+    // --force replaces the CA, and the replaced CA's certificates are
+    // marked superseded with no overlap: none stays usable.
+    h.add_partner("acme", &[]);
+    let old = h.issue("acme");
     h.ok(&["init", "--force"]);
     assert_ne!(parse(&h.ca_pem()), ca_der);
+    assert_ne!(parse(&read(&h, "certs/root.pem")), root_der);
+    let list: serde_json::Value = serde_json::from_str(&h.ok(&["cert", "list", "--json"])).unwrap();
+    let rec = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["serial"] == old.serial.as_str())
+        .unwrap();
+    assert_eq!(rec["state"], "revoked", "{rec}");
+    assert!(
+        rec["state_detail"].as_str().unwrap().contains("superseded"),
+        "{rec}"
+    );
 }
 
 #[test]
@@ -147,7 +206,7 @@ fn issued_certificate_carries_exactly_the_partner_identity() {
     let ca_der = parse(&h.ca_pem());
     let (_, ca) = parse_x509_certificate(&ca_der).unwrap();
     cert.verify_signature(Some(ca.public_key())).unwrap();
-    // The chain file holds leaf + CA; the key is 0600.
+    // The chain file holds leaf + issuing CA; the key is 0600.
     assert_eq!(
         CertificateDer::pem_slice_iter(c.cert_pem.as_bytes()).count(),
         2
@@ -163,9 +222,16 @@ fn issued_certificate_carries_exactly_the_partner_identity() {
         .output()
         .is_ok()
     {
+        // The partner's ca.pem is the root; acme.pem carries the issuing CA.
+        assert_eq!(
+            std::fs::read_to_string(out_dirs[0].join("ca.pem")).unwrap(),
+            h.roots_pem()
+        );
         let st = std::process::Command::new("openssl")
-            .args(["verify", "-CAfile"])
-            .arg(h.path().join("certs/ca.pem"))
+            .args(["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile"])
+            .arg(out_dirs[0].join("ca.pem"))
+            .arg("-untrusted")
+            .arg(out_dirs[0].join("acme.pem"))
             .arg(out_dirs[0].join("acme.pem"))
             .output()
             .unwrap();
@@ -566,8 +632,34 @@ fn init_adopts_an_existing_ca_and_refuses_a_non_ca_or_mismatched_key() {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .map(|c| c.unwrap())
         .collect();
-    assert_eq!(certs.len(), 3, "leaf + intermediate + root");
+    assert_eq!(
+        certs.len(),
+        2,
+        "leaf + the adopted intermediate; the corporate root is what partners trust"
+    );
+    assert_eq!(certs[1].as_ref(), int.der().as_ref());
     let (_, leaf) = parse_x509_certificate(&certs[0]).unwrap();
     let (_, ca) = parse_x509_certificate(int.der()).unwrap();
     leaf.verify_signature(Some(ca.public_key())).unwrap();
+    let trust = std::fs::read_to_string(home.join("o/ca.pem")).unwrap();
+    assert_eq!(
+        parse(&trust),
+        root.der().as_ref().to_vec(),
+        "ca.pem is the corporate root"
+    );
+    let server = std::fs::read_to_string(home.join("certs/server.pem")).unwrap();
+    assert_eq!(CertificateDer::pem_slice_iter(server.as_bytes()).count(), 2);
+    // The corporate root's key is not ours: rotation says what it needs.
+    let o = std::process::Command::new(common::broker::BIN)
+        .arg("--home")
+        .arg(&home)
+        .args(["ca", "rotate"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("root key") && err.contains("--root-key"),
+        "{err}"
+    );
 }

@@ -31,7 +31,7 @@ struct Identity {
 
 /// A gatehouse CA (the crate's own) and a partner certificate it issued.
 fn gatehouse_partner(id: &str) -> (String, Identity) {
-    let (ca, _key_pem) = Authority::create("gatehouse.local").unwrap();
+    let (ca, _key_pem, _) = Authority::create_ca("gatehouse test CA", Some(0), 365, None).unwrap();
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
     let now = OffsetDateTime::now_utc();
     let signed = ca

@@ -23,7 +23,12 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-async fn load(b: &Broker, h: &TestHome, cert: &common::broker::ClientCert, secs: u64) -> (u64, f64) {
+async fn load(
+    b: &Broker,
+    h: &TestHome,
+    cert: &common::broker::ClientCert,
+    secs: u64,
+) -> (u64, f64) {
     let mut tasks = Vec::new();
     let cpu0 = cpu_secs(b.child.id());
     let until = Instant::now() + Duration::from_secs(secs);
@@ -68,19 +73,31 @@ async fn fleet_bench() {
     let (h, _up, acme) = home_with_echo(&[ROUTE]).await;
     let p = h.path().join("partners/acme.toml");
     let text = std::fs::read_to_string(&p).unwrap();
-    std::fs::write(&p, format!("{text}\n[limits]\nrequests_per_minute = 60000000\nburst = 1000000\n")).unwrap();
+    std::fs::write(
+        &p,
+        format!("{text}\n[limits]\nrequests_per_minute = 60000000\nburst = 1000000\n"),
+    )
+    .unwrap();
     h.set_server("node_id", "bench");
     let secs = 10;
     for round in 0..2 {
         let single = h.start();
         let (n, cpu) = load(&single, &h, &acme, secs).await;
-        println!("round {round} single node : {n} requests, broker cpu {cpu:.2}s, {:.0} req/cpu-s, {:.0} req/s", n as f64 / cpu, n as f64 / secs as f64);
+        println!(
+            "round {round} single node : {n} requests, broker cpu {cpu:.2}s, {:.0} req/cpu-s, {:.0} req/s",
+            n as f64 / cpu,
+            n as f64 / secs as f64
+        );
         drop(single);
         cluster(&h, &redis.url());
         let node = h.start();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let (n, cpu) = load(&node, &h, &acme, secs).await;
-        println!("round {round} [cluster]   : {n} requests, broker cpu {cpu:.2}s, {:.0} req/cpu-s, {:.0} req/s", n as f64 / cpu, n as f64 / secs as f64);
+        println!(
+            "round {round} [cluster]   : {n} requests, broker cpu {cpu:.2}s, {:.0} req/cpu-s, {:.0} req/s",
+            n as f64 / cpu,
+            n as f64 / secs as f64
+        );
         drop(node);
         h.edit_config(|doc| {
             doc.remove("cluster");
@@ -90,8 +107,24 @@ async fn fleet_bench() {
     // Revocation propagation: CLI command on node a's side to refusal of an
     // open keep-alive connection on node c (shared home).
     cluster(&h, &redis.url());
-    let a = Broker::start_with(h.path(), &["--node-id", "a", "--data", &h.path().join("data-a").display().to_string()]);
-    let c = Broker::start_with(h.path(), &["--node-id", "c", "--data", &h.path().join("data-c").display().to_string()]);
+    let a = Broker::start_with(
+        h.path(),
+        &[
+            "--node-id",
+            "a",
+            "--data",
+            &h.path().join("data-a").display().to_string(),
+        ],
+    );
+    let c = Broker::start_with(
+        h.path(),
+        &[
+            "--node-id",
+            "c",
+            "--data",
+            &h.path().join("data-c").display().to_string(),
+        ],
+    );
     let mut lat = Vec::new();
     for _ in 0..20 {
         let cert = h.issue("acme");
@@ -112,5 +145,7 @@ async fn fleet_bench() {
     }
     drop((a, c));
     let (p50, p99) = (pct(&mut lat.clone(), 0.5), pct(&mut lat, 0.99));
-    println!("revocation, shared home: p50 {p50:.0} ms, p99 {p99:.0} ms (20 revocations, CLI start to refusal)");
+    println!(
+        "revocation, shared home: p50 {p50:.0} ms, p99 {p99:.0} ms (20 revocations, CLI start to refusal)"
+    );
 }

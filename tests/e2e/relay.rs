@@ -17,7 +17,7 @@ use http::Method;
 async fn allowed_call_is_relayed_with_the_broker_identity_headers() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions {
-        client_ca_pem: Some(h.ca_pem()),
+        client_ca_pem: Some(h.upstream_client_ca_pem()),
         ..Default::default()
     })
     .await;
@@ -219,6 +219,52 @@ async fn request_bodies_over_the_route_limit_get_413() {
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"], "body_too_large");
     assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+}
+
+/// A chunked request body (no Content-Length, so the declared-size check
+/// cannot refuse it up front) that grows past the route's limit while it
+/// streams: refused with 413 `body_too_large`, the connection closed, and
+/// the refusal on record.
+#[tokio::test]
+async fn a_chunked_request_body_over_the_route_limit_gets_413_on_record() {
+    let h = TestHome::new();
+    let up = start_echo_upstream(EchoOptions::default()).await;
+    h.add_echo_upstream("orders", &up);
+    h.add_partner("acme", &["POST /v1/orders -> orders"]);
+    let p = h.path().join("partners/acme.toml");
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "upstream = \"orders\"",
+        "upstream = \"orders\"\nmax_body_bytes = 1000",
+    );
+    std::fs::write(&p, text).unwrap();
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let chunk = format!("400\r\n{}\r\n", "x".repeat(0x400));
+    let request = format!(
+        "POST /v1/orders HTTP/1.1\r\nhost: l\r\ntransfer-encoding: chunked\r\n\r\n{}0\r\n\r\n",
+        chunk.repeat(4)
+    );
+    let resp = common::broker::raw_exchange(
+        broker.addr,
+        &h.ca_pem(),
+        &acme,
+        request.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(resp.contains("body_too_large"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("connection: close"),
+        "the connection must close after a body over the limit: {resp}"
+    );
+    drop(broker);
+    let rec = h
+        .wait_journal(5, |v| v["path"] == "/v1/orders")
+        .await
+        .expect("the refusal is on record");
+    assert_eq!(rec["status"], 413);
+    assert_eq!(rec["reason"], "body_too_large");
 }
 
 #[tokio::test]

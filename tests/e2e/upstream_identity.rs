@@ -72,7 +72,7 @@ async fn upstream_verifies_the_partner_identity_token() {
     // A home made before this feature: no identity key yet; `serve` makes it.
     std::fs::remove_file(h.path().join("certs/identity-signing.key")).expect("init made the key");
     std::fs::remove_file(h.path().join("certs/identity-jwks.json")).expect("init made the JWKS");
-    let up = start_echo_upstream(EchoOptions::mtls(h.ca_pem())).await;
+    let up = start_echo_upstream(EchoOptions::mtls(h.upstream_client_ca_pem())).await;
     h.add_upstream("orders", &up.url(), Some(&up.ca_pem));
     h.add_partner("acme", &["GET,POST /v1/orders -> orders"]);
     let acme = h.issue("acme");

@@ -1,5 +1,12 @@
 //! Shared test harness: `broker` makes a home and runs the real binary;
-//! `upstream` is an in-process echo upstream (TLS, mTLS, plain, wrong CA).
+//! `upstream` is an in-process echo upstream (TLS, mTLS, plain, wrong CA);
+//! `stacks` runs the real client stacks (curl, Python, Node, Java, Go).
 pub mod broker;
+pub mod client;
+pub mod home;
+pub mod pki;
+pub mod process;
+pub mod raw_upstream;
 pub mod redis_server;
+pub mod stacks;
 pub mod upstream;

@@ -26,17 +26,6 @@ pub fn init_home() -> (tempfile::TempDir, Home) {
     (dir, home)
 }
 
-/// A bare home with only the journal key pair (faster than `init`).
-pub fn key_home() -> (tempfile::TempDir, Home) {
-    let dir = tempfile::tempdir().unwrap();
-    let home = Home::new(dir.path());
-    std::fs::create_dir_all(home.certs_dir()).unwrap();
-    let kp = rcgen::KeyPair::generate().unwrap();
-    std::fs::write(home.journal_key(), kp.serialize_pem()).unwrap();
-    std::fs::write(home.journal_pub(), kp.public_key_pem()).unwrap();
-    (dir, home)
-}
-
 pub fn settings(checkpoint_every: u64) -> JournalSettings {
     JournalSettings {
         durability: Durability::Strict,

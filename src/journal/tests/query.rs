@@ -1,17 +1,15 @@
 //! Per-partner time-range queries go through the (partner, time, seq)
 //! index and return exactly the matching records.
 
-use crate::journal_support;
-
-use gatehouse::event::Decision;
-use gatehouse::journal::{Journal, Query};
-use journal_support::*;
+use super::support::*;
+use crate::event::Decision;
+use crate::journal::{Journal, Query};
 
 const T0: i64 = 1_800_000_000_000;
 
 /// 300 records: partner = acme / globex / none by turns, one per second,
 /// every fifth one denied with 403.
-fn filled() -> (tempfile::TempDir, gatehouse::home::Home, Journal) {
+fn filled() -> (tempfile::TempDir, crate::home::Home, Journal) {
     let (d, home) = key_home();
     let j = Journal::open(&home, &settings(100)).unwrap();
     let evs = (0..300)
@@ -24,7 +22,7 @@ fn filled() -> (tempfile::TempDir, gatehouse::home::Home, Journal) {
     (d, home, j)
 }
 
-fn seqs(rs: &[gatehouse::journal::Record]) -> Vec<u64> {
+fn seqs(rs: &[crate::journal::Record]) -> Vec<u64> {
     rs.iter().map(|r| r.seq).collect()
 }
 
@@ -120,7 +118,7 @@ fn partner_queries_read_the_index_not_the_journal() {
         idx.remove(key).unwrap();
         db.flush().unwrap();
     }
-    let store = gatehouse::journal::Store::open(&home.journal_db()).unwrap();
+    let store = crate::journal::Store::open(&home.journal_db()).unwrap();
     assert_eq!(seqs(&store.query(&q).unwrap()), vec![2, 8]);
     let scan = Query {
         partner: None,

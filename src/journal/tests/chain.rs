@@ -2,13 +2,11 @@
 //! on an honest journal and names the first bad sequence number after
 //! tampering through sled directly (altered, deleted, truncated, forged).
 
-use crate::journal_support;
+use super::support::*;
+use crate::event::{Decision, Event, EventKind};
+use crate::journal::{CheckpointKind, Journal, Signer, Store, Verifier, record};
 
-use gatehouse::event::{Decision, Event, EventKind};
-use gatehouse::journal::{CheckpointKind, Journal, Signer, Store, Verifier, record};
-use journal_support::*;
-
-fn verify(home: &gatehouse::home::Home) -> gatehouse::journal::VerifyReport {
+fn verify(home: &crate::home::Home) -> crate::journal::VerifyReport {
     let store = Store::open(&home.journal_db()).unwrap();
     store
         .verify(&Verifier::load(&home.journal_pub()).unwrap())
@@ -16,7 +14,7 @@ fn verify(home: &gatehouse::home::Home) -> gatehouse::journal::VerifyReport {
 }
 
 /// 50 records, periodic checkpoints at 20 and 40, shutdown checkpoint at 50.
-fn journal_of_50() -> (tempfile::TempDir, gatehouse::home::Home) {
+fn journal_of_50() -> (tempfile::TempDir, crate::home::Home) {
     let (d, home) = key_home();
     let j = Journal::open(&home, &settings(20)).unwrap();
     let evs = (0..50)

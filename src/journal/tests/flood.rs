@@ -2,13 +2,11 @@
 //! folded into one aggregate record per interval, so the journal's growth
 //! stays bounded.
 
-use crate::journal_support;
-
 use std::time::Duration;
 
-use gatehouse::event::{Decision, Event, EventKind};
-use gatehouse::journal::Journal;
-use journal_support::*;
+use super::support::*;
+use crate::event::{Decision, Event, EventKind};
+use crate::journal::Journal;
 
 fn refused(addr: &str) -> Event {
     let mut e = Event::new(EventKind::Handshake, "gatehouse-1", Decision::Denied);

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use super::*;
 use crate::config::{Durability, JournalSettings};
 use crate::event::{Decision, Event, EventKind, Recorder};
+use crate::home::Home;
+use crate::journal::*;
 
 fn home() -> (tempfile::TempDir, Home) {
     let dir = tempfile::tempdir().unwrap();

@@ -214,69 +214,6 @@ impl fmt::Display for LimitDenied {
 
 impl std::error::Error for LimitDenied {}
 
-/// How much of each limit this node enforces by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LocalShare {
-    /// Every limit, in full (a single node).
-    All,
-    /// The fleet store enforces rate and quota; this node only the
-    /// throttle and `max_concurrent`, each at 1/n.
-    ConcurrencyOf(u32),
-    /// Every limit at 1/n (a fleet node while the store is down).
-    FractionOf(u32),
-}
-
-impl LocalShare {
-    fn divisor(self) -> u64 {
-        match self {
-            LocalShare::All => 1,
-            LocalShare::ConcurrencyOf(n) | LocalShare::FractionOf(n) => u64::from(n.max(1)),
-        }
-    }
-}
-
-/// The limits of one level as this node enforces them (see [`LocalShare`]).
-#[derive(Debug, Clone, Copy)]
-struct Effective {
-    bucket: Option<BucketSpec>,
-    day: Option<u64>,
-    max_concurrent: Option<u32>,
-}
-
-impl Effective {
-    fn of(level: &Level, share: LocalShare) -> Effective {
-        let n = share.divisor();
-        let max_concurrent = level
-            .spec
-            .max_concurrent
-            .map(|m| (u64::from(m).div_ceil(n).max(1)).min(u64::from(u32::MAX)) as u32);
-        match share {
-            LocalShare::All => Effective {
-                bucket: level.bucket,
-                day: level.spec.requests_per_day,
-                max_concurrent,
-            },
-            LocalShare::ConcurrencyOf(_) => Effective {
-                bucket: None,
-                day: None,
-                max_concurrent,
-            },
-            LocalShare::FractionOf(_) => Effective {
-                bucket: level.bucket.map(|b| BucketSpec {
-                    rate_milli: (b.rate_milli / n).max(1),
-                    burst: (u64::from(b.burst).div_ceil(n).max(1)) as u32,
-                }),
-                day: level.spec.requests_per_day.map(|d| d.div_ceil(n).max(1)),
-                max_concurrent,
-            },
-        }
-    }
-
-    fn has_counters(&self) -> bool {
-        self.bucket.is_some() || self.day.is_some()
-    }
-}
-
 /// An admitted request. It holds the request's concurrency slots (partner
 /// and route); dropping it gives them back. Keep it until the exchange ends.
 #[must_use = "dropping the Admission ends the request's concurrency slot"]
@@ -307,238 +244,32 @@ impl Drop for Admission {
     }
 }
 
-// ---------------------------------------------------------------- buckets
-
-/// Rate and capacity of a token bucket.
+/// How much of each limit this node enforces by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct BucketSpec {
-    /// Requests per minute × 1000 (≥ 1).
-    rate_milli: u64,
-    burst: u32,
+pub enum LocalShare {
+    /// Every limit, in full (a single node).
+    All,
+    /// The fleet store enforces rate and quota; this node only the
+    /// throttle and `max_concurrent`, each at 1/n.
+    ConcurrencyOf(u32),
+    /// Every limit at 1/n (a fleet node while the store is down).
+    FractionOf(u32),
 }
 
-impl BucketSpec {
-    fn of(spec: &LimitSpec) -> Option<BucketSpec> {
-        let rpm = spec.requests_per_minute?;
-        Some(BucketSpec {
-            rate_milli: u64::from(rpm.max(1)) * 1_000,
-            burst: spec.burst.unwrap_or_else(|| default_burst(rpm)).max(1),
-        })
-    }
-
-    fn throttle(rate_milli: u64) -> BucketSpec {
-        let rate_milli = rate_milli.max(1);
-        // ceil(rate / 6) requests, at least 1: ten seconds' worth.
-        let burst = rate_milli.div_ceil(6_000).clamp(1, u64::from(u32::MAX)) as u32;
-        BucketSpec { rate_milli, burst }
-    }
-
-    fn capacity(&self) -> u64 {
-        u64::from(self.burst) * UNITS_PER_TOKEN
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    units: u64,
-    last_ms: i64,
-}
-
-impl Bucket {
-    fn full(spec: BucketSpec, now_ms: i64) -> Bucket {
-        Bucket {
-            units: spec.capacity(),
-            last_ms: now_ms,
-        }
-    }
-
-    /// Units after refilling up to `now_ms` (a clock going back adds nothing).
-    fn units_at(&self, spec: BucketSpec, now_ms: i64) -> u64 {
-        let elapsed = now_ms.saturating_sub(self.last_ms).max(0) as u128;
-        let units = u128::from(self.units) + elapsed * u128::from(spec.rate_milli);
-        units.min(u128::from(spec.capacity())) as u64
-    }
-
-    fn refill(&mut self, spec: BucketSpec, now_ms: i64) {
-        self.units = self.units_at(spec, now_ms);
-        self.last_ms = self.last_ms.max(now_ms);
-    }
-
-    /// Milliseconds until one token is there; 0 when it is already.
-    fn wait_ms(&self, spec: BucketSpec) -> i64 {
-        let deficit = UNITS_PER_TOKEN.saturating_sub(self.units);
-        deficit.div_ceil(spec.rate_milli).min(i64::MAX as u64) as i64
-    }
-}
-
-/// Requests counted on one UTC day.
-#[derive(Debug, Clone, Copy)]
-struct Quota {
-    day: i64,
-    used: u64,
-}
-
-fn utc_day(now_ms: i64) -> i64 {
-    now_ms.div_euclid(MS_PER_DAY)
-}
-
-fn secs_ceil(ms: i64) -> u64 {
-    (ms.max(0) as u64).div_ceil(1_000).max(1)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a limiter lock leaves plain counters behind;
-    // they are still meaningful, so recover rather than fail every request.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Mutable counters of one level (a partner or a route). Each part records
-/// the setting it was made for; a check under a different setting (after a
-/// reload changed it) starts that part afresh. Unchanged settings keep theirs.
-#[derive(Debug, Default)]
-struct Counters {
-    /// `None` until first use: a fresh bucket is full.
-    bucket: Option<(BucketSpec, Bucket)>,
-    /// `None` until first use; with the `requests_per_day` it counts against.
-    quota: Option<(u64, Quota)>,
-    /// Partner level only: the throttle bucket and the spec it was made for.
-    throttle: Option<(BucketSpec, Bucket)>,
-}
-
-/// The state of one level that outlives reloads: one allocation, so a
-/// check touches one cache line or two per level.
-#[derive(Debug, Default)]
-struct Shared {
-    counters: Mutex<Counters>,
-    in_flight: AtomicU32,
-    /// Partner level only: throttle in milli-requests per minute; 0 = none.
-    throttle_milli: AtomicU64,
-}
-
-/// One level's settings (fixed for this build) and its shared state.
-#[derive(Debug)]
-struct Level {
-    spec: LimitSpec,
-    bucket: Option<BucketSpec>,
-    shared: Arc<Shared>,
-}
-
-impl Level {
-    /// Settings from `spec`; state carried over from `previous` (the same
-    /// partner or route in the running state). Nothing in `previous` is
-    /// changed here, so building a state that is never used is harmless.
-    fn new(spec: &LimitSpec, previous: Option<&Level>) -> Level {
-        Level {
-            spec: spec.clone(),
-            bucket: BucketSpec::of(spec),
-            shared: previous.map(|p| p.shared.clone()).unwrap_or_default(),
-        }
-    }
-
-    /// Reserves an in-flight slot if under `max_concurrent`.
-    fn acquire(&self, max_concurrent: Option<u32>) -> Option<Arc<Shared>> {
-        let in_flight = &self.shared.in_flight;
-        let ok = match max_concurrent {
-            None => {
-                in_flight.fetch_add(1, Ordering::AcqRel);
-                true
-            }
-            Some(max) => in_flight
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < max).then_some(n + 1)
-                })
-                .is_ok(),
-        };
-        ok.then(|| self.shared.clone())
-    }
-}
-
-/// Refills `c` to `now_ms` and records in `worst` any limit that refuses.
-/// Consumes nothing.
-fn evaluate(
-    level: &Effective,
-    c: &mut Counters,
-    throttle: Option<BucketSpec>,
-    now_ms: i64,
-    scope: LimitScope,
-    worst: &mut Option<LimitDenied>,
-) {
-    let mut refuse = |limit: LimitKind, wait_ms: i64| {
-        let secs = secs_ceil(wait_ms);
-        if worst.as_ref().is_none_or(|w| secs > w.retry_after_secs) {
-            *worst = Some(LimitDenied {
-                limit,
-                retry_after_secs: secs,
-                scope,
-            });
-        }
-    };
-    match throttle {
-        None => c.throttle = None,
-        Some(spec) => {
-            let (s, b) = c
-                .throttle
-                .get_or_insert_with(|| (spec, Bucket::full(spec, now_ms)));
-            if *s != spec {
-                *s = spec;
-                *b = Bucket::full(spec, now_ms);
-            }
-            b.refill(spec, now_ms);
-            if b.units < UNITS_PER_TOKEN {
-                refuse(LimitKind::Throttled, b.wait_ms(spec));
-            }
-        }
-    }
-    if let Some(spec) = level.bucket {
-        let (s, b) = c
-            .bucket
-            .get_or_insert_with(|| (spec, Bucket::full(spec, now_ms)));
-        if *s != spec {
-            *s = spec;
-            *b = Bucket::full(spec, now_ms);
-        }
-        b.refill(spec, now_ms);
-        if b.units < UNITS_PER_TOKEN {
-            refuse(LimitKind::RequestsPerMinute, b.wait_ms(spec));
-        }
-    }
-    if let Some(max) = level.day {
-        let today = utc_day(now_ms);
-        let fresh = Quota {
-            day: today,
-            used: 0,
-        };
-        let (limit, q) = c.quota.get_or_insert((max, fresh));
-        if *limit != max || today > q.day {
-            *limit = max;
-            *q = Quota {
-                day: today,
-                used: 0,
-            };
-        }
-        if q.used >= max {
-            let next_midnight = (q.day.max(today) + 1).saturating_mul(MS_PER_DAY);
-            refuse(LimitKind::RequestsPerDay, next_midnight - now_ms);
+impl LocalShare {
+    fn divisor(self) -> u64 {
+        match self {
+            LocalShare::All => 1,
+            LocalShare::ConcurrencyOf(n) | LocalShare::FractionOf(n) => u64::from(n.max(1)),
         }
     }
 }
 
-/// Takes one request out of every limit of `c` (after `evaluate` admitted it).
-fn consume(level: &Effective, c: &mut Counters) {
-    if let Some((_, b)) = &mut c.throttle {
-        b.units = b.units.saturating_sub(UNITS_PER_TOKEN);
-    }
-    if level.bucket.is_some()
-        && let Some((_, b)) = &mut c.bucket
-    {
-        b.units = b.units.saturating_sub(UNITS_PER_TOKEN);
-    }
-    if level.day.is_some()
-        && let Some((_, q)) = &mut c.quota
-    {
-        q.used = q.used.saturating_add(1);
-    }
-}
+mod level;
+mod snapshot;
+
+use level::*;
+pub use snapshot::*;
 
 // ---------------------------------------------------------------- state
 
@@ -784,85 +515,6 @@ impl LimitState {
             routes,
         })
     }
-}
-
-fn level_snapshot(level: &Level, now_ms: i64, with_throttle: bool) -> (LevelSnapshot, Option<f64>) {
-    let c = lock(&level.shared.counters);
-    let tokens = |spec: BucketSpec, b: Option<&Bucket>| {
-        let units = b.map_or(spec.capacity(), |b| b.units_at(spec, now_ms));
-        units as f64 / UNITS_PER_TOKEN as f64
-    };
-    let today = utc_day(now_ms);
-    let quota_used = level.spec.requests_per_day.map(|max| {
-        c.quota
-            .filter(|(limit, q)| *limit == max && q.day >= today)
-            .map_or(0, |(_, q)| q.used)
-    });
-    let throttle_left = if with_throttle {
-        c.throttle.as_ref().map(|(s, b)| tokens(*s, Some(b)))
-    } else {
-        None
-    };
-    let snap = LevelSnapshot {
-        limits: level.spec.clone(),
-        burst: level.bucket.map(|b| b.burst),
-        tokens_left: level.bucket.map(|spec| {
-            let b = c
-                .bucket
-                .as_ref()
-                .filter(|(s, _)| *s == spec)
-                .map(|(_, b)| b);
-            tokens(spec, b)
-        }),
-        quota_used,
-        quota_resets_at_ms: level
-            .spec
-            .requests_per_day
-            .map(|_| (today + 1).saturating_mul(MS_PER_DAY)),
-        in_flight: level.shared.in_flight.load(Ordering::Acquire),
-    };
-    (snap, throttle_left)
-}
-
-/// One level's limits and how close it is to them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LevelSnapshot {
-    /// As configured (unset = unlimited).
-    pub limits: LimitSpec,
-    /// Effective burst (the configured one or [`default_burst`]).
-    pub burst: Option<u32>,
-    /// Tokens in the per-minute bucket now (fractional while refilling).
-    pub tokens_left: Option<f64>,
-    /// Requests counted against today's quota.
-    pub quota_used: Option<u64>,
-    /// Next UTC midnight, when the quota resets.
-    pub quota_resets_at_ms: Option<i64>,
-    pub in_flight: u32,
-}
-
-/// One route's limits (for `gatehouse status`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RouteLimitSnapshot {
-    pub index: usize,
-    /// `GET,POST /v1/orders -> orders`.
-    pub route: String,
-    /// Whether the route has limits of its own.
-    pub configured: bool,
-    #[serde(flatten)]
-    pub level: LevelSnapshot,
-    pub max_body_bytes: Option<u64>,
-}
-
-/// One partner's limits in force and how close it is to them (for `gatehouse status`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LimitSnapshot {
-    pub partner: String,
-    #[serde(flatten)]
-    pub level: LevelSnapshot,
-    /// The anomaly throttle, requests per minute.
-    pub throttle_per_minute: Option<f64>,
-    pub throttle_tokens_left: Option<f64>,
-    pub routes: Vec<RouteLimitSnapshot>,
 }
 
 #[cfg(test)]

@@ -1,10 +1,8 @@
 //! Retention: `prune --before T` drops the oldest records but leaves a
 //! signed checkpoint at the cut, so verification still runs from there.
 
-use crate::journal_support;
-
-use gatehouse::journal::{CheckpointKind, ExportItem, Journal, Query, Store, Verifier};
-use journal_support::*;
+use super::support::*;
+use crate::journal::{CheckpointKind, ExportItem, Journal, Query, Store, Verifier};
 
 const T0: i64 = 1_800_000_000_000;
 

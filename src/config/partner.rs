@@ -1,0 +1,460 @@
+//! `partners/<id>.toml`: one partner each (status, limits, granted
+//! routes), parsed and validated against the gateway's upstreams; parsed
+//! files are cached between reloads by their stamps.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::home::Home;
+use crate::timefmt::serde_duration;
+
+use super::common::*;
+use super::gateway::*;
+
+/// What to do about a partner's rate spike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnAnomaly {
+    /// Alert only.
+    #[default]
+    Alert,
+    /// Alert and clamp the partner to the threshold until an operator clears it.
+    Throttle,
+}
+
+/// Whether a partner may call at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PartnerStatus {
+    #[default]
+    Active,
+    Suspended,
+}
+
+impl fmt::Display for PartnerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PartnerStatus::Active => "active",
+            PartnerStatus::Suspended => "suspended",
+        })
+    }
+}
+
+/// How sensitive a route's data is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Risk {
+    #[default]
+    Normal,
+    High,
+}
+
+/// Traffic limits of a partner or a route (all optional: unset = unlimited).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+}
+
+/// A partner file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartnerFileRaw {
+    id: Spanned<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    status: PartnerStatus,
+    #[serde(default)]
+    limits: Option<LimitSpec>,
+    #[serde(default)]
+    on_anomaly: OnAnomaly,
+    /// Self-service renewal opens this long before `not_after`.
+    #[serde(default)]
+    renewal_window: Option<Spanned<String>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RouteRaw>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteRaw {
+    methods: Spanned<Vec<String>>,
+    path: Spanned<String>,
+    upstream: Spanned<String>,
+    #[serde(default)]
+    strip_prefix: bool,
+    #[serde(default)]
+    risk: Risk,
+    #[serde(default)]
+    limits: Option<LimitSpec>,
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
+}
+
+/// A validated partner.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Partner {
+    pub id: String,
+    pub name: String,
+    pub status: PartnerStatus,
+    pub limits: LimitSpec,
+    /// `on_anomaly = "throttle"` clamps the partner on a traffic spike.
+    #[serde(default, skip_serializing_if = "is_alert_only")]
+    pub on_anomaly: OnAnomaly,
+    /// `renewal_window = "30d"`: self-service renewal opens this long before
+    /// the certificate's `not_after` (unset: the last third of its lifetime).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "serde_duration::option"
+    )]
+    pub renewal_window: Option<Duration>,
+    pub routes: Vec<RouteSpec>,
+}
+
+pub(super) fn is_alert_only(a: &OnAnomaly) -> bool {
+    *a == OnAnomaly::Alert
+}
+
+/// A validated route grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    pub methods: Vec<String>,
+    pub path: String,
+    pub upstream: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_prefix: bool,
+    #[serde(default, skip_serializing_if = "is_normal_risk")]
+    pub risk: Risk,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+}
+
+fn is_normal_risk(r: &Risk) -> bool {
+    *r == Risk::Normal
+}
+
+impl RouteSpec {
+    /// `GET,POST /v1/orders`, the form the CLI takes and shows.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} -> {}",
+            self.methods.join(","),
+            self.path,
+            self.upstream
+        )
+    }
+}
+
+/// Checks one route's method list and path; `None` when fine.
+pub fn route_problem(methods: &[String], path: &str) -> Option<String> {
+    if methods.is_empty() {
+        return Some("a route needs at least one method".into());
+    }
+    for m in methods {
+        if !KNOWN_METHODS.contains(&m.as_str()) {
+            return Some(format!(
+                "unknown method `{m}` (use {})",
+                KNOWN_METHODS.join(", ")
+            ));
+        }
+    }
+    if !path.starts_with('/') {
+        return Some(format!("route path `{path}` must start with `/`"));
+    }
+    if path.len() > 1024 {
+        return Some("route path is longer than 1024 bytes".into());
+    }
+    for seg in path.split('/').skip(1) {
+        if seg == "." || seg == ".." {
+            return Some(format!("route path `{path}` holds a `.` or `..` segment"));
+        }
+    }
+    if path.bytes().any(|b| {
+        b == b'%' || b == b'\\' || b == b'?' || b == b'#' || b.is_ascii_control() || b == b' '
+    }) {
+        return Some(format!(
+            "route path `{path}` may not hold `%`, `\\`, `?`, `#`, spaces or control characters"
+        ));
+    }
+    None
+}
+
+/// Parses a route written on the command line: `GET,POST /v1/orders -> orders`.
+pub fn parse_route_arg(s: &str) -> Result<RouteSpec, String> {
+    let bad = || format!("route `{s}` is not of the form \"GET,POST /v1/orders -> upstream\"");
+    let (lhs, upstream) = s.split_once("->").ok_or_else(bad)?;
+    let mut parts = lhs.split_whitespace();
+    let methods = parts.next().ok_or_else(bad)?;
+    let path = parts.next().ok_or_else(bad)?;
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    let upstream = upstream.trim();
+    if upstream.is_empty() || upstream.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    let methods: Vec<String> = methods
+        .split(',')
+        .map(|m| m.trim().to_ascii_uppercase())
+        .filter(|m| !m.is_empty())
+        .collect();
+    if let Some(p) = route_problem(&methods, path) {
+        return Err(p);
+    }
+    Ok(RouteSpec {
+        methods,
+        path: path.to_string(),
+        upstream: upstream.to_string(),
+        strip_prefix: false,
+        risk: Risk::Normal,
+        limits: None,
+        max_body_bytes: None,
+    })
+}
+
+/// Parses and validates one partner file's text against the gateway config.
+pub fn parse_partner(
+    path: &Path,
+    text: &str,
+    gateway: &GatewayConfig,
+) -> Result<Partner, ConfigErrors> {
+    let raw: PartnerFileRaw = toml::from_str(text).map_err(|e| toml_error(path, text, e))?;
+    let mut errors = Vec::new();
+    let mut err = |span: std::ops::Range<usize>, message: String| {
+        errors.push(ConfigError {
+            file: path.to_path_buf(),
+            line: Some(line_of(text, span.start)),
+            message,
+        })
+    };
+    let id = raw.id.get_ref().clone();
+    if let Err(m) = validate_partner_id(&id) {
+        err(raw.id.span(), m);
+    }
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    if stem.as_deref() != Some(id.as_str()) {
+        err(
+            raw.id.span(),
+            format!("id `{id}` does not match the file name (expected partners/{id}.toml)"),
+        );
+    }
+    let mut routes = Vec::new();
+    for r in raw.routes {
+        let span = r.span();
+        let r = r.into_inner();
+        let methods: Vec<String> = r
+            .methods
+            .get_ref()
+            .iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
+        if let Some(p) = route_problem(&methods, "/") {
+            err(r.methods.span(), p);
+        }
+        if let Some(p) = route_problem(&["GET".to_string()], r.path.get_ref()) {
+            err(r.path.span(), p);
+        }
+        if !gateway.upstreams.contains_key(r.upstream.get_ref()) {
+            err(
+                r.upstream.span(),
+                format!(
+                    "route names upstream `{}`, which is not defined in gatehouse.toml (defined: {})",
+                    r.upstream.get_ref(),
+                    defined_upstreams(gateway)
+                ),
+            );
+        }
+        if r.max_body_bytes == Some(0) {
+            err(span.clone(), "max_body_bytes must be at least 1".into());
+        }
+        if let Some(l) = &r.limits
+            && let Some(m) = limit_problem(l)
+        {
+            err(span.clone(), m);
+        }
+        routes.push(RouteSpec {
+            methods,
+            path: r.path.into_inner(),
+            upstream: r.upstream.into_inner(),
+            strip_prefix: r.strip_prefix,
+            risk: r.risk,
+            limits: r.limits,
+            max_body_bytes: r.max_body_bytes,
+        });
+    }
+    let renewal_window = match &raw.renewal_window {
+        None => None,
+        Some(w) => match crate::timefmt::parse_duration(w.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                err(
+                    w.span(),
+                    "renewal_window must be longer than 0 (e.g. \"30d\")".into(),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(m) => {
+                err(w.span(), format!("renewal_window: {m}"));
+                None
+            }
+        },
+    };
+    let limits = raw.limits.unwrap_or_default();
+    if let Some(m) = limit_problem(&limits) {
+        errors.push(ConfigError {
+            file: path.to_path_buf(),
+            line: text
+                .lines()
+                .position(|l| l.trim_start().starts_with("[limits]"))
+                .map(|i| i + 1),
+            message: m,
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Partner {
+        name: raw.name.unwrap_or_else(|| id.clone()),
+        id,
+        status: raw.status,
+        limits,
+        on_anomaly: raw.on_anomaly,
+        renewal_window,
+        routes,
+    })
+}
+
+fn limit_problem(l: &LimitSpec) -> Option<String> {
+    if l.requests_per_minute == Some(0) {
+        return Some(
+            "requests_per_minute must be at least 1 (suspend the partner to stop it)".into(),
+        );
+    }
+    if l.burst.is_some() && l.requests_per_minute.is_none() {
+        return Some("burst needs requests_per_minute".into());
+    }
+    if l.burst == Some(0) {
+        return Some("burst must be at least 1".into());
+    }
+    if l.requests_per_day == Some(0) || l.max_concurrent == Some(0) {
+        return Some("limits must be at least 1 (suspend the partner to stop it)".into());
+    }
+    None
+}
+
+fn defined_upstreams(gateway: &GatewayConfig) -> String {
+    if gateway.upstreams.is_empty() {
+        "none".into()
+    } else {
+        gateway
+            .upstreams
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Reads and validates every `partners/*.toml`. Returns the partners sorted
+/// by id, or every problem found.
+pub fn load_partners(home: &Home, gateway: &GatewayConfig) -> Result<Vec<Partner>, ConfigErrors> {
+    load_partners_cached(home, gateway, &mut PartnerCache::default())
+}
+
+/// Parsed partner files by path, with the (length, mtime) they were parsed
+/// at: a reload re-parses only the files that changed. Valid for one
+/// gateway config (its upstream names); clear it when that changes.
+#[derive(Default)]
+pub struct PartnerCache {
+    entries: std::collections::HashMap<PathBuf, (u64, Option<std::time::SystemTime>, Partner)>,
+}
+
+impl PartnerCache {
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+/// `load_partners`, re-using `cache` for files whose length and mtime are unchanged.
+pub fn load_partners_cached(
+    home: &Home,
+    gateway: &GatewayConfig,
+    cache: &mut PartnerCache,
+) -> Result<Vec<Partner>, ConfigErrors> {
+    let dir = home.partners_dir();
+    let mut errors = Vec::new();
+    let mut partners = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ConfigErrors::one(&dir, None, format!("cannot read: {e}"))),
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "toml")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    paths.sort();
+    let mut seen = std::collections::HashSet::with_capacity(paths.len());
+    for path in paths {
+        let meta = std::fs::metadata(&path).ok();
+        let stamp = meta.as_ref().map(|m| (m.len(), m.modified().ok()));
+        seen.insert(path.clone());
+        if let (Some((len, mtime)), Some((clen, cmtime, p))) = (stamp, cache.entries.get(&path))
+            && len == *clen
+            && mtime == *cmtime
+            && mtime.is_some()
+        {
+            partners.push(p.clone());
+            continue;
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(ConfigError {
+                    file: path.clone(),
+                    line: None,
+                    message: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        match parse_partner(&path, &text, gateway) {
+            Ok(p) => {
+                if let Some((len, mtime)) = stamp {
+                    cache.entries.insert(path.clone(), (len, mtime, p.clone()));
+                }
+                partners.push(p)
+            }
+            Err(ConfigErrors(mut es)) => {
+                cache.entries.remove(&path);
+                errors.append(&mut es)
+            }
+        }
+    }
+    cache.entries.retain(|p, _| seen.contains(p));
+    if errors.is_empty() {
+        Ok(partners)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
