@@ -254,10 +254,10 @@ impl Fence {
                 ChangeKind::Suspended | ChangeKind::Removed => {
                     f.partners.insert(p.clone(), (a.change.kind, a.generation));
                 }
-                ChangeKind::PartnerChanged => {
-                    if f.partners.get(p).is_some_and(|(_, g)| *g < a.generation) {
-                        f.partners.remove(p);
-                    }
+                ChangeKind::PartnerChanged
+                    if f.partners.get(p).is_some_and(|(_, g)| *g < a.generation) =>
+                {
+                    f.partners.remove(p);
                 }
                 _ => {}
             }
