@@ -89,8 +89,8 @@ setup_home() { # setup_home [extra gatehouse.toml [server] lines...]
   local h=$WORK/harness-certs f
   "$G" init --home "$GH_HOME" --hostname localhost --hostname 127.0.0.1 >/dev/null
   cp "$h/upstream-ca.pem" "$GH_HOME/certs/upstream-ca.pem"
-  sed -i 's|^url = "https://127.0.0.1:9443"|url = "https://127.0.0.1:19443"|' "$GH_HOME/gatehouse.toml"
-  grep -q '^url = "https://127.0.0.1:19443"' "$GH_HOME/gatehouse.toml" || die "could not point [upstreams.orders] at :19443"
+  # A fresh gatehouse.toml has no upstream: add the harness's.
+  printf '\n[upstreams.orders]\nurl = "https://127.0.0.1:19443"\nca = "certs/upstream-ca.pem"\nserver_name = "localhost"\nconnect_timeout = "5s"\nresponse_timeout = "30s"\n' >>"$GH_HOME/gatehouse.toml"
   # The harness's equal job has no signed identity token (nginx and HAProxy
   # sign nothing): leave it out unless GH_SIGNED_IDENTITY=true (~25 us of CPU
   # per request when on).

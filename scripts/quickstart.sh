@@ -34,6 +34,15 @@ addr_from() { # FILE PREFIX
 
 step "gatehouse init  (CA, broker certificates, gatehouse.toml)"
 $G init
+# The fresh gatehouse.toml has no upstream (only a commented example): add
+# the one the example partners call; its URL is set once the echo upstream runs.
+cat >>"$HOME_DIR/gatehouse.toml" <<'TOML'
+
+[upstreams.orders]
+url = "https://127.0.0.1:9443"
+ca = "certs/upstream-ca.pem"
+server_name = "localhost"
+TOML
 
 step "onboard the example partners (partners/acme.toml, partners/globex.toml)"
 cp partners/acme.toml partners/globex.toml "$HOME_DIR/partners/"

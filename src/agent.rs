@@ -1,9 +1,13 @@
 //! The partner-side renewal agent (`gatehouse agent renew`): makes a fresh
-//! P-256 key and a CSR, POSTs it to the broker's
-//! `/.well-known/gatehouse/renew` over mutual TLS with the partner's current
-//! certificate, checks that the certificate it gets back is for the new key,
-//! and writes the new certificate and key atomically (key mode 0600 from
-//! creation). Once, or as a daemon that renews at about two thirds of each
+//! P-256 key and a CSR, keeps them next to the key (`<key>.pending` and
+//! `<key>.pending.csr`, mode 0600) until the new certificate is installed,
+//! POSTs the CSR to the broker's `/.well-known/gatehouse/renew` over mutual
+//! TLS with the partner's current certificate, checks that the certificate
+//! it gets back is for the new key, and writes the new certificate and key
+//! atomically (key mode 0600 from creation), then removes the pending
+//! files. An attempt whose answer was lost leaves them in place; the next
+//! attempt sends the same CSR, and the broker delivers the same certificate
+//! again. Once, or as a daemon that renews at about two thirds of each
 //! certificate's lifetime.
 //!
 //! It needs no gatehouse home: only the partner's own files and the CA
@@ -168,6 +172,82 @@ fn new_csr() -> Result<(KeyPair, String), AgentError> {
     Ok((key, csr))
 }
 
+/// `<key>.pending` and `<key>.pending.csr`: the key and CSR of a renewal
+/// not installed yet.
+pub fn pending_paths(key: &Path) -> (PathBuf, PathBuf) {
+    let with = |suffix: &str| {
+        let mut p = key.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    (with(".pending"), with(".pending.csr"))
+}
+
+/// The pending key and CSR, when both are on disk, readable, belong
+/// together and are not already the installed key; else `None`.
+fn read_pending(opts: &AgentOptions) -> Option<(KeyPair, String)> {
+    let (key_path, csr_path) = pending_paths(&opts.key);
+    let key_pem = std::fs::read_to_string(&key_path).ok()?;
+    let csr = std::fs::read_to_string(&csr_path).ok()?;
+    let unusable = |why: &str| {
+        tracing::warn!(
+            "{} and {}: {why}; making a new key",
+            key_path.display(),
+            csr_path.display()
+        );
+        None
+    };
+    let Ok(key) = KeyPair::from_pem(&key_pem) else {
+        return unusable("the pending key cannot be read");
+    };
+    let csr_key = match crate::ca::csr::verified_public_key(csr.as_bytes()) {
+        Ok(spki) => rcgen::PublicKeyData::der_bytes(&spki).to_vec(),
+        Err(_) => return unusable("the pending CSR cannot be read"),
+    };
+    if csr_key != key.public_key_raw() {
+        return unusable("the pending CSR is not for the pending key");
+    }
+    if installed_key(&opts.cert).is_some_and(|k| k == csr_key) {
+        // Installed by an earlier run that stopped before cleaning up.
+        remove_pending(opts);
+        return None;
+    }
+    Some((key, csr))
+}
+
+/// The public key of the installed certificate, if it can be read.
+fn installed_key(cert: &Path) -> Option<Vec<u8>> {
+    let der = CertificateDer::from_pem_file(cert).ok()?;
+    let (_, x) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(x.public_key().subject_public_key.data.to_vec())
+}
+
+/// The key and CSR to send: the pending ones, or new ones written to disk
+/// (0600) before they are sent.
+fn pending_or_new(opts: &AgentOptions) -> Result<(KeyPair, String), AgentError> {
+    if let Some(pending) = read_pending(opts) {
+        tracing::info!("retrying the renewal with the key and CSR kept from an earlier attempt");
+        return Ok(pending);
+    }
+    let (key, csr) = new_csr()?;
+    let (key_path, csr_path) = pending_paths(&opts.key);
+    crate::home::write_key(&key_path, &key.serialize_pem()).map_err(|e| file_err(&key_path, e))?;
+    crate::home::write_key(&csr_path, &csr).map_err(|e| file_err(&csr_path, e))?;
+    Ok((key, csr))
+}
+
+/// Removes the pending key and CSR (after the new certificate is installed).
+fn remove_pending(opts: &AgentOptions) {
+    let (key_path, csr_path) = pending_paths(&opts.key);
+    for p in [key_path, csr_path] {
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot remove {}: {e}", p.display()),
+        }
+    }
+}
+
 /// POSTs `csr` to the broker; returns the status and body.
 async fn post_csr(opts: &AgentOptions, csr: String) -> Result<(StatusCode, Bytes), AgentError> {
     let (host, port, path) = endpoint(&opts.broker)?;
@@ -213,9 +293,10 @@ async fn post_csr(opts: &AgentOptions, csr: String) -> Result<(StatusCode, Bytes
 }
 
 /// One renewal attempt. On success the new certificate and key are on
-/// disk and `--exec` has run.
+/// disk, the pending files gone and `--exec` has run; on failure the
+/// pending key and CSR stay for the next attempt.
 pub async fn renew_once(opts: &AgentOptions) -> Result<Outcome, AgentError> {
-    let (key, csr) = new_csr()?;
+    let (key, csr) = pending_or_new(opts)?;
     let (status, body) = post_csr(opts, csr).await?;
     let text = String::from_utf8_lossy(&body).into_owned();
     if status == StatusCode::FORBIDDEN {
@@ -243,7 +324,7 @@ pub async fn renew_once(opts: &AgentOptions) -> Result<Outcome, AgentError> {
         .map_err(|e| AgentError::BadAnswer(format!("the certificate cannot be parsed: {e}")))?;
     if x.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
         return Err(AgentError::BadAnswer(
-            "the certificate is not for the key this agent just made".into(),
+            "the certificate is not for the key this agent sent".into(),
         ));
     }
     let serial = hex::encode(x.raw_serial());
@@ -251,6 +332,7 @@ pub async fn renew_once(opts: &AgentOptions) -> Result<Outcome, AgentError> {
     // Key first, then certificate: each write is atomic.
     crate::home::write_key(&opts.key, &key.serialize_pem()).map_err(|e| file_err(&opts.key, e))?;
     crate::home::write_public(&opts.cert, &body).map_err(|e| file_err(&opts.cert, e))?;
+    remove_pending(opts);
     if let Some(cmd) = &opts.exec {
         run_exec(cmd).await?;
     }
@@ -356,6 +438,41 @@ mod tests {
         );
         assert_eq!(endpoint("https://127.0.0.1/").unwrap().1, 443);
         assert!(endpoint("http://broker").is_err());
+    }
+
+    fn opts_in(dir: &Path) -> AgentOptions {
+        AgentOptions {
+            cert: dir.join("acme.pem"),
+            key: dir.join("acme.key"),
+            ca: dir.join("ca.pem"),
+            broker: "https://127.0.0.1:1".into(),
+            exec: None,
+        }
+    }
+
+    #[test]
+    fn a_pending_key_is_kept_0600_and_reused_until_installed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts_in(dir.path());
+        let (key, csr) = pending_or_new(&opts).unwrap();
+        let (kp, cp) = pending_paths(&opts.key);
+        assert_eq!(kp, dir.path().join("acme.key.pending"));
+        assert_eq!(cp, dir.path().join("acme.key.pending.csr"));
+        for p in [&kp, &cp] {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+        let (again, csr_again) = pending_or_new(&opts).unwrap();
+        assert_eq!(again.public_key_raw(), key.public_key_raw());
+        assert_eq!(csr_again, csr);
+        // A CSR that is not for the pending key is not sent: a new pair is made.
+        let (_, other_csr) = new_csr().unwrap();
+        std::fs::write(&cp, other_csr).unwrap();
+        let (fresh, _) = pending_or_new(&opts).unwrap();
+        assert_ne!(fresh.public_key_raw(), key.public_key_raw());
+        remove_pending(&opts);
+        assert!(!kp.exists() && !cp.exists());
     }
 
     #[test]

@@ -197,6 +197,11 @@ impl Home {
     pub fn issued_dir(&self) -> PathBuf {
         self.certs_dir().join("issued")
     }
+    /// An empty file whose presence says the certificate `serial` (lowercase
+    /// hex) completed a handshake at least once.
+    pub fn seen_marker(&self, serial: &str) -> PathBuf {
+        self.issued_dir().join(format!("{serial}.seen"))
+    }
     pub fn crl(&self) -> PathBuf {
         self.certs_dir().join("crl.pem")
     }
@@ -297,19 +302,17 @@ pub fn read_to_string(path: &Path) -> Result<String, HomeError> {
     fs::read_to_string(path).map_err(|e| HomeError::io(path, e))
 }
 
-/// A hash of each file's path, length and mtime (changes when a file does).
+/// A hash of each file's path and content (changes when a file does, however
+/// quickly and whatever its length: two writes of the same length within one
+/// clock tick of the file system share an mtime).
 pub fn stamp_files(paths: &[PathBuf]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for p in paths {
         p.hash(&mut h);
-        match std::fs::metadata(p) {
-            Ok(m) => {
-                m.len().hash(&mut h);
-                m.modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
-                    .map(|d| d.as_nanos())
-                    .hash(&mut h);
+        match std::fs::read(p) {
+            Ok(bytes) => {
+                1u8.hash(&mut h);
+                bytes.hash(&mut h);
             }
             Err(_) => 0u8.hash(&mut h),
         }

@@ -24,6 +24,8 @@ pub mod identity;
 pub mod journal;
 pub mod partners;
 pub mod policy;
+pub mod rlimit;
+pub mod sd_notify;
 pub mod server;
 pub mod timefmt;
 pub mod tls;

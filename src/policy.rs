@@ -6,8 +6,9 @@
 //! Two steps, both on the request-target as received:
 //!
 //! 1. [`check_target`] refuses request-targets that could be read differently
-//!    by gatehouse and by an upstream (dot segments, encoded separators,
-//!    backslashes, control characters, bad percent-encoding, empty segments,
+//!    by gatehouse and by an upstream (dot segments in any spelling an
+//!    upstream may decode, encoded separators, backslashes, control
+//!    characters, bad or deeply nested percent-encoding, empty segments,
 //!    anything but origin-form, more than [`MAX_TARGET_BYTES`]). A refusal is
 //!    the partner's fault: the gateway answers 400 and never relays.
 //! 2. [`RouteTable::authorize`] matches method and path against one partner's
@@ -29,6 +30,31 @@
 //!   (RFC 9110: methods are case-sensitive) and there are no implicit
 //!   grants: `HEAD` is allowed only where a route lists `HEAD`, not wherever
 //!   `GET` is granted. Operators list what they mean.
+//! - **Dot segments in every spelling an upstream may normalise are
+//!   refused.** The matcher compares raw segments, so a segment an upstream
+//!   reads as `.` or `..` would let a path matched under one grant reach
+//!   another (`GET /v1/orders/..;/admin` is `/v1/admin` on Tomcat, Jetty and
+//!   Spring, which cut `;parameters` off each segment before they resolve
+//!   dot segments). Each segment is *folded* the way the most lenient
+//!   common upstream would read it, and refused as `dot_segment` when the
+//!   fold is `.` or `..`. The fold: percent-decoding repeated until nothing
+//!   changes (so `%2e`, `%2E` and the double-encoded `%252e` are all dots;
+//!   more than [`MAX_DECODE_ROUNDS`] levels of nesting is refused as
+//!   `nested_encoding`); the overlong UTF-8 forms of `.`, `/` and `\`
+//!   (`%c0%ae`, `%e0%80%ae`, `%f0%80%80%ae`, and the same for `%c0%af`,
+//!   `%c1%9c`) and the compatibility forms that NFKC normalisation or
+//!   Windows best-fit code pages turn into ASCII (fullwidth full stop U+FF0E,
+//!   one dot leader U+2024, small full stop U+FE52; fullwidth solidus U+FF0F
+//!   and reverse solidus U+FF3C), raw or percent-encoded, read as their ASCII
+//!   character; then everything from the first `;` (raw or decoded) cut off.
+//!   So `..;`, `.;`, `..;jsessionid=1`, `%2e%2e;x`, `%2E.;`, `%252e%252e`,
+//!   `%c0%ae%c0%ae`, `．．` and `%ef%bc%8e.` are all refused. A fold that
+//!   holds `/` or `\` (`%252f`, `%c0%af`, `／`) is refused as
+//!   `encoded_separator`; a fold that is empty (a segment that is only
+//!   `;params`) is an empty segment unless it is the last. IIS's `%uXXXX`
+//!   is not percent-encoding and is refused as `bad_percent_encoding`.
+//!   Windows' trimming of trailing dots and spaces (`... `) is not modelled:
+//!   put such upstreams behind a `strip_prefix` route of their own.
 //! - **Empty segments are refused** (`//`, `/a//b`, a leading `//`): upstream
 //!   routers disagree on whether they collapse, which would let a path match
 //!   one route here and reach another upstream. A single trailing `/` is not
@@ -75,7 +101,7 @@ pub struct Target<'a> {
 pub enum TargetError {
     /// Not `/path[?query]`: `*`, absolute-form, authority-form, a fragment.
     NotOriginForm,
-    /// A `.` or `..` segment, raw or percent-encoded.
+    /// A segment an upstream may read as `.` or `..` (see the module docs).
     DotSegment,
     /// `%2f` or `%5c` (an encoded `/` or `\`) in the path.
     EncodedSeparator,
@@ -86,8 +112,10 @@ pub enum TargetError {
     ControlCharacter,
     /// `%` not followed by two hex digits in the path.
     BadPercentEncoding,
-    /// `//` in the path.
+    /// `//` in the path (or a segment that is only `;params`, not last).
     EmptySegment,
+    /// Percent-encoding nested more than [`MAX_DECODE_ROUNDS`] levels deep.
+    NestedEncoding,
     /// Longer than [`MAX_TARGET_BYTES`].
     TooLong,
 }
@@ -103,6 +131,7 @@ impl TargetError {
             TargetError::ControlCharacter => "control_character",
             TargetError::BadPercentEncoding => "bad_percent_encoding",
             TargetError::EmptySegment => "empty_segment",
+            TargetError::NestedEncoding => "nested_encoding",
             TargetError::TooLong => "target_too_long",
         }
     }
@@ -118,6 +147,7 @@ impl fmt::Display for TargetError {
             TargetError::ControlCharacter => "request-target holds a control character",
             TargetError::BadPercentEncoding => "path holds invalid percent-encoding",
             TargetError::EmptySegment => "path holds an empty segment (`//`)",
+            TargetError::NestedEncoding => "path holds percent-encoding nested too deep",
             TargetError::TooLong => "request-target is longer than 8192 bytes",
         })
     }
@@ -145,25 +175,88 @@ fn is_control(b: u8) -> bool {
     b < 0x20 || b == 0x7f
 }
 
-/// True when a (valid, already scanned) segment is `.` or `..`, with any of
-/// its dots possibly written `%2e` / `%2E`.
-fn is_dot_segment(seg: &[u8]) -> bool {
-    let mut dots = 0;
+/// Most percent-decoding rounds a segment's fold applies; a segment still
+/// changing after them is refused (`nested_encoding`).
+pub const MAX_DECODE_ROUNDS: usize = 4;
+
+/// Multi-byte sequences some upstream reads as an ASCII character: overlong
+/// UTF-8 (decoders that do not reject them), and compatibility forms that
+/// NFKC normalisation or Windows best-fit mapping turn into ASCII.
+const LOOKALIKES: &[(&[u8], u8)] = &[
+    (&[0xc0, 0xae], b'.'),
+    (&[0xe0, 0x80, 0xae], b'.'),
+    (&[0xf0, 0x80, 0x80, 0xae], b'.'),
+    (&[0xef, 0xbc, 0x8e], b'.'), // U+FF0E fullwidth full stop
+    (&[0xe2, 0x80, 0xa4], b'.'), // U+2024 one dot leader
+    (&[0xef, 0xb9, 0x92], b'.'), // U+FE52 small full stop
+    (&[0xc0, 0xaf], b'/'),
+    (&[0xe0, 0x80, 0xaf], b'/'),
+    (&[0xf0, 0x80, 0x80, 0xaf], b'/'),
+    (&[0xef, 0xbc, 0x8f], b'/'), // U+FF0F fullwidth solidus
+    (&[0xc1, 0x9c], b'\\'),
+    (&[0xe0, 0x81, 0x9c], b'\\'),
+    (&[0xf0, 0x80, 0x81, 0x9c], b'\\'),
+    (&[0xef, 0xbc, 0xbc], b'\\'), // U+FF3C fullwidth reverse solidus
+];
+
+/// One round: every `%XY` decoded, every look-alike read as ASCII. `None`
+/// when nothing changed.
+fn fold_round(seg: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(seg.len());
+    let mut changed = false;
     let mut i = 0;
     while i < seg.len() {
-        if seg[i] == b'.' {
-            i += 1;
-        } else if seg[i] == b'%' && decode_at(seg, i) == Some(b'.') {
+        if seg[i] == b'%'
+            && let Some(b) = decode_at(seg, i)
+        {
+            out.push(b);
             i += 3;
-        } else {
-            return false;
+            changed = true;
+            continue;
         }
-        dots += 1;
-        if dots > 2 {
-            return false;
+        if seg[i] >= 0x80
+            && let Some((from, to)) = LOOKALIKES
+                .iter()
+                .find(|(from, _)| seg[i..].starts_with(from))
+        {
+            out.push(*to);
+            i += from.len();
+            changed = true;
+            continue;
+        }
+        out.push(seg[i]);
+        i += 1;
+    }
+    changed.then_some(out)
+}
+
+/// What the most lenient common upstream may make of one raw path segment:
+/// decoded and look-alikes read as ASCII until nothing changes (at most
+/// [`MAX_DECODE_ROUNDS`] rounds), then cut at the first `;` (path
+/// parameters). Borrowed when the segment needs no folding.
+fn fold_segment(seg: &str) -> Result<Cow<'_, [u8]>, TargetError> {
+    let bytes = seg.as_bytes();
+    let mut folded: Cow<'_, [u8]> = Cow::Borrowed(bytes);
+    if bytes.iter().any(|&b| b == b'%' || b >= 0x80) {
+        let mut rounds = 0;
+        while let Some(next) = fold_round(&folded) {
+            rounds += 1;
+            if rounds > MAX_DECODE_ROUNDS {
+                return Err(TargetError::NestedEncoding);
+            }
+            folded = Cow::Owned(next);
         }
     }
-    dots == 1 || dots == 2
+    Ok(match folded.iter().position(|&b| b == b';') {
+        Some(cut) => match folded {
+            Cow::Borrowed(b) => Cow::Borrowed(&b[..cut]),
+            Cow::Owned(mut v) => {
+                v.truncate(cut);
+                Cow::Owned(v)
+            }
+        },
+        None => folded,
+    })
 }
 
 /// Checks a request-target as received (path plus optional `?query`) and
@@ -201,14 +294,21 @@ pub fn check_target(raw: &str) -> Result<Target<'_>, TargetError> {
         }
         i += 1;
     }
-    // Segments after the leading `/`; only the last may be empty (trailing `/`).
+    // Segments after the leading `/`; only the last may be empty (trailing
+    // `/`). Each is judged by its fold (see the module docs).
     let mut segments = path[1..].split('/').peekable();
     while let Some(seg) = segments.next() {
-        if seg.is_empty() && segments.peek().is_some() {
-            return Err(TargetError::EmptySegment);
+        let folded = fold_segment(seg)?;
+        if folded.iter().any(|&b| b == b'/' || b == b'\\') {
+            return Err(TargetError::EncodedSeparator);
         }
-        if is_dot_segment(seg.as_bytes()) {
-            return Err(TargetError::DotSegment);
+        if folded.iter().any(|&b| is_control(b)) {
+            return Err(TargetError::ControlCharacter);
+        }
+        match &*folded {
+            b"." | b".." => return Err(TargetError::DotSegment),
+            b"" if segments.peek().is_some() => return Err(TargetError::EmptySegment),
+            _ => {}
         }
     }
     if let Some(q) = query {
@@ -480,6 +580,71 @@ mod tests {
     }
 
     #[test]
+    fn refuses_what_servlet_containers_read_as_dot_segments() {
+        // `;params` cut off, then dots in every spelling an upstream decodes.
+        for raw in [
+            "/v1/orders/..;/admin",
+            "/v1/orders/.;/admin",
+            "/v1/orders/..;jsessionid=1/admin",
+            "/v1/orders/%2e%2e;x/admin",
+            "/v1/orders/%2E.;/admin",
+            "/v1/orders/..%3b/admin",
+            "/v1/orders/..%3Bx/admin",
+            "/v1/orders/..;",
+            "/v1/orders/%252e%252e/admin",
+            "/v1/orders/%25252e./admin",
+            "/v1/orders/%c0%ae%c0%ae/admin",
+            "/v1/orders/%C0%AE./admin",
+            "/v1/orders/%e0%80%ae%e0%80%ae/admin",
+            "/v1/orders/%f0%80%80%ae./admin",
+            "/v1/orders/\u{ff0e}\u{ff0e}/admin",
+            "/v1/orders/%ef%bc%8e%ef%bc%8e/admin",
+            "/v1/orders/%EF%BC%8E./admin",
+            "/v1/orders/\u{2024}./admin",
+            "/v1/orders/\u{fe52}\u{fe52};x/admin",
+            "/v1/orders/%2525ef%25bc%258e./admin",
+        ] {
+            assert_eq!(err(raw), TargetError::DotSegment, "{raw}");
+        }
+        for raw in [
+            "/v1/orders/%252f/admin",
+            "/v1/orders/%255c",
+            "/v1/orders/%c0%af",
+            "/v1/orders/%e0%80%afadmin",
+            "/v1/orders/%c1%9c",
+            "/v1/orders/a\u{ff0f}b",
+            "/v1/orders/%ef%bc%bc",
+        ] {
+            assert_eq!(err(raw), TargetError::EncodedSeparator, "{raw}");
+        }
+        assert_eq!(err("/v1/%2500"), TargetError::ControlCharacter);
+        assert_eq!(err("/v1/;/admin"), TargetError::EmptySegment);
+        assert_eq!(err("/v1/%3b/admin"), TargetError::EmptySegment);
+        assert_eq!(
+            err("/v1/%252525252e"),
+            TargetError::NestedEncoding,
+            "five levels of nesting"
+        );
+        // Still fine: parameters on a real segment, dots that stay names,
+        // an encoded percent that decodes to no dot or separator, a last
+        // segment that is only a parameter.
+        for ok in [
+            "/v1/orders;jsessionid=1/7",
+            "/v1/orders/7;v=2",
+            "/v1/orders/...;x",
+            "/v1/orders/.a;x",
+            "/v1/orders/%25",
+            "/v1/orders/100%2525",
+            "/v1/orders/%c3%a9t%c3%a9",
+            "/v1/orders/caf\u{e9}",
+            "/v1/orders/;x",
+            "/v1/orders/%25252e%25252e%25252e",
+        ] {
+            assert!(check_target(ok).is_ok(), "{ok}: {:?}", check_target(ok));
+        }
+    }
+
+    #[test]
     fn refuses_encoded_separators() {
         for raw in [
             "/v1%2forders",
@@ -746,5 +911,204 @@ mod tests {
         let p = t.authorize("GET", target.path).unwrap();
         assert_eq!(p.upstream_path, "/7");
         assert_eq!(target.query, Some("expand=lines"));
+    }
+
+    // ---- property: nothing accepted and matched escapes its grant
+
+    mod escape {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Pieces of segments: names, every dot spelling, parameters,
+        /// encoded and double-encoded bytes, look-alikes, separators.
+        const PIECES: &[&str] = &[
+            "a",
+            "v1",
+            "orders",
+            "export",
+            "admin",
+            "7",
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            "%2e%2e",
+            ";",
+            ";x",
+            ";jsessionid=1",
+            "%3b",
+            "%3B",
+            "%25",
+            "%252e",
+            "%25252e",
+            "%c0%ae",
+            "%e0%80%ae",
+            "%ef%bc%8e",
+            "\u{ff0e}",
+            "\u{2024}",
+            "%41",
+            "x.y",
+            "~",
+            "%2f",
+            "%252f",
+            "%5c",
+            "\\",
+            "%c0%af",
+            "=",
+            "%20",
+            "",
+            "%",
+            "%00",
+            "\u{e9}",
+        ];
+
+        fn segment() -> impl Strategy<Value = String> {
+            prop::collection::vec(prop::sample::select(PIECES), 1..4).prop_map(|p| p.concat())
+        }
+
+        fn target() -> impl Strategy<Value = String> {
+            (
+                prop::sample::select(&["/v1/orders", "/v1", "", "/a"][..]),
+                prop::collection::vec(segment(), 0..5),
+                any::<bool>(),
+                prop::option::of(prop::sample::select(&["x=1", "q=..;/", ""][..])),
+            )
+                .prop_map(|(prefix, segs, slash, query)| {
+                    let mut t = prefix.to_string();
+                    for s in segs {
+                        t.push('/');
+                        t.push_str(&s);
+                    }
+                    if slash || t.is_empty() {
+                        t.push('/');
+                    }
+                    if let Some(q) = query {
+                        t.push('?');
+                        t.push_str(q);
+                    }
+                    t
+                })
+        }
+
+        fn decode_once(p: &[u8]) -> Vec<u8> {
+            let mut out = Vec::with_capacity(p.len());
+            let mut i = 0;
+            while i < p.len() {
+                if p[i] == b'%'
+                    && let Some(b) = decode_at(p, i)
+                {
+                    out.push(b);
+                    i += 3;
+                } else {
+                    out.push(p[i]);
+                    i += 1;
+                }
+            }
+            out
+        }
+
+        fn strip_params(p: &[u8]) -> Vec<u8> {
+            p.split(|&b| b == b'/')
+                .map(|s| s.split(|&b| b == b';').next().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(&b'/')
+        }
+
+        /// RFC 3986 §5.2.4 on an absolute path.
+        fn remove_dot_segments(p: &[u8]) -> Vec<u8> {
+            let segs: Vec<&[u8]> = p[1..].split(|&b| b == b'/').collect();
+            let mut out: Vec<&[u8]> = Vec::new();
+            for (i, s) in segs.iter().enumerate() {
+                let last = i + 1 == segs.len();
+                match *s {
+                    b"." => {}
+                    b".." => {
+                        out.pop();
+                    }
+                    _ => {
+                        out.push(s);
+                        continue;
+                    }
+                }
+                if last {
+                    out.push(b"");
+                }
+            }
+            let mut r = b"/".to_vec();
+            r.extend(out.join(&b'/'));
+            r
+        }
+
+        /// The two orders servlet containers and frameworks use: strip
+        /// `;params` then decode (Tomcat), or decode then strip (Spring's
+        /// decoded paths), each followed by dot-segment removal.
+        fn normalised(p: &[u8]) -> [Vec<u8>; 2] {
+            [
+                remove_dot_segments(&decode_once(&strip_params(p))),
+                remove_dot_segments(&strip_params(&decode_once(p))),
+            ]
+        }
+
+        fn under(path: &[u8], prefix: &str) -> bool {
+            let prefix = prefix.trim_end_matches('/').as_bytes();
+            prefix.is_empty()
+                || path == prefix
+                || (path.starts_with(prefix) && path.get(prefix.len()) == Some(&b'/'))
+        }
+
+        fn table() -> RouteTable {
+            RouteTable::compile(&[
+                stripped(&["GET"], "/v1/orders", "orders"),
+                route(&["GET"], "/v1/orders/export", "export"),
+                route(&["GET"], "/a", "a"),
+            ])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 4000,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn accepted_targets_never_normalise_outside_their_grant(raw in target()) {
+                let table = table();
+                let Ok(t) = check_target(&raw) else { return Ok(()) };
+                let Ok(permit) = table.authorize("GET", t.path) else { return Ok(()) };
+                for n in normalised(t.path.as_bytes()) {
+                    prop_assert!(
+                        under(&n, &permit.route.path),
+                        "{raw} granted by {} normalises to {}",
+                        permit.route.path,
+                        String::from_utf8_lossy(&n)
+                    );
+                }
+                // What a stripped route relays stays under the upstream's base path.
+                if permit.route.strip_prefix {
+                    let relayed = format!("/base{}", permit.upstream_path);
+                    for n in normalised(relayed.as_bytes()) {
+                        prop_assert!(under(&n, "/base"), "{raw} relays {relayed}");
+                    }
+                }
+            }
+
+            #[test]
+            fn the_checker_never_panics(raw in "\\PC{0,64}") {
+                let _ = check_target(&raw);
+            }
+        }
+
+        #[test]
+        fn the_model_sees_the_bypass_the_checker_refuses() {
+            // Without the fold, these would be accepted under /v1/orders and
+            // reach /v1/admin (the property above would fail).
+            for raw in ["/v1/orders/..;/admin", "/v1/orders/%2e%2e%3bx/admin"] {
+                let n = normalised(raw.as_bytes());
+                assert!(n.iter().any(|n| n == b"/v1/admin"), "{raw}: {n:?}");
+                assert!(table().authorize("GET", raw).is_ok());
+                assert_eq!(err(raw), TargetError::DotSegment);
+            }
+        }
     }
 }

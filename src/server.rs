@@ -67,6 +67,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_bound = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
+    crate::rlimit::prepare(server.max_connections);
     let events = Arc::new(event_sink(&gateway_config, &home, &journal, &live)?);
     let identity = Arc::new(
         LiveIdentity::load(&home, &server.node_id)
@@ -119,7 +120,8 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         }),
         shutdown_rx.clone(),
     ));
-    let socket_task = spawn_admin_socket(&home, &journal, &events, shutdown_rx.clone());
+    let socket_task =
+        spawn_admin_socket(&home, &journal, &events, admin_bound, shutdown_rx.clone());
     let stop_signals = StopSignals::register()?;
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
@@ -135,6 +137,8 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     println!("gatehouse listening on {bound}");
     println!("gatehouse admin on {admin_bound}");
     tracing::info!(%bound, %admin_bound, partners = live.snapshot().partners.len(), "gatehouse serving");
+    crate::sd_notify::ready(&format!("serving on {bound}, admin on {admin_bound}"));
+    crate::sd_notify::spawn_watchdog(shutdown_rx.clone());
 
     let max_conns = server.max_connections;
     let permits = Arc::new(Semaphore::new(max_conns));
@@ -154,6 +158,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     // was holding for the next connection.
     drop(accept);
     tracing::info!("stopping: no new connections; draining in-flight requests");
+    crate::sd_notify::stopping();
     gateway.connections.set_listening(false);
     let _ = shutdown_tx.send(true);
     let drain = live.snapshot().gateway.server.drain_timeout;
@@ -239,6 +244,7 @@ fn spawn_admin_socket(
     home: &Home,
     journal: &Journal,
     events: &Arc<EventSink>,
+    admin_bound: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let path = home.admin_socket();
@@ -247,6 +253,7 @@ fn spawn_admin_socket(
         let events = events.clone();
         AdminHooks {
             clear_anomaly: Some(Arc::new(move |p: &str| events.clear_anomaly(p))),
+            admin_addr: Some(admin_bound),
         }
     };
     tokio::spawn(async move {

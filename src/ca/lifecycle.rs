@@ -912,3 +912,72 @@ pub fn read_cert_summary(path: &Path) -> Result<(String, OffsetDateTime), CaErro
         super::asn1_time(x.validity().not_after),
     ))
 }
+
+/// Self-service renewal, answer lost and retried with another key:
+/// replaces `successor`, the never-used certificate issued to renew
+/// `predecessor`, by one for the CSR's key. Signs first, then points the
+/// predecessor at the new certificate, then revokes `successor` (reason
+/// superseded) and re-signs the CRL; a crash in between leaves at worst an
+/// extra active certificate of the same partner, never a usable revoked one.
+/// `successor` must still be active and the predecessor still point at it.
+pub fn replace_successor(
+    home: &Home,
+    partner: &str,
+    csr_pem: &[u8],
+    predecessor: &str,
+    successor: &str,
+    days: Option<u32>,
+) -> Result<CsrRenewal, CaError> {
+    let subject = Subject::from_csr_pem(csr_pem)?;
+    let ctx = context(home, partner)?;
+    // Under the lock from the read of both records to the CRL: a concurrent
+    // revoke or renewal runs entirely before or after.
+    let lock = lock::lock(home)?;
+    let now = OffsetDateTime::now_utc();
+    let inventory = Inventory::load(home)?;
+    let (Some(old), Some(unused)) = (inventory.get(predecessor), inventory.get(successor)) else {
+        return Err(CaError::UnknownSerial(format!(
+            "{predecessor} or {successor}"
+        )));
+    };
+    let current = old.partner == partner
+        && unused.partner == partner
+        && old.superseded_by.as_deref() == Some(successor)
+        && unused.state(now) == CertState::Active;
+    if !current {
+        return Err(CaError::NotRenewable {
+            serial: predecessor.to_string(),
+            state: format!("{} (renewed by {successor}, now changed)", old.state(now)),
+        });
+    }
+    let (record, signed) = sign_partner(partner, &subject, days, &ctx, now)?;
+    write_record(home, &record, Some(&signed.pem))?;
+    let mut old = old.clone();
+    old.superseded_by = Some(record.serial.clone());
+    write_record(home, &old, None)?;
+    let mut unused = unused.clone();
+    unused.status = RecordStatus::Revoked;
+    unused.revoked_at = Some(now);
+    unused.reason = Some(RevocationReason::Superseded);
+    unused.superseded_by = Some(record.serial.clone());
+    write_record(home, &unused, None)?;
+    crl::refresh(home, &lock, &ctx.ca, ctx.gateway.ca.crl_validity)?;
+    Ok(CsrRenewal {
+        chain_pem: chain_pem(&signed, &ctx.ca),
+        record,
+        superseded: vec![unused.serial],
+    })
+}
+
+/// An issued certificate as renewal delivered it: its PEM from the
+/// inventory followed by the CA chain, when the current CA issued it (else
+/// the leaf alone; the broker still trusts a previous CA during a rollover).
+pub fn issued_chain(home: &Home, rec: &IssuedCert) -> Result<String, CaError> {
+    let leaf = home::read_to_string(&home.issued_dir().join(format!("{}.pem", rec.serial)))?;
+    let ca = Authority::load(home)?;
+    if ca.fingerprint == rec.ca_fingerprint {
+        Ok(format!("{leaf}{}", ca.chain_to_send()))
+    } else {
+        Ok(leaf)
+    }
+}

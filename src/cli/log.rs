@@ -11,7 +11,7 @@ use clap::{Subcommand, ValueEnum};
 use time::OffsetDateTime;
 
 use crate::control::socket::{self, Backend, Reply, Request};
-use crate::event::Decision;
+use crate::event::{Decision, EventKind};
 use crate::home::Home;
 use crate::journal::{JournalError, Query, Signer, Store, Verifier, fmt_time_ms};
 use crate::timefmt::parse_instant;
@@ -25,14 +25,17 @@ pub enum LogCmd {
         /// How many records.
         #[arg(short = 'n', long = "lines", default_value_t = 20)]
         n: usize,
+        /// Keep following: print new records as they are written.
         #[arg(short = 'f', long)]
         follow: bool,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
     },
-    /// Find records by partner, time, decision and status (oldest first).
+    /// Find records by partner, kind, time, decision and status. Lists the
+    /// oldest matches first (at most --limit); --reverse lists the newest first.
     Query {
+        /// Only this partner's records.
         #[arg(long)]
         partner: Option<String>,
         /// From this time (RFC 3339, or a duration ago: 1h, 7d).
@@ -41,13 +44,24 @@ pub enum LogCmd {
         /// Before this time (RFC 3339, or a duration ago).
         #[arg(long)]
         until: Option<String>,
+        /// Only allowed, or only denied, exchanges.
         #[arg(long, value_enum)]
         decision: Option<DecisionArg>,
         /// HTTP status.
         #[arg(long)]
         status: Option<u16>,
+        /// Only records of this kind: exchanges, refused TLS handshakes
+        /// (and their per-address summaries), alerts, or admin events
+        /// (reloads, certificate changes).
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        /// Newest first: with --limit, the last N matches, not the first N.
+        #[arg(long)]
+        reverse: bool,
+        /// At most this many records.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// One JSON object per line.
         #[arg(long)]
         json: bool,
         /// Query these `log export` files (several nodes of a fleet,
@@ -57,6 +71,7 @@ pub enum LogCmd {
     },
     /// Export records and signed checkpoints, one JSON object per line.
     Export {
+        /// Output format: JSON lines, one record or checkpoint per line.
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
         /// Resume after this sequence number.
@@ -65,9 +80,17 @@ pub enum LogCmd {
         /// Keep streaming new records.
         #[arg(long)]
         follow: bool,
+        /// A cursor file for a resumable shipper: start after the sequence
+        /// number it holds (else after --after-seq), and keep it updated as
+        /// lines are written (at most once a second, and at the end). After
+        /// a crash or restart at most the last second's lines come again;
+        /// none is skipped.
+        #[arg(long, value_name = "FILE")]
+        cursor: Option<std::path::PathBuf>,
     },
     /// Check the hash chain and every checkpoint signature (exit 0 only if all hold).
     Verify {
+        /// The verification report as one JSON object.
         #[arg(long)]
         json: bool,
         /// Verify these `log export` files (each node's chain and signed
@@ -101,6 +124,25 @@ pub enum DrillArg {
 pub enum DecisionArg {
     Allowed,
     Denied,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum KindArg {
+    Exchange,
+    Handshake,
+    Alert,
+    Admin,
+}
+
+impl KindArg {
+    fn kind(self) -> EventKind {
+        match self {
+            KindArg::Exchange => EventKind::Exchange,
+            KindArg::Handshake => EventKind::Handshake,
+            KindArg::Alert => EventKind::Alert,
+            KindArg::Admin => EventKind::Admin,
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -342,6 +384,8 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
             until,
             decision,
             status,
+            kind,
+            reverse,
             limit,
             json,
             exports,
@@ -372,8 +416,9 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
                     DecisionArg::Denied => Decision::Denied,
                 }),
                 status,
-                kind: None,
+                kind: kind.map(KindArg::kind),
                 limit,
+                reverse,
             };
             run_request(home, Request::Query { query }, &mut |r| print_ok(r, json))?;
         }
@@ -381,10 +426,39 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
             format: ExportFormat::Jsonl,
             after_seq,
             follow,
+            cursor,
         } => {
+            let Some(path) = cursor else {
+                run_request(home, Request::Export { after_seq, follow }, &mut |r| {
+                    print_ok(r, true)
+                })?;
+                return Ok(ExitCode::SUCCESS);
+            };
+            let mut cursor = Cursor::open(path, after_seq)?;
+            let after_seq = cursor.seq;
+            let mut complete = true;
             run_request(home, Request::Export { after_seq, follow }, &mut |r| {
-                print_ok(r, true)
+                let done = match &r {
+                    // Everything before this record (its checkpoint included) is out.
+                    Reply::Record(rec) => Some(rec.seq.saturating_sub(1)),
+                    Reply::Checkpoint(c) => Some(c.seq),
+                    _ => None,
+                };
+                let last = match &r {
+                    Reply::Record(rec) => Some(rec.seq),
+                    _ => None,
+                };
+                if !print_ok(r, true)? {
+                    // stdout is closed: this line did not go out.
+                    complete = false;
+                    return Ok(false);
+                }
+                if let Some(done) = done {
+                    cursor.advance(done, last)?;
+                }
+                Ok(true)
             })?;
+            cursor.finish(complete)?;
         }
         LogCmd::Verify { json, exports } if !exports.is_empty() => {
             return crate::fleet::exports::cli_verify(home, &exports, json);
@@ -460,6 +534,90 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `log export --cursor FILE`: the sequence number after which a shipper
+/// resumes. It only ever names lines already written to stdout (flushed
+/// first), so a restart may repeat lines but never skips one.
+struct Cursor {
+    path: std::path::PathBuf,
+    /// The sequence number the file holds (or will, at the next save).
+    seq: u64,
+    /// The last record written, for the end of the stream.
+    last_record: Option<u64>,
+    saved: std::time::Instant,
+    dirty: bool,
+}
+
+impl Cursor {
+    fn open(path: std::path::PathBuf, default: u64) -> Result<Cursor, JournalError> {
+        let seq = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+                JournalError::Message(format!(
+                    "cursor file {} does not hold a sequence number (got {:?}); fix or remove it",
+                    path.display(),
+                    text.trim()
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => default,
+            Err(e) => {
+                return Err(JournalError::Message(format!(
+                    "cannot read cursor file {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        Ok(Cursor {
+            path,
+            seq,
+            last_record: None,
+            saved: std::time::Instant::now(),
+            dirty: false,
+        })
+    }
+
+    fn advance(&mut self, done: u64, last_record: Option<u64>) -> Result<(), JournalError> {
+        if last_record.is_some() {
+            self.last_record = last_record;
+        }
+        if done > self.seq {
+            self.seq = done;
+            self.dirty = true;
+        }
+        if self.dirty && self.saved.elapsed() >= std::time::Duration::from_secs(1) {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Saves at the end; a `complete` stream also vouches for its last
+    /// record (no checkpoint line can follow it any more).
+    fn finish(&mut self, complete: bool) -> Result<(), JournalError> {
+        if let Some(last) = self.last_record.filter(|l| complete && *l > self.seq) {
+            self.seq = last;
+            self.dirty = true;
+        }
+        if self.dirty { self.save() } else { Ok(()) }
+    }
+
+    fn save(&mut self) -> Result<(), JournalError> {
+        // The lines the cursor vouches for must have left the process.
+        std::io::stdout()
+            .flush()
+            .map_err(|_| JournalError::Closed)?;
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{}\n", self.seq))
+            .and_then(|()| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| {
+                JournalError::Message(format!(
+                    "cannot write cursor file {}: {e}",
+                    self.path.display()
+                ))
+            })?;
+        self.saved = std::time::Instant::now();
+        self.dirty = false;
+        Ok(())
+    }
 }
 
 fn current_last(home: &Home) -> Result<u64, JournalError> {

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod log;
+pub mod shell;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +67,10 @@ pub enum Command {
     /// Partner side: renew this partner's certificate at the broker (no home needed).
     #[command(subcommand)]
     Agent(agent::AgentCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(shell::CompletionsArgs),
+    /// Print the man page gatehouse(1), or write every command's page with --dir.
+    Man(shell::ManArgs),
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +118,7 @@ pub struct InitArgs {
 pub enum PartnerCmd {
     /// Onboard a partner: writes partners/<ID>.toml.
     Add {
+        /// Partner id: lowercase letters, digits and '-', up to 63 characters.
         id: String,
         /// Display name (the certificate's O=).
         #[arg(long)]
@@ -123,30 +129,46 @@ pub enum PartnerCmd {
     },
     /// List partners.
     List {
+        /// One JSON array, for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Show one partner, its routes and certificates.
     Show {
+        /// The partner's id.
         id: String,
+        /// One JSON object, for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Stop a partner's calls at once (its certificates stay valid).
-    Suspend { id: String },
+    Suspend {
+        /// The partner's id.
+        id: String,
+    },
     /// Let a suspended partner call again.
-    Resume { id: String },
+    Resume {
+        /// The partner's id.
+        id: String,
+    },
     /// Offboard a partner: revokes its certificates and deletes its file.
-    Remove { id: String },
+    Remove {
+        /// The partner's id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum CertCmd {
     /// Issue a client certificate (new key, or sign the partner's CSR).
     Issue {
+        /// The partner's id (see `gatehouse partner list`).
         id: String,
+        /// Sign this PKCS#10 request (PEM) instead of making a new key; only
+        /// its public key is used, subject and extensions are the CA's.
         #[arg(long)]
         csr: Option<PathBuf>,
+        /// Validity in days (default from gatehouse.toml).
         #[arg(long)]
         days: Option<u32>,
         /// Where to write ID.pem (leaf + issuing CA), ID.key and ca.pem (the
@@ -163,11 +185,15 @@ pub enum CertCmd {
     },
     /// Rotate: issue a successor; the old certificate stays valid for the overlap.
     Renew {
+        /// The partner's id.
         id: String,
+        /// Sign this PKCS#10 request (PEM) instead of making a new key.
         #[arg(long)]
         csr: Option<PathBuf>,
+        /// Validity in days (default from gatehouse.toml).
         #[arg(long)]
         days: Option<u32>,
+        /// Where to write ID.pem, ID.key and ca.pem (default: <home>/clients/ID).
         #[arg(long)]
         out: Option<PathBuf>,
         /// How long the old certificate stays valid (default from gatehouse.toml, 24h).
@@ -182,8 +208,10 @@ pub enum CertCmd {
     },
     /// Revoke one certificate by serial, or all of a partner's.
     Revoke {
+        /// The certificate's serial (hex, see `gatehouse cert list`).
         #[arg(required_unless_present = "partner", conflicts_with = "partner")]
         serial: Option<String>,
+        /// Revoke every usable certificate of this partner instead.
         #[arg(long)]
         partner: Option<String>,
         /// RFC 5280 reason: keyCompromise, superseded, cessationOfOperation, ...
@@ -192,15 +220,18 @@ pub enum CertCmd {
     },
     /// List issued certificates and their states.
     List {
+        /// Only this partner's certificates.
         id: Option<String>,
         /// Only certificates expiring within this long (e.g. 30d).
         #[arg(long)]
         expiring: Option<String>,
+        /// One JSON array, for scripts.
         #[arg(long)]
         json: bool,
     },
     /// The CRL: `--refresh` re-signs it now.
     Crl {
+        /// Re-sign the CRL now (otherwise print it).
         #[arg(long)]
         refresh: bool,
     },
@@ -215,6 +246,7 @@ pub enum CertCmd {
         /// keeps the previous key, so tokens already issued still verify).
         #[arg(long)]
         identity_key: bool,
+        /// One JSON object, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -255,6 +287,7 @@ pub enum CaCmd {
     },
     /// The roots, issuing CAs and upstream-client CAs, and what depends on each.
     List {
+        /// One JSON array, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -292,6 +325,8 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Status(a) => status::run(&existing(&cli.home)?, a),
         Command::Ca(c) => cmd_ca(&existing(&cli.home)?, c),
         Command::Agent(c) => agent::run(c),
+        Command::Completions(a) => shell::completions(a),
+        Command::Man(a) => shell::man(a),
     };
     if let (Ok(code), Some(change)) = (&result, announce)
         && *code == ExitCode::SUCCESS
@@ -329,8 +364,11 @@ fn cmd_serve(home: Home, a: ServeArgs) -> CliResult {
 pub(crate) fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal: a log file or a journald
+    // pipe gets no ANSI escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -383,7 +421,7 @@ fn cmd_init(home: Home, a: InitArgs) -> CliResult {
         println!("  config: {}", home.config_file().display());
     }
     println!(
-        "next: gatehouse partner add ID --route \"GET /v1/orders -> orders\", then gatehouse cert issue ID"
+        "next: add your API as an [upstreams.NAME] table in gatehouse.toml (a commented example is there), then gatehouse partner add ID --route \"GET /v1/orders -> NAME\" and gatehouse cert issue ID"
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -400,6 +438,11 @@ fn cmd_check(home: &Home) -> CliResult {
             home.config_file().display(),
             loaded.partners.len()
         );
+        if loaded.gateway.upstreams.is_empty() {
+            println!(
+                "note: no [upstreams.NAME] is configured yet: the broker serves, but every partner call is denied until one is (see the commented example in gatehouse.toml)"
+            );
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         for p in &problems {

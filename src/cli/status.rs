@@ -1,5 +1,6 @@
 //! `gatehouse status`: asks the running broker's admin listener for
-//! `GET /status` and shows it per partner (a table, or the JSON with
+//! `GET /status` (found through `data/admin.sock`, whatever address
+//! `serve` bound) and shows it per partner (a table, or the JSON with
 //! `--json`). Owns nothing but the HTTP call and the rendering; the numbers
 //! come from the monitor inside the broker.
 
@@ -27,7 +28,8 @@ pub struct StatusArgs {
     /// Print the broker's status document as JSON.
     #[arg(long)]
     pub json: bool,
-    /// The broker's admin address (default: [server] admin in gatehouse.toml).
+    /// The broker's admin address (default: asked of the running broker
+    /// through data/admin.sock, else [server] admin in gatehouse.toml).
     #[arg(long)]
     pub admin: Option<SocketAddr>,
     /// The whole fleet, from its Redis store (`[cluster]`): live nodes,
@@ -57,12 +59,32 @@ pub fn run(home: &Home, args: StatusArgs) -> Result<ExitCode, Box<dyn Error>> {
     }
     let admin = match args.admin {
         Some(a) => a,
-        None => crate::config::load_gateway(home)?.server.admin,
+        None => match crate::control::socket::admin_address(home) {
+            Ok(Some(a)) => reachable(a),
+            Ok(None) => crate::config::load_gateway(home)?.server.admin,
+            Err(e) => {
+                tracing::debug!("admin socket: {e}");
+                crate::config::load_gateway(home)?.server.admin
+            }
+        },
+    };
+    // A public admin listener wants the bearer token from [server] admin_token_file.
+    let token = match crate::config::load_gateway(home)
+        .ok()
+        .and_then(|g| g.server.admin_token_file)
+    {
+        Some(f) => {
+            let path = home.resolve(&f);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
+            Some(text.trim().to_string())
+        }
+        None => None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let doc = match runtime.block_on(fetch(admin)) {
+    let doc = match runtime.block_on(fetch(admin, token.as_deref())) {
         Ok(doc) => doc,
         Err(e) => {
             eprintln!("gatehouse: {e}");
@@ -77,14 +99,29 @@ pub fn run(home: &Home, args: StatusArgs) -> Result<ExitCode, Box<dyn Error>> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn fetch(admin: SocketAddr) -> Result<Value, FetchError> {
-    match tokio::time::timeout(STATUS_TIMEOUT, fetch_inner(admin)).await {
+/// An address to connect to for a listener bound to `addr`: a wildcard
+/// bind (`0.0.0.0`, `[::]`) is reached on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+async fn fetch(admin: SocketAddr, token: Option<&str>) -> Result<Value, FetchError> {
+    match tokio::time::timeout(STATUS_TIMEOUT, fetch_inner(admin, token)).await {
         Ok(r) => r,
         Err(_) => Err(FetchError::Timeout(admin, STATUS_TIMEOUT)),
     }
 }
 
-async fn fetch_inner(admin: SocketAddr) -> Result<Value, FetchError> {
+async fn fetch_inner(admin: SocketAddr, token: Option<&str>) -> Result<Value, FetchError> {
     let http = |e: &dyn std::fmt::Display| FetchError::Http(admin, e.to_string());
     let tcp = tokio::net::TcpStream::connect(admin)
         .await
@@ -93,11 +130,13 @@ async fn fetch_inner(admin: SocketAddr) -> Result<Value, FetchError> {
         .await
         .map_err(|e| http(&e))?;
     let conn_task = tokio::spawn(conn);
-    let req = http::Request::get("/status")
+    let mut req = http::Request::get("/status")
         .header(http::header::HOST, admin.to_string())
-        .header(http::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| http(&e))?;
+        .header(http::header::ACCEPT, "application/json");
+    if let Some(t) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| http(&e))?;
     let resp = sender.send_request(req).await.map_err(|e| http(&e))?;
     let status = resp.status();
     let body = http_body_util::Limited::new(resp.into_body(), MAX_STATUS_BYTES)

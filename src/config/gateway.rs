@@ -44,6 +44,10 @@ pub struct ServerSettings {
     pub admin: SocketAddr,
     /// Must be set to bind the admin listener to a non-loopback address.
     pub admin_public: bool,
+    /// With `admin_public`: a file (relative to the home) holding the bearer
+    /// token that the console, `/status` and the journal API then require.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// Name of this broker in journal records.
     pub node_id: String,
     #[serde(with = "serde_duration")]
@@ -58,6 +62,13 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub h2_max_concurrent_streams: u32,
+    /// A relayed response the partner stops reading is abandoned (and its
+    /// upstream connection released) after this long without progress.
+    #[serde(with = "serde_duration")]
+    pub write_timeout: Duration,
+    /// TLS handshakes in progress from one client address (an IPv6 /64)
+    /// at once; more are closed at once.
+    pub max_pending_handshakes_per_addr: usize,
 }
 
 impl Default for ServerSettings {
@@ -66,6 +77,7 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
             admin_public: false,
+            admin_token_file: None,
             node_id: "gatehouse-1".to_string(),
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
@@ -75,6 +87,8 @@ impl Default for ServerSettings {
             max_header_bytes: 16 * 1024,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             h2_max_concurrent_streams: 100,
+            write_timeout: Duration::from_secs(30),
+            max_pending_handshakes_per_addr: 256,
         }
     }
 }
@@ -236,6 +250,12 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
     }
     if cfg.server.max_connections == 0 {
         err("[server] max_connections must be at least 1".into());
+    }
+    if cfg.server.max_pending_handshakes_per_addr == 0 {
+        err("[server] max_pending_handshakes_per_addr must be at least 1".into());
+    }
+    if cfg.server.write_timeout.is_zero() {
+        err("[server] write_timeout must be longer than 0s".into());
     }
     if cfg.server.max_header_bytes < 1024 {
         err("[server] max_header_bytes must be at least 1024".into());

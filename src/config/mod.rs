@@ -39,19 +39,23 @@ mod tests {
 
     use super::*;
 
+    /// The default configuration with an upstream `orders` added.
     fn gw() -> GatewayConfig {
-        parse_gateway(
-            Path::new("gatehouse.toml"),
-            &default_gateway_toml("gatehouse.local"),
-        )
-        .unwrap()
+        let text = default_gateway_toml("gatehouse.local")
+            + "\n[upstreams.orders]\nurl = \"http://127.0.0.1:8080\"\n";
+        parse_gateway(Path::new("gatehouse.toml"), &text).unwrap()
     }
 
     #[test]
     fn default_config_parses() {
-        let g = gw();
+        let g = parse_gateway(
+            Path::new("gatehouse.toml"),
+            &default_gateway_toml("gatehouse.local"),
+        )
+        .unwrap();
         assert_eq!(g.trust_domain, "gatehouse.local");
-        assert!(g.upstreams.contains_key("orders"));
+        // A fresh home has no upstream: nothing it names can be missing.
+        assert!(g.upstreams.is_empty());
         assert_eq!(g.journal.durability, Durability::Strict);
     }
 

@@ -376,12 +376,21 @@ pub fn load_partners(home: &Home, gateway: &GatewayConfig) -> Result<Vec<Partner
     load_partners_cached(home, gateway, &mut PartnerCache::default())
 }
 
-/// Parsed partner files by path, with the (length, mtime) they were parsed
-/// at: a reload re-parses only the files that changed. Valid for one
-/// gateway config (its upstream names); clear it when that changes.
+/// Parsed partner files by path, with a hash of the content they were
+/// parsed from: a reload re-parses only the files whose content changed
+/// (content, not length and mtime: two writes of the same length within one
+/// clock tick of the file system share an mtime). Valid for one gateway
+/// config (its upstream names); clear it when that changes.
 #[derive(Default)]
 pub struct PartnerCache {
-    entries: std::collections::HashMap<PathBuf, (u64, Option<std::time::SystemTime>, Partner)>,
+    entries: std::collections::HashMap<PathBuf, (u64, Partner)>,
+}
+
+fn content_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 impl PartnerCache {
@@ -390,7 +399,7 @@ impl PartnerCache {
     }
 }
 
-/// `load_partners`, re-using `cache` for files whose length and mtime are unchanged.
+/// `load_partners`, re-using `cache` for files whose content is unchanged.
 pub fn load_partners_cached(
     home: &Home,
     gateway: &GatewayConfig,
@@ -416,17 +425,7 @@ pub fn load_partners_cached(
     paths.sort();
     let mut seen = std::collections::HashSet::with_capacity(paths.len());
     for path in paths {
-        let meta = std::fs::metadata(&path).ok();
-        let stamp = meta.as_ref().map(|m| (m.len(), m.modified().ok()));
         seen.insert(path.clone());
-        if let (Some((len, mtime)), Some((clen, cmtime, p))) = (stamp, cache.entries.get(&path))
-            && len == *clen
-            && mtime == *cmtime
-            && mtime.is_some()
-        {
-            partners.push(p.clone());
-            continue;
-        }
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
@@ -438,11 +437,16 @@ pub fn load_partners_cached(
                 continue;
             }
         };
+        let hash = content_hash(&text);
+        if let Some((cached, p)) = cache.entries.get(&path)
+            && *cached == hash
+        {
+            partners.push(p.clone());
+            continue;
+        }
         match parse_partner(&path, &text, gateway) {
             Ok(p) => {
-                if let Some((len, mtime)) = stamp {
-                    cache.entries.insert(path.clone(), (len, mtime, p.clone()));
-                }
+                cache.entries.insert(path.clone(), (hash, p.clone()));
                 partners.push(p)
             }
             Err(ConfigErrors(mut es)) => {

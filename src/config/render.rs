@@ -73,6 +73,8 @@ drain_timeout = "10s"         # on SIGTERM, in-flight requests get this long
 max_connections = 10000
 max_header_bytes = 16384      # larger header blocks get 431
 max_body_bytes = 10485760     # default per-route request body limit (413 beyond)
+write_timeout = "30s"         # a response the partner stops reading is abandoned after this
+max_pending_handshakes_per_addr = 256   # TLS handshakes in progress per client address (IPv6: per /64)
 
 [journal]
 durability = "strict"         # "strict": a response ends only after its record is on disk; or "relaxed"
@@ -92,15 +94,22 @@ anomaly_warmup_minutes = 60  # a baseline needs this much history before it aler
 # webhook_url = "https://alerts.example.com/gatehouse"   # alerts are POSTed here as JSON
 # webhook_ca = "certs/webhook-ca.pem"                     # CA for an https webhook
 
-# The example upstream: `cargo run --example echo-upstream` serves it and writes
-# certs/upstream-ca.pem, the CA that verifies its server certificate.
-[upstreams.orders]
-url = "https://127.0.0.1:9443"
-ca = "certs/upstream-ca.pem"
-server_name = "localhost"
-# client_cert / client_key default to certs/broker-client.pem / .key
-connect_timeout = "5s"
-response_timeout = "30s"
+# Upstreams: the APIs partners reach through the broker, one [upstreams.NAME]
+# table each; a partner's route names one. None is configured yet, so the
+# broker serves but has nowhere to relay: every partner call is denied.
+# An example to uncomment and point at your API (`cargo run --example
+# echo-upstream` serves one and writes certs/upstream-ca.pem):
+# [upstreams.orders]
+# url = "https://127.0.0.1:9443"
+# ca = "certs/upstream-ca.pem"    # verifies the upstream's server certificate
+# server_name = "localhost"       # the name checked in that certificate
+# # client_cert / client_key default to certs/broker-client.pem / .key
+# connect_timeout = "5s"
+# response_timeout = "30s"
+#
+# A legacy plain-HTTP upstream looks like this:
+# [upstreams.legacy-billing]
+# url = "http://127.0.0.1:8080"
 
 # A fleet of several nodes shares limits, quotas, revocations and anomaly
 # baselines through Redis (see the README, "Run a fleet"):
@@ -109,10 +118,6 @@ response_timeout = "30s"
 # redis_ca = "certs/redis-ca.pem"
 # redis_password_file = "certs/redis.pass"
 # on_store_failure = "local"  # or "deny"
-
-# A legacy plain-HTTP upstream looks like this:
-# [upstreams.legacy-billing]
-# url = "http://127.0.0.1:8080"
 "#
     )
 }

@@ -2,7 +2,11 @@
 //! `/readyz` (config loaded, journal writable, listening), `/metrics`
 //! (the monitor's Prometheus text) and `/status` (the operator view as
 //! JSON, read by `gatehouse status`) and `/.well-known/jwks.json` (the
-//! public keys of the upstream identity tokens).
+//! public keys of the upstream identity tokens). HTTP/1.1 only, at most
+//! [`MAX_ADMIN_CONNECTIONS`] connections at once, each cut after
+//! [`ADMIN_HEADER_TIMEOUT`] without a request head and after
+//! [`ADMIN_CONNECTION_TIMEOUT`] in all. `/` and the console's JSON are the
+//! operator console's (`super::console`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -13,8 +17,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -48,6 +51,10 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<Bytes>> {
+    // The operator console (`/`, its assets and JSON).
+    if let Some(r) = super::console::route(&req, &view).await {
+        return r;
+    }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
@@ -65,14 +72,31 @@ async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<By
         }
         "/metrics" => {
             refresh_cert_expiry(&view).await;
-            let mut r = text(StatusCode::OK, view.events.monitor().render());
+            let monitor = view.events.monitor();
+            monitor.set_journal_writable(view.events.writable());
+            // OpenMetrics for scrapers that ask for it (Prometheus does),
+            // else the classic text format (curl, promtool).
+            let accept = req.headers().get(http::header::ACCEPT);
+            let (body, content_type) =
+                if crate::guard::monitor::wants_openmetrics(accept.and_then(|v| v.to_str().ok())) {
+                    (monitor.render(), crate::guard::monitor::CONTENT_TYPE)
+                } else {
+                    (
+                        monitor.render_text(),
+                        crate::guard::monitor::TEXT_CONTENT_TYPE,
+                    )
+                };
+            let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(crate::guard::monitor::CONTENT_TYPE),
+                http::HeaderValue::from_static(content_type),
             );
             r
         }
-        "/status" => status(&view).await,
+        "/status" => match super::console::authorize(&req, &view).await {
+            Some(denied) => denied,
+            None => status(&view).await,
+        },
         crate::ca::upstream_identity::JWKS_PATH => {
             let mut r = text(StatusCode::OK, view.identity.current().jwks_json.clone());
             let h = r.headers_mut();
@@ -160,26 +184,61 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
     r
 }
 
-/// Serves the admin endpoints until shutdown.
+/// Connections the admin listener serves at once; more wait in the
+/// kernel's backlog until one ends.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// A request head must arrive within this (slow-header cut-off).
+pub const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A connection is closed after this long, whatever it does (an answer
+/// takes milliseconds; scrapers reconnect).
+pub const ADMIN_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves the admin endpoints until shutdown: at most
+/// [`MAX_ADMIN_CONNECTIONS`] at once, each cut after
+/// [`ADMIN_HEADER_TIMEOUT`] without a full request head and after
+/// [`ADMIN_CONNECTION_TIMEOUT`] in all; an accept error (out of descriptors)
+/// backs off instead of spinning.
 pub async fn serve(
     listener: TcpListener,
     view: Arc<AdminView>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    // HTTP/1.1 only (Prometheus, curl, `gatehouse status`): its header
+    // timer runs from the connection's start, so a connection that never
+    // sends a byte is cut too.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    let builder = Arc::new(builder);
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
         let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("admin listener: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
             _ = shutdown.changed() => return,
         };
         let view = view.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let view = view.clone();
                 async move { Ok::<_, Infallible>(route(req, view).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            let _ = tokio::time::timeout(ADMIN_CONNECTION_TIMEOUT, conn).await;
+            drop(slot);
         });
     }
 }

@@ -60,6 +60,9 @@ pub enum Request {
     FaultDrill {
         journal_write_failure: bool,
     },
+    /// Where the running broker's admin HTTP listener is bound (for
+    /// `gatehouse status`, whatever `--admin` `serve` was given).
+    AdminAddress,
 }
 
 /// One response line.
@@ -71,6 +74,7 @@ pub enum Reply {
     Verify(VerifyReport),
     Prune(PruneReport),
     Status(StatusReport),
+    AdminAddress { addr: std::net::SocketAddr },
     End,
     Error { message: String },
 }
@@ -141,7 +145,7 @@ pub fn execute(
                 })?;
                 return Ok(send(Reply::Prune(b.store.prune(before_ms, signer)?)));
             }
-            Request::FaultDrill { .. } | Request::ClearAnomaly { .. } => {
+            Request::FaultDrill { .. } | Request::ClearAnomaly { .. } | Request::AdminAddress => {
                 return Err(JournalError::Remote(
                     "fault drills need a running broker".into(),
                 ));
@@ -257,6 +261,8 @@ pub type ClearAnomalyHook = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 pub struct AdminHooks {
     /// Clears a partner's anomaly throttle; true when one was in force.
     pub clear_anomaly: Option<ClearAnomalyHook>,
+    /// The admin HTTP listener's bound address.
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 async fn handle(
@@ -295,6 +301,20 @@ async fn handle(
         };
         let mut out = serde_json::to_vec(&reply).unwrap_or_default();
         out.push(b'\n');
+        return wr.write_all(&out).await;
+    }
+    if let Request::AdminAddress = req {
+        let reply = match hooks.admin_addr {
+            Some(addr) => Reply::AdminAddress { addr },
+            None => Reply::Error {
+                message: "this process serves no admin listener".into(),
+            },
+        };
+        let mut out = Vec::new();
+        for r in [reply, Reply::End] {
+            out.extend(serde_json::to_vec(&r).unwrap_or_default());
+            out.push(b'\n');
+        }
         return wr.write_all(&out).await;
     }
     if let Request::FaultDrill {
@@ -371,6 +391,25 @@ pub fn request(
         path,
         "the broker closed the connection before the end of the answer",
     ))
+}
+
+/// The running broker's admin listener address, asked over the admin
+/// socket; `Ok(None)` when no broker answers there.
+pub fn admin_address(
+    home: &crate::home::Home,
+) -> Result<Option<std::net::SocketAddr>, JournalError> {
+    let path = home.admin_socket();
+    let Ok(stream) = std::os::unix::net::UnixStream::connect(&path) else {
+        return Ok(None);
+    };
+    let mut found = None;
+    request(stream, &path, &Request::AdminAddress, &mut |reply| {
+        if let Reply::AdminAddress { addr } = reply {
+            found = Some(addr);
+        }
+        Ok(true)
+    })?;
+    Ok(found)
 }
 
 /// Asks the running broker (if any) to clear a partner's anomaly throttle.

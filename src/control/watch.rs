@@ -127,6 +127,9 @@ pub async fn watch_files(
             _ = w.trigger.notify.notified() => (w.trigger.force.swap(false, Ordering::AcqRel), true),
             _ = shutdown.changed() => return,
         };
+        if force {
+            crate::sd_notify::reloading();
+        }
         let look = poked
             || force
             || notifier.is_none()
@@ -140,6 +143,9 @@ pub async fn watch_files(
         reload_identity(&w).await;
         reload(&w, force, &mut last_error).await;
         w.trigger.looks.fetch_add(1, Ordering::AcqRel);
+        if force {
+            crate::sd_notify::reloaded("serving (reload done)");
+        }
     }
 }
 

@@ -97,11 +97,17 @@ struct Handshaken {
 }
 
 /// The TLS handshake and the partner's identity, or a TLS-level refusal.
-async fn handshake(gw: &Gateway, tcp: TcpStream) -> Result<Handshaken, Refusal> {
+async fn handshake(gw: &Gateway, tcp: TcpStream, peer: SocketAddr) -> Result<Handshaken, Refusal> {
+    // One address may not hold every slot with unfinished handshakes.
+    let Some(pending) = gw.handshakes.try_enter(peer.ip()) else {
+        return Err(Refusal::tls(code::TOO_MANY_PENDING_HANDSHAKES));
+    };
     let snapshot = gw.live.snapshot();
     let acceptor = TlsAcceptor::from(gw.live.tls_config());
     let timeout = snapshot.gateway.server.handshake_timeout;
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+    let accepted = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
+    drop(pending);
+    let tls = match accepted {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let failure = classify_handshake_error(&e);
@@ -152,7 +158,7 @@ async fn handle_connection(
     // A handshake in progress ends in a refusal record or, soon after, a
     // request's record: tell the journal's group commit it is coming.
     let expected = gw.events.expect_record();
-    let done = match handshake(&gw, tcp).await {
+    let done = match handshake(&gw, tcp, peer).await {
         Ok(done) => done,
         Err(refusal) => {
             let mut ev = gw.events.event(EventKind::Handshake, Decision::Denied);
@@ -166,7 +172,15 @@ async fn handle_connection(
     };
     gw.events.monitor().handshake_ok(done.kind);
     drop(expected);
-    let idle_timeout = gw.live.snapshot().gateway.server.idle_timeout;
+    // Renewal may replace a successor only while it was never used.
+    gw.seen.handshake(&gw.live.home, &done.identity.serial);
+    let (idle_timeout, write_timeout) = {
+        let s = gw.live.snapshot();
+        (
+            s.gateway.server.idle_timeout,
+            s.gateway.server.write_timeout,
+        )
+    };
     let ctx = Arc::new(ConnCtx::new(
         done.identity,
         peer,
@@ -183,6 +197,10 @@ async fn handle_connection(
     let conn = builder.serve_connection(TokioIo::new(done.tls), service);
     tokio::pin!(conn);
     let mut shutting_down = false;
+    // Once the broker decided to close (idle, or after a refusal), the
+    // partner gets `write_timeout` to take what is left, then the
+    // connection is dropped whatever it is doing.
+    let mut hard_close: Option<tokio::time::Instant> = None;
     loop {
         let idle_left = if ctx.busy() {
             // Busy: look again a full idle period later (never a zero-length
@@ -202,7 +220,12 @@ async fn handle_connection(
             }
             _ = ctx.close_requested(), if !shutting_down => {
                 shutting_down = true;
+                hard_close = Some(tokio::time::Instant::now() + write_timeout);
                 conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(hard_close.unwrap_or_else(tokio::time::Instant::now)), if hard_close.is_some() => {
+                tracing::debug!(%peer, "the partner did not take the rest of the answer within write_timeout: closed");
+                break;
             }
             _ = shutdown.changed(), if !shutting_down => {
                 shutting_down = true;
@@ -212,6 +235,7 @@ async fn handle_connection(
                 let idle_for = ctx.now_ms() - ctx.last_activity_ms();
                 if !ctx.busy() && idle_for >= idle_timeout.as_millis() as i64 {
                     shutting_down = true;
+                    hard_close = Some(tokio::time::Instant::now() + write_timeout);
                     conn.as_mut().graceful_shutdown();
                 }
             }

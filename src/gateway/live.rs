@@ -5,8 +5,15 @@
 //! home's files; a file that fails validation is refused and the running
 //! state stays in force. The watcher notices file changes (stat polling) and
 //! SIGHUP within a second.
+//!
+//! **No lost edit.** A file's stamp is a hash of its content (not its
+//! length and mtime, which two quick writes of the same length share), and
+//! every stamp is taken *before* the files it covers are read: a write that
+//! lands while a reload reads leaves the stored stamp behind the files, so
+//! the next look reloads again. The last edit is always picked up.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +118,7 @@ impl Snapshot {
     }
 }
 
-/// File stamps (length + mtime) per group of inputs, to tell what changed.
+/// File stamps (content hashes) per group of inputs, to tell what changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Stamps {
     config: u64,
@@ -143,23 +150,27 @@ fn compute_stamps(home: &Home, gateway: Option<&GatewayConfig>) -> Stamps {
     tls_files.extend(files_in(&home.issued_dir(), "toml"));
     tls_files.extend(files_in(&home.ca_previous_dir(), "pem"));
     tls_files.push(home.root_cross());
-    let mut upstream_files = vec![
-        home.config_file(),
-        home.broker_client_cert(),
-        home.broker_client_key(),
-    ];
-    if let Some(g) = gateway {
-        for u in g.upstreams.values() {
-            for f in [&u.ca, &u.client_cert, &u.client_key].into_iter().flatten() {
-                upstream_files.push(home.resolve(f));
-            }
-        }
-    }
     Stamps {
         config: stamp_files(&config_files),
         tls: stamp_files(&tls_files),
-        upstream: stamp_files(&upstream_files),
+        upstream: gateway.map_or(0, |g| stamp_upstreams(home, g)),
     }
+}
+
+/// The upstream clients' inputs: their settings as parsed, and the files
+/// they load (the broker's client certificate, each upstream's CA and
+/// client certificate). Taken before the clients read those files.
+fn stamp_upstreams(home: &Home, gateway: &GatewayConfig) -> u64 {
+    let mut files = vec![home.broker_client_cert(), home.broker_client_key()];
+    for u in gateway.upstreams.values() {
+        for f in [&u.ca, &u.client_cert, &u.client_key].into_iter().flatten() {
+            files.push(home.resolve(f));
+        }
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    toml::to_string(&gateway.upstreams).ok().hash(&mut h);
+    stamp_files(&files).hash(&mut h);
+    h.finish()
 }
 
 /// The certificate view the TLS verifier consults at each handshake.
@@ -279,7 +290,8 @@ impl Live {
     /// Loads everything; any problem is an error (the broker does not start).
     pub fn load(home: Home) -> Result<Live, String> {
         let mut cache = config::PartnerCache::default();
-        let snapshot = build(&home, None, &mut cache)?;
+        let stamps = compute_stamps(&home, None);
+        let snapshot = build(&home, None, &mut cache, stamps)?;
         let gateway = snapshot.gateway.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(SnapshotCell(Arc::new(snapshot))));
         let tls = build_tls(&home, &gateway, snapshot.clone())?;
@@ -377,7 +389,7 @@ impl Live {
             // SIGHUP: read every file afresh.
             cache.clear();
         }
-        let next = match build(&self.home, Some(&current), &mut cache) {
+        let next = match build(&self.home, Some(&current), &mut cache, stamps.clone()) {
             Ok(n) => n,
             Err(e) => {
                 *refused = Some(stamps);
@@ -436,10 +448,13 @@ fn build_tls(
 
 /// Builds a snapshot from the files. Upstream clients are reused from
 /// `previous` when their inputs did not change (their pools stay warm).
+/// `stamps` were taken before anything is read here (their `upstream` part
+/// is taken again below, once the new gateway names the upstream files).
 fn build(
     home: &Home,
     previous: Option<&Snapshot>,
     cache: &mut config::PartnerCache,
+    mut stamps: Stamps,
 ) -> Result<Snapshot, String> {
     let gateway = config::load_gateway(home).map_err(|e| e.to_string())?;
     // Parsed partner files stay valid while gatehouse.toml (their upstream
@@ -452,7 +467,7 @@ fn build(
     let partners =
         config::load_partners_cached(home, &gateway, cache).map_err(|e| e.to_string())?;
     let loaded = config::Loaded { gateway, partners };
-    let stamps = compute_stamps(home, Some(&loaded.gateway));
+    stamps.upstream = stamp_upstreams(home, &loaded.gateway);
     let inventory = Inventory::load(home).map_err(|e| e.to_string())?;
     let certs = inventory
         .certs

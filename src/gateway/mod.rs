@@ -4,8 +4,9 @@
 //! the one `Refusal` type every refusal travels as (`refusal`), the one
 //! place that turns an outcome into the partner's response and its record
 //! (`respond`), the live configuration the phases read (`live`), the
-//! upstream leg (`relay`), the record-keeping response body (`exchange`)
-//! and the self-service renewal endpoint (`renewal`).
+//! upstream leg (`relay`), the record-keeping response body (`exchange`),
+//! the self-service renewal endpoint (`renewal`) and which certificates
+//! have completed a handshake (`seen`, which renewal reads).
 //!
 //! The gateway receives what it uses as a [`Gateway`]: the live state, the
 //! event sink, the upstream identity signer and the renewal state. It knows
@@ -20,13 +21,17 @@ use crate::guard::EventSink;
 
 pub mod conn;
 pub mod exchange;
+pub mod handshake_gate;
+pub mod header_guard;
 pub mod live;
 pub mod refusal;
 pub mod relay;
 pub mod renewal;
 pub mod request;
 pub mod respond;
+pub mod seen;
 pub mod session;
+pub mod write_guard;
 
 pub use conn::{accept_loop, http_builder};
 pub use refusal::Refusal;
@@ -41,10 +46,15 @@ pub struct Gateway {
     pub identity: Arc<LiveIdentity>,
     /// Self-service renewal state (rate, one at a time).
     pub renewals: renewal::Renewals,
+    /// Certificates that completed a handshake (for renewal).
+    pub seen: Arc<seen::Seen>,
     /// Connections being served, and whether the listener still accepts.
     pub connections: Arc<Connections>,
     /// The fleet this node belongs to (`[cluster]`); `None`: a single node.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// TLS handshakes in progress per client address (the cap is read at
+    /// start: `[server] max_pending_handshakes_per_addr`).
+    pub handshakes: Arc<handshake_gate::HandshakeGate>,
     /// The clock origin of the connections' idle timers.
     epoch: Instant,
 }
@@ -55,11 +65,18 @@ impl Gateway {
         events: Arc<EventSink>,
         identity: Arc<LiveIdentity>,
     ) -> Gateway {
+        let max_pending = live
+            .snapshot()
+            .gateway
+            .server
+            .max_pending_handshakes_per_addr;
         Gateway {
+            handshakes: handshake_gate::HandshakeGate::new(max_pending),
             live,
             events,
             identity,
             renewals: Default::default(),
+            seen: Arc::default(),
             connections: Arc::default(),
             fleet: None,
             epoch: Instant::now(),

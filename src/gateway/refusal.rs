@@ -19,7 +19,9 @@ use crate::policy::{Denial, TargetError};
 pub mod code {
     /// The journal cannot take records: fail closed.
     pub const JOURNAL_UNAVAILABLE: &str = "journal_unavailable";
-    /// Both framings (Content-Length and Transfer-Encoding) or conflicting lengths.
+    /// Content-Length values spelled differently (reachable over HTTP/2;
+    /// hyper refuses them, and re-frames Content-Length beside
+    /// Transfer-Encoding, on HTTP/1.1).
     pub const AMBIGUOUS_FRAMING: &str = "ambiguous_framing";
     /// An absolute-form or authority-form target on HTTP/1.1, or an
     /// upstream URI that cannot be built.
@@ -38,6 +40,9 @@ pub mod code {
     pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
     /// The partner presented no certificate.
     pub const NO_CERTIFICATE: &str = "no_certificate";
+    /// The client's address already has `max_pending_handshakes_per_addr`
+    /// handshakes in progress: closed before the handshake.
+    pub const TOO_MANY_PENDING_HANDSHAKES: &str = "too_many_pending_handshakes";
 }
 
 /// One refusal (see the module doc).

@@ -255,17 +255,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Whether a partner-sent header could be used to pose as someone else
-/// (or to forge the broker's own annotations); such headers are dropped.
+/// Whether a partner-sent header could be used to pose as someone else,
+/// forge the broker's own annotations or override the granted method or
+/// path, in any spelling (`_` for `-`, any case): such headers are dropped.
+/// The list and the folding live in [`crate::gateway::header_guard`].
 pub fn is_spoofable(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    n.starts_with("x-gatehouse-")
-        || n.starts_with("x-forwarded-")
-        || n == "forwarded"
-        || n == "x-request-id"
-        || n == "x-real-ip"
-        || n == "x-client-cert"
-        || n == "ssl-client-cert"
+    crate::gateway::header_guard::is_reserved(name.as_str())
 }
 
 /// Prepares a partner's request headers for the upstream: hop-by-hop and
@@ -274,13 +269,16 @@ pub fn is_spoofable(name: &HeaderName) -> bool {
 pub fn upstream_request_headers(headers: &mut HeaderMap, annotations: &Annotations<'_>) {
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_spoofable(n))
-        .cloned()
-        .collect();
-    for n in spoofed {
-        headers.remove(n);
+    crate::gateway::header_guard::strip_reserved(headers);
+    // Repeated (equal) Content-Length values go upstream as one.
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).cloned()
+        && headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .nth(1)
+            .is_some()
+    {
+        headers.insert(header::CONTENT_LENGTH, len);
     }
     let mut set = |name: &'static str, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {

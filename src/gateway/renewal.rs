@@ -1,31 +1,41 @@
 //! Partner self-service renewal: `POST /.well-known/gatehouse/renew` on the
 //! partner listener. The caller has already passed the handshake and the
 //! per-request admission check (partner active, certificate unrevoked,
-//! unexpired, not superseded past its overlap); this module decides whether
-//! the presenting certificate may be renewed now (renewal window, one renewal
-//! per certificate, a per-partner minimum interval), then hands the CSR to
-//! `ca::lifecycle::renew_from_csr`, which signs only its public key and
-//! supersedes exactly the presenting certificate.
+//! unexpired, not superseded past its overlap); this module decides what
+//! the request gets, in phases: read the CSR (bounded) and verify its key;
+//! plan from the inventory (renew an active certificate inside its window,
+//! deliver again the successor already issued for this key, replace a
+//! successor never seen at a handshake, or refuse); the per-partner minimum
+//! interval; a journal record *before* signing (no certificate is issued
+//! that the journal does not know of); sign through `ca::lifecycle`; reload
+//! and record `cert_renewed`.
 //!
-//! It owns the renewal rate state and the window rule; it does not touch
-//! the CA files itself, and it never trusts anything in the CSR but its key.
+//! Renewal is idempotent so a lost answer cannot lock a partner out: the
+//! same presenting certificate with a CSR for the same key gets the same
+//! successor again (200, not rate limited). It owns the renewal rate state
+//! and the window rule; it does not touch the CA files itself, and it never
+//! trusts anything in the CSR but its key.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use time::OffsetDateTime;
 
 use crate::ca::CaError;
-use crate::ca::inventory::{CertState, Inventory};
+use crate::ca::inventory::{CertState, Inventory, IssuedCert};
 use crate::ca::lifecycle::{self, Supersede};
 use crate::event::{Decision, EventKind};
-use crate::gateway::Refusal;
-use crate::gateway::live::Live;
+use crate::gateway::refusal::code;
+use crate::gateway::{Gateway, Refusal};
 use crate::guard::EventSink;
+use crate::home::Home;
 use crate::identity::PartnerIdentity;
 use crate::timefmt::rfc3339;
 
@@ -33,11 +43,13 @@ use crate::timefmt::rfc3339;
 pub const RENEW_PATH: &str = "/.well-known/gatehouse/renew";
 /// Largest CSR body accepted (413 beyond).
 pub const MAX_CSR_BODY: usize = crate::ca::csr::MAX_CSR_BYTES;
-/// A partner may renew at most once per this interval.
+/// A partner may renew (or replace a successor) at most once per this interval.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
 /// Share of a certificate's lifetime, at its end, during which renewal is
 /// open when the partner file sets no `renewal_window`.
 pub const DEFAULT_WINDOW_DIVISOR: i32 = 3;
+/// `Retry-After` when the journal cannot record the renewal before signing.
+const JOURNAL_RETRY_SECS: u64 = 5;
 
 /// Renewal state shared by every connection.
 #[derive(Default)]
@@ -47,6 +59,35 @@ pub struct Renewals {
     /// One renewal at a time: the check-then-write on the inventory must
     /// not interleave (one renewal per certificate serial).
     signing: tokio::sync::Mutex<()>,
+}
+
+impl Renewals {
+    /// 429 with `Retry-After` when `partner` renewed less than a minute ago.
+    fn check_rate(&self, partner: &str) -> Result<(), Refusal> {
+        let since_last = self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(partner)
+            .map(Instant::elapsed);
+        match since_last.filter(|e| *e < MIN_INTERVAL) {
+            None => Ok(()),
+            Some(elapsed) => {
+                let wait = (MIN_INTERVAL - elapsed).as_secs().max(1);
+                let r = Refusal::http(StatusCode::TOO_MANY_REQUESTS, "renewal_rate_limited")
+                    .detail(format!("partner {partner} renewed less than a minute ago"));
+                Err(r.retry_after(wait).with("retry_after_secs", wait))
+            }
+        }
+    }
+
+    /// Starts `partner`'s minimum interval now.
+    fn note(&self, partner: &str) {
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(partner.to_string(), Instant::now());
+    }
 }
 
 /// When renewal opens for a certificate valid `not_before..not_after`:
@@ -73,6 +114,17 @@ pub fn successor_days(not_before: OffsetDateTime, not_after: OffsetDateTime) -> 
     u32::try_from(days.max(1)).unwrap_or(u32::MAX)
 }
 
+/// What a renewal request got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenewalKind {
+    /// A successor was issued for the presenting certificate.
+    Issued,
+    /// The successor already issued for this key, delivered again.
+    Redelivered,
+    /// A never-used successor (`revoked`) was replaced for a new key.
+    Replaced { revoked: String },
+}
+
 /// A successful renewal.
 #[derive(Debug)]
 pub struct Renewed {
@@ -80,154 +132,334 @@ pub struct Renewed {
     pub chain_pem: String,
     pub old_serial: String,
     pub new_serial: String,
+    pub kind: RenewalKind,
+}
+
+impl Renewed {
+    /// One line for the exchange's record.
+    pub fn summary(&self) -> String {
+        match &self.kind {
+            RenewalKind::Issued => format!("renewed; new serial {}", self.new_serial),
+            RenewalKind::Redelivered => format!(
+                "renewal retried with the same key; serial {} delivered again",
+                self.new_serial
+            ),
+            RenewalKind::Replaced { revoked } => format!(
+                "renewal retried with another key; new serial {} replaces {revoked} (revoked, never used)",
+                self.new_serial
+            ),
+        }
+    }
+}
+
+/// What to sign.
+#[derive(Debug)]
+enum Issue {
+    /// A first successor for an active certificate.
+    Renew { days: u32 },
+    /// A replacement for `successor`, issued but never seen at a handshake.
+    Replace { successor: String, days: u32 },
+}
+
+/// What the inventory says the request gets.
+enum Plan {
+    Redeliver(Renewed),
+    Issue(Issue),
 }
 
 /// Handles one renewal request from `identity` (already admitted).
 pub async fn handle(
     req: http::Request<Incoming>,
     identity: &PartnerIdentity,
-    live: &Arc<Live>,
-    renewals: &Renewals,
-    events: &EventSink,
+    gw: &Arc<Gateway>,
 ) -> Result<Renewed, Refusal> {
+    let csr = read_csr(req).await?;
+    let key = csr_key(&csr)?;
+    let (gw, partner, serial) = (
+        gw.clone(),
+        identity.partner.to_string(),
+        identity.serial.to_string(),
+    );
+    // Once the CSR is in, the renewal runs to its end even if the partner
+    // leaves: what is signed is recorded, and a retry finds it.
+    tokio::spawn(async move { renew(&gw, &partner, &serial, csr, key).await })
+        .await
+        .map_err(|e| internal(format!("renewal task failed: {e}")))?
+}
+
+/// The CSR body, at most `MAX_CSR_BODY` bytes (413 beyond).
+async fn read_csr(req: http::Request<Incoming>) -> Result<Bytes, Refusal> {
+    let too_large = || {
+        Refusal::http(StatusCode::PAYLOAD_TOO_LARGE, "csr_too_large")
+            .closing()
+            .detail("the CSR body is larger than 64 KiB")
+    };
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_CSR_BODY as u64) {
-        return Err(
-            Refusal::http(StatusCode::PAYLOAD_TOO_LARGE, "csr_too_large")
-                .closing()
-                .detail("the CSR body is larger than 64 KiB"),
-        );
+        return Err(too_large());
     }
-    let body = match Limited::new(req.into_body(), MAX_CSR_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
+    match Limited::new(req.into_body(), MAX_CSR_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            return Err(
-                Refusal::http(StatusCode::PAYLOAD_TOO_LARGE, "csr_too_large")
-                    .closing()
-                    .detail("the CSR body is larger than 64 KiB"),
-            );
+            Err(too_large())
         }
-        Err(e) => {
-            return Err(Refusal::http(StatusCode::BAD_REQUEST, "bad_body")
-                .detail(format!("the request body could not be read: {e}")));
+        Err(e) => Err(Refusal::http(StatusCode::BAD_REQUEST, "bad_body")
+            .detail(format!("the request body could not be read: {e}"))),
+    }
+}
+
+/// The CSR's verified public key (the subjectPublicKey bits, which name
+/// the key and, by their form and length, its type).
+fn csr_key(csr: &[u8]) -> Result<Vec<u8>, Refusal> {
+    let spki = crate::ca::csr::verified_public_key(csr).map_err(ca_refusal)?;
+    Ok(rcgen::PublicKeyData::der_bytes(&spki).to_vec())
+}
+
+/// One renewal, one at a time: plan, rate, record, sign, record.
+async fn renew(
+    gw: &Arc<Gateway>,
+    partner: &str,
+    serial: &str,
+    csr: Bytes,
+    key: Vec<u8>,
+) -> Result<Renewed, Refusal> {
+    let _one_at_a_time = gw.renewals.signing.lock().await;
+    let issue = {
+        let (g, p, s) = (gw.clone(), partner.to_string(), serial.to_string());
+        match blocking(move || plan(&g, &p, &s, &key)).await? {
+            Plan::Redeliver(renewed) => return Ok(renewed),
+            Plan::Issue(issue) => issue,
         }
     };
-
-    let partner = identity.partner.to_string();
-    let serial = identity.serial.to_string();
-    let _one_at_a_time = renewals.signing.lock().await;
-    let since_last = renewals
-        .last
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&partner)
-        .map(Instant::elapsed);
-    if let Some(elapsed) = since_last.filter(|e| *e < MIN_INTERVAL) {
-        let wait = (MIN_INTERVAL - elapsed).as_secs().max(1);
-        let r = Refusal::http(StatusCode::TOO_MANY_REQUESTS, "renewal_rate_limited")
-            .detail(format!("partner {partner} renewed less than a minute ago"));
-        return Err(r.retry_after(wait).with("retry_after_secs", wait));
-    }
-
-    let window = live
-        .snapshot()
-        .partners
-        .get(&partner)
-        .and_then(|e| e.partner.renewal_window);
-    let home = live.home.clone();
-    let (p, s) = (partner.clone(), serial.clone());
-    let outcome = tokio::task::spawn_blocking(move || -> Result<Renewed, Refusal> {
-        let inventory = Inventory::load(&home).map_err(internal)?;
-        let rec = inventory.get(&s).cloned().ok_or_else(|| {
-            Refusal::http(StatusCode::FORBIDDEN, "unknown_certificate")
-                .detail(format!("certificate {s} is not in the inventory"))
-        })?;
-        let now = OffsetDateTime::now_utc();
-        match rec.state(now) {
-            CertState::Active => {}
-            CertState::SupersededUntil(_) => {
-                let mut r = Refusal::http(StatusCode::CONFLICT, "already_renewed")
-                    .detail(format!("certificate {s} was already renewed"));
-                if let Some(next) = &rec.superseded_by {
-                    r = r.with("superseded_by", next.clone());
-                }
-                return Err(r);
-            }
-            other => {
-                return Err(Refusal::http(StatusCode::FORBIDDEN, "not_renewable")
-                    .detail(format!("certificate {s} is {other}")));
-            }
-        }
-        let opens = window_opens(rec.not_before, rec.not_after, window);
-        if now < opens {
-            return Err(
-                Refusal::http(StatusCode::FORBIDDEN, "renewal_not_yet_allowed")
-                    .detail(format!(
-                        "renewal of certificate {s} opens at {}",
-                        rfc3339(opens)
-                    ))
-                    .with("renewal_opens_at", rfc3339(opens)),
-            );
-        }
-        let days = successor_days(rec.not_before, rec.not_after);
-        let done = lifecycle::renew_from_csr(
-            &home,
-            &p,
-            &body,
-            &Supersede::Serial(s.clone()),
-            Some(days),
-            None,
-        )
-        .map_err(|e| match e {
-            CaError::Invalid(m) => Refusal::http(StatusCode::BAD_REQUEST, "bad_csr")
-                .detail(m.clone())
-                .with("message", m),
-            e @ CaError::NotRenewable { .. } => {
-                Refusal::http(StatusCode::CONFLICT, "already_renewed").detail(e.to_string())
-            }
-            other => internal(other),
-        })?;
-        Ok(Renewed {
-            chain_pem: done.chain_pem,
-            old_serial: s,
-            new_serial: done.record.serial,
-        })
-    })
-    .await
-    .map_err(|e| internal(format!("renewal task failed: {e}")))??;
-
-    renewals
-        .last
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(partner.clone(), Instant::now());
+    gw.renewals.check_rate(partner)?;
+    record_issuing(&gw.events, partner, serial, &issue).await?;
+    let (home, p, s) = (
+        gw.live.home.clone(),
+        partner.to_string(),
+        serial.to_string(),
+    );
+    let renewed = blocking(move || sign(&home, &p, &s, &csr, &issue)).await?;
+    gw.renewals.note(partner);
     // The new certificate is usable at once, not only after the watcher's tick.
-    let live2 = live.clone();
-    match tokio::task::spawn_blocking(move || live2.reload(true)).await {
+    let live = gw.live.clone();
+    match tokio::task::spawn_blocking(move || live.reload(true)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!("reload after renewal: {e}"),
         Err(e) => tracing::warn!("reload after renewal failed: {e}"),
     }
+    record_renewed(&gw.events, partner, &renewed).await;
+    Ok(renewed)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| internal(format!("renewal task failed: {e}")))?
+}
+
+/// Reads the inventory and decides what the request gets (blocking).
+fn plan(gw: &Gateway, partner: &str, serial: &str, key: &[u8]) -> Result<Plan, Refusal> {
+    let inventory = Inventory::load(&gw.live.home).map_err(internal)?;
+    let rec = inventory.get(serial).ok_or_else(|| {
+        Refusal::http(StatusCode::FORBIDDEN, "unknown_certificate")
+            .detail(format!("certificate {serial} is not in the inventory"))
+    })?;
+    let now = OffsetDateTime::now_utc();
+    let days = successor_days(rec.not_before, rec.not_after);
+    match rec.state(now) {
+        CertState::Active => {
+            let window = gw
+                .live
+                .snapshot()
+                .partners
+                .get(partner)
+                .and_then(|e| e.partner.renewal_window);
+            let opens = window_opens(rec.not_before, rec.not_after, window);
+            if now < opens {
+                return Err(
+                    Refusal::http(StatusCode::FORBIDDEN, "renewal_not_yet_allowed")
+                        .detail(format!(
+                            "renewal of certificate {serial} opens at {}",
+                            rfc3339(opens)
+                        ))
+                        .with("renewal_opens_at", rfc3339(opens)),
+                );
+            }
+            Ok(Plan::Issue(Issue::Renew { days }))
+        }
+        CertState::SupersededUntil(_) => retry_plan(gw, &inventory, rec, key, now),
+        other => Err(Refusal::http(StatusCode::FORBIDDEN, "not_renewable")
+            .detail(format!("certificate {serial} is {other}"))),
+    }
+}
+
+/// A renewal from a certificate already renewed: the same key gets its
+/// successor again; another key replaces a successor never seen at a
+/// handshake; anything else is 409 `already_renewed`.
+fn retry_plan(
+    gw: &Gateway,
+    inventory: &Inventory,
+    rec: &IssuedCert,
+    key: &[u8],
+    now: OffsetDateTime,
+) -> Result<Plan, Refusal> {
+    let already = |why: &str| {
+        let mut r = Refusal::http(StatusCode::CONFLICT, "already_renewed").detail(format!(
+            "certificate {} was already renewed{why}",
+            rec.serial
+        ));
+        if let Some(next) = &rec.superseded_by {
+            r = r.with("superseded_by", next.clone());
+        }
+        r
+    };
+    let next = rec
+        .superseded_by
+        .as_deref()
+        .and_then(|s| inventory.get(s))
+        .filter(|n| n.partner == rec.partner && n.state(now) == CertState::Active)
+        .ok_or_else(|| already(""))?;
+    let home = &gw.live.home;
+    let chain_pem = lifecycle::issued_chain(home, next).map_err(internal)?;
+    if leaf_key(&chain_pem)? == key {
+        return Ok(Plan::Redeliver(Renewed {
+            chain_pem,
+            old_serial: rec.serial.clone(),
+            new_serial: next.serial.clone(),
+            kind: RenewalKind::Redelivered,
+        }));
+    }
+    if gw.seen.was_seen(home, &next.serial) {
+        return Err(already(&format!(
+            "; its successor {} is in use, so it cannot be replaced",
+            next.serial
+        )));
+    }
+    Ok(Plan::Issue(Issue::Replace {
+        successor: next.serial.clone(),
+        days: successor_days(rec.not_before, rec.not_after),
+    }))
+}
+
+/// The subjectPublicKey bits of the first certificate in `chain_pem`.
+fn leaf_key(chain_pem: &str) -> Result<Vec<u8>, Refusal> {
+    let der = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()
+        .ok_or_else(|| internal("the issued certificate's file holds no certificate"))?
+        .map_err(|e| internal(format!("the issued certificate's file is not PEM: {e}")))?;
+    let (_, x) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| internal(format!("the issued certificate cannot be parsed: {e}")))?;
+    Ok(x.public_key().subject_public_key.data.to_vec())
+}
+
+/// Records that a certificate is about to be signed, and waits for the
+/// journal to hold it: if it cannot, nothing is signed (503).
+async fn record_issuing(
+    events: &EventSink,
+    partner: &str,
+    serial: &str,
+    issue: &Issue,
+) -> Result<(), Refusal> {
     let mut ev = events.event(EventKind::Admin, Decision::Allowed);
-    ev.partner = Some(partner.clone());
-    ev.cert_serial = Some(outcome.new_serial.clone());
+    ev.partner = Some(partner.to_string());
+    ev.cert_serial = Some(serial.to_string());
+    ev.reason = Some("cert_renewal_issuing".into());
+    ev.detail = Some(match issue {
+        Issue::Renew { .. } => format!(
+            "self-service renewal by partner {partner}: signing a successor to certificate {serial}"
+        ),
+        Issue::Replace { successor, .. } => format!(
+            "self-service renewal by partner {partner}, retried with another key: signing a replacement for {successor}, the never-used successor to certificate {serial}"
+        ),
+    });
+    events.record(ev, None).await.map_err(|e| {
+        tracing::error!("renewal of {partner} not signed: the journal cannot record it: {e}");
+        Refusal::http(StatusCode::SERVICE_UNAVAILABLE, code::JOURNAL_UNAVAILABLE)
+            .retry_after(JOURNAL_RETRY_SECS)
+            .detail(format!(
+                "the renewal of certificate {serial} could not be recorded before signing ({e}); nothing was issued"
+            ))
+    })
+}
+
+/// Signs what the plan says (blocking).
+fn sign(
+    home: &Home,
+    partner: &str,
+    serial: &str,
+    csr: &[u8],
+    issue: &Issue,
+) -> Result<Renewed, Refusal> {
+    let (done, kind) = match issue {
+        Issue::Renew { days } => (
+            lifecycle::renew_from_csr(
+                home,
+                partner,
+                csr,
+                &Supersede::Serial(serial.to_string()),
+                Some(*days),
+                None,
+            ),
+            RenewalKind::Issued,
+        ),
+        Issue::Replace { successor, days } => (
+            lifecycle::replace_successor(home, partner, csr, serial, successor, Some(*days)),
+            RenewalKind::Replaced {
+                revoked: successor.clone(),
+            },
+        ),
+    };
+    let done = done.map_err(ca_refusal)?;
+    Ok(Renewed {
+        chain_pem: done.chain_pem,
+        old_serial: serial.to_string(),
+        new_serial: done.record.serial,
+        kind,
+    })
+}
+
+/// Records the renewal done (`cert_renewed`); the record before signing
+/// already tells of it if this one fails.
+async fn record_renewed(events: &EventSink, partner: &str, renewed: &Renewed) {
+    let mut ev = events.event(EventKind::Admin, Decision::Allowed);
+    ev.partner = Some(partner.to_string());
+    ev.cert_serial = Some(renewed.new_serial.clone());
     ev.reason = Some("cert_renewed".into());
+    let replaced = match &renewed.kind {
+        RenewalKind::Replaced { revoked } => {
+            format!("; it replaces {revoked}, revoked (superseded) before it was ever used")
+        }
+        _ => String::new(),
+    };
     ev.detail = Some(format!(
-        "self-service renewal by partner {partner}: certificate {} superseded by {}",
-        outcome.old_serial, outcome.new_serial
+        "self-service renewal by partner {partner}: certificate {} superseded by {}{replaced}",
+        renewed.old_serial, renewed.new_serial
     ));
     if let Err(e) = events.record(ev, None).await {
         tracing::error!("renewal of {partner} not recorded: {e}");
     }
-    tracing::info!(partner = %partner, old = %outcome.old_serial, new = %outcome.new_serial, "certificate renewed by the partner");
-    Ok(outcome)
+    tracing::info!(partner = %partner, old = %renewed.old_serial, new = %renewed.new_serial, "certificate renewed by the partner");
+}
+
+fn ca_refusal(e: CaError) -> Refusal {
+    match e {
+        CaError::Invalid(m) => Refusal::http(StatusCode::BAD_REQUEST, "bad_csr")
+            .detail(m.clone())
+            .with("message", m),
+        e @ CaError::NotRenewable { .. } => {
+            Refusal::http(StatusCode::CONFLICT, "already_renewed").detail(e.to_string())
+        }
+        other => internal(other),
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> Refusal {

@@ -19,6 +19,7 @@ use crate::ca::upstream_identity::TokenSubject;
 use crate::event::{Decision, Event, EventKind, truncated};
 use crate::gateway::Gateway;
 use crate::gateway::exchange::PendingRecord;
+use crate::gateway::header_guard::TrailerFilter;
 use crate::gateway::live::{PartnerEntry, Snapshot};
 use crate::gateway::refusal::{Refusal, code};
 use crate::gateway::relay::{
@@ -88,7 +89,7 @@ fn raw_target(req: &Request<Incoming>) -> &str {
 async fn phases(
     req: Request<Incoming>,
     conn: &ConnCtx,
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     record: &mut PendingRecord,
     request_id: &str,
 ) -> Result<Answer, Refusal> {
@@ -100,9 +101,8 @@ async fn phases(
     if req.method() == Method::POST && req.uri().path() == renewal::RENEW_PATH {
         drop(snapshot);
         record.event.route = Some(renewal::RENEW_PATH.to_string());
-        let renewed =
-            renewal::handle(req, &conn.identity, &gw.live, &gw.renewals, &gw.events).await?;
-        record.event.detail = Some(format!("renewed; new serial {}", renewed.new_serial));
+        let renewed = renewal::handle(req, &conn.identity, gw).await?;
+        record.event.detail = Some(renewed.summary());
         if let Some(fleet) = &gw.fleet {
             fleet.announce(crate::fleet::announce::Change::partner(
                 crate::fleet::announce::ChangeKind::PartnerChanged,
@@ -128,6 +128,7 @@ async fn phases(
         .uri_for(&permit.upstream_path, target.query)
         .map_err(|_| Refusal::http(StatusCode::BAD_REQUEST, code::BAD_TARGET))?;
     let route = permit.route.path.clone();
+    let write_timeout = snapshot.gateway.server.write_timeout;
     drop(snapshot);
 
     let is_head = req.method() == Method::HEAD;
@@ -153,6 +154,7 @@ async fn phases(
         response,
         upstream,
         is_head,
+        write_timeout,
     })
 }
 
@@ -180,13 +182,14 @@ fn admit<'s>(
     Ok(entry)
 }
 
-/// Framing: refuses both framings at once or conflicting lengths (request
-/// smuggling shapes), and returns the declared Content-Length.
+/// Framing: refuses Content-Length values spelled differently, and returns
+/// the declared Content-Length. HTTP/1.1 never gets here with an ambiguous
+/// shape (hyper answers 400 to differing lengths, and drops Content-Length
+/// beside Transfer-Encoding, closing the connection after the answer);
+/// HTTP/2 accepts `5` and `05` together, as equal numbers.
 fn frame(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
-    let has_te = headers.contains_key(header::TRANSFER_ENCODING);
     let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
-    let conflicting_lengths = lengths.windows(2).any(|w| w[0] != w[1]);
-    if (has_te && !lengths.is_empty()) || conflicting_lengths {
+    if lengths.windows(2).any(|w| w[0] != w[1]) {
         return Err(Refusal::http(StatusCode::BAD_REQUEST, code::AMBIGUOUS_FRAMING).closing());
     }
     Ok(lengths
@@ -316,14 +319,13 @@ fn build_upstream_request(
         Empty::new().map_err(|e| match e {}).boxed()
     } else {
         let exceeded = cap.exceeded;
-        Limited::new(body, cap.max as usize)
-            .map_err(move |e| {
-                if e.downcast_ref::<LengthLimitError>().is_some() {
-                    exceeded.store(true, Ordering::Relaxed);
-                }
-                e
-            })
-            .boxed()
+        TrailerFilter::new(Limited::new(body, cap.max as usize).map_err(move |e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                exceeded.store(true, Ordering::Relaxed);
+            }
+            e
+        }))
+        .boxed()
     };
     Ok(Request::from_parts(parts, body))
 }

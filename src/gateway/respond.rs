@@ -4,7 +4,8 @@
 //! response is recorded before its end reaches the partner: small ones are
 //! read whole, recorded, then sent in one write; larger ones stream through
 //! `RecordedBody`, which holds back the last frame until the record is
-//! written. If the journal fails, the partner gets 503: nothing leaves
+//! written, inside a `WriteGuard` that lets the body (and its upstream
+//! connection) go when the partner stops reading for `write_timeout`. If the journal fails, the partner gets 503: nothing leaves
 //! unrecorded.
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::gateway::exchange::{PendingRecord, RecordedBody};
 use crate::gateway::refusal::{Refusal, code};
 use crate::gateway::relay::{BoxError, Upstream, strip_hop_by_hop};
 use crate::gateway::session::ConnCtx;
+use crate::gateway::write_guard::WriteGuard;
 
 /// The body of every response the broker sends to partners.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -44,6 +46,8 @@ pub enum Answer {
         response: Response<Incoming>,
         upstream: Arc<Upstream>,
         is_head: bool,
+        /// How long a streamed body may wait for the partner to read on.
+        write_timeout: std::time::Duration,
     },
 }
 
@@ -67,7 +71,15 @@ pub async fn finish(
             response,
             upstream,
             is_head,
-        }) => relay(record, response, &upstream, is_head, conn, request_id).await,
+            write_timeout,
+        }) => {
+            let relayed = Relayed {
+                upstream: &upstream,
+                is_head,
+                write_timeout,
+            };
+            relay(record, response, relayed, conn, request_id).await
+        }
     }
 }
 
@@ -86,15 +98,26 @@ async fn refuse(
     once_recorded(record.submit(), resp, request_id, refusal.close).await
 }
 
+/// Where a relayed response came from and how it is sent.
+struct Relayed<'a> {
+    upstream: &'a Upstream,
+    is_head: bool,
+    write_timeout: std::time::Duration,
+}
+
 /// Relays the upstream's response, recorded before its end reaches the partner.
 async fn relay(
     mut record: PendingRecord,
     response: Response<Incoming>,
-    upstream: &Upstream,
-    is_head: bool,
+    relayed: Relayed<'_>,
     conn: &ConnCtx,
     request_id: &str,
 ) -> Response<ResponseBody> {
+    let Relayed {
+        upstream,
+        is_head,
+        write_timeout,
+    } = relayed;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Ok(v) = HeaderValue::from_str(request_id) {
@@ -121,9 +144,12 @@ async fn relay(
     if let Some(n) = content_length.filter(|n| *n <= WHOLE_BODY_MAX) {
         return whole_response(parts, body, n, record, upstream, request_id).await;
     }
+    // The partner must keep reading, or the body (and its upstream
+    // connection) is let go after `write_timeout`.
+    let body = RecordedBody::new(body, content_length, record);
     Response::from_parts(
         parts,
-        RecordedBody::new(body, content_length, record).boxed_unsync(),
+        WriteGuard::new(body, write_timeout, request_id.to_string()).boxed_unsync(),
     )
 }
 

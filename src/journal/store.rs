@@ -29,8 +29,11 @@ pub struct Query {
     pub decision: Option<Decision>,
     pub status: Option<u16>,
     pub kind: Option<EventKind>,
-    /// At most this many records (oldest first).
+    /// At most this many records: the oldest matches first, or with
+    /// `reverse` the newest first.
     pub limit: usize,
+    #[serde(default)]
+    pub reverse: bool,
 }
 
 impl Query {
@@ -43,7 +46,11 @@ impl Query {
             && self.until_ms.is_none_or(|u| e.time_ms < u)
             && self.decision.is_none_or(|d| e.decision == d)
             && self.status.is_none_or(|s| e.status == Some(s))
-            && self.kind.is_none_or(|k| e.kind == k)
+            && self.kind.is_none_or(|k| {
+                // Refused handshakes include their aggregated summaries.
+                e.kind == k
+                    || (k == EventKind::Handshake && e.kind == EventKind::HandshakeAggregate)
+            })
     }
 }
 
@@ -360,7 +367,13 @@ impl Store {
             lo.extend_from_slice(&time_key(q.since_ms.unwrap_or(i64::MIN)));
             let mut hi = prefix.clone();
             hi.extend_from_slice(&time_key(q.until_ms.unwrap_or(i64::MAX)));
-            for kv in self.index.range(lo..hi) {
+            let range = self.index.range(lo..hi);
+            let keys: Box<dyn Iterator<Item = _>> = if q.reverse {
+                Box::new(range.rev())
+            } else {
+                Box::new(range)
+            };
+            for kv in keys {
                 let (k, _) = kv?;
                 let Some(seq) = k.len().checked_sub(8).and_then(|at| seq_of(&k[at..])) else {
                     continue;
@@ -377,7 +390,12 @@ impl Store {
             }
             return Ok(out);
         }
-        for kv in self.records.iter() {
+        let all: Box<dyn Iterator<Item = _>> = if q.reverse {
+            Box::new(self.records.iter().rev())
+        } else {
+            Box::new(self.records.iter())
+        };
+        for kv in all {
             let (k, v) = kv?;
             if let Some(t) = stored_time(&v)
                 && (q.since_ms.is_some_and(|s| t < s) || q.until_ms.is_some_and(|u| t >= u))

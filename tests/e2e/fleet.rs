@@ -44,7 +44,7 @@ fn data_dir(home: &Path, id: &str) -> String {
 
 /// Starts node `id` on the shared home with its own data folder.
 fn node(home: &Path, id: &str) -> Broker {
-    Broker::start_with(home, &["--node-id", id, "--data", &data_dir(home, id)])
+    Broker::start_args(home, &["--node-id", id, "--data", &data_dir(home, id)])
 }
 
 /// Runs the CLI as node `id` (its data folder); asserts success.
@@ -299,7 +299,7 @@ async fn fleet_node_with_lagging_files_fails_closed_until_they_match() {
     // storage lagging): only the announcement tells it.
     let lagging = tempfile::tempdir().unwrap();
     copy_home(h.path(), lagging.path());
-    let c = Broker::start_with(lagging.path(), &["--node-id", "c"]);
+    let c = Broker::start_args(lagging.path(), &["--node-id", "c"]);
     let mut conn = Conn::open(c.addr, &h.ca_pem(), &acme, false).await.unwrap();
     assert_eq!(status(&mut conn).await, 200);
 

@@ -107,7 +107,7 @@ async fn fleet_bench() {
     // Revocation propagation: CLI command on node a's side to refusal of an
     // open keep-alive connection on node c (shared home).
     cluster(&h, &redis.url());
-    let a = Broker::start_with(
+    let a = Broker::start_args(
         h.path(),
         &[
             "--node-id",
@@ -116,7 +116,7 @@ async fn fleet_bench() {
             &h.path().join("data-a").display().to_string(),
         ],
     );
-    let c = Broker::start_with(
+    let c = Broker::start_args(
         h.path(),
         &[
             "--node-id",

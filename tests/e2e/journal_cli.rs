@@ -119,6 +119,38 @@ fn check_reads(home: &Home) {
         &["log", "query", "--status", "200", "--limit", "5", "--json"],
     )));
     assert_eq!(limited.len(), 5);
+    // Newest first, by partner (the index) and over everything (a scan).
+    let newest = json_lines(&ok(gh(
+        home,
+        &[
+            "log",
+            "query",
+            "--partner",
+            "acme",
+            "--reverse",
+            "--limit",
+            "2",
+            "--json",
+        ],
+    )));
+    let seqs: Vec<u64> = newest.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![40, 37]);
+    let newest = json_lines(&ok(gh(
+        home,
+        &[
+            "log",
+            "query",
+            "--kind",
+            "exchange",
+            "--reverse",
+            "--limit",
+            "1",
+            "--json",
+        ],
+    )));
+    assert_eq!(newest[0]["seq"], 40);
+    let alerts = ok(gh(home, &["log", "query", "--kind", "alert", "--json"]));
+    assert!(alerts.trim().is_empty(), "no alert was recorded: {alerts}");
 
     let export = json_lines(&ok(gh(home, &["log", "export", "--format", "jsonl"])));
     let records = export.iter().filter(|v| v["type"] == "record").count();
@@ -332,4 +364,55 @@ fn following_a_stopped_broker_does_not_keep_it_from_starting() {
     stop_tx.send(()).unwrap();
     rt.block_on(server).unwrap().unwrap();
     j.shutdown().unwrap();
+}
+
+#[test]
+fn export_with_a_cursor_resumes_where_it_stopped() {
+    let (_d, home) = init_home();
+    let j = fill_journal(&home);
+    j.shutdown().unwrap();
+    drop(j);
+    let cursor = home.root().join("ship.cursor");
+    let c = cursor.to_str().unwrap();
+    let export = &["log", "export", "--format", "jsonl", "--cursor", c];
+    let first = json_lines(&ok(gh(&home, export)));
+    let records: Vec<u64> = first
+        .iter()
+        .filter(|v| v["type"] == "record")
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(records, (1..=40).collect::<Vec<_>>());
+    assert_eq!(std::fs::read_to_string(&cursor).unwrap(), "40\n");
+    // Nothing new: nothing again.
+    assert_eq!(ok(gh(&home, export)), "");
+
+    // New records: only they come, checkpoint included.
+    let j = Journal::open(&home, &settings(15)).unwrap();
+    fill(
+        &j,
+        (0..5)
+            .map(|i| exchange(Some("acme"), T0 + 100_000 + i * 1000, 200))
+            .collect(),
+    );
+    j.shutdown().unwrap();
+    drop(j);
+    let next = json_lines(&ok(gh(&home, export)));
+    let records: Vec<u64> = next
+        .iter()
+        .filter(|v| v["type"] == "record")
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(records, vec![41, 42, 43, 44, 45]);
+    assert_eq!(next.last().unwrap()["type"], "checkpoint");
+    assert_eq!(std::fs::read_to_string(&cursor).unwrap(), "45\n");
+
+    // A cursor file that holds something else is refused, naming it.
+    std::fs::write(&cursor, "forty\n").unwrap();
+    let out = gh(&home, export);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ship.cursor") && err.contains("forty"),
+        "{err}"
+    );
 }

@@ -3,10 +3,13 @@
 //! running broker and lists the partner; without a broker it says so and
 //! exits non-zero. A relayed call on a high-risk route is counted under
 //! its configured route with `risk="high"`, and its upstream time too.
+//! `promtool check metrics` (Prometheus' own linter) passes on a live
+//! `/metrics` after real traffic, and a scraper that asks for OpenMetrics
+//! gets OpenMetrics.
 
 use crate::common;
 
-use common::broker::{TestHome, admin_get, get_once};
+use common::broker::{TestHome, admin_get, admin_request, get_once};
 use common::upstream::{EchoOptions, start_echo_upstream};
 
 const DENIED_SERIES: &str = r#"gatehouse_requests_total{partner="acme",route="none",method="GET",status_class="4xx",decision="denied",risk="normal"}"#;
@@ -62,7 +65,12 @@ async fn metrics_count_each_denial_once_and_status_lists_the_partner() {
         )),
         "{metrics}"
     );
-    assert!(metrics.trim_end().ends_with("# EOF"));
+    // The classic text format by default (what curl and promtool read).
+    assert!(!metrics.contains("# EOF"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE gatehouse_requests_total counter\n"),
+        "{metrics}"
+    );
     // Every exchange went through a journal group commit.
     let batches = sample(&metrics, "gatehouse_journal_batch_records_count").unwrap_or(0.0);
     let records = sample(&metrics, "gatehouse_journal_batch_records_sum").unwrap_or(0.0);
@@ -140,4 +148,108 @@ async fn a_high_risk_route_is_counted_apart_with_its_upstream_time() {
         "{metrics}"
     );
     assert!(!metrics.contains("/v1/orders/42"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_checks_live_metrics() {
+    if !common::tools::have("promtool") {
+        return;
+    }
+    let h = TestHome::new();
+    let up = start_echo_upstream(EchoOptions::default()).await;
+    h.add_echo_upstream("orders", &up);
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    let file = h.path().join("partners/acme.toml");
+    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+    doc["limits"]["requests_per_minute"] = toml_edit::value(60);
+    doc["limits"]["burst"] = toml_edit::value(3);
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let ca = h.ca_pem();
+
+    // Traffic that fills every kind of family: allowed (upstream response),
+    // denied by route, denied by the rate limit, a refused handshake.
+    let mut limited = false;
+    for n in 0..8 {
+        let r = get_once(broker.addr, &ca, &acme, &format!("/v1/orders/{n}"))
+            .await
+            .unwrap();
+        limited |= r.status == 429;
+    }
+    assert!(limited, "the burst of 3 never answered 429");
+    let r = get_once(broker.addr, &ca, &acme, "/v1/other").await;
+    assert!(r.is_ok());
+    let (foreign, foreign_pem) = common::broker::foreign_ca();
+    let rogue = common::broker::mint(&foreign, &foreign_pem, |_| {});
+    assert!(
+        get_once(broker.addr, &ca, &rogue, "/v1/orders/1")
+            .await
+            .is_err()
+    );
+
+    let (code, head, metrics) = admin_request(broker.admin, "/metrics", &[]).await;
+    assert_eq!(code, 200);
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    for family in [
+        "gatehouse_requests_total",
+        "gatehouse_request_denials_total",
+        "gatehouse_rate_limit_denials_total",
+        "gatehouse_upstream_responses_total",
+        "gatehouse_tls_handshakes_total",
+        "gatehouse_certificate_expiry_seconds",
+        "gatehouse_journal_writable",
+    ] {
+        assert!(
+            metrics.contains(&format!("# HELP {family} ")),
+            "{family}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("gatehouse_journal_writable 1\n"),
+        "{metrics}"
+    );
+    let checked = promtool_check_metrics(&metrics);
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}\n{metrics}",
+        String::from_utf8_lossy(&checked.stdout) + String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // A scraper asking for OpenMetrics (as Prometheus does) gets it.
+    let (code, head, om) = admin_request(
+        broker.admin,
+        "/metrics",
+        &[(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )],
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(
+        head.contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    assert!(om.trim_end().ends_with("# EOF"), "{om}");
+    assert!(om.contains("# TYPE gatehouse_requests counter\n"), "{om}");
+}
+
+/// `promtool check metrics` with `text` on its standard input.
+fn promtool_check_metrics(text: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    let mut stdin = child.stdin.take().expect("promtool stdin");
+    stdin.write_all(text.as_bytes()).expect("write to promtool");
+    drop(stdin);
+    child.wait_with_output().expect("promtool output")
 }

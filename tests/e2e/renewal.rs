@@ -18,7 +18,7 @@ const RENEW: &str = "/.well-known/gatehouse/renew";
 
 /// A home with partner `acme` (route GET /v1/orders), `[ca] overlap = "2s"`
 /// and, when given, `renewal_window` in the partner file.
-async fn setup(window: Option<&str>) -> (TestHome, EchoUpstream) {
+pub(crate) async fn setup(window: Option<&str>) -> (TestHome, EchoUpstream) {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
     h.add_upstream(
@@ -38,7 +38,7 @@ async fn setup(window: Option<&str>) -> (TestHome, EchoUpstream) {
 }
 
 /// `cert issue acme` with extra arguments.
-fn issue(h: &TestHome, extra: &[&str]) -> (ClientCert, std::path::PathBuf) {
+pub(crate) fn issue(h: &TestHome, extra: &[&str]) -> (ClientCert, std::path::PathBuf) {
     let out = h
         .path()
         .join("out")
@@ -50,7 +50,7 @@ fn issue(h: &TestHome, extra: &[&str]) -> (ClientCert, std::path::PathBuf) {
 }
 
 /// A CSR for a fresh key, carrying SANs the broker must ignore.
-fn hostile_csr() -> (rcgen::KeyPair, String) {
+pub(crate) fn hostile_csr() -> (rcgen::KeyPair, String) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
     params.subject_alt_names.push(rcgen::SanType::URI(
@@ -65,7 +65,7 @@ fn hostile_csr() -> (rcgen::KeyPair, String) {
     (key, csr)
 }
 
-async fn post_renew(
+pub(crate) async fn post_renew(
     h: &TestHome,
     addr: std::net::SocketAddr,
     cert: &ClientCert,

@@ -14,6 +14,7 @@
 //! or request id ever becomes a label.
 
 mod expiry;
+mod exposition;
 mod status;
 mod window;
 
@@ -34,8 +35,9 @@ use crate::config::Risk;
 use crate::event::{Decision, Event, EventKind};
 
 pub use expiry::{ExpiryWarning, expiring};
+pub use exposition::{TEXT_CONTENT_TYPE, wants_openmetrics};
 pub use status::status_json;
-pub use window::PartnerWindow;
+pub use window::{MinutePoint, PartnerWindow};
 
 use window::WindowRing;
 
@@ -85,6 +87,12 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamResponseLabels {
+    upstream: String,
+    status_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamErrorLabels {
     upstream: String,
     error: String,
@@ -130,6 +138,7 @@ pub struct Monitor {
     denials: Family<DenialLabels, Counter>,
     upstream_duration: Family<UpstreamLabels, Histogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    upstream_responses: Family<UpstreamResponseLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
     active_connections: Gauge,
     journal_append: Histogram,
@@ -137,6 +146,10 @@ pub struct Monitor {
     journal_failures: Counter,
     rate_limit_denials: Family<LimitLabels, Counter>,
     alerts: Family<AlertLabels, Counter>,
+    alerts_open: Family<AlertLabels, Gauge>,
+    /// The kinds `alerts_open` has a series for (set to 0 when none is open).
+    alert_kinds: Mutex<HashSet<String>>,
+    journal_writable: Gauge,
     cert_expiry: Family<CertLabels, Gauge>,
     /// The series `cert_expiry` holds now (to remove stale ones).
     cert_series: Mutex<HashSet<CertLabels>>,
@@ -168,6 +181,7 @@ impl Monitor {
             denials: Family::default(),
             upstream_duration: Family::new_with_constructor(|| Histogram::new(request_buckets())),
             upstream_errors: Family::default(),
+            upstream_responses: Family::default(),
             handshakes: Family::default(),
             active_connections: Gauge::default(),
             journal_append: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -175,6 +189,9 @@ impl Monitor {
             journal_failures: Counter::default(),
             rate_limit_denials: Family::default(),
             alerts: Family::default(),
+            alerts_open: Family::default(),
+            alert_kinds: Mutex::new(HashSet::new()),
+            journal_writable: Gauge::default(),
             cert_expiry: Family::default(),
             cert_series: Mutex::new(HashSet::new()),
             reloads: Counter::default(),
@@ -212,6 +229,11 @@ impl Monitor {
             m.upstream_errors.clone(),
         );
         registry.register(
+            "upstream_responses",
+            "Responses relayed from an upstream, by upstream and status class",
+            m.upstream_responses.clone(),
+        );
+        registry.register(
             "tls_handshakes",
             "Partner TLS handshakes by outcome (ok, refused) and refusal reason",
             m.handshakes.clone(),
@@ -243,6 +265,16 @@ impl Monitor {
         );
         registry.register("alerts", "Alerts raised, by kind", m.alerts.clone());
         registry.register(
+            "alerts_open",
+            "Alerts raised within the last hour (open in `gatehouse status`), by kind",
+            m.alerts_open.clone(),
+        );
+        registry.register(
+            "journal_writable",
+            "1 while the journal accepts writes; 0 while it fails closed (partner requests get 503)",
+            m.journal_writable.clone(),
+        );
+        registry.register(
             "certificate_expiry_seconds",
             "Seconds until a usable partner certificate expires, by partner and serial",
             m.cert_expiry.clone(),
@@ -258,6 +290,8 @@ impl Monitor {
             m.reload_failures.clone(),
         );
         monitor.registry = registry;
+        // The journal opened before the broker started serving.
+        monitor.journal_writable.set(1);
         monitor
     }
 
@@ -282,6 +316,9 @@ impl Monitor {
                 self.alerts
                     .get_or_create(&AlertLabels { kind: kind.clone() })
                     .inc();
+                if let Ok(mut kinds) = self.alert_kinds.lock() {
+                    kinds.insert(kind.clone());
+                }
                 if let Ok(mut q) = self.recent_alerts.lock() {
                     if q.len() >= MAX_RECENT_ALERTS {
                         q.pop_front();
@@ -336,6 +373,14 @@ impl Monitor {
                 risk: risk.into(),
             })
             .observe(seconds);
+        if !denied && let (Some(upstream), Some(status)) = (ev.upstream.as_deref(), ev.status) {
+            self.upstream_responses
+                .get_or_create(&UpstreamResponseLabels {
+                    upstream: code_label(Some(upstream)),
+                    status_class: status_class(Some(status)).into(),
+                })
+                .inc();
+        }
         if denied {
             let reason = code_label(ev.reason.as_deref());
             if is_limit_reason(&reason) {
@@ -420,6 +465,13 @@ impl Monitor {
         if failed {
             self.journal_failures.inc();
         }
+        self.journal_writable.set(i64::from(!failed));
+    }
+
+    /// Whether the journal accepts writes now (set at scrape time from the
+    /// journal's own health, which also knows about recovery).
+    pub fn set_journal_writable(&self, writable: bool) {
+        self.journal_writable.set(i64::from(writable));
     }
 
     /// Replaces the certificate expiry gauges with the inventory's usable
@@ -450,12 +502,37 @@ impl Monitor {
 
     /// The metrics in the OpenMetrics text format (see [`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
+        self.refresh_open_alerts(crate::event::now_ms());
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             // Writing to a String cannot fail; keep the output well-formed anyway.
             return "# EOF\n".into();
         }
         out
+    }
+
+    /// The metrics in the classic Prometheus text format 0.0.4 (see
+    /// [`TEXT_CONTENT_TYPE`]), for scrapers that do not ask for OpenMetrics.
+    pub fn render_text(&self) -> String {
+        exposition::to_text_format(&self.render())
+    }
+
+    /// Sets `alerts_open` from the recent alerts: every kind seen keeps its
+    /// series (at 0 once its alerts are over an hour old).
+    fn refresh_open_alerts(&self, now_ms: i64) {
+        let (Ok(q), Ok(mut kinds)) = (self.recent_alerts.lock(), self.alert_kinds.lock()) else {
+            return;
+        };
+        let mut open: HashMap<&str, i64> = HashMap::new();
+        for a in q.iter().filter(|a| now_ms - a.time_ms < ALERT_OPEN_MS) {
+            *open.entry(a.kind.as_str()).or_insert(0) += 1;
+        }
+        kinds.extend(open.keys().map(|k| k.to_string()));
+        for kind in kinds.iter() {
+            self.alerts_open
+                .get_or_create(&AlertLabels { kind: kind.clone() })
+                .set(open.get(kind.as_str()).copied().unwrap_or(0));
+        }
     }
 
     /// A partner's traffic over the hour before `now_ms`.
@@ -468,6 +545,19 @@ impl Monitor {
         match ring {
             Some(r) => r.lock().map(|w| w.summary(now_ms)).unwrap_or_default(),
             None => PartnerWindow::default(),
+        }
+    }
+
+    /// A partner's traffic per minute over the hour before `now_ms`, oldest first.
+    pub fn recent_series(&self, partner: &str, now_ms: i64) -> Vec<MinutePoint> {
+        let ring = self
+            .windows
+            .read()
+            .ok()
+            .and_then(|m| m.get(partner).cloned());
+        match ring.and_then(|r| r.lock().ok().map(|w| w.series(now_ms))) {
+            Some(s) => s,
+            None => WindowRing::default().series(now_ms),
         }
     }
 

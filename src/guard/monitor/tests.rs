@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use time::Duration;
 
@@ -523,4 +523,166 @@ fn status_json_shape() {
     assert!(globex["alerts"].as_array().unwrap().is_empty());
     assert_eq!(v["expiring"][0]["serial"], "aa");
     assert_eq!(v["alerts"].as_array().unwrap().len(), 1);
+}
+
+/// Every family the monitor has, with at least one sample.
+fn every_family() -> Monitor {
+    let m = Monitor::new();
+    m.observe_event(
+        &exchange("acme", "GET", "/v1/x", 429, Some("requests_per_minute")),
+        None,
+    );
+    m.observe_event(
+        &granted(
+            exchange("acme", "GET", "/v1/orders/1", 503, None),
+            "/v1/orders",
+        ),
+        None,
+    );
+    let mut hs = Event::new(EventKind::Handshake, "n", Decision::Denied);
+    hs.reason = Some("unknown_ca".into());
+    m.observe_event(&hs, None);
+    m.handshake_ok("full");
+    m.connection_opened();
+    m.upstream("orders", 0.5, Some("upstream_timeout"));
+    m.journal_batch(2, 0.1, true);
+    let mut alert = Event::new(EventKind::Alert, "n", Decision::Denied);
+    alert.reason = Some("denial_spike".into());
+    alert.time_ms = crate::event::now_ms();
+    m.observe_event(&alert, None);
+    let mut reload = Event::new(EventKind::Admin, "n", Decision::Allowed);
+    reload.reason = Some("config_reloaded".into());
+    m.observe_event(&reload, None);
+    m.set_cert_expiry(&inv(vec![cert("aa", "acme", 10)]), NOW);
+    m
+}
+
+#[test]
+fn the_classic_text_format_declares_every_sample_with_help_and_type() {
+    let m = every_family();
+    let text = m.render_text();
+    assert!(!text.contains("# EOF"));
+    let mut help = HashSet::new();
+    let mut types = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, h) = rest.split_once(' ').unwrap();
+            assert!(!h.trim().is_empty(), "empty help: {line}");
+            help.insert(name.to_string());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            types.insert(name.to_string(), kind.to_string());
+        } else {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = types
+                .iter()
+                .find(|(f, kind)| {
+                    name == f.as_str()
+                        || (kind.as_str() == "histogram"
+                            && ["_bucket", "_sum", "_count"]
+                                .iter()
+                                .any(|suf| name == format!("{f}{suf}")))
+                })
+                .map(|(f, _)| f.clone())
+                .unwrap_or_else(|| panic!("sample without a TYPE: {line}\n{text}"));
+            assert!(help.contains(&family), "no HELP for {family}\n{text}");
+            if types[&family] == "counter" {
+                assert!(family.ends_with("_total"), "{family}");
+            }
+        }
+    }
+    for family in [
+        "gatehouse_requests_total",
+        "gatehouse_rate_limit_denials_total",
+        "gatehouse_upstream_responses_total",
+        "gatehouse_upstream_errors_total",
+        "gatehouse_alerts_total",
+        "gatehouse_alerts_open",
+        "gatehouse_journal_writable",
+        "gatehouse_journal_append_failures_total",
+        "gatehouse_config_reloads_total",
+        "gatehouse_config_reload_failures_total",
+    ] {
+        assert!(types.contains_key(family), "{family} missing\n{text}");
+    }
+}
+
+#[test]
+fn open_alerts_and_journal_health_are_gauges() {
+    let m = every_family();
+    let s = samples(&m.render());
+    assert_eq!(s[r#"gatehouse_alerts_open{kind="denial_spike"}"#], 1.0);
+    // The failed batch above.
+    assert_eq!(s["gatehouse_journal_writable"], 0.0);
+    m.set_journal_writable(true);
+    assert_eq!(samples(&m.render())["gatehouse_journal_writable"], 1.0);
+    assert_eq!(
+        s[r#"gatehouse_upstream_responses_total{upstream="orders",status_class="5xx"}"#],
+        1.0
+    );
+    // An alert over an hour old is no longer open; its kind stays at 0.
+    let m = Monitor::new();
+    let mut old = Event::new(EventKind::Alert, "n", Decision::Denied);
+    old.reason = Some("rate_spike".into());
+    old.time_ms = crate::event::now_ms() - ALERT_OPEN_MS - 1000;
+    m.observe_event(&old, None);
+    assert_eq!(
+        samples(&m.render())[r#"gatehouse_alerts_open{kind="rate_spike"}"#],
+        0.0
+    );
+}
+
+/// The `gatehouse_*` names in `text` (metric names in PromQL).
+fn metric_names(text: &str) -> HashSet<String> {
+    let mut out = HashSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("gatehouse_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        out.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn the_grafana_dashboard_and_alerting_rules_use_real_metric_names() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let dashboard = std::fs::read_to_string(root.join("grafana/gatehouse.json")).unwrap();
+    let rules = std::fs::read_to_string(root.join("prometheus/gatehouse-rules.yml")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
+    let panels = doc["panels"].as_array().expect("panels");
+    let exprs: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(exprs.len() >= 15, "{} queries", exprs.len());
+    let m = every_family();
+    let rendered: HashSet<String> = samples(&m.render())
+        .keys()
+        .map(|k| k.split('{').next().unwrap_or(k).to_string())
+        .collect();
+    let used = metric_names(&exprs.join("\n"));
+    let in_rules = metric_names(&rules);
+    assert!(in_rules.len() >= 8, "{in_rules:?}");
+    for name in used.iter().chain(&in_rules) {
+        assert!(
+            rendered.contains(name),
+            "{name} is not a metric the broker exports: {rendered:?}"
+        );
+    }
+    // The dashboard covers what operators look for.
+    for needed in [
+        "gatehouse_requests_total",
+        "gatehouse_request_denials_total",
+        "gatehouse_request_duration_seconds_bucket",
+        "gatehouse_certificate_expiry_seconds",
+        "gatehouse_journal_writable",
+        "gatehouse_journal_append_seconds_bucket",
+    ] {
+        assert!(used.contains(needed), "dashboard lacks {needed}");
+    }
 }

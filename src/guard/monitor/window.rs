@@ -26,6 +26,17 @@ pub struct PartnerWindow {
     pub p99_ms: Option<f64>,
 }
 
+/// One minute of a partner's traffic (the console's charts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MinutePoint {
+    /// Start of the minute, ms since the epoch.
+    pub minute_ms: i64,
+    pub requests: u64,
+    pub denials: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct MinuteBucket {
     /// Minutes since the epoch this bucket holds; `None` = never used.
@@ -101,6 +112,30 @@ impl WindowRing {
         w.p99_ms = quantile_ms(&latency, w.requests, 0.99);
         w
     }
+
+    /// The `WINDOW_MINUTES` minutes up to and including `now_ms`'s minute,
+    /// oldest first, one point each (zero for a quiet minute).
+    pub fn series(&self, now_ms: i64) -> Vec<MinutePoint> {
+        let now = minute_of(now_ms);
+        (0..WINDOW_MINUTES as i64)
+            .rev()
+            .map(|ago| {
+                let minute = now - ago;
+                let slot = &self.buckets[minute.rem_euclid(WINDOW_MINUTES as i64) as usize];
+                let mut p = MinutePoint {
+                    minute_ms: minute * 60_000,
+                    ..MinutePoint::default()
+                };
+                if slot.minute == Some(minute) {
+                    p.requests = slot.requests;
+                    p.denials = slot.denials;
+                    p.p50_ms = quantile_ms(&slot.latency, slot.requests, 0.50);
+                    p.p99_ms = quantile_ms(&slot.latency, slot.requests, 0.99);
+                }
+                p
+            })
+            .collect()
+    }
 }
 
 /// The upper bound (ms) of the bucket holding the `q` quantile. The open
@@ -130,6 +165,33 @@ mod tests {
     use super::*;
 
     const MIN: i64 = 60_000;
+
+    #[test]
+    fn the_series_has_one_point_per_minute_oldest_first() {
+        let mut r = WindowRing::default();
+        let t0 = 1_700_000_000_000 - 1_700_000_000_000 % MIN;
+        r.record(t0, true, 3_000);
+        r.record(t0 + 2 * MIN, false, 40_000);
+        r.record(t0 + 2 * MIN, false, 40_000);
+        let s = r.series(t0 + 2 * MIN + 5);
+        assert_eq!(s.len(), WINDOW_MINUTES);
+        let last = s[WINDOW_MINUTES - 1];
+        assert_eq!(
+            (last.minute_ms, last.requests, last.denials),
+            (t0 + 2 * MIN, 2, 0)
+        );
+        assert_eq!(last.p99_ms, Some(50.0));
+        assert_eq!(s[WINDOW_MINUTES - 2].requests, 0);
+        assert_eq!(
+            (
+                s[WINDOW_MINUTES - 3].requests,
+                s[WINDOW_MINUTES - 3].denials
+            ),
+            (1, 1)
+        );
+        // An hour later, all of it has dropped out.
+        assert!(r.series(t0 + 62 * MIN).iter().all(|p| p.requests == 0));
+    }
 
     #[test]
     fn counts_within_the_hour_and_drops_old_minutes() {

@@ -1,8 +1,9 @@
 //! Per-partner time-range queries go through the (partner, time, seq)
-//! index and return exactly the matching records.
+//! index and return exactly the matching records; `reverse` lists the
+//! newest matches first; `kind` keeps one kind of record.
 
 use super::support::*;
-use crate::event::Decision;
+use crate::event::{Decision, EventKind};
 use crate::journal::{Journal, Query};
 
 const T0: i64 = 1_800_000_000_000;
@@ -125,4 +126,73 @@ fn partner_queries_read_the_index_not_the_journal() {
         ..q.clone()
     };
     assert!(seqs(&store.query(&scan).unwrap()).contains(&5));
+}
+
+#[test]
+fn reverse_lists_the_newest_matches_first() {
+    let (_d, _home, j) = filled();
+    // Through the partner index: acme is i % 3 == 0, seq = i + 1.
+    let q = Query {
+        partner: Some("acme".into()),
+        limit: 3,
+        reverse: true,
+        ..Query::default()
+    };
+    assert_eq!(seqs(&j.store().query(&q).unwrap()), vec![298, 295, 292]);
+    let windowed = Query {
+        since_ms: Some(T0 + 30_000),
+        until_ms: Some(T0 + 60_000),
+        ..q.clone()
+    };
+    assert_eq!(seqs(&j.store().query(&windowed).unwrap()), vec![58, 55, 52]);
+    // A scan of the whole journal, with a filter.
+    let denied = Query {
+        decision: Some(Decision::Denied),
+        limit: 2,
+        reverse: true,
+        ..Query::default()
+    };
+    assert_eq!(seqs(&j.store().query(&denied).unwrap()), vec![296, 291]);
+    let oldest = Query {
+        reverse: false,
+        ..denied.clone()
+    };
+    assert_eq!(seqs(&j.store().query(&oldest).unwrap()), vec![1, 6]);
+}
+
+#[test]
+fn kind_keeps_one_kind_of_record() {
+    let (_d, home) = key_home();
+    let j = Journal::open(&home, &settings(100)).unwrap();
+    let mut evs: Vec<_> = (0..6)
+        .map(|i| exchange(Some("acme"), T0 + i * 1000, 200))
+        .collect();
+    for (i, kind) in [
+        EventKind::Alert,
+        EventKind::Handshake,
+        EventKind::HandshakeAggregate,
+        EventKind::Admin,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e = exchange(None, T0 + 10_000 + i as i64, 0);
+        e.kind = kind;
+        e.status = None;
+        evs.push(e);
+    }
+    fill(&j, evs);
+    let of = |kind| {
+        let q = Query {
+            kind: Some(kind),
+            limit: 100,
+            ..Query::default()
+        };
+        seqs(&j.store().query(&q).unwrap())
+    };
+    assert_eq!(of(EventKind::Exchange), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(of(EventKind::Alert), vec![7]);
+    // Refused handshakes come with their per-address summaries.
+    assert_eq!(of(EventKind::Handshake), vec![8, 9]);
+    assert_eq!(of(EventKind::Admin), vec![10]);
 }

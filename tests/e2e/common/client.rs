@@ -206,8 +206,23 @@ pub async fn raw_exchange(
 
 /// GET on the admin listener (plain HTTP).
 pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = admin_request(admin, path, &[]).await;
+    (status, body)
+}
+
+/// GET on the admin listener with extra request headers; returns the
+/// status, the response head (lowercased) and the body.
+pub async fn admin_request(
+    admin: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let mut tcp = TcpStream::connect(admin).await.expect("admin connect");
-    let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    let mut req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
@@ -217,6 +232,6 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_ascii_lowercase(), body.to_string())
 }

@@ -1,6 +1,7 @@
 //! Shared test harness: `broker` makes a home and runs the real binary;
 //! `upstream` is an in-process echo upstream (TLS, mTLS, plain, wrong CA);
-//! `stacks` runs the real client stacks (curl, Python, Node, Java, Go).
+//! `stacks` runs the real client stacks (curl, Python, Node, Java, Go);
+//! `tools` finds the other external tools a test drives (promtool, ...).
 pub mod broker;
 pub mod client;
 pub mod home;
@@ -9,4 +10,5 @@ pub mod process;
 pub mod raw_upstream;
 pub mod redis_server;
 pub mod stacks;
+pub mod tools;
 pub mod upstream;

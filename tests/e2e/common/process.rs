@@ -29,14 +29,32 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(home: &Path) -> Broker {
-        Broker::start_with(home, &[])
+        Broker::start_with(home, Command::new(BIN))
+    }
+
+    /// Starts the broker with extra environment variables.
+    pub fn start_with_env(home: &Path, env: &[(&str, &str)]) -> Broker {
+        let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
+        Broker::start_with(home, cmd)
+    }
+
+    /// Starts `gatehouse serve` with `cmd` as the program (the binary, or a
+    /// wrapper such as `sh -c '...; exec "$0" "$@"' BIN`); the arguments are
+    /// added here.
+    pub fn start_with(home: &Path, cmd: Command) -> Broker {
+        Broker::spawn(home, cmd, &[])
     }
 
     /// Starts `gatehouse serve` with extra arguments (`--node-id`, `--data`, ...).
-    pub fn start_with(home: &Path, extra: &[&str]) -> Broker {
+    pub fn start_args(home: &Path, extra: &[&str]) -> Broker {
+        Broker::spawn(home, Command::new(BIN), extra)
+    }
+
+    fn spawn(home: &Path, mut cmd: Command, extra: &[&str]) -> Broker {
         let stderr_path = home.join(format!("serve-{}.log", rand_suffix()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = cmd
             .arg("--home")
             .arg(home)
             .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])

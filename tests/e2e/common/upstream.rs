@@ -11,7 +11,7 @@
 //! The answer body:
 //! `{"method", "path" (path and query as received), "headers" {name: value},
 //!   "client_cert_cn", "client_cert_uri", "client_cert_serial" (hex; or null),
-//!   "body_bytes"}`.
+//!   "body_bytes", "trailers" {name: value} (request trailers; empty when none)}`.
 #![allow(dead_code)] // not every helper is used by every test build
 
 use std::fmt;
@@ -326,9 +326,21 @@ async fn echo(
     }
     let mut body = req.into_body();
     let mut body_bytes = 0usize;
+    let mut trailers = serde_json::Map::new();
     while let Some(frame) = body.frame().await {
-        if let Some(data) = frame?.data_ref() {
+        let frame = frame?;
+        if let Some(data) = frame.data_ref() {
             body_bytes += data.len();
+        }
+        if let Some(t) = frame.trailers_ref() {
+            for (name, value) in t {
+                trailers.insert(
+                    name.as_str().to_string(),
+                    String::from_utf8_lossy(value.as_bytes())
+                        .into_owned()
+                        .into(),
+                );
+            }
         }
     }
     let json = serde_json::json!({
@@ -339,6 +351,7 @@ async fn echo(
         "client_cert_uri": peer.uri,
         "client_cert_serial": peer.serial,
         "body_bytes": body_bytes,
+        "trailers": trailers,
     });
     let text = json.to_string();
     if let Ok(mut seen) = rec.seen.lock() {
