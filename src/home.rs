@@ -44,11 +44,31 @@ impl HomeError {
 #[derive(Debug, Clone)]
 pub struct Home {
     root: PathBuf,
+    /// `--data DIR` / `GATEHOUSE_DATA`: this node's own data folder (a fleet
+    /// shares the home's configuration, each node keeps its own journal).
+    data: Option<PathBuf>,
 }
 
 impl Home {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Home { root: root.into() }
+        Home {
+            root: root.into(),
+            data: None,
+        }
+    }
+
+    /// The same home with its data folder (journal, admin socket) at `dir`
+    /// instead of `HOME/data`; a relative `dir` is taken from the current
+    /// directory.
+    pub fn with_data(mut self, dir: Option<PathBuf>) -> Self {
+        self.data = dir.map(|d| {
+            if d.is_absolute() {
+                d
+            } else {
+                std::env::current_dir().map(|c| c.join(&d)).unwrap_or(d)
+            }
+        });
+        self
     }
 
     /// A home that `init` has already set up; refuses anything else.
@@ -59,7 +79,7 @@ impl Home {
         }
         // Absolute from here on: paths stay right whatever the working directory.
         let root = std::fs::canonicalize(&home.root).map_err(|e| HomeError::io(&home.root, e))?;
-        Ok(Home { root })
+        Ok(Home { root, data: None })
     }
 
     pub fn root(&self) -> &Path {
@@ -190,7 +210,10 @@ impl Home {
         self.certs_dir().join("crl.number")
     }
     pub fn data_dir(&self) -> PathBuf {
-        self.root.join("data")
+        match &self.data {
+            Some(d) => d.clone(),
+            None => self.root.join("data"),
+        }
     }
     pub fn journal_db(&self) -> PathBuf {
         self.data_dir().join("journal")

@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod durable_file;
 pub mod event;
+pub mod fleet;
 pub mod gateway;
 pub mod guard;
 pub mod home;

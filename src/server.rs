@@ -16,8 +16,9 @@ use crate::ca::upstream_identity::LiveIdentity;
 use crate::config::GatewayConfig;
 use crate::control::http::AdminView;
 use crate::control::socket::{AdminHooks, serve_admin_socket};
-use crate::control::watch::{Watched, watch_files};
+use crate::control::watch::{ReloadTrigger, Watched, watch_files};
 use crate::event::Recorder;
+use crate::fleet::Fleet;
 use crate::gateway::live::Live;
 use crate::gateway::{Gateway, accept_loop, http_builder};
 use crate::guard::EventSink;
@@ -37,12 +38,18 @@ const BASELINE_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// `--node-id` / `GATEHOUSE_NODE_ID` (default: `[server] node_id`).
+    pub node_id: Option<String>,
 }
 
 /// Runs the broker until SIGTERM/SIGINT, then drains and returns.
 pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(), String> {
     let live = Arc::new(Live::load(home.clone())?);
-    let gateway_config = live.snapshot().gateway.clone();
+    let mut gateway_config = live.snapshot().gateway.clone();
+    if let Some(id) = &opts.node_id {
+        crate::config::cluster::validate_node_id(id)?;
+        gateway_config.server.node_id = id.clone();
+    }
     let server = &gateway_config.server;
     let listen = opts.listen.unwrap_or(server.listen);
     let admin_addr = admin_address(opts.admin.unwrap_or(server.admin), server.admin_public)?;
@@ -66,12 +73,34 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         LiveIdentity::load(&home, &server.node_id)
             .map_err(|e| format!("upstream identity key: {e}"))?,
     );
-    let gateway = Arc::new(Gateway::new(live.clone(), events.clone(), identity.clone()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let trigger = Arc::new(ReloadTrigger::default());
+    let fleet = match &gateway_config.cluster {
+        None => None,
+        Some(cluster) => {
+            let fleet = Fleet::start(
+                &home,
+                cluster,
+                &server.node_id,
+                live.clone(),
+                events.clone(),
+                trigger.clone(),
+                shutdown_rx.clone(),
+            )
+            .await?;
+            fleet.set_listeners(bound, admin_bound);
+            Some(fleet)
+        }
+    };
+    let gateway = Arc::new(
+        Gateway::new(live.clone(), events.clone(), identity.clone()).with_fleet(fleet.clone()),
+    );
     gateway.connections.set_listening(true);
     let watched = Arc::new(Watched {
         live: live.clone(),
         identity: identity.clone(),
         events: events.clone(),
+        trigger,
     });
     watched.apply_anomaly_modes();
     {
@@ -81,7 +110,6 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
             monitor.journal_batch(records, seconds, failed)
         }));
     }
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let admin_task = tokio::spawn(crate::control::http::serve(
         admin_listener,
         Arc::new(AdminView {

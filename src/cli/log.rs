@@ -64,6 +64,10 @@ pub enum LogCmd {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Query these `log export` files (several nodes of a fleet,
+        /// merged in time order) instead of this node's journal.
+        #[arg(long = "export", num_args = 1..)]
+        exports: Vec<std::path::PathBuf>,
     },
     /// Export records and signed checkpoints, one JSON object per line.
     Export {
@@ -89,6 +93,10 @@ pub enum LogCmd {
         /// The verification report as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Verify these `log export` files (each node's chain and signed
+        /// checkpoints) instead of this node's journal.
+        #[arg(long = "export", num_args = 1..)]
+        exports: Vec<std::path::PathBuf>,
     },
     /// Fault drill on the running broker: make journal writes fail or recover.
     #[command(hide = true)]
@@ -380,7 +388,25 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
             reverse,
             limit,
             json,
+            exports,
         } => {
+            if !exports.is_empty() {
+                return crate::fleet::exports::cli_query(
+                    &exports,
+                    crate::fleet::exports::Filter {
+                        partner,
+                        since_ms: time_arg(&since)?,
+                        until_ms: time_arg(&until)?,
+                        decision: decision.map(|d| match d {
+                            DecisionArg::Allowed => Decision::Allowed,
+                            DecisionArg::Denied => Decision::Denied,
+                        }),
+                        status,
+                        limit,
+                    },
+                    json,
+                );
+            }
             let query = Query {
                 partner,
                 since_ms: time_arg(&since)?,
@@ -434,7 +460,10 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
             })?;
             cursor.finish(complete)?;
         }
-        LogCmd::Verify { json } => {
+        LogCmd::Verify { json, exports } if !exports.is_empty() => {
+            return crate::fleet::exports::cli_verify(home, &exports, json);
+        }
+        LogCmd::Verify { json, .. } => {
             let mut report = None;
             run_request(home, Request::Verify, &mut |r| {
                 if let Reply::Verify(v) = r {

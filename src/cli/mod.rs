@@ -34,6 +34,10 @@ pub struct Cli {
     /// The gatehouse home folder (config, partners, certs, data).
     #[arg(long, global = true, env = "GATEHOUSE_HOME", default_value = ".")]
     pub home: PathBuf,
+    /// This node's data folder (journal, admin socket); default HOME/data.
+    /// In a fleet each node has its own while the home is shared.
+    #[arg(long, global = true, env = "GATEHOUSE_DATA")]
+    pub data: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -77,6 +81,9 @@ pub struct ServeArgs {
     /// Admin listener for health and metrics (default from gatehouse.toml).
     #[arg(long)]
     admin: Option<std::net::SocketAddr>,
+    /// This node's name in records, heartbeats and alerts (default: `[server] node_id`).
+    #[arg(long, env = "GATEHOUSE_NODE_ID")]
+    node_id: Option<String>,
     /// Broker log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -303,7 +310,12 @@ fn existing(home: &std::path::Path) -> Result<Home, Box<dyn std::error::Error>> 
 }
 
 pub fn run(cli: Cli) -> CliResult {
-    match cli.command {
+    let data = cli.data.clone();
+    let existing = |home: &std::path::Path| existing(home).map(|h| h.with_data(data.clone()));
+    // A fleet hears of partner and certificate changes made here (after the
+    // files are written; nothing to do without `[cluster]`).
+    let announce = crate::fleet::announce::of_command(&cli.command);
+    let result = match cli.command {
         Command::Init(a) => cmd_init(Home::new(&cli.home), a),
         Command::Check => cmd_check(&existing(&cli.home)?),
         Command::Partner(p) => cmd_partner(&existing(&cli.home)?, p),
@@ -315,7 +327,14 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Agent(c) => agent::run(c),
         Command::Completions(a) => shell::completions(a),
         Command::Man(a) => shell::man(a),
+    };
+    if let (Ok(code), Some(change)) = (&result, announce)
+        && *code == ExitCode::SUCCESS
+        && let Ok(home) = existing(&cli.home)
+    {
+        crate::fleet::announce::publish_from_cli(&home, &change);
     }
+    result
 }
 
 fn cmd_serve(home: Home, a: ServeArgs) -> CliResult {
@@ -330,6 +349,7 @@ fn cmd_serve(home: Home, a: ServeArgs) -> CliResult {
         crate::server::ServeOptions {
             listen: a.listen,
             admin: a.admin,
+            node_id: a.node_id,
         },
         journal.clone(),
     ));

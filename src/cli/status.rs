@@ -32,6 +32,10 @@ pub struct StatusArgs {
     /// through data/admin.sock, else [server] admin in gatehouse.toml).
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+    /// The whole fleet, from its Redis store (`[cluster]`): live nodes,
+    /// versions, configuration generations, per-partner totals.
+    #[arg(long)]
+    pub fleet: bool,
 }
 
 /// Why the status could not be fetched.
@@ -48,6 +52,11 @@ enum FetchError {
 }
 
 pub fn run(home: &Home, args: StatusArgs) -> Result<ExitCode, Box<dyn Error>> {
+    if args.fleet {
+        let view = crate::fleet::status::read(home)?;
+        crate::fleet::status::print(&view, args.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let admin = match args.admin {
         Some(a) => a,
         None => match crate::control::socket::admin_address(home) {

@@ -29,6 +29,9 @@ pub struct GatewayConfig {
     pub monitor: MonitorSettings,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSettings>,
+    /// A fleet's shared store; absent: a single node, no Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<super::ClusterSettings>,
 }
 
 /// `[server]`: listeners and the limits that protect them.
@@ -277,6 +280,9 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         } else if https && cfg.monitor.webhook_ca.is_none() {
             err("[monitor] an https webhook_url needs webhook_ca to verify it".into());
         }
+    }
+    for m in cfg.cluster.iter().flat_map(|c| c.problems()) {
+        err(m);
     }
     if cfg.journal.checkpoint_every == 0 {
         err("[journal] checkpoint_every must be at least 1".into());

@@ -7,11 +7,13 @@
 
 use crate::home::Home;
 
+pub mod cluster;
 mod common;
 mod gateway;
 mod partner;
 mod render;
 
+pub use cluster::{ClusterSettings, OnStoreFailure};
 pub use common::*;
 pub use gateway::*;
 pub use partner::*;

@@ -111,6 +111,14 @@ anomaly_warmup_minutes = 60  # a baseline needs this much history before it aler
 # A legacy plain-HTTP upstream looks like this:
 # [upstreams.legacy-billing]
 # url = "http://127.0.0.1:8080"
+
+# A fleet of several nodes shares limits, quotas, revocations and anomaly
+# baselines through Redis (see the README, "Run a fleet"):
+# [cluster]
+# redis_url = "rediss://redis.internal:6379"
+# redis_ca = "certs/redis-ca.pem"
+# redis_password_file = "certs/redis.pass"
+# on_store_failure = "local"  # or "deny"
 "#
     )
 }

@@ -25,6 +25,32 @@ pub struct Watched {
     pub live: Arc<Live>,
     pub identity: Arc<LiveIdentity>,
     pub events: Arc<EventSink>,
+    /// Asks for a look now (a fleet's announced change).
+    pub trigger: Arc<ReloadTrigger>,
+}
+
+/// A request to look at the files now, from outside the watcher (a fleet
+/// invalidation), and how many looks the watcher has made.
+#[derive(Default)]
+pub struct ReloadTrigger {
+    notify: tokio::sync::Notify,
+    force: AtomicBool,
+    looks: std::sync::atomic::AtomicU64,
+}
+
+impl ReloadTrigger {
+    /// Asks for a look; `force` re-reads every file as SIGHUP does.
+    pub fn poke(&self, force: bool) {
+        if force {
+            self.force.store(true, Ordering::Release);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Looks made so far (a look after a poke counts once it is done).
+    pub fn looks(&self) -> u64 {
+        self.looks.load(Ordering::Acquire)
+    }
 }
 
 impl Watched {
@@ -95,15 +121,17 @@ pub async fn watch_files(
     let mut last_full_look = Instant::now();
     let mut last_error: Option<String> = None;
     loop {
-        let force = tokio::select! {
-            _ = tick.tick() => false,
-            Some(_) = hup.recv() => true,
+        let (force, poked) = tokio::select! {
+            _ = tick.tick() => (false, false),
+            Some(_) = hup.recv() => (true, true),
+            _ = w.trigger.notify.notified() => (w.trigger.force.swap(false, Ordering::AcqRel), true),
             _ = shutdown.changed() => return,
         };
         if force {
             crate::sd_notify::reloading();
         }
-        let look = force
+        let look = poked
+            || force
             || notifier.is_none()
             || changed.swap(false, Ordering::AcqRel)
             || w.live.tls_retry_pending()
@@ -114,6 +142,7 @@ pub async fn watch_files(
         last_full_look = Instant::now();
         reload_identity(&w).await;
         reload(&w, force, &mut last_error).await;
+        w.trigger.looks.fetch_add(1, Ordering::AcqRel);
         if force {
             crate::sd_notify::reloaded("serving (reload done)");
         }

@@ -50,6 +50,8 @@ pub struct Gateway {
     pub seen: Arc<seen::Seen>,
     /// Connections being served, and whether the listener still accepts.
     pub connections: Arc<Connections>,
+    /// The fleet this node belongs to (`[cluster]`); `None`: a single node.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// TLS handshakes in progress per client address (the cap is read at
     /// start: `[server] max_pending_handshakes_per_addr`).
     pub handshakes: Arc<handshake_gate::HandshakeGate>,
@@ -76,8 +78,15 @@ impl Gateway {
             renewals: Default::default(),
             seen: Arc::default(),
             connections: Arc::default(),
+            fleet: None,
             epoch: Instant::now(),
         }
+    }
+
+    /// The same gateway as a member of `fleet`.
+    pub fn with_fleet(mut self, fleet: Option<Arc<crate::fleet::Fleet>>) -> Gateway {
+        self.fleet = fleet;
+        self
     }
 }
 

@@ -103,6 +103,12 @@ async fn phases(
         record.event.route = Some(renewal::RENEW_PATH.to_string());
         let renewed = renewal::handle(req, &conn.identity, gw).await?;
         record.event.detail = Some(renewed.summary());
+        if let Some(fleet) = &gw.fleet {
+            fleet.announce(crate::fleet::announce::Change::partner(
+                crate::fleet::announce::ChangeKind::PartnerChanged,
+                &conn.identity.partner,
+            ));
+        }
         return Ok(Answer::Local {
             content_type: "application/x-pem-file",
             body: renewed.chain_pem,
@@ -117,7 +123,7 @@ async fn phases(
         .get(permit.upstream)
         .cloned()
         .ok_or_else(|| Refusal::http(StatusCode::BAD_GATEWAY, code::UPSTREAM_UNKNOWN))?;
-    let max_body = limit(conn, &snapshot, &permit, declared_length, record)?;
+    let max_body = limit(conn, gw, &snapshot, &permit, declared_length, record).await?;
     let uri = upstream
         .uri_for(&permit.upstream_path, target.query)
         .map_err(|_| Refusal::http(StatusCode::BAD_REQUEST, code::BAD_TARGET))?;
@@ -167,9 +173,13 @@ fn admit<'s>(
         ));
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    snapshot
+    let entry = snapshot
         .admit(&conn.identity, now)
-        .map_err(|reason| Refusal::http(StatusCode::FORBIDDEN, reason).closing())
+        .map_err(|reason| Refusal::http(StatusCode::FORBIDDEN, reason).closing())?;
+    if let Some(fleet) = &gw.fleet {
+        fleet.admit(&conn.identity)?;
+    }
+    Ok(entry)
 }
 
 /// Framing: refuses Content-Length values spelled differently, and returns
@@ -214,19 +224,27 @@ fn authorize<'a>(
 
 /// Rate, quota and concurrency limits (partner and route; the admission is
 /// held until the record is handed over), then the body limit. Returns the
-/// body limit for the relay.
-fn limit(
+/// body limit for the relay. In a fleet, rate and quota are the fleet's
+/// (one store round trip; see `crate::fleet`).
+async fn limit(
     conn: &ConnCtx,
+    gw: &Gateway,
     snapshot: &Snapshot,
     permit: &Permit<'_>,
     declared_length: Option<u64>,
     record: &mut PendingRecord,
 ) -> Result<u64, Refusal> {
-    let admission = snapshot.limits.check(
-        &conn.identity.partner,
-        Some(permit.route_index),
-        crate::event::now_ms(),
-    )?;
+    let now_ms = crate::event::now_ms();
+    let admission = match &gw.fleet {
+        None => snapshot
+            .limits
+            .check(&conn.identity.partner, Some(permit.route_index), now_ms)?,
+        Some(fleet) => {
+            fleet
+                .limit(snapshot, &conn.identity.partner, permit.route_index, now_ms)
+                .await?
+        }
+    };
     record.hold(Box::new(admission));
     let max_body = permit
         .route

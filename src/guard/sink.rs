@@ -26,6 +26,16 @@ pub trait Throttles: Send + Sync {
     fn set_throttle(&self, partner: &str, per_minute: Option<f64>);
 }
 
+/// What a fleet (`[cluster]`) hooks into the sink: it counts each
+/// partner's exchanges for the fleet-wide baselines, and raises anomaly
+/// alerts once per fleet instead of once per node.
+pub trait FleetHooks: Send + Sync {
+    /// An exchange of `partner` was recorded on this node.
+    fn exchange(&self, partner: &str);
+    /// Takes an anomaly alert to raise once per fleet; `false`: raise it here.
+    fn claim_alert(&self, notice: &AlertNotice) -> bool;
+}
+
 /// The event sink: monitor, detector, journal (see the module doc).
 pub struct EventSink {
     journal: Arc<dyn Recorder>,
@@ -34,6 +44,7 @@ pub struct EventSink {
     alerts: AlertSink,
     throttles: Arc<dyn Throttles>,
     node: String,
+    fleet: std::sync::OnceLock<Arc<dyn FleetHooks>>,
 }
 
 impl EventSink {
@@ -52,7 +63,13 @@ impl EventSink {
             alerts,
             throttles,
             node: node.to_string(),
+            fleet: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hooks a fleet in (once; a second call is ignored).
+    pub fn set_fleet_hooks(&self, hooks: Arc<dyn FleetHooks>) {
+        let _ = self.fleet.set(hooks);
     }
 
     /// Records one event (see the module doc for what the ack means).
@@ -61,6 +78,9 @@ impl EventSink {
         self.monitor.observe_event(&event, risk);
         let alert = match (event.kind, event.partner.as_deref()) {
             (EventKind::Exchange, Some(partner)) => {
+                if let Some(f) = self.fleet.get() {
+                    f.exchange(partner);
+                }
                 let denied = matches!(event.status, Some(403) | Some(429));
                 self.detector
                     .observe_request(partner, denied, event.time_ms)
@@ -118,14 +138,18 @@ impl EventSink {
         if let (Some(p), Some(rate)) = (&alert.partner, alert.throttle_per_minute) {
             self.throttles.set_throttle(p, Some(rate));
         }
-        self.raise_notice(AlertNotice {
+        let notice = AlertNotice {
             kind: alert.kind.code().to_string(),
             partner: alert.partner.clone(),
             addr: alert.addr.clone(),
             message: alert.message.clone(),
             time_ms: alert.time_ms,
             details: serde_json::to_value(&alert).unwrap_or_default(),
-        });
+        };
+        if self.fleet.get().is_some_and(|f| f.claim_alert(&notice)) {
+            return;
+        }
+        self.raise_notice(notice);
     }
 
     /// Raises any alert (expiry, broker certificates, anomalies).

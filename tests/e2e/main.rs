@@ -22,6 +22,8 @@ mod curl;
 mod disk_full;
 mod echo_upstream;
 mod first_run;
+mod fleet;
+mod fleet_bench;
 mod handshake;
 mod header_spoofing;
 mod hostile_input;

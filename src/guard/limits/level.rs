@@ -130,15 +130,10 @@ impl Level {
         }
     }
 
-    /// Whether `check` needs this level's lock (anything but concurrency set).
-    pub(super) fn has_counters(&self) -> bool {
-        self.bucket.is_some() || self.spec.requests_per_day.is_some()
-    }
-
     /// Reserves an in-flight slot if under `max_concurrent`.
-    pub(super) fn acquire(&self) -> Option<Arc<Shared>> {
+    pub(super) fn acquire(&self, max_concurrent: Option<u32>) -> Option<Arc<Shared>> {
         let in_flight = &self.shared.in_flight;
-        let ok = match self.spec.max_concurrent {
+        let ok = match max_concurrent {
             None => {
                 in_flight.fetch_add(1, Ordering::AcqRel);
                 true
@@ -153,10 +148,53 @@ impl Level {
     }
 }
 
+/// The limits of one level as this node enforces them (see [`LocalShare`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Effective {
+    pub(super) bucket: Option<BucketSpec>,
+    pub(super) day: Option<u64>,
+    pub(super) max_concurrent: Option<u32>,
+}
+
+impl Effective {
+    pub(super) fn of(level: &Level, share: LocalShare) -> Effective {
+        let n = share.divisor();
+        let max_concurrent = level
+            .spec
+            .max_concurrent
+            .map(|m| (u64::from(m).div_ceil(n).max(1)).min(u64::from(u32::MAX)) as u32);
+        match share {
+            LocalShare::All => Effective {
+                bucket: level.bucket,
+                day: level.spec.requests_per_day,
+                max_concurrent,
+            },
+            LocalShare::ConcurrencyOf(_) => Effective {
+                bucket: None,
+                day: None,
+                max_concurrent,
+            },
+            LocalShare::FractionOf(_) => Effective {
+                bucket: level.bucket.map(|b| BucketSpec {
+                    rate_milli: (b.rate_milli / n).max(1),
+                    burst: (u64::from(b.burst).div_ceil(n).max(1)) as u32,
+                }),
+                day: level.spec.requests_per_day.map(|d| d.div_ceil(n).max(1)),
+                max_concurrent,
+            },
+        }
+    }
+
+    /// Whether `check` needs this level's lock (anything but concurrency set).
+    pub(super) fn has_counters(&self) -> bool {
+        self.bucket.is_some() || self.day.is_some()
+    }
+}
+
 /// Refills `c` to `now_ms` and records in `worst` any limit that refuses.
 /// Consumes nothing.
 pub(super) fn evaluate(
-    level: &Level,
+    level: &Effective,
     c: &mut Counters,
     throttle: Option<BucketSpec>,
     now_ms: i64,
@@ -202,7 +240,7 @@ pub(super) fn evaluate(
             refuse(LimitKind::RequestsPerMinute, b.wait_ms(spec));
         }
     }
-    if let Some(max) = level.spec.requests_per_day {
+    if let Some(max) = level.day {
         let today = utc_day(now_ms);
         let fresh = Quota {
             day: today,
@@ -224,7 +262,7 @@ pub(super) fn evaluate(
 }
 
 /// Takes one request out of every limit of `c` (after `evaluate` admitted it).
-pub(super) fn consume(level: &Level, c: &mut Counters) {
+pub(super) fn consume(level: &Effective, c: &mut Counters) {
     if let Some((_, b)) = &mut c.throttle {
         b.units = b.units.saturating_sub(UNITS_PER_TOKEN);
     }
@@ -233,7 +271,7 @@ pub(super) fn consume(level: &Level, c: &mut Counters) {
     {
         b.units = b.units.saturating_sub(UNITS_PER_TOKEN);
     }
-    if level.spec.requests_per_day.is_some()
+    if level.day.is_some()
         && let Some((_, q)) = &mut c.quota
     {
         q.used = q.used.saturating_add(1);

@@ -42,6 +42,13 @@
 //!   the gateway swaps states, a check still running under the old setting
 //!   may reset a changed limit once more: a window of microseconds.)
 //!
+//! - A fleet ([`LocalShare`]): with `[cluster]` the rate and quota are the
+//!   fleet store's, and a node enforces here only the anomaly throttle and
+//!   `max_concurrent` (both at 1/N, N = live nodes: best effort);
+//!   while the store does not answer, a node enforces every limit at 1/N
+//!   (rates, bursts, quotas and concurrency divided, rounded up, at least 1).
+//!   A limit scaled differently is a different setting: it starts fresh.
+//!
 //! No global lock: the partner map is built once and never mutated (a reload
 //! builds a new `LimitState` that the gateway swaps in, e.g. with `ArcSwap`),
 //! so lookups read it without locking. Each partner's counters sit behind
@@ -237,6 +244,27 @@ impl Drop for Admission {
     }
 }
 
+/// How much of each limit this node enforces by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalShare {
+    /// Every limit, in full (a single node).
+    All,
+    /// The fleet store enforces rate and quota; this node only the
+    /// throttle and `max_concurrent`, each at 1/n.
+    ConcurrencyOf(u32),
+    /// Every limit at 1/n (a fleet node while the store is down).
+    FractionOf(u32),
+}
+
+impl LocalShare {
+    fn divisor(self) -> u64 {
+        match self {
+            LocalShare::All => 1,
+            LocalShare::ConcurrencyOf(n) | LocalShare::FractionOf(n) => u64::from(n.max(1)),
+        }
+    }
+}
+
 mod level;
 mod snapshot;
 
@@ -339,35 +367,43 @@ impl LimitState {
         route_index: Option<usize>,
         now_ms: i64,
     ) -> Result<Admission, LimitDenied> {
+        self.check_share(partner, route_index, now_ms, LocalShare::All)
+    }
+
+    /// [`LimitState::check`] enforcing only `share` of the limits (a fleet
+    /// node: see [`LocalShare`]).
+    pub fn check_share(
+        &self,
+        partner: &str,
+        route_index: Option<usize>,
+        now_ms: i64,
+        share: LocalShare,
+    ) -> Result<Admission, LimitDenied> {
         let Some(p) = self.partners.get(partner) else {
             return Ok(Admission::unlimited());
         };
         let route = route_index.and_then(|i| p.routes.get(i).map(|r| (i, r)));
         let throttle = match p.level.shared.throttle_milli.load(Ordering::Acquire) {
             0 => None,
-            milli => Some(BucketSpec::throttle(milli)),
+            milli => Some(BucketSpec::throttle((milli / share.divisor()).max(1))),
         };
+        let pe = Effective::of(&p.level, share);
+        let re = route.map(|(_, r)| Effective::of(&r.level, share));
 
         // Lock order: partner, then route.
         let mut pc =
-            (p.level.has_counters() || throttle.is_some()).then(|| lock(&p.level.shared.counters));
+            (pe.has_counters() || throttle.is_some()).then(|| lock(&p.level.shared.counters));
         let mut rc = route
-            .filter(|(_, r)| r.level.has_counters())
-            .map(|(_, r)| lock(&r.level.shared.counters));
+            .zip(re)
+            .filter(|(_, e)| e.has_counters())
+            .map(|((_, r), _)| lock(&r.level.shared.counters));
 
         let mut worst = None;
         if let Some(c) = pc.as_deref_mut() {
-            evaluate(
-                &p.level,
-                c,
-                throttle,
-                now_ms,
-                LimitScope::Partner,
-                &mut worst,
-            );
+            evaluate(&pe, c, throttle, now_ms, LimitScope::Partner, &mut worst);
         }
-        if let (Some(c), Some((i, r))) = (rc.as_deref_mut(), route) {
-            evaluate(&r.level, c, None, now_ms, LimitScope::Route(i), &mut worst);
+        if let (Some(c), Some((i, _)), Some(e)) = (rc.as_deref_mut(), route, &re) {
+            evaluate(e, c, None, now_ms, LimitScope::Route(i), &mut worst);
         }
         if let Some(d) = worst {
             return Err(d);
@@ -378,7 +414,10 @@ impl LimitState {
             retry_after_secs: 1,
             scope,
         };
-        let partner_slot = p.level.acquire().ok_or_else(|| busy(LimitScope::Partner))?;
+        let partner_slot = p
+            .level
+            .acquire(pe.max_concurrent)
+            .ok_or_else(|| busy(LimitScope::Partner))?;
         let mut admission = Admission {
             partner: Some(partner_slot),
             route: None,
@@ -387,16 +426,16 @@ impl LimitState {
             // On refusal, dropping `admission` gives the partner slot back.
             admission.route = Some(
                 r.level
-                    .acquire()
+                    .acquire(re.and_then(|e| e.max_concurrent))
                     .ok_or_else(|| busy(LimitScope::Route(i)))?,
             );
         }
 
         if let Some(c) = pc.as_deref_mut() {
-            consume(&p.level, c);
+            consume(&pe, c);
         }
-        if let (Some(c), Some((_, r))) = (rc.as_deref_mut(), route) {
-            consume(&r.level, c);
+        if let (Some(c), Some(e)) = (rc.as_deref_mut(), &re) {
+            consume(e, c);
         }
         Ok(admission)
     }
@@ -564,6 +603,37 @@ mod tests {
         assert_eq!(d.retry_after_secs, 9);
         assert!(s.check("acme", None, T0 + 8_000).is_err());
         assert!(s.check("acme", None, T0 + 9_000).is_ok());
+    }
+
+    #[test]
+    fn fleet_shares_divide_the_limits() {
+        // 60/min burst 6, 9 a day, 4 at once; a fleet of 3 nodes.
+        let s = one(limits(Some(60), Some(6), Some(9), Some(4)));
+        // The store has rate and quota: locally only concurrency, at 4/3 → 2.
+        let share = LocalShare::ConcurrencyOf(3);
+        let held: Vec<Admission> = (0..2)
+            .map(|_| s.check_share("acme", None, T0, share).unwrap())
+            .collect();
+        let d = s.check_share("acme", None, T0, share).unwrap_err();
+        assert_eq!(d.limit, LimitKind::MaxConcurrent);
+        drop(held);
+        for _ in 0..20 {
+            // No rate or quota here: the store's business.
+            assert!(s.check_share("acme", None, T0, share).is_ok());
+        }
+        // Store down: every limit at 1/3 (burst 2, 3 a day), fresh.
+        let s = one(limits(Some(60), Some(6), Some(9), None));
+        let down = LocalShare::FractionOf(3);
+        assert!(s.check_share("acme", None, T0, down).is_ok());
+        assert!(s.check_share("acme", None, T0, down).is_ok());
+        let d = s.check_share("acme", None, T0, down).unwrap_err();
+        assert_eq!(
+            (d.limit, d.retry_after_secs),
+            (LimitKind::RequestsPerMinute, 3)
+        );
+        assert!(s.check_share("acme", None, T0 + 3_000, down).is_ok());
+        let d = s.check_share("acme", None, T0 + 60_000, down).unwrap_err();
+        assert_eq!(d.limit, LimitKind::RequestsPerDay);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod home;
 pub mod pki;
 pub mod process;
 pub mod raw_upstream;
+pub mod redis_server;
 pub mod stacks;
 pub mod tools;
 pub mod upstream;

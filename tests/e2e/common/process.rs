@@ -42,13 +42,23 @@ impl Broker {
     /// Starts `gatehouse serve` with `cmd` as the program (the binary, or a
     /// wrapper such as `sh -c '...; exec "$0" "$@"' BIN`); the arguments are
     /// added here.
-    pub fn start_with(home: &Path, mut cmd: Command) -> Broker {
+    pub fn start_with(home: &Path, cmd: Command) -> Broker {
+        Broker::spawn(home, cmd, &[])
+    }
+
+    /// Starts `gatehouse serve` with extra arguments (`--node-id`, `--data`, ...).
+    pub fn start_args(home: &Path, extra: &[&str]) -> Broker {
+        Broker::spawn(home, Command::new(BIN), extra)
+    }
+
+    fn spawn(home: &Path, mut cmd: Command, extra: &[&str]) -> Broker {
         let stderr_path = home.join(format!("serve-{}.log", rand_suffix()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut child = cmd
             .arg("--home")
             .arg(home)
             .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -1,0 +1,468 @@
+//! Running as a fleet: N brokers behind a load balancer sharing one set of
+//! partners, limits, quotas, revocations and anomaly baselines through
+//! Redis (`[cluster]` in `gatehouse.toml`). A home without `[cluster]`
+//! never builds a [`Fleet`] and never touches Redis.
+//!
+//! What lives where: `store` (connecting, key names), `limiter` (the
+//! cluster-wide token bucket and daily quota, one Lua script per request),
+//! `announce` (invalidations published by the CLI and renewals, and the
+//! fence a node keeps while its files lag), `node` (heartbeat, live-node
+//! count, fleet-wide per-minute counts that feed the anomaly detector, one
+//! alert per fleet), `status` (`gatehouse status --fleet`).
+//!
+//! Store failure: a request that finds the store down (or slower than
+//! `store_timeout`) is judged locally (`on_store_failure = "local"`: every
+//! limit at 1/N, N = live nodes last seen) or refused with 503 when the
+//! partner has limits (`"deny"`); the node raises one alert per outage and
+//! probes the store every 250 ms; once it answers, cluster limits resume.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use arc_swap::ArcSwapOption;
+use http::StatusCode;
+use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{ClusterSettings, OnStoreFailure};
+use crate::control::watch::ReloadTrigger;
+use crate::gateway::Refusal;
+use crate::gateway::live::{Live, Snapshot};
+use crate::guard::EventSink;
+use crate::guard::alerts::AlertNotice;
+use crate::guard::limits::{Admission, LocalShare};
+use crate::home::Home;
+use crate::identity::PartnerIdentity;
+
+pub mod announce;
+pub mod exports;
+pub mod limiter;
+pub mod node;
+pub mod status;
+pub mod store;
+
+use announce::{Announcement, Fence};
+use store::Keys;
+
+/// Reason codes of the fleet's refusals.
+pub mod code {
+    /// `on_store_failure = "deny"` and the store does not answer.
+    pub const STORE_UNAVAILABLE: &str = "limit_store_unavailable";
+    /// An announced revocation or suspension is not in this node's files yet.
+    pub const SYNC_PENDING: &str = "fleet_sync_pending";
+}
+
+/// Alert kinds the fleet raises.
+pub mod alert {
+    pub const STORE_UNAVAILABLE: &str = "cluster_store_unavailable";
+    pub const STORE_RECOVERED: &str = "cluster_store_recovered";
+}
+
+/// One node's membership in the fleet (see the module doc).
+pub struct Fleet {
+    settings: ClusterSettings,
+    node: String,
+    keys: Keys,
+    client: redis::Client,
+    conn: ArcSwapOption<ConnectionManager>,
+    store_up: AtomicBool,
+    /// Live nodes at the last heartbeat (at least 1: this one).
+    live_nodes: AtomicU32,
+    limiter: limiter::ClusterLimiter,
+    fence: Fence,
+    /// The highest generation announced, and the one this node has applied.
+    heard_generation: AtomicU64,
+    applied_generation: AtomicU64,
+    live: Arc<Live>,
+    events: Arc<EventSink>,
+    reload: Arc<ReloadTrigger>,
+    counts: Arc<node::Counts>,
+    started_ms: i64,
+    pub(crate) listen: std::sync::Mutex<Option<(std::net::SocketAddr, std::net::SocketAddr)>>,
+}
+
+impl Fleet {
+    /// Joins the fleet: builds the client (a bad CA or password file is an
+    /// error), hooks the event sink, and starts the heartbeat, the
+    /// invalidation listener and the alert gate. A store that does not
+    /// answer yet is not an error: the node starts in fallback and joins
+    /// when it answers.
+    pub async fn start(
+        home: &Home,
+        settings: &ClusterSettings,
+        node_id: &str,
+        live: Arc<Live>,
+        events: Arc<EventSink>,
+        reload: Arc<ReloadTrigger>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Fleet>, String> {
+        let client = store::client(home, settings)?;
+        let keys = Keys::new(&settings.key_prefix);
+        let conn = match tokio::time::timeout(
+            settings.store_timeout * 4,
+            store::manager(&client, settings.store_timeout),
+        )
+        .await
+        {
+            Ok(Ok(c)) => Some(Arc::new(c)),
+            Ok(Err(e)) => {
+                tracing::error!(
+                    "the fleet store does not answer ({e}); serving on local limits until it does"
+                );
+                None
+            }
+            Err(_) => {
+                tracing::error!(
+                    "the fleet store does not answer in time; serving on local limits until it does"
+                );
+                None
+            }
+        };
+        let up = conn.is_some();
+        let (alert_tx, alert_rx) = mpsc::channel(256);
+        let counts = Arc::new(node::Counts::default());
+        let fleet = Arc::new(Fleet {
+            settings: settings.clone(),
+            node: node_id.to_string(),
+            limiter: limiter::ClusterLimiter::new(keys.clone()),
+            keys,
+            client,
+            conn: ArcSwapOption::new(conn),
+            store_up: AtomicBool::new(up),
+            live_nodes: AtomicU32::new(1),
+            fence: Fence::default(),
+            heard_generation: AtomicU64::new(0),
+            applied_generation: AtomicU64::new(0),
+            live,
+            events: events.clone(),
+            reload,
+            counts: counts.clone(),
+            started_ms: crate::event::now_ms(),
+            listen: std::sync::Mutex::new(None),
+        });
+        events.set_fleet_hooks(Arc::new(node::Hooks::new(counts, alert_tx)));
+        if !up {
+            fleet.raise_outage("the store did not answer at start-up");
+        }
+        tokio::spawn(node::heartbeat(fleet.clone(), shutdown.clone()));
+        tokio::spawn(node::alert_gate(fleet.clone(), alert_rx, shutdown.clone()));
+        tokio::spawn(listen_invalidations(fleet.clone(), shutdown.clone()));
+        tokio::spawn(settle(fleet.clone(), shutdown));
+        tracing::info!(
+            node = %node_id,
+            store = %crate::config::cluster::redact(&settings.redis_url),
+            on_store_failure = %settings.on_store_failure,
+            "fleet member"
+        );
+        Ok(fleet)
+    }
+
+    /// Remembers the node's listeners for the fleet view.
+    pub fn set_listeners(&self, listen: std::net::SocketAddr, admin: std::net::SocketAddr) {
+        *self.listen.lock().unwrap_or_else(|p| p.into_inner()) = Some((listen, admin));
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Whether the store answered last time it was asked.
+    pub fn store_up(&self) -> bool {
+        self.store_up.load(Ordering::Acquire)
+    }
+
+    /// Live nodes at the last heartbeat (at least 1).
+    pub fn live_nodes(&self) -> u32 {
+        self.live_nodes.load(Ordering::Relaxed).max(1)
+    }
+
+    /// The admission check's fleet part: refuses (503, closing) a partner
+    /// or certificate whose announced revocation or suspension this node's
+    /// files do not show yet.
+    pub fn admit(&self, id: &PartnerIdentity) -> Result<(), Refusal> {
+        if self.fence.holds(id) {
+            return Err(
+                Refusal::http(StatusCode::SERVICE_UNAVAILABLE, code::SYNC_PENDING)
+                    .retry_after(1)
+                    .closing()
+                    .detail(
+                        "an announced revocation or suspension is not in this node's files yet",
+                    ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The limit phase in a fleet (see the module doc). One store round
+    /// trip at most, and none for a partner without rate or quota.
+    pub async fn limit(
+        &self,
+        snapshot: &Snapshot,
+        partner: &str,
+        route_index: usize,
+        now_ms: i64,
+    ) -> Result<Admission, Refusal> {
+        let n = self.live_nodes();
+        let Some(entry) = snapshot.partners.get(partner) else {
+            return Ok(snapshot.limits.check(partner, Some(route_index), now_ms)?);
+        };
+        if self.store_up() {
+            let admission = snapshot.limits.check_share(
+                partner,
+                Some(route_index),
+                now_ms,
+                LocalShare::ConcurrencyOf(n),
+            )?;
+            let levels = limiter::levels(&entry.partner, Some(route_index));
+            if levels.is_empty() {
+                return Ok(admission);
+            }
+            match self.store_check(partner, &levels, now_ms).await {
+                Ok(Ok(())) => return Ok(admission),
+                Ok(Err(denied)) => return Err(denied.into()),
+                Err(e) => {
+                    drop(admission);
+                    self.store_failed(&e);
+                }
+            }
+        }
+        match self.settings.on_store_failure {
+            OnStoreFailure::Deny if limiter::is_limited(&entry.partner) => Err(Refusal::http(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::STORE_UNAVAILABLE,
+            )
+            .retry_after(1)
+            .detail("the fleet's limit store does not answer; on_store_failure = \"deny\"")),
+            OnStoreFailure::Deny => Ok(snapshot.limits.check_share(
+                partner,
+                Some(route_index),
+                now_ms,
+                LocalShare::ConcurrencyOf(n),
+            )?),
+            OnStoreFailure::Local => Ok(snapshot.limits.check_share(
+                partner,
+                Some(route_index),
+                now_ms,
+                LocalShare::FractionOf(n),
+            )?),
+        }
+    }
+
+    async fn store_check(
+        &self,
+        partner: &str,
+        levels: &[limiter::Level],
+        now_ms: i64,
+    ) -> Result<Result<(), crate::guard::limits::LimitDenied>, String> {
+        let Some(conn) = self.conn.load_full() else {
+            return Err("not connected".into());
+        };
+        let mut conn = (*conn).clone();
+        match tokio::time::timeout(
+            self.settings.store_timeout,
+            self.limiter.check(&mut conn, partner, levels, now_ms),
+        )
+        .await
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {:?}",
+                self.settings.store_timeout
+            )),
+        }
+    }
+
+    /// A connection to the store, if there is one.
+    pub(crate) fn connection(&self) -> Option<ConnectionManager> {
+        self.conn.load_full().map(|c| (*c).clone())
+    }
+
+    /// The store failed a call: fall back, and alert once per outage.
+    pub(crate) fn store_failed(&self, why: &str) {
+        if self.store_up.swap(false, Ordering::AcqRel) {
+            self.raise_outage(why);
+        }
+    }
+
+    fn raise_outage(&self, why: &str) {
+        let mode = match self.settings.on_store_failure {
+            OnStoreFailure::Local => format!(
+                "limits are enforced per node at 1/{} of each rate",
+                self.live_nodes()
+            ),
+            OnStoreFailure::Deny => "partners with limits are refused (503)".to_string(),
+        };
+        tracing::error!("the fleet store does not answer ({why}): {mode} until it does");
+        self.events.raise_notice(AlertNotice {
+            kind: alert::STORE_UNAVAILABLE.into(),
+            partner: None,
+            addr: None,
+            message: format!("the fleet's Redis store does not answer ({why}); {mode}"),
+            time_ms: crate::event::now_ms(),
+            details: serde_json::json!({
+                "node": self.node,
+                "on_store_failure": self.settings.on_store_failure.to_string(),
+                "live_nodes": self.live_nodes(),
+            }),
+        });
+    }
+
+    /// The store answered again: cluster limits resume.
+    pub(crate) fn store_answered(&self) {
+        if !self.store_up.swap(true, Ordering::AcqRel) {
+            tracing::info!("the fleet store answers again: cluster-wide limits resume");
+            self.events.raise_notice(AlertNotice {
+                kind: alert::STORE_RECOVERED.into(),
+                partner: None,
+                addr: None,
+                message: "the fleet's Redis store answers again; cluster-wide limits resume".into(),
+                time_ms: crate::event::now_ms(),
+                details: serde_json::json!({ "node": self.node }),
+            });
+            // Changes announced during the outage were not heard: look now.
+            self.reload.poke(false);
+        }
+    }
+
+    /// Takes in an announcement heard on the channel.
+    fn heard(&self, a: &Announcement) {
+        self.fence.add(a);
+        self.heard_generation
+            .fetch_max(a.generation, Ordering::AcqRel);
+        self.reload.poke(false);
+    }
+
+    /// Publishes a change made inside this broker (a self-service renewal).
+    pub fn announce(self: &Arc<Self>, change: announce::Change) {
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            let Some(mut conn) = fleet.connection() else {
+                return;
+            };
+            if let Err(e) =
+                announce::publish_async(&mut conn, &fleet.keys, change, &fleet.node).await
+            {
+                tracing::warn!(
+                    "the fleet was not told of a renewal ({e}); nodes find it at their poll"
+                );
+            }
+        });
+    }
+
+    fn heartbeat_value(&self) -> serde_json::Value {
+        let listen = *self.listen.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::json!({
+            "node": self.node,
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "started_ms": self.started_ms,
+            "time_ms": crate::event::now_ms(),
+            "generation": self.applied_generation.load(Ordering::Acquire),
+            "fence_pending": self.fence.pending(),
+            "listen": listen.map(|l| l.0.to_string()),
+            "admin": listen.map(|l| l.1.to_string()),
+            "partners": self.live.snapshot().partners.len(),
+        })
+    }
+}
+
+/// Listens for invalidations on the store's pub/sub channel (its own
+/// connection), reconnecting after a failure; every (re)subscription also
+/// looks at the files, since announcements made meanwhile were missed.
+async fn listen_invalidations(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
+    use futures_util::StreamExt;
+    loop {
+        let sub = async {
+            let mut pubsub = fleet.client.get_async_pubsub().await?;
+            pubsub.subscribe(fleet.keys.channel()).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(fleet.settings.store_timeout * 4, sub).await {
+            Ok(Ok(pubsub)) => {
+                tracing::debug!("listening for fleet invalidations");
+                fleet.reload.poke(false);
+                let mut stream = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => match msg {
+                            Some(msg) => {
+                                let payload: String = msg.get_payload().unwrap_or_default();
+                                match serde_json::from_str::<Announcement>(&payload) {
+                                    Ok(a) => {
+                                        tracing::info!(generation = a.generation, origin = %a.origin, change = ?a.change.kind, partner = ?a.change.partner, "fleet change announced");
+                                        fleet.heard(&a);
+                                    }
+                                    Err(e) => tracing::warn!("unreadable fleet announcement ignored: {e}"),
+                                }
+                            }
+                            None => break,
+                        },
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                tracing::warn!("the fleet invalidation channel closed; reconnecting");
+            }
+            Ok(Err(e)) => tracing::debug!("fleet invalidation channel: {e}"),
+            Err(_) => tracing::debug!("fleet invalidation channel: no answer"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Until the files show every announced change: looks again every 100 ms
+/// (re-reading every file each second, for shared storage whose stamps
+/// lag), and keeps the fence up meanwhile.
+async fn settle(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waiting_since: Option<(std::time::Instant, u64)> = None;
+    let mut last_poke = std::time::Instant::now();
+    let mut last_force = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let heard = fleet.heard_generation.load(Ordering::Acquire);
+        let applied = fleet.applied_generation.load(Ordering::Acquire);
+        let left = fleet.fence.settle(&fleet.live.snapshot());
+        if heard <= applied && left == 0 {
+            waiting_since = None;
+            continue;
+        }
+        let (since, looks_then) =
+            *waiting_since.get_or_insert((std::time::Instant::now(), fleet.reload.looks()));
+        if left == 0 && fleet.reload.looks() > looks_then {
+            fleet.applied_generation.fetch_max(heard, Ordering::AcqRel);
+            tracing::info!(
+                generation = heard,
+                after_ms = since.elapsed().as_millis() as u64,
+                "fleet change applied"
+            );
+            waiting_since = None;
+            continue;
+        }
+        if last_poke.elapsed() >= std::time::Duration::from_millis(100) {
+            let force = last_force.elapsed() >= std::time::Duration::from_secs(1);
+            if force {
+                last_force = std::time::Instant::now();
+                if since.elapsed() >= std::time::Duration::from_secs(2) {
+                    tracing::warn!(
+                        pending = left,
+                        "this node's files do not show an announced change yet; the affected partners stay refused"
+                    );
+                }
+            }
+            fleet.reload.poke(force);
+            last_poke = std::time::Instant::now();
+        }
+    }
+}
