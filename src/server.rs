@@ -14,8 +14,8 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::ca::upstream_identity::LiveIdentity;
 use crate::config::GatewayConfig;
-use crate::control::http::AdminView;
 use crate::control::socket::{AdminHooks, serve_admin_socket};
+use crate::control::view::AdminView;
 use crate::control::watch::{ReloadTrigger, Watched, watch_files};
 use crate::event::Recorder;
 use crate::fleet::Fleet;

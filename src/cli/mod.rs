@@ -3,6 +3,7 @@
 //! scripts; exit 0 on success, non-zero with one clear line on stderr.
 
 pub mod agent;
+mod announce;
 pub mod log;
 pub mod shell;
 
@@ -314,7 +315,7 @@ pub fn run(cli: Cli) -> CliResult {
     let existing = |home: &std::path::Path| existing(home).map(|h| h.with_data(data.clone()));
     // A fleet hears of partner and certificate changes made here (after the
     // files are written; nothing to do without `[cluster]`).
-    let announce = crate::fleet::announce::of_command(&cli.command);
+    let announce = announce::of_command(&cli.command);
     let result = match cli.command {
         Command::Init(a) => cmd_init(Home::new(&cli.home), a),
         Command::Check => cmd_check(&existing(&cli.home)?),

@@ -22,27 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::ca::inventory::Inventory;
-use crate::ca::upstream_identity::LiveIdentity;
-use crate::gateway::Connections;
-use crate::gateway::live::Live;
-use crate::guard::EventSink;
-
-/// What the admin listener reads: the live state, the event sink (journal
-/// health, metrics, anomaly status), the identity key's JWKS and whether
-/// the partner listener accepts.
-pub struct AdminView {
-    pub live: Arc<Live>,
-    pub events: Arc<EventSink>,
-    pub identity: Arc<LiveIdentity>,
-    pub connections: Arc<Connections>,
-}
-
-impl AdminView {
-    /// Whether the broker can take traffic (config loaded, journal writable, listening).
-    pub fn ready(&self) -> bool {
-        self.connections.listening() && self.events.writable()
-    }
-}
+pub use crate::control::view::AdminView;
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));

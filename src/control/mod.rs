@@ -10,4 +10,5 @@ pub mod console;
 pub mod http;
 pub mod socket;
 pub mod upkeep;
+pub mod view;
 pub mod watch;

@@ -13,7 +13,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::ca::inventory::{Inventory, RecordStatus};
-use crate::cli::Command;
 use crate::gateway::live::Snapshot;
 use crate::home::Home;
 use crate::identity::PartnerIdentity;
@@ -69,47 +68,6 @@ pub struct Announcement {
     pub generation: u64,
     pub origin: String,
     pub time_ms: i64,
-}
-
-/// The change a successful CLI command makes, if the fleet must hear of it.
-pub fn of_command(cmd: &Command) -> Option<Change> {
-    use crate::cli::{CaCmd, CertCmd, PartnerCmd};
-    let p = |kind, id: &str| Some(Change::partner(kind, id));
-    match cmd {
-        Command::Partner(c) => match c {
-            PartnerCmd::Add { id, .. } | PartnerCmd::Resume { id } => {
-                p(ChangeKind::PartnerChanged, id)
-            }
-            PartnerCmd::Suspend { id } => p(ChangeKind::Suspended, id),
-            PartnerCmd::Remove { id } => p(ChangeKind::Removed, id),
-            _ => None,
-        },
-        Command::Cert(c) => match c {
-            CertCmd::Issue { id, .. } | CertCmd::Renew { id, .. } => {
-                p(ChangeKind::PartnerChanged, id)
-            }
-            CertCmd::Revoke {
-                serial, partner, ..
-            } => Some(Change {
-                kind: ChangeKind::Revoked,
-                partner: partner.clone(),
-                serials: serial.iter().cloned().collect(),
-            }),
-            CertCmd::List { .. } => None,
-            _ => Some(Change {
-                kind: ChangeKind::Config,
-                partner: None,
-                serials: Vec::new(),
-            }),
-        },
-        Command::Ca(CaCmd::List { .. }) => None,
-        Command::Ca(_) => Some(Change {
-            kind: ChangeKind::Config,
-            partner: None,
-            serials: Vec::new(),
-        }),
-        _ => None,
-    }
 }
 
 /// Fills in the serials a partner-wide revocation or a removal revoked

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::{error, json};
-use crate::control::http::AdminView;
 use crate::control::socket::{self as admin, Reply, Request};
+use crate::control::view::AdminView;
 use crate::event::{Decision, EventKind, now_ms};
 use crate::journal::{JournalError, Query};
 

@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
 
-use crate::control::http::AdminView;
+use crate::control::view::AdminView;
 
 /// Longest token file read.
 const MAX_TOKEN_BYTES: u64 = 4096;

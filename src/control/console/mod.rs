@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 
-use crate::control::http::AdminView;
+use crate::control::view::AdminView;
 
 pub use auth::authorize;
 

@@ -1,0 +1,27 @@
+//! `AdminView`: what the admin listener and the console read of the running
+//! broker (the live state, the event sink, the identity key's JWKS and the
+//! partner listener's state), and nothing more.
+
+use std::sync::Arc;
+
+use crate::ca::upstream_identity::LiveIdentity;
+use crate::gateway::Connections;
+use crate::gateway::live::Live;
+use crate::guard::EventSink;
+
+/// What the admin listener reads: the live state, the event sink (journal
+/// health, metrics, anomaly status), the identity key's JWKS and whether
+/// the partner listener accepts.
+pub struct AdminView {
+    pub live: Arc<Live>,
+    pub events: Arc<EventSink>,
+    pub identity: Arc<LiveIdentity>,
+    pub connections: Arc<Connections>,
+}
+
+impl AdminView {
+    /// Whether the broker can take traffic (config loaded, journal writable, listening).
+    pub fn ready(&self) -> bool {
+        self.connections.listening() && self.events.writable()
+    }
+}
