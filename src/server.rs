@@ -75,23 +75,18 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let trigger = Arc::new(ReloadTrigger::default());
-    let fleet = match &gateway_config.cluster {
-        None => None,
-        Some(cluster) => {
-            let fleet = Fleet::start(
-                &home,
-                cluster,
-                &server.node_id,
-                live.clone(),
-                events.clone(),
-                trigger.clone(),
-                shutdown_rx.clone(),
-            )
-            .await?;
-            fleet.set_listeners(bound, admin_bound);
-            Some(fleet)
-        }
-    };
+    let fleet = join_fleet(
+        &home,
+        &gateway_config,
+        FleetWiring {
+            live: live.clone(),
+            events: events.clone(),
+            trigger: trigger.clone(),
+            shutdown: shutdown_rx.clone(),
+        },
+        (bound, admin_bound),
+    )
+    .await?;
     let gateway = Arc::new(
         Gateway::new(live.clone(), events.clone(), identity.clone()).with_fleet(fleet.clone()),
     );
@@ -157,13 +152,64 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     // Dropping the accept loop closes the listener and frees the slot it
     // was holding for the next connection.
     drop(accept);
+    drain(&gateway, &permits, max_conns, &shutdown_tx, &live).await;
+    watcher.abort();
+    upkeep.abort();
+    saver.abort();
+    save_baselines(events.detector(), &journal);
+    let _ = admin_task.await;
+    let _ = socket_task.await;
+    Ok(())
+}
+
+/// What a fleet node is wired to.
+struct FleetWiring {
+    live: Arc<Live>,
+    events: Arc<EventSink>,
+    trigger: Arc<ReloadTrigger>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Joins the fleet when `[cluster]` is set; `None` for a single node.
+async fn join_fleet(
+    home: &Home,
+    config: &GatewayConfig,
+    wiring: FleetWiring,
+    (bound, admin_bound): (SocketAddr, SocketAddr),
+) -> Result<Option<Arc<Fleet>>, String> {
+    let Some(cluster) = &config.cluster else {
+        return Ok(None);
+    };
+    let fleet = Fleet::start(
+        home,
+        cluster,
+        &config.server.node_id,
+        wiring.live,
+        wiring.events,
+        wiring.trigger,
+        wiring.shutdown,
+    )
+    .await?;
+    fleet.set_listeners(bound, admin_bound);
+    Ok(Some(fleet))
+}
+
+/// Stops taking connections and waits (at most `[server] drain_timeout`)
+/// for the ones in flight to finish.
+async fn drain(
+    gateway: &Gateway,
+    permits: &Semaphore,
+    max_conns: usize,
+    shutdown: &watch::Sender<bool>,
+    live: &Live,
+) {
     tracing::info!("stopping: no new connections; draining in-flight requests");
     crate::sd_notify::stopping();
     gateway.connections.set_listening(false);
-    let _ = shutdown_tx.send(true);
-    let drain = live.snapshot().gateway.server.drain_timeout;
+    let _ = shutdown.send(true);
+    let timeout = live.snapshot().gateway.server.drain_timeout;
     let all = u32::try_from(max_conns).unwrap_or(u32::MAX);
-    if tokio::time::timeout(drain, permits.acquire_many(all))
+    if tokio::time::timeout(timeout, permits.acquire_many(all))
         .await
         .is_err()
     {
@@ -172,13 +218,6 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
             "drain time over; closing the remaining connections"
         );
     }
-    watcher.abort();
-    upkeep.abort();
-    saver.abort();
-    save_baselines(events.detector(), &journal);
-    let _ = admin_task.await;
-    let _ = socket_task.await;
-    Ok(())
 }
 
 /// The admin address, refused when it is not loopback unless the operator
