@@ -7,10 +7,11 @@ use crate::common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::broker::ClientCert;
 use common::broker::{
     Conn, TestHome, get_once, home_with_echo, home_with_plain_upstream, start_raw_upstream,
 };
-use common::upstream::{EchoOptions, start_echo_upstream};
+use common::upstream::{EchoOptions, EchoUpstream, start_echo_upstream};
 use http::Method;
 
 #[tokio::test]
@@ -187,8 +188,9 @@ async fn upstream_down_is_502_and_silent_upstream_is_504() {
     assert!(t.elapsed() < Duration::from_secs(5));
 }
 
-#[tokio::test]
-async fn request_bodies_over_the_route_limit_get_413() {
+/// A home whose partner `acme` may POST at most 1000 bytes to
+/// `/v1/orders` (an echo upstream behind it), and acme's certificate.
+async fn home_with_a_1000_byte_body_limit() -> (TestHome, EchoUpstream, ClientCert) {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
     h.add_echo_upstream("orders", &up);
@@ -200,6 +202,12 @@ async fn request_bodies_over_the_route_limit_get_413() {
     );
     std::fs::write(&p, text).unwrap();
     let acme = h.issue("acme");
+    (h, up, acme)
+}
+
+#[tokio::test]
+async fn request_bodies_over_the_route_limit_get_413() {
+    let (h, up, acme) = home_with_a_1000_byte_body_limit().await;
     let broker = h.start();
     let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false)
         .await
@@ -227,17 +235,7 @@ async fn request_bodies_over_the_route_limit_get_413() {
 /// the refusal on record.
 #[tokio::test]
 async fn a_chunked_request_body_over_the_route_limit_gets_413_on_record() {
-    let h = TestHome::new();
-    let up = start_echo_upstream(EchoOptions::default()).await;
-    h.add_echo_upstream("orders", &up);
-    h.add_partner("acme", &["POST /v1/orders -> orders"]);
-    let p = h.path().join("partners/acme.toml");
-    let text = std::fs::read_to_string(&p).unwrap().replace(
-        "upstream = \"orders\"",
-        "upstream = \"orders\"\nmax_body_bytes = 1000",
-    );
-    std::fs::write(&p, text).unwrap();
-    let acme = h.issue("acme");
+    let (h, _up, acme) = home_with_a_1000_byte_body_limit().await;
     let broker = h.start();
     let chunk = format!("400\r\n{}\r\n", "x".repeat(0x400));
     let request = format!(
