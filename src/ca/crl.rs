@@ -10,10 +10,9 @@
 use std::time::Duration;
 
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
-use time::OffsetDateTime;
-
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use time::OffsetDateTime;
 use x509_parser::prelude::parse_x509_certificate;
 
 use super::inventory::Inventory;
