@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench-profile.sh [ka|full|resumed] — profiles gatehouse under one harness
+# bench-profile.sh [ka|h2|full|resumed] — profiles gatehouse under one harness
 # load with `perf record` (software cpu-clock sampling: this VM exposes no
 # hardware counters) and prints the top symbols, flat and by caller module.
 #
@@ -26,9 +26,10 @@ C=$CERTS
 URL=https://127.0.0.1:$GH_PORT/v1/orders
 case $MODE in
   ka) LOAD=(oha --no-tui -z "${DURATION}s" -c 64 --cacert "$C/ca.pem" --cert "$C/partners/acme.pem" --key "$C/partners/acme.key" "$URL") ;;
+  h2) LOAD=(oha --no-tui -z "${DURATION}s" --http2 -c 4 -p 16 --cacert "$C/ca.pem" --cert "$C/partners/acme.pem" --key "$C/partners/acme.key" "$URL") ;;
   resumed) LOAD=(oha --no-tui -z "${DURATION}s" -c 24 --disable-keepalive --cacert "$C/ca.pem" --cert "$C/partners/acme.pem" --key "$C/partners/acme.key" "$URL") ;;
   full) LOAD=(ab -q -r -l -t "$DURATION" -n $((DURATION * 100000)) -c 24 -E "$C/partners/acme.bundle.pem" "$URL") ;;
-  *) die "mode: ka, full or resumed" ;;
+  *) die "mode: ka, h2, full or resumed" ;;
 esac
 perf record -q -F "${PERF_FREQ:-499}" ${PERF_CALLGRAPH:--g} -o "$WORK/perf.data" -p "$GH_PID" -- sleep "$((DURATION + 1))" 2>/dev/null &
 PERF_PID=$!
