@@ -13,6 +13,8 @@ pub mod aggregate;
 pub mod checkpoint;
 pub mod record;
 pub mod store;
+#[doc(hidden)]
+pub mod test_support;
 mod writer;
 pub use writer::BatchObserver;
 
