@@ -96,8 +96,14 @@ setup_home() { # setup_home [extra gatehouse.toml [server] lines...]
   # per request when on).
   sed -i "s|^response_timeout = \"30s\"|response_timeout = \"30s\"\nsigned_identity = ${GH_SIGNED_IDENTITY:-false}|" "$GH_HOME/gatehouse.toml"
   grep -q "^signed_identity = " "$GH_HOME/gatehouse.toml" || die "could not set signed_identity on [upstreams.orders]"
-  local extra
-  for extra in "$@"; do
+  # GH_SETTINGS: more `key = value` lines, separated by ';', e.g.
+  # GH_SETTINGS='durability = "relaxed"' (each replaces its key's line).
+  local extra settings=()
+  IFS=';' read -r -a settings <<<"${GH_SETTINGS:-}"
+  for extra in "$@" "${settings[@]}"; do
+    extra=$(echo "$extra" | sed 's/^ *//; s/ *$//')
+    [[ -z $extra ]] && continue
+    grep -q "^${extra%% =*} = " "$GH_HOME/gatehouse.toml" || die "GH_SETTINGS: no '${extra%% =*}' line in gatehouse.toml to replace"
     local key=${extra%% =*}
     sed -i "s|^$key = .*|$extra|" "$GH_HOME/gatehouse.toml"
   done

@@ -5,6 +5,8 @@
 #
 #   scripts/bench-profile.sh ka           # DURATION=10
 #
+# PERF_CALLGRAPH="--call-graph dwarf,16384" for call stacks through code
+# built without frame pointers; PERF_FREQ (499) for the sampling rate.
 # Starts the harness upstream and gatehouse (same home as bench.sh), runs
 # the load with oha/ab like run.sh does, stops everything by pid on exit.
 set -euo pipefail
@@ -28,14 +30,14 @@ case $MODE in
   full) LOAD=(ab -q -r -l -t "$DURATION" -n $((DURATION * 100000)) -c 24 -E "$C/partners/acme.bundle.pem" "$URL") ;;
   *) die "mode: ka, full or resumed" ;;
 esac
-perf record -q -F 499 -g -o "$WORK/perf.data" -p "$GH_PID" -- sleep "$((DURATION + 1))" 2>/dev/null &
+perf record -q -F "${PERF_FREQ:-499}" ${PERF_CALLGRAPH:--g} -o "$WORK/perf.data" -p "$GH_PID" -- sleep "$((DURATION + 1))" 2>/dev/null &
 PERF_PID=$!
 BENCH_PIDS+=("$PERF_PID")
 "${LOAD[@]}" >"$WORK/load.out" 2>&1 || true
 wait "$PERF_PID" || true
 grep -E 'Requests/sec|Success rate|Complete requests|Requests per second' "$WORK/load.out" || true
 mkdir -p "$REPO/target/bench"
-perf report -i "$WORK/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | sed '/^$/d' | head -15 | tee "$REPO/target/bench/profile-$MODE-dso.txt"
+perf report -i "$WORK/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep -v '^#' | sed '/^$/d' | { head -15; cat >/dev/null; } | tee "$REPO/target/bench/profile-$MODE-dso.txt"
 echo
-perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null | grep -v '^#' | sed '/^$/d' | head -60 | tee "$REPO/target/bench/profile-$MODE-sym.txt"
+perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null | grep -v '^#' | sed '/^$/d' | { head -60; cat >/dev/null; } | tee "$REPO/target/bench/profile-$MODE-sym.txt"
 echo "perf data: $WORK/perf.data (KEEP=1 to keep it)"

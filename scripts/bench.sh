@@ -6,6 +6,7 @@
 #   scripts/bench.sh                      # REPEAT=2 runs of 10 s per load
 #   REPEAT=3 DURATION=20 scripts/bench.sh
 #   KEEP=1 scripts/bench.sh               # keep the work folder (home, logs, raw results)
+#   GH_SETTINGS='durability = "relaxed"' MODES=ka scripts/bench.sh   # another journal mode, one load
 #
 # Steps: release build; harness tools (install-tools.sh, idempotent) if any
 # is missing; a gatehouse home in a temp folder (strict journal, the

@@ -46,7 +46,7 @@ pub fn check_home(home: &Home) -> Vec<String> {
         problems.push(e.to_string());
     }
     // CAs kept by a rollover: loadable, keys private.
-    if let Err(e) = crate::ca::rollover::previous(home) {
+    if let Err(e) = crate::ca::pki::previous(home) {
         problems.push(e.to_string());
     }
     if let Ok(entries) = std::fs::read_dir(home.ca_previous_dir()) {

@@ -28,5 +28,6 @@ pub mod policy;
 pub mod rlimit;
 pub mod sd_notify;
 pub mod server;
+pub mod stop_signals;
 pub mod timefmt;
 pub mod tls;

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -20,18 +19,15 @@ use crate::control::watch::{ReloadTrigger, Watched, watch_files};
 use crate::event::Recorder;
 use crate::fleet::Fleet;
 use crate::gateway::live::Live;
-use crate::gateway::{Gateway, accept_loop, http_builder};
+use crate::gateway::{Gateway, Membership, accept_loop, http_builder};
 use crate::guard::EventSink;
 use crate::guard::alerts::AlertSink;
 use crate::guard::anomaly::{AnomalySettings, Detector};
+use crate::guard::baselines;
 use crate::guard::monitor::Monitor;
 use crate::home::Home;
 use crate::journal::Journal;
-
-/// Key of the anomaly baselines in the journal database's state tree.
-const ANOMALY_STATE_KEY: &str = "anomaly-baselines";
-/// How often the anomaly baselines are saved (and at shutdown).
-const BASELINE_SAVE_INTERVAL: Duration = Duration::from_secs(60);
+use crate::stop_signals::StopSignals;
 
 /// Command-line overrides of `gatehouse serve`.
 #[derive(Debug, Default, Clone)]
@@ -52,7 +48,10 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     }
     let server = &gateway_config.server;
     let listen = opts.listen.unwrap_or(server.listen);
-    let admin_addr = admin_address(opts.admin.unwrap_or(server.admin), server.admin_public)?;
+    let admin_addr = crate::control::http::admin_address(
+        opts.admin.unwrap_or(server.admin),
+        server.admin_public,
+    )?;
     if let Err(e) =
         crate::ca::maintenance::refresh_crl_if_due(&home, gateway_config.ca.crl_validity)
     {
@@ -88,7 +87,8 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     )
     .await?;
     let gateway = Arc::new(
-        Gateway::new(live.clone(), events.clone(), identity.clone()).with_fleet(fleet.clone()),
+        Gateway::new(live.clone(), events.clone(), identity.clone())
+            .with_fleet(fleet.clone().map(|f| f as Arc<dyn Membership>)),
     );
     gateway.connections.set_listening(true);
     let watched = Arc::new(Watched {
@@ -98,13 +98,6 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         trigger,
     });
     watched.apply_anomaly_modes();
-    {
-        // Journal append latency, batch size and failures, per group commit.
-        let monitor = events.monitor().clone();
-        journal.set_batch_observer(Arc::new(move |records, seconds, failed| {
-            monitor.journal_batch(records, seconds, failed)
-        }));
-    }
     let admin_task = tokio::spawn(crate::control::http::serve(
         admin_listener,
         Arc::new(AdminView {
@@ -126,7 +119,11 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         events.clone(),
         shutdown_rx.clone(),
     ));
-    let saver = spawn_baseline_saver(&events, &journal, shutdown_rx.clone());
+    let saver = baselines::spawn_saver(
+        events.detector().clone(),
+        journal.clone(),
+        shutdown_rx.clone(),
+    );
 
     // Announce on stdout (tests and scripts read these lines).
     println!("gatehouse listening on {bound}");
@@ -156,7 +153,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     watcher.abort();
     upkeep.abort();
     saver.abort();
-    save_baselines(events.detector(), &journal);
+    baselines::save(events.detector(), &journal);
     let _ = admin_task.await;
     let _ = socket_task.await;
     Ok(())
@@ -220,21 +217,6 @@ async fn drain(
     }
 }
 
-/// The admin address, refused when it is not loopback unless the operator
-/// said `[server] admin_public = true`.
-fn admin_address(addr: SocketAddr, public: bool) -> Result<SocketAddr, String> {
-    if addr.ip().is_loopback() {
-        return Ok(addr);
-    }
-    if public {
-        tracing::warn!(admin_addr = %addr, "the admin listener (metrics, health) is bound to a non-loopback address");
-        return Ok(addr);
-    }
-    Err(format!(
-        "--admin {addr} is not a loopback address; set [server] admin_public = true to expose it on purpose"
-    ))
-}
-
 /// The event sink: the monitor, the anomaly detector (its baselines
 /// restored from the journal's state tree) and the journal; alerts go out
 /// through the alert sink.
@@ -250,16 +232,17 @@ fn event_sink(
         warmup_minutes: config.monitor.anomaly_warmup_minutes,
         ..AnomalySettings::default()
     }));
-    match journal.store().get_state(ANOMALY_STATE_KEY) {
-        Ok(Some(bytes)) => match detector.import(&bytes) {
-            Ok(n) => tracing::info!(partners = n, "anomaly baselines restored"),
-            Err(e) => tracing::warn!("anomaly baselines not restored: {e}"),
-        },
-        Ok(None) => {}
-        Err(e) => tracing::warn!("cannot read the anomaly baselines: {e}"),
-    }
+    baselines::restore(&detector, journal);
     for (partner, rate) in detector.throttles() {
         live.snapshot().limits.set_throttle(&partner, Some(rate));
+    }
+    let monitor = Arc::new(Monitor::new());
+    {
+        // Journal append latency, batch size and failures, per group commit.
+        let monitor = monitor.clone();
+        journal.set_batch_observer(Arc::new(move |records, seconds, failed| {
+            monitor.journal_batch(records, seconds, failed)
+        }));
     }
     let recorder: Arc<dyn Recorder> = Arc::new(journal.clone());
     let alerts = AlertSink::new(
@@ -270,7 +253,7 @@ fn event_sink(
     )?;
     Ok(EventSink::new(
         recorder,
-        Arc::new(Monitor::new()),
+        monitor,
         detector,
         alerts,
         live.clone(),
@@ -303,62 +286,4 @@ fn spawn_admin_socket(
             tracing::error!("journal admin socket: {e}");
         }
     })
-}
-
-/// Saves the anomaly baselines every [`BASELINE_SAVE_INTERVAL`].
-fn spawn_baseline_saver(
-    events: &Arc<EventSink>,
-    journal: &Journal,
-    mut shutdown: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    let (detector, journal) = (events.detector().clone(), journal.clone());
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(BASELINE_SAVE_INTERVAL);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let (d, j) = (detector.clone(), journal.clone());
-                    let _ = tokio::task::spawn_blocking(move || save_baselines(&d, &j)).await;
-                }
-                _ = shutdown.changed() => return,
-            }
-        }
-    })
-}
-
-fn save_baselines(detector: &Detector, journal: &Journal) {
-    if let Err(e) = journal
-        .store()
-        .put_state(ANOMALY_STATE_KEY, &detector.export())
-    {
-        tracing::warn!("cannot save the anomaly baselines: {e}");
-    }
-}
-
-/// The stop signals (SIGTERM, SIGINT), registered before the broker says it
-/// is listening: a signal that arrives early must not take the default
-/// action (killing the process without a drain).
-struct StopSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn register() -> Result<StopSignals, String> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(StopSignals {
-            term: signal(SignalKind::terminate())
-                .map_err(|e| format!("cannot handle SIGTERM: {e}"))?,
-            int: signal(SignalKind::interrupt())
-                .map_err(|e| format!("cannot handle SIGINT: {e}"))?,
-        })
-    }
-
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {},
-            _ = self.int.recv() => {},
-        }
-    }
 }

@@ -4,18 +4,26 @@
 //! by a rollover: rustls needs a CRL from every issuer), each signed by its
 //! CA, with an increasing CRL number kept in `certs/crl.number` and a
 //! next-update `crl_validity` ahead. Written atomically, as one file, under
-//! the CA lock. The root's own CRL (retired issuing CAs) is built here too
-//! and written by `pki`.
+//! the CA lock. The root's own CRL, `certs/root-crl.pem` (retired issuing
+//! CAs), is built and written here too.
 
 use std::time::Duration;
 
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use time::OffsetDateTime;
+use x509_parser::prelude::parse_x509_certificate;
 
 use super::inventory::Inventory;
 use super::lock::CaLock;
-use super::{Authority, BACKDATE, CaError, invalid};
+use super::pki::{self, pem_files};
+use super::{Authority, BACKDATE, CaError, invalid, is_self_issued};
 use crate::home::{Home, read_to_string, write_public};
+
+/// How long the root's CRL is valid: it is re-signed only when the root
+/// key is at hand (`ca rotate`, `ca retire`, `ca migrate`).
+pub const ROOT_CRL_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 
 /// Reads the last CRL number (0 when none was issued).
 pub fn last_number(home: &Home) -> Result<u64, CaError> {
@@ -131,7 +139,7 @@ pub fn refresh(
     let number = last_number(home)? + 1;
     let now = OffsetDateTime::now_utc();
     let mut pem = build(ca, &inventory, number, now, validity)?;
-    for previous in super::rollover::previous(home)? {
+    for previous in pki::previous(home)? {
         if previous.fingerprint != ca.fingerprint {
             pem.push_str(&build(&previous, &inventory, number, now, validity)?);
         }
@@ -139,6 +147,41 @@ pub fn refresh(
     write_public(&home.crl_number(), format!("{number}\n").as_bytes())?;
     write_public(&home.crl(), pem.as_bytes())?;
     Ok(number)
+}
+
+/// Re-signs the root's CRL: every issuing CA the root signed that was
+/// retired (`certs/ca-retired/`), revoked as `cessationOfOperation`.
+pub fn write_root_crl(home: &Home, root: &Authority) -> Result<(), CaError> {
+    let (_, root_x) = parse_x509_certificate(&root.cert_der)
+        .map_err(|e| invalid(format!("the root certificate cannot be parsed: {e}")))?;
+    let mut revoked = Vec::new();
+    for path in pem_files(&home.ca_retired_dir()) {
+        let Ok(der) = CertificateDer::from_pem_file(&path) else {
+            continue;
+        };
+        let Ok((_, x)) = parse_x509_certificate(&der) else {
+            continue;
+        };
+        if x.issuer().as_raw() != root_x.subject().as_raw() || is_self_issued(&der) {
+            continue;
+        }
+        let at = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map(OffsetDateTime::from)
+            .unwrap_or_else(|_| OffsetDateTime::now_utc());
+        revoked.push((x.raw_serial().to_vec(), at));
+    }
+    let number = read_number(&home.root_crl_number())? + 1;
+    let pem = build_ca_crl(
+        root,
+        revoked,
+        number,
+        OffsetDateTime::now_utc(),
+        ROOT_CRL_VALIDITY,
+    )?;
+    write_public(&home.root_crl_number(), format!("{number}\n").as_bytes())?;
+    write_public(&home.root_crl(), pem.as_bytes())?;
+    Ok(())
 }
 
 #[cfg(test)]

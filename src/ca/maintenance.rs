@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use rustls_pki_types::CertificateRevocationListDer;
+use rustls_pki_types::pem::PemObject;
 use time::OffsetDateTime;
 use x509_parser::prelude::FromDer;
 
@@ -13,7 +15,7 @@ use crate::home::Home;
 /// Re-signs the CRL when less than half of `validity` is left (or it cannot
 /// be read). Returns whether it re-signed.
 pub fn refresh_crl_if_due(home: &Home, validity: Duration) -> Result<bool, CaError> {
-    let crl = match crate::tls::load_crl(&home.crl()) {
+    let crl = match CertificateRevocationListDer::from_pem_file(home.crl()) {
         Ok(c) => c,
         Err(_) => {
             refresh_crl(home)?;

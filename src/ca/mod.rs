@@ -1,19 +1,31 @@
 //! The internal certificate authority: the CA key and certificate, and the
 //! signing of every certificate gatehouse hands out (partner client
 //! certificates, the broker's server and upstream-client certificates) and of
-//! the CRL. Submodules own the CSR check, the inventory of issued
-//! certificates and the CRL file; `lifecycle` ties them into the operations
-//! the CLI exposes (init, issue, renew, revoke) and self-service renewal
-//! uses (renew from a CSR in memory); `pki` knows the two-tier layout (root,
-//! issuing CA, upstream-client CA); `rollover` rotates, migrates and retires
-//! CAs; `lock` serialises every writer of the inventory and the CRLs; `p12`
-//! writes PKCS#12 files.
+//! the CRL. This file owns what every submodule builds on: `Authority` (a
+//! CA able to sign), `CaError`, the lifetimes, fingerprints and serials.
+//!
+//! The submodules stand in layers; each uses only those below it:
+//!
+//! - `lifecycle` (issue, renew, revoke, self-service renewal), `rollover`
+//!   (rotate, migrate, retire CAs), `maintenance` (CRL re-signing while the
+//!   broker runs);
+//! - `init` (setting up a home);
+//! - `broker_certs` (the broker's server and upstream-client certificates,
+//!   `cert server-renew`);
+//! - `crl` (the CRLs of the issuing CAs and of the root);
+//! - `pki` (reads the two-tier layout: root, issuing CA, upstream-client CA,
+//!   previous CAs, trust bundle, chains, `ca list`);
+//! - `inventory` (issued certificates), `lock` (serialises every writer of
+//!   the inventory and the CRLs), `csr`, `p12` (PKCS#12 files),
+//!   `upstream_identity` (the identity token key and its JWKS).
 //!
 //! Private keys never leave this module except as PEM handed to
 //! `home::write_key`, and are never logged.
 
+pub mod broker_certs;
 pub mod crl;
 pub mod csr;
+pub mod init;
 pub mod inventory;
 pub mod lifecycle;
 pub mod lock;
@@ -432,4 +444,9 @@ pub fn ca_name(what: &str, trust_domain: &str) -> String {
 /// A new P-256 key pair (partner keys made by `cert issue`, broker keys).
 pub fn new_key() -> Result<KeyPair, CaError> {
     Ok(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?)
+}
+
+/// Removes a file if it is there (durably: the folder is synced).
+pub(crate) fn remove_if_exists(path: &std::path::Path) -> Result<(), CaError> {
+    crate::durable_file::remove_file(path).map_err(|e| HomeError::io(path, e).into())
 }

@@ -3,10 +3,12 @@
 //! (`certs/ca.pem`/`.key`, `pathlen:0`) that signs partner and server
 //! certificates, and the separate self-signed **upstream-client CA**
 //! (`certs/upstream-client-ca.pem`/`.key`) that signs only the broker's
-//! upstream-leg certificate. This module reads that layout: the root as a
-//! signer (from `certs/root.key` or `--root-key FILE`), what partners trust
-//! (`ca-bundle.pem`: the roots), the chains the broker sends, and the root's
-//! CRL. A home made by an earlier single-tier `init` (only `certs/ca.*`, its
+//! upstream-leg certificate. This module reads that layout and writes
+//! nothing but the partners' trust bundle: the root as a signer (from
+//! `certs/root.key` or `--root-key FILE`), the CAs a rollover kept
+//! (previous issuing CAs and roots), what partners trust (`ca-bundle.pem`:
+//! the roots), the chains the broker sends, and every CA as `ca list` shows
+//! it. A home made by an earlier single-tier `init` (only `certs/ca.*`, its
 //! own root) keeps working: every function here falls back to it.
 //!
 //! Path lengths: the root has no limit (a root rollover makes chains old
@@ -14,19 +16,15 @@
 //! `pathlen:1`, an issuing CA `pathlen:0`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use time::OffsetDateTime;
 use x509_parser::prelude::parse_x509_certificate;
 
-use super::{Authority, CaError, der_to_pem, invalid, is_self_issued};
+use super::inventory::Inventory;
+use super::{Authority, CaError, der_to_pem, invalid};
 use crate::home::{self, Home, write_public};
-
-/// How long the root's CRL is valid: it is re-signed only when the root
-/// key is at hand (`ca rotate`, `ca retire`, `ca migrate`).
-pub const ROOT_CRL_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 
 /// Whether the home has a root above its issuing CA.
 pub fn is_two_tier(home: &Home) -> bool {
@@ -113,6 +111,35 @@ pub fn previous_roots(home: &Home) -> Result<Vec<CertificateDer<'static>>, CaErr
     Ok(out)
 }
 
+/// The issuing CAs replaced by `rotate` and not yet retired, oldest file
+/// name first. Expired ones are skipped: nothing they signed is valid any more.
+pub fn previous(home: &Home) -> Result<Vec<Authority>, CaError> {
+    let mut out = Vec::new();
+    for pem in pem_files(&home.ca_previous_dir()) {
+        let key = pem.with_extension("key");
+        let cert_text = home::read_to_string(&pem)?;
+        let key_text = home::read_to_string(&key)?;
+        match Authority::from_pem(&cert_text, &key_text) {
+            Ok(a) => out.push(a),
+            Err(CaError::Invalid(m)) if m.contains("has expired") => continue,
+            Err(CaError::Invalid(m)) => return Err(invalid(format!("{}: {m}", pem.display()))),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// The previous roots: (fingerprint, file).
+pub(crate) fn previous_root_files(home: &Home) -> Vec<(String, PathBuf, CertificateDer<'static>)> {
+    pem_files(&home.root_previous_dir())
+        .into_iter()
+        .filter_map(|p| {
+            let der = CertificateDer::from_pem_file(&p).ok()?;
+            Some((super::fingerprint(&der), p, der))
+        })
+        .collect()
+}
+
 /// What partners trust (`certs/ca-bundle.pem`, and `ca.pem` in every
 /// partner folder): the current root, every previous root not retired,
 /// and any self-signed CA still trusted from a single-tier past. In a
@@ -122,18 +149,14 @@ pub fn trust_bundle_pem(home: &Home) -> Result<String, CaError> {
     if is_two_tier(home) {
         certs.push(root_cert(home)?);
         certs.extend(previous_roots(home)?);
-        for prev in super::rollover::previous(home)? {
+        for prev in previous(home)? {
             if prev.is_self_signed() {
                 certs.push(prev.cert_der.clone());
             }
         }
     } else {
         certs.push(Authority::load(home)?.cert_der);
-        certs.extend(
-            super::rollover::previous(home)?
-                .into_iter()
-                .map(|a| a.cert_der),
-        );
+        certs.extend(previous(home)?.into_iter().map(|a| a.cert_der));
     }
     let mut seen = std::collections::HashSet::new();
     Ok(certs
@@ -203,37 +226,134 @@ pub fn upstream_client_signer(home: &Home) -> Result<(Authority, String), CaErro
     }
 }
 
-/// Re-signs the root's CRL: every issuing CA the root signed that was
-/// retired (`certs/ca-retired/`), revoked as `cessationOfOperation`.
-pub fn write_root_crl(home: &Home, root: &Authority) -> Result<(), CaError> {
-    let (_, root_x) = parse_x509_certificate(&root.cert_der)
-        .map_err(|e| invalid(format!("the root certificate cannot be parsed: {e}")))?;
-    let mut revoked = Vec::new();
-    for path in pem_files(&home.ca_retired_dir()) {
-        let Ok(der) = CertificateDer::from_pem_file(&path) else {
-            continue;
-        };
-        let Ok((_, x)) = parse_x509_certificate(&der) else {
-            continue;
-        };
-        if x.issuer().as_raw() != root_x.subject().as_raw() || is_self_issued(&der) {
-            continue;
-        }
-        let at = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .map(OffsetDateTime::from)
-            .unwrap_or_else(|_| OffsetDateTime::now_utc());
-        revoked.push((x.raw_serial().to_vec(), at));
+/// Whether `der` names `ca`'s subject as its issuer.
+pub(crate) fn issued_by(der: &[u8], ca: &[u8]) -> bool {
+    let (Ok((_, c)), Ok((_, a))) = (parse_x509_certificate(der), parse_x509_certificate(ca)) else {
+        return false;
+    };
+    c.issuer().as_raw() == a.subject().as_raw()
+}
+
+/// One CA as `ca list` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct CaSummary {
+    pub fingerprint: String,
+    /// `root`, `issuing` or `upstream-client`.
+    pub kind: &'static str,
+    /// `current` or `previous`.
+    pub role: &'static str,
+    /// Fingerprint of the CA that signed it (itself for a root).
+    pub issuer: Option<String>,
+    pub subject: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// Usable partner certificates it signed (issuing CAs), issuing CAs in
+    /// trust under it (roots).
+    pub usable_certs: usize,
+    /// For the current root: `present` or `offline`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'static str>,
+}
+
+fn subject_cn(der: &[u8]) -> String {
+    parse_x509_certificate(der)
+        .map(|(_, c)| {
+            c.subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn not_after(der: &[u8]) -> OffsetDateTime {
+    parse_x509_certificate(der)
+        .map(|(_, c)| super::asn1_time(c.validity().not_after))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Every CA of the home: roots, issuing CAs, upstream-client CAs, with
+/// what still depends on each.
+pub fn list(home: &Home) -> Result<Vec<CaSummary>, CaError> {
+    let inventory = Inventory::load(home)?;
+    let now = OffsetDateTime::now_utc();
+    let current = Authority::load(home)?;
+    let previous = previous(home)?;
+    let issuing: Vec<(&Authority, &'static str)> = std::iter::once((&current, "current"))
+        .chain(previous.iter().map(|a| (a, "previous")))
+        .collect();
+    let mut roots: Vec<(CertificateDer<'static>, &'static str)> = Vec::new();
+    if is_two_tier(home) {
+        roots.push((root_cert(home)?, "current"));
+        roots.extend(
+            previous_root_files(home)
+                .into_iter()
+                .map(|(_, _, d)| (d, "previous")),
+        );
     }
-    let number = super::crl::read_number(&home.root_crl_number())? + 1;
-    let pem = super::crl::build_ca_crl(
-        root,
-        revoked,
-        number,
-        OffsetDateTime::now_utc(),
-        ROOT_CRL_VALIDITY,
-    )?;
-    write_public(&home.root_crl_number(), format!("{number}\n").as_bytes())?;
-    write_public(&home.root_crl(), pem.as_bytes())?;
-    Ok(())
+    let parent = |der: &[u8]| -> Option<String> {
+        roots
+            .iter()
+            .find(|(r, _)| issued_by(der, r))
+            .map(|(r, _)| super::fingerprint(r))
+    };
+    let mut out = Vec::new();
+    for (der, role) in &roots {
+        out.push(CaSummary {
+            fingerprint: super::fingerprint(der),
+            kind: "root",
+            role,
+            issuer: Some(super::fingerprint(der)),
+            subject: subject_cn(der),
+            not_after: not_after(der),
+            usable_certs: issuing
+                .iter()
+                .filter(|(a, _)| issued_by(&a.cert_der, der))
+                .count(),
+            key: (*role == "current").then(|| match root_key_state(home) {
+                RootKeyState::Present => "present",
+                _ => "offline",
+            }),
+        });
+    }
+    for (a, role) in &issuing {
+        out.push(CaSummary {
+            fingerprint: a.fingerprint.clone(),
+            kind: "issuing",
+            role,
+            issuer: if a.is_self_signed() {
+                Some(a.fingerprint.clone())
+            } else {
+                parent(&a.cert_der)
+            },
+            subject: subject_cn(&a.cert_der),
+            not_after: a.not_after,
+            usable_certs: inventory
+                .certs
+                .values()
+                .filter(|c| c.ca_fingerprint == a.fingerprint && c.state(now).usable())
+                .count(),
+            key: None,
+        });
+    }
+    for (path, role) in [
+        (home.upstream_client_ca_cert(), "current"),
+        (home.upstream_client_ca_previous(), "previous"),
+    ] {
+        if let Ok(der) = CertificateDer::from_pem_file(&path) {
+            out.push(CaSummary {
+                fingerprint: super::fingerprint(&der),
+                kind: "upstream-client",
+                role,
+                issuer: Some(super::fingerprint(&der)),
+                subject: subject_cn(&der),
+                not_after: not_after(&der),
+                usable_certs: 0,
+                key: None,
+            });
+        }
+    }
+    Ok(out)
 }

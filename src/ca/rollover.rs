@@ -31,18 +31,21 @@ use std::path::{Path, PathBuf};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use time::OffsetDateTime;
-use x509_parser::prelude::parse_x509_certificate;
 
+use super::broker_certs::{current_hostnames, sign_broker_client_cert, sign_server_cert};
+use super::crl::{self, write_root_crl};
 use super::inventory::Inventory;
-use super::lifecycle::{default_hostnames, sign_broker_client_cert, sign_server_cert};
 use super::lock::{self, CaLock};
-use super::pki::{self, pem_files};
+use super::pki::{self, issued_by, previous, previous_root_files};
 use super::{
     Authority, CaError, ISSUING_VALIDITY_DAYS, ROOT_VALIDITY_DAYS, UPSTREAM_CLIENT_CA_DAYS,
-    ca_name, crl, der_to_pem, invalid,
+    ca_name, der_to_pem, invalid, remove_if_exists,
 };
 use crate::config::{self, GatewayConfig};
 use crate::home::{self, Home, ensure_dir, write_key, write_public};
+
+/// `ca list` reads the layout without changing it; it lives in `pki`.
+pub use super::pki::{CaSummary, list};
 
 /// Length of the short fingerprint shown in listings.
 pub const SHORT_FP: usize = 12;
@@ -50,24 +53,6 @@ pub const SHORT_FP: usize = 12;
 /// The short form of a CA fingerprint.
 pub fn short(fp: &str) -> &str {
     &fp[..fp.len().min(SHORT_FP)]
-}
-
-/// The issuing CAs replaced by `rotate` and not yet retired, oldest file
-/// name first. Expired ones are skipped: nothing they signed is valid any more.
-pub fn previous(home: &Home) -> Result<Vec<Authority>, CaError> {
-    let mut out = Vec::new();
-    for pem in pem_files(&home.ca_previous_dir()) {
-        let key = pem.with_extension("key");
-        let cert_text = home::read_to_string(&pem)?;
-        let key_text = home::read_to_string(&key)?;
-        match Authority::from_pem(&cert_text, &key_text) {
-            Ok(a) => out.push(a),
-            Err(CaError::Invalid(m)) if m.contains("has expired") => continue,
-            Err(CaError::Invalid(m)) => return Err(invalid(format!("{}: {m}", pem.display()))),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
 }
 
 /// What a rotation did.
@@ -101,40 +86,6 @@ pub struct RotateOptions {
     pub upstream_client: bool,
     /// The root key, when it is kept outside the home.
     pub root_key: Option<PathBuf>,
-}
-
-/// SAN names (DNS and IP) of the broker's current server certificate.
-fn server_hostnames(home: &Home) -> Vec<String> {
-    let Ok(der) = CertificateDer::from_pem_file(home.server_cert()) else {
-        return default_hostnames();
-    };
-    let Ok((_, x)) = parse_x509_certificate(&der) else {
-        return default_hostnames();
-    };
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = x.subject_alternative_name() {
-        for n in &san.value.general_names {
-            match n {
-                x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
-                x509_parser::extensions::GeneralName::IPAddress(b) => {
-                    let ip = match b.len() {
-                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
-                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
-                        _ => None,
-                    };
-                    if let Some(ip) = ip {
-                        names.push(ip.to_string());
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    if names.is_empty() {
-        default_hostnames()
-    } else {
-        names
-    }
 }
 
 /// `gatehouse ca rotate [--root | --upstream-client] [--root-key FILE]`.
@@ -193,7 +144,7 @@ fn keep_as_previous(home: &Home, old: &Authority) -> Result<(), CaError> {
 /// under it (chain: leaf, issuing CA, cross certificate if any).
 fn install_issuing(home: &Home, new: &Authority, new_key_pem: &str) -> Result<(), CaError> {
     let (server_key, server) =
-        sign_server_cert(new, &server_hostnames(home), OffsetDateTime::now_utc())?;
+        sign_server_cert(new, &current_hostnames(home), OffsetDateTime::now_utc())?;
     let server_pem = format!("{}{}", server.pem, pki::chain_tail(home, new)?);
     write_key(&home.ca_key(), new_key_pem)?;
     write_public(&home.ca_cert(), new.chain_pem.as_bytes())?;
@@ -230,7 +181,7 @@ fn rotate_issuing(
     install_issuing(home, &new, &new_key_pem)?;
     pki::write_trust_bundle(home)?;
     crl::refresh(home, lock, &new, gateway.ca.crl_validity)?;
-    pki::write_root_crl(home, root)?;
+    write_root_crl(home, root)?;
     Ok(RotateReport {
         kind: RotateKind::Issuing,
         old_fingerprint: old.fingerprint,
@@ -277,7 +228,7 @@ fn rotate_root(
     install_issuing(home, &new, &new_key_pem)?;
     pki::write_trust_bundle(home)?;
     crl::refresh(home, lock, &new, gateway.ca.crl_validity)?;
-    pki::write_root_crl(home, &root)?;
+    write_root_crl(home, &root)?;
     Ok(RotateReport {
         kind: RotateKind::Root,
         old_fingerprint: old_root.fingerprint,
@@ -386,7 +337,7 @@ fn migrate_locked(
     write_public(&home.root_cert(), der_to_pem(&root.cert_der).as_bytes())?;
     pki::write_trust_bundle(home)?;
     crl::refresh(home, lock, &new, gateway.ca.crl_validity)?;
-    pki::write_root_crl(home, &root)?;
+    write_root_crl(home, &root)?;
     Ok(RotateReport {
         kind: RotateKind::Migration,
         old_fingerprint: old.fingerprint,
@@ -394,10 +345,6 @@ fn migrate_locked(
         new_root: Some(root.fingerprint),
         root_key_given: false,
     })
-}
-
-fn remove_if_exists(path: &Path) -> Result<(), CaError> {
-    crate::durable_file::remove_file(path).map_err(|e| home::HomeError::io(path, e).into())
 }
 
 fn listed(fps: &[String]) -> String {
@@ -416,17 +363,6 @@ fn listed(fps: &[String]) -> String {
 pub struct Retired {
     pub what: &'static str,
     pub fingerprint: String,
-}
-
-/// The previous roots: (fingerprint, file).
-fn previous_root_files(home: &Home) -> Vec<(String, PathBuf, CertificateDer<'static>)> {
-    pem_files(&home.root_previous_dir())
-        .into_iter()
-        .filter_map(|p| {
-            let der = CertificateDer::from_pem_file(&p).ok()?;
-            Some((super::fingerprint(&der), p, der))
-        })
-        .collect()
 }
 
 /// `gatehouse ca retire OLD [--root-key FILE]` / `ca retire --upstream-client`.
@@ -550,7 +486,7 @@ fn retire_issuing(
     crl::refresh(home, lock, &current, gateway.ca.crl_validity)?;
     if pki::is_two_tier(home) {
         match pki::load_root(home, root_key) {
-            Ok(root) => pki::write_root_crl(home, &root)?,
+            Ok(root) => write_root_crl(home, &root)?,
             Err(CaError::RootKeyMissing(_)) => {}
             Err(e) => return Err(e),
         }
@@ -654,136 +590,4 @@ fn retire_upstream_client(home: &Home) -> Result<Retired, CaError> {
         what: "upstream-client CA",
         fingerprint: fp,
     })
-}
-
-/// Whether `der` names `ca`'s subject as its issuer.
-fn issued_by(der: &[u8], ca: &[u8]) -> bool {
-    let (Ok((_, c)), Ok((_, a))) = (parse_x509_certificate(der), parse_x509_certificate(ca)) else {
-        return false;
-    };
-    c.issuer().as_raw() == a.subject().as_raw()
-}
-
-/// One CA as `ca list` shows it.
-#[derive(Debug, serde::Serialize)]
-pub struct CaSummary {
-    pub fingerprint: String,
-    /// `root`, `issuing` or `upstream-client`.
-    pub kind: &'static str,
-    /// `current` or `previous`.
-    pub role: &'static str,
-    /// Fingerprint of the CA that signed it (itself for a root).
-    pub issuer: Option<String>,
-    pub subject: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
-    /// Usable partner certificates it signed (issuing CAs), issuing CAs in
-    /// trust under it (roots).
-    pub usable_certs: usize,
-    /// For the current root: `present` or `offline`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<&'static str>,
-}
-
-fn subject_cn(der: &[u8]) -> String {
-    parse_x509_certificate(der)
-        .map(|(_, c)| {
-            c.subject()
-                .iter_common_name()
-                .next()
-                .and_then(|cn| cn.as_str().ok())
-                .unwrap_or("")
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
-fn not_after(der: &[u8]) -> OffsetDateTime {
-    parse_x509_certificate(der)
-        .map(|(_, c)| super::asn1_time(c.validity().not_after))
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-/// Every CA of the home: roots, issuing CAs, upstream-client CAs, with
-/// what still depends on each.
-pub fn list(home: &Home) -> Result<Vec<CaSummary>, CaError> {
-    let inventory = Inventory::load(home)?;
-    let now = OffsetDateTime::now_utc();
-    let current = Authority::load(home)?;
-    let previous = previous(home)?;
-    let issuing: Vec<(&Authority, &'static str)> = std::iter::once((&current, "current"))
-        .chain(previous.iter().map(|a| (a, "previous")))
-        .collect();
-    let mut roots: Vec<(CertificateDer<'static>, &'static str)> = Vec::new();
-    if pki::is_two_tier(home) {
-        roots.push((pki::root_cert(home)?, "current"));
-        roots.extend(
-            previous_root_files(home)
-                .into_iter()
-                .map(|(_, _, d)| (d, "previous")),
-        );
-    }
-    let parent = |der: &[u8]| -> Option<String> {
-        roots
-            .iter()
-            .find(|(r, _)| issued_by(der, r))
-            .map(|(r, _)| super::fingerprint(r))
-    };
-    let mut out = Vec::new();
-    for (der, role) in &roots {
-        out.push(CaSummary {
-            fingerprint: super::fingerprint(der),
-            kind: "root",
-            role,
-            issuer: Some(super::fingerprint(der)),
-            subject: subject_cn(der),
-            not_after: not_after(der),
-            usable_certs: issuing
-                .iter()
-                .filter(|(a, _)| issued_by(&a.cert_der, der))
-                .count(),
-            key: (*role == "current").then(|| match pki::root_key_state(home) {
-                pki::RootKeyState::Present => "present",
-                _ => "offline",
-            }),
-        });
-    }
-    for (a, role) in &issuing {
-        out.push(CaSummary {
-            fingerprint: a.fingerprint.clone(),
-            kind: "issuing",
-            role,
-            issuer: if a.is_self_signed() {
-                Some(a.fingerprint.clone())
-            } else {
-                parent(&a.cert_der)
-            },
-            subject: subject_cn(&a.cert_der),
-            not_after: a.not_after,
-            usable_certs: inventory
-                .certs
-                .values()
-                .filter(|c| c.ca_fingerprint == a.fingerprint && c.state(now).usable())
-                .count(),
-            key: None,
-        });
-    }
-    for (path, role) in [
-        (home.upstream_client_ca_cert(), "current"),
-        (home.upstream_client_ca_previous(), "previous"),
-    ] {
-        if let Ok(der) = CertificateDer::from_pem_file(&path) {
-            out.push(CaSummary {
-                fingerprint: super::fingerprint(&der),
-                kind: "upstream-client",
-                role,
-                issuer: Some(super::fingerprint(&der)),
-                subject: subject_cn(&der),
-                not_after: not_after(&der),
-                usable_certs: 0,
-                key: None,
-            });
-        }
-    }
-    Ok(out)
 }

@@ -37,7 +37,7 @@ pub struct RenewArgs {
     exec: Option<String>,
     /// Broker log format on stderr (daemon).
     #[arg(long, value_enum, default_value = "text")]
-    log_format: super::LogFormat,
+    log_format: super::serve::LogFormat,
 }
 
 pub fn run(cmd: AgentCmd) -> super::CliResult {
@@ -53,7 +53,7 @@ pub fn run(cmd: AgentCmd) -> super::CliResult {
         .enable_all()
         .build()?;
     if a.daemon {
-        super::init_tracing(a.log_format);
+        super::serve::init_tracing(a.log_format);
         runtime.block_on(agent::run_daemon(&opts))?;
         return Ok(ExitCode::SUCCESS);
     }

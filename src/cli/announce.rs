@@ -2,7 +2,10 @@
 //! command made (partner, certificate or CA), published after the files
 //! are written so other nodes reload at once.
 
-use crate::cli::{CaCmd, CertCmd, Command, PartnerCmd};
+use super::Command;
+use super::ca::CaCmd;
+use super::cert::CertCmd;
+use super::partner::PartnerCmd;
 use crate::fleet::announce::{Change, ChangeKind};
 
 /// The change a successful CLI command makes, if the fleet must hear of it.

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,6 +24,21 @@ use tokio::sync::watch;
 
 use crate::ca::inventory::Inventory;
 pub use crate::control::view::AdminView;
+
+/// The admin address, refused when it is not loopback unless the operator
+/// said `[server] admin_public = true`.
+pub fn admin_address(addr: SocketAddr, public: bool) -> Result<SocketAddr, String> {
+    if addr.ip().is_loopback() {
+        return Ok(addr);
+    }
+    if public {
+        tracing::warn!(admin_addr = %addr, "the admin listener (metrics, health) is bound to a non-loopback address");
+        return Ok(addr);
+    }
+    Err(format!(
+        "--admin {addr} is not a loopback address; set [server] admin_public = true to expose it on purpose"
+    ))
+}
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));

@@ -26,8 +26,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{ClusterSettings, OnStoreFailure};
 use crate::control::watch::ReloadTrigger;
-use crate::gateway::Refusal;
 use crate::gateway::live::{Live, Snapshot};
+use crate::gateway::membership::LimitFuture;
+use crate::gateway::{Membership, Refusal};
 use crate::guard::EventSink;
 use crate::guard::alerts::AlertNotice;
 use crate::guard::limits::{Admission, LocalShare};
@@ -43,6 +44,29 @@ pub mod store;
 
 use announce::{Announcement, Fence};
 use store::Keys;
+
+impl Membership for Fleet {
+    fn admit(&self, id: &PartnerIdentity) -> Result<(), Refusal> {
+        Fleet::admit(self, id)
+    }
+
+    fn limit<'a>(
+        &'a self,
+        snapshot: &'a Snapshot,
+        partner: &'a str,
+        route_index: usize,
+        now_ms: i64,
+    ) -> LimitFuture<'a> {
+        Box::pin(Fleet::limit(self, snapshot, partner, route_index, now_ms))
+    }
+
+    fn partner_changed(self: Arc<Self>, partner: &str) {
+        self.announce(announce::Change::partner(
+            announce::ChangeKind::PartnerChanged,
+            partner,
+        ));
+    }
+}
 
 /// Reason codes of the fleet's refusals.
 pub mod code {

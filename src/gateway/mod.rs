@@ -24,6 +24,7 @@ pub mod exchange;
 pub mod handshake_gate;
 pub mod header_guard;
 pub mod live;
+pub mod membership;
 pub mod refusal;
 pub mod relay;
 pub mod renewal;
@@ -34,6 +35,7 @@ pub mod session;
 pub mod write_guard;
 
 pub use conn::{accept_loop, http_builder};
+pub use membership::Membership;
 pub use refusal::Refusal;
 
 /// What the gateway's connections and requests use.
@@ -51,7 +53,7 @@ pub struct Gateway {
     /// Connections being served, and whether the listener still accepts.
     pub connections: Arc<Connections>,
     /// The fleet this node belongs to (`[cluster]`); `None`: a single node.
-    pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    pub fleet: Option<Arc<dyn Membership>>,
     /// TLS handshakes in progress per client address (the cap is read at
     /// start: `[server] max_pending_handshakes_per_addr`).
     pub handshakes: Arc<handshake_gate::HandshakeGate>,
@@ -84,7 +86,7 @@ impl Gateway {
     }
 
     /// The same gateway as a member of `fleet`.
-    pub fn with_fleet(mut self, fleet: Option<Arc<crate::fleet::Fleet>>) -> Gateway {
+    pub fn with_fleet(mut self, fleet: Option<Arc<dyn Membership>>) -> Gateway {
         self.fleet = fleet;
         self
     }

@@ -104,10 +104,7 @@ async fn phases(
         let renewed = renewal::handle(req, &conn.identity, gw).await?;
         record.event.detail = Some(renewed.summary());
         if let Some(fleet) = &gw.fleet {
-            fleet.announce(crate::fleet::announce::Change::partner(
-                crate::fleet::announce::ChangeKind::PartnerChanged,
-                &conn.identity.partner,
-            ));
+            fleet.clone().partner_changed(&conn.identity.partner);
         }
         return Ok(Answer::Local {
             content_type: "application/x-pem-file",
@@ -225,7 +222,7 @@ fn authorize<'a>(
 /// Rate, quota and concurrency limits (partner and route; the admission is
 /// held until the record is handed over), then the body limit. Returns the
 /// body limit for the relay. In a fleet, rate and quota are the fleet's
-/// (one store round trip; see `crate::fleet`).
+/// (one store round trip; see [`super::Membership`]).
 async fn limit(
     conn: &ConnCtx,
     gw: &Gateway,

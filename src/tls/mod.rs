@@ -2,7 +2,7 @@
 //! client certificate, verifies chain, validity, EKU clientAuth and the CRL
 //! (rustls' WebPKI verifier), then the partner identity and the inventory's
 //! revocation state (`PartnerVerifier`; a certificate whose chain already
-//! verified skips only the chain's signature check, see `verified_certs`).
+//! verified skips only the chain's signature checks, see `verified_certs`).
 //! Refusals carry a reason code, subject and fingerprint so the refused
 //! handshake can be recorded.
 //! Upstream side: a `ClientConfig` that verifies the upstream against its
@@ -174,15 +174,14 @@ impl ClientCertVerifier for PartnerVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let now_unix = now.as_secs() as i64;
-        // Leaf-only chains this verifier already verified skip the chain
-        // check while within their validity period; everything after it
-        // (identity, inventory, revocation) runs at every handshake.
-        let key = intermediates
-            .is_empty()
-            .then(|| verified_certs::digest(end_entity));
-        let known = key
-            .as_ref()
-            .is_some_and(|k| self.verified.holds(k, now_unix));
+        // Chains this verifier already verified skip the chain check while
+        // every certificate of them is within its validity period;
+        // everything after it (identity, inventory, revocation) runs at
+        // every handshake.
+        let chain =
+            || std::iter::once(end_entity.as_ref()).chain(intermediates.iter().map(|c| c.as_ref()));
+        let key = verified_certs::chain_digest(chain());
+        let known = self.verified.holds(&key, now_unix);
         if !known {
             self.inner
                 .verify_client_cert(end_entity, intermediates, now)
@@ -190,11 +189,15 @@ impl ClientCertVerifier for PartnerVerifier {
         }
         let id = identify(end_entity, &self.trust_domain)
             .map_err(|e| refuse(e.code(), end_entity, e.to_string()))?;
-        if let Some(k) = key
-            && !known
-        {
-            self.verified
-                .insert(k, id.not_before_unix, id.not_after_unix);
+        if !known {
+            let window = if intermediates.is_empty() {
+                Some((id.not_before_unix, id.not_after_unix))
+            } else {
+                verified_certs::chain_window(chain())
+            };
+            if let Some((not_before, not_after)) = window {
+                self.verified.insert(key, not_before, not_after);
+            }
         }
         self.status
             .check(&id.serial, &id.fingerprint, now.as_secs() as i64)
@@ -490,6 +493,96 @@ mod tests {
         // Revocation bites at the next handshake, remembered or not.
         status.0.store(true, Ordering::SeqCst);
         assert_eq!(reason(v.verify_client_cert(&leaf, &[], at(now))), "revoked");
+    }
+
+    /// An issuing CA under `root`, valid from `from` for `days` days.
+    fn intermediate(
+        root: &rcgen::Issuer<'_, rcgen::KeyPair>,
+        from: time::OffsetDateTime,
+        days: i64,
+    ) -> (
+        rcgen::Issuer<'static, rcgen::KeyPair>,
+        CertificateDer<'static>,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "gatehouse issuing CA");
+        p.not_before = from;
+        p.not_after = from + time::Duration::days(days);
+        let der = p.signed_by(&key, root).unwrap().der().clone();
+        (rcgen::Issuer::new(p, key), der)
+    }
+
+    #[test]
+    fn a_remembered_chain_with_its_issuing_ca_still_meets_every_validity() {
+        // Root -> issuing CA -> leaf, as partners of the two-tier PKI
+        // present it (leaf and issuing CA).
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(1));
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "gatehouse root");
+        let root_der = p.self_signed(&key).unwrap().der().clone();
+        let root = rcgen::Issuer::new(p, key);
+        let mut roots = RootCertStore::empty();
+        roots.add(root_der).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+        let v = PartnerVerifier {
+            inner,
+            trust_domain: "gatehouse.local".into(),
+            status: Arc::new(Revocable::default()),
+            verified: VerifiedCerts::new(),
+        };
+        let start = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        // The issuing CA expires 10 days in, before the leaf (30 days).
+        let (issuing, issuing_der) = intermediate(&root, start, 10);
+        let leaf = partner_cert(&issuing, start);
+        let at =
+            |secs: i64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs as u64));
+        let now = start.unix_timestamp() + 3600;
+        let chain = [issuing_der.clone()];
+
+        assert_eq!(
+            reason(v.verify_client_cert(&leaf, &chain, at(now))),
+            "accepted"
+        );
+        assert_eq!(v.verified.len(), 1, "the verified chain is remembered");
+        assert_eq!(
+            reason(v.verify_client_cert(&leaf, &chain, at(now + 60))),
+            "accepted"
+        );
+        assert_eq!(v.verified.len(), 1, "and found again, not added twice");
+
+        // Past the issuing CA's not-after, though the leaf is still valid,
+        // the chain is refused: the shortcut ends with the shortest validity.
+        let later = start.unix_timestamp() + 11 * 86_400;
+        assert_ne!(
+            reason(v.verify_client_cert(&leaf, &chain, at(later))),
+            "accepted"
+        );
+
+        // The same leaf without its issuing CA is another chain: it does
+        // not ride on the remembered one, and does not verify.
+        assert_ne!(
+            reason(v.verify_client_cert(&leaf, &[], at(now))),
+            "accepted"
+        );
+
+        // A look-alike issuing CA (same name, other key) signing a
+        // look-alike leaf is refused, remembered chain or not.
+        let (rogue_root, _) = ca("gatehouse root");
+        let (rogue_issuing, rogue_issuing_der) = intermediate(&rogue_root, start, 10);
+        let impostor = partner_cert(&rogue_issuing, start);
+        assert_ne!(
+            reason(v.verify_client_cert(&impostor, &[rogue_issuing_der], at(now))),
+            "accepted"
+        );
+        assert_eq!(v.verified.len(), 1, "refused chains are not remembered");
     }
 
     #[test]

@@ -10,10 +10,12 @@
 //! not-after) and the inventory's revocation state. The handshake's own
 //! proof of key possession (CertificateVerify) is never cached.
 //!
-//! Only leaf-only chains are remembered (gatehouse issues partner
-//! certificates straight from its CA); a chain with intermediates is
-//! verified every time. Memory is bounded: past `CAPACITY` entries the
-//! cache starts over.
+//! The key is the whole chain the partner presented (the leaf and every
+//! intermediate, e.g. the issuing CA of the two-tier PKI that partners send
+//! with their certificate), and an entry counts only while every
+//! certificate of that chain is within its validity period, so that an
+//! intermediate that expires ends the shortcut too. Memory is bounded: past
+//! `CAPACITY` entries the cache starts over.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,12 +25,33 @@ use sha2::{Digest, Sha256};
 /// Most certificates remembered (~64 bytes each).
 pub const CAPACITY: usize = 16_384;
 
-/// SHA-256 of a certificate's DER: the cache key.
+/// SHA-256 of a presented chain (see [`chain_digest`]): the cache key.
 pub type CertDigest = [u8; 32];
 
-/// The SHA-256 of `der`.
-pub fn digest(der: &[u8]) -> CertDigest {
-    Sha256::digest(der).into()
+/// The SHA-256 of a presented chain: each certificate's DER, in order,
+/// behind its length (so that no two chains share a digest by moving bytes
+/// from one certificate to the next).
+pub fn chain_digest<'a>(chain: impl IntoIterator<Item = &'a [u8]>) -> CertDigest {
+    let mut h = Sha256::new();
+    for der in chain {
+        h.update((der.len() as u64).to_be_bytes());
+        h.update(der);
+    }
+    h.finalize().into()
+}
+
+/// The validity window (unix seconds) shared by every certificate of
+/// `chain` (the latest not-before, the earliest not-after); `None` when one
+/// of them does not parse.
+pub fn chain_window<'a>(chain: impl IntoIterator<Item = &'a [u8]>) -> Option<(i64, i64)> {
+    let mut window = (i64::MIN, i64::MAX);
+    for der in chain {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let v = cert.validity();
+        window.0 = window.0.max(v.not_before.timestamp());
+        window.1 = window.1.min(v.not_after.timestamp());
+    }
+    Some(window)
 }
 
 /// Validity window (unix seconds, inclusive) of a verified certificate.
@@ -91,25 +114,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn moving_bytes_between_certificates_makes_another_chain() {
+        assert_ne!(
+            chain_digest([b"ab".as_slice(), b"c".as_slice()]),
+            chain_digest([b"a".as_slice(), b"bc".as_slice()])
+        );
+        assert_ne!(
+            chain_digest([b"leaf".as_slice()]),
+            chain_digest([b"leaf".as_slice(), b"ca".as_slice()])
+        );
+    }
+
+    #[test]
     fn an_entry_holds_only_within_its_validity_period() {
         let c = VerifiedCerts::new();
-        let k = digest(b"certificate");
+        let k = chain_digest([b"certificate".as_slice()]);
         assert!(!c.holds(&k, 150), "nothing remembered yet");
         c.insert(k, 100, 200);
         assert!(c.holds(&k, 100));
         assert!(c.holds(&k, 200));
         assert!(!c.holds(&k, 99), "not yet valid");
         assert!(!c.holds(&k, 201), "expired");
-        assert!(!c.holds(&digest(b"another certificate"), 150));
+        assert!(!c.holds(&chain_digest([b"another certificate".as_slice()]), 150));
     }
 
     #[test]
     fn memory_is_bounded() {
         let c = VerifiedCerts::new();
         for i in 0..(CAPACITY + 10) {
-            c.insert(digest(&i.to_be_bytes()), 0, 10);
+            c.insert(chain_digest([i.to_be_bytes().as_slice()]), 0, 10);
         }
         assert!(c.len() <= CAPACITY, "{}", c.len());
-        assert!(c.holds(&digest(&(CAPACITY + 9).to_be_bytes()), 5));
+        assert!(c.holds(&chain_digest([(CAPACITY + 9).to_be_bytes().as_slice()]), 5));
     }
 }

@@ -585,9 +585,10 @@ async fn fleet_over_tls_with_a_password() {
     }
     assert_eq!(got, [200, 200, 429], "{}", n1.log());
     let mut view = serde_json::Value::Null;
-    for _ in 0..30 {
+    // The counts and the node's heartbeat reach the store separately.
+    for _ in 0..100 {
         view = fleet_view(&h);
-        if view["partners"]["acme"]["today"] == 3 {
+        if view["partners"]["acme"]["today"] == 3 && view["nodes"][0]["node"] == "n1" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -199,15 +199,22 @@ impl Monitor {
             windows: RwLock::new(HashMap::new()),
             recent_alerts: Mutex::new(VecDeque::new()),
         };
-        // Registered after construction: each family is a cheap handle
-        // (an `Arc`) shared between the field and the registry.
+        monitor.registry = monitor.registry();
+        // The journal opened before the broker started serving.
+        monitor.journal_writable.set(1);
+        monitor
+    }
+
+    /// The registry the metrics are exposed from. Each family is a cheap
+    /// handle (an `Arc`) shared between the field and the registry.
+    fn registry(&self) -> Registry {
         let mut registry = Registry::with_prefix("gatehouse");
-        let m = &monitor;
+        let m = self;
         registry.register(
             "requests",
             "Partner requests by partner, granted route (or none), method, status class, decision and route risk",
             m.requests.clone(),
-        );
+    );
         registry.register(
             "request_duration_seconds",
             "Time from request head to recorded end of the exchange, by partner, route and risk",
@@ -273,7 +280,7 @@ impl Monitor {
             "journal_writable",
             "1 while the journal accepts writes; 0 while it fails closed (partner requests get 503)",
             m.journal_writable.clone(),
-        );
+    );
         registry.register(
             "certificate_expiry_seconds",
             "Seconds until a usable partner certificate expires, by partner and serial",
@@ -289,10 +296,7 @@ impl Monitor {
             "Configuration changes refused (the running configuration stayed in force)",
             m.reload_failures.clone(),
         );
-        monitor.registry = registry;
-        // The journal opened before the broker started serving.
-        monitor.journal_writable.set(1);
-        monitor
+        registry
     }
 
     /// Counts one event: exchanges (requests, duration, denials, rate-limit

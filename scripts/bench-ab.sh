@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# bench-ab.sh BASE_BINARY — the current build beside an earlier gatehouse
+# binary, same certificates, same upstream, same loads, interleaved within
+# each repetition (run.sh runs the targets one after the other per load),
+# so that a change is judged against its own baseline on the same machine
+# at the same moment rather than against a figure from another day.
+#
+#   cp target/release/gatehouse /tmp/gatehouse-before   # before the change
+#   ...change, then:
+#   scripts/bench-ab.sh /tmp/gatehouse-before
+#   MODES="ka" REPEAT=3 DURATION=8 scripts/bench-ab.sh /tmp/gatehouse-before
+#
+# Prints run.sh's table (targets "after" and "before") and the after/before
+# ratio of 2xx per CPU-second per load.
+set -euo pipefail
+source "$(dirname "$0")/bench-lib.sh"
+BASE=${1:?usage: bench-ab.sh BASE_BINARY}
+[[ -x $BASE ]] || die "$BASE is not an executable"
+REPEAT=${REPEAT:-2}
+DURATION=${DURATION:-8}
+export MODES=${MODES:-ka full resumed}
+
+ensure_tools
+build_release
+check_ports_free 19443 19080
+setup_home
+start_peers upstream
+start_gatehouse
+AFTER_PORT=$GH_PORT
+# The baseline serves a copy of the same home (its own journal).
+cp -a "$GH_HOME" "$WORK/home-before"
+rm -f "$WORK/home-before/data/admin.sock"
+(G=$BASE GH_HOME=$WORK/home-before; WORK_OUT=$WORK/before.out
+  "$BASE" serve --home "$WORK/home-before" --listen 127.0.0.1:0 --admin 127.0.0.1:0 >"$WORK_OUT" 2>>"$WORK/before.log" &
+  echo $! >"$WORK/before.pid")
+BEFORE_PID=$(cat "$WORK/before.pid")
+BENCH_PIDS+=("$BEFORE_PID")
+line=""
+for _ in $(seq 1 300); do
+  line=$(grep -m1 '^gatehouse listening on ' "$WORK/before.out" 2>/dev/null || true)
+  [[ -n $line ]] && break
+  [[ -d /proc/$BEFORE_PID ]] || { cat "$WORK/before.log" >&2; die "the baseline exited at start"; }
+  sleep 0.1
+done
+[[ -n $line ]] || die "the baseline did not announce its listener (see $WORK/before.log)"
+BEFORE_PORT=${line##*:}
+machine_summary | tee "$WORK/machine.txt" >&2
+
+export RESULTS=$WORK/results
+BASELINE=0 CHECK=0 REPEAT=$REPEAT "$PEERS/run.sh" "after=$AFTER_PORT,before=$BEFORE_PORT" "$DURATION"
+echo
+echo "after / before, 2xx per CPU-second:"
+awk 'NR > 1 { eff[$1, $2] = $13 }
+  END { n = split(ENVIRON["MODES"], loads, " ")
+    for (i = 1; i <= n; i++) { l = loads[i]
+      if (eff["before", l] > 0) printf "%-8s %9s %9s  %.2fx\n", l, eff["after", l], eff["before", l], eff["after", l] / eff["before", l] } }' "$RESULTS/table.txt"

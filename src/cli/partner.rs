@@ -1,0 +1,177 @@
+//! `gatehouse partner ...`: onboard, list, show, suspend, resume and remove
+//! partners (the files are `crate::partners`), and their tables and JSON.
+
+use std::error::Error;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::CliResult;
+use super::cert::cert_json;
+use crate::ca::inventory::Inventory;
+use crate::config::{PartnerStatus, parse_route_arg};
+use crate::home::Home;
+use crate::partners;
+use crate::timefmt::rfc3339;
+
+#[derive(Subcommand, Debug)]
+pub enum PartnerCmd {
+    /// Onboard a partner: writes partners/<ID>.toml.
+    Add {
+        /// Partner id: lowercase letters, digits and '-', up to 63 characters.
+        id: String,
+        /// Display name (the certificate's O=).
+        #[arg(long)]
+        name: Option<String>,
+        /// A granted route: "GET,POST /v1/orders -> orders" (repeatable).
+        #[arg(long = "route")]
+        routes: Vec<String>,
+    },
+    /// List partners.
+    List {
+        /// One JSON array, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one partner, its routes and certificates.
+    Show {
+        /// The partner's id.
+        id: String,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a partner's calls at once (its certificates stay valid).
+    Suspend {
+        /// The partner's id.
+        id: String,
+    },
+    /// Let a suspended partner call again.
+    Resume {
+        /// The partner's id.
+        id: String,
+    },
+    /// Offboard a partner: revokes its certificates and deletes its file.
+    Remove {
+        /// The partner's id.
+        id: String,
+    },
+}
+
+pub(super) fn run(home: &Home, cmd: PartnerCmd) -> CliResult {
+    match cmd {
+        PartnerCmd::Add { id, name, routes } => {
+            let routes = routes
+                .iter()
+                .map(|r| parse_route_arg(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            let p = partners::add(home, &id, name.as_deref(), routes)?;
+            println!(
+                "added partner {} ({}) with {} route(s): {}",
+                p.id,
+                p.name,
+                p.routes.len(),
+                home.partner_file(&p.id).display()
+            );
+        }
+        PartnerCmd::List { json } => list(home, json)?,
+        PartnerCmd::Show { id, json } => show(home, &id, json)?,
+        PartnerCmd::Suspend { id } => {
+            partners::set_status(home, &id, PartnerStatus::Suspended)?;
+            println!("partner {id} suspended: its calls are refused (403) from now on");
+        }
+        PartnerCmd::Resume { id } => {
+            partners::set_status(home, &id, PartnerStatus::Active)?;
+            // A running broker also lifts an anomaly throttle on the partner.
+            let note = match crate::control::socket::clear_anomaly(home, &id) {
+                Ok(true) => "; the running broker cleared its anomaly state",
+                _ => "",
+            };
+            println!("partner {id} resumed{note}");
+        }
+        PartnerCmd::Remove { id } => {
+            let revoked = partners::remove(home, &id)?;
+            println!(
+                "partner {id} removed; {} certificate(s) revoked",
+                revoked.len()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `partner list`: every partner with its status, route count and usable
+/// certificates; a table or JSON.
+fn list(home: &Home, json: bool) -> Result<(), Box<dyn Error>> {
+    let list = partners::list(home)?;
+    let inv = Inventory::load(home)?;
+    let now = OffsetDateTime::now_utc();
+    if json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|p| {
+                let usable = inv.for_partner(&p.id).iter().filter(|c| c.state(now).usable()).count();
+                json!({"id": p.id, "name": p.name, "status": p.status.to_string(), "routes": p.routes.len(), "usable_certs": usable})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{:<24} {:<10} {:>6} {:>6}  NAME",
+            "ID", "STATUS", "ROUTES", "CERTS"
+        );
+        for p in &list {
+            let usable = inv
+                .for_partner(&p.id)
+                .iter()
+                .filter(|c| c.state(now).usable())
+                .count();
+            println!(
+                "{:<24} {:<10} {:>6} {:>6}  {}",
+                p.id,
+                p.status,
+                p.routes.len(),
+                usable,
+                p.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `partner show`: one partner, its routes and its certificates.
+fn show(home: &Home, id: &str, json: bool) -> Result<(), Box<dyn Error>> {
+    let p = partners::show(home, id)?;
+    let inv = Inventory::load(home)?;
+    let now = OffsetDateTime::now_utc();
+    let certs = inv.for_partner(id);
+    if json {
+        let certs: Vec<_> = certs.iter().map(|c| cert_json(c, now)).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"partner": p, "certificates": certs}))?
+        );
+    } else {
+        println!("partner {} ({})", p.id, p.name);
+        println!("  status: {}", p.status);
+        println!("  routes:");
+        if p.routes.is_empty() {
+            println!("    (none: every call is denied)");
+        }
+        for r in &p.routes {
+            println!("    {}", r.describe());
+        }
+        println!("  certificates:");
+        for c in certs {
+            println!(
+                "    {} {} until {}",
+                c.serial,
+                c.state(now),
+                rfc3339(c.not_after)
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! What the gateway asks of the fleet it may belong to, as a trait the
+//! gateway owns and `crate::fleet` implements: the admission check's fleet
+//! part, the fleet-wide limit phase, and telling the other nodes of a
+//! change made here (a self-service renewal). A single node has none, and
+//! the gateway never names the fleet's types.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::Refusal;
+use super::live::Snapshot;
+use crate::guard::limits::Admission;
+use crate::identity::PartnerIdentity;
+
+/// The limit phase's answer, boxed so that the trait stays object-safe.
+pub type LimitFuture<'a> = Pin<Box<dyn Future<Output = Result<Admission, Refusal>> + Send + 'a>>;
+
+/// A node's membership in a fleet, as the request phases use it.
+pub trait Membership: Send + Sync {
+    /// Refuses a partner or certificate whose announced revocation or
+    /// suspension this node's files do not show yet.
+    fn admit(&self, id: &PartnerIdentity) -> Result<(), Refusal>;
+
+    /// Rate, quota and concurrency, judged fleet-wide (falls back to the
+    /// local limits as the fleet's settings say when its store is down).
+    fn limit<'a>(
+        &'a self,
+        snapshot: &'a Snapshot,
+        partner: &'a str,
+        route_index: usize,
+        now_ms: i64,
+    ) -> LimitFuture<'a>;
+
+    /// Tells the other nodes that `partner`'s files changed here (returns
+    /// at once; the announcement is sent in the background).
+    fn partner_changed(self: Arc<Self>, partner: &str);
+}
