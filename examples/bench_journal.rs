@@ -4,7 +4,12 @@
 //! cargo run --release --example bench_journal            # full run (1M records)
 //! cargo run --release --example bench_journal -- 200000  # smaller verify/query set
 //! cargo run --release --example bench_journal -- 200000 --skip-append
+//! cargo run --release --example bench_journal -- --append-only --strict --writers 64 --secs 5
 //! ```
+//!
+//! `--append-only` skips the verify/query part; `--strict` / `--relaxed`
+//! keep one durability; `--writers N` one writer count; `--secs S` sets the
+//! append window (default 3 s).
 //!
 //! Measures append throughput (strict and relaxed; 1, 16 and 64 concurrent
 //! writers), `verify` speed over the whole journal, and per-partner query
@@ -164,10 +169,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return measure(&home, n);
     }
     let skip_append = args.iter().any(|a| a == "--skip-append");
+    let append_only = args.iter().any(|a| a == "--append-only");
+    let value = |name: &str| -> Option<&String> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    let writers: Vec<usize> = match value("--writers") {
+        Some(w) => vec![w.parse()?],
+        None => vec![1, 16, 64],
+    };
+    let secs: f64 = value("--secs")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(3.0);
+    let modes: Vec<Durability> = if args.iter().any(|a| a == "--strict") {
+        vec![Durability::Strict]
+    } else if args.iter().any(|a| a == "--relaxed") {
+        vec![Durability::Relaxed]
+    } else {
+        vec![Durability::Strict, Durability::Relaxed]
+    };
     let n: u64 = args
         .iter()
-        .find(|a| !a.starts_with("--"))
-        .map(|s| s.parse())
+        .enumerate()
+        .find(|(i, a)| {
+            !a.starts_with("--")
+                && !matches!(
+                    args.get(i.wrapping_sub(1)).map(String::as_str),
+                    Some("--writers" | "--secs")
+                )
+        })
+        .map(|(_, s)| s.parse())
         .transpose()?
         .unwrap_or(1_000_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -178,12 +211,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !skip_append {
         println!("| append | writers | records/s |");
         println!("| --- | ---: | ---: |");
-        for d in [Durability::Strict, Durability::Relaxed] {
-            for w in [1, 16, 64] {
-                let r = append_rate(&rt, d, w, 3.0)?;
+        for &d in &modes {
+            for &w in &writers {
+                let r = append_rate(&rt, d, w, secs)?;
                 println!("| {d:?} | {w} | {r:.0} |");
             }
         }
+    }
+    if append_only {
+        return Ok(());
     }
 
     // A journal of n records (relaxed, 64 writers, for speed).

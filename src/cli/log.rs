@@ -126,6 +126,15 @@ pub enum DecisionArg {
     Denied,
 }
 
+impl DecisionArg {
+    fn decision(self) -> Decision {
+        match self {
+            DecisionArg::Allowed => Decision::Allowed,
+            DecisionArg::Denied => Decision::Denied,
+        }
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum KindArg {
     Exchange,
@@ -331,53 +340,8 @@ fn print_ok(reply: Reply, json: bool) -> Result<bool, JournalError> {
 /// Runs one `gatehouse log` command.
 pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
     match cmd {
-        LogCmd::FaultDrill { mode } => {
-            let path = home.admin_socket();
-            let stream = UnixStream::connect(&path)
-                .map_err(|e| format!("no running broker answers on {}: {e}", path.display()))?;
-            let on = matches!(mode, DrillArg::Fail);
-            socket::request(
-                stream,
-                &path,
-                &Request::FaultDrill {
-                    journal_write_failure: on,
-                },
-                &mut |_| Ok(true),
-            )?;
-            println!(
-                "journal fault drill: writes {}",
-                if on {
-                    "now fail (the broker answers 503)"
-                } else {
-                    "work again"
-                }
-            );
-        }
-        LogCmd::Tail { n, follow, json } => {
-            let mut last = 0;
-            run_request(home, Request::Tail { n }, &mut |r| {
-                if let Reply::Record(rec) = &r {
-                    last = rec.seq;
-                }
-                print_ok(r, json)
-            })?;
-            if follow {
-                if last == 0 {
-                    last = current_last(home)?;
-                }
-                run_request(
-                    home,
-                    Request::Export {
-                        after_seq: last,
-                        follow: true,
-                    },
-                    &mut |r| match r {
-                        Reply::Record(_) => print_ok(r, json),
-                        _ => Ok(true),
-                    },
-                )?;
-            }
-        }
+        LogCmd::FaultDrill { mode } => fault_drill(home, mode)?,
+        LogCmd::Tail { n, follow, json } => tail(home, n, follow, json)?,
         LogCmd::Query {
             partner,
             since,
@@ -397,10 +361,7 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
                         partner,
                         since_ms: time_arg(&since)?,
                         until_ms: time_arg(&until)?,
-                        decision: decision.map(|d| match d {
-                            DecisionArg::Allowed => Decision::Allowed,
-                            DecisionArg::Denied => Decision::Denied,
-                        }),
+                        decision: decision.map(DecisionArg::decision),
                         status,
                         limit,
                     },
@@ -411,10 +372,7 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
                 partner,
                 since_ms: time_arg(&since)?,
                 until_ms: time_arg(&until)?,
-                decision: decision.map(|d| match d {
-                    DecisionArg::Allowed => Decision::Allowed,
-                    DecisionArg::Denied => Decision::Denied,
-                }),
+                decision: decision.map(DecisionArg::decision),
                 status,
                 kind: kind.map(KindArg::kind),
                 limit,
@@ -427,113 +385,180 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
             after_seq,
             follow,
             cursor,
-        } => {
-            let Some(path) = cursor else {
-                run_request(home, Request::Export { after_seq, follow }, &mut |r| {
-                    print_ok(r, true)
-                })?;
-                return Ok(ExitCode::SUCCESS);
-            };
-            let mut cursor = Cursor::open(path, after_seq)?;
-            let after_seq = cursor.seq;
-            let mut complete = true;
-            run_request(home, Request::Export { after_seq, follow }, &mut |r| {
-                let done = match &r {
-                    // Everything before this record (its checkpoint included) is out.
-                    Reply::Record(rec) => Some(rec.seq.saturating_sub(1)),
-                    Reply::Checkpoint(c) => Some(c.seq),
-                    _ => None,
-                };
-                let last = match &r {
-                    Reply::Record(rec) => Some(rec.seq),
-                    _ => None,
-                };
-                if !print_ok(r, true)? {
-                    // stdout is closed: this line did not go out.
-                    complete = false;
-                    return Ok(false);
-                }
-                if let Some(done) = done {
-                    cursor.advance(done, last)?;
-                }
-                Ok(true)
-            })?;
-            cursor.finish(complete)?;
-        }
+        } => export(home, after_seq, follow, cursor)?,
         LogCmd::Verify { json, exports } if !exports.is_empty() => {
             return crate::fleet::exports::cli_verify(home, &exports, json);
         }
-        LogCmd::Verify { json, .. } => {
-            let mut report = None;
-            run_request(home, Request::Verify, &mut |r| {
-                if let Reply::Verify(v) = r {
-                    report = Some(v);
-                }
-                Ok(true)
-            })?;
-            let report = report.ok_or("the verify request returned no report")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            }
-            return Ok(match &report.failure {
-                None => {
-                    if !json {
-                        println!(
-                            "ok: the journal verifies: records {}..={} ({} records) chain from {}; {} signed checkpoint(s), the last at seq {}; {} record(s) after it not yet covered by a signature",
-                            report.base_seq + 1,
-                            report.last_seq,
-                            report.records,
-                            if report.base_seq == 0 {
-                                "genesis".to_string()
-                            } else {
-                                format!("the prune checkpoint at seq {}", report.base_seq)
-                            },
-                            report.checkpoints,
-                            report
-                                .last_checkpoint_seq
-                                .map(|s| s.to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            report.unsigned_tail,
-                        );
-                    }
-                    ExitCode::SUCCESS
-                }
-                Some(f) => {
-                    eprintln!(
-                        "gatehouse: journal verification FAILED at seq {}: {}",
-                        f.seq, f.reason
-                    );
-                    ExitCode::FAILURE
-                }
-            });
-        }
-        LogCmd::Prune { before } => {
-            let before_ms = time_arg(&Some(before))?.unwrap_or(0);
-            let mut report = None;
-            run_request(home, Request::Prune { before_ms }, &mut |r| {
-                if let Reply::Prune(p) = r {
-                    report = Some(p);
-                }
-                Ok(true)
-            })?;
-            let report = report.ok_or("the prune request returned no report")?;
-            if report.removed == 0 {
-                println!(
-                    "nothing to prune before {}: the oldest record is newer (verification starts after seq {})",
-                    fmt_time_ms(before_ms),
-                    report.base_seq
-                );
-            } else {
-                println!(
-                    "pruned {} record(s) older than {}; verification now starts from the signed checkpoint at seq {}",
-                    report.removed,
-                    fmt_time_ms(before_ms),
-                    report.base_seq
-                );
-            }
-        }
+        LogCmd::Verify { json, .. } => return verify(home, json),
+        LogCmd::Prune { before } => prune(home, &before)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `log fault-drill fail|recover`: only a running broker can do it.
+fn fault_drill(home: &Home, mode: DrillArg) -> Result<(), Box<dyn Error>> {
+    let path = home.admin_socket();
+    let stream = UnixStream::connect(&path)
+        .map_err(|e| format!("no running broker answers on {}: {e}", path.display()))?;
+    let on = matches!(mode, DrillArg::Fail);
+    socket::request(
+        stream,
+        &path,
+        &Request::FaultDrill {
+            journal_write_failure: on,
+        },
+        &mut |_| Ok(true),
+    )?;
+    println!(
+        "journal fault drill: writes {}",
+        if on {
+            "now fail (the broker answers 503)"
+        } else {
+            "work again"
+        }
+    );
+    Ok(())
+}
+
+/// `log tail [-n N] [-f]`: the newest records, then (with -f) new ones.
+fn tail(home: &Home, n: usize, follow: bool, json: bool) -> Result<(), JournalError> {
+    let mut last = 0;
+    run_request(home, Request::Tail { n }, &mut |r| {
+        if let Reply::Record(rec) = &r {
+            last = rec.seq;
+        }
+        print_ok(r, json)
+    })?;
+    if follow {
+        if last == 0 {
+            last = current_last(home)?;
+        }
+        run_request(
+            home,
+            Request::Export {
+                after_seq: last,
+                follow: true,
+            },
+            &mut |r| match r {
+                Reply::Record(_) => print_ok(r, json),
+                _ => Ok(true),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// `log export --format jsonl`, with an optional resumable cursor file.
+fn export(
+    home: &Home,
+    after_seq: u64,
+    follow: bool,
+    cursor: Option<std::path::PathBuf>,
+) -> Result<(), JournalError> {
+    let Some(path) = cursor else {
+        return run_request(home, Request::Export { after_seq, follow }, &mut |r| {
+            print_ok(r, true)
+        });
+    };
+    let mut cursor = Cursor::open(path, after_seq)?;
+    let after_seq = cursor.seq;
+    let mut complete = true;
+    run_request(home, Request::Export { after_seq, follow }, &mut |r| {
+        let done = match &r {
+            // Everything before this record (its checkpoint included) is out.
+            Reply::Record(rec) => Some(rec.seq.saturating_sub(1)),
+            Reply::Checkpoint(c) => Some(c.seq),
+            _ => None,
+        };
+        let last = match &r {
+            Reply::Record(rec) => Some(rec.seq),
+            _ => None,
+        };
+        if !print_ok(r, true)? {
+            // stdout is closed: this line did not go out.
+            complete = false;
+            return Ok(false);
+        }
+        if let Some(done) = done {
+            cursor.advance(done, last)?;
+        }
+        Ok(true)
+    })?;
+    cursor.finish(complete)
+}
+
+/// `log verify [--json]` on this node's journal: exit 0 only if it holds.
+fn verify(home: &Home, json: bool) -> CliResult {
+    let mut report = None;
+    run_request(home, Request::Verify, &mut |r| {
+        if let Reply::Verify(v) = r {
+            report = Some(v);
+        }
+        Ok(true)
+    })?;
+    let report = report.ok_or("the verify request returned no report")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(match &report.failure {
+        None => {
+            if !json {
+                println!(
+                    "ok: the journal verifies: records {}..={} ({} records) chain from {}; {} signed checkpoint(s), the last at seq {}; {} record(s) after it not yet covered by a signature",
+                    report.base_seq + 1,
+                    report.last_seq,
+                    report.records,
+                    if report.base_seq == 0 {
+                        "genesis".to_string()
+                    } else {
+                        format!("the prune checkpoint at seq {}", report.base_seq)
+                    },
+                    report.checkpoints,
+                    report
+                        .last_checkpoint_seq
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    report.unsigned_tail,
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Some(f) => {
+            eprintln!(
+                "gatehouse: journal verification FAILED at seq {}: {}",
+                f.seq, f.reason
+            );
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// `log prune --before T`.
+fn prune(home: &Home, before: &str) -> Result<(), Box<dyn Error>> {
+    let before_ms = time_arg(&Some(before.to_string()))?.unwrap_or(0);
+    let mut report = None;
+    run_request(home, Request::Prune { before_ms }, &mut |r| {
+        if let Reply::Prune(p) = r {
+            report = Some(p);
+        }
+        Ok(true)
+    })?;
+    let report = report.ok_or("the prune request returned no report")?;
+    if report.removed == 0 {
+        println!(
+            "nothing to prune before {}: the oldest record is newer (verification starts after seq {})",
+            fmt_time_ms(before_ms),
+            report.base_seq
+        );
+    } else {
+        println!(
+            "pruned {} record(s) older than {}; verification now starts from the signed checkpoint at seq {}",
+            report.removed,
+            fmt_time_ms(before_ms),
+            report.base_seq
+        );
+    }
+    Ok(())
 }
 
 /// `log export --cursor FILE`: the sequence number after which a shipper

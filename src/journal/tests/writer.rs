@@ -3,20 +3,10 @@
 
 use std::time::Duration;
 
+use super::support::{key_home, rt};
 use crate::config::{Durability, JournalSettings};
 use crate::event::{Decision, Event, EventKind, Recorder};
-use crate::home::Home;
 use crate::journal::*;
-
-fn home() -> (tempfile::TempDir, Home) {
-    let dir = tempfile::tempdir().unwrap();
-    let home = Home::new(dir.path());
-    std::fs::create_dir_all(home.certs_dir()).unwrap();
-    let kp = rcgen::KeyPair::generate().unwrap();
-    std::fs::write(home.journal_key(), kp.serialize_pem()).unwrap();
-    std::fs::write(home.journal_pub(), kp.public_key_pem()).unwrap();
-    (dir, home)
-}
 
 fn settings(d: Durability) -> JournalSettings {
     JournalSettings {
@@ -34,17 +24,9 @@ fn ev(i: usize) -> Event {
     e
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn announced_records_are_counted_until_handed_over() {
-    let (_d, home) = home();
+    let (_d, home) = key_home();
     let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
     rt().block_on(async {
         let a = j.expect_record();
@@ -63,7 +45,7 @@ fn announced_records_are_counted_until_handed_over() {
 
 #[test]
 fn strict_ack_resolves_only_after_the_flush_that_holds_the_record() {
-    let (_d, home) = home();
+    let (_d, home) = key_home();
     let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
     rt().block_on(async {
         for i in 0..20 {
@@ -81,7 +63,7 @@ fn strict_ack_resolves_only_after_the_flush_that_holds_the_record() {
 
 #[test]
 fn relaxed_ack_does_not_wait_for_a_flush() {
-    let (_d, home) = home();
+    let (_d, home) = key_home();
     let j = Journal::open(&home, &settings(Durability::Relaxed)).unwrap();
     let seq = rt().block_on(j.append(ev(0))).unwrap().unwrap();
     let s = j.stats();
@@ -97,7 +79,7 @@ fn relaxed_ack_does_not_wait_for_a_flush() {
 
 #[test]
 fn relaxed_mode_flushes_every_interval() {
-    let (_d, home) = home();
+    let (_d, home) = key_home();
     let mut s = settings(Durability::Relaxed);
     s.flush_interval = Duration::from_millis(20);
     let j = Journal::open(&home, &s).unwrap();
@@ -109,7 +91,7 @@ fn relaxed_mode_flushes_every_interval() {
 
 #[test]
 fn relaxed_mode_flushes_on_schedule_under_continuous_load() {
-    let (_d, home) = home();
+    let (_d, home) = key_home();
     let mut s = settings(Durability::Relaxed);
     s.flush_interval = Duration::from_millis(20);
     let j = Journal::open(&home, &s).unwrap();
@@ -127,7 +109,7 @@ fn relaxed_mode_flushes_on_schedule_under_continuous_load() {
 
 #[test]
 fn concurrent_records_share_group_commits() {
-    let (_d, home) = home();
+    let (_d, home) = key_home();
     let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
     let n = 2000;
     rt().block_on(async {
@@ -149,7 +131,7 @@ fn concurrent_records_share_group_commits() {
 
 #[test]
 fn injected_failure_fails_closed_then_recovers() {
-    let (_d, home) = home();
+    let (_d, home) = key_home();
     let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
     let rt = rt();
     rt.block_on(j.record(ev(0))).unwrap();
@@ -191,7 +173,7 @@ fn injected_failure_fails_closed_then_recovers() {
 
 #[test]
 fn a_checkpoint_is_signed_within_checkpoint_interval_of_new_records() {
-    let (_d, home) = home();
+    let (_d, home) = key_home();
     let s = JournalSettings {
         checkpoint_every: 1_000_000,
         checkpoint_interval: Duration::from_secs(1),
@@ -228,7 +210,7 @@ fn a_checkpoint_is_signed_within_checkpoint_interval_of_new_records() {
 
 #[test]
 fn seqs_are_dense_across_reopen_and_checkpoints_are_signed() {
-    let (_d, home) = home();
+    let (_d, home) = key_home();
     let rt = rt();
     for round in 0..3u64 {
         let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
@@ -262,7 +244,7 @@ fn seqs_are_dense_across_reopen_and_checkpoints_are_signed() {
 
 #[test]
 fn dropping_the_last_handle_shuts_down_cleanly() {
-    let (_d, home) = home();
+    let (_d, home) = key_home();
     {
         let j = Journal::open(&home, &settings(Durability::Relaxed)).unwrap();
         rt().block_on(j.append(ev(0))).unwrap();
@@ -274,7 +256,7 @@ fn dropping_the_last_handle_shuts_down_cleanly() {
 
 #[test]
 fn a_mismatched_public_key_is_refused_at_open() {
-    let (_d, home) = home();
+    let (_d, home) = key_home();
     let other = rcgen::KeyPair::generate().unwrap();
     std::fs::write(home.journal_pub(), other.public_key_pem()).unwrap();
     let err = Journal::open(&home, &settings(Durability::Strict))
@@ -285,7 +267,7 @@ fn a_mismatched_public_key_is_refused_at_open() {
 
 #[test]
 fn a_second_opener_is_told_the_database_is_locked() {
-    let (_d, home) = home();
+    let (_d, home) = key_home();
     let _j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
     let err = Store::open(&home.journal_db()).err().unwrap();
     assert!(matches!(err, JournalError::Locked { .. }), "{err}");
@@ -293,7 +275,7 @@ fn a_second_opener_is_told_the_database_is_locked() {
 
 #[test]
 fn verify_in_parallel_ranges_checks_the_links_between_them() {
-    let (_d, home) = home();
+    let (_d, home) = key_home();
     let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
     let rt = rt();
     rt.block_on(async {
