@@ -13,7 +13,6 @@ pub mod aggregate;
 pub mod checkpoint;
 pub mod record;
 pub mod store;
-mod syncer;
 #[doc(hidden)]
 pub mod test_support;
 mod writer;
@@ -167,29 +166,17 @@ impl Journal {
         shared.healthy.store(true, Ordering::SeqCst);
         shared.last_seq.store(last_seq, Ordering::SeqCst);
         shared.durable_seq.store(last_seq, Ordering::SeqCst);
-        shared.acked_seq.store(last_seq, Ordering::SeqCst);
-        shared.set_indexed(last_seq);
         let signer = Arc::new(signer);
-        let strict = settings.durability == Durability::Strict;
-        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
-        let syncer = match strict {
-            true => Some(
-                syncer::Syncer::spawn(store.clone(), shared.clone(), tx.clone())
-                    .map_err(|e| JournalError::Writer(format!("cannot start: {e}")))?,
-            ),
-            false => None,
-        };
         let w = Writer {
             store: store.clone(),
             shared: shared.clone(),
             signer: signer.clone(),
-            strict,
+            strict: settings.durability == Durability::Strict,
             flush_interval: settings.flush_interval,
             checkpoint_every: settings.checkpoint_every.max(1),
             checkpoint_interval: settings.checkpoint_interval,
             unsigned_since: (last_ckpt < last_seq).then(Instant::now),
-            syncer,
-            submitted_seq: last_seq,
+            acked_seq: last_seq,
             agg: aggregate::Aggregator::new(
                 settings.handshake_refusals_per_interval,
                 settings.handshake_aggregate_interval,
@@ -202,6 +189,7 @@ impl Journal {
             retry_at: None,
             backoff: std::time::Duration::from_millis(20),
         };
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("gatehouse-journal".into())
             .spawn(move || w.run(rx))

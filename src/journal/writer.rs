@@ -1,9 +1,8 @@
 //! The single writer: a dedicated std thread that assigns sequence numbers,
 //! chains hashes, writes group commits (every record that arrived together
-//! is inserted, then one flush makes them durable: in strict mode on the
-//! sync thread, `syncer.rs`, while this one goes on with the next records),
-//! signs periodic checkpoints, aggregates handshake floods, and fails closed
-//! on I/O errors, probing with backoff until the disk takes writes again.
+//! is inserted, then one flush makes them durable), signs periodic checkpoints,
+//! aggregates handshake floods, and fails closed on I/O errors, probing
+//! with backoff until the disk takes writes again.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -16,7 +15,6 @@ use super::aggregate::Aggregator;
 use super::checkpoint::{CheckpointKind, Signer};
 use super::record;
 use super::store::{Store, be, index_key};
-use super::syncer::{SyncJob, Syncer};
 use crate::event::{Event, EventKind, RecordError, now_ms};
 
 /// Most records in one group commit.
@@ -51,8 +49,6 @@ pub(super) type AckTx = oneshot::Sender<Result<Option<u64>, RecordError>>;
 pub(super) enum Msg {
     Append(Box<Event>, AckTx),
     Shutdown(std::sync::mpsc::Sender<Result<(), String>>),
-    /// From the sync thread: a flush failed (the journal is unwritable).
-    SyncFailed,
 }
 
 /// State shared between the handle and the writer thread.
@@ -73,27 +69,13 @@ pub(super) struct Shared {
     pub last_error: Mutex<Option<String>>,
     /// Told of every group commit: records, seconds, failed (for metrics).
     pub batch_observer: Mutex<Option<BatchObserver>>,
-    /// Highest sequence number acknowledged to a strict caller (flushed).
-    /// After a failed flush, records beyond it were answered 503 and are
-    /// removed at recovery, whatever of them reached the disk.
-    pub acked_seq: AtomicU64,
-    /// Recovery epoch: a sync job inserted before the last recovery is
-    /// failed, never flushed and acknowledged (its records were removed).
-    pub epoch: AtomicU64,
-    /// Held by the sync thread from a flush until its acks are published,
-    /// and by the writer's recovery: the two never interleave.
-    pub gate: Mutex<()>,
-    /// Strict: the last sequence number whose index entries are inserted
-    /// (the sync thread acknowledges no record before its entry).
-    pub indexed_seq: Mutex<u64>,
-    pub indexed_cv: std::sync::Condvar,
 }
 
 /// Receives (records in the batch, seconds the commit took, whether it failed).
 pub type BatchObserver = std::sync::Arc<dyn Fn(usize, f64, bool) + Send + Sync>;
 
 impl Shared {
-    pub(super) fn observe_batch(&self, records: usize, seconds: f64, failed: bool) {
+    fn observe_batch(&self, records: usize, seconds: f64, failed: bool) {
         let observer = self.batch_observer.lock().ok().and_then(|g| g.clone());
         if let Some(f) = observer {
             f(records, seconds, failed);
@@ -104,40 +86,6 @@ impl Shared {
         if let Ok(mut g) = self.last_error.lock() {
             *g = e;
         }
-    }
-
-    /// The last write error, or `default`.
-    pub(super) fn error_or(&self, default: &str) -> String {
-        self.last_error
-            .lock()
-            .ok()
-            .and_then(|g| g.clone())
-            .unwrap_or_else(|| default.into())
-    }
-
-    pub(super) fn set_indexed(&self, seq: u64) {
-        let mut g = self.indexed_seq.lock().unwrap_or_else(|p| p.into_inner());
-        *g = seq;
-        self.indexed_cv.notify_all();
-    }
-
-    /// Waits until the records up to `seq` are indexed, or writes fail.
-    pub(super) fn wait_indexed(&self, seq: u64) {
-        let mut g = self.indexed_seq.lock().unwrap_or_else(|p| p.into_inner());
-        while *g < seq && self.healthy.load(Ordering::SeqCst) {
-            g = match self.indexed_cv.wait_timeout(g, Duration::from_millis(10)) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
-    }
-
-    /// A write or flush failed: the journal refuses records until the
-    /// writer's recovery succeeds.
-    pub(super) fn mark_failed(&self, msg: &str) {
-        self.write_failures.fetch_add(1, Ordering::SeqCst);
-        self.set_error(Some(msg.to_string()));
-        self.healthy.store(false, Ordering::SeqCst);
     }
 }
 
@@ -157,10 +105,10 @@ pub(super) struct Writer {
     pub last_seq: u64,
     pub last_hash: [u8; 32],
     pub last_ckpt: u64,
-    /// Strict: the sync thread (None in relaxed mode).
-    pub syncer: Option<Syncer>,
-    /// Strict: the last sequence number handed to the sync thread.
-    pub submitted_seq: u64,
+    /// Highest sequence number acknowledged to a strict caller (flushed).
+    /// After a failed flush, records beyond it were answered 503 and are
+    /// removed at recovery, whatever of them reached the disk.
+    pub acked_seq: u64,
     pub dirty: bool,
     pub last_flush: Instant,
     pub retry_at: Option<Instant>,
@@ -194,7 +142,6 @@ impl Writer {
     ) {
         match m {
             Msg::Shutdown(tx) => *shutdown = Some(tx),
-            Msg::SyncFailed => {}
             Msg::Append(e, ack) => {
                 self.shared.queued.fetch_sub(1, Ordering::SeqCst);
                 if !self.healthy() {
@@ -209,14 +156,14 @@ impl Writer {
     }
 
     fn unavailable(&self) -> RecordError {
-        let why = self.shared.error_or("write failed");
+        let why = self
+            .shared
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|g| g.clone())
+            .unwrap_or_else(|| "write failed".into());
         RecordError(format!("{why}; the journal retries by itself"))
-    }
-
-    /// Strict: records handed to the sync thread are not yet acknowledged
-    /// (a flush is running or waiting).
-    fn sync_busy(&self) -> bool {
-        self.submitted_seq > self.shared.acked_seq.load(Ordering::SeqCst)
     }
 
     pub fn run(mut self, rx: Receiver<Msg>) {
@@ -247,18 +194,10 @@ impl Writer {
             // records. When the previous batch had company, or requests and
             // handshakes in progress have announced records, let those join
             // this one; a lone caller (previous batch of one, nothing
-            // announced) never waits. While the sync thread is busy with
-            // earlier records nobody waits either: this batch is inserted
-            // now, and its flush gathers whatever arrives until the running
-            // one ends.
+            // announced) never waits.
             let expected = self.shared.expected.load(Ordering::Relaxed);
             let linger = strict_linger(last_batch, expected);
-            if self.strict
-                && !linger.is_zero()
-                && !pending.is_empty()
-                && !disconnected
-                && !self.sync_busy()
-            {
+            if self.strict && !linger.is_zero() && !pending.is_empty() && !disconnected {
                 std::thread::sleep(linger);
                 while shutdown.is_none() && pending.len() < MAX_BATCH {
                     match rx.try_recv() {
@@ -269,11 +208,6 @@ impl Writer {
             }
             last_batch = pending.len();
             let now = Instant::now();
-            if !self.healthy() && self.retry_at.is_none() {
-                // The sync thread failed a flush: recover like after a
-                // failed commit.
-                self.retry_at = Some(now + self.backoff);
-            }
             if !self.healthy() && self.retry_at.is_some_and(|t| t <= now) {
                 self.try_recover();
             }
@@ -388,57 +322,43 @@ impl Writer {
         self.last_seq = seq;
         self.last_hash = hash;
         self.shared.last_seq.store(seq, Ordering::SeqCst);
+        for k in idx {
+            if let Err(e) = t.index.insert(k, &[] as &[u8]) {
+                return self.fail(pending, format!("journal index write failed: {e}"));
+            }
+        }
         for c in ckpts {
             if let Err(e) = t.checkpoints.insert(be(c.seq), c.to_stored()) {
                 return self.fail(pending, format!("journal checkpoint write failed: {e}"));
             }
             self.last_ckpt = c.seq;
         }
+        if self.strict {
+            // Strict: the injected failure strikes at the flush, after the
+            // records were inserted — the hardest case for recovery.
+            if injected {
+                return self.fail(
+                    pending,
+                    "journal flush failed: injected failure (test hook / fault drill)".into(),
+                );
+            }
+            if let Err(e) = t.db.flush() {
+                return self.fail(pending, format!("journal flush failed: {e}"));
+            }
+            self.flushed(Instant::now());
+            self.acked_seq = seq;
+        } else {
+            self.dirty = true;
+        }
         if self.last_ckpt == seq {
             self.unsigned_since = None;
         } else if self.unsigned_since.is_none() {
             self.unsigned_since = Some(started);
         }
-        let idx = if self.syncer.is_none() {
-            for k in idx {
-                if let Err(e) = t.index.insert(k, &[] as &[u8]) {
-                    return self.fail(pending, format!("journal index write failed: {e}"));
-                }
+        for ((_, ack), s) in pending.into_iter().zip(seqs) {
+            if let Some(ack) = ack {
+                let _ = ack.send(Ok(Some(s)));
             }
-            Vec::new()
-        } else {
-            idx
-        };
-        let acks = pending
-            .into_iter()
-            .zip(seqs)
-            .filter_map(|((_, ack), s)| ack.map(|a| (a, s)));
-        if let Some(syncer) = &self.syncer {
-            // Strict: acknowledged by the sync thread after its flush, and
-            // after the index entries below (so a query run after the ack
-            // finds the record): they are inserted while the flush waits
-            // for the disk. A crash that keeps the records and loses their
-            // index entries is repaired at open (`reindex_after`).
-            syncer.submit(SyncJob {
-                epoch: self.shared.epoch.load(Ordering::SeqCst),
-                upto: seq,
-                acks: acks.collect(),
-                records,
-                started,
-            });
-            self.submitted_seq = seq;
-            for k in idx {
-                if let Err(e) = t.index.insert(k, &[] as &[u8]) {
-                    return self.fail(Vec::new(), format!("journal index write failed: {e}"));
-                }
-            }
-            self.shared.set_indexed(seq);
-            return;
-        }
-        drop(t);
-        self.dirty = true;
-        for (ack, s) in acks {
-            let _ = ack.send(Ok(Some(s)));
         }
         self.shared
             .observe_batch(records, started.elapsed().as_secs_f64(), false);
@@ -447,7 +367,9 @@ impl Writer {
     fn fail(&mut self, pending: Pending, msg: String) {
         tracing::error!("{msg}; failing closed until writes succeed again");
         self.shared.observe_batch(pending.len(), 0.0, true);
-        self.shared.mark_failed(&msg);
+        self.shared.write_failures.fetch_add(1, Ordering::SeqCst);
+        self.shared.set_error(Some(msg.clone()));
+        self.shared.healthy.store(false, Ordering::SeqCst);
         self.retry_at = Some(Instant::now() + self.backoff);
         let err = RecordError(format!("{msg}; the journal retries by itself"));
         for (_, ack) in pending {
@@ -460,13 +382,9 @@ impl Writer {
     /// Probes the disk; on success re-reads the tail (a failed batch may
     /// have been partly applied) and accepts records again.
     fn try_recover(&mut self) {
-        // No flush of the sync thread runs meanwhile (see `Shared::gate`).
-        let shared = self.shared.clone();
-        let _gate = shared.gate.lock().unwrap_or_else(|p| p.into_inner());
         let result = if self.shared.inject_failure.load(Ordering::SeqCst) {
             Err("injected failure still on".to_string())
         } else {
-            let acked = self.shared.acked_seq.load(Ordering::SeqCst);
             (|| {
                 // sled's write errors are sticky: open the database anew
                 // from what is on disk.
@@ -476,11 +394,11 @@ impl Writer {
                     // 503 (their flush failed): whatever of them reached
                     // the disk goes, so none reads as an exchange that
                     // happened.
-                    let removed = self.store.truncate_after(acked)?;
+                    let removed = self.store.truncate_after(self.acked_seq)?;
                     if removed > 0 {
                         tracing::warn!(
                             removed,
-                            acked,
+                            acked = self.acked_seq,
                             "removed journal records whose flush had failed (their callers got 503)"
                         );
                     }
@@ -497,10 +415,7 @@ impl Writer {
             Ok((seq, hash)) => {
                 self.last_seq = seq;
                 self.last_hash = hash;
-                self.shared.epoch.fetch_add(1, Ordering::SeqCst);
-                self.shared.acked_seq.store(seq, Ordering::SeqCst);
-                self.shared.set_indexed(seq);
-                self.submitted_seq = seq;
+                self.acked_seq = seq;
                 self.last_ckpt = self
                     .store
                     .last_checkpoint_seq()
@@ -559,11 +474,6 @@ impl Writer {
 
     /// Final checkpoint and flush.
     fn finish(&mut self) -> Result<(), String> {
-        // Every group commit handed to the sync thread is flushed (or
-        // failed) and answered first.
-        if let Some(syncer) = &mut self.syncer {
-            syncer.finish();
-        }
         if !self.healthy() {
             self.try_recover();
             if !self.healthy() {
