@@ -24,26 +24,14 @@ ensure_tools
 build_release
 check_ports_free 19443 19080
 setup_home
+# The baseline serves a copy of the same home (same certificates, its own
+# journal), copied before either broker opens it.
+cp -a "$GH_HOME" "$WORK/home-before"
 start_peers upstream
 start_gatehouse
 AFTER_PORT=$GH_PORT
-# The baseline serves a copy of the same home (its own journal).
-cp -a "$GH_HOME" "$WORK/home-before"
-rm -f "$WORK/home-before/data/admin.sock"
-(G=$BASE GH_HOME=$WORK/home-before; WORK_OUT=$WORK/before.out
-  "$BASE" serve --home "$WORK/home-before" --listen 127.0.0.1:0 --admin 127.0.0.1:0 >"$WORK_OUT" 2>>"$WORK/before.log" &
-  echo $! >"$WORK/before.pid")
-BEFORE_PID=$(cat "$WORK/before.pid")
-BENCH_PIDS+=("$BEFORE_PID")
-line=""
-for _ in $(seq 1 300); do
-  line=$(grep -m1 '^gatehouse listening on ' "$WORK/before.out" 2>/dev/null || true)
-  [[ -n $line ]] && break
-  [[ -d /proc/$BEFORE_PID ]] || { cat "$WORK/before.log" >&2; die "the baseline exited at start"; }
-  sleep 0.1
-done
-[[ -n $line ]] || die "the baseline did not announce its listener (see $WORK/before.log)"
-BEFORE_PORT=${line##*:}
+start_gatehouse "$BASE" "$WORK/home-before" before
+BEFORE_PORT=$GH_PORT
 machine_summary | tee "$WORK/machine.txt" >&2
 
 export RESULTS=$WORK/results

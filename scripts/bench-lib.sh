@@ -139,26 +139,29 @@ start_peers() { # start_peers [upstream] [nginx] [haproxy]
 }
 
 # Starts the broker on an ephemeral port; sets GH_PID, GH_PORT, GH_ADMIN.
+# start_gatehouse [BINARY HOME NAME] (default: this build, $GH_HOME, "gatehouse";
+# NAME names its output and log files under $WORK).
 start_gatehouse() {
-  : >"$WORK/gatehouse.out"
-  "$G" serve --home "$GH_HOME" --listen 127.0.0.1:0 --admin 127.0.0.1:0 \
-    >"$WORK/gatehouse.out" 2>>"$WORK/gatehouse.log" &
+  local bin=${1:-$G} home=${2:-$GH_HOME} name=${3:-gatehouse}
+  : >"$WORK/$name.out"
+  "$bin" serve --home "$home" --listen 127.0.0.1:0 --admin 127.0.0.1:0 \
+    >"$WORK/$name.out" 2>>"$WORK/$name.log" &
   GH_PID=$!
   BENCH_PIDS+=("$GH_PID")
   local line=""
   for _ in $(seq 1 300); do
-    line=$(grep -m1 '^gatehouse listening on ' "$WORK/gatehouse.out" 2>/dev/null || true)
+    line=$(grep -m1 '^gatehouse listening on ' "$WORK/$name.out" 2>/dev/null || true)
     [[ -n $line ]] && break
-    [[ -d /proc/$GH_PID ]] || { cat "$WORK/gatehouse.log" >&2; die "gatehouse exited at start"; }
+    [[ -d /proc/$GH_PID ]] || { cat "$WORK/$name.log" >&2; die "$name exited at start"; }
     sleep 0.1
   done
-  [[ -n $line ]] || die "gatehouse did not announce its listener within 30 s (see $WORK/gatehouse.log)"
+  [[ -n $line ]] || die "$name did not announce its listener within 30 s (see $WORK/$name.log)"
   GH_PORT=${line##*:}
   for _ in $(seq 1 50); do
-    GH_ADMIN=$(grep -m1 '^gatehouse admin on ' "$WORK/gatehouse.out" | sed 's/^gatehouse admin on //') && break
+    GH_ADMIN=$(grep -m1 '^gatehouse admin on ' "$WORK/$name.out" | sed 's/^gatehouse admin on //') && break
     sleep 0.1
   done
-  log "gatehouse up (pid $GH_PID, port $GH_PORT, admin $GH_ADMIN, $(threads_of "$GH_PID") threads)"
+  log "$name up (pid $GH_PID, port $GH_PORT, admin $GH_ADMIN, $(threads_of "$GH_PID") threads)"
 }
 
 stop_gatehouse() {

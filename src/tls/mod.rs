@@ -418,6 +418,23 @@ mod tests {
         p.signed_by(&key, issuer).unwrap().der().clone()
     }
 
+    /// A partner verifier trusting `anchor` alone, for trust domain
+    /// gatehouse.local.
+    fn verifier(anchor: CertificateDer<'static>, status: Arc<Revocable>) -> PartnerVerifier {
+        let mut roots = RootCertStore::empty();
+        roots.add(anchor).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+        PartnerVerifier {
+            inner,
+            trust_domain: "gatehouse.local".into(),
+            status,
+            verified: VerifiedCerts::new(),
+        }
+    }
+
     fn reason(r: Result<ClientCertVerified, rustls::Error>) -> &'static str {
         match r {
             Ok(_) => "accepted",
@@ -435,19 +452,8 @@ mod tests {
     fn a_remembered_certificate_still_meets_validity_revocation_and_its_ca() {
         let (issuer, ca_der) = ca("gatehouse CA");
         let (rogue, _) = ca("gatehouse CA");
-        let mut roots = RootCertStore::empty();
-        roots.add(ca_der).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .unwrap();
         let status = Arc::new(Revocable::default());
-        let v = PartnerVerifier {
-            inner,
-            trust_domain: "gatehouse.local".into(),
-            status: status.clone(),
-            verified: VerifiedCerts::new(),
-        };
+        let v = verifier(ca_der, status.clone());
         let start = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
         let leaf = partner_cert(&issuer, start);
         let at =
@@ -526,18 +532,7 @@ mod tests {
             .push(rcgen::DnType::CommonName, "gatehouse root");
         let root_der = p.self_signed(&key).unwrap().der().clone();
         let root = rcgen::Issuer::new(p, key);
-        let mut roots = RootCertStore::empty();
-        roots.add(root_der).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .unwrap();
-        let v = PartnerVerifier {
-            inner,
-            trust_domain: "gatehouse.local".into(),
-            status: Arc::new(Revocable::default()),
-            verified: VerifiedCerts::new(),
-        };
+        let v = verifier(root_der, Arc::new(Revocable::default()));
         let start = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
         // The issuing CA expires 10 days in, before the leaf (30 days).
         let (issuing, issuing_der) = intermediate(&root, start, 10);
