@@ -387,18 +387,31 @@ mod tests {
         }
     }
 
-    fn ca(
+    /// A self-signed CA named `name` that may sign `depth` levels of CAs
+    /// below it.
+    fn ca_at_depth(
         name: &str,
+        depth: u8,
     ) -> (
         rcgen::Issuer<'static, rcgen::KeyPair>,
         CertificateDer<'static>,
     ) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::default();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(depth));
         p.distinguished_name.push(rcgen::DnType::CommonName, name);
         let cert = p.self_signed(&key).unwrap();
         (rcgen::Issuer::new(p, key), cert.der().clone())
+    }
+
+    /// A self-signed CA that signs partner certificates directly.
+    fn ca(
+        name: &str,
+    ) -> (
+        rcgen::Issuer<'static, rcgen::KeyPair>,
+        CertificateDer<'static>,
+    ) {
+        ca_at_depth(name, 0)
     }
 
     /// acme's client certificate, valid from `from` for 30 days.
@@ -525,13 +538,7 @@ mod tests {
     fn a_remembered_chain_with_its_issuing_ca_still_meets_every_validity() {
         // Root -> issuing CA -> leaf, as partners of the two-tier PKI
         // present it (leaf and issuing CA).
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::default();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(1));
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "gatehouse root");
-        let root_der = p.self_signed(&key).unwrap().der().clone();
-        let root = rcgen::Issuer::new(p, key);
+        let (root, root_der) = ca_at_depth("gatehouse root", 1);
         let v = verifier(root_der, Arc::new(Revocable::default()));
         let start = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
         // The issuing CA expires 10 days in, before the leaf (30 days).
