@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use super::aggregate::Aggregator;
 use super::checkpoint::{CheckpointKind, Signer};
 use super::record;
-use super::store::{Store, be, index_key};
+use super::store::{CommitRecord, Store, be};
 use crate::event::{Event, EventKind, RecordError, now_ms};
 
 /// Most records in one group commit.
@@ -274,23 +274,15 @@ impl Writer {
                 "journal write failed: injected failure (test hook / fault drill)".into(),
             );
         }
-        let mut recs: Vec<([u8; 8], Vec<u8>)> = Vec::with_capacity(pending.len());
-        let mut idx: Vec<Vec<u8>> = Vec::with_capacity(pending.len());
+        let mut made: Vec<(u64, [u8; 32], Vec<u8>)> = Vec::with_capacity(pending.len());
         let mut ckpts = Vec::new();
         let mut seq = self.last_seq;
         let mut hash = self.last_hash;
-        let mut seqs = Vec::with_capacity(pending.len());
         let now = now_ms();
         for (e, _) in &pending {
             seq += 1;
             let canonical = record::encode(seq, e);
             let h = record::chain_hash(&hash, &canonical);
-            recs.push((be(seq), record::stored_value(&hash, &h, &canonical)));
-            if let Some(p) = &e.partner
-                && let Some(k) = index_key(p, e.time_ms, seq)
-            {
-                idx.push(k);
-            }
             if seq.is_multiple_of(self.checkpoint_every) {
                 match self
                     .signer
@@ -303,30 +295,37 @@ impl Writer {
                     }
                 }
             }
+            made.push((seq, h, canonical));
             hash = h;
-            seqs.push(seq);
         }
-        // Plain inserts, not `apply_batch`: sled starts every batch by
-        // writing out its log buffer and a batch marker (two synchronous
-        // writes per group commit, through its I/O pool). The one flush
-        // below makes them all durable; recovery keeps a prefix of the log.
         let t = match self.store.t() {
             Ok(t) => t,
             Err(e) => return self.fail(pending, format!("journal write failed: {e}")),
         };
-        for (k, v) in recs {
-            if let Err(e) = t.records.insert(k, v) {
-                return self.fail(pending, format!("journal write failed: {e}"));
-            }
+        let commit: Vec<CommitRecord<'_>> = made
+            .iter()
+            .zip(&pending)
+            .map(|((seq, h, canonical), (e, _))| CommitRecord {
+                seq: *seq,
+                hash: *h,
+                canonical,
+                partner: e.partner.as_deref(),
+                time_ms: e.time_ms,
+            })
+            .collect();
+        // The whole commit goes in as one value per segment (a group commit
+        // of up to ~6 KiB of records is one sled value) and one partner
+        // index entry per partner in it.
+        let inserted = Store::insert_commit(&t, &self.last_hash, &commit);
+        drop(commit);
+        if let Err(e) = inserted {
+            return self.fail(pending, format!("journal write failed: {e}"));
         }
+        let seqs: Vec<u64> = made.iter().map(|(s, _, _)| *s).collect();
+        drop(made);
         self.last_seq = seq;
         self.last_hash = hash;
         self.shared.last_seq.store(seq, Ordering::SeqCst);
-        for k in idx {
-            if let Err(e) = t.index.insert(k, &[] as &[u8]) {
-                return self.fail(pending, format!("journal index write failed: {e}"));
-            }
-        }
         for c in ckpts {
             if let Err(e) = t.checkpoints.insert(be(c.seq), c.to_stored()) {
                 return self.fail(pending, format!("journal checkpoint write failed: {e}"));
@@ -404,10 +403,7 @@ impl Writer {
                     }
                 }
                 self.store.probe()?;
-                let (seq, hash) = self.store.last()?;
-                self.store
-                    .reindex_after(seq.saturating_sub(2 * MAX_BATCH as u64))?;
-                Ok::<_, super::JournalError>((seq, hash))
+                self.store.last()
             })()
             .map_err(|e| e.to_string())
         };
