@@ -328,7 +328,7 @@ impl Inner {
             Ok(()) => rx
                 .recv()
                 .map_err(|_| JournalError::Writer("stopped without answering".into()))
-                .and_then(|r| r.map_err(JournalError::Writer)),
+                .and_then(|r| r.map_err(|e| JournalError::Writer(e.to_string()))),
             Err(_) => Err(JournalError::Writer("already stopped".into())),
         };
         let _ = handle.join();

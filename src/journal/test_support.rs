@@ -122,7 +122,7 @@ fn segment_records(segments: &sled::Tree, seq: u64) -> (sled::IVec, Vec<(u64, Ve
 /// record that does not link to its predecessor starts a new one, so each
 /// is stored exactly as given.
 fn store_records(segments: &sled::Tree, recs: &[(u64, Vec<u8>)]) {
-    let parts: Vec<(u64, [u8; 32], [u8; 32], &[u8])> = recs
+    let parts: Vec<segment::Link<'_>> = recs
         .iter()
         .map(|(s, v)| {
             let (p, h, c) = record::split_stored(v).expect("a stored record of 73 bytes or more");

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::JournalError;
 use super::aggregate::Aggregator;
 use super::checkpoint::{CheckpointKind, Signer};
 use super::record;
@@ -42,13 +43,30 @@ fn strict_linger(last_batch: usize, expected: usize) -> Duration {
         .min(STRICT_LINGER_MAX)
 }
 
+/// Why the writer could not close the journal cleanly.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ShutdownError {
+    #[error(
+        "the journal is not writable at shutdown ({0}); records since the last flush may be lost"
+    )]
+    NotWritable(String),
+    #[error("cannot read the chain head at shutdown: {0}")]
+    Read(JournalError),
+    #[error("cannot sign the shutdown checkpoint: {0}")]
+    Sign(JournalError),
+    #[error("cannot write the shutdown checkpoint: {0}")]
+    Checkpoint(JournalError),
+    #[error("the journal flush at shutdown failed: {0}")]
+    Flush(JournalError),
+}
+
 /// The ack channel of one record: `Some(seq)` once written, `None` when
 /// the record was folded into a handshake aggregate.
 pub(super) type AckTx = oneshot::Sender<Result<Option<u64>, RecordError>>;
 
 pub(super) enum Msg {
     Append(Box<Event>, AckTx),
-    Shutdown(std::sync::mpsc::Sender<Result<(), String>>),
+    Shutdown(std::sync::mpsc::Sender<Result<(), ShutdownError>>),
 }
 
 /// State shared between the handle and the writer thread.
@@ -138,7 +156,7 @@ impl Writer {
         &mut self,
         m: Msg,
         pending: &mut Pending,
-        shutdown: &mut Option<std::sync::mpsc::Sender<Result<(), String>>>,
+        shutdown: &mut Option<std::sync::mpsc::Sender<Result<(), ShutdownError>>>,
     ) {
         match m {
             Msg::Shutdown(tx) => *shutdown = Some(tx),
@@ -382,7 +400,9 @@ impl Writer {
     /// have been partly applied) and accepts records again.
     fn try_recover(&mut self) {
         let result = if self.shared.inject_failure.load(Ordering::SeqCst) {
-            Err("injected failure still on".to_string())
+            Err(JournalError::Storage(
+                "injected failure still on (test hook / fault drill)".into(),
+            ))
         } else {
             (|| {
                 // sled's write errors are sticky: open the database anew
@@ -405,7 +425,6 @@ impl Writer {
                 self.store.probe()?;
                 self.store.last()
             })()
-            .map_err(|e| e.to_string())
         };
         match result {
             Ok((seq, hash)) => {
@@ -469,20 +488,17 @@ impl Writer {
     }
 
     /// Final checkpoint and flush.
-    fn finish(&mut self) -> Result<(), String> {
+    fn finish(&mut self) -> Result<(), ShutdownError> {
         if !self.healthy() {
             self.try_recover();
             if !self.healthy() {
-                return Err(format!(
-                    "journal is not writable at shutdown ({}); records since the last flush may be lost",
-                    self.unavailable().0
-                ));
+                return Err(ShutdownError::NotWritable(self.unavailable().0));
             }
         }
         let have = self
             .store
             .checkpoint(self.last_seq)
-            .map_err(|e| e.to_string())?;
+            .map_err(ShutdownError::Read)?;
         if self.last_seq > 0 && self.last_ckpt != self.last_seq && have.is_none() {
             let c = self
                 .signer
@@ -492,16 +508,14 @@ impl Writer {
                     now_ms(),
                     CheckpointKind::Shutdown,
                 )
-                .map_err(|e| e.to_string())?;
+                .map_err(ShutdownError::Sign)?;
             self.store
                 .put_checkpoint(&c)
-                .map_err(|e| format!("cannot write the shutdown checkpoint: {e}"))?;
+                .map_err(ShutdownError::Checkpoint)?;
             self.last_ckpt = c.seq;
             self.unsigned_since = None;
         }
-        self.store
-            .flush()
-            .map_err(|e| format!("journal flush at shutdown failed: {e}"))?;
+        self.store.flush().map_err(ShutdownError::Flush)?;
         self.flushed(Instant::now());
         Ok(())
     }

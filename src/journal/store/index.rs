@@ -69,7 +69,7 @@ impl Entry {
     /// Decodes a stored entry (`prefix_len`: the length of `len ‖ partner`).
     pub(in crate::journal) fn parse(prefix_len: usize, k: &[u8], v: &[u8]) -> Option<Entry> {
         let rest = k.get(prefix_len..)?;
-        if rest.len() != 16 || v.len() < 8 || (v.len() - 8) % 2 != 0 {
+        if rest.len() != 16 || v.len() < 8 || !(v.len() - 8).is_multiple_of(2) {
             return None;
         }
         let min_t = (u64::from_be_bytes(rest[..8].try_into().ok()?) ^ (1 << 63)) as i64;

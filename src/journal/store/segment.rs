@@ -153,13 +153,16 @@ impl SegmentBuf {
     }
 }
 
+/// A record as `pack` takes it: `(seq, prev_hash, hash, canonical)`.
+pub(in crate::journal) type Link<'a> = (u64, [u8; 32], [u8; 32], &'a [u8]);
+
 /// Packs consecutive records into segment values of at most
 /// [`SEGMENT_BYTES`] (a larger record alone); returns `(first seq, value)`.
 /// `records` are `(seq, prev_hash, hash, canonical)` in order; a record
 /// whose seq or prev_hash does not follow its predecessor starts a new
 /// segment, so what is stored is exactly what was given.
 pub(in crate::journal) fn pack<'a>(
-    records: impl IntoIterator<Item = (u64, [u8; 32], [u8; 32], &'a [u8])>,
+    records: impl IntoIterator<Item = Link<'a>>,
 ) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
     let mut cur: Option<(u64, SegmentBuf)> = None;
@@ -197,19 +200,17 @@ mod tests {
 
     #[test]
     fn a_packed_segment_reads_back_every_record_and_link() {
-        let recs: Vec<(u64, [u8; 32], [u8; 32], Vec<u8>)> = (0..5u8)
-            .map(|i| (10 + i as u64, h(i), h(i + 1), vec![i; 100 + i as usize]))
+        let bodies: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 + i as usize]).collect();
+        let recs: Vec<Link<'_>> = (0..5u8)
+            .map(|i| (10 + i as u64, h(i), h(i + 1), bodies[i as usize].as_slice()))
             .collect();
-        let packed = pack(recs.iter().map(|(s, p, h, c)| (*s, *p, *h, c.as_slice())));
+        let packed = pack(recs.iter().copied());
         assert_eq!(packed.len(), 1);
         let (first, v) = &packed[0];
         let seg = Segment::parse(*first, v).unwrap();
         assert_eq!((seg.first, seg.last_seq()), (10, 14));
         for (r, (s, p, hh, c)) in seg.records.iter().zip(&recs) {
-            assert_eq!(
-                (r.seq, r.prev, r.hash, r.canonical),
-                (*s, *p, *hh, c.as_slice())
-            );
+            assert_eq!((r.seq, r.prev, r.hash, r.canonical), (*s, *p, *hh, *c));
         }
         assert_eq!(seg.get(12).unwrap().seq, 12);
         assert!(seg.get(15).is_none() && seg.get(9).is_none());

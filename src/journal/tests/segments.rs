@@ -35,7 +35,7 @@ fn times(n: usize, seed: u64) -> Vec<i64> {
             x ^= x << 17;
             // Mostly rising, with jitter of up to ±90 s and a few far outliers.
             let jitter = (x % 180_000) as i64 - 90_000;
-            let far = if x % 97 == 0 { 3_600_000 } else { 0 };
+            let far = if x.is_multiple_of(97) { 3_600_000 } else { 0 };
             T0 + i as i64 * 1000 + jitter - far
         })
         .collect()
