@@ -52,15 +52,25 @@ impl Store {
         Ok(self.t()?.checkpoints.last()?.and_then(|(k, _)| seq_of(&k)))
     }
 
-    /// The segment holding `seq`, as (first seq, value), if any.
+    /// The segment holding `seq`, as (first seq, value), if any: the last
+    /// segment keyed at or before `seq`. Looked for first in a short
+    /// forward range (sled's forward iteration is much cheaper than its
+    /// reverse iteration; a segment rarely holds more than ~80 records),
+    /// then, if none starts there, backwards.
     pub(super) fn segment_of(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, JournalError> {
-        match self.t()?.segments.range(..=be(seq)).next_back() {
+        const WINDOW: u64 = 128;
+        let t = self.t()?;
+        let key = |k: &[u8]| seq_of(k).ok_or_else(|| corrupt(seq, "segment key is not 8 bytes"));
+        let mut found = None;
+        for kv in t.segments.range(be(seq.saturating_sub(WINDOW))..=be(seq)) {
+            found = Some(kv?);
+        }
+        if found.is_none() && seq > WINDOW {
+            found = t.segments.range(..=be(seq)).next_back().transpose()?;
+        }
+        match found {
             None => Ok(None),
-            Some(kv) => {
-                let (k, v) = kv?;
-                let first = seq_of(&k).ok_or_else(|| corrupt(seq, "segment key is not 8 bytes"))?;
-                Ok(Some((first, v)))
-            }
+            Some((k, v)) => Ok(Some((key(&k)?, v))),
         }
     }
 
