@@ -12,6 +12,7 @@
 pub mod aggregate;
 pub mod checkpoint;
 pub mod record;
+pub mod space;
 pub mod store;
 #[doc(hidden)]
 pub mod test_support;
