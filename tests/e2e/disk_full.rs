@@ -4,7 +4,8 @@
 //! chain verifies. Whatever filled the disk (the journal itself, another
 //! file), however space came back (a file deleted, the file system grown),
 //! and also after `kill -9` while full: the journal opens and verifies.
-//! The disk is a
+//! With `[journal] min_free`, the broker refuses (503, `disk_low` alert)
+//! before the disk is full and resumes when space is back. The disk is a
 //! small tmpfs mounted on the home's `data/` (root only; skipped
 //! elsewhere, failed in CI).
 
@@ -72,6 +73,11 @@ impl Caller {
     }
 }
 
+fn set_min_free(h: &TestHome, v: &str) {
+    let v = v.to_string();
+    h.edit_config(|doc| doc["journal"]["min_free"] = toml_edit::value(v));
+}
+
 /// Every answered 200 is on record, none recorded as 200 unanswered, and
 /// the chain verifies.
 fn assert_on_record(h: &TestHome, acked: &HashSet<String>) {
@@ -126,6 +132,8 @@ async fn full_disk_round(fill: Fill, back: Back) {
     let Some(disk) = SmallFs::mount(&h.path().join("data"), "6m") else {
         return;
     };
+    // No margin: the disk really fills up (the margin has its own test).
+    set_min_free(&h, "0");
     let mut broker = h.start();
     let mut caller = Caller {
         conn: None,
@@ -277,4 +285,124 @@ async fn killed_while_the_journal_filled_the_disk_it_opens_and_verifies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_while_a_filler_filled_the_disk_it_opens_and_verifies() {
     full_disk_round(Fill::Filler, Back::Kill9).await;
+}
+
+/// `[journal] min_free`: under the margin the broker refuses before the
+/// disk is full (503 `journal_unavailable`, not ready, alert `disk_low` in
+/// metrics and status) and resumes by itself when space is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_min_free_it_refuses_with_disk_low_and_resumes() {
+    let (h, up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    let Some(disk) = SmallFs::mount(&h.path().join("data"), "48m") else {
+        return;
+    };
+    set_min_free(&h, "16MiB");
+    let mut broker = h.start();
+    let mut caller = Caller {
+        conn: None,
+        ca: h.ca_pem(),
+        cert: acme,
+    };
+    let mut acked: HashSet<String> = HashSet::new();
+    for i in 0..5 {
+        let (status, id, _) = caller
+            .get(&broker, &format!("/v1/orders/before-{i}"))
+            .await
+            .expect("answer");
+        assert_eq!(status, 200);
+        acked.insert(id);
+    }
+    // Another file leaves 8 MiB free: under the margin, far from full.
+    let filler = disk.fill_until_free("filler", 8 << 20);
+    let t0 = Instant::now();
+    let mut refused = None;
+    while t0.elapsed() < Duration::from_secs(10) {
+        match caller.get(&broker, "/v1/orders/low").await {
+            Some((200, id, _)) => {
+                acked.insert(id);
+            }
+            Some((503, _, body)) => {
+                refused = Some(body);
+                break;
+            }
+            other => panic!("unexpected answer under the margin: {other:?}"),
+        }
+    }
+    let body = refused.expect("no 503 within 10 s of free space falling under min_free");
+    assert_eq!(body["error"], "journal_unavailable", "{body}");
+    assert!(
+        disk.free() > 4 << 20,
+        "the disk filled up: the margin did not hold"
+    );
+    let relayed = up.calls.load(std::sync::atomic::Ordering::SeqCst);
+    let r = caller.get(&broker, "/v1/orders/low-again").await;
+    assert!(matches!(r, Some((503, _, _))), "{r:?}");
+    assert_eq!(up.calls.load(std::sync::atomic::Ordering::SeqCst), relayed);
+    assert_eq!(admin_get(broker.admin, "/readyz").await.0, 503);
+    // The alert: metrics, status, log.
+    let mut seen = false;
+    for _ in 0..40 {
+        let (_, metrics) = admin_get(broker.admin, "/metrics").await;
+        if metrics.lines().any(|l| {
+            l.contains("alerts_open") && l.contains("kind=\"disk_low\"") && l.ends_with(" 1")
+        }) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen,
+        "no open disk_low alert in /metrics: {}",
+        admin_get(broker.admin, "/metrics").await.1
+    );
+    let status = h.ok(&["status", "--admin", &broker.admin.to_string()]);
+    assert!(
+        status.contains("disk_low"),
+        "status does not show disk_low:\n{status}"
+    );
+    assert!(broker.log().contains("disk_low"), "no disk_low in the log");
+
+    // Space back: 200 again, same process.
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        await_200(&mut caller, &broker, &mut acked, 15).await,
+        "no 200 within 15 s of space coming back: {}",
+        broker.log()
+    );
+    assert_eq!(admin_get(broker.admin, "/readyz").await.0, 200);
+    assert!(
+        broker.child.try_wait().unwrap().is_none(),
+        "broker restarted"
+    );
+    caller.conn = None;
+    broker.signal("TERM");
+    assert!(broker.wait_exit(15).is_some_and(|s| s.success()));
+    assert_on_record(&h, &acked);
+    drop(disk);
+}
+
+/// `gatehouse check` validates `[journal] min_free`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_validates_min_free() {
+    let (h, _up, _acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    for ok in ["256MiB", "2%", "0", "1GB"] {
+        set_min_free(&h, ok);
+        h.ok(&["check"]);
+    }
+    for (bad, says) in [
+        ("12 parsecs", "is not a size"),
+        ("75%", "at most 50"),
+        ("4KiB", "below 1MiB"),
+    ] {
+        set_min_free(&h, bad);
+        let out = h.run(&["check"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "check passed min_free = {bad}");
+        assert!(
+            err.contains("min_free") || err.contains(says),
+            "{bad}: {err}"
+        );
+        assert!(err.contains(says), "{bad}: {err}");
+    }
 }
