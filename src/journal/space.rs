@@ -174,6 +174,8 @@ pub(super) struct SpaceGuard {
     written_since: u64,
     /// Under the margin at the last measurement (measured again each time).
     low: bool,
+    /// The file system reports no size (some FUSE file systems): told once.
+    unmeasurable_told: bool,
     /// Free bytes and margin at the last measurement.
     pub(super) free: u64,
     pub(super) margin: u64,
@@ -187,6 +189,7 @@ impl SpaceGuard {
             last_check: None,
             written_since: 0,
             low: false,
+            unmeasurable_told: false,
             free: 0,
             margin: 0,
         }
@@ -221,10 +224,24 @@ impl SpaceGuard {
                 self.dir.display()
             )
         })?;
-        self.free = free;
-        self.margin = self.min_free.bytes(total);
         self.written_since = 0;
         self.last_check = Some(Instant::now());
+        if total == 0 {
+            // No size, no free space to speak of (FUSE file systems that
+            // do not implement statfs): the margin cannot be measured, so
+            // it is not enforced; a full disk is still survived.
+            if !self.unmeasurable_told {
+                self.unmeasurable_told = true;
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    "the file system reports no size: [journal] min_free cannot be enforced there"
+                );
+            }
+            self.low = false;
+            return Ok(());
+        }
+        self.free = free;
+        self.margin = self.min_free.bytes(total);
         self.low = free < self.margin;
         if self.low {
             return Err(format!(
