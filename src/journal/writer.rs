@@ -15,6 +15,7 @@ use super::JournalError;
 use super::aggregate::Aggregator;
 use super::checkpoint::{CheckpointKind, Signer};
 use super::record;
+use super::space::{SpaceGuard, WRITE_AMPLIFICATION};
 use super::store::{CommitRecord, Store, be};
 use crate::event::{Event, EventKind, RecordError, now_ms};
 
@@ -82,6 +83,8 @@ pub(super) struct Shared {
     /// in progress: `Recorder::expect_record`).
     pub expected: Arc<AtomicUsize>,
     pub durable_seq: AtomicU64,
+    /// Free space is under `[journal] min_free` (see `space`).
+    pub disk_low: AtomicBool,
     pub flushes: AtomicU64,
     pub write_failures: AtomicU64,
     pub last_error: Mutex<Option<String>>,
@@ -131,6 +134,7 @@ pub(super) struct Writer {
     pub last_flush: Instant,
     pub retry_at: Option<Instant>,
     pub backoff: Duration,
+    pub space: SpaceGuard,
 }
 
 type Pending = Vec<(Event, Option<AckTx>)>;
@@ -316,6 +320,20 @@ impl Writer {
             made.push((seq, h, canonical));
             hash = h;
         }
+        // Free space first: under `[journal] min_free`, fail closed before
+        // the file system is full (see `space`). Per record: its canonical
+        // bytes, its hash and length in the segment, and at most one index
+        // entry.
+        let upcoming = made
+            .iter()
+            .map(|(_, _, c)| c.len() as u64 + 36 + 40)
+            .sum::<u64>()
+            .saturating_mul(WRITE_AMPLIFICATION);
+        if let Err(msg) = self.space.admit(upcoming) {
+            self.shared.disk_low.store(true, Ordering::SeqCst);
+            return self.fail(pending, msg);
+        }
+        self.shared.disk_low.store(false, Ordering::SeqCst);
         let t = match self.store.t() {
             Ok(t) => t,
             Err(e) => return self.fail(pending, format!("journal write failed: {e}")),
@@ -403,7 +421,12 @@ impl Writer {
             Err(JournalError::Storage(
                 "injected failure still on (test hook / fault drill)".into(),
             ))
+        } else if let Err(msg) = self.space.measure() {
+            self.shared.disk_low.store(true, Ordering::SeqCst);
+            self.shared.set_error(Some(msg.clone()));
+            Err(JournalError::Storage(msg))
         } else {
+            self.shared.disk_low.store(false, Ordering::SeqCst);
             (|| {
                 // sled's write errors are sticky: open the database anew
                 // from what is on disk.
