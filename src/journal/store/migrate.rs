@@ -50,7 +50,7 @@ pub(super) fn from_records_layout(t: &Trees) -> Result<(), JournalError> {
         if slice.is_empty() {
             break;
         }
-        let mut entries = EntryBuilder::default();
+        let mut indexed = Vec::new();
         let mut parts = Vec::with_capacity(slice.len());
         let mut old_keys = sled::Batch::default();
         for (k, v) in &slice {
@@ -69,16 +69,22 @@ pub(super) fn from_records_layout(t: &Trees) -> Result<(), JournalError> {
             if let Ok((_, e)) = record::decode(canonical)
                 && let Some(p) = &e.partner
             {
-                entries.add(seq, p, e.time_ms);
+                indexed.push((seq, p.clone(), e.time_ms));
             }
             parts.push((seq, prev, hash, canonical));
+        }
+        let packed = segment::pack(parts.iter().copied());
+        let firsts: Vec<u64> = packed.iter().map(|(f, _)| *f).collect();
+        let mut entries = EntryBuilder::default();
+        for (seq, p, t) in &indexed {
+            entries.add(*seq, p, *t, segment::position(&firsts, *seq));
         }
         let mut idx = sled::Batch::default();
         for (k, v) in entries.finish() {
             idx.insert(k, v);
         }
         let mut segs = sled::Batch::default();
-        for (first, v) in segment::pack(parts.iter().copied()) {
+        for (first, v) in packed {
             segs.insert(&be(first), v);
         }
         t.index.apply_batch(idx)?;

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::index::{Entry, SPREAD_MS};
-use super::keys::{partner_prefix, time_key};
+use super::index::{AT_UNKNOWN, Entry, SPREAD_MS};
+use super::keys::{be, partner_prefix, time_key};
 use super::segment::Segment;
 use super::{JournalError, Store, corrupt};
 use crate::event::{Decision, EventKind};
@@ -59,11 +59,27 @@ struct SegmentCache {
 }
 
 impl SegmentCache {
-    fn get(&mut self, store: &Store, seq: u64) -> Result<Option<Record>, JournalError> {
+    /// Record `seq`; `at` is its position in its segment as the index
+    /// has it (one point lookup), or `AT_UNKNOWN` (a search).
+    fn get(&mut self, store: &Store, seq: u64, at: u8) -> Result<Option<Record>, JournalError> {
         let hit = self.value.as_ref().is_some_and(|v| {
             seq >= self.first && Segment::parse(self.first, v).is_ok_and(|s| seq <= s.last_seq())
         });
-        if !hit {
+        let direct = if hit || at == AT_UNKNOWN {
+            None
+        } else {
+            let first = seq.saturating_sub(u64::from(at));
+            store
+                .t()?
+                .segments
+                .get(be(first))?
+                .filter(|v| Segment::parse(first, v).is_ok_and(|s| s.get(seq).is_some()))
+                .map(|v| (first, v))
+        };
+        if let Some((first, v)) = direct {
+            self.first = first;
+            self.value = Some(v);
+        } else if !hit {
             match store.segment_of(seq)? {
                 None => return Ok(None),
                 Some((first, v)) => {
@@ -175,14 +191,15 @@ impl Store {
             if e.max_t < since || e.min_t >= until {
                 continue;
             }
-            for seq in e.seqs {
+            for (i, seq) in e.seqs.iter().copied().enumerate() {
                 // An entry may outlive its records (pruned, or a crash
                 // between the index insert and the segment's): every record
                 // is checked, and each is returned once.
                 if !seen.insert(seq) {
                     continue;
                 }
-                if let Some(r) = cache.get(self, seq)?
+                let at = e.at.get(i).copied().unwrap_or(AT_UNKNOWN);
+                if let Some(r) = cache.get(self, seq, at)?
                     && q.matches(&r)
                 {
                     ready.insert((r.event.time_ms, r.seq), r);

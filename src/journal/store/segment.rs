@@ -190,6 +190,16 @@ pub(in crate::journal) fn pack<'a>(
     out
 }
 
+/// The position of each record in the segments `pack` made (`firsts`:
+/// the segments' first seqs, ascending), for the partner index; 255 when
+/// the record is further in than that.
+pub(in crate::journal) fn position(firsts: &[u64], seq: u64) -> u8 {
+    let i = firsts.partition_point(|f| *f <= seq);
+    i.checked_sub(1)
+        .and_then(|i| u8::try_from(seq - firsts[i]).ok())
+        .unwrap_or(u8::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +256,17 @@ mod tests {
             .map(|(f, v)| Segment::parse(*f, v).unwrap().records.len())
             .sum();
         assert_eq!(total, 20);
+    }
+
+    #[test]
+    fn a_records_position_in_its_segment_is_found_from_the_segment_starts() {
+        let firsts = [1, 16, 30, 400];
+        assert_eq!(position(&firsts, 1), 0);
+        assert_eq!(position(&firsts, 15), 14);
+        assert_eq!(position(&firsts, 16), 0);
+        assert_eq!(position(&firsts, 29), 13);
+        assert_eq!(position(&firsts, 399), u8::MAX, "too far in: unknown");
+        assert_eq!(position(&firsts, 0), u8::MAX, "before every segment");
     }
 
     #[test]

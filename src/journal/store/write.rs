@@ -30,10 +30,18 @@ impl Store {
         prev: &[u8; 32],
         records: &[CommitRecord<'_>],
     ) -> Result<(), JournalError> {
+        let mut prev = *prev;
+        let links = records.iter().map(|r| {
+            let link = (r.seq, prev, r.hash, r.canonical);
+            prev = r.hash;
+            link
+        });
+        let segments = segment::pack(links);
+        let firsts: Vec<u64> = segments.iter().map(|(f, _)| *f).collect();
         let mut entries = EntryBuilder::default();
         for r in records {
             if let Some(p) = r.partner {
-                entries.add(r.seq, p, r.time_ms);
+                entries.add(r.seq, p, r.time_ms, segment::position(&firsts, r.seq));
             }
         }
         // Plain inserts, not `apply_batch`: sled starts every batch by
@@ -43,13 +51,7 @@ impl Store {
         for (k, v) in entries.finish() {
             t.index.insert(k, v)?;
         }
-        let mut prev = *prev;
-        let links = records.iter().map(|r| {
-            let link = (r.seq, prev, r.hash, r.canonical);
-            prev = r.hash;
-            link
-        });
-        for (first, v) in segment::pack(links) {
+        for (first, v) in segments {
             t.segments.insert(be(first), v)?;
         }
         Ok(())
@@ -176,7 +178,22 @@ impl Store {
             if kept.is_empty() {
                 batch.remove(k);
             } else {
-                batch.insert(k, Entry { seqs: kept, ..e }.value());
+                let at = e
+                    .seqs
+                    .iter()
+                    .zip(&e.at)
+                    .filter(|(s, _)| !gone(**s))
+                    .map(|(_, a)| *a)
+                    .collect();
+                batch.insert(
+                    k,
+                    Entry {
+                        seqs: kept,
+                        at,
+                        ..e
+                    }
+                    .value(),
+                );
             }
             n += 1;
             if n >= 10_000 {
