@@ -12,12 +12,14 @@ mod common;
 mod gateway;
 mod partner;
 mod render;
+mod upstream;
 
 pub use cluster::{ClusterSettings, OnStoreFailure};
 pub use common::*;
 pub use gateway::*;
 pub use partner::*;
 pub use render::*;
+pub use upstream::*;
 
 /// The whole validated configuration of a home.
 #[derive(Debug, Clone)]

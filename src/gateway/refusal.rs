@@ -161,7 +161,10 @@ impl From<LimitDenied> for Refusal {
 
 impl From<UpstreamError> for Refusal {
     fn from(e: UpstreamError) -> Refusal {
-        let r = Refusal::http(e.status(), e.code());
+        let mut r = Refusal::http(e.status(), e.code());
+        if let Some(secs) = e.retry_after_secs() {
+            r = r.retry_after(secs);
+        }
         if matches!(e, UpstreamError::BodyTooLarge) {
             r.closing()
         } else {

@@ -1,0 +1,116 @@
+//! Why the upstream leg of one request failed, as the partner and the
+//! record see it: a reason code and an HTTP status.
+
+use std::error::Error as StdError;
+
+/// Why the upstream leg failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// No response head within the per-try or the response timeout (504).
+    #[error("no response head in time")]
+    Timeout,
+    /// The upstream's certificate failed verification (502).
+    #[error("upstream TLS: {0}")]
+    Tls(String),
+    /// No endpoint could be reached: every one refused, reset or timed out
+    /// at connect, or none is healthy (503 + Retry-After).
+    #[error("no endpoint reachable: {detail}")]
+    Unavailable {
+        detail: String,
+        retry_after_secs: u64,
+    },
+    /// `max_in_flight` reached and the queue full, or the wait in it too
+    /// long (503 + Retry-After).
+    #[error("upstream saturated: {detail}")]
+    Saturated {
+        detail: String,
+        retry_after_secs: u64,
+    },
+    /// The request body exceeded its limit while streaming (413).
+    #[error("request body over its limit")]
+    BodyTooLarge,
+    /// Reset after the request was sent, or anything else on the leg (502).
+    #[error("upstream error: {0}")]
+    Other(String),
+}
+
+impl UpstreamError {
+    /// The reason code (journal, metrics, the partner's JSON `error`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            UpstreamError::Timeout => "upstream_timeout",
+            UpstreamError::Tls(_) => "upstream_tls",
+            UpstreamError::Unavailable { .. } => "upstream_unavailable",
+            UpstreamError::Saturated { .. } => "upstream_saturated",
+            UpstreamError::BodyTooLarge => "body_too_large",
+            UpstreamError::Other(_) => "upstream_error",
+        }
+    }
+
+    /// The HTTP status the partner gets.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            UpstreamError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::BodyTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
+            UpstreamError::Unavailable { .. } | UpstreamError::Saturated { .. } => {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Seconds for `Retry-After`, where the answer carries one.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            UpstreamError::Unavailable {
+                retry_after_secs, ..
+            }
+            | UpstreamError::Saturated {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+}
+
+/// Finds a rustls error anywhere in an error chain, looking through the
+/// `io::Error` and boxed-error wrappers the connector stack adds.
+pub(crate) fn find_rustls<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        && let Some(t) = find_rustls(inner)
+    {
+        return Some(t);
+    }
+    e.source().and_then(find_rustls)
+}
+
+/// The whole chain of an error, `a: b: c`.
+pub(crate) fn chain_text(e: &(dyn StdError + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Whether a failed send was the partner's body going over its limit.
+pub(crate) fn is_body_limit(e: &(dyn StdError + 'static)) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
