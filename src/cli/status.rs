@@ -257,6 +257,41 @@ fn render_table(doc: &Value) -> String {
     if partners.is_empty() {
         out.push_str("(no partners configured)\n");
     }
+    let upstreams = doc["upstreams"].as_array().unwrap_or(&empty);
+    if !upstreams.is_empty() {
+        out.push_str(&format!(
+            "{:<20} {:<40} {:<10} {:>9} {:>9} {:>9} {:>9}\n",
+            "UPSTREAM", "ENDPOINT", "STATE", "INFLIGHT", "OK", "FAILED", "EJECTED"
+        ));
+    }
+    for u in upstreams {
+        let eps = u["endpoints"].as_array().unwrap_or(&empty);
+        if eps.is_empty() {
+            out.push_str(&format!(
+                "{:<20} (no endpoint: every request gets 503)\n",
+                cell(&u["name"])
+            ));
+        }
+        for e in eps {
+            out.push_str(&format!(
+                "{:<20} {:<40} {:<10} {:>9} {:>9} {:>9} {:>9}\n",
+                cell(&u["name"]),
+                cell(&e["address"]),
+                cell(&e["state"]),
+                cell(&e["in_flight"]),
+                cell(&e["success"]),
+                cell(&e["failure"]),
+                cell(&e["ejections"]),
+            ));
+        }
+        let queued = u["queue_depth"].as_u64().unwrap_or(0);
+        if queued > 0 {
+            out.push_str(&format!(
+                "{:<20} {queued} waiting for a place\n",
+                cell(&u["name"])
+            ));
+        }
+    }
     let alerts = doc["alerts"].as_array().unwrap_or(&empty);
     if alerts.is_empty() {
         out.push_str("open alerts: none\n");

@@ -70,6 +70,7 @@ async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<By
             refresh_cert_expiry(&view).await;
             let monitor = view.events.monitor();
             monitor.set_journal_writable(view.events.writable());
+            monitor.pools.observe(&view.live.snapshot().upstreams);
             // OpenMetrics for scrapers that ask for it (Prometheus does),
             // else the classic text format (curl, promtool).
             let accept = req.headers().get(http::header::ACCEPT);
@@ -164,7 +165,7 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         }
         limits.insert(p.id.clone(), v);
     }
-    let body = crate::guard::monitor::status_json(
+    let mut body = crate::guard::monitor::status_json(
         view.events.monitor(),
         &partners,
         &inventory,
@@ -172,6 +173,23 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         time::OffsetDateTime::now_utc(),
         snapshot.gateway.monitor.expiry_warning_days,
     );
+    if let Some(obj) = body.as_object_mut() {
+        let mut names: Vec<&String> = snapshot.upstreams.keys().collect();
+        names.sort();
+        let upstreams: Vec<serde_json::Value> = names
+            .into_iter()
+            .map(|name| {
+                let pool = &snapshot.upstreams[name];
+                serde_json::json!({
+                    "name": name,
+                    "in_flight": pool.in_flight(),
+                    "queue_depth": pool.queue_depth(),
+                    "endpoints": pool.view(),
+                })
+            })
+            .collect();
+        obj.insert("upstreams".into(), upstreams.into());
+    }
     let mut r = text(StatusCode::OK, body.to_string());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

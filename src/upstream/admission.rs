@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -55,6 +54,7 @@ impl Admission {
     }
 
     /// Requests holding a permit now (0 without a cap).
+    #[cfg(test)]
     pub fn in_flight(&self) -> u32 {
         match &self.permits {
             Some(s) => self.max_in_flight - s.available_permits() as u32,
@@ -101,6 +101,8 @@ impl Admission {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]

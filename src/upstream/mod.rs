@@ -14,6 +14,7 @@ mod body;
 mod endpoint;
 mod error;
 mod leg;
+pub mod metrics;
 mod outlier;
 pub mod retry;
 mod upkeep;

@@ -1,0 +1,299 @@
+//! Upstream pools with real backend processes: an endpoint killed under
+//! keep-alive load, the retry rules for POST (never twice without
+//! `Idempotency-Key`), a hanging endpoint, `max_in_flight` with its queue,
+//! every endpoint down, and a reload that removes an endpoint while a
+//! request is in flight on it.
+
+use std::time::{Duration, Instant};
+
+use http::Method;
+
+use crate::common::client::{Conn, admin_get, get_once};
+use crate::common::home::TestHome;
+use crate::common::pool_backend::PoolBackend;
+
+/// `[upstreams.<name>]` as a pool of `endpoints` with extra `keys` (TOML).
+fn add_pool(h: &TestHome, name: &str, endpoints: &[String], keys: &str) {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    let table = format!(
+        "[upstreams.{name}]\nendpoints = [{}]\nresponse_timeout = \"5s\"\nconnect_timeout = \"1s\"\nsigned_identity = false\n{keys}\n",
+        list.join(", ")
+    );
+    let path = h.path().join("gatehouse.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push('\n');
+    text.push_str(&table);
+    std::fs::write(&path, text).unwrap();
+}
+
+/// The JSON `status` of the broker's admin listener.
+async fn status(admin: std::net::SocketAddr) -> serde_json::Value {
+    let (code, body) = admin_get(admin, "/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The state of `endpoint` of `upstream` in `status`.
+async fn endpoint_state(admin: std::net::SocketAddr, upstream: &str, endpoint: &str) -> String {
+    let s = status(admin).await;
+    s["upstreams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|u| u["name"] == upstream)
+        .flat_map(|u| u["endpoints"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["address"] == endpoint)
+        .and_then(|e| e["state"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "absent".to_string())
+}
+
+async fn wait_state(admin: std::net::SocketAddr, upstream: &str, endpoint: &str, want: &str) -> bool {
+    for _ in 0..100 {
+        if endpoint_state(admin, upstream, endpoint).await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn one_of_three_killed_under_keep_alive_load_is_ejected_retried_and_back_by_health_checks() {
+    let h = TestHome::new();
+    let dir = h.path().join("backends");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut b: Vec<PoolBackend> = (0..3)
+        .map(|i| PoolBackend::start(&dir, &format!("b{i}"), "ok"))
+        .collect();
+    add_pool(
+        &h,
+        "orders",
+        &b.iter().map(|x| x.url()).collect::<Vec<_>>(),
+        "retries = 2\nhealth = { path = \"/healthz\", interval = \"200ms\", timeout = \"200ms\", healthy = 2, unhealthy = 2 }\noutlier = { consecutive_failures = 2, base_ejection = \"30s\", max_ejected_percent = 50 }",
+    );
+    h.add_partner("acme", &["GET /v1 -> orders"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(Conn::open(broker.addr, &h.ca_pem(), &acme, false).await.unwrap());
+    }
+    let mut errors = 0;
+    let mut served = 0;
+    for round in 0..120 {
+        if round == 30 {
+            b[1].kill();
+        }
+        for c in clients.iter_mut() {
+            let r = c.get("/v1/x").await.unwrap();
+            if r.status == 200 {
+                served += 1;
+            } else {
+                errors += 1;
+            }
+        }
+    }
+    assert_eq!(errors, 0, "every request answered 200 ({served} served)\n{}", broker.log());
+    let killed = b[1].addr.to_string();
+    let state = endpoint_state(broker.admin, "orders", &killed).await;
+    assert!(state == "ejected" || state == "unhealthy", "{state}");
+    // The retries are on record: some exchange took two attempts.
+    let journal = h.journal();
+    let retried = journal.iter().filter(|r| r["attempts"].as_u64() == Some(2)).count();
+    assert!(retried >= 1, "some request was retried after the kill");
+    assert!(b[0].requests().len() > 40 && b[2].requests().len() > 40);
+    let before = b[1].requests().len();
+    b[1].restart(&dir);
+    assert!(wait_state(broker.admin, "orders", &killed, "up").await, "back after health checks");
+    for _ in 0..30 {
+        assert_eq!(clients[0].get("/v1/x").await.unwrap().status, 200);
+    }
+    assert!(b[1].requests().len() > before, "traffic goes to it again");
+    let (_, metrics) = admin_get(broker.admin, "/metrics").await;
+    assert!(metrics.contains("gatehouse_upstream_retries_total{upstream=\"orders\",reason=\"not_sent\"}")
+        || metrics.contains("gatehouse_upstream_retries_total{upstream=\"orders\",reason=\"reset\"}"), "{metrics}");
+    assert!(metrics.contains(&format!("gatehouse_upstream_endpoint_healthy{{upstream=\"orders\",endpoint=\"{killed}\"}} 1")), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_post_is_never_sent_twice_without_an_idempotency_key() {
+    let h = TestHome::new();
+    let dir = h.path().join("backends");
+    std::fs::create_dir_all(&dir).unwrap();
+    let resets = PoolBackend::start(&dir, "resets", "reset");
+    let ok = PoolBackend::start(&dir, "ok", "ok");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let keys = "balance = \"round_robin\"\nretries = 2\noutlier = { consecutive_failures = 100 }";
+    add_pool(&h, "pay-plain", &[resets.url(), ok.url()], keys);
+    add_pool(&h, "pay-keyed", &[resets.url(), ok.url()], keys);
+    add_pool(&h, "pay-refused", &[format!("http://{closed}"), ok.url()], keys);
+    h.add_partner(
+        "acme",
+        &["POST /plain -> pay-plain", "POST /keyed -> pay-keyed", "POST /refused -> pay-refused"],
+    );
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    let body = br#"{"amount":"10.00"}"#;
+
+    let r = c.send(Method::POST, "/plain/pay", &[], body).await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(resets.requests().len(), 1, "reached the upstreams once");
+    assert_eq!(ok.requests().len(), 0, "and never a second endpoint");
+
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    let r = c
+        .send(Method::POST, "/keyed/pay", &[("idempotency-key", "k-1")], body)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, "ok");
+    assert_eq!(resets.requests().len(), 2);
+    assert_eq!(ok.requests(), vec![format!("POST /keyed/pay {}", body.len())]);
+
+    let r = c.send(Method::POST, "/refused/pay", &[], body).await.unwrap();
+    assert_eq!(r.status, 200, "refused at connect: retried on the other endpoint");
+    assert_eq!(ok.requests().len(), 2);
+    let rec = h
+        .wait_journal(5, |r| r["path"] == "/refused/pay")
+        .await
+        .expect("on record");
+    assert_eq!(rec["attempts"], 2);
+    assert_eq!(rec["upstream_endpoint"], ok.addr.to_string());
+    assert_eq!(rec["v"], 2);
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_times_out_per_try_is_retried_elsewhere_and_ejected() {
+    let h = TestHome::new();
+    let dir = h.path().join("backends");
+    std::fs::create_dir_all(&dir).unwrap();
+    let hang = PoolBackend::start(&dir, "hang", "hang");
+    let ok = PoolBackend::start(&dir, "ok", "ok");
+    add_pool(
+        &h,
+        "orders",
+        &[hang.url(), ok.url()],
+        "balance = \"round_robin\"\nretries = 1\nper_try_timeout = \"500ms\"\noutlier = { consecutive_failures = 1, base_ejection = \"30s\", max_ejected_percent = 50 }",
+    );
+    h.add_partner("acme", &["GET /v1 -> orders"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/a").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(hang.requests().len(), 1);
+    assert_eq!(ok.requests().len(), 1);
+    assert_eq!(endpoint_state(broker.admin, "orders", &hang.addr.to_string()).await, "ejected");
+    for _ in 0..4 {
+        let t = Instant::now();
+        let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/b").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert!(t.elapsed() < Duration::from_millis(450), "no wait on the ejected endpoint");
+    }
+    assert_eq!(hang.requests().len(), 1, "ejected: no new request");
+}
+
+#[tokio::test]
+async fn max_in_flight_caps_what_the_backend_sees_queues_the_rest_and_refuses_overflow() {
+    let h = TestHome::new();
+    let dir = h.path().join("backends");
+    std::fs::create_dir_all(&dir).unwrap();
+    let slow = PoolBackend::start(&dir, "slow", "sleep:1000");
+    add_pool(
+        &h,
+        "legacy",
+        &[slow.url()],
+        "max_in_flight = 5\nqueue = { size = 5, timeout = \"4s\" }",
+    );
+    h.add_partner("acme", &["GET /v1 -> legacy"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let mut tasks = Vec::new();
+    for i in 0..14 {
+        let (addr, ca, cert) = (broker.addr, h.ca_pem(), acme.clone());
+        tasks.push(tokio::spawn(async move {
+            // Stagger a little so that the first ten are in before the overflow.
+            tokio::time::sleep(Duration::from_millis(if i < 10 { 0 } else { 600 })).await;
+            get_once(addr, &ca, &cert, "/v1/x").await
+        }));
+    }
+    let mut ok = 0;
+    let mut saturated = 0;
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        match r.status.as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(r.json()["error"], "upstream_saturated");
+                assert!(r.headers.contains_key("retry-after"));
+                saturated += 1;
+            }
+            s => panic!("unexpected {s}: {}", r.body),
+        }
+    }
+    assert_eq!(slow.max_concurrent(), 5, "the backend never saw more than 5 at once");
+    assert_eq!(ok, 10, "five at once, five from the queue");
+    assert_eq!(saturated, 4, "the queue holds five: the rest is refused");
+}
+
+#[tokio::test]
+async fn every_endpoint_down_is_a_fast_503_with_retry_after() {
+    let h = TestHome::new();
+    let closed: Vec<String> = (0..2)
+        .map(|_| {
+            let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            format!("http://{a}")
+        })
+        .collect();
+    add_pool(&h, "orders", &closed, "retries = 2\nconnect_timeout = \"2s\"");
+    h.add_partner("acme", &["GET /v1 -> orders"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let t = Instant::now();
+    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/x").await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "within connect_timeout, not a hang");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "upstream_unavailable");
+    assert!(r.headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn a_reload_that_removes_an_endpoint_lets_its_request_finish_and_sends_no_new_one() {
+    let h = TestHome::new();
+    let dir = h.path().join("backends");
+    std::fs::create_dir_all(&dir).unwrap();
+    let slow = PoolBackend::start(&dir, "slow", "sleep:2000");
+    let ok = PoolBackend::start(&dir, "ok", "ok");
+    add_pool(&h, "orders", &[slow.url(), ok.url()], "balance = \"round_robin\"");
+    h.add_partner("acme", &["GET /v1 -> orders"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let inflight = {
+        let (addr, ca, cert) = (broker.addr, h.ca_pem(), acme.clone());
+        tokio::spawn(async move { get_once(addr, &ca, &cert, "/v1/slow").await })
+    };
+    for _ in 0..50 {
+        if !slow.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(slow.requests().len(), 1, "the slow request is on the slow endpoint");
+    let ok_url = ok.url();
+    h.edit_config(|d| {
+        let mut a = toml_edit::Array::new();
+        a.push(ok_url.as_str());
+        d["upstreams"]["orders"]["endpoints"] = toml_edit::value(a);
+    });
+    broker.signal("HUP");
+    assert!(broker.wait_log("configuration reloaded", 5).await, "{}", broker.log());
+    for _ in 0..6 {
+        let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/new").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "ok");
+    }
+    let r = inflight.await.unwrap().unwrap();
+    assert_eq!(r.status, 200, "the in-flight request completed");
+    assert_eq!(r.body, "slow");
+    assert_eq!(slow.requests().len(), 1, "no new request went to the removed endpoint");
+}
