@@ -47,7 +47,12 @@ async fn endpoint_state(admin: std::net::SocketAddr, upstream: &str, endpoint: &
         .unwrap_or_else(|| "absent".to_string())
 }
 
-async fn wait_state(admin: std::net::SocketAddr, upstream: &str, endpoint: &str, want: &str) -> bool {
+async fn wait_state(
+    admin: std::net::SocketAddr,
+    upstream: &str,
+    endpoint: &str,
+    want: &str,
+) -> bool {
     for _ in 0..100 {
         if endpoint_state(admin, upstream, endpoint).await == want {
             return true;
@@ -76,7 +81,11 @@ async fn one_of_three_killed_under_keep_alive_load_is_ejected_retried_and_back_b
     let broker = h.start();
     let mut clients = Vec::new();
     for _ in 0..3 {
-        clients.push(Conn::open(broker.addr, &h.ca_pem(), &acme, false).await.unwrap());
+        clients.push(
+            Conn::open(broker.addr, &h.ca_pem(), &acme, false)
+                .await
+                .unwrap(),
+        );
     }
     let mut errors = 0;
     let mut served = 0;
@@ -93,26 +102,47 @@ async fn one_of_three_killed_under_keep_alive_load_is_ejected_retried_and_back_b
             }
         }
     }
-    assert_eq!(errors, 0, "every request answered 200 ({served} served)\n{}", broker.log());
+    assert_eq!(
+        errors,
+        0,
+        "every request answered 200 ({served} served)\n{}",
+        broker.log()
+    );
     let killed = b[1].addr.to_string();
     let state = endpoint_state(broker.admin, "orders", &killed).await;
     assert!(state == "ejected" || state == "unhealthy", "{state}");
     // The retries are on record: some exchange took two attempts.
     let journal = h.journal();
-    let retried = journal.iter().filter(|r| r["attempts"].as_u64() == Some(2)).count();
+    let retried = journal
+        .iter()
+        .filter(|r| r["attempts"].as_u64() == Some(2))
+        .count();
     assert!(retried >= 1, "some request was retried after the kill");
     assert!(b[0].requests().len() > 40 && b[2].requests().len() > 40);
     let before = b[1].requests().len();
     b[1].restart(&dir);
-    assert!(wait_state(broker.admin, "orders", &killed, "up").await, "back after health checks");
+    assert!(
+        wait_state(broker.admin, "orders", &killed, "up").await,
+        "back after health checks"
+    );
     for _ in 0..30 {
         assert_eq!(clients[0].get("/v1/x").await.unwrap().status, 200);
     }
     assert!(b[1].requests().len() > before, "traffic goes to it again");
     let (_, metrics) = admin_get(broker.admin, "/metrics").await;
-    assert!(metrics.contains("gatehouse_upstream_retries_total{upstream=\"orders\",reason=\"not_sent\"}")
-        || metrics.contains("gatehouse_upstream_retries_total{upstream=\"orders\",reason=\"reset\"}"), "{metrics}");
-    assert!(metrics.contains(&format!("gatehouse_upstream_endpoint_healthy{{upstream=\"orders\",endpoint=\"{killed}\"}} 1")), "{metrics}");
+    assert!(
+        metrics
+            .contains("gatehouse_upstream_retries_total{upstream=\"orders\",reason=\"not_sent\"}")
+            || metrics
+                .contains("gatehouse_upstream_retries_total{upstream=\"orders\",reason=\"reset\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "gatehouse_upstream_endpoint_healthy{{upstream=\"orders\",endpoint=\"{killed}\"}} 1"
+        )),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -122,18 +152,32 @@ async fn a_post_is_never_sent_twice_without_an_idempotency_key() {
     std::fs::create_dir_all(&dir).unwrap();
     let resets = PoolBackend::start(&dir, "resets", "reset");
     let ok = PoolBackend::start(&dir, "ok", "ok");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let keys = "balance = \"round_robin\"\nretries = 2\noutlier = { consecutive_failures = 100 }";
     add_pool(&h, "pay-plain", &[resets.url(), ok.url()], keys);
     add_pool(&h, "pay-keyed", &[resets.url(), ok.url()], keys);
-    add_pool(&h, "pay-refused", &[format!("http://{closed}"), ok.url()], keys);
+    add_pool(
+        &h,
+        "pay-refused",
+        &[format!("http://{closed}"), ok.url()],
+        keys,
+    );
     h.add_partner(
         "acme",
-        &["POST /plain -> pay-plain", "POST /keyed -> pay-keyed", "POST /refused -> pay-refused"],
+        &[
+            "POST /plain -> pay-plain",
+            "POST /keyed -> pay-keyed",
+            "POST /refused -> pay-refused",
+        ],
     );
     let acme = h.issue("acme");
     let broker = h.start();
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false)
+        .await
+        .unwrap();
     let body = br#"{"amount":"10.00"}"#;
 
     let r = c.send(Method::POST, "/plain/pay", &[], body).await.unwrap();
@@ -141,18 +185,34 @@ async fn a_post_is_never_sent_twice_without_an_idempotency_key() {
     assert_eq!(resets.requests().len(), 1, "reached the upstreams once");
     assert_eq!(ok.requests().len(), 0, "and never a second endpoint");
 
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &acme, false)
+        .await
+        .unwrap();
     let r = c
-        .send(Method::POST, "/keyed/pay", &[("idempotency-key", "k-1")], body)
+        .send(
+            Method::POST,
+            "/keyed/pay",
+            &[("idempotency-key", "k-1")],
+            body,
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body, "ok");
     assert_eq!(resets.requests().len(), 2);
-    assert_eq!(ok.requests(), vec![format!("POST /keyed/pay {}", body.len())]);
+    assert_eq!(
+        ok.requests(),
+        vec![format!("POST /keyed/pay {}", body.len())]
+    );
 
-    let r = c.send(Method::POST, "/refused/pay", &[], body).await.unwrap();
-    assert_eq!(r.status, 200, "refused at connect: retried on the other endpoint");
+    let r = c
+        .send(Method::POST, "/refused/pay", &[], body)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status, 200,
+        "refused at connect: retried on the other endpoint"
+    );
     assert_eq!(ok.requests().len(), 2);
     let rec = h
         .wait_journal(5, |r| r["path"] == "/refused/pay")
@@ -179,16 +239,26 @@ async fn a_hanging_endpoint_times_out_per_try_is_retried_elsewhere_and_ejected()
     h.add_partner("acme", &["GET /v1 -> orders"]);
     let acme = h.issue("acme");
     let broker = h.start();
-    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/a").await.unwrap();
+    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/a")
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(hang.requests().len(), 1);
     assert_eq!(ok.requests().len(), 1);
-    assert_eq!(endpoint_state(broker.admin, "orders", &hang.addr.to_string()).await, "ejected");
+    assert_eq!(
+        endpoint_state(broker.admin, "orders", &hang.addr.to_string()).await,
+        "ejected"
+    );
     for _ in 0..4 {
         let t = Instant::now();
-        let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/b").await.unwrap();
+        let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/b")
+            .await
+            .unwrap();
         assert_eq!(r.status, 200);
-        assert!(t.elapsed() < Duration::from_millis(450), "no wait on the ejected endpoint");
+        assert!(
+            t.elapsed() < Duration::from_millis(450),
+            "no wait on the ejected endpoint"
+        );
     }
     assert_eq!(hang.requests().len(), 1, "ejected: no new request");
 }
@@ -231,7 +301,11 @@ async fn max_in_flight_caps_what_the_backend_sees_queues_the_rest_and_refuses_ov
             s => panic!("unexpected {s}: {}", r.body),
         }
     }
-    assert_eq!(slow.max_concurrent(), 5, "the backend never saw more than 5 at once");
+    assert_eq!(
+        slow.max_concurrent(),
+        5,
+        "the backend never saw more than 5 at once"
+    );
     assert_eq!(ok, 10, "five at once, five from the queue");
     assert_eq!(saturated, 4, "the queue holds five: the rest is refused");
 }
@@ -241,7 +315,10 @@ async fn every_endpoint_down_is_a_fast_503_with_retry_after() {
     let h = TestHome::new();
     let closed: Vec<String> = (0..2)
         .map(|_| {
-            let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            let a = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
             format!("http://{a}")
         })
         .collect();
@@ -250,8 +327,13 @@ async fn every_endpoint_down_is_a_fast_503_with_retry_after() {
     let acme = h.issue("acme");
     let broker = h.start();
     let t = Instant::now();
-    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/x").await.unwrap();
-    assert!(t.elapsed() < Duration::from_secs(1), "within connect_timeout (1s), not a hang");
+    let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/x")
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "within connect_timeout (1s), not a hang"
+    );
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"], "upstream_unavailable");
     assert!(r.headers.contains_key("retry-after"));
@@ -264,7 +346,12 @@ async fn a_reload_that_removes_an_endpoint_lets_its_request_finish_and_sends_no_
     std::fs::create_dir_all(&dir).unwrap();
     let slow = PoolBackend::start(&dir, "slow", "sleep:2000");
     let ok = PoolBackend::start(&dir, "ok", "ok");
-    add_pool(&h, "orders", &[slow.url(), ok.url()], "balance = \"round_robin\"");
+    add_pool(
+        &h,
+        "orders",
+        &[slow.url(), ok.url()],
+        "balance = \"round_robin\"",
+    );
     h.add_partner("acme", &["GET /v1 -> orders"]);
     let acme = h.issue("acme");
     let broker = h.start();
@@ -278,7 +365,11 @@ async fn a_reload_that_removes_an_endpoint_lets_its_request_finish_and_sends_no_
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(slow.requests().len(), 1, "the slow request is on the slow endpoint");
+    assert_eq!(
+        slow.requests().len(),
+        1,
+        "the slow request is on the slow endpoint"
+    );
     let ok_url = ok.url();
     h.edit_config(|d| {
         let mut a = toml_edit::Array::new();
@@ -286,14 +377,133 @@ async fn a_reload_that_removes_an_endpoint_lets_its_request_finish_and_sends_no_
         d["upstreams"]["orders"]["endpoints"] = toml_edit::value(a);
     });
     broker.signal("HUP");
-    assert!(broker.wait_log("configuration reloaded", 5).await, "{}", broker.log());
+    assert!(
+        broker.wait_log("configuration reloaded", 5).await,
+        "{}",
+        broker.log()
+    );
     for _ in 0..6 {
-        let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/new").await.unwrap();
+        let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/new")
+            .await
+            .unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.body, "ok");
     }
     let r = inflight.await.unwrap().unwrap();
     assert_eq!(r.status, 200, "the in-flight request completed");
     assert_eq!(r.body, "slow");
-    assert_eq!(slow.requests().len(), 1, "no new request went to the removed endpoint");
+    assert_eq!(
+        slow.requests().len(),
+        1,
+        "no new request went to the removed endpoint"
+    );
+}
+
+/// Names appended to `/etc/hosts` for one test; the file is cut back to
+/// its length before them when dropped (a single truncate, so a reader sees
+/// the file with or without them, never half of it).
+struct HostsEntries {
+    original_len: u64,
+}
+
+impl HostsEntries {
+    /// Appends `lines`; `None` when `/etc/hosts` cannot be written here.
+    fn add(lines: &[String]) -> Option<HostsEntries> {
+        use std::io::Write;
+        let original_len = std::fs::metadata("/etc/hosts").ok()?.len();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/etc/hosts")
+            .ok()?;
+        let mut text = String::new();
+        // The file may not end with a newline.
+        text.push('\n');
+        for l in lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        f.write_all(text.as_bytes()).ok()?;
+        Some(HostsEntries { original_len })
+    }
+
+    /// Keeps only the first `n` of the appended lines.
+    fn keep_first(&self, lines: &[String], n: usize) {
+        let kept: usize = 1 + lines[..n].iter().map(|l| l.len() + 1).sum::<usize>();
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/etc/hosts") {
+            let _ = f.set_len(self.original_len + kept as u64);
+        }
+    }
+}
+
+impl Drop for HostsEntries {
+    fn drop(&mut self) {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/etc/hosts") {
+            let _ = f.set_len(self.original_len);
+        }
+    }
+}
+
+/// A host name that resolves to two addresses (two `/etc/hosts` lines for
+/// one name, 127.0.0.1 and 127.0.0.2) is two endpoints, both served; when
+/// one address goes away, a DNS refresh drains it.
+#[tokio::test]
+async fn a_host_name_with_two_addresses_is_two_endpoints_and_a_vanished_address_drains() {
+    let h = TestHome::new();
+    let dir = h.path().join("backends");
+    std::fs::create_dir_all(&dir).unwrap();
+    let one = PoolBackend::start_at(&dir, "one", "ok", [127, 0, 0, 1], 0);
+    let port = one.addr.port();
+    let Ok(two) =
+        std::panic::catch_unwind(|| PoolBackend::start_at(&dir, "two", "ok", [127, 0, 0, 2], port))
+    else {
+        eprintln!("skipped: 127.0.0.2 cannot be bound here");
+        return;
+    };
+    let name = format!("gh-pool-{}.test", crate::common::process::rand_suffix());
+    let lines = vec![format!("127.0.0.1 {name}"), format!("127.0.0.2 {name}")];
+    let Some(hosts) = HostsEntries::add(&lines) else {
+        eprintln!("skipped: /etc/hosts is not writable here");
+        return;
+    };
+    add_pool(
+        &h,
+        "orders",
+        &[format!("http://{name}:{port}")],
+        "balance = \"round_robin\"\ndns_refresh = \"1s\"",
+    );
+    h.add_partner("acme", &["GET /v1 -> orders"]);
+    let acme = h.issue("acme");
+    let broker = h.start();
+    let s = status(broker.admin).await;
+    let eps = s["upstreams"][0]["endpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(eps.len(), 2, "{s}");
+    for _ in 0..6 {
+        let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/x")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(one.requests().len(), 3);
+    assert_eq!(two.requests().len(), 3);
+    hosts.keep_first(&lines, 1);
+    let gone = two.addr.to_string();
+    assert!(
+        wait_state(broker.admin, "orders", &gone, "absent").await,
+        "drained after a refresh"
+    );
+    for _ in 0..4 {
+        let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/y")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        two.requests().len(),
+        3,
+        "no new request to the vanished address"
+    );
+    drop(hosts);
 }

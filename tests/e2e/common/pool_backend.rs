@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 const SERVER: &str = r#"
 import socket, struct, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-mode, name, log, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+mode, name, log, port, host = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 lock = threading.Lock()
 state = {"now": 0, "max": 0}
 def note(line):
@@ -53,7 +53,7 @@ class S(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
-s = S(("127.0.0.1", port), H)
+s = S((host, port), H)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
@@ -75,11 +75,17 @@ impl PoolBackend {
 
     /// Starts it on `port` (0: any).
     pub fn start_on(dir: &Path, name: &str, mode: &str, port: u16) -> PoolBackend {
+        Self::start_at(dir, name, mode, [127, 0, 0, 1], port)
+    }
+
+    /// Starts it on `ip:port` (port 0: any).
+    pub fn start_at(dir: &Path, name: &str, mode: &str, ip: [u8; 4], port: u16) -> PoolBackend {
         let log = dir.join(format!("{name}.log"));
         let mut child = Command::new("python3")
             .args(["-c", SERVER, mode, name])
             .arg(&log)
             .arg(port.to_string())
+            .arg(std::net::Ipv4Addr::from(ip).to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -91,7 +97,7 @@ impl PoolBackend {
             .expect("backend prints its port");
         let port: u16 = line.trim().parse().expect("a port number");
         PoolBackend {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::from((ip, port)),
             name: name.to_string(),
             mode: mode.to_string(),
             log,
@@ -133,7 +139,11 @@ impl PoolBackend {
     /// Starts it again on the same port, same mode, same log.
     pub fn restart(&mut self, dir: &Path) {
         self.kill();
-        let again = PoolBackend::start_on(dir, &self.name, &self.mode, self.addr.port());
+        let ip = match self.addr.ip() {
+            std::net::IpAddr::V4(v4) => v4.octets(),
+            std::net::IpAddr::V6(_) => [127, 0, 0, 1],
+        };
+        let again = PoolBackend::start_at(dir, &self.name, &self.mode, ip, self.addr.port());
         self.child = Some(again.into_child());
     }
 
