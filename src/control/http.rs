@@ -174,21 +174,10 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         snapshot.gateway.monitor.expiry_warning_days,
     );
     if let Some(obj) = body.as_object_mut() {
-        let mut names: Vec<&String> = snapshot.upstreams.keys().collect();
-        names.sort();
-        let upstreams: Vec<serde_json::Value> = names
-            .into_iter()
-            .map(|name| {
-                let pool = &snapshot.upstreams[name];
-                serde_json::json!({
-                    "name": name,
-                    "in_flight": pool.in_flight(),
-                    "queue_depth": pool.queue_depth(),
-                    "endpoints": pool.view(),
-                })
-            })
-            .collect();
-        obj.insert("upstreams".into(), upstreams.into());
+        obj.insert(
+            "upstreams".into(),
+            crate::upstream::status_json(&snapshot.upstreams),
+        );
     }
     let mut r = text(StatusCode::OK, body.to_string());
     r.headers_mut().insert(

@@ -3,17 +3,9 @@
 //! annotations). Sending goes through the upstream's pool
 //! ([`crate::upstream::Pool`]: endpoints, balancing, retries, health).
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http_body_util::combinators::BoxBody;
-use std::error::Error as StdError;
 
-pub use crate::upstream::{Pool as Upstream, UpstreamError};
-
-/// Error type of relayed bodies.
-pub type BoxError = Box<dyn StdError + Send + Sync>;
-/// The body the broker sends upstream.
-pub type RelayBody = BoxBody<Bytes, BoxError>;
+pub use crate::upstream::{BoxError, Pool as Upstream, RelayBody, UpstreamError};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never relayed.
 const HOP_BY_HOP: &[&str] = &[

@@ -14,8 +14,8 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::RelayBody;
 use super::endpoint::Endpoint;
-use crate::gateway::relay::RelayBody;
 
 /// What one request holds on the pool until its response ends.
 pub struct Lease {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use hyper::client::conn::{http1, http2};
 
+use super::RelayBody;
 use super::leg::{Conn, ConnectError, Leg};
-use crate::gateway::relay::RelayBody;
 
 /// How long an idle connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);

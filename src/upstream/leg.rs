@@ -15,8 +15,8 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::RelayBody;
 use super::error::{chain_text, find_rustls};
-use crate::gateway::relay::RelayBody;
 
 /// How to open a connection to any endpoint of one pool.
 pub struct Leg {

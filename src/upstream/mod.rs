@@ -44,9 +44,13 @@ use leg::{ConnectError, Leg};
 use retry::Failure;
 
 use crate::config::{Balance, EndpointUrl, HealthSettings, OutlierSettings, UpstreamSettings};
-use crate::gateway::relay::RelayBody;
 use crate::home::Home;
 use crate::tls;
+
+/// Error type of relayed bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body the broker sends upstream.
+pub type RelayBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// Retries in flight always allowed, whatever the budget says (so that a
 /// quiet upstream can retry at all).
@@ -704,6 +708,25 @@ impl Pool {
             self.upkeep_started.store(false, Ordering::Relaxed);
         }
     }
+}
+
+/// Each upstream with its endpoints' state, sorted by name (for `status`
+/// and the console).
+pub fn status_json(pools: &std::collections::HashMap<String, Arc<Pool>>) -> serde_json::Value {
+    let mut names: Vec<&String> = pools.keys().collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let pool = &pools[name];
+            serde_json::json!({
+                "name": name,
+                "in_flight": pool.in_flight(),
+                "queue_depth": pool.queue_depth(),
+                "endpoints": pool.view(),
+            })
+        })
+        .collect()
 }
 
 fn retry_index(f: Failure) -> usize {

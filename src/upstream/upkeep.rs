@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use http::{Request, Version, header};
 use http_body_util::{BodyExt, Empty};
 
+use super::RelayBody;
 use super::endpoint::{Checked, Endpoint};
 use super::{Pool, resolve_now};
-use crate::gateway::relay::RelayBody;
 
 /// The upkeep's tick when neither health checks nor DNS ask for a shorter one.
 const TICK: Duration = Duration::from_secs(5);

@@ -221,6 +221,47 @@ async fn a_post_is_never_sent_twice_without_an_idempotency_key() {
     assert_eq!(rec["attempts"], 2);
     assert_eq!(rec["upstream_endpoint"], ok.addr.to_string());
     assert_eq!(rec["v"], 2);
+    docs_reference_checks_every_record(&h);
+}
+
+/// The Python reference in docs/journal.md recomputes the hash of every
+/// exported record, version 1 and version 2 alike.
+fn docs_reference_checks_every_record(h: &TestHome) {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/journal.md")).unwrap();
+    let start = doc
+        .find("```python\nimport hashlib")
+        .expect("the reference is in the docs")
+        + "```python\n".len();
+    let code = &doc[start..start + doc[start..].find("```").unwrap()];
+    let export = h.ok(&["log", "export", "--format", "jsonl"]);
+    let v2 = export.lines().filter(|l| l.contains("\"v\":2")).count();
+    assert!(v2 >= 3, "version 2 records are exported");
+    let script = format!(
+        "{code}\nimport sys\nn = 0\nfor line in sys.stdin:\n    r = json.loads(line)\n    if r.get('type') != 'record': continue\n    assert check(r), r\n    n += 1\nprint(n)\n"
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(export.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checked: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(checked >= 3, "{checked} records checked");
 }
 
 #[tokio::test]
