@@ -39,6 +39,8 @@ pub struct EndpointStats {
 pub struct Endpoint {
     /// The address connections go to.
     pub addr: SocketAddr,
+    /// `addr` as text (metrics, records, `status`).
+    label: String,
     /// The host as configured (a name or an address).
     pub host: String,
     /// `scheme://authority` for absolute-form (h2) requests.
@@ -86,6 +88,7 @@ impl Endpoint {
         let scheme = if https { "https" } else { "http" };
         Endpoint {
             addr,
+            label: addr.to_string(),
             host: host.to_string(),
             origin: format!("{scheme}://{authority}"),
             host_header: HeaderValue::from_str(&authority)
@@ -105,8 +108,8 @@ impl Endpoint {
     }
 
     /// The label in metrics, records and `status`: the address.
-    pub fn label(&self) -> String {
-        self.addr.to_string()
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// Requests in flight here now.

@@ -356,7 +356,7 @@ impl Pool {
             .load()
             .iter()
             .map(|e| EndpointView {
-                address: e.label(),
+                address: e.label().to_string(),
                 host: e.host.clone(),
                 state: if e.draining() {
                     "draining"
@@ -496,7 +496,7 @@ impl Pool {
             attempts += 1;
             let mut lease = Lease::new(ep.clone(), permit.take(), self.in_flight.clone());
             let outcome = self.attempt(&ep, &mut payload, &mut lease, deadline).await;
-            let label = Some(ep.label());
+            let label = Some(ep.label().to_string());
             match outcome {
                 Attempt::Answered(resp) => {
                     let status = resp.status();
@@ -530,7 +530,7 @@ impl Pool {
                     let (parts, body) = resp.into_parts();
                     return Ok(Relayed {
                         response: Response::from_parts(parts, UpstreamBody::new(body, lease)),
-                        endpoint: ep.label(),
+                        endpoint: label.unwrap_or_default(),
                         attempts,
                     });
                 }
