@@ -566,3 +566,32 @@ async fn a_host_name_with_two_addresses_is_two_endpoints_and_a_vanished_address_
     );
     drop(hosts);
 }
+
+/// `gatehouse check` explains a pool written wrong, with file and line.
+#[test]
+fn check_explains_a_pool_written_wrong() {
+    let h = TestHome::new();
+    let path = h.path().join("gatehouse.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(
+        "\n[upstreams.both]\nurl = \"http://127.0.0.1:1\"\nendpoints = [\"http://127.0.0.1:2\"]\n\n[upstreams.neither]\nbalance = \"round_robin\"\n\n[upstreams.mixed]\nendpoints = [\"http://127.0.0.1:3\", \"https://127.0.0.1:4\"]\nca = \"certs/x.pem\"\n\n[upstreams.bad]\nendpoints = [\"ftp://127.0.0.1:5\"]\nretries = 50\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = h.run(&["check"]);
+    assert!(!out.status.success());
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "[upstreams.both] has both `url` and `endpoints`",
+        "[upstreams.neither] has no `url` and no `endpoints`",
+        "[upstreams.mixed] mixes http:// and https://",
+        "[upstreams.bad] endpoint `ftp://127.0.0.1:5` must start with http:// or https://",
+        "[upstreams.bad] retries = 50 is more than 10",
+    ] {
+        assert!(err.contains(needle), "{needle}:\n{err}");
+    }
+    assert!(
+        err.contains("gatehouse.toml:"),
+        "with the file and line: {err}"
+    );
+}
