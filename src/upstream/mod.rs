@@ -496,7 +496,7 @@ impl Pool {
             attempts += 1;
             let mut lease = Lease::new(ep.clone(), permit.take(), self.in_flight.clone());
             let outcome = self.attempt(&ep, &mut payload, &mut lease, deadline).await;
-            let label = Some(ep.label().to_string());
+            let label = ep.label().to_string();
             match outcome {
                 Attempt::Answered(resp) => {
                     let status = resp.status();
@@ -522,7 +522,7 @@ impl Pool {
                         drop(resp);
                         last = Some((
                             UpstreamError::Other(format!("{} answered {status}", ep.label())),
-                            label,
+                            Some(label),
                             why,
                         ));
                         continue;
@@ -530,7 +530,7 @@ impl Pool {
                     let (parts, body) = resp.into_parts();
                     return Ok(Relayed {
                         response: Response::from_parts(parts, UpstreamBody::new(body, lease)),
-                        endpoint: label.unwrap_or_default(),
+                        endpoint: label,
                         attempts,
                     });
                 }
@@ -541,10 +541,10 @@ impl Pool {
                         payload.restore(req);
                     }
                     tracing::debug!(upstream = %self.name, endpoint = %ep.label(), "not sent: {error}");
-                    last = Some((error, label, Failure::NotSent));
+                    last = Some((error, Some(label), Failure::NotSent));
                 }
                 Attempt::Failed(UpstreamError::BodyTooLarge) => {
-                    return Err(fail(UpstreamError::BodyTooLarge, label, attempts));
+                    return Err(fail(UpstreamError::BodyTooLarge, Some(label), attempts));
                 }
                 Attempt::Failed(error) => {
                     self.note_failure(&ep, &endpoints);
@@ -556,7 +556,7 @@ impl Pool {
                     };
                     tracing::debug!(upstream = %self.name, endpoint = %ep.label(), "attempt failed: {error}");
                     let again = retry::may_retry(why, repeatable, payload.kept());
-                    last = Some((error, label, why));
+                    last = Some((error, Some(label), why));
                     if !again {
                         break;
                     }
