@@ -25,6 +25,8 @@ pub mod identity;
 pub mod journal;
 pub mod partners;
 pub mod policy;
+pub mod reason;
+pub mod refusal;
 pub mod rlimit;
 pub mod sd_notify;
 pub mod server;

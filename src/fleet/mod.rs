@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
-use http::StatusCode;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, watch};
 
@@ -34,6 +33,7 @@ use crate::guard::alerts::AlertNotice;
 use crate::guard::limits::{Admission, LocalShare};
 use crate::home::Home;
 use crate::identity::PartnerIdentity;
+use crate::reason::Reason;
 
 pub mod announce;
 pub mod exports;
@@ -66,14 +66,6 @@ impl Membership for Fleet {
             partner,
         ));
     }
-}
-
-/// Reason codes of the fleet's refusals.
-pub mod code {
-    /// `on_store_failure = "deny"` and the store does not answer.
-    pub const STORE_UNAVAILABLE: &str = "limit_store_unavailable";
-    /// An announced revocation or suspension is not in this node's files yet.
-    pub const SYNC_PENDING: &str = "fleet_sync_pending";
 }
 
 /// Alert kinds the fleet raises.
@@ -209,14 +201,8 @@ impl Fleet {
     /// files do not show yet.
     pub fn admit(&self, id: &PartnerIdentity) -> Result<(), Refusal> {
         if self.fence.holds(id) {
-            return Err(
-                Refusal::http(StatusCode::SERVICE_UNAVAILABLE, code::SYNC_PENDING)
-                    .retry_after(1)
-                    .closing()
-                    .detail(
-                        "an announced revocation or suspension is not in this node's files yet",
-                    ),
-            );
+            return Err(Refusal::new(Reason::FleetSyncPending)
+                .detail("an announced revocation or suspension is not in this node's files yet"));
         }
         Ok(())
     }
@@ -255,12 +241,10 @@ impl Fleet {
             }
         }
         match self.settings.on_store_failure {
-            OnStoreFailure::Deny if limiter::is_limited(&entry.partner) => Err(Refusal::http(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code::STORE_UNAVAILABLE,
-            )
-            .retry_after(1)
-            .detail("the fleet's limit store does not answer; on_store_failure = \"deny\"")),
+            OnStoreFailure::Deny if limiter::is_limited(&entry.partner) => {
+                Err(Refusal::new(Reason::LimitStoreUnavailable)
+                    .detail("the fleet's limit store does not answer; on_store_failure = \"deny\""))
+            }
             OnStoreFailure::Deny => Ok(snapshot.limits.check_share(
                 partner,
                 Some(route_index),

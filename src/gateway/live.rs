@@ -28,6 +28,7 @@ use crate::guard::limits::LimitState;
 use crate::home::{Home, stamp_files};
 use crate::identity::PartnerIdentity;
 use crate::policy::RouteTable;
+use crate::reason::Reason;
 use crate::tls::{self, CertificateStatus, ServerMaterial};
 
 /// Why `reload` kept the running state.
@@ -82,37 +83,40 @@ impl Snapshot {
         serial: &str,
         fingerprint: &str,
         now: i64,
-    ) -> Result<&CertEntry, &'static str> {
-        let c = self.certs.get(serial).ok_or("unknown_certificate")?;
+    ) -> Result<&CertEntry, Reason> {
+        let c = self.certs.get(serial).ok_or(Reason::UnknownCertificate)?;
         if !c.fingerprint.eq_ignore_ascii_case(fingerprint) {
-            return Err("certificate_mismatch");
+            return Err(Reason::CertificateMismatch);
         }
         match c.status {
-            RecordStatus::Revoked => return Err("revoked"),
+            RecordStatus::Revoked => return Err(Reason::Revoked),
             RecordStatus::Superseded if c.overlap_until.is_none_or(|t| now >= t) => {
-                return Err("superseded");
+                return Err(Reason::Superseded);
             }
             _ => {}
         }
         if now >= c.not_after {
-            return Err("expired");
+            return Err(Reason::Expired);
         }
         Ok(c)
     }
 
     /// The per-request check: the partner exists and is active, and its
     /// certificate is still valid, unrevoked and not superseded past overlap.
-    pub fn admit(&self, id: &PartnerIdentity, now: i64) -> Result<&PartnerEntry, &'static str> {
+    pub fn admit(&self, id: &PartnerIdentity, now: i64) -> Result<&PartnerEntry, Reason> {
         if now >= id.not_after_unix {
-            return Err("expired");
+            return Err(Reason::Expired);
         }
         let cert = self.cert_status(&id.serial, &id.fingerprint, now)?;
         if cert.partner != *id.partner {
-            return Err("certificate_partner_mismatch");
+            return Err(Reason::CertificatePartnerMismatch);
         }
-        let entry = self.partners.get(&*id.partner).ok_or("unknown_partner")?;
+        let entry = self
+            .partners
+            .get(&*id.partner)
+            .ok_or(Reason::UnknownPartner)?;
         if entry.partner.status == PartnerStatus::Suspended {
-            return Err("partner_suspended");
+            return Err(Reason::PartnerSuspended);
         }
         Ok(entry)
     }
@@ -187,11 +191,11 @@ impl std::fmt::Debug for SnapshotCell {
 }
 
 impl CertificateStatus for LiveCertStatus {
-    fn check(&self, serial: &str, fingerprint: &str, now_unix: i64) -> Result<(), &'static str> {
+    fn check(&self, serial: &str, fingerprint: &str, now_unix: i64) -> Result<(), Reason> {
         let snap = self.0.load();
         let entry = snap.0.cert_status(serial, fingerprint, now_unix)?;
         match snap.0.partners.get(&entry.partner) {
-            None => Err("unknown_partner"),
+            None => Err(Reason::UnknownPartner),
             Some(_) => Ok(()),
         }
     }

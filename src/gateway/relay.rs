@@ -20,6 +20,7 @@ use rustls_pki_types::ServerName;
 
 use crate::config::UpstreamSettings;
 use crate::home::Home;
+use crate::reason::Reason;
 use crate::tls;
 
 /// Error type of relayed bodies.
@@ -169,20 +170,14 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    pub fn code(&self) -> &'static str {
+    /// The reason a refusal for this failure gives.
+    pub fn reason(&self) -> Reason {
         match self {
-            UpstreamError::Timeout => "upstream_timeout",
-            UpstreamError::Tls(_) => "upstream_tls",
-            UpstreamError::Connect(_) => "upstream_unavailable",
-            UpstreamError::BodyTooLarge => "body_too_large",
-            UpstreamError::Other(_) => "upstream_error",
-        }
-    }
-    pub fn status(&self) -> http::StatusCode {
-        match self {
-            UpstreamError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::BodyTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
-            _ => http::StatusCode::BAD_GATEWAY,
+            UpstreamError::Timeout => Reason::UpstreamTimeout,
+            UpstreamError::Tls(_) => Reason::UpstreamTls,
+            UpstreamError::Connect(_) => Reason::UpstreamUnavailable,
+            UpstreamError::BodyTooLarge => Reason::BodyTooLarge,
+            UpstreamError::Other(_) => Reason::UpstreamError,
         }
     }
 }

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::StatusCode;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use rustls_pki_types::CertificateDer;
@@ -32,11 +31,11 @@ use crate::ca::CaError;
 use crate::ca::inventory::{CertState, Inventory, IssuedCert};
 use crate::ca::lifecycle::{self, Supersede};
 use crate::event::{Decision, EventKind};
-use crate::gateway::refusal::code;
 use crate::gateway::{Gateway, Refusal};
 use crate::guard::EventSink;
 use crate::home::Home;
 use crate::identity::PartnerIdentity;
+use crate::reason::Reason;
 use crate::timefmt::rfc3339;
 
 /// The renewal endpoint's path.
@@ -74,7 +73,7 @@ impl Renewals {
             None => Ok(()),
             Some(elapsed) => {
                 let wait = (MIN_INTERVAL - elapsed).as_secs().max(1);
-                let r = Refusal::http(StatusCode::TOO_MANY_REQUESTS, "renewal_rate_limited")
+                let r = Refusal::new(Reason::RenewalRateLimited)
                     .detail(format!("partner {partner} renewed less than a minute ago"));
                 Err(r.retry_after(wait).with("retry_after_secs", wait))
             }
@@ -189,11 +188,8 @@ pub async fn handle(
 
 /// The CSR body, at most `MAX_CSR_BODY` bytes (413 beyond).
 async fn read_csr(req: http::Request<Incoming>) -> Result<Bytes, Refusal> {
-    let too_large = || {
-        Refusal::http(StatusCode::PAYLOAD_TOO_LARGE, "csr_too_large")
-            .closing()
-            .detail("the CSR body is larger than 64 KiB")
-    };
+    let too_large =
+        || Refusal::new(Reason::CsrTooLarge).detail("the CSR body is larger than 64 KiB");
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -210,7 +206,7 @@ async fn read_csr(req: http::Request<Incoming>) -> Result<Bytes, Refusal> {
         {
             Err(too_large())
         }
-        Err(e) => Err(Refusal::http(StatusCode::BAD_REQUEST, "bad_body")
+        Err(e) => Err(Refusal::new(Reason::BadBody)
             .detail(format!("the request body could not be read: {e}"))),
     }
 }
@@ -270,7 +266,7 @@ async fn blocking<T: Send + 'static>(
 fn plan(gw: &Gateway, partner: &str, serial: &str, key: &[u8]) -> Result<Plan, Refusal> {
     let inventory = Inventory::load(&gw.live.home).map_err(internal)?;
     let rec = inventory.get(serial).ok_or_else(|| {
-        Refusal::http(StatusCode::FORBIDDEN, "unknown_certificate")
+        Refusal::new(Reason::UnknownCertificate)
             .detail(format!("certificate {serial} is not in the inventory"))
     })?;
     let now = OffsetDateTime::now_utc();
@@ -285,20 +281,20 @@ fn plan(gw: &Gateway, partner: &str, serial: &str, key: &[u8]) -> Result<Plan, R
                 .and_then(|e| e.partner.renewal_window);
             let opens = window_opens(rec.not_before, rec.not_after, window);
             if now < opens {
-                return Err(
-                    Refusal::http(StatusCode::FORBIDDEN, "renewal_not_yet_allowed")
-                        .detail(format!(
-                            "renewal of certificate {serial} opens at {}",
-                            rfc3339(opens)
-                        ))
-                        .with("renewal_opens_at", rfc3339(opens)),
-                );
+                return Err(Refusal::new(Reason::RenewalNotYetAllowed)
+                    .detail(format!(
+                        "renewal of certificate {serial} opens at {}",
+                        rfc3339(opens)
+                    ))
+                    .with("renewal_opens_at", rfc3339(opens)));
             }
             Ok(Plan::Issue(Issue::Renew { days }))
         }
         CertState::SupersededUntil(_) => retry_plan(gw, &inventory, rec, key, now),
-        other => Err(Refusal::http(StatusCode::FORBIDDEN, "not_renewable")
-            .detail(format!("certificate {serial} is {other}"))),
+        other => {
+            Err(Refusal::new(Reason::NotRenewable)
+                .detail(format!("certificate {serial} is {other}")))
+        }
     }
 }
 
@@ -313,7 +309,7 @@ fn retry_plan(
     now: OffsetDateTime,
 ) -> Result<Plan, Refusal> {
     let already = |why: &str| {
-        let mut r = Refusal::http(StatusCode::CONFLICT, "already_renewed").detail(format!(
+        let mut r = Refusal::new(Reason::AlreadyRenewed).detail(format!(
             "certificate {} was already renewed{why}",
             rec.serial
         ));
@@ -383,7 +379,7 @@ async fn record_issuing(
     });
     events.record(ev, None).await.map_err(|e| {
         tracing::error!("renewal of {partner} not signed: the journal cannot record it: {e}");
-        Refusal::http(StatusCode::SERVICE_UNAVAILABLE, code::JOURNAL_UNAVAILABLE)
+        Refusal::new(Reason::JournalUnavailable)
             .retry_after(JOURNAL_RETRY_SECS)
             .detail(format!(
                 "the renewal of certificate {serial} could not be recorded before signing ({e}); nothing was issued"
@@ -452,11 +448,11 @@ async fn record_renewed(events: &EventSink, partner: &str, renewed: &Renewed) {
 
 fn ca_refusal(e: CaError) -> Refusal {
     match e {
-        CaError::Invalid(m) => Refusal::http(StatusCode::BAD_REQUEST, "bad_csr")
+        CaError::Invalid(m) => Refusal::new(Reason::BadCsr)
             .detail(m.clone())
             .with("message", m),
         e @ CaError::NotRenewable { .. } => {
-            Refusal::http(StatusCode::CONFLICT, "already_renewed").detail(e.to_string())
+            Refusal::new(Reason::AlreadyRenewed).detail(e.to_string())
         }
         other => internal(other),
     }
@@ -464,7 +460,7 @@ fn ca_refusal(e: CaError) -> Refusal {
 
 fn internal(e: impl std::fmt::Display) -> Refusal {
     tracing::error!("renewal failed: {e}");
-    Refusal::http(StatusCode::INTERNAL_SERVER_ERROR, "renewal_failed").detail(e.to_string())
+    Refusal::new(Reason::RenewalFailed).detail(e.to_string())
 }
 
 #[cfg(test)]

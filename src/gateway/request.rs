@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 
@@ -21,7 +21,7 @@ use crate::gateway::Gateway;
 use crate::gateway::exchange::PendingRecord;
 use crate::gateway::header_guard::TrailerFilter;
 use crate::gateway::live::{PartnerEntry, Snapshot};
-use crate::gateway::refusal::{Refusal, code};
+use crate::gateway::refusal::Refusal;
 use crate::gateway::relay::{
     Annotations, RelayBody, Upstream, UpstreamError, upstream_request_headers,
 };
@@ -29,6 +29,7 @@ use crate::gateway::renewal;
 use crate::gateway::respond::{self, Answer, ResponseBody};
 use crate::gateway::session::ConnCtx;
 use crate::policy::{Permit, check_target};
+use crate::reason::Reason;
 
 /// Longest path kept in a record (the journal's growth per record is bounded).
 const MAX_RECORDED_PATH: usize = 2048;
@@ -119,11 +120,11 @@ async fn phases(
         .upstreams
         .get(permit.upstream)
         .cloned()
-        .ok_or_else(|| Refusal::http(StatusCode::BAD_GATEWAY, code::UPSTREAM_UNKNOWN))?;
+        .ok_or_else(|| Refusal::new(Reason::UpstreamUnknown))?;
     let max_body = limit(conn, gw, &snapshot, &permit, declared_length, record).await?;
     let uri = upstream
         .uri_for(&permit.upstream_path, target.query)
-        .map_err(|_| Refusal::http(StatusCode::BAD_REQUEST, code::BAD_TARGET))?;
+        .map_err(|_| Refusal::new(Reason::BadTarget))?;
     let route = permit.route.path.clone();
     let write_timeout = snapshot.gateway.server.write_timeout;
     drop(snapshot);
@@ -164,15 +165,10 @@ fn admit<'s>(
     snapshot: &'s Snapshot,
 ) -> Result<&'s PartnerEntry, Refusal> {
     if !gw.events.writable() {
-        return Err(Refusal::http(
-            StatusCode::SERVICE_UNAVAILABLE,
-            code::JOURNAL_UNAVAILABLE,
-        ));
+        return Err(Refusal::new(Reason::JournalUnavailable));
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let entry = snapshot
-        .admit(&conn.identity, now)
-        .map_err(|reason| Refusal::http(StatusCode::FORBIDDEN, reason).closing())?;
+    let entry = snapshot.admit(&conn.identity, now).map_err(Refusal::new)?;
     if let Some(fleet) = &gw.fleet {
         fleet.admit(&conn.identity)?;
     }
@@ -187,7 +183,7 @@ fn admit<'s>(
 fn frame(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
     let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
     if lengths.windows(2).any(|w| w[0] != w[1]) {
-        return Err(Refusal::http(StatusCode::BAD_REQUEST, code::AMBIGUOUS_FRAMING).closing());
+        return Err(Refusal::new(Reason::AmbiguousFraming));
     }
     Ok(lengths
         .first()
@@ -200,7 +196,7 @@ fn target(req: &Request<Incoming>) -> Result<crate::policy::Target<'_>, Refusal>
     if req.version() != Version::HTTP_2
         && (req.uri().scheme().is_some() || req.uri().authority().is_some())
     {
-        return Err(Refusal::http(StatusCode::BAD_REQUEST, code::BAD_TARGET));
+        return Err(Refusal::new(Reason::BadTarget));
     }
     Ok(check_target(raw_target(req))?)
 }
@@ -248,7 +244,7 @@ async fn limit(
         .max_body_bytes
         .unwrap_or(snapshot.gateway.server.max_body_bytes);
     if declared_length.is_some_and(|n| n > max_body) {
-        return Err(Refusal::http(StatusCode::PAYLOAD_TOO_LARGE, code::BODY_TOO_LARGE).closing());
+        return Err(Refusal::new(Reason::BodyTooLarge));
     }
     record.event.request_bytes = declared_length.unwrap_or(0);
     Ok(max_body)
@@ -288,10 +284,7 @@ fn build_upstream_request(
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::error!(request_id = %request_id, "{e}");
-                return Err(Refusal::http(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    code::IDENTITY_SIGNING_FAILED,
-                ));
+                return Err(Refusal::new(Reason::IdentitySigningFailed));
             }
         }
     } else {
@@ -339,7 +332,7 @@ async fn relay(
     gw.events.monitor().upstream(
         &upstream.name,
         started.elapsed().as_secs_f64(),
-        sent.as_ref().err().map(|e| e.code()),
+        sent.as_ref().err().map(|e| e.reason().metric_label()),
     );
     sent.map_err(|e| {
         tracing::warn!(upstream = %upstream.name, request_id = %request_id, "upstream failed: {e:?}");

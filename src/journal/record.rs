@@ -312,7 +312,7 @@ mod tests {
             route: Some("POST /v1/orders".into()),
             upstream: Some("orders".into()),
             decision: Decision::Denied,
-            reason: Some("route_not_granted".into()),
+            reason: Some(crate::reason::Reason::RouteNotGranted.code().into()),
             status: Some(403),
             request_bytes: 1234,
             response_bytes: u64::MAX,

@@ -22,6 +22,7 @@ use crate::control::socket::{self as admin, Reply, Request};
 use crate::control::view::AdminView;
 use crate::event::{Decision, EventKind, now_ms};
 use crate::journal::{JournalError, Query};
+use crate::reason::Reason;
 
 /// Records one journal answer may hold.
 const MAX_LIMIT: usize = 1000;
@@ -207,7 +208,7 @@ pub async fn journal(shared: &Arc<AdminView>, raw_query: &str) -> Response<Full<
         Err(e) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "journal_unavailable",
+                Reason::JournalUnavailable.code(),
                 &e.to_string(),
             );
         }
@@ -293,7 +294,7 @@ pub async fn record(shared: &Arc<AdminView>, raw_query: &str) -> Response<Full<B
         Err(e) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "journal_unavailable",
+                Reason::JournalUnavailable.code(),
                 &e.to_string(),
             );
         }

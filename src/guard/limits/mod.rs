@@ -66,6 +66,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::Serialize;
 
 use crate::config::{LimitSpec, Partner, RouteSpec};
+use crate::reason::Reason;
 
 /// Milliseconds in a minute.
 pub const MS_PER_MINUTE: i64 = 60_000;
@@ -140,20 +141,20 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
-    /// Stable code for responses, journal reasons and metrics.
-    pub fn code(self) -> &'static str {
+    /// The reason a refusal by this limit gives.
+    pub fn reason(self) -> Reason {
         match self {
-            LimitKind::RequestsPerMinute => "requests_per_minute",
-            LimitKind::RequestsPerDay => "requests_per_day",
-            LimitKind::MaxConcurrent => "max_concurrent",
-            LimitKind::Throttled => "throttled",
+            LimitKind::RequestsPerMinute => Reason::RequestsPerMinute,
+            LimitKind::RequestsPerDay => Reason::RequestsPerDay,
+            LimitKind::MaxConcurrent => Reason::MaxConcurrent,
+            LimitKind::Throttled => Reason::Throttled,
         }
     }
 }
 
 impl fmt::Display for LimitKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
+        f.write_str(self.reason().code())
     }
 }
 
@@ -181,25 +182,6 @@ pub struct LimitDenied {
     /// this limit (for `max_concurrent`: 1, a guess).
     pub retry_after_secs: u64,
     pub scope: LimitScope,
-}
-
-impl LimitDenied {
-    /// The JSON body of the 429 answer.
-    pub fn body_json(&self) -> serde_json::Value {
-        let mut scope = serde_json::json!({ "scope": "partner" });
-        if let LimitScope::Route(i) = self.scope {
-            scope = serde_json::json!({ "scope": "route", "route_index": i });
-        }
-        let mut body = serde_json::json!({
-            "error": "rate_limited",
-            "limit": self.limit.code(),
-            "retry_after_secs": self.retry_after_secs,
-        });
-        if let (Some(b), Some(s)) = (body.as_object_mut(), scope.as_object()) {
-            b.extend(s.clone());
-        }
-        body
-    }
 }
 
 impl fmt::Display for LimitDenied {
@@ -899,22 +881,12 @@ mod tests {
     }
 
     #[test]
-    fn max_body_bytes_and_denial_body() {
+    fn max_body_bytes_per_route() {
         let mut r = route("POST /v1/upload -> orders", None);
         r.max_body_bytes = Some(1_024);
         let s = LimitState::build(&[partner("acme", LimitSpec::default(), vec![r])], None);
         assert_eq!(s.max_body_bytes("acme", 0), Some(1_024));
         assert_eq!(s.max_body_bytes("acme", 1), None);
-        let d = LimitDenied {
-            limit: LimitKind::RequestsPerDay,
-            retry_after_secs: 7,
-            scope: LimitScope::Route(2),
-        };
-        assert_eq!(
-            d.body_json(),
-            serde_json::json!({"error": "rate_limited", "limit": "requests_per_day",
-                "retry_after_secs": 7, "scope": "route", "route_index": 2})
-        );
     }
 
     /// No global lock: two threads hammering two different partners never
