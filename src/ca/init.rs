@@ -57,7 +57,7 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport, CaError> {
         .clone()
         .or_else(|| existing_cfg.as_ref().map(|c| c.trust_domain.clone()))
         .unwrap_or_else(|| "gatehouse.local".to_string());
-    validate_trust_domain(&trust_domain).map_err(invalid)?;
+    validate_trust_domain(&trust_domain).map_err(|e| invalid(e.to_string()))?;
     if (home.ca_cert().exists() || home.ca_key().exists()) && !opts.force {
         return Err(CaError::AlreadyInitialized(
             home.ca_cert().display().to_string(),

@@ -63,7 +63,7 @@ struct Context {
 }
 
 fn context(home: &Home, partner: &str) -> Result<Context, CaError> {
-    config::validate_partner_id(partner).map_err(invalid)?;
+    config::validate_partner_id(partner).map_err(|e| invalid(e.to_string()))?;
     let gateway = config::load_gateway(home).map_err(|e| invalid(e.to_string()))?;
     let path = home.partner_file(partner);
     if !path.is_file() {
@@ -476,7 +476,7 @@ pub fn revoke_partner(
     partner: &str,
     reason: RevocationReason,
 ) -> Result<Vec<String>, CaError> {
-    config::validate_partner_id(partner).map_err(invalid)?;
+    config::validate_partner_id(partner).map_err(|e| invalid(e.to_string()))?;
     let lock = lock::lock(home)?;
     let inventory = Inventory::load(home)?;
     let now = OffsetDateTime::now_utc();

@@ -264,6 +264,7 @@ fn time_arg(s: &Option<String>) -> Result<Option<i64>, String> {
                 .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
         })
         .transpose()
+        .map_err(|e| e.to_string())
 }
 
 fn dash(s: &Option<String>) -> &str {

@@ -245,7 +245,7 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         })
     };
     if let Err(m) = validate_trust_domain(&cfg.trust_domain) {
-        err(m);
+        err(m.to_string());
     }
     if !cfg.server.admin.ip().is_loopback() && !cfg.server.admin_public {
         err(format!(
@@ -345,12 +345,10 @@ fn find_line_for(text: &str, message: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-fn validate_upstream_name(name: &str) -> Result<(), String> {
+fn validate_upstream_name(name: &str) -> Result<(), InvalidValue> {
     if valid_id(name) {
         Ok(())
     } else {
-        Err(format!(
-            "upstream name `{name}` is invalid: use [a-z0-9][a-z0-9-]{{0,62}}"
-        ))
+        Err(InvalidValue::UpstreamName(name.to_string()))
     }
 }

@@ -34,6 +34,7 @@ use crate::guard::limits::{Admission, LocalShare};
 use crate::home::Home;
 use crate::identity::PartnerIdentity;
 use crate::reason::Reason;
+pub use store::StoreError;
 
 pub mod announce;
 pub mod exports;
@@ -111,7 +112,7 @@ impl Fleet {
         events: Arc<EventSink>,
         reload: Arc<ReloadTrigger>,
         shutdown: watch::Receiver<bool>,
-    ) -> Result<Arc<Fleet>, String> {
+    ) -> Result<Arc<Fleet>, StoreError> {
         let client = store::client(home, settings)?;
         let keys = Keys::new(&settings.key_prefix);
         let conn = match tokio::time::timeout(
@@ -236,7 +237,7 @@ impl Fleet {
                 Ok(Err(denied)) => return Err(denied.into()),
                 Err(e) => {
                     drop(admission);
-                    self.store_failed(&e);
+                    self.store_failed(&e.to_string());
                 }
             }
         }
@@ -265,9 +266,9 @@ impl Fleet {
         partner: &str,
         levels: &[limiter::Level],
         now_ms: i64,
-    ) -> Result<Result<(), crate::guard::limits::LimitDenied>, String> {
+    ) -> Result<Result<(), crate::guard::limits::LimitDenied>, StoreError> {
         let Some(conn) = self.conn.load_full() else {
-            return Err("not connected".into());
+            return Err(StoreError::NotConnected);
         };
         let mut conn = (*conn).clone();
         match tokio::time::timeout(
@@ -277,11 +278,11 @@ impl Fleet {
         .await
         {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "no answer within {:?}",
-                self.settings.store_timeout
-            )),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(StoreError::NoAnswer {
+                what: "limit check",
+                within: self.settings.store_timeout,
+            }),
         }
     }
 

@@ -31,12 +31,35 @@ use crate::policy::RouteTable;
 use crate::reason::Reason;
 use crate::tls::{self, CertificateStatus, ServerMaterial};
 
+/// Why the configuration could not be loaded (at start: the broker does
+/// not start; on reload: the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// `gatehouse.toml` or a partner file fails validation (file and line).
+    #[error(transparent)]
+    Config(#[from] config::ConfigErrors),
+    /// The certificate inventory cannot be read.
+    #[error(transparent)]
+    Inventory(#[from] crate::ca::CaError),
+    /// TLS material (CA, CRL, server certificate or key) cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Upstream clients cannot be built, one line per upstream.
+    #[error("{}", .0.join("\n"))]
+    Upstreams(Vec<String>),
+    /// A rebuilt partner-facing TLS configuration failed.
+    #[error(
+        "the partner-facing TLS configuration was not rebuilt; the running one stays in force: {0}"
+    )]
+    TlsNotRebuilt(tls::TlsError),
+}
+
 /// Why `reload` kept the running state.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     /// The files fail validation (the message names file and line).
-    #[error("{0}")]
-    Refused(String),
+    #[error(transparent)]
+    Refused(LiveError),
     /// The same files were refused before (already reported).
     #[error("the same files were refused before")]
     RefusedAgain,
@@ -224,12 +247,12 @@ pub struct ReloadOutcome {
     /// What changed for the audit trail: certificates issued, superseded or
     /// revoked, partners added, removed, suspended or resumed (by the CLI or
     /// by hand), one line each.
-    pub changes: Vec<Change>,
+    pub changes: Vec<AuditedChange>,
 }
 
 /// One audited change seen by a reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
+pub struct AuditedChange {
     /// `cert_issued`, `cert_superseded`, `cert_revoked`, `partner_added`, ...
     pub kind: &'static str,
     pub partner: String,
@@ -237,7 +260,7 @@ pub struct Change {
 }
 
 /// The audited differences between two snapshots.
-fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
+fn diff(old: &Snapshot, new: &Snapshot) -> Vec<AuditedChange> {
     let mut out = Vec::new();
     for (serial, c) in &new.certs {
         let kind = match old.certs.get(serial) {
@@ -250,7 +273,7 @@ fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
             _ => None,
         };
         if let Some(kind) = kind {
-            out.push(Change {
+            out.push(AuditedChange {
                 kind,
                 partner: c.partner.clone(),
                 serial: Some(serial.clone()),
@@ -268,7 +291,7 @@ fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
             _ => None,
         };
         if let Some(kind) = kind {
-            out.push(Change {
+            out.push(AuditedChange {
                 kind,
                 partner: id.clone(),
                 serial: None,
@@ -280,7 +303,7 @@ fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
         .keys()
         .filter(|id| !new.partners.contains_key(*id))
     {
-        out.push(Change {
+        out.push(AuditedChange {
             kind: "partner_removed",
             partner: id.clone(),
             serial: None,
@@ -292,7 +315,7 @@ fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
 
 impl Live {
     /// Loads everything; any problem is an error (the broker does not start).
-    pub fn load(home: Home) -> Result<Live, String> {
+    pub fn load(home: Home) -> Result<Live, LiveError> {
         let mut cache = config::PartnerCache::default();
         let stamps = compute_stamps(&home, None);
         let snapshot = build(&home, None, &mut cache, stamps)?;
@@ -322,7 +345,7 @@ impl Live {
     /// Rebuilds the partner-facing TLS config. On failure the running
     /// config stays and the next `reload` tries again, even if no file
     /// changes in between.
-    fn rebuild_tls(&self) -> Result<(), String> {
+    fn rebuild_tls(&self) -> Result<(), LiveError> {
         use std::sync::atomic::Ordering;
         match build_tls(&self.home, &self.snapshot().gateway, self.snapshot.clone()) {
             Ok(cfg) => {
@@ -332,9 +355,7 @@ impl Live {
             }
             Err(e) => {
                 self.tls_retry.store(true, Ordering::Relaxed);
-                Err(format!(
-                    "the partner-facing TLS configuration was not rebuilt; the running one stays in force: {e}"
-                ))
+                Err(LiveError::TlsNotRebuilt(e))
             }
         }
     }
@@ -424,19 +445,19 @@ fn build_tls(
     home: &Home,
     gateway: &GatewayConfig,
     cell: Arc<ArcSwap<SnapshotCell>>,
-) -> Result<Arc<ServerConfig>, String> {
+) -> Result<Arc<ServerConfig>, tls::TlsError> {
     // Trusted: the issuing CA (first in ca.pem) and every CA a rollover
     // keeps until it is retired (certs/ca-previous/*.pem).
-    let mut anchors = tls::load_certs(&home.ca_cert()).map_err(|e| e.to_string())?;
+    let mut anchors = tls::load_certs(&home.ca_cert())?;
     anchors.truncate(1);
     for path in files_in(&home.ca_previous_dir(), "pem") {
-        let mut certs = tls::load_certs(&path).map_err(|e| e.to_string())?;
+        let mut certs = tls::load_certs(&path)?;
         certs.truncate(1);
         anchors.extend(certs);
     }
-    let crls = tls::load_crls(&home.crl()).map_err(|e| e.to_string())?;
-    let chain = tls::load_certs(&home.server_cert()).map_err(|e| e.to_string())?;
-    let key = tls::load_key(&home.server_key()).map_err(|e| e.to_string())?;
+    let crls = tls::load_crls(&home.crl())?;
+    let chain = tls::load_certs(&home.server_cert())?;
+    let key = tls::load_key(&home.server_key())?;
     tls::server_config(
         ServerMaterial {
             trust_anchors: anchors,
@@ -447,7 +468,6 @@ fn build_tls(
         &gateway.trust_domain,
         Arc::new(LiveCertStatus(cell)),
     )
-    .map_err(|e| e.to_string())
 }
 
 /// Builds a snapshot from the files. Upstream clients are reused from
@@ -459,8 +479,8 @@ fn build(
     previous: Option<&Snapshot>,
     cache: &mut config::PartnerCache,
     mut stamps: Stamps,
-) -> Result<Snapshot, String> {
-    let gateway = config::load_gateway(home).map_err(|e| e.to_string())?;
+) -> Result<Snapshot, LiveError> {
+    let gateway = config::load_gateway(home)?;
     // Parsed partner files stay valid while gatehouse.toml (their upstream
     // names) is unchanged.
     let same_gateway = previous
@@ -468,11 +488,10 @@ fn build(
     if !same_gateway {
         cache.clear();
     }
-    let partners =
-        config::load_partners_cached(home, &gateway, cache).map_err(|e| e.to_string())?;
+    let partners = config::load_partners_cached(home, &gateway, cache)?;
     let loaded = config::Loaded { gateway, partners };
     stamps.upstream = stamp_upstreams(home, &loaded.gateway);
-    let inventory = Inventory::load(home).map_err(|e| e.to_string())?;
+    let inventory = Inventory::load(home)?;
     let certs = inventory
         .certs
         .into_values()
@@ -503,7 +522,7 @@ fn build(
                 }
             }
             if !errors.is_empty() {
-                return Err(errors.join("\n"));
+                return Err(LiveError::Upstreams(errors));
             }
             m
         }

@@ -290,7 +290,7 @@ struct RouteInfo {
 }
 
 #[derive(Debug)]
-struct PartnerEntry {
+struct PartnerLimits {
     /// Partner limits; its `Shared` also holds the throttle.
     level: Level,
     routes: Vec<RouteEntry>,
@@ -301,7 +301,7 @@ struct PartnerEntry {
 /// swap it on reload (see the module doc for why no lock is global).
 #[derive(Debug, Default)]
 pub struct LimitState {
-    partners: HashMap<String, PartnerEntry>,
+    partners: HashMap<String, PartnerLimits>,
 }
 
 impl LimitState {
@@ -330,7 +330,7 @@ impl LimitState {
                     configured: r.limits.is_some(),
                 });
             }
-            let entry = PartnerEntry {
+            let entry = PartnerLimits {
                 level: Level::new(&p.limits, prev.map(|e| &e.level)),
                 routes,
                 info,
