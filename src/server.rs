@@ -11,7 +11,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::ca::upstream_identity::LiveIdentity;
 use crate::config::GatewayConfig;
 use crate::control::socket::{AdminHooks, serve_admin_socket};
 use crate::control::view::AdminView;
@@ -26,6 +25,7 @@ use crate::guard::anomaly::{AnomalySettings, Detector};
 use crate::guard::baselines;
 use crate::guard::monitor::Monitor;
 use crate::home::Home;
+use crate::identity_token::LiveIdentity;
 use crate::journal::Journal;
 use crate::stop_signals::StopSignals;
 
@@ -62,7 +62,7 @@ pub enum ServeError {
     #[error("the bound address cannot be read: {0}")]
     LocalAddr(#[source] std::io::Error),
     #[error("upstream identity key: {0}")]
-    IdentityKey(#[from] crate::ca::upstream_identity::TokenKeyError),
+    IdentityKey(#[from] crate::identity_token::TokenKeyError),
     #[error(transparent)]
     Alerts(#[from] crate::guard::alerts::AlertSinkError),
     #[error(transparent)]
