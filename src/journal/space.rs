@@ -35,19 +35,26 @@ impl Default for MinFree {
     }
 }
 
+/// A `[journal] min_free` value that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MinFreeError {
+    #[error(
+        "`{0}` is not a size (like \"256MiB\", \"1GB\", \"0\" to turn the margin off) or a percent of the file system (like \"2%\")"
+    )]
+    NotASize(String),
+    #[error("`{0}`: a percent must be above 0 and at most 50")]
+    PercentOutOfRange(String),
+}
+
 impl MinFree {
     /// Parses `"256MiB"`, `"1GB"`, `"1048576"`, `"2%"` or `"0"`.
-    pub fn parse(s: &str) -> Result<MinFree, String> {
+    pub fn parse(s: &str) -> Result<MinFree, MinFreeError> {
         let t = s.trim();
-        let bad = || {
-            format!(
-                "`{s}` is not a size (like \"256MiB\", \"1GB\", \"0\" to turn the margin off) or a percent of the file system (like \"2%\")"
-            )
-        };
+        let bad = || MinFreeError::NotASize(s.to_string());
         if let Some(p) = t.strip_suffix('%') {
             let p: f64 = p.trim().parse().map_err(|_| bad())?;
             if !(p > 0.0 && p <= 50.0) {
-                return Err(format!("`{s}`: a percent must be above 0 and at most 50"));
+                return Err(MinFreeError::PercentOutOfRange(s.to_string()));
             }
             return Ok(MinFree::Percent(p));
         }
