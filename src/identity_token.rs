@@ -540,7 +540,7 @@ mod tests {
         assert_eq!(kids, vec![r2.kid, r1.kid], "the oldest key is dropped");
     }
 
-    /// Per-token cost. Run: `cargo test --release --lib upstream_identity::tests::signing_cost -- --ignored --nocapture`
+    /// Per-token cost. Run: `cargo test --release --lib identity_token::tests::signing_cost -- --ignored --nocapture`
     #[test]
     #[ignore]
     fn signing_cost() {
