@@ -3,6 +3,8 @@
 
 use std::error::Error as StdError;
 
+use crate::reason::Reason;
+
 /// Why the upstream leg failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamError {
@@ -35,27 +37,16 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The reason code (journal, metrics, the partner's JSON `error`).
-    pub fn code(&self) -> &'static str {
+    /// The reason a refusal for this failure gives (its code, status and
+    /// `Retry-After` are the reason's).
+    pub fn reason(&self) -> Reason {
         match self {
-            UpstreamError::Timeout => "upstream_timeout",
-            UpstreamError::Tls(_) => "upstream_tls",
-            UpstreamError::Unavailable { .. } => "upstream_unavailable",
-            UpstreamError::Saturated { .. } => "upstream_saturated",
-            UpstreamError::BodyTooLarge => "body_too_large",
-            UpstreamError::Other(_) => "upstream_error",
-        }
-    }
-
-    /// The HTTP status the partner gets.
-    pub fn status(&self) -> http::StatusCode {
-        match self {
-            UpstreamError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::BodyTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
-            UpstreamError::Unavailable { .. } | UpstreamError::Saturated { .. } => {
-                http::StatusCode::SERVICE_UNAVAILABLE
-            }
-            _ => http::StatusCode::BAD_GATEWAY,
+            UpstreamError::Timeout => Reason::UpstreamTimeout,
+            UpstreamError::Tls(_) => Reason::UpstreamTls,
+            UpstreamError::Unavailable { .. } => Reason::UpstreamUnavailable,
+            UpstreamError::Saturated { .. } => Reason::UpstreamSaturated,
+            UpstreamError::BodyTooLarge => Reason::BodyTooLarge,
+            UpstreamError::Other(_) => Reason::UpstreamError,
         }
     }
 
@@ -71,6 +62,22 @@ impl UpstreamError {
             _ => None,
         }
     }
+}
+
+/// Why a pool cannot be built from its settings (at start or reload; the
+/// running configuration then stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBuildError {
+    #[error("[upstreams.{name}] endpoint {why}")]
+    Endpoint { name: String, why: String },
+    #[error("[upstreams.{0}] has no endpoint: give `url` or `endpoints`")]
+    NoEndpoint(String),
+    #[error("[upstreams.{0}] is https but has no `ca`")]
+    NoCa(String),
+    #[error("[upstreams.{name}] server_name `{server_name}` is not a valid name")]
+    ServerName { name: String, server_name: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Finds a rustls error anywhere in an error chain, looking through the

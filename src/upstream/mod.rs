@@ -36,7 +36,7 @@ use rustls_pki_types::ServerName;
 
 pub use body::UpstreamBody;
 pub use endpoint::Endpoint;
-pub use error::UpstreamError;
+pub use error::{UpstreamBuildError, UpstreamError};
 
 use body::Lease;
 use endpoint::Checked;
@@ -207,20 +207,23 @@ impl Pool {
         settings: &UpstreamSettings,
         home: &Home,
         previous: Option<&Pool>,
-    ) -> Result<Pool, String> {
+    ) -> Result<Pool, UpstreamBuildError> {
         let specs = settings
             .parsed_endpoints()
-            .map_err(|e| format!("[upstreams.{name}] endpoint {e}"))?;
+            .map_err(|why| UpstreamBuildError::Endpoint {
+                name: name.to_string(),
+                why,
+            })?;
         let first = specs
             .first()
-            .ok_or_else(|| format!("[upstreams.{name}] has no endpoint"))?;
+            .ok_or_else(|| UpstreamBuildError::NoEndpoint(name.to_string()))?;
         let https = first.https;
         let base_path = first.base_path.clone();
         let (tls_config, leg_key) = if https {
             let ca = settings
                 .ca
                 .as_ref()
-                .ok_or_else(|| format!("[upstreams.{name}] is https but has no `ca`"))?;
+                .ok_or_else(|| UpstreamBuildError::NoCa(name.to_string()))?;
             let cert = match &settings.client_cert {
                 Some(p) => home.resolve(p),
                 None => home.broker_client_cert(),
@@ -231,12 +234,15 @@ impl Pool {
             };
             let ca = home.resolve(ca);
             let leg_key = leg_key(settings, &[&ca, &cert, &key]);
-            let chain = tls::load_certs(&cert).map_err(|e| e.to_string())?;
-            let key = tls::load_key(&key).map_err(|e| e.to_string())?;
-            let config = tls::upstream_client_config(&ca, chain, key).map_err(|e| e.to_string())?;
+            let chain = tls::load_certs(&cert)?;
+            let key = tls::load_key(&key)?;
+            let config = tls::upstream_client_config(&ca, chain, key)?;
             let server_name = settings.server_name.clone().unwrap_or(first.host.clone());
             let server_name = ServerName::try_from(server_name.clone()).map_err(|_| {
-                format!("[upstreams.{name}] server_name `{server_name}` is not a valid name")
+                UpstreamBuildError::ServerName {
+                    name: name.to_string(),
+                    server_name: server_name.clone(),
+                }
             })?;
             (Some((config, server_name)), leg_key)
         } else {
