@@ -10,14 +10,17 @@ use crate::home::Home;
 pub mod cluster;
 mod common;
 mod gateway;
+pub mod min_free;
 mod partner;
 mod render;
+mod upstream;
 
 pub use cluster::{ClusterSettings, OnStoreFailure};
 pub use common::*;
 pub use gateway::*;
 pub use partner::*;
 pub use render::*;
+pub use upstream::*;
 
 /// The whole validated configuration of a home.
 #[derive(Debug, Clone)]

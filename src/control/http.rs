@@ -27,7 +27,7 @@ pub use crate::control::view::AdminView;
 
 /// The admin address, refused when it is not loopback unless the operator
 /// said `[server] admin_public = true`.
-pub fn admin_address(addr: SocketAddr, public: bool) -> Result<SocketAddr, String> {
+pub fn admin_address(addr: SocketAddr, public: bool) -> Result<SocketAddr, AdminNotLoopback> {
     if addr.ip().is_loopback() {
         return Ok(addr);
     }
@@ -35,10 +35,15 @@ pub fn admin_address(addr: SocketAddr, public: bool) -> Result<SocketAddr, Strin
         tracing::warn!(admin_addr = %addr, "the admin listener (metrics, health) is bound to a non-loopback address");
         return Ok(addr);
     }
-    Err(format!(
-        "--admin {addr} is not a loopback address; set [server] admin_public = true to expose it on purpose"
-    ))
+    Err(AdminNotLoopback(addr))
 }
+
+/// The admin address is not loopback and `admin_public` is not set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--admin {0} is not a loopback address; set [server] admin_public = true to expose it on purpose"
+)]
+pub struct AdminNotLoopback(pub SocketAddr);
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
@@ -70,6 +75,7 @@ async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<By
             refresh_cert_expiry(&view).await;
             let monitor = view.events.monitor();
             monitor.set_journal_writable(view.events.writable());
+            monitor.pools.observe(&view.live.snapshot().upstreams);
             // OpenMetrics for scrapers that ask for it (Prometheus does),
             // else the classic text format (curl, promtool).
             let accept = req.headers().get(http::header::ACCEPT);
@@ -93,7 +99,7 @@ async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<By
             Some(denied) => denied,
             None => status(&view).await,
         },
-        crate::ca::upstream_identity::JWKS_PATH => {
+        crate::identity_token::JWKS_PATH => {
             let mut r = text(StatusCode::OK, view.identity.current().jwks_json.clone());
             let h = r.headers_mut();
             h.insert(
@@ -164,7 +170,7 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         }
         limits.insert(p.id.clone(), v);
     }
-    let body = crate::guard::monitor::status_json(
+    let mut body = crate::guard::monitor::status_json(
         view.events.monitor(),
         &partners,
         &inventory,
@@ -172,6 +178,12 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         time::OffsetDateTime::now_utc(),
         snapshot.gateway.monitor.expiry_warning_days,
     );
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert(
+            "upstreams".into(),
+            crate::upstream::status_json(&snapshot.upstreams),
+        );
+    }
     let mut r = text(StatusCode::OK, body.to_string());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

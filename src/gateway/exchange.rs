@@ -11,12 +11,15 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::upstream::UpstreamBody;
 
 use crate::config::Risk;
 use crate::event::{Event, ExpectedRecord, RecordAck, RecordError};
 use crate::gateway::relay::BoxError;
 use crate::guard::EventSink;
+use crate::reason::Reason;
 
 /// Something held for the exchange's lifetime and released when its record
 /// is handed over (a limits admission, the connection's in-flight count).
@@ -78,7 +81,7 @@ enum State {
 
 /// The relayed response body, recorded before its end reaches the partner.
 pub struct RecordedBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     state: State,
     /// Bytes still expected per Content-Length, when known.
     remaining: Option<u64>,
@@ -86,7 +89,7 @@ pub struct RecordedBody {
 }
 
 impl RecordedBody {
-    pub fn new(inner: Incoming, content_length: Option<u64>, pending: PendingRecord) -> Self {
+    pub fn new(inner: UpstreamBody, content_length: Option<u64>, pending: PendingRecord) -> Self {
         RecordedBody {
             inner,
             state: State::Streaming,
@@ -137,7 +140,7 @@ impl Body for RecordedBody {
                         }
                         Some(Err(e)) => {
                             if let Some(mut p) = this.pending.take() {
-                                p.event.reason = Some("upstream_body_error".into());
+                                p.event.reason = Some(Reason::UpstreamBodyError.code().into());
                                 drop(p.submit());
                             }
                             this.state = State::Done;
@@ -175,7 +178,7 @@ impl Body for RecordedBody {
 impl Drop for RecordedBody {
     fn drop(&mut self) {
         if let Some(mut p) = self.pending.take() {
-            p.event.reason = Some("incomplete".into());
+            p.event.reason = Some(Reason::Incomplete.code().into());
             drop(p.submit());
         }
     }

@@ -33,6 +33,7 @@ use time::OffsetDateTime;
 use crate::ca::inventory::Inventory;
 use crate::config::Risk;
 use crate::event::{Decision, Event, EventKind};
+use crate::reason::Reason;
 
 pub use expiry::{ExpiryWarning, expiring};
 pub use exposition::{TEXT_CONTENT_TYPE, wants_openmetrics};
@@ -159,6 +160,8 @@ pub struct Monitor {
     /// request path (written once per new partner).
     windows: RwLock<HashMap<String, Arc<Mutex<WindowRing>>>>,
     recent_alerts: Mutex<VecDeque<RecentAlert>>,
+    /// The upstream pools' families (updated at scrape time).
+    pub pools: crate::upstream::metrics::PoolMetrics,
 }
 
 fn request_buckets() -> impl Iterator<Item = f64> {
@@ -198,6 +201,7 @@ impl Monitor {
             reload_failures: Counter::default(),
             windows: RwLock::new(HashMap::new()),
             recent_alerts: Mutex::new(VecDeque::new()),
+            pools: Default::default(),
         };
         monitor.registry = monitor.registry();
         // The journal opened before the broker started serving.
@@ -296,6 +300,7 @@ impl Monitor {
             "Configuration changes refused (the running configuration stayed in force)",
             m.reload_failures.clone(),
         );
+        m.pools.register(&mut registry);
         registry
     }
 
@@ -580,9 +585,7 @@ impl Monitor {
 }
 
 fn is_limit_reason(reason: &str) -> bool {
-    reason.starts_with("requests_per_")
-        || reason.starts_with("max_concurrent")
-        || reason.starts_with("throttled")
+    Reason::from_code(reason).is_some_and(Reason::is_rate_limit)
 }
 
 /// The method if it is a standard one, else `OTHER`.
