@@ -329,9 +329,9 @@ impl Writer {
             .map(|(_, _, c)| c.len() as u64 + 36 + 40)
             .sum::<u64>()
             .saturating_mul(WRITE_AMPLIFICATION);
-        if let Err(msg) = self.space.admit(upcoming) {
+        if let Err(low) = self.space.admit(upcoming) {
             self.shared.disk_low.store(true, Ordering::SeqCst);
-            return self.fail(pending, msg);
+            return self.fail(pending, low.to_string());
         }
         self.shared.disk_low.store(false, Ordering::SeqCst);
         let t = match self.store.t() {
@@ -421,7 +421,8 @@ impl Writer {
             Err(JournalError::Storage(
                 "injected failure still on (test hook / fault drill)".into(),
             ))
-        } else if let Err(msg) = self.space.measure() {
+        } else if let Err(low) = self.space.measure() {
+            let msg = low.to_string();
             self.shared.disk_low.store(true, Ordering::SeqCst);
             self.shared.set_error(Some(msg.clone()));
             Err(JournalError::Storage(msg))

@@ -45,6 +45,7 @@ impl StoredRef<'_> {
 
     /// `prev_hash ‖ hash ‖ canonical`, the form a record is exported and
     /// tampered with in tests.
+    #[cfg(any(test, feature = "test-support"))]
     pub(in crate::journal) fn to_stored(self) -> Vec<u8> {
         record::stored_value(&self.prev, &self.hash, self.canonical)
     }
