@@ -19,6 +19,7 @@ use crate::config::Risk;
 use crate::event::{Event, ExpectedRecord, RecordAck, RecordError};
 use crate::gateway::relay::BoxError;
 use crate::guard::EventSink;
+use crate::reason::Reason;
 
 /// Something held for the exchange's lifetime and released when its record
 /// is handed over (a limits admission, the connection's in-flight count).
@@ -139,7 +140,7 @@ impl Body for RecordedBody {
                         }
                         Some(Err(e)) => {
                             if let Some(mut p) = this.pending.take() {
-                                p.event.reason = Some("upstream_body_error".into());
+                                p.event.reason = Some(Reason::UpstreamBodyError.code().into());
                                 drop(p.submit());
                             }
                             this.state = State::Done;
@@ -177,7 +178,7 @@ impl Body for RecordedBody {
 impl Drop for RecordedBody {
     fn drop(&mut self) {
         if let Some(mut p) = self.pending.take() {
-            p.event.reason = Some("incomplete".into());
+            p.event.reason = Some(Reason::Incomplete.code().into());
             drop(p.submit());
         }
     }

@@ -1,7 +1,9 @@
 //! Why the upstream leg of one request failed, as the partner and the
-//! record see it: a reason code and an HTTP status.
+//! record see it: a [`Reason`] and the `Retry-After` a pool knows.
 
 use std::error::Error as StdError;
+
+use crate::reason::Reason;
 
 /// Why the upstream leg failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,27 +37,16 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The reason code (journal, metrics, the partner's JSON `error`).
-    pub fn code(&self) -> &'static str {
+    /// The reason a refusal for this failure gives (its code, status and
+    /// whether the connection closes).
+    pub fn reason(&self) -> Reason {
         match self {
-            UpstreamError::Timeout => "upstream_timeout",
-            UpstreamError::Tls(_) => "upstream_tls",
-            UpstreamError::Unavailable { .. } => "upstream_unavailable",
-            UpstreamError::Saturated { .. } => "upstream_saturated",
-            UpstreamError::BodyTooLarge => "body_too_large",
-            UpstreamError::Other(_) => "upstream_error",
-        }
-    }
-
-    /// The HTTP status the partner gets.
-    pub fn status(&self) -> http::StatusCode {
-        match self {
-            UpstreamError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::BodyTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
-            UpstreamError::Unavailable { .. } | UpstreamError::Saturated { .. } => {
-                http::StatusCode::SERVICE_UNAVAILABLE
-            }
-            _ => http::StatusCode::BAD_GATEWAY,
+            UpstreamError::Timeout => Reason::UpstreamTimeout,
+            UpstreamError::Tls(_) => Reason::UpstreamTls,
+            UpstreamError::Unavailable { .. } => Reason::UpstreamUnavailable,
+            UpstreamError::Saturated { .. } => Reason::UpstreamSaturated,
+            UpstreamError::BodyTooLarge => Reason::BodyTooLarge,
+            UpstreamError::Other(_) => Reason::UpstreamError,
         }
     }
 
