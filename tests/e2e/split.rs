@@ -3,11 +3,11 @@
 //! the weights moved to 50/50 live (only partners that must move do, and
 //! none leaves the side whose weight rose), a partner pinned to one side
 //! (also pinned by a live reload), and `gatehouse check` explaining a split
-//! or a pin written wrong.
+//! or a pin written wrong. `/status` lists the split's weights and pins.
 
 use std::collections::BTreeMap;
 
-use crate::common::client::Conn;
+use crate::common::client::{Conn, admin_get};
 use crate::common::home::TestHome;
 use crate::common::pool_backend::PoolBackend;
 
@@ -197,6 +197,19 @@ async fn a_pinned_partner_always_reaches_its_side_and_a_pin_applies_on_reload() 
     assert_eq!(second["pilot"], "orders-v2");
     assert_eq!(second["late"], "orders-v2", "the new pin applies live");
     assert_eq!(second["steady"], "orders-legacy");
+
+    // The status shows the split's weights and who is pinned where.
+    let (code, body) = admin_get(broker.admin, "/status").await;
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status["splits"],
+        serde_json::json!([{"name": "orders", "sides": [
+            {"side": "orders-legacy", "weight": 100, "pinned": []},
+            {"side": "orders-v2", "weight": 0, "pinned": ["late", "pilot"]},
+        ]}]),
+        "{body}"
+    );
 }
 
 #[test]
