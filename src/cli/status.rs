@@ -358,4 +358,29 @@ mod tests {
         assert!(t.contains("traffic_spike acme x10"), "{t}");
         assert!(render_table(&serde_json::json!({})).contains("no partners"));
     }
+
+    #[test]
+    fn table_shows_each_upstream_endpoint_and_its_state() {
+        let doc = serde_json::json!({
+            "upstreams": [{
+                "name": "orders", "in_flight": 1, "queue_depth": 4,
+                "endpoints": [
+                    {"address": "10.0.0.11:9443", "state": "up", "in_flight": 1, "success": 90, "failure": 0, "ejections": 0},
+                    {"address": "10.0.0.12:9443", "state": "ejected", "in_flight": 0, "success": 10, "failure": 5, "ejections": 1}
+                ]
+            }, {"name": "empty", "endpoints": []}]
+        });
+        let t = render_table(&doc);
+        assert!(t.contains("10.0.0.12:9443"), "{t}");
+        let ejected = t
+            .lines()
+            .find(|l| l.contains("10.0.0.12"))
+            .unwrap_or_default();
+        assert!(
+            ejected.contains("ejected") && ejected.contains("orders"),
+            "{t}"
+        );
+        assert!(t.contains("4 waiting"), "{t}");
+        assert!(t.contains("no endpoint"), "{t}");
+    }
 }

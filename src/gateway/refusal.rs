@@ -34,10 +34,10 @@ impl From<LimitDenied> for Refusal {
 
 impl From<UpstreamError> for Refusal {
     fn from(e: UpstreamError) -> Refusal {
-        let mut r = Refusal::new(e.reason());
-        if let Some(secs) = e.retry_after_secs() {
-            r = r.retry_after(secs);
+        let r = Refusal::new(e.reason());
+        match e.retry_after_secs() {
+            Some(secs) => r.retry_after(secs),
+            None => r,
         }
-        r
     }
 }

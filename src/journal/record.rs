@@ -505,6 +505,10 @@ mod tests {
             .to_line();
         assert_eq!(line.v, 2);
         assert_eq!(line.ext["attempts"], "2");
+        let text = serde_json::to_string(&line).unwrap();
+        let back: RecordLine = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, line);
+        assert_eq!(encode(back.seq, &back.event), bytes);
     }
 
     #[test]

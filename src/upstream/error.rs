@@ -1,5 +1,5 @@
 //! Why the upstream leg of one request failed, as the partner and the
-//! record see it: a [`Reason`] and the `Retry-After` a pool knows.
+//! record see it: a reason code and an HTTP status.
 
 use std::error::Error as StdError;
 
@@ -38,7 +38,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// The reason a refusal for this failure gives (its code, status and
-    /// whether the connection closes).
+    /// `Retry-After` are the reason's).
     pub fn reason(&self) -> Reason {
         match self {
             UpstreamError::Timeout => Reason::UpstreamTimeout,
@@ -62,6 +62,22 @@ impl UpstreamError {
             _ => None,
         }
     }
+}
+
+/// Why a pool cannot be built from its settings (at start or reload; the
+/// running configuration then stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBuildError {
+    #[error("[upstreams.{name}] endpoint {why}")]
+    Endpoint { name: String, why: String },
+    #[error("[upstreams.{0}] has no endpoint: give `url` or `endpoints`")]
+    NoEndpoint(String),
+    #[error("[upstreams.{0}] is https but has no `ca`")]
+    NoCa(String),
+    #[error("[upstreams.{name}] server_name `{server_name}` is not a valid name")]
+    ServerName { name: String, server_name: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Finds a rustls error anywhere in an error chain, looking through the

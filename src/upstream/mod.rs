@@ -36,7 +36,7 @@ use rustls_pki_types::ServerName;
 
 pub use body::UpstreamBody;
 pub use endpoint::Endpoint;
-pub use error::UpstreamError;
+pub use error::{UpstreamBuildError, UpstreamError};
 
 use body::Lease;
 use endpoint::Checked;
@@ -207,20 +207,23 @@ impl Pool {
         settings: &UpstreamSettings,
         home: &Home,
         previous: Option<&Pool>,
-    ) -> Result<Pool, String> {
+    ) -> Result<Pool, UpstreamBuildError> {
         let specs = settings
             .parsed_endpoints()
-            .map_err(|e| format!("[upstreams.{name}] endpoint {e}"))?;
+            .map_err(|why| UpstreamBuildError::Endpoint {
+                name: name.to_string(),
+                why,
+            })?;
         let first = specs
             .first()
-            .ok_or_else(|| format!("[upstreams.{name}] has no endpoint"))?;
+            .ok_or_else(|| UpstreamBuildError::NoEndpoint(name.to_string()))?;
         let https = first.https;
         let base_path = first.base_path.clone();
         let (tls_config, leg_key) = if https {
             let ca = settings
                 .ca
                 .as_ref()
-                .ok_or_else(|| format!("[upstreams.{name}] is https but has no `ca`"))?;
+                .ok_or_else(|| UpstreamBuildError::NoCa(name.to_string()))?;
             let cert = match &settings.client_cert {
                 Some(p) => home.resolve(p),
                 None => home.broker_client_cert(),
@@ -231,12 +234,15 @@ impl Pool {
             };
             let ca = home.resolve(ca);
             let leg_key = leg_key(settings, &[&ca, &cert, &key]);
-            let chain = tls::load_certs(&cert).map_err(|e| e.to_string())?;
-            let key = tls::load_key(&key).map_err(|e| e.to_string())?;
-            let config = tls::upstream_client_config(&ca, chain, key).map_err(|e| e.to_string())?;
+            let chain = tls::load_certs(&cert)?;
+            let key = tls::load_key(&key)?;
+            let config = tls::upstream_client_config(&ca, chain, key)?;
             let server_name = settings.server_name.clone().unwrap_or(first.host.clone());
             let server_name = ServerName::try_from(server_name.clone()).map_err(|_| {
-                format!("[upstreams.{name}] server_name `{server_name}` is not a valid name")
+                UpstreamBuildError::ServerName {
+                    name: name.to_string(),
+                    server_name: server_name.clone(),
+                }
             })?;
             (Some((config, server_name)), leg_key)
         } else {
@@ -496,7 +502,7 @@ impl Pool {
             attempts += 1;
             let mut lease = Lease::new(ep.clone(), permit.take(), self.in_flight.clone());
             let outcome = self.attempt(&ep, &mut payload, &mut lease, deadline).await;
-            let label = Some(ep.label().to_string());
+            let label = ep.label().to_string();
             match outcome {
                 Attempt::Answered(resp) => {
                     let status = resp.status();
@@ -522,7 +528,7 @@ impl Pool {
                         drop(resp);
                         last = Some((
                             UpstreamError::Other(format!("{} answered {status}", ep.label())),
-                            label,
+                            Some(label),
                             why,
                         ));
                         continue;
@@ -530,7 +536,7 @@ impl Pool {
                     let (parts, body) = resp.into_parts();
                     return Ok(Relayed {
                         response: Response::from_parts(parts, UpstreamBody::new(body, lease)),
-                        endpoint: label.unwrap_or_default(),
+                        endpoint: label,
                         attempts,
                     });
                 }
@@ -541,10 +547,10 @@ impl Pool {
                         payload.restore(req);
                     }
                     tracing::debug!(upstream = %self.name, endpoint = %ep.label(), "not sent: {error}");
-                    last = Some((error, label, Failure::NotSent));
+                    last = Some((error, Some(label), Failure::NotSent));
                 }
                 Attempt::Failed(UpstreamError::BodyTooLarge) => {
-                    return Err(fail(UpstreamError::BodyTooLarge, label, attempts));
+                    return Err(fail(UpstreamError::BodyTooLarge, Some(label), attempts));
                 }
                 Attempt::Failed(error) => {
                     self.note_failure(&ep, &endpoints);
@@ -556,7 +562,7 @@ impl Pool {
                     };
                     tracing::debug!(upstream = %self.name, endpoint = %ep.label(), "attempt failed: {error}");
                     let again = retry::may_retry(why, repeatable, payload.kept());
-                    last = Some((error, label, why));
+                    last = Some((error, Some(label), why));
                     if !again {
                         break;
                     }
