@@ -69,6 +69,10 @@ pub struct Event {
     /// Attempts the upstream leg took (0: none was made).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
+    /// For a route to a split upstream (`upstream`): the side (pool) the
+    /// partner was sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_side: Option<String>,
 }
 
 impl Event {
@@ -97,6 +101,7 @@ impl Event {
             detail: None,
             upstream_endpoint: None,
             attempts: 0,
+            split_side: None,
         }
     }
 }

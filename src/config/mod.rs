@@ -115,6 +115,7 @@ mod tests {
             limits: LimitSpec::default(),
             on_anomaly: Default::default(),
             renewal_window: None,
+            pin: Default::default(),
             routes: vec![parse_route_arg("GET /v1/orders -> orders").unwrap()],
         };
         let text = render_partner(&p);

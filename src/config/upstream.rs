@@ -1,9 +1,12 @@
 //! `[upstreams.<name>]`: one service the broker relays to, as a pool of
 //! endpoints (`url` is a pool of one), with its balancing, admission cap and
 //! queue, retry policy, active health checks, passive outlier ejection and
-//! DNS refresh. Parsing and the checks `gatehouse check` reports live here;
-//! the pool itself is [`crate::upstream`].
+//! DNS refresh; or a weighted `split` of other upstreams (sticky per
+//! partner). Parsing and the checks `gatehouse check` reports live here;
+//! the pool itself is [`crate::upstream`], the split's choice
+//! [`crate::gateway::split`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,6 +81,11 @@ pub struct UpstreamSettings {
     /// How often a host name among the endpoints is resolved again.
     #[serde(with = "serde_duration", default = "default_dns_refresh")]
     pub dns_refresh: Duration,
+    /// `split = { orders-legacy = 90, orders-v2 = 10 }`: this upstream is no
+    /// pool of its own but a weighted split of other upstreams (pools), each
+    /// partner staying on one side for a given weight table.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub split: BTreeMap<String, u32>,
 }
 
 /// `balance`.
@@ -232,7 +240,12 @@ impl EndpointUrl {
 }
 
 impl UpstreamSettings {
-    /// The endpoint URLs as written (`url` or `endpoints`).
+    /// Whether this upstream is a split of others rather than a pool.
+    pub fn is_split(&self) -> bool {
+        !self.split.is_empty()
+    }
+
+    /// The upstream's endpoints as written (`url` or `endpoints`).
     pub fn endpoint_urls(&self) -> Vec<&str> {
         match &self.url {
             Some(u) => vec![u.as_str()],
@@ -259,6 +272,15 @@ impl UpstreamSettings {
     pub fn problems(&self, name: &str) -> Vec<String> {
         let mut out = Vec::new();
         let mut err = |m: String| out.push(format!("[upstreams.{name}] {m}"));
+        if self.is_split() {
+            if self.url.is_some() || !self.endpoints.is_empty() {
+                err("has both `split` and `url`/`endpoints`: a split sends to other upstreams and has no endpoints of its own; keep one".into());
+            }
+            if self.split.values().map(|w| u64::from(*w)).sum::<u64>() == 0 {
+                err("`split` weights add up to 0: give at least one side a weight above 0".into());
+            }
+            return out;
+        }
         match (&self.url, self.endpoints.is_empty()) {
             (Some(_), false) => err(
                 "has both `url` and `endpoints`: keep one (`url = \"...\"` is a pool of one, `endpoints = [...]` a pool of several)".into(),

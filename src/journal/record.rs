@@ -89,13 +89,16 @@ pub fn extensions(e: &Event) -> Vec<(&'static str, String)> {
     if let Some(ep) = &e.upstream_endpoint {
         x.push(("upstream_endpoint", ep.clone()));
     }
+    if let Some(side) = &e.split_side {
+        x.push(("split_side", side.clone()));
+    }
     x.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     x
 }
 
 /// The format version `e` is encoded with: 1 without extension fields, 2 with.
 pub fn version_of(e: &Event) -> u8 {
-    if e.attempts != 0 || e.upstream_endpoint.is_some() {
+    if e.attempts != 0 || e.upstream_endpoint.is_some() || e.split_side.is_some() {
         FORMAT_VERSION_2
     } else {
         FORMAT_VERSION
@@ -225,6 +228,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
     let detail = r.opt_string("detail")?;
     let mut upstream_endpoint = None;
     let mut attempts = 0;
+    let mut split_side = None;
     if v == FORMAT_VERSION_2 {
         let n = u16::from_be_bytes(r.arr("extension count")?) as usize;
         if n == 0 || n > MAX_EXTENSIONS {
@@ -251,6 +255,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
                         .ok_or_else(|| DecodeError(format!("attempts `{value}` is not a count")))?;
                 }
                 "upstream_endpoint" => upstream_endpoint = Some(value),
+                "split_side" => split_side = Some(value),
                 // A field a later gatehouse adds: this one cannot show it
                 // (nor re-encode it), so it says so instead of dropping it.
                 _ => {
@@ -290,6 +295,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
             detail,
             upstream_endpoint,
             attempts,
+            split_side,
         },
     ))
 }
@@ -437,6 +443,7 @@ mod tests {
             detail: Some("line1\nline2".into()),
             upstream_endpoint: None,
             attempts: 0,
+            split_side: None,
         }
     }
 
@@ -502,6 +509,19 @@ mod tests {
         let back: RecordLine = serde_json::from_str(&text).unwrap();
         assert_eq!(back, line);
         assert_eq!(encode(back.seq, &back.event), bytes);
+    }
+
+    #[test]
+    fn the_split_side_travels_as_a_named_field() {
+        let mut e = full_event();
+        e.split_side = Some("orders-v2".into());
+        let bytes = encode(4, &e);
+        assert_eq!(bytes[0], FORMAT_VERSION_2);
+        assert_eq!(decode(&bytes).unwrap(), (4, e.clone()));
+        let line = Record::from_stored(&stored_value(&GENESIS_HASH, &[0; 32], &bytes))
+            .unwrap()
+            .to_line();
+        assert_eq!(line.ext["split_side"], "orders-v2");
     }
 
     #[test]

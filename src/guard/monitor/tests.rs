@@ -488,6 +488,7 @@ fn status_json_shape() {
             status: PartnerStatus::Suspended,
             on_anomaly: Default::default(),
             renewal_window: None,
+            pin: Default::default(),
             limits: LimitSpec::default(),
             routes: vec![],
         },
@@ -497,6 +498,7 @@ fn status_json_shape() {
             status: PartnerStatus::Active,
             on_anomaly: Default::default(),
             renewal_window: None,
+            pin: Default::default(),
             limits: LimitSpec {
                 requests_per_minute: Some(600),
                 burst: Some(50),
