@@ -201,22 +201,49 @@ pub struct EndpointUrl {
     pub base_path: String,
 }
 
+/// An endpoint URL that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{url}` {problem}")]
+pub struct EndpointUrlError {
+    pub url: String,
+    pub problem: EndpointProblem,
+}
+
+/// What is wrong with an endpoint URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointProblem {
+    #[error("must start with http:// or https://")]
+    Scheme,
+    #[error("is not a valid URL: {0}")]
+    Invalid(String),
+    #[error("has no host")]
+    NoHost,
+    #[error("has credentials: credentials in the URL are not supported")]
+    Credentials,
+    #[error("has a query: a query has no place in an endpoint")]
+    Query,
+}
+
 impl EndpointUrl {
     /// Parses an endpoint URL (`http://` or `https://`, a host, no query).
-    pub fn parse(url: &str) -> Result<EndpointUrl, String> {
+    pub fn parse(url: &str) -> Result<EndpointUrl, EndpointUrlError> {
+        let bad = |problem: EndpointProblem| EndpointUrlError {
+            url: url.to_string(),
+            problem,
+        };
         let https = match url.split_once("://") {
             Some(("https", rest)) if !rest.is_empty() => true,
             Some(("http", rest)) if !rest.is_empty() => false,
-            _ => return Err(format!("`{url}` must start with http:// or https://")),
+            _ => return Err(bad(EndpointProblem::Scheme)),
         };
         let uri: http::Uri = url
             .parse()
-            .map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
+            .map_err(|e: http::uri::InvalidUri| bad(EndpointProblem::Invalid(e.to_string())))?;
         let authority = uri
             .authority()
-            .ok_or_else(|| format!("`{url}` has no host"))?;
+            .ok_or_else(|| bad(EndpointProblem::NoHost))?;
         if authority.as_str().contains('@') {
-            return Err(format!("`{url}`: credentials in the URL are not supported"));
+            return Err(bad(EndpointProblem::Credentials));
         }
         let host = authority
             .host()
@@ -224,10 +251,10 @@ impl EndpointUrl {
             .trim_end_matches(']')
             .to_string();
         if host.is_empty() {
-            return Err(format!("`{url}` has no host"));
+            return Err(bad(EndpointProblem::NoHost));
         }
         if uri.query().is_some() {
-            return Err(format!("`{url}`: a query has no place in an endpoint"));
+            return Err(bad(EndpointProblem::Query));
         }
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         Ok(EndpointUrl {
@@ -254,7 +281,7 @@ impl UpstreamSettings {
     }
 
     /// The checked endpoints; the first problem found, if any.
-    pub fn parsed_endpoints(&self) -> Result<Vec<EndpointUrl>, String> {
+    pub fn parsed_endpoints(&self) -> Result<Vec<EndpointUrl>, EndpointUrlError> {
         self.endpoint_urls()
             .into_iter()
             .map(EndpointUrl::parse)
