@@ -19,7 +19,7 @@ use crate::control::watch::{ReloadTrigger, Watched, watch_files};
 use crate::event::Recorder;
 use crate::fleet::Fleet;
 use crate::gateway::live::Live;
-use crate::gateway::{Gateway, Membership, accept_loop, http_builder};
+use crate::gateway::{Gateway, Membership, accept_loop};
 use crate::guard::EventSink;
 use crate::guard::alerts::AlertSink;
 use crate::guard::anomaly::{AnomalySettings, Detector};
@@ -96,6 +96,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         identity: identity.clone(),
         events: events.clone(),
         trigger,
+        journal: journal.clone(),
     });
     watched.apply_anomaly_modes();
     let admin_task = tokio::spawn(crate::control::http::serve(
@@ -137,7 +138,6 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     let accept = accept_loop(
         listener,
         gateway.clone(),
-        Arc::new(http_builder(server)),
         permits.clone(),
         shutdown_rx.clone(),
     );

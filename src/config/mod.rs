@@ -12,6 +12,7 @@ mod common;
 mod gateway;
 mod partner;
 mod render;
+pub mod settings;
 
 pub use cluster::{ClusterSettings, OnStoreFailure};
 pub use common::*;

@@ -70,6 +70,7 @@ async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<By
             refresh_cert_expiry(&view).await;
             let monitor = view.events.monitor();
             monitor.set_journal_writable(view.events.writable());
+            monitor.set_config_restart_pending(!view.live.restart_pending().is_empty());
             // OpenMetrics for scrapers that ask for it (Prometheus does),
             // else the classic text format (curl, promtool).
             let accept = req.headers().get(http::header::ACCEPT);
@@ -172,6 +173,14 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         time::OffsetDateTime::now_utc(),
         snapshot.gateway.monitor.expiry_warning_days,
     );
+    let mut body = body;
+    if let Some(obj) = body.as_object_mut() {
+        // Settings changed in the files that only a restart puts in force.
+        obj.insert(
+            "restart_pending".into(),
+            serde_json::json!(snapshot.restart_pending),
+        );
+    }
     let mut r = text(StatusCode::OK, body.to_string());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -12,16 +12,19 @@
 //! lands while a reload reads leaves the stored stamp behind the files, so
 //! the next look reloads again. The last edit is always picked up.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 
 use crate::ca::inventory::{Inventory, RecordStatus};
+use crate::config::settings::{self, Apply};
 use crate::config::{self, GatewayConfig, Partner, PartnerStatus};
 use crate::gateway::relay::Upstream;
 use crate::guard::limits::LimitState;
@@ -70,7 +73,18 @@ pub struct Snapshot {
     pub partners: HashMap<String, PartnerEntry>,
     pub certs: HashMap<String, CertEntry>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// `gatehouse.toml` keys whose value in force is still the one the
+    /// broker started with: changed in the files, waiting for a restart.
+    pub restart_pending: Vec<String>,
     stamps: Stamps,
+}
+
+impl Snapshot {
+    /// Every setting of this snapshot, as shown and compared (secrets digested).
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        let partners: Vec<&Partner> = self.partners.values().map(|e| &e.partner).collect();
+        settings::flatten(&self.gateway, &partners).public()
+    }
 }
 
 impl Snapshot {
@@ -209,6 +223,12 @@ pub struct Live {
     /// The last TLS rebuild failed (e.g. a certificate and key caught between
     /// two renames): retried at every tick until it succeeds.
     tls_retry: std::sync::atomic::AtomicBool,
+    /// hyper's connection settings from the live `[server]` table.
+    http: ArcSwap<auto::Builder<TokioExecutor>>,
+    /// `gatehouse.toml` as it was when the broker started: the values of
+    /// the settings only a restart applies.
+    started: GatewayConfig,
+    started_settings: BTreeMap<String, String>,
 }
 
 /// What a reload did.
@@ -217,6 +237,14 @@ pub struct ReloadOutcome {
     pub changed: bool,
     pub tls_rebuilt: bool,
     pub partners: usize,
+    /// Settings this reload changed and put in force (`server.idle_timeout`,
+    /// `partners/acme.toml limits.burst`).
+    pub applied: Vec<String>,
+    /// Settings this reload saw changed that only a restart applies.
+    pub restart_now: Vec<String>,
+    /// Every setting waiting for a restart after this reload (those of
+    /// earlier reloads too).
+    pub restart_pending: Vec<String>,
     /// What changed for the audit trail: certificates issued, superseded or
     /// revoked, partners added, removed, suspended or resumed (by the CLI or
     /// by hand), one line each.
@@ -295,6 +323,7 @@ impl Live {
         let gateway = snapshot.gateway.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(SnapshotCell(Arc::new(snapshot))));
         let tls = build_tls(&home, &gateway, snapshot.clone())?;
+        let http = crate::gateway::http_builder(&gateway.server);
         Ok(Live {
             home,
             snapshot,
@@ -302,7 +331,32 @@ impl Live {
             refused: std::sync::Mutex::new(None),
             partner_cache: std::sync::Mutex::new(cache),
             tls_retry: std::sync::atomic::AtomicBool::new(false),
+            http: ArcSwap::from_pointee(http),
+            started_settings: settings::flatten_gateway(&gateway).public(),
+            started: gateway,
         })
+    }
+
+    /// `gatehouse.toml` as the broker read it at start (the listeners,
+    /// node id and store it runs with, whatever the files say now).
+    pub fn started(&self) -> &GatewayConfig {
+        &self.started
+    }
+
+    /// The `gatehouse.toml` settings the broker started with, as shown and
+    /// compared (secrets digested).
+    pub fn started_settings(&self) -> &BTreeMap<String, String> {
+        &self.started_settings
+    }
+
+    /// Settings changed in the files that wait for a restart.
+    pub fn restart_pending(&self) -> Vec<String> {
+        self.snapshot().restart_pending.clone()
+    }
+
+    /// hyper's connection settings in force now.
+    pub fn http_builder(&self) -> Arc<auto::Builder<TokioExecutor>> {
+        self.http.load_full()
     }
 
     /// The current snapshot.
@@ -374,7 +428,8 @@ impl Live {
                     changed: true,
                     tls_rebuilt: true,
                     partners: current.partners.len(),
-                    changes: Vec::new(),
+                    restart_pending: current.restart_pending.clone(),
+                    ..ReloadOutcome::default()
                 });
             }
             return Ok(ReloadOutcome::default());
@@ -389,7 +444,7 @@ impl Live {
             // SIGHUP: read every file afresh.
             cache.clear();
         }
-        let next = match build(&self.home, Some(&current), &mut cache, stamps.clone()) {
+        let mut next = match build(&self.home, Some(&current), &mut cache, stamps.clone()) {
             Ok(n) => n,
             Err(e) => {
                 *refused = Some(stamps);
@@ -398,9 +453,33 @@ impl Live {
         };
         *refused = None;
         drop(refused);
-        let tls_changed = force || next.stamps.tls != current.stamps.tls;
+        // Which settings changed, and which of them only a restart applies.
+        let setting_changes = settings::changes(&current.settings(), &next_flat(&next));
+        next.restart_pending = settings::changes(
+            &self.started_settings,
+            &settings::flatten_gateway(&next.gateway),
+        )
+        .into_iter()
+        .filter(|c| c.apply == Apply::Restart)
+        .map(|c| c.key)
+        .collect();
+        let (applied, restart_now): (Vec<_>, Vec<_>) = setting_changes
+            .into_iter()
+            .partition(|c| c.apply == Apply::Live);
+        let tls_changed = force
+            || next.stamps.tls != current.stamps.tls
+            || next.gateway.trust_domain != current.gateway.trust_domain;
+        if toml::to_string(&next.gateway.server).ok()
+            != toml::to_string(&current.gateway.server).ok()
+        {
+            // New connections take the new timeouts and sizes; open ones
+            // keep theirs.
+            self.http
+                .store(Arc::new(crate::gateway::http_builder(&next.gateway.server)));
+        }
         let partners = next.partners.len();
         let changes = diff(&current, &next);
+        let restart_pending = next.restart_pending.clone();
         self.snapshot.store(Arc::new(SnapshotCell(Arc::new(next))));
         if tls_changed {
             // A fresh config also means a fresh session cache and ticketer:
@@ -411,9 +490,18 @@ impl Live {
             changed: true,
             tls_rebuilt: tls_changed,
             partners,
+            applied: applied.into_iter().map(|c| c.key).collect(),
+            restart_now: restart_now.into_iter().map(|c| c.key).collect(),
+            restart_pending,
             changes,
         })
     }
+}
+
+/// Every setting of a snapshot being built.
+fn next_flat(next: &Snapshot) -> settings::Flat {
+    let partners: Vec<&Partner> = next.partners.values().map(|e| &e.partner).collect();
+    settings::flatten(&next.gateway, &partners)
 }
 
 fn build_tls(
@@ -522,6 +610,7 @@ fn build(
         partners,
         certs,
         upstreams,
+        restart_pending: previous.map(|p| p.restart_pending.clone()).unwrap_or_default(),
         stamps,
     };
     Ok(snapshot)

@@ -96,6 +96,8 @@ pub async fn overview(shared: &Arc<AdminView>) -> Response<Full<Bytes>> {
     let listening = shared.connections.listening();
     status["node"] = json!(shared.events.node());
     status["expiry_warning_days"] = json!(warn_days);
+    // Settings changed in the files that only a restart puts in force.
+    status["restart_pending"] = json!(snapshot.restart_pending);
     status["health"] = json!({
         "ready": journal && listening,
         "journal_writable": journal,
