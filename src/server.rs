@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::ca::upstream_identity::LiveIdentity;
 use crate::config::GatewayConfig;
-use crate::control::socket::{AdminHooks, serve_admin_socket};
+use crate::control::socket::{AdminHooks, RunningSettings, serve_admin_socket};
 use crate::control::view::AdminView;
 use crate::control::watch::{ReloadTrigger, Watched, watch_files};
 use crate::event::Recorder;
@@ -109,8 +109,14 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         }),
         shutdown_rx.clone(),
     ));
-    let socket_task =
-        spawn_admin_socket(&home, &journal, &events, admin_bound, shutdown_rx.clone());
+    let socket_task = spawn_admin_socket(
+        &home,
+        &live,
+        &journal,
+        &events,
+        admin_bound,
+        shutdown_rx.clone(),
+    );
     let stop_signals = StopSignals::register()?;
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
@@ -264,6 +270,7 @@ fn event_sink(
 /// The journal's admin socket (`gatehouse log` while serving), mode 0600.
 fn spawn_admin_socket(
     home: &Home,
+    live: &Arc<Live>,
     journal: &Journal,
     events: &Arc<EventSink>,
     admin_bound: SocketAddr,
@@ -273,9 +280,14 @@ fn spawn_admin_socket(
     let journal = journal.clone();
     let hooks = {
         let events = events.clone();
+        let live = live.clone();
         AdminHooks {
             clear_anomaly: Some(Arc::new(move |p: &str| events.clear_anomaly(p))),
             admin_addr: Some(admin_bound),
+            running_settings: Some(Arc::new(move || RunningSettings {
+                started: live.started_settings().clone(),
+                applied: live.snapshot().settings(),
+            })),
         }
     };
     tokio::spawn(async move {

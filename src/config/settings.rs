@@ -763,6 +763,39 @@ pub fn changes(old: &BTreeMap<String, String>, new_: &Flat) -> Vec<SettingChange
         .collect()
 }
 
+/// What a running broker would make of the files: the changed keys a
+/// reload applies (the files against what it runs now), and those that
+/// need a restart (the files against what it started with).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgainstRunning {
+    pub on_reload: Vec<String>,
+    pub on_restart: Vec<String>,
+}
+
+/// Compares the files (`files`) with a running broker's settings: those
+/// it started with (`started`, `gatehouse.toml` only) and those in force
+/// (`applied`), as [`Flat::public`] shows them.
+pub fn against_running(
+    started: &BTreeMap<String, String>,
+    applied: &BTreeMap<String, String>,
+    files: &Flat,
+) -> AgainstRunning {
+    let on_reload = changes(applied, files)
+        .into_iter()
+        .filter(|c| c.apply == Apply::Live)
+        .map(|c| c.key)
+        .collect();
+    let on_restart = changes(started, files)
+        .into_iter()
+        .filter(|c| c.apply == Apply::Restart)
+        .map(|c| c.key)
+        .collect();
+    AgainstRunning {
+        on_reload,
+        on_restart,
+    }
+}
+
 /// The inventory key of a concrete key that is gone from the new files.
 fn pattern_of(key: &str) -> &'static str {
     let file = file_of(key);
@@ -999,10 +1032,25 @@ client_key = "c.key"
             panic!("README.md lacks the settings reference markers:\n{begin}\n{end}");
         };
         let expected = reference_markdown();
+        if std::env::var_os("GATEHOUSE_WRITE_SETTINGS_REFERENCE").is_some() {
+            // Regenerate: GATEHOUSE_WRITE_SETTINGS_REFERENCE=1 cargo test --lib readme_reference
+            let text = format!(
+                "{}\n{}\n{}",
+                &readme[..start],
+                expected.trim(),
+                &readme[stop..]
+            );
+            std::fs::write(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+                text,
+            )
+            .unwrap();
+            return;
+        }
         assert_eq!(
             readme[start..stop].trim(),
             expected.trim(),
-            "README.md's settings reference is out of date; replace it with:\n{expected}"
+            "README.md's settings reference is out of date: run GATEHOUSE_WRITE_SETTINGS_REFERENCE=1 cargo test --lib readme_reference"
         );
     }
 }

@@ -315,10 +315,7 @@ impl Fleet {
         {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "no answer within {:?}",
-                self.store_timeout()
-            )),
+            Err(_) => Err(format!("no answer within {:?}", self.store_timeout())),
         }
     }
 

@@ -610,7 +610,9 @@ fn build(
         partners,
         certs,
         upstreams,
-        restart_pending: previous.map(|p| p.restart_pending.clone()).unwrap_or_default(),
+        restart_pending: previous
+            .map(|p| p.restart_pending.clone())
+            .unwrap_or_default(),
         stamps,
     };
     Ok(snapshot)

@@ -158,8 +158,10 @@ impl Writer {
                 self.flush_interval = t.flush_interval;
                 self.checkpoint_every = t.checkpoint_every.max(1);
                 self.checkpoint_interval = t.checkpoint_interval;
-                self.agg
-                    .retune(t.handshake_refusals_per_interval, t.handshake_aggregate_interval);
+                self.agg.retune(
+                    t.handshake_refusals_per_interval,
+                    t.handshake_aggregate_interval,
+                );
             }
             Msg::Append(e, ack) => {
                 self.shared.queued.fetch_sub(1, Ordering::SeqCst);

@@ -30,7 +30,14 @@ pub async fn authorize<B>(
     if !public {
         return None;
     }
-    let Some(file) = shared.live.snapshot().gateway.server.admin_token_file.clone() else {
+    let Some(file) = shared
+        .live
+        .snapshot()
+        .gateway
+        .server
+        .admin_token_file
+        .clone()
+    else {
         return Some(unauthorized(
             "the admin listener is public and [server] admin_token_file is not set: the console, /status and the journal API are off",
         ));
