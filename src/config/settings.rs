@@ -954,7 +954,7 @@ client_key = "c.key"
         leaves(&toml::Value::try_from(&g).unwrap(), "", &mut keys);
         for k in &keys {
             assert!(
-                setting(SettingsFile::Gateway, &k).is_some(),
+                setting(SettingsFile::Gateway, k).is_some(),
                 "gatehouse.toml key `{k}` is not in SETTINGS"
             );
         }

@@ -95,10 +95,10 @@ impl Watched {
             m.anomaly_floor_per_minute,
             m.anomaly_warmup_minutes,
         );
-        if applied.iter().any(|k| k.starts_with("monitor.webhook_")) {
-            if let Err(e) = self.events.alerts().set_webhook(m, &self.live.home) {
-                failed.push(format!("[monitor] webhook: {e}"));
-            }
+        if applied.iter().any(|k| k.starts_with("monitor.webhook_"))
+            && let Err(e) = self.events.alerts().set_webhook(m, &self.live.home)
+        {
+            failed.push(format!("[monitor] webhook: {e}"));
         }
         failed
     }
