@@ -1012,6 +1012,30 @@ client_key = "c.key"
     }
 
     #[test]
+    fn against_a_running_broker_reload_and_restart_keys_are_told_apart() {
+        let (g, p) = populated();
+        let started = flatten_gateway(&g).public();
+        // A reload already applied an idle_timeout change and saw a listen
+        // change (pending); the files now also change a partner's burst.
+        let mut applied_g = g.clone();
+        applied_g.server.idle_timeout = Duration::from_secs(5);
+        applied_g.server.listen = "127.0.0.1:1".parse().unwrap();
+        let applied = flatten(&applied_g, &[&p]).public();
+        let mut p2 = p.clone();
+        p2.limits.burst = Some(7);
+        let files = flatten(&applied_g, &[&p2]);
+        let d = against_running(&started, &applied, &files);
+        assert_eq!(d.on_reload, vec!["partners/acme.toml limits.burst"]);
+        assert_eq!(d.on_restart, vec!["server.listen"]);
+        // Files equal to what runs: nothing to say.
+        let d = against_running(&started, &applied, &flatten(&applied_g, &[&p]));
+        assert!(d.on_reload.is_empty());
+        assert_eq!(d.on_restart, vec!["server.listen"]);
+        let d = against_running(&started, &flatten(&g, &[&p]).public(), &flatten(&g, &[&p]));
+        assert_eq!(d, AgainstRunning::default());
+    }
+
+    #[test]
     fn secrets_are_never_shown() {
         let (g, _) = populated();
         let shown = flatten_gateway(&g).public();

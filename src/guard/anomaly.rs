@@ -818,6 +818,20 @@ mod tests {
     }
 
     #[test]
+    fn retuned_thresholds_apply_to_the_next_minutes() {
+        // 300/min after a 100/hour baseline is over the default floor (100)...
+        let d = Detector::new(AnomalySettings::default());
+        assert!(replay(&d, "acme", 0, 2 * H, false, hundred_per_hour).is_empty());
+        // ...but a reload raises the floor to 1000/min: no alert.
+        d.retune(10.0, 1000.0, 60);
+        assert_eq!(d.settings().floor_per_minute, 1000.0);
+        assert!(replay(&d, "acme", 2 * H, 1, false, |_| 300).is_empty());
+        // Lowered again to 50/min: the spike still going now alerts.
+        d.retune(10.0, 50.0, 60);
+        assert_eq!(replay(&d, "acme", 2 * H + 1, 10, false, |_| 300).len(), 1);
+    }
+
+    #[test]
     fn denial_spike_alerts_once() {
         let d = Detector::new(AnomalySettings::default());
         assert!(replay(&d, "acme", 0, 2 * H, false, |_| 20).is_empty());

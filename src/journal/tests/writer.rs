@@ -337,3 +337,43 @@ fn verify_in_parallel_ranges_checks_the_links_between_them() {
         assert!(f.reason.contains("missing"), "{f:?}");
     }
 }
+
+#[test]
+fn retune_puts_new_checkpoint_settings_in_force_without_reopening() {
+    let (_d, home) = key_home();
+    let s = JournalSettings {
+        checkpoint_every: 1_000_000,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..settings(Durability::Strict)
+    };
+    let j = Journal::open(&home, &s).unwrap();
+    let rt = rt();
+    for i in 0..3 {
+        rt.block_on(j.record(ev(i))).unwrap();
+    }
+    assert_eq!(j.verify().unwrap().unsigned_tail, 3);
+    // A reload asks for a checkpoint every 2 records and at least each second.
+    j.retune(&JournalSettings {
+        checkpoint_every: 2,
+        checkpoint_interval: Duration::from_secs(1),
+        ..s.clone()
+    })
+    .unwrap();
+    rt.block_on(j.record(ev(3))).unwrap();
+    assert_eq!(
+        j.verify().unwrap().last_checkpoint_seq,
+        Some(4),
+        "seq 4 is a multiple of the new checkpoint_every"
+    );
+    rt.block_on(j.record(ev(4))).unwrap();
+    // The new interval signs the tail (seq 5) by itself, within bounds.
+    let t0 = std::time::Instant::now();
+    while j.verify().unwrap().unsigned_tail != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no checkpoint 5 s after the last record with checkpoint_interval = 1s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(j.verify().unwrap().last_checkpoint_seq, Some(5));
+}
