@@ -7,11 +7,15 @@
 use std::time::Duration;
 
 use http::Method;
-use tokio::io::AsyncReadExt;
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common;
-use common::broker::{Broker, ClientCert, Conn, TestHome, admin_get, home_with_echo};
+use common::broker::{
+    Broker, ClientCert, Conn, TestHome, admin_get, client_tls, home_with_echo, start_slow_upstream,
+    tls_connect,
+};
 use common::upstream::{EchoOptions, start_echo_upstream};
 
 /// Status of one request on a fresh connection; 0 when the connection or
@@ -320,4 +324,91 @@ async fn a_restart_setting_waits_and_says_so_until_the_restart() {
         check.contains("every setting in the files is in force"),
         "{check}"
     );
+}
+
+/// Whether a TLS connection that sends the start of a request head and
+/// then nothing is closed by the broker within `wait`.
+async fn stalled_head_closed_within(
+    b: &Broker,
+    h: &TestHome,
+    cert: &ClientCert,
+    wait: Duration,
+) -> bool {
+    let mut tls = tls_connect(b.addr, client_tls(&h.ca_pem(), Some(cert), &[b"http/1.1"]))
+        .await
+        .expect("connect");
+    tls.write_all(b"GET /v1/orders HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(wait, tls.read_to_end(&mut out))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_timeouts_new_upstreams_and_ca_defaults_take_effect_on_sighup() {
+    let (h, _up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    let slow = start_slow_upstream(Duration::from_millis(1500), "slow answer").await;
+    h.add_upstream("slow", &format!("http://{slow}"), None);
+    let p = h.path().join("partners/acme.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        format!(
+            "{text}\n[[routes]]\nmethods = [\"GET\"]\npath = \"/v1/slow\"\nupstream = \"slow\"\n"
+        ),
+    )
+    .unwrap();
+    let b = h.start();
+    let slow_status = || async {
+        match Conn::open(b.addr, &h.ca_pem(), &acme, false).await {
+            Err(_) => 0,
+            Ok(mut c) => c
+                .get("/v1/slow")
+                .await
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0),
+        }
+    };
+
+    // [upstreams.slow] response_timeout: 3 s lets a 1.5 s answer through, 1 s does not.
+    assert_eq!(slow_status().await, 200);
+    h.edit_config(|doc| doc["upstreams"]["slow"]["response_timeout"] = toml_edit::value("1s"));
+    reload_applies(&b, &h, "upstreams.slow.response_timeout").await;
+    assert_eq!(slow_status().await, 504);
+
+    // [server] header_timeout: a request head that stalls is cut.
+    assert!(!stalled_head_closed_within(&b, &h, &acme, Duration::from_millis(2500)).await);
+    h.set_server("header_timeout", "1s");
+    reload_applies(&b, &h, "server.header_timeout").await;
+    assert!(stalled_head_closed_within(&b, &h, &acme, Duration::from_secs(8)).await);
+
+    // A new upstream and a route to it, in one change of both files.
+    let billing = start_echo_upstream(EchoOptions::default()).await;
+    h.add_echo_upstream("billing", &billing);
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        format!("{text}\n[[routes]]\nmethods = [\"GET\"]\npath = \"/v1/billing\"\nupstream = \"billing\"\n"),
+    )
+    .unwrap();
+    let detail = reload_applies(&b, &h, "upstreams.billing.url").await;
+    assert!(
+        detail.contains("partners/acme.toml routes[2].upstream"),
+        "{detail}"
+    );
+    let mut c = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    assert_eq!(c.get("/v1/billing").await.unwrap().status, 200);
+    assert_eq!(billing.calls(), 1);
+
+    // [ca] default_days: the next certificate issued takes it.
+    set_value(&h, "ca", "default_days", 5);
+    reload_applies(&b, &h, "ca.default_days").await;
+    h.add_partner("beta", &["GET /v1/orders -> orders"]);
+    let beta = h.issue("beta");
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(beta.cert_pem.as_bytes()).unwrap();
+    let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let days = (x.validity().not_after.timestamp() - x.validity().not_before.timestamp()) / 86_400;
+    assert!((4..=6).contains(&days), "{days} days");
 }
