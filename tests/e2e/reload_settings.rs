@@ -245,10 +245,13 @@ async fn a_restart_setting_waits_and_says_so_until_the_restart() {
 
     h.set_server("node_id", "node-b");
     h.set_server("max_connections", 5000);
+    set_value(&h, "journal", "durability", "relaxed");
     // `gatehouse check` asks the running broker and names both.
     let check = h.ok(&["check"]);
     assert!(
-        check.contains("takes effect at restart: server.max_connections, server.node_id"),
+        check.contains(
+            "takes effect at restart: journal.durability, server.max_connections, server.node_id"
+        ),
         "{check}"
     );
     b.signal("HUP");
@@ -270,7 +273,7 @@ async fn a_restart_setting_waits_and_says_so_until_the_restart() {
         .wait_journal(10, |v| {
             v["reason"] == "config_reloaded"
                 && v["detail"].as_str().is_some_and(|d| {
-                    d.contains("restart pending (takes effect at restart): server.max_connections, server.node_id")
+                    d.contains("restart pending (takes effect at restart): journal.durability, server.max_connections, server.node_id")
                 })
         })
         .await
@@ -280,20 +283,30 @@ async fn a_restart_setting_waits_and_says_so_until_the_restart() {
     assert_eq!(rec["node"], "gatehouse-1");
     let status = h.ok(&["status"]);
     assert!(
-        status.contains("restart pending: server.max_connections, server.node_id"),
+        status.contains(
+            "restart pending: journal.durability, server.max_connections, server.node_id"
+        ),
         "{status}"
     );
     let (_, s) = admin_get(b.admin, "/status").await;
     let doc: serde_json::Value = serde_json::from_str(&s).unwrap();
     assert_eq!(
         doc["restart_pending"],
-        serde_json::json!(["server.max_connections", "server.node_id"])
+        serde_json::json!([
+            "journal.durability",
+            "server.max_connections",
+            "server.node_id"
+        ])
     );
     let (_, metrics) = admin_get(b.admin, "/metrics").await;
     assert!(
         metrics.contains("gatehouse_config_restart_pending 1"),
         "{metrics}"
     );
+    // The console's overview carries the same list (shown as a badge).
+    let (_, overview) = admin_get(b.admin, "/api/overview").await;
+    let overview: serde_json::Value = serde_json::from_str(&overview).unwrap();
+    assert_eq!(overview["restart_pending"], doc["restart_pending"]);
 
     // A restart puts the new value in force and clears the pending state.
     b.signal("TERM");
