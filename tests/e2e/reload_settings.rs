@@ -13,8 +13,8 @@ use tokio::net::TcpStream;
 
 use crate::common;
 use common::broker::{
-    Broker, ClientCert, Conn, TestHome, admin_get, client_tls, home_with_echo, start_slow_upstream,
-    tls_connect,
+    Broker, ClientCert, Conn, TestHome, admin_get, admin_request, client_tls, home_with_echo,
+    start_slow_upstream, tls_connect,
 };
 use common::upstream::{EchoOptions, start_echo_upstream};
 
@@ -183,6 +183,17 @@ async fn live_upstream_partner_monitor_journal_and_trust_settings_take_effect_on
         seen[1]["headers"].get("x-gatehouse-identity").is_none(),
         "{seen:?}"
     );
+
+    // [upstreams.orders] server_name: a name the upstream's certificate
+    // does not carry fails verification (502), then passes again.
+    h.edit_config(|doc| {
+        doc["upstreams"]["orders"]["server_name"] = toml_edit::value("elsewhere.example")
+    });
+    reload_applies(&b, &h, "upstreams.orders.server_name").await;
+    assert_eq!(get(&b, &h, &acme).await, 502);
+    h.edit_config(|doc| doc["upstreams"]["orders"]["server_name"] = toml_edit::value("localhost"));
+    reload_applies(&b, &h, "upstreams.orders.server_name").await;
+    assert_eq!(get(&b, &h, &acme).await, 200);
 
     // Partner limits: a rate of 1 per minute with a burst of 1.
     h.set_partner_limits("acme", &[("requests_per_minute", 1), ("burst", 1)]);
@@ -424,4 +435,41 @@ async fn live_timeouts_new_upstreams_and_ca_defaults_take_effect_on_sighup() {
     let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
     let days = (x.validity().not_after.timestamp() - x.validity().not_before.timestamp()) / 86_400;
     assert!((4..=6).contains(&days), "{days} days");
+
+    // [server] drain_timeout: a stop waits 1 s for the request in flight
+    // (the upstream takes 1.5 s), so it is cut instead of answered.
+    h.set_server("drain_timeout", "1s");
+    h.edit_config(|doc| doc["upstreams"]["slow"]["response_timeout"] = toml_edit::value("5s"));
+    reload_applies(&b, &h, "server.drain_timeout").await;
+    let mut c = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    let in_flight = tokio::spawn(async move { c.get("/v1/slow").await.map(|r| r.status.as_u16()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.signal("TERM");
+    let answered = in_flight.await.unwrap();
+    assert!(
+        !matches!(answered, Ok(200)),
+        "the request outlived drain_timeout = 1s: {answered:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_file_is_read_from_the_live_configuration() {
+    let (h, _up, _acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    std::fs::write(h.path().join("token-a"), "first-token\n").unwrap();
+    std::fs::write(h.path().join("token-b"), "second-token\n").unwrap();
+    h.set_server("admin_public", true);
+    h.set_server("admin_token_file", "token-a");
+    let b = h.start();
+    let status_with = |token: &'static str| async move {
+        let auth = format!("Bearer {token}");
+        admin_request(b.admin, "/status", &[("authorization", &auth)])
+            .await
+            .0
+    };
+    assert_eq!(status_with("first-token").await, 200);
+    assert_eq!(status_with("second-token").await, 401);
+    h.set_server("admin_token_file", "token-b");
+    reload_applies(&b, &h, "server.admin_token_file").await;
+    assert_eq!(status_with("second-token").await, 200);
+    assert_eq!(status_with("first-token").await, 401);
 }
