@@ -6,6 +6,12 @@
 //! state stays in force. The watcher notices file changes (stat polling) and
 //! SIGHUP within a second.
 //!
+//! A reload tells what it did: the settings it changed and put in force,
+//! and (against `gatehouse.toml` as read at start) those only a restart
+//! applies, kept in `Snapshot::restart_pending` (`config::settings` decides
+//! which is which). hyper's connection settings are rebuilt with `[server]`
+//! and the TLS configuration with `trust_domain`.
+//!
 //! **No lost edit.** A file's stamp is a hash of its content (not its
 //! length and mtime, which two quick writes of the same length share), and
 //! every stamp is taken *before* the files it covers are read: a write that
@@ -85,9 +91,7 @@ impl Snapshot {
         let partners: Vec<&Partner> = self.partners.values().map(|e| &e.partner).collect();
         settings::flatten(&self.gateway, &partners).public()
     }
-}
 
-impl Snapshot {
     /// Whether the certificate `serial` with SHA-256 `fingerprint` may be
     /// used at `now` (unix seconds). The inventory is looked up by serial
     /// and the fingerprint must match the one recorded at issue.
