@@ -222,7 +222,8 @@ async fn reload(w: &Arc<Watched>, force: bool, last_error: &mut Option<String>) 
         Ok(Ok(outcome)) if outcome.changed => {
             *last_error = None;
             w.apply_anomaly_modes();
-            let failed = w.apply_settings(&outcome.applied).await;
+            let mut failed = outcome.not_applied.clone();
+            failed.extend(w.apply_settings(&outcome.applied).await);
             for key in &outcome.restart_now {
                 tracing::warn!(
                     setting = %key,

@@ -249,6 +249,9 @@ pub struct ReloadOutcome {
     /// Every setting waiting for a restart after this reload (those of
     /// earlier reloads too).
     pub restart_pending: Vec<String>,
+    /// What this reload read but could not put in force (the running one
+    /// stays; retried at the next look).
+    pub not_applied: Vec<String>,
     /// What changed for the audit trail: certificates issued, superseded or
     /// revoked, partners added, removed, suspended or resumed (by the CLI or
     /// by hand), one line each.
@@ -485,14 +488,22 @@ impl Live {
         let changes = diff(&current, &next);
         let restart_pending = next.restart_pending.clone();
         self.snapshot.store(Arc::new(SnapshotCell(Arc::new(next))));
+        let mut not_applied = Vec::new();
+        let mut tls_rebuilt = false;
         if tls_changed {
             // A fresh config also means a fresh session cache and ticketer:
-            // no session from before a revocation can be resumed.
-            self.rebuild_tls().map_err(ReloadError::Refused)?;
+            // no session from before a revocation can be resumed. On failure
+            // the rest of the reload is in force, and the TLS part is said
+            // not to be (and retried at every look).
+            match self.rebuild_tls() {
+                Ok(()) => tls_rebuilt = true,
+                Err(e) => not_applied.push(e),
+            }
         }
         Ok(ReloadOutcome {
             changed: true,
-            tls_rebuilt: tls_changed,
+            tls_rebuilt,
+            not_applied,
             partners,
             applied: applied.into_iter().map(|c| c.key).collect(),
             restart_now: restart_now.into_iter().map(|c| c.key).collect(),
