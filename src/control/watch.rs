@@ -283,7 +283,7 @@ async fn reload(w: &Arc<Watched>, force: bool, last_error: &mut Option<String>) 
 }
 
 /// `applied: a, b; restart pending: c; not applied: ...` (each part only
-/// when it has something to say; `applied: nothing changed` otherwise).
+/// when it has something to say; `applied: no setting changed` otherwise).
 fn reload_summary(outcome: &crate::gateway::live::ReloadOutcome, failed: &[String]) -> String {
     let mut parts = Vec::new();
     /// Keys named in full; past this, how many more.

@@ -473,3 +473,28 @@ async fn the_admin_token_file_is_read_from_the_live_configuration() {
     assert_eq!(status_with("second-token").await, 200);
     assert_eq!(status_with("first-token").await, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_finishes_on_the_upstream_it_started_with() {
+    let old = start_slow_upstream(Duration::from_millis(1500), "old upstream").await;
+    let h = TestHome::new();
+    h.add_upstream("orders", &format!("http://{old}"), None);
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    let acme = h.issue("acme");
+    let new = start_echo_upstream(EchoOptions::default()).await;
+    let b = h.start();
+
+    let mut c = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    let in_flight =
+        tokio::spawn(async move { c.get("/v1/orders").await.map(|r| (r.status, r.body)) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.add_echo_upstream("orders", &new);
+    reload_applies(&b, &h, "upstreams.orders.url").await;
+    // New requests go to the new upstream at once...
+    assert_eq!(get(&b, &h, &acme).await, 200);
+    assert_eq!(new.calls(), 1);
+    // ...while the one in flight is answered by the old one.
+    let (status, body) = in_flight.await.unwrap().expect("answered");
+    assert_eq!(status, 200);
+    assert!(body.contains("old upstream"), "{body}");
+}
