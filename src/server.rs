@@ -126,6 +126,11 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         events.clone(),
         shutdown_rx.clone(),
     ));
+    let disk_watch = tokio::spawn(crate::control::disk_watch::run(
+        journal.clone(),
+        events.clone(),
+        shutdown_rx.clone(),
+    ));
     let saver = baselines::spawn_saver(
         events.detector().clone(),
         journal.clone(),
@@ -158,6 +163,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     drain(&gateway, &permits, max_conns, &shutdown_tx, &live).await;
     watcher.abort();
     upkeep.abort();
+    disk_watch.abort();
     saver.abort();
     baselines::save(events.detector(), &journal);
     let _ = admin_task.await;

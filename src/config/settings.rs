@@ -99,6 +99,7 @@ pub const SETTINGS: &[Setting] = &[
     live(G, "journal.checkpoint_interval", "a signed checkpoint at least this often; the writer is retuned"),
     live(G, "journal.handshake_refusals_per_interval", "refused handshakes per address before they are aggregated; the writer is retuned"),
     live(G, "journal.handshake_aggregate_interval", "the aggregation period of refused handshakes; the writer is retuned"),
+    live(G, "journal.min_free", "free space kept on the journal's file system; the writer measures against it at its next write"),
     live(G, "ca.default_days", "lifetime of issued certificates (read by each `cert` command)"),
     live(G, "ca.overlap", "how long a renewed certificate stays valid beside its successor (read by each `cert renew`)"),
     live(G, "ca.crl_validity", "CRL validity; the next re-signing uses it"),
@@ -270,6 +271,7 @@ pub fn flatten_gateway(g: &GatewayConfig) -> Flat {
         checkpoint_interval,
         handshake_refusals_per_interval,
         handshake_aggregate_interval,
+        min_free,
     } = journal;
     put("journal.durability", ser(durability));
     put("journal.flush_interval", dur(flush_interval));
@@ -283,6 +285,7 @@ pub fn flatten_gateway(g: &GatewayConfig) -> Flat {
         "journal.handshake_aggregate_interval",
         dur(handshake_aggregate_interval),
     );
+    put("journal.min_free", text(&min_free.to_string()));
     let CaSettings {
         default_days,
         overlap,

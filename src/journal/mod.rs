@@ -12,6 +12,7 @@
 pub mod aggregate;
 pub mod checkpoint;
 pub mod record;
+pub mod space;
 pub mod store;
 #[doc(hidden)]
 pub mod test_support;
@@ -122,6 +123,10 @@ pub struct JournalStats {
     /// Records announced as on their way (`Recorder::expect_record`).
     #[serde(default)]
     pub expected_records: u64,
+    /// Free space on the journal's file system is under `[journal] min_free`
+    /// (the journal fails closed until it is back).
+    #[serde(default)]
+    pub disk_low: bool,
 }
 
 struct Inner {
@@ -188,6 +193,7 @@ impl Journal {
             last_flush: Instant::now(),
             retry_at: None,
             backoff: std::time::Duration::from_millis(20),
+            space: space::SpaceGuard::new(&home.journal_db(), settings.min_free),
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         let thread = std::thread::Builder::new()
@@ -208,7 +214,8 @@ impl Journal {
     }
 
     /// Puts a reloaded `[journal]` table in force (flush and checkpoint
-    /// periods, handshake aggregation; durability stays as opened). Blocks
+    /// periods, handshake aggregation, `min_free`; durability stays as
+    /// opened). Blocks
     /// while the writer's queue is full: call it off the async runtime.
     pub fn retune(&self, settings: &JournalSettings) -> Result<(), JournalError> {
         let tuning = writer::Tuning {
@@ -217,6 +224,7 @@ impl Journal {
             checkpoint_interval: settings.checkpoint_interval,
             handshake_refusals_per_interval: settings.handshake_refusals_per_interval,
             handshake_aggregate_interval: settings.handshake_aggregate_interval,
+            min_free: settings.min_free,
         };
         self.inner
             .tx
@@ -330,7 +338,14 @@ impl Journal {
             write_failures: s.write_failures.load(Ordering::SeqCst),
             last_error: s.last_error.lock().ok().and_then(|g| g.clone()),
             expected_records: s.expected.load(Ordering::Relaxed) as u64,
+            disk_low: self.disk_low(),
         }
+    }
+
+    /// Whether free space is under `[journal] min_free` (the journal fails
+    /// closed meanwhile and resumes by itself once space is back).
+    pub fn disk_low(&self) -> bool {
+        self.inner.shared.disk_low.load(Ordering::SeqCst)
     }
 }
 

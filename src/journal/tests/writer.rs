@@ -377,3 +377,68 @@ fn retune_puts_new_checkpoint_settings_in_force_without_reopening() {
     }
     assert_eq!(j.verify().unwrap().last_checkpoint_seq, Some(5));
 }
+
+#[test]
+fn under_min_free_the_journal_fails_closed_before_writing() {
+    let (_d, home) = key_home();
+    let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
+    let rt = rt();
+    rt.block_on(j.record(ev(0))).unwrap();
+    j.shutdown().unwrap();
+    drop(j);
+    // A margin larger than the free space there is: refused, nothing written.
+    let (free, _) = crate::journal::space::free_space(&home.journal_db()).unwrap();
+    let s = JournalSettings {
+        min_free: crate::journal::space::MinFree::Bytes(free.saturating_mul(2).max(1 << 20)),
+        ..settings(Durability::Strict)
+    };
+    let j = Journal::open(&home, &s).unwrap();
+    let err = rt.block_on(j.record(ev(1))).unwrap_err();
+    assert!(
+        err.0.contains("disk_low") && err.0.contains("min_free"),
+        "{}",
+        err.0
+    );
+    assert!(!j.writable());
+    let st = j.stats();
+    assert!(st.disk_low, "{st:?}");
+    assert_eq!(st.last_seq, 1, "nothing written under the margin");
+    assert!(rt.block_on(j.record(ev(2))).is_err(), "still refused");
+}
+
+#[test]
+fn retune_applies_a_new_min_free_to_the_next_write() {
+    let (_d, home) = key_home();
+    let rt = rt();
+    let (free, _) = {
+        let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
+        rt.block_on(j.record(ev(0))).unwrap();
+        j.shutdown().unwrap();
+        crate::journal::space::free_space(&home.journal_db()).unwrap()
+    };
+    let s = settings(Durability::Strict);
+    let j = Journal::open(&home, &s).unwrap();
+    rt.block_on(j.record(ev(1))).unwrap();
+    // A reload raises the margin above the free space there is: refused.
+    let high = crate::journal::space::MinFree::Bytes(free.saturating_mul(2).max(1 << 20));
+    j.retune(&JournalSettings {
+        min_free: high,
+        ..s.clone()
+    })
+    .unwrap();
+    assert!(rt.block_on(j.record(ev(2))).is_err());
+    // Turned off by the next reload: the journal takes records again.
+    j.retune(&JournalSettings {
+        min_free: crate::journal::space::MinFree::Bytes(0),
+        ..s.clone()
+    })
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    while rt.block_on(j.record(ev(3))).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the journal did not resume"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
