@@ -237,6 +237,29 @@ async fn live_upstream_partner_monitor_journal_and_trust_settings_take_effect_on
     }
     assert!(after >= before + 3, "checkpoints {before} -> {after}");
 
+    // [journal] min_free: a margin larger than any disk fails the journal
+    // closed (503, nothing relayed unrecorded); "0" turns it off again.
+    // (The first reload's own record cannot be written: the log says it.)
+    set_value(&h, "journal", "min_free", "1000000TiB");
+    b.signal("HUP");
+    assert!(
+        b.wait_log("applied: journal.min_free", 10).await,
+        "{}",
+        b.log()
+    );
+    assert_eq!(get(&b, &h, &acme).await, 503);
+    set_value(&h, "journal", "min_free", "0");
+    b.signal("HUP");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get(&b, &h, &acme).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "the journal did not resume: {}", b.log());
+
     // trust_domain: certificates of the old domain no longer identify a partner.
     h.edit_config(|doc| doc["trust_domain"] = toml_edit::value("elsewhere.example"));
     reload_applies(&b, &h, "trust_domain").await;
