@@ -107,7 +107,7 @@ pub const SETTINGS: &[Setting] = &[
     live(G, "monitor.anomaly_factor", "spike factor over a partner's baseline; the detector is retuned"),
     live(G, "monitor.anomaly_floor_per_minute", "rate under which no spike is raised; the detector is retuned"),
     live(G, "monitor.anomaly_warmup_minutes", "history a baseline needs before it alerts; the detector is retuned"),
-    live(G, "monitor.webhook_url", "where alerts are POSTed; the webhook client is rebuilt"),
+    Setting { secret: true, ..live(G, "monitor.webhook_url", "where alerts are POSTed; the webhook client is rebuilt") },
     live(G, "monitor.webhook_ca", "CA verifying an https webhook; the webhook client is rebuilt"),
     live(G, "upstreams.*", "an upstream added or removed; new requests use the new set, requests in flight finish on the old"),
     live(G, "upstreams.*.url", "where the upstream is; its client is rebuilt"),
