@@ -393,6 +393,42 @@ async fn stalled_head_closed_within(
         .is_ok()
 }
 
+/// In which order a slow request (`/v1/slow`, sent first) and a fast one
+/// (`/v1/orders`, sent 200 ms later) on one HTTP/2 connection are answered.
+async fn answer_order_on_one_h2_connection(
+    b: &Broker,
+    h: &TestHome,
+    cert: &ClientCert,
+) -> Vec<&'static str> {
+    use http_body_util::BodyExt;
+    let Conn::H2(send) = Conn::open(b.addr, &h.ca_pem(), cert, true).await.unwrap() else {
+        panic!("the broker did not negotiate HTTP/2");
+    };
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let call = |path: &'static str| {
+        let mut send = send.clone();
+        let order = order.clone();
+        tokio::spawn(async move {
+            let req = http::Request::get(format!("https://localhost{path}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            send.ready().await.unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+            resp.into_body().collect().await.unwrap();
+            let name = if path == "/v1/slow" { "slow" } else { "fast" };
+            order.lock().unwrap().push(name);
+        })
+    };
+    let slow = call("/v1/slow");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fast = call("/v1/orders");
+    slow.await.unwrap();
+    fast.await.unwrap();
+    let order = order.lock().unwrap().clone();
+    order
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_timeouts_new_upstreams_and_ca_defaults_take_effect_on_sighup() {
     let (h, _up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
@@ -418,6 +454,19 @@ async fn live_timeouts_new_upstreams_and_ca_defaults_take_effect_on_sighup() {
                 .unwrap_or(0),
         }
     };
+
+    // [server] h2_max_concurrent_streams: with 1, a fast request sent
+    // beside a slow one on the same HTTP/2 connection waits for it.
+    assert_eq!(
+        answer_order_on_one_h2_connection(&b, &h, &acme).await,
+        ["fast", "slow"]
+    );
+    h.set_server("h2_max_concurrent_streams", 1);
+    reload_applies(&b, &h, "server.h2_max_concurrent_streams").await;
+    assert_eq!(
+        answer_order_on_one_h2_connection(&b, &h, &acme).await,
+        ["slow", "fast"]
+    );
 
     // [upstreams.slow] response_timeout: 3 s lets a 1.5 s answer through, 1 s does not.
     assert_eq!(slow_status().await, 200);
