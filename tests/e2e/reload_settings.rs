@@ -425,8 +425,7 @@ async fn answer_order_on_one_h2_connection(
     let fast = call("/v1/orders");
     slow.await.unwrap();
     fast.await.unwrap();
-    let order = order.lock().unwrap().clone();
-    order
+    order.lock().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
