@@ -29,6 +29,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use time::OffsetDateTime;
 
 use crate::gateway::renewal::RENEW_PATH;
+use crate::reason::Reason;
 use crate::timefmt::rfc3339;
 
 /// Largest response the agent reads (a chain is a few KiB).
@@ -301,7 +302,7 @@ pub async fn renew_once(opts: &AgentOptions) -> Result<Outcome, AgentError> {
     let text = String::from_utf8_lossy(&body).into_owned();
     if status == StatusCode::FORBIDDEN {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        if v["error"] == "renewal_not_yet_allowed" {
+        if v["error"] == Reason::RenewalNotYetAllowed.code() {
             return Ok(Outcome::NotYet {
                 opens_at: v["renewal_opens_at"].as_str().map(String::from),
             });

@@ -106,12 +106,22 @@ pub fn check_home(home: &Home) -> Vec<String> {
 
 /// The path length of a CA certificate (`None`: no limit), or `Err` when it
 /// is no CA.
-fn path_len(der: &[u8]) -> Result<Option<u32>, String> {
-    let (_, x) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+fn path_len(der: &[u8]) -> Result<Option<u32>, NotACa> {
+    let (_, x) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| NotACa::Unparsable(e.to_string()))?;
     match x.basic_constraints() {
         Ok(Some(bc)) if bc.value.ca => Ok(bc.value.path_len_constraint),
-        _ => Err("not a CA certificate".into()),
+        _ => Err(NotACa::NoCaFlag),
     }
+}
+
+/// Why a certificate that should be a CA is not one.
+#[derive(Debug, thiserror::Error)]
+enum NotACa {
+    #[error("{0}")]
+    Unparsable(String),
+    #[error("not a CA certificate")]
+    NoCaFlag,
 }
 
 /// Problems of the two-tier material: path lengths that real clients

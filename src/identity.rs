@@ -11,6 +11,7 @@ use x509_parser::prelude::parse_x509_certificate;
 
 use crate::ca::fingerprint;
 use crate::config::valid_id;
+use crate::reason::Reason;
 
 /// Who is calling, from the verified certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,13 +44,13 @@ pub enum IdentityError {
 }
 
 impl IdentityError {
-    /// Short reason code for records and metrics.
-    pub fn code(&self) -> &'static str {
+    /// The reason a refused handshake for this error gives.
+    pub fn reason(&self) -> Reason {
         match self {
-            IdentityError::Unparsable => "bad_certificate",
-            IdentityError::NoPartnerUri(_) => "no_partner_identity",
-            IdentityError::AmbiguousUri => "ambiguous_identity",
-            IdentityError::ForeignUri(..) => "foreign_identity",
+            IdentityError::Unparsable => Reason::BadCertificate,
+            IdentityError::NoPartnerUri(_) => Reason::NoPartnerIdentity,
+            IdentityError::AmbiguousUri => Reason::AmbiguousIdentity,
+            IdentityError::ForeignUri(..) => Reason::ForeignIdentity,
         }
     }
 }
@@ -120,8 +121,8 @@ mod tests {
         assert_eq!(
             identify(&cert_with_uris(&[]), "td.example")
                 .unwrap_err()
-                .code(),
-            "no_partner_identity"
+                .reason(),
+            Reason::NoPartnerIdentity
         );
         assert_eq!(
             identify(
@@ -140,8 +141,8 @@ mod tests {
                 "td.example"
             )
             .unwrap_err()
-            .code(),
-            "foreign_identity"
+            .reason(),
+            Reason::ForeignIdentity
         );
         assert_eq!(
             identify(
@@ -149,8 +150,8 @@ mod tests {
                 "td.example"
             )
             .unwrap_err()
-            .code(),
-            "foreign_identity"
+            .reason(),
+            Reason::ForeignIdentity
         );
         assert_eq!(
             identify(
@@ -158,8 +159,8 @@ mod tests {
                 "td.example"
             )
             .unwrap_err()
-            .code(),
-            "foreign_identity"
+            .reason(),
+            Reason::ForeignIdentity
         );
     }
 }

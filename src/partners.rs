@@ -34,7 +34,7 @@ pub fn add(
     name: Option<&str>,
     routes: Vec<RouteSpec>,
 ) -> Result<Partner, PartnerError> {
-    validate_partner_id(id).map_err(PartnerError::Invalid)?;
+    validate_partner_id(id).map_err(|e| PartnerError::Invalid(e.to_string()))?;
     let gateway = config::load_gateway(home).map_err(|e| PartnerError::Invalid(e.to_string()))?;
     let path = home.partner_file(id);
     if path.exists() {
@@ -71,7 +71,7 @@ pub fn add(
 
 /// Reads one partner (validated).
 pub fn show(home: &Home, id: &str) -> Result<Partner, PartnerError> {
-    validate_partner_id(id).map_err(PartnerError::Invalid)?;
+    validate_partner_id(id).map_err(|e| PartnerError::Invalid(e.to_string()))?;
     let gateway = config::load_gateway(home).map_err(|e| PartnerError::Invalid(e.to_string()))?;
     let path = home.partner_file(id);
     if !path.is_file() {
@@ -103,7 +103,7 @@ pub fn set_status(home: &Home, id: &str, status: PartnerStatus) -> Result<Partne
 
 /// `partner remove`: revokes the partner's certificates, then deletes its file.
 pub fn remove(home: &Home, id: &str) -> Result<Vec<String>, PartnerError> {
-    validate_partner_id(id).map_err(PartnerError::Invalid)?;
+    validate_partner_id(id).map_err(|e| PartnerError::Invalid(e.to_string()))?;
     let path = home.partner_file(id);
     if !path.is_file() {
         return Err(PartnerError::Unknown(id.to_string()));

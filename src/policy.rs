@@ -81,6 +81,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::config::RouteSpec;
+use crate::reason::Reason;
 
 /// Longest request-target accepted, query included (8 KiB).
 pub const MAX_TARGET_BYTES: usize = 8192;
@@ -121,18 +122,18 @@ pub enum TargetError {
 }
 
 impl TargetError {
-    /// Stable reason code for logs, metrics and the journal.
-    pub fn code(&self) -> &'static str {
+    /// The reason a refusal for this error gives.
+    pub fn reason(&self) -> Reason {
         match self {
-            TargetError::NotOriginForm => "not_origin_form",
-            TargetError::DotSegment => "dot_segment",
-            TargetError::EncodedSeparator => "encoded_separator",
-            TargetError::Backslash => "backslash",
-            TargetError::ControlCharacter => "control_character",
-            TargetError::BadPercentEncoding => "bad_percent_encoding",
-            TargetError::EmptySegment => "empty_segment",
-            TargetError::NestedEncoding => "nested_encoding",
-            TargetError::TooLong => "target_too_long",
+            TargetError::NotOriginForm => Reason::NotOriginForm,
+            TargetError::DotSegment => Reason::DotSegment,
+            TargetError::EncodedSeparator => Reason::EncodedSeparator,
+            TargetError::Backslash => Reason::Backslash,
+            TargetError::ControlCharacter => Reason::ControlCharacter,
+            TargetError::BadPercentEncoding => Reason::BadPercentEncoding,
+            TargetError::EmptySegment => Reason::EmptySegment,
+            TargetError::NestedEncoding => Reason::NestedEncoding,
+            TargetError::TooLong => Reason::TargetTooLong,
         }
     }
 }
@@ -339,10 +340,10 @@ pub enum Denial {
 }
 
 impl Denial {
-    /// Stable reason code for logs, metrics and the journal.
-    pub fn code(&self) -> &'static str {
+    /// The reason a refusal for this denial gives.
+    pub fn reason(&self) -> Reason {
         match self {
-            Denial::RouteNotGranted => "route_not_granted",
+            Denial::RouteNotGranted => Reason::RouteNotGranted,
         }
     }
 }
@@ -716,8 +717,8 @@ mod tests {
 
     #[test]
     fn error_codes_and_messages() {
-        assert_eq!(TargetError::DotSegment.code(), "dot_segment");
-        assert_eq!(Denial::RouteNotGranted.code(), "route_not_granted");
+        assert_eq!(TargetError::DotSegment.reason(), Reason::DotSegment);
+        assert_eq!(Denial::RouteNotGranted.reason(), Reason::RouteNotGranted);
         assert!(!TargetError::EmptySegment.to_string().is_empty());
     }
 

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::ca::upstream_identity::LiveIdentity;
 use crate::config::GatewayConfig;
 use crate::control::socket::{AdminHooks, RunningSettings, serve_admin_socket};
 use crate::control::view::AdminView;
@@ -26,6 +25,7 @@ use crate::guard::anomaly::{AnomalySettings, Detector};
 use crate::guard::baselines;
 use crate::guard::monitor::Monitor;
 use crate::home::Home;
+use crate::identity_token::LiveIdentity;
 use crate::journal::Journal;
 use crate::stop_signals::StopSignals;
 
@@ -38,8 +38,43 @@ pub struct ServeOptions {
     pub node_id: Option<String>,
 }
 
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::gateway::live::LiveError),
+    #[error(transparent)]
+    Value(#[from] crate::config::InvalidValue),
+    #[error(transparent)]
+    Admin(#[from] crate::control::http::AdminNotLoopback),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot bind the admin listener on {addr}: {source}")]
+    AdminListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the bound address cannot be read: {0}")]
+    LocalAddr(#[source] std::io::Error),
+    #[error("upstream identity key: {0}")]
+    IdentityKey(#[from] crate::identity_token::TokenKeyError),
+    #[error(transparent)]
+    Alerts(#[from] crate::guard::alerts::AlertSinkError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::StoreError),
+    #[error(transparent)]
+    Signal(#[from] crate::stop_signals::SignalError),
+    #[error("cannot handle SIGHUP: {0}")]
+    Hangup(#[source] std::io::Error),
+}
+
 /// Runs the broker until SIGTERM/SIGINT, then drains and returns.
-pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(), String> {
+pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(), ServeError> {
     let live = Arc::new(Live::load(home.clone())?);
     let mut gateway_config = live.snapshot().gateway.clone();
     if let Some(id) = &opts.node_id {
@@ -59,19 +94,23 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     }
     let listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let admin_listener = TcpListener::bind(admin_addr)
-        .await
-        .map_err(|e| format!("cannot bind the admin listener on {admin_addr}: {e}"))?;
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    let admin_bound = admin_listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|source| ServeError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let admin_listener =
+        TcpListener::bind(admin_addr)
+            .await
+            .map_err(|source| ServeError::AdminListen {
+                addr: admin_addr,
+                source,
+            })?;
+    let bound = listener.local_addr().map_err(ServeError::LocalAddr)?;
+    let admin_bound = admin_listener.local_addr().map_err(ServeError::LocalAddr)?;
 
     crate::rlimit::prepare(server.max_connections);
     let events = Arc::new(event_sink(&gateway_config, &home, &journal, &live)?);
-    let identity = Arc::new(
-        LiveIdentity::load(&home, &server.node_id)
-            .map_err(|e| format!("upstream identity key: {e}"))?,
-    );
+    let identity = Arc::new(LiveIdentity::load(&home, &server.node_id)?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let trigger = Arc::new(ReloadTrigger::default());
     let fleet = join_fleet(
@@ -119,7 +158,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     );
     let stop_signals = StopSignals::register()?;
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+        .map_err(ServeError::Hangup)?;
     let watcher = tokio::spawn(watch_files(watched, hup, shutdown_rx.clone()));
     let upkeep = tokio::spawn(crate::control::upkeep::run(
         live.clone(),
@@ -185,7 +224,7 @@ async fn join_fleet(
     config: &GatewayConfig,
     wiring: FleetWiring,
     (bound, admin_bound): (SocketAddr, SocketAddr),
-) -> Result<Option<Arc<Fleet>>, String> {
+) -> Result<Option<Arc<Fleet>>, ServeError> {
     let Some(cluster) = &config.cluster else {
         return Ok(None);
     };
@@ -237,7 +276,7 @@ fn event_sink(
     home: &Home,
     journal: &Journal,
     live: &Arc<Live>,
-) -> Result<EventSink, String> {
+) -> Result<EventSink, ServeError> {
     let detector = Arc::new(Detector::new(AnomalySettings {
         k: config.monitor.anomaly_factor,
         floor_per_minute: config.monitor.anomaly_floor_per_minute,

@@ -4,6 +4,15 @@
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+/// A signal the broker could not catch.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot handle {name}: {source}")]
+pub struct SignalError {
+    pub name: &'static str,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// SIGTERM and SIGINT, caught.
 pub struct StopSignals {
     term: Signal,
@@ -11,12 +20,13 @@ pub struct StopSignals {
 }
 
 impl StopSignals {
-    pub fn register() -> Result<StopSignals, String> {
+    pub fn register() -> Result<StopSignals, SignalError> {
+        let caught = |name: &'static str, kind: SignalKind| {
+            signal(kind).map_err(|source| SignalError { name, source })
+        };
         Ok(StopSignals {
-            term: signal(SignalKind::terminate())
-                .map_err(|e| format!("cannot handle SIGTERM: {e}"))?,
-            int: signal(SignalKind::interrupt())
-                .map_err(|e| format!("cannot handle SIGINT: {e}"))?,
+            term: caught("SIGTERM", SignalKind::terminate())?,
+            int: caught("SIGINT", SignalKind::interrupt())?,
         })
     }
 

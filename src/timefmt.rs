@@ -5,18 +5,31 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+/// A duration or instant an operator wrote that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeParseError {
+    #[error("`{0}` is not a duration (examples: 500ms, 30s, 15m, 24h, 7d)")]
+    NotADuration(String),
+    #[error("`{0}` is too long a duration")]
+    TooLong(String),
+    #[error("`{text}` has an unknown unit `{unit}` (use ms, s, m, h, d or w)")]
+    UnknownUnit { text: String, unit: String },
+    #[error("`{0}` is neither an RFC 3339 time (2026-11-27T10:00:00Z) nor a duration ago (1h, 7d)")]
+    NotAnInstant(String),
+}
+
 /// Parses `500ms`, `30s`, `15m`, `24h`, `7d`, `2w`. A bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, TimeParseError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration (examples: 500ms, 30s, 15m, 24h, 7d)"))?;
+        .map_err(|_| TimeParseError::NotADuration(s.to_string()))?;
     let secs = |mult: u64| {
         n.checked_mul(mult)
             .map(Duration::from_secs)
-            .ok_or_else(|| format!("`{s}` is too long a duration"))
+            .ok_or_else(|| TimeParseError::TooLong(s.to_string()))
     };
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
@@ -25,9 +38,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => secs(3600),
         "d" => secs(86_400),
         "w" => secs(7 * 86_400),
-        _ => Err(format!(
-            "`{s}` has an unknown unit `{unit}` (use ms, s, m, h, d or w)"
-        )),
+        _ => Err(TimeParseError::UnknownUnit {
+            text: s.to_string(),
+            unit: unit.to_string(),
+        }),
     }
 }
 
@@ -47,15 +61,11 @@ pub fn format_duration(d: Duration) -> String {
 
 /// Parses an instant: RFC 3339 (`2026-11-27T10:00:00Z`) or a duration meaning
 /// "that long ago" (`1h`, `7d`).
-pub fn parse_instant(s: &str, now: OffsetDateTime) -> Result<OffsetDateTime, String> {
+pub fn parse_instant(s: &str, now: OffsetDateTime) -> Result<OffsetDateTime, TimeParseError> {
     if let Ok(t) = OffsetDateTime::parse(s.trim(), &Rfc3339) {
         return Ok(t);
     }
-    let d = parse_duration(s).map_err(|_| {
-        format!(
-            "`{s}` is neither an RFC 3339 time (2026-11-27T10:00:00Z) nor a duration ago (1h, 7d)"
-        )
-    })?;
+    let d = parse_duration(s).map_err(|_| TimeParseError::NotAnInstant(s.to_string()))?;
     Ok(now - d)
 }
 

@@ -29,6 +29,11 @@ pub enum RevocationReason {
     PrivilegeWithdrawn,
 }
 
+/// A revocation reason `cert revoke --reason` does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown revocation reason `{0}` (use one of: {names})", names = RevocationReason::ALL.map(|r| r.name()).join(", "))]
+pub struct UnknownRevocationReason(pub String);
+
 impl RevocationReason {
     pub const ALL: [RevocationReason; 7] = [
         RevocationReason::Unspecified,
@@ -53,7 +58,7 @@ impl RevocationReason {
     }
 
     /// Reads `key-compromise`, `keyCompromise`, `key_compromise`…
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnknownRevocationReason> {
         let norm: String = s
             .chars()
             .filter(|c| *c != '-' && *c != '_')
@@ -62,12 +67,7 @@ impl RevocationReason {
         RevocationReason::ALL
             .into_iter()
             .find(|r| r.name().to_ascii_lowercase() == norm)
-            .ok_or_else(|| {
-                format!(
-                    "unknown revocation reason `{s}` (use one of: {})",
-                    RevocationReason::ALL.map(|r| r.name()).join(", ")
-                )
-            })
+            .ok_or_else(|| UnknownRevocationReason(s.to_string()))
     }
 
     pub fn to_rcgen(self) -> rcgen::RevocationReason {

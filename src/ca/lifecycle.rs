@@ -63,7 +63,7 @@ struct Context {
 }
 
 fn context(home: &Home, partner: &str) -> Result<Context, CaError> {
-    config::validate_partner_id(partner).map_err(invalid)?;
+    config::validate_partner_id(partner).map_err(|e| invalid(e.to_string()))?;
     let gateway = config::load_gateway(home).map_err(|e| invalid(e.to_string()))?;
     let path = home.partner_file(partner);
     if !path.is_file() {
@@ -165,10 +165,7 @@ fn issue_inner(
     }
     let subject = Subject::from_options(opts)?;
     let (record, signed) = sign_partner(partner, &subject, opts.days, ctx, now)?;
-    let out_dir = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| home.root().join("clients").join(partner));
+    let out_dir = opts.out.clone().unwrap_or_else(|| home.client_dir(partner));
     ensure_dir(&out_dir)?;
     let chain = chain_pem(&signed, &ctx.ca);
     let trust = pki::trust_bundle_pem(home)?;
@@ -476,7 +473,7 @@ pub fn revoke_partner(
     partner: &str,
     reason: RevocationReason,
 ) -> Result<Vec<String>, CaError> {
-    config::validate_partner_id(partner).map_err(invalid)?;
+    config::validate_partner_id(partner).map_err(|e| invalid(e.to_string()))?;
     let lock = lock::lock(home)?;
     let inventory = Inventory::load(home)?;
     let now = OffsetDateTime::now_utc();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::common::InvalidValue;
 use crate::timefmt::serde_duration;
 
 /// What a node does with limited partners while the store does not answer.
@@ -96,7 +97,7 @@ impl ClusterSettings {
 
 /// A node id (`--node-id`, `GATEHOUSE_NODE_ID`): it names the node in
 /// records, heartbeat keys and alerts.
-pub fn validate_node_id(id: &str) -> Result<(), String> {
+pub fn validate_node_id(id: &str) -> Result<(), InvalidValue> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -105,9 +106,7 @@ pub fn validate_node_id(id: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "node id `{id}` is invalid: 1 to 64 letters, digits, '-', '_' or '.'"
-        ))
+        Err(InvalidValue::NodeId(id.to_string()))
     }
 }
 
@@ -129,8 +128,8 @@ pub fn redact(url: &str) -> String {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<ClusterSettings, String> {
-        toml::from_str::<ClusterSettings>(text).map_err(|e| e.to_string())
+    fn parse(text: &str) -> Result<ClusterSettings, toml::de::Error> {
+        toml::from_str::<ClusterSettings>(text)
     }
 
     #[test]

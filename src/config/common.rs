@@ -70,7 +70,31 @@ pub(super) fn toml_error(file: &Path, text: &str, e: toml::de::Error) -> ConfigE
     ConfigErrors::one(file, line, e.message().trim().to_string())
 }
 
-pub fn validate_trust_domain(td: &str) -> Result<(), String> {
+/// A name or value the operator gave (on the command line or in a file)
+/// that the broker refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidValue {
+    #[error(
+        "trust domain `{0}` is invalid: use lowercase letters, digits, '-' and '.' (e.g. gatehouse.local)"
+    )]
+    TrustDomain(String),
+    #[error(
+        "partner id `{0}` is invalid: it must match [a-z0-9][a-z0-9-]{{0,62}} (lowercase letters, digits, '-')"
+    )]
+    PartnerId(String),
+    #[error("upstream name `{0}` is invalid: use [a-z0-9][a-z0-9-]{{0,62}}")]
+    UpstreamName(String),
+    #[error("node id `{0}` is invalid: 1 to 64 letters, digits, '-', '_' or '.'")]
+    NodeId(String),
+    #[error("route `{0}` is not of the form \"GET,POST /v1/orders -> upstream\"")]
+    RouteForm(String),
+    #[error("{0}")]
+    Route(String),
+    #[error("the partner file is not valid TOML: {0}")]
+    PartnerToml(String),
+}
+
+pub fn validate_trust_domain(td: &str) -> Result<(), InvalidValue> {
     let ok = !td.is_empty()
         && td.len() <= 253
         && td
@@ -81,9 +105,7 @@ pub fn validate_trust_domain(td: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "trust domain `{td}` is invalid: use lowercase letters, digits, '-' and '.' (e.g. gatehouse.local)"
-        ))
+        Err(InvalidValue::TrustDomain(td.to_string()))
     }
 }
 
@@ -98,12 +120,10 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 /// Checks a partner id, with an operator-facing message.
-pub fn validate_partner_id(id: &str) -> Result<(), String> {
+pub fn validate_partner_id(id: &str) -> Result<(), InvalidValue> {
     if valid_id(id) {
         Ok(())
     } else {
-        Err(format!(
-            "partner id `{id}` is invalid: it must match [a-z0-9][a-z0-9-]{{0,62}} (lowercase letters, digits, '-')"
-        ))
+        Err(InvalidValue::PartnerId(id.to_string()))
     }
 }

@@ -122,7 +122,7 @@ pub struct JournalSettings {
     pub handshake_aggregate_interval: Duration,
     /// Free space kept on the journal's file system: below it the journal
     /// fails closed (503) until space comes back ("256MiB", "2%", "0": off).
-    pub min_free: crate::journal::space::MinFree,
+    pub min_free: super::min_free::MinFree,
 }
 
 impl Default for JournalSettings {
@@ -134,7 +134,7 @@ impl Default for JournalSettings {
             checkpoint_interval: Duration::from_secs(60),
             handshake_refusals_per_interval: 10,
             handshake_aggregate_interval: Duration::from_secs(60),
-            min_free: crate::journal::space::DEFAULT_MIN_FREE,
+            min_free: super::min_free::DEFAULT_MIN_FREE,
         }
     }
 }
@@ -249,7 +249,7 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         })
     };
     if let Err(m) = validate_trust_domain(&cfg.trust_domain) {
-        err(m);
+        err(m.to_string());
     }
     if !cfg.server.admin.ip().is_loopback() && !cfg.server.admin_public {
         err(format!(
@@ -352,12 +352,10 @@ fn find_line_for(text: &str, message: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-fn validate_upstream_name(name: &str) -> Result<(), String> {
+fn validate_upstream_name(name: &str) -> Result<(), InvalidValue> {
     if valid_id(name) {
         Ok(())
     } else {
-        Err(format!(
-            "upstream name `{name}` is invalid: use [a-z0-9][a-z0-9-]{{0,62}}"
-        ))
+        Err(InvalidValue::UpstreamName(name.to_string()))
     }
 }

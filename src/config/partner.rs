@@ -195,8 +195,8 @@ pub fn route_problem(methods: &[String], path: &str) -> Option<String> {
 }
 
 /// Parses a route written on the command line: `GET,POST /v1/orders -> orders`.
-pub fn parse_route_arg(s: &str) -> Result<RouteSpec, String> {
-    let bad = || format!("route `{s}` is not of the form \"GET,POST /v1/orders -> upstream\"");
+pub fn parse_route_arg(s: &str) -> Result<RouteSpec, InvalidValue> {
+    let bad = || InvalidValue::RouteForm(s.to_string());
     let (lhs, upstream) = s.split_once("->").ok_or_else(bad)?;
     let mut parts = lhs.split_whitespace();
     let methods = parts.next().ok_or_else(bad)?;
@@ -214,7 +214,7 @@ pub fn parse_route_arg(s: &str) -> Result<RouteSpec, String> {
         .filter(|m| !m.is_empty())
         .collect();
     if let Some(p) = route_problem(&methods, path) {
-        return Err(p);
+        return Err(InvalidValue::Route(p));
     }
     Ok(RouteSpec {
         methods,
@@ -244,7 +244,7 @@ pub fn parse_partner(
     };
     let id = raw.id.get_ref().clone();
     if let Err(m) = validate_partner_id(&id) {
-        err(raw.id.span(), m);
+        err(raw.id.span(), m.to_string());
     }
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
     if stem.as_deref() != Some(id.as_str()) {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::common::InvalidValue;
 use crate::timefmt::serde_duration;
 
 use super::partner::*;
@@ -48,10 +49,10 @@ pub fn render_partner(partner: &Partner) -> String {
 
 /// Sets `status = "..."` in a partner file's text, keeping the operator's
 /// comments and layout.
-pub fn set_partner_status(text: &str, status: PartnerStatus) -> Result<String, String> {
+pub fn set_partner_status(text: &str, status: PartnerStatus) -> Result<String, InvalidValue> {
     let mut doc: toml_edit::DocumentMut = text
         .parse()
-        .map_err(|e: toml_edit::TomlError| e.message().to_string())?;
+        .map_err(|e: toml_edit::TomlError| InvalidValue::PartnerToml(e.message().to_string()))?;
     doc["status"] = toml_edit::value(status.to_string());
     Ok(doc.to_string())
 }

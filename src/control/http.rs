@@ -27,7 +27,7 @@ pub use crate::control::view::AdminView;
 
 /// The admin address, refused when it is not loopback unless the operator
 /// said `[server] admin_public = true`.
-pub fn admin_address(addr: SocketAddr, public: bool) -> Result<SocketAddr, String> {
+pub fn admin_address(addr: SocketAddr, public: bool) -> Result<SocketAddr, AdminNotLoopback> {
     if addr.ip().is_loopback() {
         return Ok(addr);
     }
@@ -35,10 +35,15 @@ pub fn admin_address(addr: SocketAddr, public: bool) -> Result<SocketAddr, Strin
         tracing::warn!(admin_addr = %addr, "the admin listener (metrics, health) is bound to a non-loopback address");
         return Ok(addr);
     }
-    Err(format!(
-        "--admin {addr} is not a loopback address; set [server] admin_public = true to expose it on purpose"
-    ))
+    Err(AdminNotLoopback(addr))
 }
+
+/// The admin address is not loopback and `admin_public` is not set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--admin {0} is not a loopback address; set [server] admin_public = true to expose it on purpose"
+)]
+pub struct AdminNotLoopback(pub SocketAddr);
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
@@ -94,7 +99,7 @@ async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<By
             Some(denied) => denied,
             None => status(&view).await,
         },
-        crate::ca::upstream_identity::JWKS_PATH => {
+        crate::identity_token::JWKS_PATH => {
             let mut r = text(StatusCode::OK, view.identity.current().jwks_json.clone());
             let h = r.headers_mut();
             h.insert(

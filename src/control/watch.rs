@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::ca::upstream_identity::LiveIdentity;
 use crate::event::{Decision, EventKind, truncated};
 use crate::gateway::live::{Live, ReloadError, WATCH_INTERVAL};
 use crate::guard::EventSink;
+use crate::identity_token::LiveIdentity;
 use crate::journal::Journal;
 
 /// How often the watcher looks at every file even without a notification.
@@ -109,7 +109,7 @@ impl Watched {
 fn file_notifier(
     live: &Live,
     changed: Arc<AtomicBool>,
-) -> Result<notify::RecommendedWatcher, String> {
+) -> Result<notify::RecommendedWatcher, notify::Error> {
     use notify::{EventKind as FsEvent, RecursiveMode, Watcher};
     // Only configuration material counts (not logs that may sit in the home).
     let relevant = |p: &std::path::Path| {
@@ -123,13 +123,12 @@ fn file_notifier(
             Ok(ev) if matches!(ev.kind, FsEvent::Access(_)) => {}
             Ok(ev) if !ev.paths.is_empty() && !ev.paths.iter().any(|p| relevant(p)) => {}
             _ => changed.store(true, Ordering::Release),
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
     for dir in live.watched_dirs() {
         if dir.is_dir() {
             watcher
                 .watch(&dir, RecursiveMode::NonRecursive)
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
+                .map_err(|e| e.add_path(dir.clone()))?;
         }
     }
     Ok(watcher)
@@ -267,6 +266,7 @@ async fn reload(w: &Arc<Watched>, force: bool, last_error: &mut Option<String>) 
         }
         Ok(Ok(_)) | Ok(Err(ReloadError::RefusedAgain)) => {}
         Ok(Err(ReloadError::Refused(e))) => {
+            let e = e.to_string();
             if last_error.as_deref() != Some(e.as_str()) {
                 tracing::error!(
                     "configuration change refused; the running configuration stays in force:\n{e}"

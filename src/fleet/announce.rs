@@ -102,13 +102,15 @@ pub fn publish_from_cli(home: &Home, change: &Change) {
     let change = with_revoked_serials(home, change.clone());
     let origin = format!("cli@{}", cfg.server.node_id);
     let result = store::client(home, &cluster).and_then(|client| {
-        let mut conn = client
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .map_err(|e| e.to_string())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
         let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-        publish(&mut conn, &Keys::new(&cluster.key_prefix), change, &origin)
-            .map_err(|e| e.to_string())
+        Ok(publish(
+            &mut conn,
+            &Keys::new(&cluster.key_prefix),
+            change,
+            &origin,
+        )?)
     });
     match result {
         Ok(n) => tracing::debug!(nodes = n, "fleet told of the change"),

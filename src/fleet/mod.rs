@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
-use http::StatusCode;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, watch};
 
@@ -34,9 +33,10 @@ use crate::guard::alerts::AlertNotice;
 use crate::guard::limits::{Admission, LocalShare};
 use crate::home::Home;
 use crate::identity::PartnerIdentity;
+use crate::reason::Reason;
+pub use store::StoreError;
 
 pub mod announce;
-pub mod exports;
 pub mod limiter;
 pub mod node;
 pub mod status;
@@ -66,14 +66,6 @@ impl Membership for Fleet {
             partner,
         ));
     }
-}
-
-/// Reason codes of the fleet's refusals.
-pub mod code {
-    /// `on_store_failure = "deny"` and the store does not answer.
-    pub const STORE_UNAVAILABLE: &str = "limit_store_unavailable";
-    /// An announced revocation or suspension is not in this node's files yet.
-    pub const SYNC_PENDING: &str = "fleet_sync_pending";
 }
 
 /// Alert kinds the fleet raises.
@@ -119,7 +111,7 @@ impl Fleet {
         events: Arc<EventSink>,
         reload: Arc<ReloadTrigger>,
         shutdown: watch::Receiver<bool>,
-    ) -> Result<Arc<Fleet>, String> {
+    ) -> Result<Arc<Fleet>, StoreError> {
         let client = store::client(home, settings)?;
         let keys = Keys::new(&settings.key_prefix);
         let conn = match tokio::time::timeout(
@@ -230,14 +222,8 @@ impl Fleet {
     /// files do not show yet.
     pub fn admit(&self, id: &PartnerIdentity) -> Result<(), Refusal> {
         if self.fence.holds(id) {
-            return Err(
-                Refusal::http(StatusCode::SERVICE_UNAVAILABLE, code::SYNC_PENDING)
-                    .retry_after(1)
-                    .closing()
-                    .detail(
-                        "an announced revocation or suspension is not in this node's files yet",
-                    ),
-            );
+            return Err(Refusal::new(Reason::FleetSyncPending)
+                .detail("an announced revocation or suspension is not in this node's files yet"));
         }
         Ok(())
     }
@@ -271,17 +257,15 @@ impl Fleet {
                 Ok(Err(denied)) => return Err(denied.into()),
                 Err(e) => {
                     drop(admission);
-                    self.store_failed(&e);
+                    self.store_failed(&e.to_string());
                 }
             }
         }
         match self.on_store_failure() {
-            OnStoreFailure::Deny if limiter::is_limited(&entry.partner) => Err(Refusal::http(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code::STORE_UNAVAILABLE,
-            )
-            .retry_after(1)
-            .detail("the fleet's limit store does not answer; on_store_failure = \"deny\"")),
+            OnStoreFailure::Deny if limiter::is_limited(&entry.partner) => {
+                Err(Refusal::new(Reason::LimitStoreUnavailable)
+                    .detail("the fleet's limit store does not answer; on_store_failure = \"deny\""))
+            }
             OnStoreFailure::Deny => Ok(snapshot.limits.check_share(
                 partner,
                 Some(route_index),
@@ -302,9 +286,9 @@ impl Fleet {
         partner: &str,
         levels: &[limiter::Level],
         now_ms: i64,
-    ) -> Result<Result<(), crate::guard::limits::LimitDenied>, String> {
+    ) -> Result<Result<(), crate::guard::limits::LimitDenied>, StoreError> {
         let Some(conn) = self.conn.load_full() else {
-            return Err("not connected".into());
+            return Err(StoreError::NotConnected);
         };
         let mut conn = (*conn).clone();
         match tokio::time::timeout(
@@ -314,8 +298,11 @@ impl Fleet {
         .await
         {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.store_timeout())),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(StoreError::NoAnswer {
+                what: "limit check",
+                within: self.store_timeout(),
+            }),
         }
     }
 

@@ -18,6 +18,7 @@ use crate::guard::limits::{MS_PER_DAY, MS_PER_MINUTE};
 use crate::guard::sink::FleetHooks;
 
 use super::Fleet;
+use super::store::StoreError;
 
 /// A heartbeat key lives this long: a node that stops beating leaves the
 /// live set within it.
@@ -161,15 +162,15 @@ pub async fn heartbeat(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
         }
         match beat(&fleet, &mut book).await {
             Ok(()) => fleet.store_answered(),
-            Err(e) => fleet.store_failed(&e),
+            Err(e) => fleet.store_failed(&e.to_string()),
         }
     }
 }
 
 /// One beat: heartbeat key, counts in, fleet counts and live nodes out.
-async fn beat(fleet: &Fleet, book: &mut MinuteBook) -> Result<(), String> {
+async fn beat(fleet: &Fleet, book: &mut MinuteBook) -> Result<(), StoreError> {
     let Some(mut conn) = fleet.connection() else {
-        return Err("not connected".into());
+        return Err(StoreError::NotConnected);
     };
     let now = crate::event::now_ms();
     let minute = now.div_euclid(MS_PER_MINUTE);
@@ -219,11 +220,14 @@ async fn beat(fleet: &Fleet, book: &mut MinuteBook) -> Result<(), String> {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 fleet.counts.put_back(counts);
-                return Err(e.to_string());
+                return Err(e.into());
             }
             Err(_) => {
                 fleet.counts.put_back(counts);
-                return Err("heartbeat: no answer".into());
+                return Err(StoreError::NoAnswer {
+                    what: "heartbeat",
+                    within: fleet.store_timeout() * 4,
+                });
             }
         };
     for (p, n) in counts {

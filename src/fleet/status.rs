@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::guard::limits::{MS_PER_DAY, MS_PER_MINUTE};
 use crate::home::Home;
 
-use super::store::{self, Keys};
+use super::store::{self, Keys, StoreError};
 
 /// The fleet view.
 #[derive(Debug, Serialize)]
@@ -34,19 +34,23 @@ pub struct PartnerTotals {
 }
 
 /// Reads the fleet view from the store named by the home's `[cluster]`.
-pub fn read(home: &Home) -> Result<FleetView, String> {
-    let cfg = crate::config::load_gateway(home).map_err(|e| e.to_string())?;
-    let cluster = cfg.cluster.ok_or(
-        "this home has no [cluster] section: it runs as a single node (see `gatehouse status`)",
-    )?;
+pub fn read(home: &Home) -> Result<FleetView, StoreError> {
+    let cfg = crate::config::load_gateway(home)?;
+    let cluster = cfg.cluster.ok_or(StoreError::NoCluster)?;
     let client = store::client(home, &cluster)?;
     let url = crate::config::cluster::redact(&cluster.redis_url);
     let mut conn = client
         .get_connection_with_timeout(Duration::from_secs(2))
-        .map_err(|e| format!("the fleet store {url} does not answer: {e}"))?;
+        .map_err(|source| StoreError::Store {
+            url: format!("{url} does not answer"),
+            source,
+        })?;
     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
     let keys = Keys::new(&cluster.key_prefix);
-    let q = |e: redis::RedisError| format!("the fleet store {url}: {e}");
+    let q = |source: redis::RedisError| StoreError::Store {
+        url: url.clone(),
+        source,
+    };
 
     let mut node_keys: Vec<String> = Vec::new();
     let mut cursor: u64 = 0;
@@ -131,12 +135,9 @@ fn restart_pending_line(node: &serde_json::Value) -> Option<String> {
     (!keys.is_empty()).then(|| format!("restart pending: {}", keys.join(", ")))
 }
 
-pub fn print(view: &FleetView, json: bool) -> Result<(), String> {
+pub fn print(view: &FleetView, json: bool) -> Result<(), serde_json::Error> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(view).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(view)?);
         return Ok(());
     }
     println!(

@@ -9,30 +9,67 @@ use crate::config::ClusterSettings;
 use crate::config::cluster::redact;
 use crate::home::Home;
 
+/// What failed between a node (or a CLI command) and the fleet's store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `[cluster]` names a URL, password file or CA that cannot be used.
+    #[error("[cluster] {0}")]
+    Settings(String),
+    /// The home runs as a single node.
+    #[error(
+        "this home has no [cluster] section: it runs as a single node (see `gatehouse status`)"
+    )]
+    NoCluster,
+    /// `gatehouse.toml` fails validation.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigErrors),
+    /// No connection to the store (yet).
+    #[error("not connected")]
+    NotConnected,
+    /// The store did not answer within the time allowed.
+    #[error("{what}: no answer within {within:?}")]
+    NoAnswer {
+        what: &'static str,
+        within: Duration,
+    },
+    /// The store answered with an error, or the connection failed.
+    #[error("the fleet store {url}: {source}")]
+    Store {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The store's connection failed (during the heartbeat or a limit check).
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
 /// Builds a client for `[cluster]` (nothing is connected yet).
-pub fn client(home: &Home, settings: &ClusterSettings) -> Result<redis::Client, String> {
+pub fn client(home: &Home, settings: &ClusterSettings) -> Result<redis::Client, StoreError> {
     use redis::IntoConnectionInfo;
     let url = redact(&settings.redis_url);
     let mut info = settings
         .redis_url
         .as_str()
         .into_connection_info()
-        .map_err(|e| format!("[cluster] redis_url `{url}`: {e}"))?;
+        .map_err(|e| StoreError::Settings(format!("redis_url `{url}`: {e}")))?;
     if let Some(f) = &settings.redis_password_file {
         let path = home.resolve(f);
-        let pass = std::fs::read_to_string(&path)
-            .map_err(|e| format!("[cluster] redis_password_file {}: {e}", path.display()))?;
+        let pass = std::fs::read_to_string(&path).map_err(|e| {
+            StoreError::Settings(format!("redis_password_file {}: {e}", path.display()))
+        })?;
         info.redis.password = Some(pass.trim_end_matches(['\r', '\n']).to_string());
     }
     if let Some(u) = &settings.redis_username {
         info.redis.username = Some(u.clone());
     }
     match &settings.redis_ca {
-        None => redis::Client::open(info).map_err(|e| format!("[cluster] redis `{url}`: {e}")),
+        None => redis::Client::open(info)
+            .map_err(|e| StoreError::Settings(format!("redis `{url}`: {e}"))),
         Some(ca) => {
             let path = home.resolve(ca);
             let pem = std::fs::read(&path)
-                .map_err(|e| format!("[cluster] redis_ca {}: {e}", path.display()))?;
+                .map_err(|e| StoreError::Settings(format!("redis_ca {}: {e}", path.display())))?;
             redis::Client::build_with_tls(
                 info,
                 redis::TlsCertificates {
@@ -40,7 +77,9 @@ pub fn client(home: &Home, settings: &ClusterSettings) -> Result<redis::Client, 
                     root_cert: Some(pem),
                 },
             )
-            .map_err(|e| format!("[cluster] redis `{url}` with CA {}: {e}", path.display()))
+            .map_err(|e| {
+                StoreError::Settings(format!("redis `{url}` with CA {}: {e}", path.display()))
+            })
         }
     }
 }

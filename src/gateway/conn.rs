@@ -2,7 +2,7 @@
 //! TLS handshake (bounded in time; a refusal becomes a TLS-level `Refusal`
 //! and a record), the partner identified from the verified certificate,
 //! then HTTP/1.1 or HTTP/2 served by hyper, each request handed to
-//! `request::handle`, until the partner leaves, the connection idles out,
+//! `door::handle`, until the partner leaves, the connection idles out,
 //! a refusal asks it to close, or the broker drains.
 
 use std::convert::Infallible;
@@ -23,10 +23,11 @@ use tokio_rustls::server::TlsStream;
 
 use crate::config::ServerSettings;
 use crate::event::{Decision, EventKind};
-use crate::gateway::refusal::{Refusal, code};
+use crate::gateway::refusal::Refusal;
 use crate::gateway::session::ConnCtx;
-use crate::gateway::{Gateway, request};
+use crate::gateway::{Gateway, door};
 use crate::identity::{PartnerIdentity, identify};
+use crate::reason::Reason;
 use crate::tls::classify_handshake_error;
 
 /// hyper's server settings from `[server]`.
@@ -103,7 +104,7 @@ async fn handshake(gw: &Gateway, tcp: TcpStream, peer: SocketAddr) -> Result<Han
     let snapshot = gw.live.snapshot();
     let cap = snapshot.gateway.server.max_pending_handshakes_per_addr;
     let Some(pending) = gw.handshakes.try_enter_within(peer.ip(), cap) else {
-        return Err(Refusal::tls(code::TOO_MANY_PENDING_HANDSHAKES));
+        return Err(Refusal::tls(Reason::TooManyPendingHandshakes));
     };
     let acceptor = TlsAcceptor::from(gw.live.tls_config());
     let timeout = snapshot.gateway.server.handshake_timeout;
@@ -111,16 +112,8 @@ async fn handshake(gw: &Gateway, tcp: TcpStream, peer: SocketAddr) -> Result<Han
     drop(pending);
     let tls = match accepted {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let failure = classify_handshake_error(&e);
-            let mut r = Refusal::tls(failure.reason).detail(match failure.subject {
-                Some(s) => format!("subject: {s}; {}", failure.message),
-                None => failure.message,
-            });
-            r.fingerprint = failure.fingerprint;
-            return Err(r);
-        }
-        Err(_) => return Err(Refusal::tls(code::HANDSHAKE_TIMEOUT)),
+        Ok(Err(e)) => return Err(classify_handshake_error(&e)),
+        Err(_) => return Err(Refusal::tls(Reason::HandshakeTimeout)),
     };
     let (_, conn) = tls.get_ref();
     let kind = match conn.handshake_kind() {
@@ -136,9 +129,9 @@ async fn handshake(gw: &Gateway, tcp: TcpStream, peer: SocketAddr) -> Result<Han
     let leaf = conn
         .peer_certificates()
         .and_then(|c| c.first())
-        .ok_or_else(|| Refusal::tls(code::NO_CERTIFICATE))?;
+        .ok_or_else(|| Refusal::tls(Reason::NoCertificate))?;
     let identity = identify(leaf.as_ref(), &snapshot.gateway.trust_domain)
-        .map_err(|e| Refusal::tls(e.code()))?;
+        .map_err(|e| Refusal::tls(e.reason()))?;
     Ok(Handshaken {
         tls,
         identity,
@@ -167,7 +160,7 @@ async fn handle_connection(
             ev.client_addr = Some(peer.to_string());
             refusal.mark(&mut ev);
             ev.duration_us = started.elapsed().as_micros() as u64;
-            tracing::debug!(%peer, reason = refusal.code, "refused handshake");
+            tracing::debug!(%peer, reason = refusal.code(), "refused handshake");
             drop(gw.events.record(ev, None));
             return;
         }
@@ -193,7 +186,7 @@ async fn handle_connection(
         let (ctx, gw) = (ctx.clone(), gw.clone());
         service_fn(move |req: Request<Incoming>| {
             let (ctx, gw) = (ctx.clone(), gw.clone());
-            async move { Ok::<_, Infallible>(request::handle(req, ctx, gw).await) }
+            async move { Ok::<_, Infallible>(door::handle(req, ctx, gw).await) }
         })
     };
     let conn = builder.serve_connection(TokioIo::new(done.tls), service);

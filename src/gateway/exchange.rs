@@ -17,6 +17,7 @@ use crate::config::Risk;
 use crate::event::{Event, ExpectedRecord, RecordAck, RecordError};
 use crate::gateway::relay::BoxError;
 use crate::guard::EventSink;
+use crate::reason::Reason;
 
 /// Something held for the exchange's lifetime and released when its record
 /// is handed over (a limits admission, the connection's in-flight count).
@@ -137,7 +138,7 @@ impl Body for RecordedBody {
                         }
                         Some(Err(e)) => {
                             if let Some(mut p) = this.pending.take() {
-                                p.event.reason = Some("upstream_body_error".into());
+                                p.event.reason = Some(Reason::UpstreamBodyError.code().into());
                                 drop(p.submit());
                             }
                             this.state = State::Done;
@@ -175,7 +176,7 @@ impl Body for RecordedBody {
 impl Drop for RecordedBody {
     fn drop(&mut self) {
         if let Some(mut p) = self.pending.take() {
-            p.event.reason = Some("incomplete".into());
+            p.event.reason = Some(Reason::Incomplete.code().into());
             drop(p.submit());
         }
     }

@@ -3,8 +3,10 @@
 //! clients and the partner-facing TLS config, held behind `ArcSwap`s so the
 //! request path reads them without a lock. `reload` rebuilds them from the
 //! home's files; a file that fails validation is refused and the running
-//! state stays in force. The watcher notices file changes (stat polling) and
-//! SIGHUP within a second.
+//! state stays in force. The watcher (`control::watch`) hears of file
+//! changes through `notify` (inotify; a slow safety poll for file systems
+//! that do not notify, and polling every tick where notifications are
+//! unavailable) and of SIGHUP, and calls `reload` within a second.
 //!
 //! A reload tells what it did: the settings it changed and put in force,
 //! and (against `gatehouse.toml` as read at start) those only a restart
@@ -37,14 +39,38 @@ use crate::guard::limits::LimitState;
 use crate::home::{Home, stamp_files};
 use crate::identity::PartnerIdentity;
 use crate::policy::RouteTable;
+use crate::reason::Reason;
 use crate::tls::{self, CertificateStatus, ServerMaterial};
 
+/// Why the configuration could not be loaded (at start: the broker does
+/// not start; on reload: the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// `gatehouse.toml` or a partner file fails validation (file and line).
+    #[error(transparent)]
+    Config(#[from] config::ConfigErrors),
+    /// The certificate inventory cannot be read.
+    #[error(transparent)]
+    Inventory(#[from] crate::ca::CaError),
+    /// TLS material (CA, CRL, server certificate or key) cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Upstream clients cannot be built, one line per upstream.
+    #[error("{}", .0.join("\n"))]
+    Upstreams(Vec<String>),
+    /// A rebuilt partner-facing TLS configuration failed.
+    #[error(
+        "the partner-facing TLS configuration was not rebuilt; the running one stays in force: {0}"
+    )]
+    TlsNotRebuilt(tls::TlsError),
+}
+
 /// Why `reload` kept the running state.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     /// The files fail validation (the message names file and line).
-    #[error("{0}")]
-    Refused(String),
+    #[error(transparent)]
+    Refused(LiveError),
     /// The same files were refused before (already reported).
     #[error("the same files were refused before")]
     RefusedAgain,
@@ -100,37 +126,40 @@ impl Snapshot {
         serial: &str,
         fingerprint: &str,
         now: i64,
-    ) -> Result<&CertEntry, &'static str> {
-        let c = self.certs.get(serial).ok_or("unknown_certificate")?;
+    ) -> Result<&CertEntry, Reason> {
+        let c = self.certs.get(serial).ok_or(Reason::UnknownCertificate)?;
         if !c.fingerprint.eq_ignore_ascii_case(fingerprint) {
-            return Err("certificate_mismatch");
+            return Err(Reason::CertificateMismatch);
         }
         match c.status {
-            RecordStatus::Revoked => return Err("revoked"),
+            RecordStatus::Revoked => return Err(Reason::Revoked),
             RecordStatus::Superseded if c.overlap_until.is_none_or(|t| now >= t) => {
-                return Err("superseded");
+                return Err(Reason::Superseded);
             }
             _ => {}
         }
         if now >= c.not_after {
-            return Err("expired");
+            return Err(Reason::Expired);
         }
         Ok(c)
     }
 
     /// The per-request check: the partner exists and is active, and its
     /// certificate is still valid, unrevoked and not superseded past overlap.
-    pub fn admit(&self, id: &PartnerIdentity, now: i64) -> Result<&PartnerEntry, &'static str> {
+    pub fn admit(&self, id: &PartnerIdentity, now: i64) -> Result<&PartnerEntry, Reason> {
         if now >= id.not_after_unix {
-            return Err("expired");
+            return Err(Reason::Expired);
         }
         let cert = self.cert_status(&id.serial, &id.fingerprint, now)?;
         if cert.partner != *id.partner {
-            return Err("certificate_partner_mismatch");
+            return Err(Reason::CertificatePartnerMismatch);
         }
-        let entry = self.partners.get(&*id.partner).ok_or("unknown_partner")?;
+        let entry = self
+            .partners
+            .get(&*id.partner)
+            .ok_or(Reason::UnknownPartner)?;
         if entry.partner.status == PartnerStatus::Suspended {
-            return Err("partner_suspended");
+            return Err(Reason::PartnerSuspended);
         }
         Ok(entry)
     }
@@ -205,11 +234,11 @@ impl std::fmt::Debug for SnapshotCell {
 }
 
 impl CertificateStatus for LiveCertStatus {
-    fn check(&self, serial: &str, fingerprint: &str, now_unix: i64) -> Result<(), &'static str> {
+    fn check(&self, serial: &str, fingerprint: &str, now_unix: i64) -> Result<(), Reason> {
         let snap = self.0.load();
         let entry = snap.0.cert_status(serial, fingerprint, now_unix)?;
         match snap.0.partners.get(&entry.partner) {
-            None => Err("unknown_partner"),
+            None => Err(Reason::UnknownPartner),
             Some(_) => Ok(()),
         }
     }
@@ -255,12 +284,12 @@ pub struct ReloadOutcome {
     /// What changed for the audit trail: certificates issued, superseded or
     /// revoked, partners added, removed, suspended or resumed (by the CLI or
     /// by hand), one line each.
-    pub changes: Vec<Change>,
+    pub changes: Vec<AuditedChange>,
 }
 
 /// One audited change seen by a reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
+pub struct AuditedChange {
     /// `cert_issued`, `cert_superseded`, `cert_revoked`, `partner_added`, ...
     pub kind: &'static str,
     pub partner: String,
@@ -268,7 +297,7 @@ pub struct Change {
 }
 
 /// The audited differences between two snapshots.
-fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
+fn diff(old: &Snapshot, new: &Snapshot) -> Vec<AuditedChange> {
     let mut out = Vec::new();
     for (serial, c) in &new.certs {
         let kind = match old.certs.get(serial) {
@@ -281,7 +310,7 @@ fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
             _ => None,
         };
         if let Some(kind) = kind {
-            out.push(Change {
+            out.push(AuditedChange {
                 kind,
                 partner: c.partner.clone(),
                 serial: Some(serial.clone()),
@@ -299,7 +328,7 @@ fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
             _ => None,
         };
         if let Some(kind) = kind {
-            out.push(Change {
+            out.push(AuditedChange {
                 kind,
                 partner: id.clone(),
                 serial: None,
@@ -311,7 +340,7 @@ fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
         .keys()
         .filter(|id| !new.partners.contains_key(*id))
     {
-        out.push(Change {
+        out.push(AuditedChange {
             kind: "partner_removed",
             partner: id.clone(),
             serial: None,
@@ -323,7 +352,7 @@ fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
 
 impl Live {
     /// Loads everything; any problem is an error (the broker does not start).
-    pub fn load(home: Home) -> Result<Live, String> {
+    pub fn load(home: Home) -> Result<Live, LiveError> {
         let mut cache = config::PartnerCache::default();
         let stamps = compute_stamps(&home, None);
         let snapshot = build(&home, None, &mut cache, stamps)?;
@@ -379,7 +408,7 @@ impl Live {
     /// Rebuilds the partner-facing TLS config. On failure the running
     /// config stays and the next `reload` tries again, even if no file
     /// changes in between.
-    fn rebuild_tls(&self) -> Result<(), String> {
+    fn rebuild_tls(&self) -> Result<(), LiveError> {
         use std::sync::atomic::Ordering;
         match build_tls(&self.home, &self.snapshot().gateway, self.snapshot.clone()) {
             Ok(cfg) => {
@@ -389,9 +418,7 @@ impl Live {
             }
             Err(e) => {
                 self.tls_retry.store(true, Ordering::Relaxed);
-                Err(format!(
-                    "the partner-facing TLS configuration was not rebuilt; the running one stays in force: {e}"
-                ))
+                Err(LiveError::TlsNotRebuilt(e))
             }
         }
     }
@@ -409,7 +436,7 @@ impl Live {
             h.partners_dir(),
             h.certs_dir(),
             h.issued_dir(),
-            h.certs_dir().join("ca-previous"),
+            h.ca_previous_dir(),
         ];
         for u in self.snapshot().gateway.upstreams.values() {
             for f in [&u.ca, &u.client_cert, &u.client_key].into_iter().flatten() {
@@ -497,7 +524,7 @@ impl Live {
             // not to be (and retried at every look).
             match self.rebuild_tls() {
                 Ok(()) => tls_rebuilt = true,
-                Err(e) => not_applied.push(e),
+                Err(e) => not_applied.push(e.to_string()),
             }
         }
         Ok(ReloadOutcome {
@@ -523,19 +550,19 @@ fn build_tls(
     home: &Home,
     gateway: &GatewayConfig,
     cell: Arc<ArcSwap<SnapshotCell>>,
-) -> Result<Arc<ServerConfig>, String> {
+) -> Result<Arc<ServerConfig>, tls::TlsError> {
     // Trusted: the issuing CA (first in ca.pem) and every CA a rollover
     // keeps until it is retired (certs/ca-previous/*.pem).
-    let mut anchors = tls::load_certs(&home.ca_cert()).map_err(|e| e.to_string())?;
+    let mut anchors = tls::load_certs(&home.ca_cert())?;
     anchors.truncate(1);
     for path in files_in(&home.ca_previous_dir(), "pem") {
-        let mut certs = tls::load_certs(&path).map_err(|e| e.to_string())?;
+        let mut certs = tls::load_certs(&path)?;
         certs.truncate(1);
         anchors.extend(certs);
     }
-    let crls = tls::load_crls(&home.crl()).map_err(|e| e.to_string())?;
-    let chain = tls::load_certs(&home.server_cert()).map_err(|e| e.to_string())?;
-    let key = tls::load_key(&home.server_key()).map_err(|e| e.to_string())?;
+    let crls = tls::load_crls(&home.crl())?;
+    let chain = tls::load_certs(&home.server_cert())?;
+    let key = tls::load_key(&home.server_key())?;
     tls::server_config(
         ServerMaterial {
             trust_anchors: anchors,
@@ -546,7 +573,6 @@ fn build_tls(
         &gateway.trust_domain,
         Arc::new(LiveCertStatus(cell)),
     )
-    .map_err(|e| e.to_string())
 }
 
 /// Builds a snapshot from the files. Upstream clients are reused from
@@ -558,8 +584,8 @@ fn build(
     previous: Option<&Snapshot>,
     cache: &mut config::PartnerCache,
     mut stamps: Stamps,
-) -> Result<Snapshot, String> {
-    let gateway = config::load_gateway(home).map_err(|e| e.to_string())?;
+) -> Result<Snapshot, LiveError> {
+    let gateway = config::load_gateway(home)?;
     // Parsed partner files stay valid while gatehouse.toml (their upstream
     // names) is unchanged.
     let same_gateway = previous
@@ -567,11 +593,10 @@ fn build(
     if !same_gateway {
         cache.clear();
     }
-    let partners =
-        config::load_partners_cached(home, &gateway, cache).map_err(|e| e.to_string())?;
+    let partners = config::load_partners_cached(home, &gateway, cache)?;
     let loaded = config::Loaded { gateway, partners };
     stamps.upstream = stamp_upstreams(home, &loaded.gateway);
-    let inventory = Inventory::load(home).map_err(|e| e.to_string())?;
+    let inventory = Inventory::load(home)?;
     let certs = inventory
         .certs
         .into_values()
@@ -602,7 +627,7 @@ fn build(
                 }
             }
             if !errors.is_empty() {
-                return Err(errors.join("\n"));
+                return Err(LiveError::Upstreams(errors));
             }
             m
         }

@@ -20,6 +20,7 @@ use rustls_pki_types::ServerName;
 
 use crate::config::UpstreamSettings;
 use crate::home::Home;
+use crate::reason::Reason;
 use crate::tls;
 
 /// Error type of relayed bodies.
@@ -55,15 +56,22 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// Builds the client for `[upstreams.<name>]`, loading its CA and the
     /// broker's client certificate.
-    pub fn build(name: &str, settings: &UpstreamSettings, home: &Home) -> Result<Upstream, String> {
-        let uri: Uri = settings
-            .url
-            .parse()
-            .map_err(|e| format!("[upstreams.{name}] url `{}`: {e}", settings.url))?;
+    pub fn build(
+        name: &str,
+        settings: &UpstreamSettings,
+        home: &Home,
+    ) -> Result<Upstream, UpstreamBuildError> {
+        let uri: Uri = settings.url.parse().map_err(|e| UpstreamBuildError::Url {
+            name: name.to_string(),
+            url: settings.url.clone(),
+            why: format!("{e}"),
+        })?;
         let scheme = uri.scheme_str().unwrap_or("http").to_string();
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("[upstreams.{name}] url `{}` has no host", settings.url))?;
+        let authority = uri.authority().ok_or_else(|| UpstreamBuildError::Url {
+            name: name.to_string(),
+            url: settings.url.clone(),
+            why: "it has no host".to_string(),
+        })?;
         let host = authority
             .host()
             .trim_start_matches('[')
@@ -78,7 +86,7 @@ impl Upstream {
             let ca = settings
                 .ca
                 .as_ref()
-                .ok_or_else(|| format!("[upstreams.{name}] is https but has no `ca`"))?;
+                .ok_or_else(|| UpstreamBuildError::NoCa(name.to_string()))?;
             let cert = match &settings.client_cert {
                 Some(p) => home.resolve(p),
                 None => home.broker_client_cert(),
@@ -87,21 +95,24 @@ impl Upstream {
                 Some(p) => home.resolve(p),
                 None => home.broker_client_key(),
             };
-            let chain = tls::load_certs(&cert).map_err(|e| e.to_string())?;
-            let key = tls::load_key(&key).map_err(|e| e.to_string())?;
-            tls::upstream_client_config(&home.resolve(ca), chain, key).map_err(|e| e.to_string())?
+            let chain = tls::load_certs(&cert)?;
+            let key = tls::load_key(&key)?;
+            tls::upstream_client_config(&home.resolve(ca), chain, key)?
         } else {
             // Plain-http upstream: the TLS config is never used, but the
             // connector type wants one.
             rustls::ClientConfig::builder_with_provider(tls::provider())
                 .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
+                .map_err(|e| tls::TlsError::Config(e.to_string()))?
                 .with_root_certificates(rustls::RootCertStore::empty())
                 .with_no_client_auth()
         };
         let server_name = settings.server_name.clone().unwrap_or(host);
         let server_name = ServerName::try_from(server_name.clone()).map_err(|_| {
-            format!("[upstreams.{name}] server_name `{server_name}` is not a valid name")
+            UpstreamBuildError::ServerName {
+                name: name.to_string(),
+                server_name: server_name.clone(),
+            }
         })?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config)
@@ -153,6 +164,23 @@ impl Upstream {
     }
 }
 
+/// Why an upstream's client cannot be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBuildError {
+    #[error("[upstreams.{name}] url `{url}`: {why}")]
+    Url {
+        name: String,
+        url: String,
+        why: String,
+    },
+    #[error("[upstreams.{0}] is https but has no `ca`")]
+    NoCa(String),
+    #[error("[upstreams.{name}] server_name `{server_name}` is not a valid name")]
+    ServerName { name: String, server_name: String },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
 /// Why the upstream leg failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamError {
@@ -169,20 +197,14 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    pub fn code(&self) -> &'static str {
+    /// The reason a refusal for this failure gives.
+    pub fn reason(&self) -> Reason {
         match self {
-            UpstreamError::Timeout => "upstream_timeout",
-            UpstreamError::Tls(_) => "upstream_tls",
-            UpstreamError::Connect(_) => "upstream_unavailable",
-            UpstreamError::BodyTooLarge => "body_too_large",
-            UpstreamError::Other(_) => "upstream_error",
-        }
-    }
-    pub fn status(&self) -> http::StatusCode {
-        match self {
-            UpstreamError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::BodyTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
-            _ => http::StatusCode::BAD_GATEWAY,
+            UpstreamError::Timeout => Reason::UpstreamTimeout,
+            UpstreamError::Tls(_) => Reason::UpstreamTls,
+            UpstreamError::Connect(_) => Reason::UpstreamUnavailable,
+            UpstreamError::BodyTooLarge => Reason::BodyTooLarge,
+            UpstreamError::Other(_) => Reason::UpstreamError,
         }
     }
 }
@@ -295,7 +317,7 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, annotations: &Annotatio
         &format!("Hash={};URI={}", annotations.fingerprint, annotations.uri),
     );
     if let Some(token) = annotations.identity {
-        set(crate::ca::upstream_identity::HEADER, token);
+        set(crate::identity_token::HEADER, token);
     }
 }
 

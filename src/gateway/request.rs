@@ -1,117 +1,56 @@
-//! One request's life, as phases: admit (journal writable, partner active,
-//! certificate still good) → the renewal endpoint, if that is what it asks
-//! → frame (no smuggling shapes) → target (origin form, no traversal
-//! tricks) → authorize (deny by default) → limit (rate, quota, concurrency,
-//! body size) → build the upstream request → relay. Each phase returns
+//! A partner's API call, once `door` has admitted it, as phases: frame (no
+//! smuggling shapes) → target (origin form, no traversal tricks) →
+//! authorize (deny by default) → limit (rate, quota, concurrency, body
+//! size) → build the upstream request → relay. Each phase returns
 //! `Result<_, Refusal>`; `respond::finish` turns the outcome into the
-//! response and the record, the same way for every phase.
+//! response and the record, the same way for every phase. Certificates
+//! have their own door (`certificates`); nothing here reaches the CA.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 
-use crate::ca::upstream_identity::TokenSubject;
-use crate::event::{Decision, Event, EventKind, truncated};
 use crate::gateway::Gateway;
 use crate::gateway::exchange::PendingRecord;
 use crate::gateway::header_guard::TrailerFilter;
 use crate::gateway::live::{PartnerEntry, Snapshot};
-use crate::gateway::refusal::{Refusal, code};
+use crate::gateway::refusal::Refusal;
 use crate::gateway::relay::{
     Annotations, RelayBody, Upstream, UpstreamError, upstream_request_headers,
 };
-use crate::gateway::renewal;
-use crate::gateway::respond::{self, Answer, ResponseBody};
+use crate::gateway::respond::Answer;
 use crate::gateway::session::ConnCtx;
+use crate::identity_token::TokenSubject;
 use crate::policy::{Permit, check_target};
+use crate::reason::Reason;
 
-/// Longest path kept in a record (the journal's growth per record is bounded).
-const MAX_RECORDED_PATH: usize = 2048;
-
-/// Handles one request from a verified partner connection.
-pub async fn handle(
-    req: Request<Incoming>,
-    conn: Arc<ConnCtx>,
-    gw: Arc<Gateway>,
-) -> Response<ResponseBody> {
-    let started = Instant::now();
-    let in_flight = conn.begin_request();
-    // Announced to the journal until the record is handed over, or until
-    // this function returns: a streamed response's record comes at the end
-    // of its body, which may be long after.
-    let expected = Arc::new(gw.events.expect_record());
-    let _expected_until_return = ReleaseOnDrop(expected.clone());
-    let request_id = format!("{:032x}", rand::random::<u128>());
-    let mut record = PendingRecord::new(
-        exchange_event(&req, &conn, &gw, &request_id),
-        started,
-        gw.events.clone(),
-        Some(expected),
-    );
-    record.hold(Box::new(in_flight));
-    let outcome = phases(req, &conn, &gw, &mut record, &request_id).await;
-    respond::finish(record, outcome, &conn, &request_id).await
-}
-
-/// The record as the request arrives: who, from where, what.
-fn exchange_event(
-    req: &Request<Incoming>,
-    conn: &ConnCtx,
-    gw: &Gateway,
-    request_id: &str,
-) -> Event {
-    let mut ev = gw.events.event(EventKind::Exchange, Decision::Denied);
-    ev.partner = Some(conn.identity.partner.to_string());
-    ev.cert_serial = Some(conn.identity.serial.to_string());
-    ev.cert_fingerprint = Some(conn.identity.fingerprint.to_string());
-    ev.client_addr = Some(conn.peer.to_string());
-    ev.tls_version = Some(conn.tls_version.to_string());
-    ev.method = Some(req.method().as_str().to_string());
-    ev.request_id = Some(request_id.to_string());
-    let path = raw_target(req).split('?').next().unwrap_or("");
-    ev.path = Some(truncated(path, MAX_RECORDED_PATH));
-    ev
-}
-
-fn raw_target(req: &Request<Incoming>) -> &str {
+/// The raw request-target (path and query) as the partner sent it.
+pub(crate) fn raw_target(req: &Request<Incoming>) -> &str {
     req.uri()
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/")
 }
 
-/// The phases, in order; the first refusal ends them.
-async fn phases(
+/// The phases of an admitted API call, in order; the first refusal ends them.
+pub(crate) async fn phases(
     req: Request<Incoming>,
     conn: &ConnCtx,
     gw: &Arc<Gateway>,
+    snapshot: Arc<Snapshot>,
     record: &mut PendingRecord,
     request_id: &str,
 ) -> Result<Answer, Refusal> {
-    let snapshot = gw.live.snapshot();
-    let entry = admit(conn, gw, &snapshot)?;
-
-    // Self-service renewal: a broker endpoint, not a route (admitted above,
-    // so suspended, revoked, expired and superseded certificates never get here).
-    if req.method() == Method::POST && req.uri().path() == renewal::RENEW_PATH {
-        drop(snapshot);
-        record.event.route = Some(renewal::RENEW_PATH.to_string());
-        let renewed = renewal::handle(req, &conn.identity, gw).await?;
-        record.event.detail = Some(renewed.summary());
-        if let Some(fleet) = &gw.fleet {
-            fleet.clone().partner_changed(&conn.identity.partner);
-        }
-        return Ok(Answer::Local {
-            content_type: "application/x-pem-file",
-            body: renewed.chain_pem,
-        });
-    }
-
+    // Admitted from this snapshot, so the partner is in it.
+    let entry = snapshot
+        .partners
+        .get(&*conn.identity.partner)
+        .ok_or_else(|| Refusal::new(Reason::UnknownPartner))?;
     let declared_length = frame(req.headers())?;
     let target = target(&req)?;
     let permit = authorize(entry, req.method(), target.path, record)?;
@@ -119,11 +58,11 @@ async fn phases(
         .upstreams
         .get(permit.upstream)
         .cloned()
-        .ok_or_else(|| Refusal::http(StatusCode::BAD_GATEWAY, code::UPSTREAM_UNKNOWN))?;
+        .ok_or_else(|| Refusal::new(Reason::UpstreamUnknown))?;
     let max_body = limit(conn, gw, &snapshot, &permit, declared_length, record).await?;
     let uri = upstream
         .uri_for(&permit.upstream_path, target.query)
-        .map_err(|_| Refusal::http(StatusCode::BAD_REQUEST, code::BAD_TARGET))?;
+        .map_err(|_| Refusal::new(Reason::BadTarget))?;
     let route = permit.route.path.clone();
     let write_timeout = snapshot.gateway.server.write_timeout;
     drop(snapshot);
@@ -155,30 +94,6 @@ async fn phases(
     })
 }
 
-/// Admission: the journal can record (fail closed: never relay a call that
-/// cannot be recorded), the partner is active, its certificate still good.
-/// A refused certificate or partner closes the connection.
-fn admit<'s>(
-    conn: &ConnCtx,
-    gw: &Gateway,
-    snapshot: &'s Snapshot,
-) -> Result<&'s PartnerEntry, Refusal> {
-    if !gw.events.writable() {
-        return Err(Refusal::http(
-            StatusCode::SERVICE_UNAVAILABLE,
-            code::JOURNAL_UNAVAILABLE,
-        ));
-    }
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let entry = snapshot
-        .admit(&conn.identity, now)
-        .map_err(|reason| Refusal::http(StatusCode::FORBIDDEN, reason).closing())?;
-    if let Some(fleet) = &gw.fleet {
-        fleet.admit(&conn.identity)?;
-    }
-    Ok(entry)
-}
-
 /// Framing: refuses Content-Length values spelled differently, and returns
 /// the declared Content-Length. HTTP/1.1 never gets here with an ambiguous
 /// shape (hyper answers 400 to differing lengths, and drops Content-Length
@@ -187,7 +102,7 @@ fn admit<'s>(
 fn frame(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
     let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
     if lengths.windows(2).any(|w| w[0] != w[1]) {
-        return Err(Refusal::http(StatusCode::BAD_REQUEST, code::AMBIGUOUS_FRAMING).closing());
+        return Err(Refusal::new(Reason::AmbiguousFraming));
     }
     Ok(lengths
         .first()
@@ -200,7 +115,7 @@ fn target(req: &Request<Incoming>) -> Result<crate::policy::Target<'_>, Refusal>
     if req.version() != Version::HTTP_2
         && (req.uri().scheme().is_some() || req.uri().authority().is_some())
     {
-        return Err(Refusal::http(StatusCode::BAD_REQUEST, code::BAD_TARGET));
+        return Err(Refusal::new(Reason::BadTarget));
     }
     Ok(check_target(raw_target(req))?)
 }
@@ -248,7 +163,7 @@ async fn limit(
         .max_body_bytes
         .unwrap_or(snapshot.gateway.server.max_body_bytes);
     if declared_length.is_some_and(|n| n > max_body) {
-        return Err(Refusal::http(StatusCode::PAYLOAD_TOO_LARGE, code::BODY_TOO_LARGE).closing());
+        return Err(Refusal::new(Reason::BodyTooLarge));
     }
     record.event.request_bytes = declared_length.unwrap_or(0);
     Ok(max_body)
@@ -288,10 +203,7 @@ fn build_upstream_request(
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::error!(request_id = %request_id, "{e}");
-                return Err(Refusal::http(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    code::IDENTITY_SIGNING_FAILED,
-                ));
+                return Err(Refusal::new(Reason::IdentitySigningFailed));
             }
         }
     } else {
@@ -339,19 +251,10 @@ async fn relay(
     gw.events.monitor().upstream(
         &upstream.name,
         started.elapsed().as_secs_f64(),
-        sent.as_ref().err().map(|e| e.code()),
+        sent.as_ref().err().map(|e| e.reason().metric_label()),
     );
     sent.map_err(|e| {
         tracing::warn!(upstream = %upstream.name, request_id = %request_id, "upstream failed: {e:?}");
         Refusal::from(e)
     })
-}
-
-/// Releases a record's announcement when dropped (see `handle`).
-struct ReleaseOnDrop(Arc<crate::event::ExpectedRecord>);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        self.0.release();
-    }
 }

@@ -19,10 +19,11 @@ use hyper::body::{Body, Incoming};
 
 use crate::event::{Decision, RecordAck};
 use crate::gateway::exchange::{PendingRecord, RecordedBody};
-use crate::gateway::refusal::{Refusal, code};
+use crate::gateway::refusal::Refusal;
 use crate::gateway::relay::{BoxError, Upstream, strip_hop_by_hop};
 use crate::gateway::session::ConnCtx;
 use crate::gateway::write_guard::WriteGuard;
+use crate::reason::Reason;
 
 /// The body of every response the broker sends to partners.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -178,13 +179,13 @@ async fn whole_response(
                 return once_recorded(record.submit(), resp, request_id, false).await;
             }
             tracing::warn!(upstream = %upstream.name, request_id, "upstream body shorter than its Content-Length");
-            Refusal::http(StatusCode::BAD_GATEWAY, code::UPSTREAM_BODY_ERROR)
+            Refusal::new(Reason::UpstreamBodyError)
         }
         Ok(Err(e)) => {
             tracing::warn!(upstream = %upstream.name, request_id, "upstream body failed: {e}");
-            Refusal::http(StatusCode::BAD_GATEWAY, code::UPSTREAM_BODY_ERROR)
+            Refusal::new(Reason::UpstreamBodyError)
         }
-        Err(_) => Refusal::http(StatusCode::GATEWAY_TIMEOUT, code::UPSTREAM_TIMEOUT),
+        Err(_) => Refusal::new(Reason::UpstreamTimeout),
     };
     refusal.mark(&mut record.event);
     let resp = refusal_response(&refusal, request_id);
@@ -202,7 +203,7 @@ async fn once_recorded(
     match ack.await {
         Ok(()) => resp,
         Err(_) => {
-            let mut r = Refusal::http(StatusCode::SERVICE_UNAVAILABLE, code::JOURNAL_UNAVAILABLE);
+            let mut r = Refusal::new(Reason::JournalUnavailable);
             r.close = close;
             refusal_response(&r, request_id)
         }

@@ -54,7 +54,7 @@ impl AlertSink {
         node: &str,
         settings: &MonitorSettings,
         home: &Home,
-    ) -> Result<AlertSink, String> {
+    ) -> Result<AlertSink, AlertSinkError> {
         Ok(AlertSink {
             recorder,
             node: node.to_string(),
@@ -64,7 +64,11 @@ impl AlertSink {
 
     /// Puts a reloaded `[monitor] webhook_url` / `webhook_ca` in force
     /// (inside the tokio runtime). On error the running webhook stays.
-    pub fn set_webhook(&self, settings: &MonitorSettings, home: &Home) -> Result<(), String> {
+    pub fn set_webhook(
+        &self,
+        settings: &MonitorSettings,
+        home: &Home,
+    ) -> Result<(), AlertSinkError> {
         self.webhook
             .store(start_webhook(settings, home)?.map(Arc::new));
         Ok(())
@@ -101,13 +105,16 @@ impl AlertSink {
 fn start_webhook(
     settings: &MonitorSettings,
     home: &Home,
-) -> Result<Option<mpsc::Sender<Bytes>>, String> {
+) -> Result<Option<mpsc::Sender<Bytes>>, AlertSinkError> {
     let Some(url) = &settings.webhook_url else {
         return Ok(None);
     };
     let uri: Uri = url
         .parse()
-        .map_err(|e| format!("[monitor] webhook_url `{url}`: {e}"))?;
+        .map_err(|e: http::uri::InvalidUri| AlertSinkError::WebhookUrl {
+            url: url.clone(),
+            why: e.to_string(),
+        })?;
     let client = webhook_client(settings, home)?;
     let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
     tokio::spawn(deliver(uri, client, rx));
@@ -116,18 +123,30 @@ fn start_webhook(
 
 type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-fn webhook_client(settings: &MonitorSettings, home: &Home) -> Result<WebhookClient, String> {
+/// Why the alert sink's webhook cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertSinkError {
+    #[error("[monitor] webhook_url `{url}`: {why}")]
+    WebhookUrl { url: String, why: String },
+    #[error("[monitor] webhook_ca: {0}")]
+    WebhookCa(#[from] crate::tls::TlsError),
+    #[error("[monitor] webhook_ca: {0}")]
+    WebhookTrust(rustls::Error),
+}
+
+fn webhook_client(
+    settings: &MonitorSettings,
+    home: &Home,
+) -> Result<WebhookClient, AlertSinkError> {
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = &settings.webhook_ca {
-        for c in crate::tls::load_certs(&home.resolve(ca)).map_err(|e| e.to_string())? {
-            roots
-                .add(c)
-                .map_err(|e| format!("[monitor] webhook_ca: {e}"))?;
+        for c in crate::tls::load_certs(&home.resolve(ca))? {
+            roots.add(c).map_err(AlertSinkError::WebhookTrust)?;
         }
     }
     let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(AlertSinkError::WebhookTrust)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     let mut http = HttpConnector::new();

@@ -191,7 +191,10 @@ mod tests {
         let admitted = (0..10_000)
             .filter(|i| {
                 a.admit(
-                    &refused(&format!("198.51.100.9:{}", 1000 + i % 50000), "unknown_ca"),
+                    &refused(
+                        &format!("198.51.100.9:{}", 1000 + i % 50000),
+                        crate::reason::Reason::UnknownCa.code(),
+                    ),
                     now,
                 )
             })
@@ -207,7 +210,10 @@ mod tests {
         );
         assert_eq!(aggs[0].client_addr.as_deref(), Some("198.51.100.9"));
         // A new interval starts fresh.
-        assert!(a.admit(&refused("198.51.100.9:1", "unknown_ca"), now));
+        assert!(a.admit(
+            &refused("198.51.100.9:1", crate::reason::Reason::UnknownCa.code()),
+            now
+        ));
     }
 
     #[test]

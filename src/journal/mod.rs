@@ -11,9 +11,11 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+pub mod export;
 pub mod record;
 pub mod space;
 pub mod store;
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod test_support;
 mod writer;

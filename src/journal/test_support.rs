@@ -60,7 +60,7 @@ pub fn exchange(partner: Option<&str>, time_ms: i64, status: u16) -> Event {
     e.path = Some(format!("/v1/orders/{time_ms}"));
     e.status = Some(status);
     if status >= 400 {
-        e.reason = Some("route_not_granted".into());
+        e.reason = Some(crate::reason::Reason::RouteNotGranted.code().into());
     }
     e
 }

@@ -3,8 +3,9 @@
 //! (rustls' WebPKI verifier), then the partner identity and the inventory's
 //! revocation state (`PartnerVerifier`; a certificate whose chain already
 //! verified skips only the chain's signature checks, see `verified_certs`).
-//! Refusals carry a reason code, subject and fingerprint so the refused
-//! handshake can be recorded.
+//! Refusals are the one `Refusal` (TLS level), carrying the reason, the
+//! certificate's subject and fingerprint, so the refused handshake can be
+//! recorded.
 //! Upstream side: a `ClientConfig` that verifies the upstream against its
 //! configured CA and presents the broker's client certificate.
 //!
@@ -26,6 +27,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
 use crate::identity::{describe, identify};
+use crate::reason::Reason;
+use crate::refusal::Refusal;
 pub mod verified_certs;
 
 use verified_certs::VerifiedCerts;
@@ -92,58 +95,41 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
 
 /// The live revocation view the verifier consults at each handshake: is
 /// this serial known, recorded with this SHA-256 fingerprint, and still
-/// usable at `now` (unix seconds)? Returns a reason code when not.
+/// usable at `now` (unix seconds)? Returns the reason when not.
 pub trait CertificateStatus: Send + Sync + fmt::Debug {
-    fn check(&self, serial: &str, fingerprint: &str, now_unix: i64) -> Result<(), &'static str>;
+    fn check(&self, serial: &str, fingerprint: &str, now_unix: i64) -> Result<(), Reason>;
 }
 
-/// A refused client certificate, with what the record needs.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    pub reason: &'static str,
-    pub subject: String,
-    pub fingerprint: String,
-    pub message: String,
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.message, self.reason)
-    }
-}
-
-impl std::error::Error for Refusal {}
-
-fn refuse(reason: &'static str, der: &[u8], message: String) -> rustls::Error {
+/// A refused client certificate as rustls carries it: the TLS-level
+/// `Refusal` with the certificate's subject (in the detail) and fingerprint.
+fn refuse(reason: Reason, der: &[u8], message: String) -> rustls::Error {
     let (subject, fingerprint) = describe(der);
+    let refusal = Refusal::tls(reason)
+        .detail(format!("subject: {subject}; {message}"))
+        .fingerprint(fingerprint);
     rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
-        Refusal {
-            reason,
-            subject,
-            fingerprint,
-            message,
-        },
+        refusal,
     ))))
 }
 
-/// Reason code for a rustls certificate error.
-fn certificate_reason(e: &rustls::Error) -> &'static str {
+/// The reason for a rustls certificate error.
+fn certificate_reason(e: &rustls::Error) -> Reason {
     match e {
         rustls::Error::InvalidCertificate(ce) => match ce {
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => Reason::Expired,
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "not_yet_valid"
+                Reason::NotYetValid
             }
-            CertificateError::Revoked => "revoked",
-            CertificateError::UnknownIssuer => "unknown_ca",
-            CertificateError::BadSignature => "bad_signature",
+            CertificateError::Revoked => Reason::Revoked,
+            CertificateError::UnknownIssuer => Reason::UnknownCa,
+            CertificateError::BadSignature => Reason::BadSignature,
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                "wrong_key_usage"
+                Reason::WrongKeyUsage
             }
-            CertificateError::BadEncoding => "bad_certificate",
-            _ => "invalid_certificate",
+            CertificateError::BadEncoding => Reason::BadCertificate,
+            _ => Reason::InvalidCertificate,
         },
-        _ => "invalid_certificate",
+        _ => Reason::InvalidCertificate,
     }
 }
 
@@ -188,7 +174,7 @@ impl ClientCertVerifier for PartnerVerifier {
                 .map_err(|e| refuse(certificate_reason(&e), end_entity, e.to_string()))?;
         }
         let id = identify(end_entity, &self.trust_domain)
-            .map_err(|e| refuse(e.code(), end_entity, e.to_string()))?;
+            .map_err(|e| refuse(e.reason(), end_entity, e.to_string()))?;
         if !known {
             let window = if intermediates.is_empty() {
                 Some((id.not_before_unix, id.not_after_unix))
@@ -324,48 +310,29 @@ pub fn upstream_client_config(
         .map_err(|e| TlsError::Config(format!("broker client certificate/key: {e}")))
 }
 
-/// How a partner handshake failed, for the record.
-#[derive(Debug, Clone)]
-pub struct HandshakeFailure {
-    pub reason: &'static str,
-    pub subject: Option<String>,
-    pub fingerprint: Option<String>,
-    pub message: String,
-}
-
-/// Classifies the error of a failed server-side handshake.
-pub fn classify_handshake_error(e: &std::io::Error) -> HandshakeFailure {
-    let plain = |reason: &'static str| HandshakeFailure {
-        reason,
-        subject: None,
-        fingerprint: None,
-        message: e.to_string(),
-    };
+/// The refusal a failed server-side handshake is recorded as.
+pub fn classify_handshake_error(e: &std::io::Error) -> Refusal {
+    let plain = |reason: Reason| Refusal::tls(reason).detail(e.to_string());
     let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
         return match e.kind() {
             std::io::ErrorKind::UnexpectedEof
             | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::BrokenPipe => plain("client_closed"),
-            _ => plain("tls_error"),
+            | std::io::ErrorKind::BrokenPipe => plain(Reason::ClientClosed),
+            _ => plain(Reason::TlsError),
         };
     };
     match tls {
         rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
             match other.0.downcast_ref::<Refusal>() {
-                Some(r) => HandshakeFailure {
-                    reason: r.reason,
-                    subject: Some(r.subject.clone()),
-                    fingerprint: Some(r.fingerprint.clone()),
-                    message: r.message.clone(),
-                },
-                None => plain("invalid_certificate"),
+                Some(r) => r.clone(),
+                None => plain(Reason::InvalidCertificate),
             }
         }
-        rustls::Error::NoCertificatesPresented => plain("no_certificate"),
-        rustls::Error::AlertReceived(_) => plain("client_alert"),
-        rustls::Error::NoApplicationProtocol => plain("no_alpn"),
-        rustls::Error::PeerIncompatible(_) => plain("incompatible"),
-        _ => plain("tls_error"),
+        rustls::Error::NoCertificatesPresented => plain(Reason::NoCertificate),
+        rustls::Error::AlertReceived(_) => plain(Reason::ClientAlert),
+        rustls::Error::NoApplicationProtocol => plain(Reason::NoAlpn),
+        rustls::Error::PeerIncompatible(_) => plain(Reason::Incompatible),
+        _ => plain(Reason::TlsError),
     }
 }
 
@@ -378,9 +345,9 @@ mod tests {
     struct Revocable(AtomicBool);
 
     impl CertificateStatus for Revocable {
-        fn check(&self, _serial: &str, _fp: &str, _now_unix: i64) -> Result<(), &'static str> {
+        fn check(&self, _serial: &str, _fp: &str, _now_unix: i64) -> Result<(), Reason> {
             if self.0.load(Ordering::SeqCst) {
-                Err("revoked")
+                Err(Reason::Revoked)
             } else {
                 Ok(())
             }
@@ -453,7 +420,7 @@ mod tests {
             Ok(_) => "accepted",
             Err(rustls::Error::InvalidCertificate(CertificateError::Other(o))) => {
                 match o.0.downcast_ref::<Refusal>() {
-                    Some(refusal) => refusal.reason,
+                    Some(refusal) => refusal.reason.code(),
                     None => "other",
                 }
             }
@@ -487,13 +454,13 @@ mod tests {
         let later = start.unix_timestamp() + 31 * 86_400;
         assert_eq!(
             reason(v.verify_client_cert(&leaf, &[], at(later))),
-            "expired"
+            Reason::Expired.code()
         );
         // Before its not-before, not yet valid.
         let earlier = start.unix_timestamp() - 60;
         assert_eq!(
             reason(v.verify_client_cert(&leaf, &[], at(earlier))),
-            "not_yet_valid"
+            Reason::NotYetValid.code()
         );
 
         // A look-alike from a foreign CA of the same name (same subject and
@@ -501,7 +468,7 @@ mod tests {
         let impostor = partner_cert(&rogue, start);
         assert_eq!(
             reason(v.verify_client_cert(&impostor, &[], at(now))),
-            "bad_signature"
+            Reason::BadSignature.code()
         );
         assert_eq!(
             v.verified.len(),
@@ -511,7 +478,10 @@ mod tests {
 
         // Revocation bites at the next handshake, remembered or not.
         status.0.store(true, Ordering::SeqCst);
-        assert_eq!(reason(v.verify_client_cert(&leaf, &[], at(now))), "revoked");
+        assert_eq!(
+            reason(v.verify_client_cert(&leaf, &[], at(now))),
+            Reason::Revoked.code()
+        );
     }
 
     /// An issuing CA under `root`, valid from `from` for `days` days.

@@ -22,6 +22,7 @@ use crate::control::socket::{self as admin, Reply, Request};
 use crate::control::view::AdminView;
 use crate::event::{Decision, EventKind, now_ms};
 use crate::journal::{JournalError, Query};
+use crate::reason::Reason;
 
 /// Records one journal answer may hold.
 const MAX_LIMIT: usize = 1000;
@@ -132,17 +133,21 @@ async fn denial_reasons(
     out
 }
 
+/// A journal filter parameter that cannot be read (named in the message).
+#[derive(Debug)]
+struct BadParam(String);
+
 /// `/api/journal?partner=&kind=&decision=&status=&since=&until=&request_id=&limit=&order=`
 pub async fn journal(shared: &Arc<AdminView>, raw_query: &str) -> Response<Full<Bytes>> {
     let q = params(raw_query);
-    let parsed = (|| -> Result<(Query, Option<String>), String> {
+    let parsed = (|| -> Result<(Query, Option<String>), BadParam> {
         let now = OffsetDateTime::now_utc();
-        let instant = |k: &str| -> Result<Option<i64>, String> {
+        let instant = |k: &str| -> Result<Option<i64>, BadParam> {
             match q.get(k).filter(|v| !v.is_empty()) {
                 None => Ok(None),
                 Some(v) => crate::timefmt::parse_instant(v, now)
                     .map(|t| Some((t.unix_timestamp_nanos() / 1_000_000) as i64))
-                    .map_err(|e| format!("{k}: {e}")),
+                    .map_err(|e| BadParam(format!("{k}: {e}"))),
             }
         };
         let nonempty = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
@@ -150,7 +155,11 @@ pub async fn journal(shared: &Arc<AdminView>, raw_query: &str) -> Response<Full<
             None => None,
             Some("allowed") => Some(Decision::Allowed),
             Some("denied") => Some(Decision::Denied),
-            Some(d) => return Err(format!("decision: `{d}` is not allowed or denied")),
+            Some(d) => {
+                return Err(BadParam(format!(
+                    "decision: `{d}` is not allowed or denied"
+                )));
+            }
         };
         let kind = match nonempty("kind").as_deref() {
             None => None,
@@ -159,21 +168,21 @@ pub async fn journal(shared: &Arc<AdminView>, raw_query: &str) -> Response<Full<
             Some("alert") => Some(EventKind::Alert),
             Some("admin") => Some(EventKind::Admin),
             Some(k) => {
-                return Err(format!(
+                return Err(BadParam(format!(
                     "kind: `{k}` is not exchange, handshake, alert or admin"
-                ));
+                )));
             }
         };
         let status = nonempty("status")
             .map(|s| {
                 s.parse::<u16>()
-                    .map_err(|_| format!("status: `{s}` is not an HTTP status"))
+                    .map_err(|_| BadParam(format!("status: `{s}` is not an HTTP status")))
             })
             .transpose()?;
         let limit = nonempty("limit")
             .map(|s| {
                 s.parse::<usize>()
-                    .map_err(|_| format!("limit: `{s}` is not a number"))
+                    .map_err(|_| BadParam(format!("limit: `{s}` is not a number")))
             })
             .transpose()?
             .unwrap_or(100)
@@ -198,7 +207,7 @@ pub async fn journal(shared: &Arc<AdminView>, raw_query: &str) -> Response<Full<
     })();
     let (query, request_id) = match parsed {
         Ok(x) => x,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_filter", &e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_filter", &e.0),
     };
     let limit = query.limit.min(MAX_LIMIT);
     let scanned_limit = query.limit;
@@ -209,7 +218,7 @@ pub async fn journal(shared: &Arc<AdminView>, raw_query: &str) -> Response<Full<
         Err(e) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "journal_unavailable",
+                Reason::JournalUnavailable.code(),
                 &e.to_string(),
             );
         }
@@ -295,7 +304,7 @@ pub async fn record(shared: &Arc<AdminView>, raw_query: &str) -> Response<Full<B
         Err(e) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "journal_unavailable",
+                Reason::JournalUnavailable.code(),
                 &e.to_string(),
             );
         }

@@ -64,19 +64,23 @@ pub async fn authorize<B>(
     }
 }
 
-async fn read_token(path: &std::path::Path) -> Result<String, String> {
+/// Why the admin token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum TokenFileError {
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error("the file is empty")]
+    Empty,
+}
+
+async fn read_token(path: &std::path::Path) -> Result<String, TokenFileError> {
     use tokio::io::AsyncReadExt;
-    let f = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| e.to_string())?;
+    let f = tokio::fs::File::open(path).await?;
     let mut text = String::new();
-    f.take(MAX_TOKEN_BYTES)
-        .read_to_string(&mut text)
-        .await
-        .map_err(|e| e.to_string())?;
+    f.take(MAX_TOKEN_BYTES).read_to_string(&mut text).await?;
     let token = text.trim().to_string();
     if token.is_empty() {
-        return Err("the file is empty".into());
+        return Err(TokenFileError::Empty);
     }
     Ok(token)
 }

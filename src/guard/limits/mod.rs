@@ -60,12 +60,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::Serialize;
 
 use crate::config::{LimitSpec, Partner, RouteSpec};
+use crate::reason::Reason;
 
 /// Milliseconds in a minute.
 pub const MS_PER_MINUTE: i64 = 60_000;
@@ -86,46 +87,6 @@ pub fn default_burst(requests_per_minute: u32) -> u32 {
         .max(1)
 }
 
-// ---------------------------------------------------------------- clock
-
-/// Where time comes from, so tests can replay hours in milliseconds.
-pub trait Clock: Send + Sync {
-    /// Milliseconds since the Unix epoch, UTC.
-    fn now_ms(&self) -> i64;
-}
-
-/// The system's wall clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        crate::event::now_ms()
-    }
-}
-
-/// A clock that moves only when told (tests, replays).
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    pub fn new(start_ms: i64) -> ManualClock {
-        ManualClock(AtomicI64::new(start_ms))
-    }
-    pub fn set(&self, ms: i64) {
-        self.0.store(ms, Ordering::SeqCst);
-    }
-    pub fn advance(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 // ---------------------------------------------------------------- verdicts
 
 /// Which limit refused.
@@ -140,20 +101,20 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
-    /// Stable code for responses, journal reasons and metrics.
-    pub fn code(self) -> &'static str {
+    /// The reason a refusal by this limit gives.
+    pub fn reason(self) -> Reason {
         match self {
-            LimitKind::RequestsPerMinute => "requests_per_minute",
-            LimitKind::RequestsPerDay => "requests_per_day",
-            LimitKind::MaxConcurrent => "max_concurrent",
-            LimitKind::Throttled => "throttled",
+            LimitKind::RequestsPerMinute => Reason::RequestsPerMinute,
+            LimitKind::RequestsPerDay => Reason::RequestsPerDay,
+            LimitKind::MaxConcurrent => Reason::MaxConcurrent,
+            LimitKind::Throttled => Reason::Throttled,
         }
     }
 }
 
 impl fmt::Display for LimitKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
+        f.write_str(self.reason().code())
     }
 }
 
@@ -181,25 +142,6 @@ pub struct LimitDenied {
     /// this limit (for `max_concurrent`: 1, a guess).
     pub retry_after_secs: u64,
     pub scope: LimitScope,
-}
-
-impl LimitDenied {
-    /// The JSON body of the 429 answer.
-    pub fn body_json(&self) -> serde_json::Value {
-        let mut scope = serde_json::json!({ "scope": "partner" });
-        if let LimitScope::Route(i) = self.scope {
-            scope = serde_json::json!({ "scope": "route", "route_index": i });
-        }
-        let mut body = serde_json::json!({
-            "error": "rate_limited",
-            "limit": self.limit.code(),
-            "retry_after_secs": self.retry_after_secs,
-        });
-        if let (Some(b), Some(s)) = (body.as_object_mut(), scope.as_object()) {
-            b.extend(s.clone());
-        }
-        body
-    }
 }
 
 impl fmt::Display for LimitDenied {
@@ -308,7 +250,7 @@ struct RouteInfo {
 }
 
 #[derive(Debug)]
-struct PartnerEntry {
+struct PartnerLimits {
     /// Partner limits; its `Shared` also holds the throttle.
     level: Level,
     routes: Vec<RouteEntry>,
@@ -319,7 +261,7 @@ struct PartnerEntry {
 /// swap it on reload (see the module doc for why no lock is global).
 #[derive(Debug, Default)]
 pub struct LimitState {
-    partners: HashMap<String, PartnerEntry>,
+    partners: HashMap<String, PartnerLimits>,
 }
 
 impl LimitState {
@@ -348,7 +290,7 @@ impl LimitState {
                     configured: r.limits.is_some(),
                 });
             }
-            let entry = PartnerEntry {
+            let entry = PartnerLimits {
                 level: Level::new(&p.limits, prev.map(|e| &e.level)),
                 routes,
                 info,
@@ -899,22 +841,12 @@ mod tests {
     }
 
     #[test]
-    fn max_body_bytes_and_denial_body() {
+    fn max_body_bytes_per_route() {
         let mut r = route("POST /v1/upload -> orders", None);
         r.max_body_bytes = Some(1_024);
         let s = LimitState::build(&[partner("acme", LimitSpec::default(), vec![r])], None);
         assert_eq!(s.max_body_bytes("acme", 0), Some(1_024));
         assert_eq!(s.max_body_bytes("acme", 1), None);
-        let d = LimitDenied {
-            limit: LimitKind::RequestsPerDay,
-            retry_after_secs: 7,
-            scope: LimitScope::Route(2),
-        };
-        assert_eq!(
-            d.body_json(),
-            serde_json::json!({"error": "rate_limited", "limit": "requests_per_day",
-                "retry_after_secs": 7, "scope": "route", "route_index": 2})
-        );
     }
 
     /// No global lock: two threads hammering two different partners never
@@ -945,15 +877,5 @@ mod tests {
         })
         .join();
         assert!(s.check("a", None, T0).is_ok());
-    }
-
-    #[test]
-    fn manual_clock() {
-        let c = ManualClock::new(T0);
-        c.advance(1_500);
-        assert_eq!(c.now_ms(), T0 + 1_500);
-        c.set(5);
-        assert_eq!(c.now_ms(), 5);
-        assert!(SystemClock.now_ms() > DAY0);
     }
 }

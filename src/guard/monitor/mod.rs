@@ -33,6 +33,7 @@ use time::OffsetDateTime;
 use crate::ca::inventory::Inventory;
 use crate::config::Risk;
 use crate::event::{Decision, Event, EventKind};
+use crate::reason::Reason;
 
 pub use expiry::{ExpiryWarning, expiring};
 pub use exposition::{TEXT_CONTENT_TYPE, wants_openmetrics};
@@ -593,9 +594,7 @@ impl Monitor {
 }
 
 fn is_limit_reason(reason: &str) -> bool {
-    reason.starts_with("requests_per_")
-        || reason.starts_with("max_concurrent")
-        || reason.starts_with("throttled")
+    Reason::from_code(reason).is_some_and(Reason::is_rate_limit)
 }
 
 /// The method if it is a standard one, else `OTHER`.

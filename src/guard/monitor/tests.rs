@@ -41,13 +41,18 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 /// A small OpenMetrics/Prometheus text checker: every sample line is
 /// `name{labels} value` with a float value, every sample belongs to a family
 /// declared with `# TYPE`, and the text ends with `# EOF`.
-fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, String> {
+/// Where exposition text breaks the format (the line, in the message).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Malformed(String);
+
+fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, Malformed> {
     let mut families: Vec<(String, String)> = Vec::new();
     let mut out = BTreeMap::new();
     let mut saw_eof = false;
     for line in text.lines() {
         if saw_eof {
-            return Err(format!("text after # EOF: {line}"));
+            return Err(Malformed(format!("text after # EOF: {line}")));
         }
         if line == "# EOF" {
             saw_eof = true;
@@ -56,7 +61,7 @@ fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, String> {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut it = rest.split(' ');
             let (Some(name), Some(kind), None) = (it.next(), it.next(), it.next()) else {
-                return Err(format!("bad TYPE line: {line}"));
+                return Err(Malformed(format!("bad TYPE line: {line}")));
             };
             if ![
                 "counter",
@@ -68,7 +73,7 @@ fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, String> {
             ]
             .contains(&kind)
             {
-                return Err(format!("unknown type: {line}"));
+                return Err(Malformed(format!("unknown type: {line}")));
             }
             families.push((name.to_string(), kind.to_string()));
             continue;
@@ -77,32 +82,34 @@ fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, String> {
             continue;
         }
         if line.starts_with('#') || line.is_empty() {
-            return Err(format!("unexpected line: {line:?}"));
+            return Err(Malformed(format!("unexpected line: {line:?}")));
         }
         let (series, value) = line
             .rsplit_once(' ')
-            .ok_or_else(|| format!("no value: {line}"))?;
+            .ok_or_else(|| Malformed(format!("no value: {line}")))?;
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
             "NaN" => f64::NAN,
-            v => v.parse().map_err(|_| format!("bad value: {line}"))?,
+            v => v
+                .parse()
+                .map_err(|_| Malformed(format!("bad value: {line}")))?,
         };
         let name = match series.find('{') {
             Some(i) => {
                 let labels = &series[i..];
                 if !labels.ends_with('}') {
-                    return Err(format!("bad labels: {line}"));
+                    return Err(Malformed(format!("bad labels: {line}")));
                 }
                 let inner = &labels[1..labels.len() - 1];
                 for pair in split_labels(inner) {
                     let (k, v) = pair
                         .split_once('=')
-                        .ok_or_else(|| format!("bad label: {line}"))?;
+                        .ok_or_else(|| Malformed(format!("bad label: {line}")))?;
                     let ok_name =
                         !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
                     if !(ok_name && v.starts_with('"') && v.ends_with('"') && v.len() >= 2) {
-                        return Err(format!("bad label: {line}"));
+                        return Err(Malformed(format!("bad label: {line}")));
                     }
                 }
                 &series[..i]
@@ -114,7 +121,7 @@ fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
         {
-            return Err(format!("bad metric name: {line}"));
+            return Err(Malformed(format!("bad metric name: {line}")));
         }
         let declared = families.iter().any(|(f, kind)| {
             let suffixes: &[&str] = match kind.as_str() {
@@ -128,14 +135,14 @@ fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, String> {
                 || name == f
         });
         if !declared {
-            return Err(format!("sample of an undeclared family: {line}"));
+            return Err(Malformed(format!("sample of an undeclared family: {line}")));
         }
         if out.insert(series.to_string(), value).is_some() {
-            return Err(format!("duplicate series: {line}"));
+            return Err(Malformed(format!("duplicate series: {line}")));
         }
     }
     if !saw_eof {
-        return Err("no # EOF".into());
+        return Err(Malformed("no # EOF".into()));
     }
     Ok(out)
 }
@@ -177,7 +184,7 @@ fn monitor_is_send_and_sync() {
 }
 
 #[test]
-fn counters_move_by_exactly_the_events_observed() {
+fn exchanges_count_by_partner_route_method_status_decision_and_risk() {
     let m = Monitor::new();
     let denied = exchange("acme", "GET", "/v1/x", 403, Some("route_not_granted"));
     for _ in 0..3 {
@@ -215,8 +222,11 @@ fn counters_move_by_exactly_the_events_observed() {
             .any(|k| k.starts_with("gatehouse_rate_limit_denials_total"))
     );
     assert_eq!(s["gatehouse_config_reloads_total"], 0.0);
+}
 
-    // Rate-limit denials by partner and limit kind.
+#[test]
+fn rate_limit_denials_count_by_partner_and_limit_kind() {
+    let m = Monitor::new();
     for reason in [
         "requests_per_minute",
         "max_concurrent",
@@ -239,8 +249,11 @@ fn counters_move_by_exactly_the_events_observed() {
         ),
         1.0
     );
+}
 
-    // Handshakes, connections, reloads, alerts, upstream, journal.
+#[test]
+fn handshakes_connections_reloads_alerts_upstream_and_journal_count() {
+    let m = Monitor::new();
     let mut hs = Event::new(EventKind::Handshake, "n", Decision::Denied);
     hs.reason = Some("unknown_ca".into());
     hs.client_addr = Some("198.51.100.1:1".into());

@@ -11,7 +11,7 @@ use crate::journal::Journal;
 fn refused(addr: &str) -> Event {
     let mut e = Event::new(EventKind::Handshake, "gatehouse-1", Decision::Denied);
     e.client_addr = Some(addr.into());
-    e.reason = Some("unknown_ca".into());
+    e.reason = Some(crate::reason::Reason::UnknownCa.code().into());
     e
 }
 

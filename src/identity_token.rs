@@ -45,7 +45,7 @@ pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 
 /// What went wrong with the identity key or a token.
 #[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
+pub enum TokenKeyError {
     #[error(transparent)]
     Home(#[from] HomeError),
     #[error(
@@ -54,6 +54,19 @@ pub enum IdentityError {
     Key { path: PathBuf, msg: String },
     #[error("signing the identity token failed: {0}")]
     Sign(String),
+}
+
+/// Why key material cannot be an identity signer.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFormError {
+    #[error("not a P-256 private key in PKCS#8 form")]
+    NotP256Pkcs8,
+    #[error("the public key is not an uncompressed P-256 point")]
+    NotUncompressedPoint,
+    #[error("JWK thumbprint: {0}")]
+    Thumbprint(String),
+    #[error("the token header cannot be encoded: {0}")]
+    Header(serde_json::Error),
 }
 
 /// The claims of an identity token, as an upstream decodes them.
@@ -118,13 +131,13 @@ impl std::fmt::Debug for IdentitySigner {
 
 impl IdentitySigner {
     /// Builds a signer from a PKCS#8 DER P-256 key.
-    pub fn from_pkcs8(der: &[u8], issuer: &str) -> Result<IdentitySigner, String> {
+    pub fn from_pkcs8(der: &[u8], issuer: &str) -> Result<IdentitySigner, KeyFormError> {
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
-            .map_err(|_| "not a P-256 private key in PKCS#8 form".to_string())?;
+            .map_err(|_| KeyFormError::NotP256Pkcs8)?;
         let jwk = public_jwk(key.public_key().as_ref())?;
         let mut header = Header::new(Algorithm::ES256);
         header.kid = jwk.common.key_id.clone();
-        let header_json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+        let header_json = serde_json::to_vec(&header).map_err(KeyFormError::Header)?;
         Ok(IdentitySigner {
             key,
             rng: SystemRandom::new(),
@@ -145,7 +158,7 @@ impl IdentitySigner {
     }
 
     /// Signs a token for `subject`, issued at `now` (unix seconds).
-    pub fn sign(&self, subject: &TokenSubject<'_>, now: i64) -> Result<String, IdentityError> {
+    pub fn sign(&self, subject: &TokenSubject<'_>, now: i64) -> Result<String, TokenKeyError> {
         let claims = ClaimsRef {
             iss: &self.issuer,
             sub: subject.partner,
@@ -157,7 +170,7 @@ impl IdentitySigner {
             exp: now + LIFETIME_SECS,
         };
         let payload =
-            serde_json::to_vec(&claims).map_err(|e| IdentityError::Sign(e.to_string()))?;
+            serde_json::to_vec(&claims).map_err(|e| TokenKeyError::Sign(e.to_string()))?;
         let mut token = String::with_capacity(self.header_b64.len() + payload.len() * 4 / 3 + 96);
         token.push_str(&self.header_b64);
         token.push('.');
@@ -165,7 +178,7 @@ impl IdentitySigner {
         let sig = self
             .key
             .sign(&self.rng, token.as_bytes())
-            .map_err(|_| IdentityError::Sign("ECDSA signature failed".into()))?;
+            .map_err(|_| TokenKeyError::Sign("ECDSA signature failed".into()))?;
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(sig.as_ref(), &mut token);
         Ok(token)
@@ -173,9 +186,9 @@ impl IdentitySigner {
 }
 
 /// The public JWK of an uncompressed P-256 point, `kid` = its thumbprint.
-fn public_jwk(point: &[u8]) -> Result<Jwk, String> {
+fn public_jwk(point: &[u8]) -> Result<Jwk, KeyFormError> {
     if point.len() != 65 || point[0] != 0x04 {
-        return Err("the public key is not an uncompressed P-256 point".into());
+        return Err(KeyFormError::NotUncompressedPoint);
     }
     let mut jwk = Jwk {
         common: CommonParameters {
@@ -192,27 +205,30 @@ fn public_jwk(point: &[u8]) -> Result<Jwk, String> {
     };
     let kid = jwk
         .thumbprint(ThumbprintHash::SHA256)
-        .map_err(|e| format!("JWK thumbprint: {e}"))?;
+        .map_err(|e| KeyFormError::Thumbprint(e.to_string()))?;
     jwk.common.key_id = Some(kid);
     Ok(jwk)
 }
 
 /// A new P-256 key, PKCS#8 PEM.
-fn generate_key_pem() -> Result<String, IdentityError> {
+fn generate_key_pem() -> Result<String, TokenKeyError> {
     let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-        .map_err(|_| IdentityError::Sign("cannot generate a P-256 key".into()))?;
-    Ok(crate::ca::pem_block("PRIVATE KEY", doc.as_ref()))
+        .map_err(|_| TokenKeyError::Sign("cannot generate a P-256 key".into()))?;
+    Ok(pem::encode_config(
+        &pem::Pem::new("PRIVATE KEY", doc.as_ref().to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    ))
 }
 
-fn key_error(path: &Path, msg: impl Into<String>) -> IdentityError {
-    IdentityError::Key {
+fn key_error(path: &Path, msg: impl Into<String>) -> TokenKeyError {
+    TokenKeyError::Key {
         path: path.to_path_buf(),
         msg: msg.into(),
     }
 }
 
 /// Reads `certs/identity-signing.key` into a signer.
-fn load_signer(home: &Home, issuer: &str) -> Result<IdentitySigner, IdentityError> {
+fn load_signer(home: &Home, issuer: &str) -> Result<IdentitySigner, TokenKeyError> {
     let path = home.identity_key();
     let text = crate::home::read_to_string(&path)?;
     let block =
@@ -223,7 +239,8 @@ fn load_signer(home: &Home, issuer: &str) -> Result<IdentitySigner, IdentityErro
             format!("holds a `{}` block, not a PKCS#8 PRIVATE KEY", block.tag()),
         ));
     }
-    IdentitySigner::from_pkcs8(block.contents(), issuer).map_err(|m| key_error(&path, m))
+    IdentitySigner::from_pkcs8(block.contents(), issuer)
+        .map_err(|m| key_error(&path, m.to_string()))
 }
 
 /// Reads the published key set; a missing file is an empty set, an
@@ -255,9 +272,9 @@ fn compose(current: &Jwk, old: &JwkSet) -> JwkSet {
     JwkSet { keys }
 }
 
-fn write_jwks(home: &Home, set: &JwkSet) -> Result<(), IdentityError> {
+fn write_jwks(home: &Home, set: &JwkSet) -> Result<(), TokenKeyError> {
     let mut json =
-        serde_json::to_vec_pretty(set).map_err(|e| IdentityError::Sign(e.to_string()))?;
+        serde_json::to_vec_pretty(set).map_err(|e| TokenKeyError::Sign(e.to_string()))?;
     json.push(b'\n');
     write_public(&home.identity_jwks(), &json)?;
     Ok(())
@@ -266,7 +283,7 @@ fn write_jwks(home: &Home, set: &JwkSet) -> Result<(), IdentityError> {
 /// Makes sure the key exists (creating it, 0600, when missing — homes made
 /// before this feature) and that the JWKS file publishes it. Returns the
 /// signer and the published set.
-pub fn ensure(home: &Home, issuer: &str) -> Result<(IdentitySigner, JwkSet), IdentityError> {
+pub fn ensure(home: &Home, issuer: &str) -> Result<(IdentitySigner, JwkSet), TokenKeyError> {
     if !home.identity_key().exists() {
         write_key(&home.identity_key(), &generate_key_pem()?)?;
         tracing::info!(
@@ -293,15 +310,16 @@ pub struct Rotation {
 /// Rotates the identity key: a new key; the JWKS publishes it and keeps the
 /// previous one. The JWKS is written first, so a verifier never sees a
 /// token whose key is not yet published.
-pub fn rotate(home: &Home) -> Result<Rotation, IdentityError> {
+pub fn rotate(home: &Home) -> Result<Rotation, TokenKeyError> {
     let previous = if home.identity_key().exists() {
         Some(load_signer(home, "")?)
     } else {
         None
     };
     let pem = generate_key_pem()?;
-    let block = pem::parse(pem.as_bytes()).map_err(|e| IdentityError::Sign(e.to_string()))?;
-    let next = IdentitySigner::from_pkcs8(block.contents(), "").map_err(IdentityError::Sign)?;
+    let block = pem::parse(pem.as_bytes()).map_err(|e| TokenKeyError::Sign(e.to_string()))?;
+    let next = IdentitySigner::from_pkcs8(block.contents(), "")
+        .map_err(|e| TokenKeyError::Sign(e.to_string()))?;
     let mut old = read_jwks(home);
     if let Some(p) = &previous {
         // The key in use goes right after the new one, whatever the file said.
@@ -332,7 +350,7 @@ pub struct LiveIdentity {
 
 impl LiveIdentity {
     /// Loads (or creates) the key and the JWKS.
-    pub fn load(home: &Home, node_id: &str) -> Result<LiveIdentity, IdentityError> {
+    pub fn load(home: &Home, node_id: &str) -> Result<LiveIdentity, TokenKeyError> {
         let issuer = issuer(node_id);
         let stamp = Self::stamp_of(home);
         let published = Self::build(home, &issuer)?;
@@ -348,10 +366,10 @@ impl LiveIdentity {
         crate::home::stamp_files(&[home.identity_key(), home.identity_jwks()])
     }
 
-    fn build(home: &Home, issuer: &str) -> Result<Published, IdentityError> {
+    fn build(home: &Home, issuer: &str) -> Result<Published, TokenKeyError> {
         let (signer, set) = ensure(home, issuer)?;
         let jwks_json =
-            serde_json::to_string(&set).map_err(|e| IdentityError::Sign(e.to_string()))?;
+            serde_json::to_string(&set).map_err(|e| TokenKeyError::Sign(e.to_string()))?;
         Ok(Published { signer, jwks_json })
     }
 
@@ -361,7 +379,7 @@ impl LiveIdentity {
     }
 
     /// Signs a token with the current key at the current time.
-    pub fn sign(&self, subject: &TokenSubject<'_>) -> Result<String, IdentityError> {
+    pub fn sign(&self, subject: &TokenSubject<'_>) -> Result<String, TokenKeyError> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         self.current.load().signer.sign(subject, now)
     }
@@ -369,7 +387,7 @@ impl LiveIdentity {
     /// Reloads when the key or JWKS file changed (a rotation). On an error
     /// the running key stays; it is retried when the files change again.
     /// Returns whether a new key or set was loaded.
-    pub fn refresh(&self) -> Result<bool, IdentityError> {
+    pub fn refresh(&self) -> Result<bool, TokenKeyError> {
         let stamp = Self::stamp_of(&self.home);
         let mut last = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
         if *last == stamp {
@@ -522,7 +540,7 @@ mod tests {
         assert_eq!(kids, vec![r2.kid, r1.kid], "the oldest key is dropped");
     }
 
-    /// Per-token cost. Run: `cargo test --release --lib upstream_identity::tests::signing_cost -- --ignored --nocapture`
+    /// Per-token cost. Run: `cargo test --release --lib identity_token::tests::signing_cost -- --ignored --nocapture`
     #[test]
     #[ignore]
     fn signing_cost() {
