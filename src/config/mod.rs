@@ -14,12 +14,14 @@ pub mod min_free;
 mod partner;
 mod render;
 pub mod settings;
+mod upstream;
 
 pub use cluster::{ClusterSettings, OnStoreFailure};
 pub use common::*;
 pub use gateway::*;
 pub use partner::*;
 pub use render::*;
+pub use upstream::*;
 
 /// The whole validated configuration of a home.
 #[derive(Debug, Clone)]

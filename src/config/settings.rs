@@ -19,6 +19,7 @@ use sha2::Digest;
 use super::cluster::ClusterSettings;
 use super::gateway::*;
 use super::partner::*;
+use super::upstream::{HealthSettings, OutlierSettings, QueueSettings, UpstreamSettings};
 use crate::timefmt::format_duration;
 
 /// When a changed setting takes effect.
@@ -118,6 +119,24 @@ pub const SETTINGS: &[Setting] = &[
     live(G, "upstreams.*.connect_timeout", "longest connect; its client is rebuilt"),
     live(G, "upstreams.*.response_timeout", "longest wait for the response head; next request"),
     live(G, "upstreams.*.signed_identity", "add the signed identity token; next request"),
+    live(G, "upstreams.*.endpoints", "the pool's endpoints; the pool is rebuilt"),
+    live(G, "upstreams.*.balance", "least_request or round_robin; the pool is rebuilt"),
+    live(G, "upstreams.*.max_in_flight", "requests the backend sees at once; the pool is rebuilt"),
+    live(G, "upstreams.*.queue.size", "requests waiting for a place; the pool is rebuilt"),
+    live(G, "upstreams.*.queue.timeout", "longest wait for a place; the pool is rebuilt"),
+    live(G, "upstreams.*.retries", "retries on other endpoints; next request"),
+    live(G, "upstreams.*.per_try_timeout", "longest wait per attempt; next request"),
+    live(G, "upstreams.*.retry_budget", "share of retries among requests in flight; the pool is rebuilt"),
+    live(G, "upstreams.*.health", "active health checks on or off; the pool is rebuilt"),
+    live(G, "upstreams.*.health.path", "path probed; the pool is rebuilt"),
+    live(G, "upstreams.*.health.interval", "probe period; the pool is rebuilt"),
+    live(G, "upstreams.*.health.timeout", "probe timeout; the pool is rebuilt"),
+    live(G, "upstreams.*.health.healthy", "successes that bring an endpoint back; the pool is rebuilt"),
+    live(G, "upstreams.*.health.unhealthy", "failures that take an endpoint out; the pool is rebuilt"),
+    live(G, "upstreams.*.outlier.consecutive_failures", "failures in a row that eject an endpoint; the pool is rebuilt"),
+    live(G, "upstreams.*.outlier.base_ejection", "first ejection's length; the pool is rebuilt"),
+    live(G, "upstreams.*.outlier.max_ejected_percent", "most of the pool ejected at once; the pool is rebuilt"),
+    live(G, "upstreams.*.dns_refresh", "how often host names are re-resolved; the pool is rebuilt"),
     restart(G, "cluster", "the [cluster] section itself: joining or leaving a fleet"),
     Setting { secret: true, ..restart(G, "cluster.redis_url", "the fleet's Redis store (the connection is made at start)") },
     restart(G, "cluster.redis_ca", "CA verifying a rediss:// store"),
@@ -351,6 +370,7 @@ pub fn flatten_gateway(g: &GatewayConfig) -> Flat {
 fn flatten_upstream(f: &mut Flat, name: &str, u: &UpstreamSettings) {
     let UpstreamSettings {
         url,
+        endpoints,
         ca,
         server_name,
         client_cert,
@@ -358,6 +378,15 @@ fn flatten_upstream(f: &mut Flat, name: &str, u: &UpstreamSettings) {
         connect_timeout,
         response_timeout,
         signed_identity,
+        balance,
+        max_in_flight,
+        queue,
+        retries,
+        per_try_timeout,
+        retry_budget,
+        health,
+        outlier,
+        dns_refresh,
     } = u;
     let mut put = |field: &str, pattern: &'static str, value: String| {
         let key = if field.is_empty() {
@@ -368,7 +397,12 @@ fn flatten_upstream(f: &mut Flat, name: &str, u: &UpstreamSettings) {
         f.put(key, pattern, value)
     };
     put("", "upstreams.*", "(present)".into());
-    put("url", "upstreams.*.url", text(url));
+    put("url", "upstreams.*.url", opt(url, |u| text(u)));
+    put(
+        "endpoints",
+        "upstreams.*.endpoints",
+        format!("{endpoints:?}"),
+    );
     put("ca", "upstreams.*.ca", opt(ca, |p| path(p)));
     put(
         "server_name",
@@ -400,6 +434,77 @@ fn flatten_upstream(f: &mut Flat, name: &str, u: &UpstreamSettings) {
         "upstreams.*.signed_identity",
         signed_identity.to_string(),
     );
+    put("balance", "upstreams.*.balance", ser(balance));
+    put(
+        "max_in_flight",
+        "upstreams.*.max_in_flight",
+        opt(max_in_flight, |n| n.to_string()),
+    );
+    let QueueSettings { size, timeout } = queue;
+    put("queue.size", "upstreams.*.queue.size", size.to_string());
+    put("queue.timeout", "upstreams.*.queue.timeout", dur(timeout));
+    put("retries", "upstreams.*.retries", retries.to_string());
+    put(
+        "per_try_timeout",
+        "upstreams.*.per_try_timeout",
+        opt(per_try_timeout, dur),
+    );
+    put(
+        "retry_budget",
+        "upstreams.*.retry_budget",
+        retry_budget.to_string(),
+    );
+    match health {
+        None => put("health", "upstreams.*.health", "(unset)".into()),
+        Some(h) => {
+            put("health", "upstreams.*.health", "(set)".into());
+            let HealthSettings {
+                path: probe,
+                interval,
+                timeout,
+                healthy,
+                unhealthy,
+            } = h;
+            put("health.path", "upstreams.*.health.path", text(probe));
+            put(
+                "health.interval",
+                "upstreams.*.health.interval",
+                dur(interval),
+            );
+            put("health.timeout", "upstreams.*.health.timeout", dur(timeout));
+            put(
+                "health.healthy",
+                "upstreams.*.health.healthy",
+                healthy.to_string(),
+            );
+            put(
+                "health.unhealthy",
+                "upstreams.*.health.unhealthy",
+                unhealthy.to_string(),
+            );
+        }
+    }
+    let OutlierSettings {
+        consecutive_failures,
+        base_ejection,
+        max_ejected_percent,
+    } = outlier;
+    put(
+        "outlier.consecutive_failures",
+        "upstreams.*.outlier.consecutive_failures",
+        consecutive_failures.to_string(),
+    );
+    put(
+        "outlier.base_ejection",
+        "upstreams.*.outlier.base_ejection",
+        dur(base_ejection),
+    );
+    put(
+        "outlier.max_ejected_percent",
+        "upstreams.*.outlier.max_ejected_percent",
+        max_ejected_percent.to_string(),
+    );
+    put("dns_refresh", "upstreams.*.dns_refresh", dur(dns_refresh));
 }
 
 /// Every key of one partner file, as `partners/<id>.toml <key>`.
@@ -664,6 +769,9 @@ ca = "ca.pem"
 server_name = "localhost"
 client_cert = "c.pem"
 client_key = "c.key"
+max_in_flight = 10
+per_try_timeout = "1s"
+health = { path = "/healthz" }
 "#;
         let g = parse_gateway(Path::new("gatehouse.toml"), text).unwrap();
         let p = Partner {

@@ -76,6 +76,7 @@ async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<By
             let monitor = view.events.monitor();
             monitor.set_journal_writable(view.events.writable());
             monitor.set_config_restart_pending(!view.live.restart_pending().is_empty());
+            monitor.pools.observe(&view.live.snapshot().upstreams);
             // OpenMetrics for scrapers that ask for it (Prometheus does),
             // else the classic text format (curl, promtool).
             let accept = req.headers().get(http::header::ACCEPT);
@@ -170,7 +171,7 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         }
         limits.insert(p.id.clone(), v);
     }
-    let body = crate::guard::monitor::status_json(
+    let mut body = crate::guard::monitor::status_json(
         view.events.monitor(),
         &partners,
         &inventory,
@@ -178,8 +179,11 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         time::OffsetDateTime::now_utc(),
         snapshot.gateway.monitor.expiry_warning_days,
     );
-    let mut body = body;
     if let Some(obj) = body.as_object_mut() {
+        obj.insert(
+            "upstreams".into(),
+            crate::upstream::status_json(&snapshot.upstreams),
+        );
         // Settings changed in the files that only a restart puts in force.
         obj.insert(
             "restart_pending".into(),
