@@ -13,6 +13,7 @@ mod gateway;
 pub mod min_free;
 mod partner;
 mod render;
+pub mod settings;
 mod upstream;
 
 pub use cluster::{ClusterSettings, OnStoreFailure};

@@ -59,8 +59,8 @@ pub struct Gateway {
     pub connections: Arc<Connections>,
     /// The fleet this node belongs to (`[cluster]`); `None`: a single node.
     pub fleet: Option<Arc<dyn Membership>>,
-    /// TLS handshakes in progress per client address (the cap is read at
-    /// start: `[server] max_pending_handshakes_per_addr`).
+    /// TLS handshakes in progress per client address (the cap is the live
+    /// `[server] max_pending_handshakes_per_addr`).
     pub handshakes: Arc<handshake_gate::HandshakeGate>,
     /// The clock origin of the connections' idle timers.
     epoch: Instant,
