@@ -809,8 +809,11 @@ health = { path = "/healthz" }
     /// Leaf keys of a serialized value, `*` for upstream names and `[]`
     /// for array elements.
     fn leaves(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+        // Tables whose keys are names the operator picks (a split's
+        // sides, a partner's pins) are one setting each.
+        let named_map = prefix == "pin" || prefix.ends_with(".split");
         match v {
-            toml::Value::Table(t) => {
+            toml::Value::Table(t) if !named_map => {
                 for (k, v) in t {
                     let k = if prefix == "upstreams" {
                         "*"
