@@ -63,6 +63,12 @@ pub struct Event {
     pub request_id: Option<String>,
     /// Free text: aggregated counts, alert details, admin action details.
     pub detail: Option<String>,
+    /// A call on a route with a `value`: its amount (exact decimal text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_amount: Option<String>,
+    /// A call on a route with a `value`: its currency code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_currency: Option<String>,
 }
 
 impl Event {
@@ -89,6 +95,8 @@ impl Event {
             duration_us: 0,
             request_id: None,
             detail: None,
+            value_amount: None,
+            value_currency: None,
         }
     }
 }

@@ -60,6 +60,7 @@ pub fn add(
         on_anomaly: Default::default(),
         renewal_window: None,
         routes,
+        value_limits: Default::default(),
     };
     let text = render_partner(&partner);
     // Validate exactly what will be on disk before writing it.

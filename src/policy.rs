@@ -490,6 +490,7 @@ mod tests {
             risk: Risk::Normal,
             limits: None,
             max_body_bytes: None,
+            value: None,
         }
     }
 

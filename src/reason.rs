@@ -118,6 +118,16 @@ pub enum Reason {
     /// The declared or streamed body is over the route's (or the server's) limit.
     BodyTooLarge,
 
+    // --- value limits (routes with a `value`)
+    /// The call's amount is over the partner's `per_call` for its currency.
+    ValueLimitPerCall,
+    /// The call's amount would take the UTC day's total past the partner's
+    /// `per_day` for its currency.
+    ValueLimitDaily,
+    /// The amount or currency cannot be read from the body (not JSON, a
+    /// field missing, a bad amount, a currency without a limit).
+    ValueUnreadable,
+
     // --- the upstream leg
     /// The route names an upstream the configuration does not have.
     UpstreamUnknown,
@@ -207,6 +217,9 @@ impl Reason {
         Reason::Throttled,
         Reason::LimitStoreUnavailable,
         Reason::BodyTooLarge,
+        Reason::ValueLimitPerCall,
+        Reason::ValueLimitDaily,
+        Reason::ValueUnreadable,
         Reason::UpstreamUnknown,
         Reason::IdentitySigningFailed,
         Reason::UpstreamUnavailable,
@@ -275,6 +288,9 @@ impl Reason {
             Reason::Throttled => "throttled",
             Reason::LimitStoreUnavailable => "limit_store_unavailable",
             Reason::BodyTooLarge => "body_too_large",
+            Reason::ValueLimitPerCall => "value_limit_per_call",
+            Reason::ValueLimitDaily => "value_limit_daily",
+            Reason::ValueUnreadable => "value_unreadable",
             Reason::UpstreamUnknown => "upstream_unknown",
             Reason::IdentitySigningFailed => "identity_signing_failed",
             Reason::UpstreamUnavailable => "upstream_unavailable",
@@ -329,6 +345,7 @@ impl Reason {
             | UnknownPartner
             | PartnerSuspended
             | RouteNotGranted
+            | ValueLimitPerCall
             | RenewalNotYetAllowed
             | NotRenewable => StatusCode::FORBIDDEN,
             FleetSyncPending
@@ -338,10 +355,9 @@ impl Reason {
             | UpstreamSaturated => StatusCode::SERVICE_UNAVAILABLE,
             AmbiguousFraming | BadTarget | NotOriginForm | DotSegment | EncodedSeparator
             | Backslash | ControlCharacter | BadPercentEncoding | EmptySegment | NestedEncoding
-            | TargetTooLong | BadBody | BadCsr => StatusCode::BAD_REQUEST,
-            RequestsPerMinute | RequestsPerDay | MaxConcurrent | Throttled | RenewalRateLimited => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            | TargetTooLong | BadBody | BadCsr | ValueUnreadable => StatusCode::BAD_REQUEST,
+            RequestsPerMinute | RequestsPerDay | MaxConcurrent | Throttled | RenewalRateLimited
+            | ValueLimitDaily => StatusCode::TOO_MANY_REQUESTS,
             BodyTooLarge | CsrTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UpstreamUnknown | UpstreamTls | UpstreamError | UpstreamBodyError => {
                 StatusCode::BAD_GATEWAY
@@ -499,6 +515,9 @@ mod tests {
                 | Reason::Throttled
                 | Reason::LimitStoreUnavailable
                 | Reason::BodyTooLarge
+                | Reason::ValueLimitPerCall
+                | Reason::ValueLimitDaily
+                | Reason::ValueUnreadable
                 | Reason::UpstreamUnknown
                 | Reason::IdentitySigningFailed
                 | Reason::UpstreamUnavailable

@@ -113,6 +113,7 @@ mod tests {
             on_anomaly: Default::default(),
             renewal_window: None,
             routes: vec![parse_route_arg("GET /v1/orders -> orders").unwrap()],
+            value_limits: Default::default(),
         };
         let text = render_partner(&p);
         let back = parse_partner(Path::new("partners/acme.toml"), &text, &gw()).unwrap();

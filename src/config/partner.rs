@@ -2,6 +2,7 @@
 //! routes), parsed and validated against the gateway's upstreams; parsed
 //! files are cached between reloads by their stamps.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::home::Home;
+use crate::risk::{CurrencyLimit, ValueSpec};
 use crate::timefmt::serde_duration;
 
 use super::common::*;
@@ -85,6 +87,9 @@ struct PartnerFileRaw {
     renewal_window: Option<Spanned<String>>,
     #[serde(default)]
     routes: Vec<Spanned<RouteRaw>>,
+    /// Per currency: `EUR = { per_call = "10000.00", per_day = "250000.00" }`.
+    #[serde(default)]
+    value_limits: Option<Spanned<BTreeMap<String, CurrencyLimit>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +106,8 @@ struct RouteRaw {
     limits: Option<LimitSpec>,
     #[serde(default)]
     max_body_bytes: Option<u64>,
+    #[serde(default)]
+    value: Option<Spanned<ValueSpec>>,
 }
 
 /// A validated partner.
@@ -122,6 +129,10 @@ pub struct Partner {
     )]
     pub renewal_window: Option<Duration>,
     pub routes: Vec<RouteSpec>,
+    /// `[value_limits]`: per currency code, the most one call and one UTC
+    /// day may carry on routes that name a `value`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub value_limits: BTreeMap<String, CurrencyLimit>,
 }
 
 pub(super) fn is_alert_only(a: &OnAnomaly) -> bool {
@@ -142,6 +153,10 @@ pub struct RouteSpec {
     pub limits: Option<LimitSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    /// Where the amount and currency are in the request body (JSON
+    /// pointers); such a route's calls count against `[value_limits]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ValueSpec>,
 }
 
 fn is_normal_risk(r: &Risk) -> bool {
@@ -224,6 +239,7 @@ pub fn parse_route_arg(s: &str) -> Result<RouteSpec, InvalidValue> {
         risk: Risk::Normal,
         limits: None,
         max_body_bytes: None,
+        value: None,
     })
 }
 
@@ -287,6 +303,13 @@ pub fn parse_partner(
         {
             err(span.clone(), m);
         }
+        if let Some(v) = &r.value {
+            for p in [&v.get_ref().amount, &v.get_ref().currency] {
+                if let Some(m) = crate::risk::value::pointer_problem(p) {
+                    err(v.span(), format!("value: {m}"));
+                }
+            }
+        }
         routes.push(RouteSpec {
             methods,
             path: r.path.into_inner(),
@@ -295,6 +318,7 @@ pub fn parse_partner(
             risk: r.risk,
             limits: r.limits,
             max_body_bytes: r.max_body_bytes,
+            value: r.value.map(Spanned::into_inner),
         });
     }
     let renewal_window = match &raw.renewal_window {
@@ -325,10 +349,28 @@ pub fn parse_partner(
             message: m,
         });
     }
+    let value_limits = match raw.value_limits {
+        None => BTreeMap::new(),
+        Some(v) => {
+            let line = Some(line_of(text, v.span().start));
+            let v = v.into_inner();
+            for (currency, limit) in &v {
+                if let Some(m) = value_limit_problem(currency, limit) {
+                    errors.push(ConfigError {
+                        file: path.to_path_buf(),
+                        line,
+                        message: m,
+                    });
+                }
+            }
+            v
+        }
+    };
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
     Ok(Partner {
+        value_limits,
         name: raw.name.unwrap_or_else(|| id.clone()),
         id,
         status: raw.status,
@@ -337,6 +379,20 @@ pub fn parse_partner(
         renewal_window,
         routes,
     })
+}
+
+fn value_limit_problem(currency: &str, l: &CurrencyLimit) -> Option<String> {
+    if !(3..=8).contains(&currency.len()) || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Some(format!(
+            "[value_limits] `{currency}` is not a currency code (3 to 8 letters A-Z, like EUR)"
+        ));
+    }
+    if l.per_call.is_none() && l.per_day.is_none() {
+        return Some(format!(
+            "[value_limits] {currency} sets neither per_call nor per_day"
+        ));
+    }
+    None
 }
 
 fn limit_problem(l: &LimitSpec) -> Option<String> {

@@ -236,6 +236,9 @@ pub struct Live {
     /// The last TLS rebuild failed (e.g. a certificate and key caught between
     /// two renames): retried at every tick until it succeeds.
     tls_retry: std::sync::atomic::AtomicBool,
+    /// Today's value totals per partner and currency (a single node's; in a
+    /// fleet, the stand-in while the store does not answer).
+    pub values: Arc<crate::risk::Ledger>,
 }
 
 /// What a reload did.
@@ -329,6 +332,7 @@ impl Live {
             refused: std::sync::Mutex::new(None),
             partner_cache: std::sync::Mutex::new(cache),
             tls_retry: std::sync::atomic::AtomicBool::new(false),
+            values: Arc::default(),
         })
     }
 

@@ -32,6 +32,7 @@ pub mod request;
 pub mod respond;
 pub mod seen;
 pub mod session;
+pub mod value;
 pub mod write_guard;
 
 pub use conn::{accept_loop, http_builder};

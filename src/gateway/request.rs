@@ -2,7 +2,8 @@
 //! certificate still good) → the renewal endpoint, if that is what it asks
 //! → frame (no smuggling shapes) → target (origin form, no traversal
 //! tricks) → authorize (deny by default) → limit (rate, quota, concurrency,
-//! body size) → build the upstream request → relay. Each phase returns
+//! body size) → value (a route with a `value`: amount within the partner's
+//! value limits, reserved) → build the upstream request → relay. Each phase returns
 //! `Result<_, Refusal>`; `respond::finish` turns the outcome into the
 //! response and the record, the same way for every phase.
 
@@ -12,7 +13,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Version};
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 
 use crate::ca::upstream_identity::TokenSubject;
@@ -28,6 +29,7 @@ use crate::gateway::relay::{
 use crate::gateway::renewal;
 use crate::gateway::respond::{self, Answer, ResponseBody};
 use crate::gateway::session::ConnCtx;
+use crate::gateway::value;
 use crate::policy::{Permit, check_target};
 use crate::reason::Reason;
 
@@ -126,17 +128,43 @@ async fn phases(
         .uri_for(&permit.upstream_path, target.query)
         .map_err(|_| Refusal::new(Reason::BadTarget))?;
     let route = permit.route.path.clone();
+    let value_spec = permit.route.value.clone();
+    let entry_partner = entry.partner.clone();
     let write_timeout = snapshot.gateway.server.write_timeout;
     drop(snapshot);
 
     let is_head = req.method() == Method::HEAD;
     let over_limit = Arc::new(AtomicBool::new(false));
-    let cap = BodyCap {
-        max: max_body,
-        exceeded: over_limit.clone(),
+    let (parts, body) = req.into_parts();
+    let (body, reservation) = match value_spec {
+        None => {
+            let cap = BodyCap {
+                max: max_body,
+                exceeded: over_limit.clone(),
+            };
+            (streamed_body(body, cap), None)
+        }
+        Some(spec) => {
+            let max = max_body.min(value::MAX_VALUE_BODY);
+            let bytes = value::read_body(body, max).await?;
+            record.event.request_bytes = bytes.len() as u64;
+            let partner = &entry_partner;
+            let reserved = value::check(gw, partner, &spec, &bytes).await?;
+            record.event.value_amount = Some(reserved.value.amount.to_string());
+            record.event.value_currency = Some(reserved.value.currency.clone());
+            let body: RelayBody = Full::new(bytes).map_err(|e| match e {}).boxed();
+            (body, Some(reserved))
+        }
     };
-    let upstream_req =
-        build_upstream_request(req, uri, cap, conn, gw, &upstream, &route, request_id)?;
+    let upstream_req = build_upstream_request(
+        Request::from_parts(parts, body),
+        uri,
+        conn,
+        gw,
+        &upstream,
+        &route,
+        request_id,
+    )?;
     let response = relay(gw, &upstream, upstream_req, request_id)
         .await
         .map_err(|refusal| {
@@ -148,6 +176,16 @@ async fn phases(
                 refusal
             }
         })?;
+    if let Some(reserved) = reservation
+        && response.status().is_success()
+    {
+        gw.events.monitor().value(
+            &conn.identity.partner,
+            &reserved.value.currency,
+            reserved.value.amount,
+        );
+        reserved.keep();
+    }
     Ok(Answer::Relayed {
         response,
         upstream,
@@ -261,11 +299,9 @@ struct BodyCap {
 /// identity headers (and the signed identity, when the upstream asks for
 /// it; fail closed: no token, no relay), hop-by-hop and spoofable headers
 /// gone, and the body bounded by the limit.
-#[allow(clippy::too_many_arguments)]
 fn build_upstream_request(
-    req: Request<Incoming>,
+    req: Request<RelayBody>,
     uri: http::Uri,
-    cap: BodyCap,
     conn: &ConnCtx,
     gw: &Gateway,
     upstream: &Upstream,
@@ -305,7 +341,12 @@ fn build_upstream_request(
     );
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    let body: RelayBody = if body.is_end_stream() {
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The partner's body as it streams to the upstream, bounded by the cap.
+fn streamed_body(body: Incoming, cap: BodyCap) -> RelayBody {
+    if body.is_end_stream() {
         Empty::new().map_err(|e| match e {}).boxed()
     } else {
         let exceeded = cap.exceeded;
@@ -316,8 +357,7 @@ fn build_upstream_request(
             e
         }))
         .boxed()
-    };
-    Ok(Request::from_parts(parts, body))
+    }
 }
 
 /// Sends the request upstream (timed for the metrics).

@@ -209,6 +209,8 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
             duration_us,
             request_id,
             detail,
+            value_amount: None,
+            value_currency: None,
         },
     ))
 }
@@ -319,6 +321,8 @@ mod tests {
             duration_us: 987_654,
             request_id: Some("req-1".into()),
             detail: Some("line1\nline2".into()),
+            value_amount: None,
+            value_currency: None,
         }
     }
 

@@ -530,6 +530,7 @@ mod tests {
             limits: l,
             on_anomaly: Default::default(),
             renewal_window: None,
+            value_limits: Default::default(),
             routes,
         }
     }

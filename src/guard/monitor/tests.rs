@@ -482,6 +482,7 @@ fn status_json_shape() {
             status: PartnerStatus::Suspended,
             on_anomaly: Default::default(),
             renewal_window: None,
+            value_limits: Default::default(),
             limits: LimitSpec::default(),
             routes: vec![],
         },
@@ -491,6 +492,7 @@ fn status_json_shape() {
             status: PartnerStatus::Active,
             on_anomaly: Default::default(),
             renewal_window: None,
+            value_limits: Default::default(),
             limits: LimitSpec {
                 requests_per_minute: Some(600),
                 burst: Some(50),
