@@ -46,3 +46,4 @@ mod servlet_paths;
 mod systemd;
 mod traffic_guard;
 mod upstream_identity;
+mod value_limits;
