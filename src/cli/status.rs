@@ -257,6 +257,23 @@ fn render_table(doc: &Value) -> String {
     if partners.is_empty() {
         out.push_str("(no partners configured)\n");
     }
+    let mut value_lines = Vec::new();
+    for p in partners {
+        for v in p["value_today"].as_array().unwrap_or(&empty) {
+            value_lines.push(format!(
+                "  {:<20} {:<8} {:>20} of {:<20} per call {}\n",
+                cell(&p["id"]),
+                cell(&v["currency"]),
+                cell(&v["today"]),
+                cell(&v["per_day"]),
+                cell(&v["per_call"]),
+            ));
+        }
+    }
+    if !value_lines.is_empty() {
+        out.push_str("value today (UTC day; total of per_day):\n");
+        out.extend(value_lines);
+    }
     let alerts = doc["alerts"].as_array().unwrap_or(&empty);
     if alerts.is_empty() {
         out.push_str("open alerts: none\n");

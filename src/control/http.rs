@@ -169,7 +169,7 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         }
         limits.insert(p.id.clone(), v);
     }
-    let body = crate::guard::monitor::status_json(
+    let mut body = crate::guard::monitor::status_json(
         view.events.monitor(),
         &partners,
         &inventory,
@@ -177,6 +177,16 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         time::OffsetDateTime::now_utc(),
         snapshot.gateway.monitor.expiry_warning_days,
     );
+    if let Some(rows) = body["partners"].as_array_mut() {
+        for row in rows {
+            let id = row["id"].as_str().unwrap_or_default().to_string();
+            if let Some(p) = partners.iter().find(|p| p.id == id)
+                && !p.value_limits.is_empty()
+            {
+                row["value_today"] = crate::risk::today_json(&view.live.values, p, now_ms);
+            }
+        }
+    }
     let mut r = text(StatusCode::OK, body.to_string());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

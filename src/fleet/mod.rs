@@ -316,20 +316,28 @@ impl Fleet {
             )
             .await;
             match reserved {
-                Ok(Ok(value::Reserved::Yes)) => {
-                    let amount = value.amount;
+                Ok(Ok(value::Reserved::Yes(total))) => {
+                    let day = day_of(now_ms);
+                    let seen = self.live.values.clone();
+                    seen.observe(partner, &value.currency, total, day);
+                    let (amount, partner, currency) =
+                        (value.amount, partner.to_string(), value.currency.clone());
                     return Ok(Box::new(move || {
                         tokio::spawn(async move {
-                            if let Err(e) = value::give_back(&mut conn, &key, amount).await {
-                                tracing::warn!(
+                            match value::give_back(&mut conn, &key, amount).await {
+                                Ok(left) => seen.observe(&partner, &currency, left, day),
+                                Err(e) => tracing::warn!(
                                     key = %key,
                                     "could not give a value back to the fleet's total (it stays counted): {e}"
-                                );
+                                ),
                             }
                         });
                     }));
                 }
                 Ok(Ok(value::Reserved::Over(total))) => {
+                    self.live
+                        .values
+                        .observe(partner, &value.currency, total, day_of(now_ms));
                     return Err(crate::gateway::value::daily_over(
                         value, per_day, total, now_ms,
                     ));

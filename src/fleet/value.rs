@@ -43,7 +43,8 @@ impl Default for ValueTotals {
 /// The script's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reserved {
-    Yes,
+    /// Reserved; the day's total with this call.
+    Yes(Amount),
     /// Over the limit; the day's total before this call.
     Over(Amount),
 }
@@ -68,17 +69,18 @@ impl ValueTotals {
             .await?;
         Ok(match reply.as_slice() {
             [0, total] => Reserved::Over(Amount::from_units(*total).unwrap_or(Amount::ZERO)),
-            _ => Reserved::Yes,
+            [_, total] => Reserved::Yes(Amount::from_units(*total).unwrap_or(Amount::ZERO)),
+            _ => Reserved::Yes(amount),
         })
     }
 }
 
-/// Gives `amount` back to `key` (never below zero).
+/// Gives `amount` back to `key` (never below zero); the total left.
 pub async fn give_back(
     conn: &mut ConnectionManager,
     key: &str,
     amount: Amount,
-) -> redis::RedisResult<()> {
+) -> redis::RedisResult<Amount> {
     let left: i64 = redis::cmd("DECRBY")
         .arg(key)
         .arg(amount.units())
@@ -93,7 +95,7 @@ pub async fn give_back(
             .query_async(conn)
             .await?;
     }
-    Ok(())
+    Ok(Amount::from_units(left).unwrap_or(Amount::ZERO))
 }
 
 /// Today's total in `key`.

@@ -86,6 +86,19 @@ impl Ledger {
         }
     }
 
+    /// Sets the total to what a fleet's store answered (the fleet's total as
+    /// this node last saw it: what status shows, and where a fallback to
+    /// this node's totals starts).
+    pub fn observe(&self, partner: &str, currency: &str, total: Amount, day: i64) {
+        let mut totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = totals
+            .entry((partner.to_string(), currency.to_string()))
+            .or_insert((day, Amount::ZERO));
+        if entry.0 <= day {
+            *entry = (day, total);
+        }
+    }
+
     /// Today's total of `partner` in `currency`.
     pub fn total(&self, partner: &str, currency: &str, day: i64) -> Amount {
         let totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());

@@ -11,7 +11,7 @@ use std::path::Path;
 use http::Method;
 
 use crate::common;
-use common::broker::{Broker, ClientCert, Conn, Reply, TestHome};
+use common::broker::{Broker, ClientCert, Conn, Reply, TestHome, admin_get};
 use common::redis_server::RedisServer;
 use common::upstream::{EchoOptions, EchoUpstream, start_echo_upstream};
 
@@ -114,6 +114,43 @@ async fn the_day_total_adds_up_and_a_call_past_it_is_429() {
     assert_eq!(up.calls(), 3);
     // Zero is a value too, and it fits.
     assert_eq!(pay(&mut c, "0", "EUR").await.status, 200);
+
+    // The operator sees today's total against the limit, and the metrics
+    // count what was relayed.
+    let status: serde_json::Value =
+        serde_json::from_str(&h.ok(&["status", "--json"])).expect("status JSON");
+    let acme = status["partners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "acme")
+        .unwrap()
+        .clone();
+    let eur = acme["value_today"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["currency"] == "EUR")
+        .unwrap()
+        .clone();
+    assert_eq!(eur["today"], "250.00");
+    assert_eq!(eur["per_day"], "250.00");
+    let table = h.ok(&["status"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("acme") && l.contains("EUR") && l.contains("250.00")),
+        "{table}"
+    );
+    let (_, metrics) = admin_get(b.admin, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gatehouse_value_total{")
+                && l.contains("currency=\"EUR\"")
+                && l.ends_with(" 250.0")),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
