@@ -6,6 +6,7 @@
 
 pub mod amount;
 pub mod ledger;
+pub mod signature;
 pub mod value;
 
 pub use amount::Amount;
