@@ -69,6 +69,16 @@ pub struct Event {
     /// A call on a route with a `value`: its currency code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_currency: Option<String>,
+    /// A signed call: the key id its signature names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_keyid: Option<String>,
+    /// A signed call: the RFC 9421 signature base, exactly as signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_base: Option<String>,
+    /// A signed call: the signature (base64) and its algorithm,
+    /// `ALG:BASE64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl Event {
@@ -97,6 +107,9 @@ impl Event {
             detail: None,
             value_amount: None,
             value_currency: None,
+            signature_keyid: None,
+            signature_base: None,
+            signature: None,
         }
     }
 }

@@ -61,6 +61,8 @@ pub fn add(
         renewal_window: None,
         routes,
         value_limits: Default::default(),
+        signing: false,
+        signing_keys: Vec::new(),
     };
     let text = render_partner(&partner);
     // Validate exactly what will be on disk before writing it.

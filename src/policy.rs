@@ -491,6 +491,7 @@ mod tests {
             limits: None,
             max_body_bytes: None,
             value: None,
+            require_signature: None,
         }
     }
 

@@ -128,6 +128,13 @@ pub enum Reason {
     /// field missing, a bad amount, a currency without a limit).
     ValueUnreadable,
 
+    // --- signed requests (routes that require a signature)
+    /// The route requires an RFC 9421 signature and the request has none.
+    SignatureRequired,
+    /// The signature is wrong, stale, replayed, or signed with a key that
+    /// is not the partner's (the JSON `problem` says which).
+    SignatureInvalid,
+
     // --- the upstream leg
     /// The route names an upstream the configuration does not have.
     UpstreamUnknown,
@@ -220,6 +227,8 @@ impl Reason {
         Reason::ValueLimitPerCall,
         Reason::ValueLimitDaily,
         Reason::ValueUnreadable,
+        Reason::SignatureRequired,
+        Reason::SignatureInvalid,
         Reason::UpstreamUnknown,
         Reason::IdentitySigningFailed,
         Reason::UpstreamUnavailable,
@@ -291,6 +300,8 @@ impl Reason {
             Reason::ValueLimitPerCall => "value_limit_per_call",
             Reason::ValueLimitDaily => "value_limit_daily",
             Reason::ValueUnreadable => "value_unreadable",
+            Reason::SignatureRequired => "signature_required",
+            Reason::SignatureInvalid => "signature_invalid",
             Reason::UpstreamUnknown => "upstream_unknown",
             Reason::IdentitySigningFailed => "identity_signing_failed",
             Reason::UpstreamUnavailable => "upstream_unavailable",
@@ -365,6 +376,7 @@ impl Reason {
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             IdentitySigningFailed | RenewalFailed => StatusCode::INTERNAL_SERVER_ERROR,
             AlreadyRenewed => StatusCode::CONFLICT,
+            SignatureRequired | SignatureInvalid => StatusCode::UNAUTHORIZED,
         })
     }
 
@@ -518,6 +530,8 @@ mod tests {
                 | Reason::ValueLimitPerCall
                 | Reason::ValueLimitDaily
                 | Reason::ValueUnreadable
+                | Reason::SignatureRequired
+                | Reason::SignatureInvalid
                 | Reason::UpstreamUnknown
                 | Reason::IdentitySigningFailed
                 | Reason::UpstreamUnavailable

@@ -90,6 +90,20 @@ struct PartnerFileRaw {
     /// Per currency: `EUR = { per_call = "10000.00", per_day = "250000.00" }`.
     #[serde(default)]
     value_limits: Option<Spanned<BTreeMap<String, CurrencyLimit>>>,
+    /// `signing = true`: the partner signs its requests (RFC 9421), so its
+    /// high-risk routes require a signature unless a route says otherwise.
+    #[serde(default)]
+    signing: bool,
+    /// Keys other than its certificate's that the partner signs with.
+    #[serde(default)]
+    signing_keys: Vec<Spanned<SigningKeyRaw>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SigningKeyRaw {
+    id: String,
+    public_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +122,8 @@ struct RouteRaw {
     max_body_bytes: Option<u64>,
     #[serde(default)]
     value: Option<Spanned<ValueSpec>>,
+    #[serde(default)]
+    require_signature: Option<bool>,
 }
 
 /// A validated partner.
@@ -133,6 +149,36 @@ pub struct Partner {
     /// day may carry on routes that name a `value`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub value_limits: BTreeMap<String, CurrencyLimit>,
+    /// `signing = true`: the partner signs its requests; its `risk =
+    /// "high"` routes require a signature unless they say otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub signing: bool,
+    /// `[[signing_keys]]`: keys other than the certificate's that the
+    /// partner signs with (`id`, `public_key` PEM file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<SigningKey>,
+}
+
+/// A key a partner signs requests with, besides its certificate's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    /// What the signature's `keyid` names it by.
+    pub id: String,
+    /// The PEM file (`PUBLIC KEY`), as written (relative to the home).
+    pub public_key: String,
+    /// The key's SubjectPublicKeyInfo, read when the file was loaded.
+    #[serde(skip)]
+    pub spki: Vec<u8>,
+}
+
+impl Partner {
+    /// Whether `route` requires a signed request: as the route says, else
+    /// when it is high-risk and the partner signs.
+    pub fn requires_signature(&self, route: &RouteSpec) -> bool {
+        route
+            .require_signature
+            .unwrap_or(self.signing && route.risk == Risk::High)
+    }
 }
 
 pub(super) fn is_alert_only(a: &OnAnomaly) -> bool {
@@ -157,6 +203,10 @@ pub struct RouteSpec {
     /// pointers); such a route's calls count against `[value_limits]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<ValueSpec>,
+    /// `require_signature`: calls must carry an RFC 9421 signature (unset:
+    /// high-risk routes of a partner with `signing = true` do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_signature: Option<bool>,
 }
 
 fn is_normal_risk(r: &Risk) -> bool {
@@ -240,6 +290,7 @@ pub fn parse_route_arg(s: &str) -> Result<RouteSpec, InvalidValue> {
         limits: None,
         max_body_bytes: None,
         value: None,
+        require_signature: None,
     })
 }
 
@@ -319,6 +370,7 @@ pub fn parse_partner(
             limits: r.limits,
             max_body_bytes: r.max_body_bytes,
             value: r.value.map(Spanned::into_inner),
+            require_signature: r.require_signature,
         });
     }
     let renewal_window = match &raw.renewal_window {
@@ -366,11 +418,45 @@ pub fn parse_partner(
             v
         }
     };
+    let home_dir = path
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| Path::new("."));
+    let mut signing_keys: Vec<SigningKey> = Vec::new();
+    for k in raw.signing_keys {
+        let line = Some(line_of(text, k.span().start));
+        let k = k.into_inner();
+        let mut problem = |message: String| {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                line,
+                message,
+            })
+        };
+        if k.id.is_empty() || k.id.len() > 128 || k.id.chars().any(|c| c.is_control()) {
+            problem("[[signing_keys]] id must be 1 to 128 printable characters".into());
+            continue;
+        }
+        if signing_keys.iter().any(|x| x.id == k.id) {
+            problem(format!("[[signing_keys]] id `{}` is given twice", k.id));
+            continue;
+        }
+        match read_public_key(&home_dir.join(&k.public_key)) {
+            Ok(spki) => signing_keys.push(SigningKey {
+                id: k.id,
+                public_key: k.public_key,
+                spki,
+            }),
+            Err(m) => problem(format!("[[signing_keys]] `{}`: {m}", k.id)),
+        }
+    }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
     Ok(Partner {
         value_limits,
+        signing: raw.signing,
+        signing_keys,
         name: raw.name.unwrap_or_else(|| id.clone()),
         id,
         status: raw.status,
@@ -379,6 +465,24 @@ pub fn parse_partner(
         renewal_window,
         routes,
     })
+}
+
+/// Reads a `PUBLIC KEY` PEM file a partner signs with; its SPKI DER.
+fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let block = pem::parse(&text)
+        .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+    if block.tag() != "PUBLIC KEY" {
+        return Err(format!(
+            "{} holds a {}, not a PUBLIC KEY",
+            path.display(),
+            block.tag()
+        ));
+    }
+    let spki = block.contents().to_vec();
+    crate::risk::signature::key_alg(&spki).map_err(|m| format!("{}: {m}", path.display()))?;
+    Ok(spki)
 }
 
 fn value_limit_problem(currency: &str, l: &CurrencyLimit) -> Option<String> {

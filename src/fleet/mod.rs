@@ -34,6 +34,7 @@ use crate::guard::limits::{Admission, LocalShare};
 use crate::home::Home;
 use crate::identity::PartnerIdentity;
 use crate::reason::Reason;
+use crate::risk::signature::nonce::NonceCheck;
 use crate::risk::{Amount, CallValue};
 pub use store::StoreError;
 
@@ -89,6 +90,17 @@ impl Membership for Fleet {
                 .ok()?
                 .ok()
         })
+    }
+
+    fn first_use_of_nonce<'a>(
+        &'a self,
+        partner: &'a str,
+        nonce: &'a str,
+        now_secs: i64,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<NonceCheck, Refusal>> + Send + 'a>,
+    > {
+        Box::pin(Fleet::first_use_of_nonce(self, partner, nonce, now_secs))
     }
 
     fn partner_changed(self: Arc<Self>, partner: &str) {
@@ -356,6 +368,41 @@ impl Fleet {
                 per_day,
                 now_ms,
             ),
+        }
+    }
+
+    /// `SET NX EX` of the nonce's key: the first node to set it accepts.
+    async fn first_use_of_nonce(
+        &self,
+        partner: &str,
+        nonce: &str,
+        now_secs: i64,
+    ) -> Result<NonceCheck, Refusal> {
+        use crate::risk::signature::nonce::NONCE_WINDOW_SECS;
+        use sha2::Digest;
+        let hash = hex::encode(sha2::Sha256::digest(nonce.as_bytes()));
+        let key = self.keys.nonce(partner, &hash);
+        if self.store_up()
+            && let Some(mut conn) = self.connection()
+        {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(NONCE_WINDOW_SECS);
+            let set = cmd.query_async::<Option<String>>(&mut conn);
+            match tokio::time::timeout(self.settings.store_timeout, set).await {
+                Ok(Ok(Some(_))) => return Ok(NonceCheck::Fresh),
+                Ok(Ok(None)) => return Ok(NonceCheck::Replayed),
+                Ok(Err(e)) => self.store_failed(&e.to_string()),
+                Err(_) => self.store_failed("nonce check: no answer in time"),
+            }
+        }
+        match self.settings.on_store_failure {
+            OnStoreFailure::Deny => Err(Refusal::new(Reason::LimitStoreUnavailable)
+                .detail("the fleet's store does not answer; on_store_failure = \"deny\"")),
+            OnStoreFailure::Local => Ok(self.live.nonces.check(partner, nonce, now_secs)),
         }
     }
 

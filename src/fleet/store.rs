@@ -151,6 +151,10 @@ impl Keys {
     pub fn value(&self, partner: &str, currency: &str, day: i64) -> String {
         format!("{}:value:{partner}:{currency}:{day}", self.prefix)
     }
+    /// A nonce of an accepted signature (expires after the nonce window).
+    pub fn nonce(&self, partner: &str, nonce_hash: &str) -> String {
+        format!("{}:nonce:{partner}:{nonce_hash}", self.prefix)
+    }
     /// One anomaly alert per fleet: the first node to set it raises it.
     pub fn alert(&self, kind: &str, subject: &str) -> String {
         format!("{}:alert:{kind}:{subject}", self.prefix)

@@ -239,6 +239,9 @@ pub struct Live {
     /// Today's value totals per partner and currency (a single node's; in a
     /// fleet, the stand-in while the store does not answer).
     pub values: Arc<crate::risk::Ledger>,
+    /// Nonces of accepted signatures (a single node's; in a fleet, the
+    /// stand-in while the store does not answer).
+    pub nonces: Arc<crate::risk::signature::nonce::NonceLog>,
 }
 
 /// What a reload did.
@@ -333,6 +336,7 @@ impl Live {
             partner_cache: std::sync::Mutex::new(cache),
             tls_retry: std::sync::atomic::AtomicBool::new(false),
             values: Arc::default(),
+            nonces: Arc::default(),
         })
     }
 

@@ -12,6 +12,7 @@ use super::Refusal;
 use super::live::Snapshot;
 use crate::guard::limits::Admission;
 use crate::identity::PartnerIdentity;
+use crate::risk::signature::nonce::NonceCheck;
 use crate::risk::{Amount, CallValue};
 
 /// The limit phase's answer, boxed so that the trait stays object-safe.
@@ -60,6 +61,16 @@ pub trait Membership: Send + Sync {
         currency: &'a str,
         now_ms: i64,
     ) -> Pin<Box<dyn Future<Output = Option<Amount>> + Send + 'a>>;
+
+    /// Whether `nonce` of `partner` is used for the first time in the
+    /// nonce window, fleet-wide (and remembers it). With the store down, as
+    /// the fleet's settings say: this node's nonce log, or a refusal.
+    fn first_use_of_nonce<'a>(
+        &'a self,
+        partner: &'a str,
+        nonce: &'a str,
+        now_secs: i64,
+    ) -> Pin<Box<dyn Future<Output = Result<NonceCheck, Refusal>> + Send + 'a>>;
 
     /// Tells the other nodes that `partner`'s files changed here (returns
     /// at once; the announcement is sent in the background).

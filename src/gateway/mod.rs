@@ -31,6 +31,7 @@ pub mod renewal;
 pub mod request;
 pub mod respond;
 pub mod seen;
+pub mod signed;
 pub mod session;
 pub mod value;
 pub mod write_guard;

@@ -2,8 +2,9 @@
 //! certificate still good) → the renewal endpoint, if that is what it asks
 //! → frame (no smuggling shapes) → target (origin form, no traversal
 //! tricks) → authorize (deny by default) → limit (rate, quota, concurrency,
-//! body size) → value (a route with a `value`: amount within the partner's
-//! value limits, reserved) → build the upstream request → relay. Each phase returns
+//! body size) → signature (a route that requires one: RFC 9421, nonce
+//! never twice) → value (a route with a `value`: amount within the
+//! partner's value limits, reserved) → build the upstream request → relay. Each phase returns
 //! `Result<_, Refusal>`; `respond::finish` turns the outcome into the
 //! response and the record, the same way for every phase.
 
@@ -29,7 +30,7 @@ use crate::gateway::relay::{
 use crate::gateway::renewal;
 use crate::gateway::respond::{self, Answer, ResponseBody};
 use crate::gateway::session::ConnCtx;
-use crate::gateway::value;
+use crate::gateway::{signed, value};
 use crate::policy::{Permit, check_target};
 use crate::reason::Reason;
 
@@ -129,32 +130,50 @@ async fn phases(
         .map_err(|_| Refusal::new(Reason::BadTarget))?;
     let route = permit.route.path.clone();
     let value_spec = permit.route.value.clone();
-    let entry_partner = entry.partner.clone();
+    let needs_signature = entry.partner.requires_signature(permit.route);
+    // Only signed and valued calls need the partner past the snapshot.
+    let partner = (value_spec.is_some() || needs_signature).then(|| entry.partner.clone());
     let write_timeout = snapshot.gateway.server.write_timeout;
     drop(snapshot);
 
     let is_head = req.method() == Method::HEAD;
     let over_limit = Arc::new(AtomicBool::new(false));
     let (parts, body) = req.into_parts();
-    let (body, reservation) = match value_spec {
-        None => {
-            let cap = BodyCap {
-                max: max_body,
-                exceeded: over_limit.clone(),
-            };
-            (streamed_body(body, cap), None)
+    let (body, reservation) = if let Some(partner) = &partner {
+        // Signed and valued calls are judged on the whole body.
+        let max = max_body.min(value::MAX_VALUE_BODY);
+        let bytes = value::read_body(body, max).await?;
+        record.event.request_bytes = bytes.len() as u64;
+        if needs_signature {
+            let verified = signed::check(gw, conn, partner, &parts, &bytes).await?;
+            record.event.signature_keyid = Some(verified.keyid);
+            record.event.signature_base = Some(verified.base);
+            record.event.signature = Some(format!(
+                "{}:{}",
+                verified.alg.name(),
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    &verified.signature
+                )
+            ));
         }
-        Some(spec) => {
-            let max = max_body.min(value::MAX_VALUE_BODY);
-            let bytes = value::read_body(body, max).await?;
-            record.event.request_bytes = bytes.len() as u64;
-            let partner = &entry_partner;
-            let reserved = value::check(gw, partner, &spec, &bytes).await?;
-            record.event.value_amount = Some(reserved.value.amount.to_string());
-            record.event.value_currency = Some(reserved.value.currency.clone());
-            let body: RelayBody = Full::new(bytes).map_err(|e| match e {}).boxed();
-            (body, Some(reserved))
-        }
+        let reserved = match &value_spec {
+            Some(spec) => {
+                let reserved = value::check(gw, partner, spec, &bytes).await?;
+                record.event.value_amount = Some(reserved.value.amount.to_string());
+                record.event.value_currency = Some(reserved.value.currency.clone());
+                Some(reserved)
+            }
+            None => None,
+        };
+        let body: RelayBody = Full::new(bytes).map_err(|e| match e {}).boxed();
+        (body, reserved)
+    } else {
+        let cap = BodyCap {
+            max: max_body,
+            exceeded: over_limit.clone(),
+        };
+        (streamed_body(body, cap), None)
     };
     let upstream_req = build_upstream_request(
         Request::from_parts(parts, body),

@@ -892,6 +892,8 @@ mod tests {
                 on_anomaly: OnAnomaly::Throttle,
                 renewal_window: None,
                 value_limits: Default::default(),
+                signing: false,
+                signing_keys: Vec::new(),
                 routes: vec![],
             }],
             None,

@@ -211,6 +211,9 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
             detail,
             value_amount: None,
             value_currency: None,
+            signature_keyid: None,
+            signature_base: None,
+            signature: None,
         },
     ))
 }
@@ -323,6 +326,9 @@ mod tests {
             detail: Some("line1\nline2".into()),
             value_amount: None,
             value_currency: None,
+            signature_keyid: None,
+            signature_base: None,
+            signature: None,
         }
     }
 

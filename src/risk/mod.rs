@@ -25,24 +25,3 @@ pub struct CurrencyLimit {
     pub per_day: Option<Amount>,
 }
 
-/// Today's totals of `partner` against its limits, per currency, for the
-/// status view and the console: `[{currency, today, per_call, per_day}]`.
-pub fn today_json(
-    ledger: &Ledger,
-    partner: &crate::config::Partner,
-    now_ms: i64,
-) -> serde_json::Value {
-    let day = ledger::day_of(now_ms);
-    partner
-        .value_limits
-        .iter()
-        .map(|(currency, limit)| {
-            serde_json::json!({
-                "currency": currency,
-                "today": ledger.total(&partner.id, currency, day).to_string(),
-                "per_call": limit.per_call.map(|a| a.to_string()),
-                "per_day": limit.per_day.map(|a| a.to_string()),
-            })
-        })
-        .collect()
-}

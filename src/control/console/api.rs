@@ -94,7 +94,7 @@ pub async fn overview(shared: &Arc<AdminView>) -> Response<Full<Bytes>> {
                     .filter(|r| r.risk == crate::config::Risk::High)
                     .map(|r| Value::from(r.describe()))
                     .collect();
-                row["value_today"] = crate::risk::today_json(&shared.live.values, p, now);
+                row["value_today"] = crate::control::view::value_today(&shared.live.values, p, now);
             }
             row["series"] = json!(shared.events.monitor().recent_series(&id, now));
             row["denial_reasons"] = json!(reasons.get(&id).cloned().unwrap_or_default());

@@ -531,6 +531,8 @@ mod tests {
             on_anomaly: Default::default(),
             renewal_window: None,
             value_limits: Default::default(),
+            signing: false,
+            signing_keys: Vec::new(),
             routes,
         }
     }

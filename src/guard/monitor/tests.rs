@@ -483,6 +483,8 @@ fn status_json_shape() {
             on_anomaly: Default::default(),
             renewal_window: None,
             value_limits: Default::default(),
+            signing: false,
+            signing_keys: Vec::new(),
             limits: LimitSpec::default(),
             routes: vec![],
         },
@@ -493,6 +495,8 @@ fn status_json_shape() {
             on_anomaly: Default::default(),
             renewal_window: None,
             value_limits: Default::default(),
+            signing: false,
+            signing_keys: Vec::new(),
             limits: LimitSpec {
                 requests_per_minute: Some(600),
                 burst: Some(50),

@@ -59,6 +59,9 @@ fn every_field_round_trips_through_the_journal() {
         detail: Some("multi\nline".into()),
         value_amount: None,
         value_currency: None,
+        signature_keyid: None,
+        signature_base: None,
+        signature: None,
     };
     let seq = fill(&j, vec![e.clone()])[0];
     let rec = j.store().get(seq).unwrap().unwrap();
