@@ -471,8 +471,7 @@ pub fn parse_partner(
 fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let block = pem::parse(&text)
-        .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+    let block = pem::parse(&text).map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
     if block.tag() != "PUBLIC KEY" {
         return Err(format!(
             "{} holds a {}, not a PUBLIC KEY",

@@ -183,7 +183,8 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
             if let Some(p) = partners.iter().find(|p| p.id == id)
                 && !p.value_limits.is_empty()
             {
-                row["value_today"] = crate::control::view::value_today(&view.live.values, p, now_ms);
+                row["value_today"] =
+                    crate::control::view::value_today(&view.live.values, p, now_ms);
             }
         }
     }

@@ -97,9 +97,8 @@ impl Membership for Fleet {
         partner: &'a str,
         nonce: &'a str,
         now_secs: i64,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<NonceCheck, Refusal>> + Send + 'a>,
-    > {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<NonceCheck, Refusal>> + Send + 'a>>
+    {
         Box::pin(Fleet::first_use_of_nonce(self, partner, nonce, now_secs))
     }
 

@@ -31,8 +31,8 @@ pub mod renewal;
 pub mod request;
 pub mod respond;
 pub mod seen;
-pub mod signed;
 pub mod session;
+pub mod signed;
 pub mod value;
 pub mod write_guard;
 

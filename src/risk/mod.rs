@@ -24,4 +24,3 @@ pub struct CurrencyLimit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_day: Option<Amount>,
 }
-

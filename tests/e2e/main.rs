@@ -43,6 +43,7 @@ mod resource_limits;
 mod resumption;
 mod revocation;
 mod servlet_paths;
+mod signed_requests;
 mod systemd;
 mod traffic_guard;
 mod upstream_identity;

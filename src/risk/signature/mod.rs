@@ -347,6 +347,16 @@ fn check_content_digest(msg: &Message<'_>) -> Result<(), SigError> {
     Ok(())
 }
 
+/// The authority, normalized as RFC 9110 section 4.2.3 says: lowercase,
+/// without https's default port.
+fn authority(a: &str) -> String {
+    let a = a.to_ascii_lowercase();
+    match a.strip_suffix(":443") {
+        Some(host) => host.to_string(),
+        None => a,
+    }
+}
+
 /// The signature base (RFC 9421 section 2.5).
 pub fn signature_base(
     msg: &Message<'_>,
@@ -371,7 +381,7 @@ pub fn signature_base(
         }
         let value = match name.as_str() {
             "@method" => msg.method.to_string(),
-            "@authority" => msg.authority.to_ascii_lowercase(),
+            "@authority" => authority(msg.authority),
             "@path" => {
                 if msg.path.is_empty() {
                     "/".to_string()
@@ -382,7 +392,7 @@ pub fn signature_base(
             "@query" => format!("?{}", msg.query.unwrap_or("")),
             "@scheme" => "https".to_string(),
             "@target-uri" => {
-                let mut t = format!("https://{}{}", msg.authority.to_ascii_lowercase(), msg.path);
+                let mut t = format!("https://{}{}", authority(msg.authority), msg.path);
                 if let Some(q) = msg.query {
                     t.push('?');
                     t.push_str(q);
