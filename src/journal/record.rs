@@ -10,8 +10,13 @@ use sha2::{Digest, Sha256};
 
 use crate::event::{Decision, Event, EventKind};
 
-/// Version byte at the start of every canonical record.
+/// Version byte of a canonical record without extension fields.
 pub const FORMAT_VERSION: u8 = 1;
+/// Version byte of a canonical record with extension fields: version 1's
+/// fields, then a sorted list of named fields (see `docs/journal.md`).
+pub const FORMAT_VERSION_2: u8 = 2;
+/// Extension fields in one record at most (a decoder refuses more).
+const MAX_EXTENSIONS: usize = 64;
 /// The `prev_hash` of the first record ever written (sequence number 1).
 pub const GENESIS_HASH: [u8; 32] = [0u8; 32];
 /// Length of a chain hash (SHA-256).
@@ -74,10 +79,47 @@ fn put_opt_str(out: &mut Vec<u8>, s: &Option<String>) {
     }
 }
 
-/// The canonical bytes of record `seq` holding `e` (format version 1).
+/// The named extension fields of an event, sorted by name (bytewise),
+/// each value as text.
+pub fn extensions(e: &Event) -> Vec<(&'static str, String)> {
+    let mut x = Vec::new();
+    for (name, value) in [
+        ("signature", &e.signature),
+        ("signature_base", &e.signature_base),
+        ("signature_keyid", &e.signature_keyid),
+        ("value_amount", &e.value_amount),
+        ("value_currency", &e.value_currency),
+    ] {
+        if let Some(v) = value {
+            x.push((name, v.clone()));
+        }
+    }
+    x.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    x
+}
+
+/// The format version `e` is encoded with: 1 without extension fields, 2 with.
+pub fn version_of(e: &Event) -> u8 {
+    if extensions(e).is_empty() {
+        FORMAT_VERSION
+    } else {
+        FORMAT_VERSION_2
+    }
+}
+
+/// The canonical bytes of record `seq` holding `e`: version 1 when the
+/// event has no extension field (the bytes are exactly version 1's), else
+/// version 2 (version 1's fields, then `u16` count and the sorted
+/// `(name, value)` pairs).
 pub fn encode(seq: u64, e: &Event) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
-    out.push(FORMAT_VERSION);
+    let x = extensions(e);
+    let version = if x.is_empty() {
+        FORMAT_VERSION
+    } else {
+        FORMAT_VERSION_2
+    };
+    out.push(version);
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&e.time_ms.to_be_bytes());
     out.push(kind_code(e.kind));
@@ -105,6 +147,13 @@ pub fn encode(seq: u64, e: &Event) -> Vec<u8> {
     out.extend_from_slice(&e.duration_us.to_be_bytes());
     put_opt_str(&mut out, &e.request_id);
     put_opt_str(&mut out, &e.detail);
+    if version == FORMAT_VERSION_2 {
+        out.extend_from_slice(&(x.len() as u16).to_be_bytes());
+        for (name, value) in &x {
+            put_str(&mut out, name);
+            put_str(&mut out, value);
+        }
+    }
     out
 }
 
@@ -150,7 +199,7 @@ impl<'a> Reader<'a> {
 pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
     let mut r = Reader { b: bytes };
     let v = r.u8("version")?;
-    if v != FORMAT_VERSION {
+    if v != FORMAT_VERSION && v != FORMAT_VERSION_2 {
         return Err(DecodeError(format!("unknown format version {v}")));
     }
     let seq = r.u64("seq")?;
@@ -183,6 +232,49 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
     let duration_us = r.u64("duration_us")?;
     let request_id = r.opt_string("request_id")?;
     let detail = r.opt_string("detail")?;
+    let mut ext: [Option<String>; 5] = Default::default();
+    if v == FORMAT_VERSION_2 {
+        let n = u16::from_be_bytes(r.arr("extension count")?) as usize;
+        if n == 0 || n > MAX_EXTENSIONS {
+            return Err(DecodeError(format!("version 2 with {n} extension fields")));
+        }
+        let mut previous: Option<String> = None;
+        for _ in 0..n {
+            let name = r.string("extension name")?;
+            let value = r.string("extension value")?;
+            if previous
+                .as_deref()
+                .is_some_and(|p| p.as_bytes() >= name.as_bytes())
+            {
+                return Err(DecodeError(format!(
+                    "extension field `{name}` out of order or repeated"
+                )));
+            }
+            let slot = match name.as_str() {
+                "signature" => 0,
+                "signature_base" => 1,
+                "signature_keyid" => 2,
+                "value_amount" => 3,
+                "value_currency" => 4,
+                // A field a later gatehouse adds: this one cannot show it
+                // (nor re-encode it), so it says so instead of dropping it.
+                _ => {
+                    return Err(DecodeError(format!(
+                        "unknown extension field `{name}` (written by a newer gatehouse)"
+                    )));
+                }
+            };
+            ext[slot] = Some(value);
+            previous = Some(name);
+        }
+    }
+    let [
+        signature,
+        signature_base,
+        signature_keyid,
+        value_amount,
+        value_currency,
+    ] = ext;
     if !r.b.is_empty() {
         return Err(DecodeError(format!("{} trailing bytes", r.b.len())));
     }
@@ -209,11 +301,11 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
             duration_us,
             request_id,
             detail,
-            value_amount: None,
-            value_currency: None,
-            signature_keyid: None,
-            signature_base: None,
-            signature: None,
+            value_amount,
+            value_currency,
+            signature_keyid,
+            signature_base,
+            signature,
         },
     ))
 }
@@ -228,7 +320,7 @@ pub fn chain_hash(prev: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
 
 /// The sequence number inside canonical bytes, without decoding the rest.
 pub fn canonical_seq(canonical: &[u8]) -> Option<u64> {
-    if canonical.len() < 9 || canonical[0] != FORMAT_VERSION {
+    if canonical.len() < 9 || !matches!(canonical[0], FORMAT_VERSION | FORMAT_VERSION_2) {
         return None;
     }
     let mut a = [0u8; 8];
@@ -330,6 +422,38 @@ mod tests {
             signature_base: None,
             signature: None,
         }
+    }
+
+    #[test]
+    fn extension_fields_make_version_2_and_round_trip() {
+        let mut e = full_event();
+        assert_eq!(encode(7, &e)[0], FORMAT_VERSION);
+        e.value_amount = Some("10000.00".into());
+        e.value_currency = Some("EUR".into());
+        e.signature_keyid = Some("ab".repeat(32));
+        e.signature_base = Some("\"@method\": POST\n\"@signature-params\": ()".into());
+        e.signature = Some("ed25519:AAAA".into());
+        let bytes = encode(7, &e);
+        assert_eq!(bytes[0], FORMAT_VERSION_2);
+        assert_eq!(decode(&bytes).unwrap(), (7, e.clone()));
+        // The names are sorted: the first one after the count is `signature`.
+        let v1 = {
+            let mut plain = e.clone();
+            plain.value_amount = None;
+            plain.value_currency = None;
+            plain.signature_keyid = None;
+            plain.signature_base = None;
+            plain.signature = None;
+            encode(7, &plain)
+        };
+        assert_eq!(&bytes[1..v1.len()], &v1[1..]);
+        assert_eq!(&bytes[v1.len()..v1.len() + 2], &5u16.to_be_bytes());
+        assert_eq!(&bytes[v1.len() + 6..v1.len() + 15], b"signature");
+        // An unknown name is refused, not dropped.
+        let mut odd = bytes.clone();
+        let at = v1.len() + 6;
+        odd[at] = b'z';
+        assert!(decode(&odd).is_err());
     }
 
     #[test]
