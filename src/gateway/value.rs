@@ -144,3 +144,67 @@ pub fn daily_over(
             value.currency, value.amount, total, per_day
         ))
 }
+
+/// Records read per step when the day's totals are rebuilt.
+const RESTORE_PAGE: usize = 4096;
+
+/// Rebuilds today's totals of a single node from its journal at start:
+/// every exchange of today that was relayed with a 2xx answer and carries
+/// a value adds to its partner's total (a fleet keeps its totals in the
+/// store instead). Reads each valued partner's slice of the journal's
+/// partner index, a page at a time. Returns how many calls were counted.
+pub fn restore_totals(
+    store: &crate::journal::Store,
+    live: &crate::gateway::live::Live,
+    now_ms: i64,
+) -> Result<usize, crate::journal::JournalError> {
+    use crate::event::{Decision, EventKind};
+    use crate::journal::Query;
+    let day = day_of(now_ms);
+    let snapshot = live.snapshot();
+    let mut counted = 0;
+    for entry in snapshot.partners.values() {
+        let p = &entry.partner;
+        if p.value_limits.is_empty() {
+            continue;
+        }
+        let mut since = day * 86_400_000;
+        let mut last_seq = 0;
+        loop {
+            let page = store.query(&Query {
+                partner: Some(p.id.clone()),
+                since_ms: Some(since),
+                until_ms: None,
+                decision: Some(Decision::Allowed),
+                status: None,
+                kind: Some(EventKind::Exchange),
+                limit: RESTORE_PAGE,
+                reverse: false,
+            })?;
+            let full = page.len() == RESTORE_PAGE;
+            let mut moved = false;
+            for r in &page {
+                if r.seq <= last_seq && r.event.time_ms == since {
+                    continue;
+                }
+                moved = true;
+                since = r.event.time_ms;
+                last_seq = r.seq;
+                let e = &r.event;
+                if !e.status.is_some_and(|s| (200..300).contains(&s)) {
+                    continue;
+                }
+                if let (Some(a), Some(c)) = (&e.value_amount, &e.value_currency)
+                    && let Ok(amount) = crate::risk::Amount::parse(a)
+                {
+                    live.values.restore(&p.id, c, amount, day);
+                    counted += 1;
+                }
+            }
+            if !full || !moved {
+                break;
+            }
+        }
+    }
+    Ok(counted)
+}

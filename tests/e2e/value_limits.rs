@@ -246,6 +246,51 @@ async fn two_currencies_are_counted_apart() {
     assert_eq!(up.calls(), 3);
 }
 
+#[tokio::test]
+async fn a_single_node_rebuilds_the_day_total_from_its_journal() {
+    let (h, up, acme) = setup().await;
+    let b = h.start();
+    let mut c = open(&b, &h, &acme).await;
+    for _ in 0..2 {
+        assert_eq!(pay(&mut c, "100", "EUR").await.status, 200);
+    }
+    let failing = c
+        .send(
+            Method::POST,
+            "/v1/transfers",
+            &[
+                ("content-type", "application/json"),
+                ("x-echo-status", "503"),
+            ],
+            br#"{"amount": "40", "currency": "EUR"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(failing.status, 503);
+    drop(c);
+    drop(b);
+    // The records carry the value.
+    let records = h.journal();
+    let valued: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["value_currency"] == "EUR")
+        .collect();
+    assert_eq!(valued.len(), 3, "{records:?}");
+    assert!(
+        valued
+            .iter()
+            .all(|r| r["value_amount"] == "100.00" || r["value_amount"] == "40.00")
+    );
+    // After a restart the day's 200 (not the failed 40) still counts.
+    let b = h.start();
+    let mut c = open(&b, &h, &acme).await;
+    let r = pay(&mut c, "50.01", "EUR").await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["today"], "200.00");
+    assert_eq!(pay(&mut c, "50", "EUR").await.status, 200);
+    assert_eq!(up.calls(), 4);
+}
+
 fn data_dir(home: &Path, id: &str) -> String {
     home.join(format!("data-{id}")).display().to_string()
 }
