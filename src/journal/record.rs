@@ -366,7 +366,7 @@ impl Record {
     /// The JSON line form.
     pub fn to_line(&self) -> RecordLine {
         RecordLine {
-            v: FORMAT_VERSION,
+            v: version_of(&self.event),
             seq: self.seq,
             time: crate::journal::fmt_time_ms(self.event.time_ms),
             event: self.event.clone(),

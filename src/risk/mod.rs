@@ -5,6 +5,7 @@
 //! the fleet keeps the totals in its store.
 
 pub mod amount;
+pub mod evidence;
 pub mod ledger;
 pub mod signature;
 pub mod value;

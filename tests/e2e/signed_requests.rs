@@ -356,3 +356,173 @@ async fn a_normal_route_of_a_signing_partner_needs_no_signature() {
     assert_eq!(r.json()["error"], "signature_required");
     assert_eq!(s.up.calls(), 1);
 }
+
+/// The README's shell blocks, in order.
+fn readme_steps(dir: &Path) -> Vec<String> {
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    let mut steps = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut current, line) {
+            (None, "```sh") => current = Some(String::new()),
+            (Some(_), "```") => steps.push(current.take().unwrap()),
+            (Some(s), l) => {
+                s.push_str(l);
+                s.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    steps
+}
+
+fn step_holds(dir: &Path, script: &str) -> bool {
+    Command::new("sh")
+        .args(["-e", "-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// Each step's result.
+fn steps_hold(dir: &Path) -> Vec<bool> {
+    readme_steps(dir)
+        .iter()
+        .map(|s| step_holds(dir, s))
+        .collect()
+}
+
+fn flip_byte(path: &Path, at: usize) -> Vec<u8> {
+    let original = std::fs::read(path).unwrap();
+    let mut b = original.clone();
+    b[at] ^= 0x01;
+    std::fs::write(path, &b).unwrap();
+    original
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_evidence_checks_out_with_openssl_and_a_flipped_byte_does_not() {
+    if !installed("requests-http-signature", python().exists()) {
+        return;
+    }
+    let s = setup().await;
+    let mut b = s.h.start();
+    let url = format!("https://localhost:{}/v1/transfers", b.addr.port());
+    for (alg, key, keyid) in [
+        (
+            "ecdsa-p256-sha256",
+            s.acme.key.clone(),
+            s.acme.fingerprint.clone(),
+        ),
+        ("ed25519", s.ed25519.clone(), "acme-hsm-ed25519".to_string()),
+        ("rsa-pss-sha512", s.rsa.clone(), "acme-hsm-rsa".to_string()),
+    ] {
+        let mut cmd = Command::new(python());
+        cmd.arg(script("sign_requests.py"))
+            .arg(&url)
+            .arg(&s.acme.cert)
+            .arg(&s.acme.key)
+            .arg(&s.ca)
+            .arg(alg)
+            .arg(&key)
+            .arg(&keyid)
+            .arg(&s.beta.key)
+            .arg(&s.beta.fingerprint)
+            .arg("ok");
+        let answers = tokio::task::spawn_blocking(move || run(&mut cmd))
+            .await
+            .unwrap();
+        assert_eq!(answers[0].1, 200, "{alg}: {answers:?}");
+    }
+    // A few more records after them, then a shutdown checkpoint covers all.
+    let mut c = common::broker::Conn::open(
+        b.addr,
+        &s.h.ca_pem(),
+        &common::broker::ClientCert {
+            serial: String::new(),
+            cert_pem: std::fs::read_to_string(&s.acme.cert).unwrap(),
+            key_pem: std::fs::read_to_string(&s.acme.key).unwrap(),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let r = c
+            .send(http::Method::POST, "/v1/notes", &[], b"{}")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    drop(c);
+    b.signal("TERM");
+    assert!(b.wait_exit(20).is_some_and(|s| s.success()));
+
+    let signed: Vec<serde_json::Value> =
+        s.h.journal()
+            .into_iter()
+            .filter(|r| r["signature_base"].is_string())
+            .collect();
+    assert_eq!(signed.len(), 3, "the three signed calls are on record");
+    for rec in &signed {
+        let seq = rec["seq"].as_u64().unwrap();
+        let dir = s.h.path().join(format!("evidence-{seq}"));
+        s.h.ok(&[
+            "log",
+            "evidence",
+            &seq.to_string(),
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        let steps = readme_steps(&dir);
+        assert!(steps.len() >= 4, "{steps:?}");
+        assert!(
+            steps_hold(&dir).iter().all(|ok| *ok),
+            "{seq}: every README step holds: {:?}\n{}",
+            steps_hold(&dir),
+            std::fs::read_to_string(dir.join("README.md")).unwrap()
+        );
+        let n = steps.len();
+        // The signature base changed by one byte: only step 1 fails.
+        let base = dir.join("signature-base.txt");
+        let original = flip_byte(&base, 10);
+        let held = steps_hold(&dir);
+        assert!(
+            !held[0],
+            "a flipped signature base fails the signature check"
+        );
+        assert!(held[n - 3..].iter().all(|ok| *ok), "{held:?}");
+        std::fs::write(&base, original).unwrap();
+        // The record changed by one byte (inside its canonical encoding):
+        // the record's hash step fails.
+        let record = dir.join("record.json");
+        let text = std::fs::read_to_string(&record).unwrap();
+        let at = text.find("\"canonical_b64\": \"").unwrap() + 40;
+        let original = std::fs::read(&record).unwrap();
+        let mut b = original.clone();
+        b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+        std::fs::write(&record, &b).unwrap();
+        let held = steps_hold(&dir);
+        assert!(
+            !held[n - 3],
+            "a flipped record fails its hash check: {held:?}"
+        );
+        std::fs::write(&record, original).unwrap();
+        // A later record of the chain changed: the chain step fails.
+        let chain: Vec<PathBuf> = std::fs::read_dir(dir.join("chain"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(!chain.is_empty());
+        let original = flip_byte(&chain[0], 40);
+        assert!(!steps_hold(&dir)[n - 2], "a flipped chain link fails");
+        std::fs::write(&chain[0], original).unwrap();
+        // The checkpoint changed: its signature step fails.
+        let original = flip_byte(&dir.join("checkpoint.msg"), 20);
+        assert!(!steps_hold(&dir)[n - 1], "a flipped checkpoint fails");
+        std::fs::write(dir.join("checkpoint.msg"), original).unwrap();
+        assert!(steps_hold(&dir).iter().all(|ok| *ok));
+    }
+}
