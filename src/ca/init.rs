@@ -20,10 +20,10 @@ use super::lock::{self, CaLock};
 use super::{
     Authority, CaError, ISSUING_VALIDITY_DAYS, ROOT_VALIDITY_DAYS, Signed, UPSTREAM_CLIENT_CA_DAYS,
     ca_name, crl, der_to_pem, invalid, is_self_issued, new_key, pki, remove_if_exists,
-    upstream_identity,
 };
 use crate::config::{self, GatewayConfig, validate_trust_domain};
 use crate::home::{self, Home, ensure_dir, write_key, write_public};
+use crate::identity_token;
 
 /// Options of `gatehouse init`.
 #[derive(Debug, Default, Clone)]
@@ -343,12 +343,12 @@ fn retire_all_previous(home: &Home) -> Result<(), CaError> {
 
 /// The upstream identity key (kept when it exists: upstreams trust its JWKS).
 fn ensure_identity_key(home: &Home, existing: Option<&GatewayConfig>) -> Result<(), CaError> {
-    let issuer = upstream_identity::issuer(
+    let issuer = identity_token::issuer(
         &existing
             .map(|c| c.server.node_id.clone())
             .unwrap_or_default(),
     );
-    upstream_identity::ensure(home, &issuer).map_err(|e| invalid(e.to_string()))?;
+    identity_token::ensure(home, &issuer).map_err(|e| invalid(e.to_string()))?;
     Ok(())
 }
 

@@ -39,7 +39,6 @@ use crate::risk::{Amount, CallValue};
 pub use store::StoreError;
 
 pub mod announce;
-pub mod exports;
 pub mod limiter;
 pub mod node;
 pub mod status;

@@ -1,12 +1,14 @@
 //! The partner-facing gateway: each connection's life (`conn`: accept,
-//! handshake, identity, idle and drain) and each request's phases
-//! (`request`: admit → frame → target → authorize → limit → build → relay),
-//! the one `Refusal` type every refusal travels as (`refusal`), the one
-//! place that turns an outcome into the partner's response and its record
-//! (`respond`), the live configuration the phases read (`live`), the
-//! upstream leg (`relay`), the record-keeping response body (`exchange`),
-//! the self-service renewal endpoint (`renewal`) and which certificates
-//! have completed a handshake (`seen`, which renewal reads).
+//! handshake, identity, idle and drain); each request's way in (`door`: its
+//! record, admission, then a door): a partner's API call through the phases
+//! of `request` (frame → target → authorize → limit → build → relay), or a
+//! certificate request through `certificates` (renewal, decided by
+//! `renewal`, which reads `seen`: the certificates that completed a
+//! handshake). Every refusal travels as the one `Refusal` (`refusal` holds
+//! the conversions of the layers' errors); `respond` is the one place that
+//! turns an outcome into the partner's response and its record; `live` is
+//! the configuration the phases read; `relay` the upstream leg; `exchange`
+//! the record-keeping response body.
 //!
 //! The gateway receives what it uses as a [`Gateway`]: the live state, the
 //! event sink, the upstream identity signer and the renewal state. It knows
@@ -16,10 +18,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crate::ca::upstream_identity::LiveIdentity;
 use crate::guard::EventSink;
+use crate::identity_token::LiveIdentity;
 
+pub mod certificates;
 pub mod conn;
+pub mod door;
 pub mod exchange;
 pub mod handshake_gate;
 pub mod header_guard;
