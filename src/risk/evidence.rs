@@ -294,7 +294,7 @@ mod tests {
         raw[0] = 0x80; // r needs a leading zero
         raw[63] = 1; // s is 1
         let der = ecdsa_raw_to_der(&raw).unwrap();
-        assert_eq!(&der[..4], &[0x30, 3 + 33 + 3, 0x02, 33]);
+        assert_eq!(&der[..4], &[0x30, 2 + 33 + 3, 0x02, 33]);
         assert_eq!(&der[der.len() - 3..], &[0x02, 1, 1]);
         assert!(ecdsa_raw_to_der(&[0; 63]).is_none());
     }
