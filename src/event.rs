@@ -63,6 +63,12 @@ pub struct Event {
     pub request_id: Option<String>,
     /// Free text: aggregated counts, alert details, admin action details.
     pub detail: Option<String>,
+    /// The upstream endpoint (address) that answered, or was tried last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_endpoint: Option<String>,
+    /// Attempts the upstream leg took (0: none was made).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
     /// A call on a route with a `value`: its amount (exact decimal text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_amount: Option<String>,
@@ -105,6 +111,8 @@ impl Event {
             duration_us: 0,
             request_id: None,
             detail: None,
+            upstream_endpoint: None,
+            attempts: 0,
             value_amount: None,
             value_currency: None,
             signature_keyid: None,
@@ -112,6 +120,10 @@ impl Event {
             signature: None,
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Milliseconds since the Unix epoch.

@@ -83,6 +83,12 @@ fn put_opt_str(out: &mut Vec<u8>, s: &Option<String>) {
 /// each value as text.
 pub fn extensions(e: &Event) -> Vec<(&'static str, String)> {
     let mut x = Vec::new();
+    if e.attempts != 0 {
+        x.push(("attempts", e.attempts.to_string()));
+    }
+    if let Some(ep) = &e.upstream_endpoint {
+        x.push(("upstream_endpoint", ep.clone()));
+    }
     for (name, value) in [
         ("signature", &e.signature),
         ("signature_base", &e.signature_base),
@@ -100,10 +106,17 @@ pub fn extensions(e: &Event) -> Vec<(&'static str, String)> {
 
 /// The format version `e` is encoded with: 1 without extension fields, 2 with.
 pub fn version_of(e: &Event) -> u8 {
-    if extensions(e).is_empty() {
-        FORMAT_VERSION
-    } else {
+    if e.attempts != 0
+        || e.upstream_endpoint.is_some()
+        || e.signature.is_some()
+        || e.signature_base.is_some()
+        || e.signature_keyid.is_some()
+        || e.value_amount.is_some()
+        || e.value_currency.is_some()
+    {
         FORMAT_VERSION_2
+    } else {
+        FORMAT_VERSION
     }
 }
 
@@ -113,12 +126,7 @@ pub fn version_of(e: &Event) -> u8 {
 /// `(name, value)` pairs).
 pub fn encode(seq: u64, e: &Event) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
-    let x = extensions(e);
-    let version = if x.is_empty() {
-        FORMAT_VERSION
-    } else {
-        FORMAT_VERSION_2
-    };
+    let version = version_of(e);
     out.push(version);
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&e.time_ms.to_be_bytes());
@@ -148,6 +156,7 @@ pub fn encode(seq: u64, e: &Event) -> Vec<u8> {
     put_opt_str(&mut out, &e.request_id);
     put_opt_str(&mut out, &e.detail);
     if version == FORMAT_VERSION_2 {
+        let x = extensions(e);
         out.extend_from_slice(&(x.len() as u16).to_be_bytes());
         for (name, value) in &x {
             put_str(&mut out, name);
@@ -232,7 +241,15 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
     let duration_us = r.u64("duration_us")?;
     let request_id = r.opt_string("request_id")?;
     let detail = r.opt_string("detail")?;
-    let mut ext: [Option<String>; 5] = Default::default();
+    let mut upstream_endpoint = None;
+    let mut attempts = 0;
+    let [
+        mut signature,
+        mut signature_base,
+        mut signature_keyid,
+        mut value_amount,
+        mut value_currency,
+    ]: [Option<String>; 5] = Default::default();
     if v == FORMAT_VERSION_2 {
         let n = u16::from_be_bytes(r.arr("extension count")?) as usize;
         if n == 0 || n > MAX_EXTENSIONS {
@@ -250,12 +267,20 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
                     "extension field `{name}` out of order or repeated"
                 )));
             }
-            let slot = match name.as_str() {
-                "signature" => 0,
-                "signature_base" => 1,
-                "signature_keyid" => 2,
-                "value_amount" => 3,
-                "value_currency" => 4,
+            match name.as_str() {
+                "attempts" => {
+                    attempts = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| *n != 0)
+                        .ok_or_else(|| DecodeError(format!("attempts `{value}` is not a count")))?;
+                }
+                "upstream_endpoint" => upstream_endpoint = Some(value),
+                "signature" => signature = Some(value),
+                "signature_base" => signature_base = Some(value),
+                "signature_keyid" => signature_keyid = Some(value),
+                "value_amount" => value_amount = Some(value),
+                "value_currency" => value_currency = Some(value),
                 // A field a later gatehouse adds: this one cannot show it
                 // (nor re-encode it), so it says so instead of dropping it.
                 _ => {
@@ -263,18 +288,10 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
                         "unknown extension field `{name}` (written by a newer gatehouse)"
                     )));
                 }
-            };
-            ext[slot] = Some(value);
+            }
             previous = Some(name);
         }
     }
-    let [
-        signature,
-        signature_base,
-        signature_keyid,
-        value_amount,
-        value_currency,
-    ] = ext;
     if !r.b.is_empty() {
         return Err(DecodeError(format!("{} trailing bytes", r.b.len())));
     }
@@ -301,6 +318,8 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
             duration_us,
             request_id,
             detail,
+            upstream_endpoint,
+            attempts,
             value_amount,
             value_currency,
             signature_keyid,
@@ -394,6 +413,10 @@ impl Record {
     pub fn to_line(&self) -> RecordLine {
         RecordLine {
             v: version_of(&self.event),
+            ext: extensions(&self.event)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             seq: self.seq,
             time: crate::journal::fmt_time_ms(self.event.time_ms),
             event: self.event.clone(),
@@ -413,6 +436,10 @@ pub struct RecordLine {
     pub time: String,
     #[serde(flatten)]
     pub event: Event,
+    /// Version 2's extension fields, by name, as they are hashed (so that
+    /// an outside tool can check a record without knowing each field).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ext: std::collections::BTreeMap<String, String>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -443,6 +470,8 @@ mod tests {
             duration_us: 987_654,
             request_id: Some("req-1".into()),
             detail: Some("line1\nline2".into()),
+            upstream_endpoint: None,
+            attempts: 0,
             value_amount: None,
             value_currency: None,
             signature_keyid: None,
@@ -452,9 +481,72 @@ mod tests {
     }
 
     #[test]
-    fn extension_fields_make_version_2_and_round_trip() {
+    fn without_extensions_the_bytes_are_version_1s() {
+        let e = full_event();
+        let bytes = encode(9, &e);
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        // Version 1 ends with `detail`: nothing follows it.
+        assert!(bytes.ends_with(b"line1\nline2"));
+        assert_eq!(
+            Record::from_stored(&stored_value(&GENESIS_HASH, &[0; 32], &bytes))
+                .map(|r| r.to_line().v),
+            Ok(1)
+        );
+    }
+
+    #[test]
+    fn version_2_appends_sorted_named_fields() {
         let mut e = full_event();
-        assert_eq!(encode(7, &e)[0], FORMAT_VERSION);
+        e.attempts = 2;
+        e.upstream_endpoint = Some("10.0.0.11:9443".into());
+        let bytes = encode(9, &e);
+        assert_eq!(bytes[0], FORMAT_VERSION_2);
+        let v1_part = {
+            let mut plain = e.clone();
+            plain.attempts = 0;
+            plain.upstream_endpoint = None;
+            encode(9, &plain)
+        };
+        // Version 1's fields, byte for byte, after the version byte.
+        assert_eq!(&bytes[1..v1_part.len()], &v1_part[1..]);
+        let mut tail = vec![0, 2];
+        for (k, v) in [("attempts", "2"), ("upstream_endpoint", "10.0.0.11:9443")] {
+            tail.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            tail.extend_from_slice(k.as_bytes());
+            tail.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            tail.extend_from_slice(v.as_bytes());
+        }
+        assert_eq!(&bytes[v1_part.len()..], &tail[..]);
+        assert_eq!(decode(&bytes).unwrap(), (9, e.clone()));
+        assert_eq!(canonical_seq(&bytes), Some(9));
+        // Out of order, repeated, unknown or empty lists are refused.
+        let mut swapped = v1_part.clone();
+        swapped[0] = FORMAT_VERSION_2;
+        let mut bad = swapped.clone();
+        bad.extend_from_slice(&[0, 0]);
+        assert!(decode(&bad).is_err());
+        let mut unknown = swapped.clone();
+        unknown.extend_from_slice(&[0, 1, 0, 0, 0, 1, b'z', 0, 0, 0, 1, b'1']);
+        assert!(
+            decode(&unknown)
+                .unwrap_err()
+                .0
+                .contains("unknown extension")
+        );
+        let line = Record::from_stored(&stored_value(&GENESIS_HASH, &[0; 32], &bytes))
+            .unwrap()
+            .to_line();
+        assert_eq!(line.v, 2);
+        assert_eq!(line.ext["attempts"], "2");
+        let text = serde_json::to_string(&line).unwrap();
+        let back: RecordLine = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, line);
+        assert_eq!(encode(back.seq, &back.event), bytes);
+    }
+
+    #[test]
+    fn value_and_signature_fields_are_version_2_and_round_trip() {
+        let mut e = full_event();
         e.value_amount = Some("10000.00".into());
         e.value_currency = Some("EUR".into());
         e.signature_keyid = Some("ab".repeat(32));
@@ -463,24 +555,17 @@ mod tests {
         let bytes = encode(7, &e);
         assert_eq!(bytes[0], FORMAT_VERSION_2);
         assert_eq!(decode(&bytes).unwrap(), (7, e.clone()));
-        // The names are sorted: the first one after the count is `signature`.
-        let v1 = {
-            let mut plain = e.clone();
-            plain.value_amount = None;
-            plain.value_currency = None;
-            plain.signature_keyid = None;
-            plain.signature_base = None;
-            plain.signature = None;
-            encode(7, &plain)
-        };
-        assert_eq!(&bytes[1..v1.len()], &v1[1..]);
-        assert_eq!(&bytes[v1.len()..v1.len() + 2], &5u16.to_be_bytes());
-        assert_eq!(&bytes[v1.len() + 6..v1.len() + 15], b"signature");
-        // An unknown name is refused, not dropped.
-        let mut odd = bytes.clone();
-        let at = v1.len() + 6;
-        odd[at] = b'z';
-        assert!(decode(&odd).is_err());
+        let names: Vec<&str> = extensions(&e).iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "signature",
+                "signature_base",
+                "signature_keyid",
+                "value_amount",
+                "value_currency"
+            ]
+        );
     }
 
     #[test]
