@@ -38,6 +38,7 @@ fn partners(count: usize) -> Vec<Partner> {
                 value_limits: Default::default(),
                 signing: false,
                 signing_keys: Vec::new(),
+                pin: Default::default(),
                 limits: LimitSpec {
                     requests_per_minute: Some(6_000_000),
                     burst: None,

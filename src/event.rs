@@ -85,6 +85,10 @@ pub struct Event {
     /// `ALG:BASE64`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// For a route to a split upstream (`upstream`): the side (pool) the
+    /// partner was sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_side: Option<String>,
 }
 
 impl Event {
@@ -118,6 +122,7 @@ impl Event {
             signature_keyid: None,
             signature_base: None,
             signature: None,
+            split_side: None,
         }
     }
 }

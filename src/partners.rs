@@ -59,6 +59,7 @@ pub fn add(
         limits: LimitSpec::default(),
         on_anomaly: Default::default(),
         renewal_window: None,
+        pin: Default::default(),
         routes,
         value_limits: Default::default(),
         signing: false,

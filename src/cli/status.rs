@@ -309,6 +309,43 @@ fn render_table(doc: &Value) -> String {
         out.push_str("value today (UTC day; total of per_day):\n");
         out.extend(value_lines);
     }
+    for s in doc["splits"].as_array().unwrap_or(&empty) {
+        let sides: Vec<String> = s["sides"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(|side| {
+                let pinned = side["pinned"].as_array().map_or(0, Vec::len);
+                format!(
+                    "{} {}{}",
+                    cell(&side["side"]),
+                    cell(&side["weight"]),
+                    if pinned > 0 {
+                        format!(" (+{pinned} pinned)")
+                    } else {
+                        String::new()
+                    }
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "split {}: {}\n",
+            cell(&s["name"]),
+            sides.join(", ")
+        ));
+    }
+    let pending: Vec<&str> = doc["restart_pending"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter_map(|k| k.as_str())
+        .collect();
+    if !pending.is_empty() {
+        out.push_str(&format!(
+            "restart pending: {} (changed in the files; takes effect at restart)\n",
+            pending.join(", ")
+        ));
+    }
     let alerts = doc["alerts"].as_array().unwrap_or(&empty);
     if alerts.is_empty() {
         out.push_str("open alerts: none\n");
@@ -349,6 +386,9 @@ mod tests {
         assert!(t.contains("01234567:5d!"), "{t}");
         assert!(t.contains("traffic_spike acme x10"), "{t}");
         assert!(render_table(&serde_json::json!({})).contains("no partners"));
+        assert!(!t.contains("restart pending"), "{t}");
+        let t = render_table(&serde_json::json!({"restart_pending": ["server.listen"]}));
+        assert!(t.contains("restart pending: server.listen"), "{t}");
     }
 
     #[test]

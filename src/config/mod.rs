@@ -13,6 +13,7 @@ mod gateway;
 pub mod min_free;
 mod partner;
 mod render;
+pub mod settings;
 mod upstream;
 
 pub use cluster::{ClusterSettings, OnStoreFailure};
@@ -115,6 +116,7 @@ mod tests {
             limits: LimitSpec::default(),
             on_anomaly: Default::default(),
             renewal_window: None,
+            pin: Default::default(),
             routes: vec![parse_route_arg("GET /v1/orders -> orders").unwrap()],
             value_limits: Default::default(),
             signing: false,

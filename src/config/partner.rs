@@ -97,6 +97,10 @@ struct PartnerFileRaw {
     /// Keys other than its certificate's that the partner signs with.
     #[serde(default)]
     signing_keys: Vec<Spanned<SigningKeyRaw>>,
+    /// `pin = { orders = "orders-v2" }`: a split upstream → the side this
+    /// partner always reaches.
+    #[serde(default)]
+    pin: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +148,10 @@ pub struct Partner {
         with = "serde_duration::option"
     )]
     pub renewal_window: Option<Duration>,
+    /// `pin = { orders = "orders-v2" }`: for a split upstream, the side this
+    /// partner always reaches, whatever the weights.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pin: BTreeMap<String, String>,
     pub routes: Vec<RouteSpec>,
     /// `[value_limits]`: per currency code, the most one call and one UTC
     /// day may carry on routes that name a `value`.
@@ -373,6 +381,37 @@ pub fn parse_partner(
             require_signature: r.require_signature,
         });
     }
+    let mut pin = BTreeMap::new();
+    if let Some(p) = raw.pin {
+        let span = p.span();
+        for (upstream, side) in p.into_inner() {
+            match gateway.upstreams.get(&upstream) {
+                Some(u) if u.split.contains_key(&side) => {
+                    pin.insert(upstream, side);
+                }
+                Some(u) if u.is_split() => err(
+                    span.clone(),
+                    format!(
+                        "pin sends `{upstream}` to `{side}`, which is not one of its sides ({})",
+                        u.split.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ),
+                Some(_) => err(
+                    span.clone(),
+                    format!(
+                        "pin names `{upstream}`, which is not a split: only a split's side can be pinned"
+                    ),
+                ),
+                None => err(
+                    span.clone(),
+                    format!(
+                        "pin names upstream `{upstream}`, which is not defined in gatehouse.toml (defined: {})",
+                        defined_upstreams(gateway)
+                    ),
+                ),
+            }
+        }
+    }
     let renewal_window = match &raw.renewal_window {
         None => None,
         Some(w) => match crate::timefmt::parse_duration(w.get_ref()) {
@@ -464,6 +503,7 @@ pub fn parse_partner(
         on_anomaly: raw.on_anomaly,
         renewal_window,
         routes,
+        pin,
     })
 }
 

@@ -75,6 +75,7 @@ async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<By
             refresh_cert_expiry(&view).await;
             let monitor = view.events.monitor();
             monitor.set_journal_writable(view.events.writable());
+            monitor.set_config_restart_pending(!view.live.restart_pending().is_empty());
             monitor.pools.observe(&view.live.snapshot().upstreams);
             // OpenMetrics for scrapers that ask for it (Prometheus does),
             // else the classic text format (curl, promtool).
@@ -183,6 +184,12 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
             "upstreams".into(),
             crate::upstream::status_json(&snapshot.upstreams),
         );
+        obj.insert("splits".into(), splits_json(&snapshot));
+        // Settings changed in the files that only a restart puts in force.
+        obj.insert(
+            "restart_pending".into(),
+            serde_json::json!(snapshot.restart_pending),
+        );
     }
     if let Some(rows) = body["partners"].as_array_mut() {
         for row in rows {
@@ -201,6 +208,35 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         http::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// The split upstreams: each side's weight as configured and the partners
+/// pinned to it.
+fn splits_json(snapshot: &crate::gateway::live::Snapshot) -> serde_json::Value {
+    let mut names: Vec<&String> = snapshot.splits.keys().collect();
+    names.sort();
+    let splits: Vec<serde_json::Value> = names
+        .into_iter()
+        .filter_map(|name| {
+            let settings = snapshot.gateway.upstreams.get(name)?;
+            let sides: Vec<serde_json::Value> = settings
+                .split
+                .iter()
+                .map(|(side, weight)| {
+                    let mut pinned: Vec<&str> = snapshot
+                        .partners
+                        .values()
+                        .filter(|p| p.partner.pin.get(name) == Some(side))
+                        .map(|p| p.partner.id.as_str())
+                        .collect();
+                    pinned.sort_unstable();
+                    serde_json::json!({"side": side, "weight": weight, "pinned": pinned})
+                })
+                .collect();
+            Some(serde_json::json!({"name": name, "sides": sides}))
+        })
+        .collect();
+    serde_json::Value::Array(splits)
 }
 
 /// Connections the admin listener serves at once; more wait in the

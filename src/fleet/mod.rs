@@ -221,6 +221,27 @@ impl Fleet {
         *self.listen.lock().unwrap_or_else(|p| p.into_inner()) = Some((listen, admin));
     }
 
+    /// `[cluster] on_store_failure` as the live configuration has it
+    /// (a reload applies it to the next request).
+    pub fn on_store_failure(&self) -> OnStoreFailure {
+        self.live
+            .snapshot()
+            .gateway
+            .cluster
+            .as_ref()
+            .map_or(self.settings.on_store_failure, |c| c.on_store_failure)
+    }
+
+    /// `[cluster] store_timeout` as the live configuration has it.
+    pub fn store_timeout(&self) -> std::time::Duration {
+        self.live
+            .snapshot()
+            .gateway
+            .cluster
+            .as_ref()
+            .map_or(self.settings.store_timeout, |c| c.store_timeout)
+    }
+
     pub fn node(&self) -> &str {
         &self.node
     }
@@ -283,7 +304,7 @@ impl Fleet {
                 }
             }
         }
-        match self.settings.on_store_failure {
+        match self.on_store_failure() {
             OnStoreFailure::Deny if limiter::is_limited(&entry.partner) => {
                 Err(Refusal::new(Reason::LimitStoreUnavailable)
                     .detail("the fleet's limit store does not answer; on_store_failure = \"deny\""))
@@ -415,7 +436,7 @@ impl Fleet {
         };
         let mut conn = (*conn).clone();
         match tokio::time::timeout(
-            self.settings.store_timeout,
+            self.store_timeout(),
             self.limiter.check(&mut conn, partner, levels, now_ms),
         )
         .await
@@ -424,7 +445,7 @@ impl Fleet {
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(StoreError::NoAnswer {
                 what: "limit check",
-                within: self.settings.store_timeout,
+                within: self.store_timeout(),
             }),
         }
     }
@@ -442,7 +463,7 @@ impl Fleet {
     }
 
     fn raise_outage(&self, why: &str) {
-        let mode = match self.settings.on_store_failure {
+        let mode = match self.on_store_failure() {
             OnStoreFailure::Local => format!(
                 "limits are enforced per node at 1/{} of each rate",
                 self.live_nodes()
@@ -458,7 +479,7 @@ impl Fleet {
             time_ms: crate::event::now_ms(),
             details: serde_json::json!({
                 "node": self.node,
-                "on_store_failure": self.settings.on_store_failure.to_string(),
+                "on_store_failure": self.on_store_failure().to_string(),
                 "live_nodes": self.live_nodes(),
             }),
         });
@@ -519,6 +540,7 @@ impl Fleet {
             "listen": listen.map(|l| l.0.to_string()),
             "admin": listen.map(|l| l.1.to_string()),
             "partners": self.live.snapshot().partners.len(),
+            "restart_pending": self.live.restart_pending(),
         })
     }
 }
@@ -534,7 +556,7 @@ async fn listen_invalidations(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<b
             pubsub.subscribe(fleet.keys.channel()).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
-        match tokio::time::timeout(fleet.settings.store_timeout * 4, sub).await {
+        match tokio::time::timeout(fleet.store_timeout() * 4, sub).await {
             Ok(Ok(pubsub)) => {
                 tracing::debug!("listening for fleet invalidations");
                 fleet.reload.poke(false);

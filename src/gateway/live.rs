@@ -8,24 +8,34 @@
 //! that do not notify, and polling every tick where notifications are
 //! unavailable) and of SIGHUP, and calls `reload` within a second.
 //!
+//! A reload tells what it did: the settings it changed and put in force,
+//! and (against `gatehouse.toml` as read at start) those only a restart
+//! applies, kept in `Snapshot::restart_pending` (`config::settings` decides
+//! which is which). hyper's connection settings are rebuilt with `[server]`
+//! and the TLS configuration with `trust_domain`.
+//!
 //! **No lost edit.** A file's stamp is a hash of its content (not its
 //! length and mtime, which two quick writes of the same length share), and
 //! every stamp is taken *before* the files it covers are read: a write that
 //! lands while a reload reads leaves the stored stamp behind the files, so
 //! the next look reloads again. The last edit is always picked up.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 
 use crate::ca::inventory::{Inventory, RecordStatus};
+use crate::config::settings::{self, Apply};
 use crate::config::{self, GatewayConfig, Partner, PartnerStatus};
 use crate::gateway::relay::Upstream;
+use crate::gateway::split::Split;
 use crate::guard::limits::LimitState;
 use crate::home::{Home, stamp_files};
 use crate::identity::PartnerIdentity;
@@ -95,11 +105,23 @@ pub struct Snapshot {
     pub limits: Arc<LimitState>,
     pub partners: HashMap<String, PartnerEntry>,
     pub certs: HashMap<String, CertEntry>,
+    /// The pools, by upstream name (a split upstream has none).
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// The split upstreams, by name: each sends to pools in `upstreams`.
+    pub splits: HashMap<String, Split>,
+    /// `gatehouse.toml` keys whose value in force is still the one the
+    /// broker started with: changed in the files, waiting for a restart.
+    pub restart_pending: Vec<String>,
     stamps: Stamps,
 }
 
 impl Snapshot {
+    /// Every setting of this snapshot, as shown and compared (secrets digested).
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        let partners: Vec<&Partner> = self.partners.values().map(|e| &e.partner).collect();
+        settings::flatten(&self.gateway, &partners).public()
+    }
+
     /// Whether the certificate `serial` with SHA-256 `fingerprint` may be
     /// used at `now` (unix seconds). The inventory is looked up by serial
     /// and the fingerprint must match the one recorded at issue.
@@ -244,6 +266,12 @@ pub struct Live {
     /// Nonces of accepted signatures (a single node's; in a fleet, the
     /// stand-in while the store does not answer).
     pub nonces: Arc<crate::risk::signature::nonce::NonceLog>,
+    /// hyper's connection settings from the live `[server]` table.
+    http: ArcSwap<auto::Builder<TokioExecutor>>,
+    /// `gatehouse.toml` as it was when the broker started: the values of
+    /// the settings only a restart applies.
+    started: GatewayConfig,
+    started_settings: BTreeMap<String, String>,
 }
 
 /// What a reload did.
@@ -252,6 +280,17 @@ pub struct ReloadOutcome {
     pub changed: bool,
     pub tls_rebuilt: bool,
     pub partners: usize,
+    /// Settings this reload changed and put in force (`server.idle_timeout`,
+    /// `partners/acme.toml limits.burst`).
+    pub applied: Vec<String>,
+    /// Settings this reload saw changed that only a restart applies.
+    pub restart_now: Vec<String>,
+    /// Every setting waiting for a restart after this reload (those of
+    /// earlier reloads too).
+    pub restart_pending: Vec<String>,
+    /// What this reload read but could not put in force (the running one
+    /// stays; retried at the next look).
+    pub not_applied: Vec<String>,
     /// What changed for the audit trail: certificates issued, superseded or
     /// revoked, partners added, removed, suspended or resumed (by the CLI or
     /// by hand), one line each.
@@ -330,6 +369,7 @@ impl Live {
         let gateway = snapshot.gateway.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(SnapshotCell(Arc::new(snapshot))));
         let tls = build_tls(&home, &gateway, snapshot.clone())?;
+        let http = crate::gateway::http_builder(&gateway.server);
         Ok(Live {
             home,
             snapshot,
@@ -339,7 +379,32 @@ impl Live {
             tls_retry: std::sync::atomic::AtomicBool::new(false),
             values: Arc::default(),
             nonces: Arc::default(),
+            http: ArcSwap::from_pointee(http),
+            started_settings: settings::flatten_gateway(&gateway).public(),
+            started: gateway,
         })
+    }
+
+    /// `gatehouse.toml` as the broker read it at start (the listeners,
+    /// node id and store it runs with, whatever the files say now).
+    pub fn started(&self) -> &GatewayConfig {
+        &self.started
+    }
+
+    /// The `gatehouse.toml` settings the broker started with, as shown and
+    /// compared (secrets digested).
+    pub fn started_settings(&self) -> &BTreeMap<String, String> {
+        &self.started_settings
+    }
+
+    /// Settings changed in the files that wait for a restart.
+    pub fn restart_pending(&self) -> Vec<String> {
+        self.snapshot().restart_pending.clone()
+    }
+
+    /// hyper's connection settings in force now.
+    pub fn http_builder(&self) -> Arc<auto::Builder<TokioExecutor>> {
+        self.http.load_full()
     }
 
     /// The current snapshot.
@@ -409,7 +474,8 @@ impl Live {
                     changed: true,
                     tls_rebuilt: true,
                     partners: current.partners.len(),
-                    changes: Vec::new(),
+                    restart_pending: current.restart_pending.clone(),
+                    ..ReloadOutcome::default()
                 });
             }
             return Ok(ReloadOutcome::default());
@@ -424,7 +490,7 @@ impl Live {
             // SIGHUP: read every file afresh.
             cache.clear();
         }
-        let next = match build(&self.home, Some(&current), &mut cache, stamps.clone()) {
+        let mut next = match build(&self.home, Some(&current), &mut cache, stamps.clone()) {
             Ok(n) => n,
             Err(e) => {
                 *refused = Some(stamps);
@@ -433,22 +499,63 @@ impl Live {
         };
         *refused = None;
         drop(refused);
-        let tls_changed = force || next.stamps.tls != current.stamps.tls;
+        // Which settings changed, and which of them only a restart applies.
+        let setting_changes = settings::changes(&current.settings(), &next_flat(&next));
+        next.restart_pending = settings::changes(
+            &self.started_settings,
+            &settings::flatten_gateway(&next.gateway),
+        )
+        .into_iter()
+        .filter(|c| c.apply == Apply::Restart)
+        .map(|c| c.key)
+        .collect();
+        let (applied, restart_now): (Vec<_>, Vec<_>) = setting_changes
+            .into_iter()
+            .partition(|c| c.apply == Apply::Live);
+        let tls_changed = force
+            || next.stamps.tls != current.stamps.tls
+            || next.gateway.trust_domain != current.gateway.trust_domain;
+        if toml::to_string(&next.gateway.server).ok()
+            != toml::to_string(&current.gateway.server).ok()
+        {
+            // New connections take the new timeouts and sizes; open ones
+            // keep theirs.
+            self.http
+                .store(Arc::new(crate::gateway::http_builder(&next.gateway.server)));
+        }
         let partners = next.partners.len();
         let changes = diff(&current, &next);
+        let restart_pending = next.restart_pending.clone();
         self.snapshot.store(Arc::new(SnapshotCell(Arc::new(next))));
+        let mut not_applied = Vec::new();
+        let mut tls_rebuilt = false;
         if tls_changed {
             // A fresh config also means a fresh session cache and ticketer:
-            // no session from before a revocation can be resumed.
-            self.rebuild_tls().map_err(ReloadError::Refused)?;
+            // no session from before a revocation can be resumed. On failure
+            // the rest of the reload is in force, and the TLS part is said
+            // not to be (and retried at every look).
+            match self.rebuild_tls() {
+                Ok(()) => tls_rebuilt = true,
+                Err(e) => not_applied.push(e.to_string()),
+            }
         }
         Ok(ReloadOutcome {
             changed: true,
-            tls_rebuilt: tls_changed,
+            tls_rebuilt,
+            not_applied,
             partners,
+            applied: applied.into_iter().map(|c| c.key).collect(),
+            restart_now: restart_now.into_iter().map(|c| c.key).collect(),
+            restart_pending,
             changes,
         })
     }
+}
+
+/// Every setting of a snapshot being built.
+fn next_flat(next: &Snapshot) -> settings::Flat {
+    let partners: Vec<&Partner> = next.partners.values().map(|e| &e.partner).collect();
+    settings::flatten(&next.gateway, &partners)
 }
 
 fn build_tls(
@@ -524,6 +631,9 @@ fn build(
             let mut m = HashMap::new();
             let mut errors = Vec::new();
             for (name, settings) in &loaded.gateway.upstreams {
+                if settings.is_split() {
+                    continue;
+                }
                 let before = previous.and_then(|p| p.upstreams.get(name));
                 match Upstream::build(name, settings, home, before.map(|b| b.as_ref())) {
                     Ok(u) => {
@@ -545,6 +655,13 @@ fn build(
             m
         }
     };
+    let splits = loaded
+        .gateway
+        .upstreams
+        .iter()
+        .filter(|(_, s)| s.is_split())
+        .map(|(name, s)| (name.clone(), Split::new(&s.split)))
+        .collect();
     let limits = Arc::new(LimitState::build(
         &loaded.partners,
         previous.map(|p| p.limits.as_ref()),
@@ -563,6 +680,10 @@ fn build(
         partners,
         certs,
         upstreams,
+        splits,
+        restart_pending: previous
+            .map(|p| p.restart_pending.clone())
+            .unwrap_or_default(),
         stamps,
     };
     Ok(snapshot)

@@ -167,7 +167,6 @@ impl Journal {
         ensure_private_dir(&home.data_dir())?;
         let store = Store::open(&home.journal_db())?;
         let (last_seq, last_hash) = store.last()?;
-        store.reindex_after(last_seq.saturating_sub(2 * writer::MAX_BATCH as u64))?;
         let last_ckpt = store.last_checkpoint_seq()?.unwrap_or(0);
         let shared = Arc::new(Shared::default());
         shared.healthy.store(true, Ordering::SeqCst);
@@ -213,6 +212,25 @@ impl Journal {
                 thread: Mutex::new(Some(thread)),
             }),
         })
+    }
+
+    /// Puts a reloaded `[journal]` table in force (flush and checkpoint
+    /// periods, handshake aggregation, `min_free`; durability stays as
+    /// opened). Blocks
+    /// while the writer's queue is full: call it off the async runtime.
+    pub fn retune(&self, settings: &JournalSettings) -> Result<(), JournalError> {
+        let tuning = writer::Tuning {
+            flush_interval: settings.flush_interval,
+            checkpoint_every: settings.checkpoint_every,
+            checkpoint_interval: settings.checkpoint_interval,
+            handshake_refusals_per_interval: settings.handshake_refusals_per_interval,
+            handshake_aggregate_interval: settings.handshake_aggregate_interval,
+            min_free: settings.min_free,
+        };
+        self.inner
+            .tx
+            .send(Msg::Retune(tuning))
+            .map_err(|_| JournalError::Writer("the writer has stopped".into()))
     }
 
     /// Writes a final signed checkpoint, flushes and stops the writer.
@@ -344,7 +362,7 @@ impl Inner {
             Ok(()) => rx
                 .recv()
                 .map_err(|_| JournalError::Writer("stopped without answering".into()))
-                .and_then(|r| r.map_err(JournalError::Writer)),
+                .and_then(|r| r.map_err(|e| JournalError::Writer(e.to_string()))),
             Err(_) => Err(JournalError::Writer("already stopped".into())),
         };
         let _ = handle.join();

@@ -100,6 +100,9 @@ pub fn extensions(e: &Event) -> Vec<(&'static str, String)> {
             x.push((name, v.clone()));
         }
     }
+    if let Some(side) = &e.split_side {
+        x.push(("split_side", side.clone()));
+    }
     x.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     x
 }
@@ -113,6 +116,7 @@ pub fn version_of(e: &Event) -> u8 {
         || e.signature_keyid.is_some()
         || e.value_amount.is_some()
         || e.value_currency.is_some()
+        || e.split_side.is_some()
     {
         FORMAT_VERSION_2
     } else {
@@ -250,6 +254,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
         mut value_amount,
         mut value_currency,
     ]: [Option<String>; 5] = Default::default();
+    let mut split_side = None;
     if v == FORMAT_VERSION_2 {
         let n = u16::from_be_bytes(r.arr("extension count")?) as usize;
         if n == 0 || n > MAX_EXTENSIONS {
@@ -281,6 +286,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
                 "signature_keyid" => signature_keyid = Some(value),
                 "value_amount" => value_amount = Some(value),
                 "value_currency" => value_currency = Some(value),
+                "split_side" => split_side = Some(value),
                 // A field a later gatehouse adds: this one cannot show it
                 // (nor re-encode it), so it says so instead of dropping it.
                 _ => {
@@ -325,6 +331,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
             signature_keyid,
             signature_base,
             signature,
+            split_side,
         },
     ))
 }
@@ -477,6 +484,7 @@ mod tests {
             signature_keyid: None,
             signature_base: None,
             signature: None,
+            split_side: None,
         }
     }
 
@@ -566,6 +574,19 @@ mod tests {
                 "value_currency"
             ]
         );
+    }
+
+    #[test]
+    fn the_split_side_travels_as_a_named_field() {
+        let mut e = full_event();
+        e.split_side = Some("orders-v2".into());
+        let bytes = encode(4, &e);
+        assert_eq!(bytes[0], FORMAT_VERSION_2);
+        assert_eq!(decode(&bytes).unwrap(), (4, e.clone()));
+        let line = Record::from_stored(&stored_value(&GENESIS_HASH, &[0; 32], &bytes))
+            .unwrap()
+            .to_line();
+        assert_eq!(line.ext["split_side"], "orders-v2");
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub async fn overview(shared: &Arc<AdminView>) -> Response<Full<Bytes>> {
     status["upstreams"] = crate::upstream::status_json(&snapshot.upstreams);
     status["node"] = json!(shared.events.node());
     status["expiry_warning_days"] = json!(warn_days);
+    // Settings changed in the files that only a restart puts in force.
+    status["restart_pending"] = json!(snapshot.restart_pending);
     status["health"] = json!({
         "ready": journal && listening,
         "journal_writable": journal,

@@ -493,6 +493,7 @@ mod tests {
             value_limits: Default::default(),
             signing: false,
             signing_keys: Vec::new(),
+            pin: Default::default(),
             routes,
         }
     }

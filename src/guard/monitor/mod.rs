@@ -158,6 +158,7 @@ pub struct Monitor {
     /// The kinds `alerts_open` has a series for (set to 0 when none is open).
     alert_kinds: Mutex<HashSet<String>>,
     journal_writable: Gauge,
+    config_restart_pending: Gauge,
     cert_expiry: Family<CertLabels, Gauge>,
     /// The series `cert_expiry` holds now (to remove stale ones).
     cert_series: Mutex<HashSet<CertLabels>>,
@@ -203,6 +204,7 @@ impl Monitor {
             alerts_open: Family::default(),
             alert_kinds: Mutex::new(HashSet::new()),
             journal_writable: Gauge::default(),
+            config_restart_pending: Gauge::default(),
             cert_expiry: Family::default(),
             cert_series: Mutex::new(HashSet::new()),
             reloads: Counter::default(),
@@ -298,6 +300,11 @@ impl Monitor {
             "1 while the journal accepts writes; 0 while it fails closed (partner requests get 503)",
             m.journal_writable.clone(),
     );
+        registry.register(
+            "config_restart_pending",
+            "1 while a setting changed in the files waits for a restart to take effect (gatehouse status lists them); 0 when every setting read is in force",
+            m.config_restart_pending.clone(),
+        );
         registry.register(
             "certificate_expiry_seconds",
             "Seconds until a usable partner certificate expires, by partner and serial",
@@ -504,6 +511,12 @@ impl Monitor {
     /// journal's own health, which also knows about recovery).
     pub fn set_journal_writable(&self, writable: bool) {
         self.journal_writable.set(i64::from(writable));
+    }
+
+    /// Whether changed settings wait for a restart (set at scrape time
+    /// from the live configuration).
+    pub fn set_config_restart_pending(&self, pending: bool) {
+        self.config_restart_pending.set(i64::from(pending));
     }
 
     /// Replaces the certificate expiry gauges with the inventory's usable

@@ -491,6 +491,7 @@ fn status_json_shape() {
             value_limits: Default::default(),
             signing: false,
             signing_keys: Vec::new(),
+            pin: Default::default(),
             limits: LimitSpec::default(),
             routes: vec![],
         },
@@ -503,6 +504,7 @@ fn status_json_shape() {
             value_limits: Default::default(),
             signing: false,
             signing_keys: Vec::new(),
+            pin: Default::default(),
             limits: LimitSpec {
                 requests_per_minute: Some(600),
                 burst: Some(50),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::support::{key_home, rt};
+use super::support::{delete_record, key_home, rt, stored_record, tamper_record};
 use crate::config::{Durability, JournalSettings};
 use crate::event::{Decision, Event, EventKind, Recorder};
 use crate::journal::*;
@@ -283,33 +283,26 @@ fn verify_in_parallel_ranges_checks_the_links_between_them() {
         futures_util::future::join_all(acks).await;
     });
     let v = Verifier::load(&home.journal_pub()).unwrap();
-    let store = j.store();
+    let store = j.store().clone();
     for parts in [1, 2, 3, 7, 1000] {
         let r = store.verify_in_parts(&v, Some(parts)).unwrap();
         assert!(r.ok, "{parts}: {r:?}");
         assert_eq!(r.records, 1000);
     }
+    drop(store);
+    j.shutdown().unwrap();
+    drop(j);
     // With 4 parts of 250, record 501 starts the third range: rewrite it
     // with a consistent hash of its own, so only the link into it breaks.
-    let old = store
-        .t()
-        .unwrap()
-        .records
-        .get(store::be(501))
-        .unwrap()
-        .unwrap();
-    let (_, _, canonical) = record::split_stored(&old).unwrap();
-    let fake_prev = [1u8; 32];
-    let h = record::chain_hash(&fake_prev, canonical);
-    store
-        .t()
-        .unwrap()
-        .records
-        .insert(
-            store::be(501),
-            record::stored_value(&fake_prev, &h, canonical),
-        )
-        .unwrap();
+    let old = stored_record(&home, 501);
+    tamper_record(&home, 501, |v| {
+        let canonical = record::split_stored(v).unwrap().2.to_vec();
+        let canonical = canonical.as_slice();
+        let fake_prev = [1u8; 32];
+        let h = record::chain_hash(&fake_prev, canonical);
+        *v = record::stored_value(&fake_prev, &h, canonical);
+    });
+    let store = Store::open(&home.journal_db()).unwrap();
     for parts in [1, 2, 4, 5] {
         let f = store
             .verify_in_parts(&v, Some(parts))
@@ -319,14 +312,18 @@ fn verify_in_parallel_ranges_checks_the_links_between_them() {
         assert_eq!(f.seq, 501, "{parts}: {f:?}");
         assert!(f.reason.contains("prev_hash"), "{f:?}");
     }
-    store
-        .t()
-        .unwrap()
-        .records
-        .insert(store::be(501), old)
-        .unwrap();
+    drop(store);
+    tamper_record(&home, 501, |v| *v = old);
     // A record missing at the end of a range.
-    store.t().unwrap().records.remove(store::be(250)).unwrap();
+    delete_record(&home, 250);
+    let store = Store::open(&home.journal_db()).unwrap();
+    assert!(
+        store
+            .verify_in_parts(&v, Some(1))
+            .unwrap()
+            .failure
+            .is_some()
+    );
     for parts in [1, 4] {
         let f = store
             .verify_in_parts(&v, Some(parts))
@@ -336,6 +333,46 @@ fn verify_in_parallel_ranges_checks_the_links_between_them() {
         assert_eq!(f.seq, 250, "{parts}: {f:?}");
         assert!(f.reason.contains("missing"), "{f:?}");
     }
+}
+
+#[test]
+fn retune_puts_new_checkpoint_settings_in_force_without_reopening() {
+    let (_d, home) = key_home();
+    let s = JournalSettings {
+        checkpoint_every: 1_000_000,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..settings(Durability::Strict)
+    };
+    let j = Journal::open(&home, &s).unwrap();
+    let rt = rt();
+    for i in 0..3 {
+        rt.block_on(j.record(ev(i))).unwrap();
+    }
+    assert_eq!(j.verify().unwrap().unsigned_tail, 3);
+    // A reload asks for a checkpoint every 2 records and at least each second.
+    j.retune(&JournalSettings {
+        checkpoint_every: 2,
+        checkpoint_interval: Duration::from_secs(1),
+        ..s.clone()
+    })
+    .unwrap();
+    rt.block_on(j.record(ev(3))).unwrap();
+    assert_eq!(
+        j.verify().unwrap().last_checkpoint_seq,
+        Some(4),
+        "seq 4 is a multiple of the new checkpoint_every"
+    );
+    rt.block_on(j.record(ev(4))).unwrap();
+    // The new interval signs the tail (seq 5) by itself, within bounds.
+    let t0 = std::time::Instant::now();
+    while j.verify().unwrap().unsigned_tail != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no checkpoint 5 s after the last record with checkpoint_interval = 1s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(j.verify().unwrap().last_checkpoint_seq, Some(5));
 }
 
 #[test]
@@ -364,4 +401,41 @@ fn under_min_free_the_journal_fails_closed_before_writing() {
     assert!(st.disk_low, "{st:?}");
     assert_eq!(st.last_seq, 1, "nothing written under the margin");
     assert!(rt.block_on(j.record(ev(2))).is_err(), "still refused");
+}
+
+#[test]
+fn retune_applies_a_new_min_free_to_the_next_write() {
+    let (_d, home) = key_home();
+    let rt = rt();
+    let (free, _) = {
+        let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
+        rt.block_on(j.record(ev(0))).unwrap();
+        j.shutdown().unwrap();
+        crate::journal::space::free_space(&home.journal_db()).unwrap()
+    };
+    let s = settings(Durability::Strict);
+    let j = Journal::open(&home, &s).unwrap();
+    rt.block_on(j.record(ev(1))).unwrap();
+    // A reload raises the margin above the free space there is: refused.
+    let high = crate::journal::space::MinFree::Bytes(free.saturating_mul(2).max(1 << 20));
+    j.retune(&JournalSettings {
+        min_free: high,
+        ..s.clone()
+    })
+    .unwrap();
+    assert!(rt.block_on(j.record(ev(2))).is_err());
+    // Turned off by the next reload: the journal takes records again.
+    j.retune(&JournalSettings {
+        min_free: crate::journal::space::MinFree::Bytes(0),
+        ..s.clone()
+    })
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    while rt.block_on(j.record(ev(3))).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the journal did not resume"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

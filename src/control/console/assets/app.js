@@ -75,6 +75,9 @@ function renderOverview(o) {
   health.replaceChildren(
     el("span", { class: "badge" + (o.health.ready ? "" : " bad"), text: o.health.ready ? "ready" : "not ready" }),
     el("span", { class: "badge" + (o.health.journal_writable ? "" : " bad"), text: o.health.journal_writable ? "journal writable" : "journal failing closed" }),
+    ...((o.restart_pending || []).length
+      ? [el("span", { class: "badge bad", id: "restart-pending", text: "restart pending: " + o.restart_pending.join(", ") })]
+      : []),
   );
   document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
 
