@@ -900,12 +900,11 @@ health = { path = "/healthz" }
     /// Leaf keys of a serialized value, `*` for upstream names and `[]`
     /// for array elements.
     fn leaves(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+        // Tables whose keys are names the operator picks (a split's
+        // sides, a partner's pins) are one setting each.
+        let named_map = prefix == "pin" || prefix.ends_with(".split");
         match v {
-            // `pin` is one setting: a map of upstream name to side.
-            toml::Value::Table(_) if prefix == "pin" => {
-                out.insert(prefix.to_string());
-            }
-            toml::Value::Table(t) => {
+            toml::Value::Table(t) if !named_map => {
                 for (k, v) in t {
                     let k = if prefix == "upstreams" || prefix == "value_limits" {
                         "*"
