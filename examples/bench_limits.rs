@@ -35,6 +35,9 @@ fn partners(count: usize) -> Vec<Partner> {
                 status: PartnerStatus::Active,
                 on_anomaly: Default::default(),
                 renewal_window: None,
+                value_limits: Default::default(),
+                signing: false,
+                signing_keys: Vec::new(),
                 pin: Default::default(),
                 limits: LimitSpec {
                     requests_per_minute: Some(6_000_000),

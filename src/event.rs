@@ -69,6 +69,22 @@ pub struct Event {
     /// Attempts the upstream leg took (0: none was made).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
+    /// A call on a route with a `value`: its amount (exact decimal text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_amount: Option<String>,
+    /// A call on a route with a `value`: its currency code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_currency: Option<String>,
+    /// A signed call: the key id its signature names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_keyid: Option<String>,
+    /// A signed call: the RFC 9421 signature base, exactly as signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_base: Option<String>,
+    /// A signed call: the signature (base64) and its algorithm,
+    /// `ALG:BASE64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     /// For a route to a split upstream (`upstream`): the side (pool) the
     /// partner was sent to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,6 +117,11 @@ impl Event {
             detail: None,
             upstream_endpoint: None,
             attempts: 0,
+            value_amount: None,
+            value_currency: None,
+            signature_keyid: None,
+            signature_base: None,
+            signature: None,
             split_side: None,
         }
     }

@@ -28,6 +28,9 @@ pub struct PartnerIdentity {
     pub not_after_unix: i64,
     /// The certificate's subject, for logs.
     pub subject: String,
+    /// The certificate's SubjectPublicKeyInfo (DER): the key that verifies
+    /// the partner's request signatures when it signs with this key.
+    pub spki: Arc<[u8]>,
 }
 
 /// Why a certificate carries no usable identity.
@@ -92,6 +95,7 @@ pub fn identify(der: &[u8], trust_domain: &str) -> Result<PartnerIdentity, Ident
         not_before_unix: cert.validity().not_before.timestamp(),
         not_after_unix: cert.validity().not_after.timestamp(),
         subject: cert.subject().to_string(),
+        spki: Arc::from(cert.public_key().raw),
     })
 }
 

@@ -61,6 +61,9 @@ pub fn add(
         renewal_window: None,
         pin: Default::default(),
         routes,
+        value_limits: Default::default(),
+        signing: false,
+        signing_keys: Vec::new(),
     };
     let text = render_partner(&partner);
     // Validate exactly what will be on disk before writing it.

@@ -77,6 +77,18 @@ pub enum ServeError {
 pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(), ServeError> {
     let live = Arc::new(Live::load(home.clone())?);
     let mut gateway_config = live.snapshot().gateway.clone();
+    if gateway_config.cluster.is_none() {
+        // A single node's value totals come back from its journal (a
+        // fleet's are in its store).
+        match crate::gateway::value::restore_totals(journal.store(), &live, crate::event::now_ms())
+        {
+            Ok(n) if n > 0 => {
+                tracing::info!("value totals: today's {n} valued calls counted again")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("value totals could not be rebuilt from the journal: {e}"),
+        }
+    }
     if let Some(id) = &opts.node_id {
         crate::config::cluster::validate_node_id(id)?;
         gateway_config.server.node_id = id.clone();

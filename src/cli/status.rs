@@ -292,6 +292,23 @@ fn render_table(doc: &Value) -> String {
             ));
         }
     }
+    let mut value_lines = Vec::new();
+    for p in partners {
+        for v in p["value_today"].as_array().unwrap_or(&empty) {
+            value_lines.push(format!(
+                "  {:<20} {:<8} {:>20} of {:<20} per call {}\n",
+                cell(&p["id"]),
+                cell(&v["currency"]),
+                cell(&v["today"]),
+                cell(&v["per_day"]),
+                cell(&v["per_call"]),
+            ));
+        }
+    }
+    if !value_lines.is_empty() {
+        out.push_str("value today (UTC day; total of per_day):\n");
+        out.extend(value_lines);
+    }
     for s in doc["splits"].as_array().unwrap_or(&empty) {
         let sides: Vec<String> = s["sides"]
             .as_array()

@@ -118,6 +118,9 @@ mod tests {
             renewal_window: None,
             pin: Default::default(),
             routes: vec![parse_route_arg("GET /v1/orders -> orders").unwrap()],
+            value_limits: Default::default(),
+            signing: false,
+            signing_keys: Vec::new(),
         };
         let text = render_partner(&p);
         let back = parse_partner(Path::new("partners/acme.toml"), &text, &gw()).unwrap();

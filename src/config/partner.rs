@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::home::Home;
+use crate::risk::{CurrencyLimit, ValueSpec};
 use crate::timefmt::serde_duration;
 
 use super::common::*;
@@ -86,10 +87,27 @@ struct PartnerFileRaw {
     renewal_window: Option<Spanned<String>>,
     #[serde(default)]
     routes: Vec<Spanned<RouteRaw>>,
+    /// Per currency: `EUR = { per_call = "10000.00", per_day = "250000.00" }`.
+    #[serde(default)]
+    value_limits: Option<Spanned<BTreeMap<String, CurrencyLimit>>>,
+    /// `signing = true`: the partner signs its requests (RFC 9421), so its
+    /// high-risk routes require a signature unless a route says otherwise.
+    #[serde(default)]
+    signing: bool,
+    /// Keys other than its certificate's that the partner signs with.
+    #[serde(default)]
+    signing_keys: Vec<Spanned<SigningKeyRaw>>,
     /// `pin = { orders = "orders-v2" }`: a split upstream → the side this
     /// partner always reaches.
     #[serde(default)]
     pin: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SigningKeyRaw {
+    id: String,
+    public_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +124,10 @@ struct RouteRaw {
     limits: Option<LimitSpec>,
     #[serde(default)]
     max_body_bytes: Option<u64>,
+    #[serde(default)]
+    value: Option<Spanned<ValueSpec>>,
+    #[serde(default)]
+    require_signature: Option<bool>,
 }
 
 /// A validated partner.
@@ -131,6 +153,40 @@ pub struct Partner {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pin: BTreeMap<String, String>,
     pub routes: Vec<RouteSpec>,
+    /// `[value_limits]`: per currency code, the most one call and one UTC
+    /// day may carry on routes that name a `value`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub value_limits: BTreeMap<String, CurrencyLimit>,
+    /// `signing = true`: the partner signs its requests; its `risk =
+    /// "high"` routes require a signature unless they say otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub signing: bool,
+    /// `[[signing_keys]]`: keys other than the certificate's that the
+    /// partner signs with (`id`, `public_key` PEM file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<SigningKey>,
+}
+
+/// A key a partner signs requests with, besides its certificate's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    /// What the signature's `keyid` names it by.
+    pub id: String,
+    /// The PEM file (`PUBLIC KEY`), as written (relative to the home).
+    pub public_key: String,
+    /// The key's SubjectPublicKeyInfo, read when the file was loaded.
+    #[serde(skip)]
+    pub spki: Vec<u8>,
+}
+
+impl Partner {
+    /// Whether `route` requires a signed request: as the route says, else
+    /// when it is high-risk and the partner signs.
+    pub fn requires_signature(&self, route: &RouteSpec) -> bool {
+        route
+            .require_signature
+            .unwrap_or(self.signing && route.risk == Risk::High)
+    }
 }
 
 pub(super) fn is_alert_only(a: &OnAnomaly) -> bool {
@@ -151,6 +207,14 @@ pub struct RouteSpec {
     pub limits: Option<LimitSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    /// Where the amount and currency are in the request body (JSON
+    /// pointers); such a route's calls count against `[value_limits]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ValueSpec>,
+    /// `require_signature`: calls must carry an RFC 9421 signature (unset:
+    /// high-risk routes of a partner with `signing = true` do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_signature: Option<bool>,
 }
 
 fn is_normal_risk(r: &Risk) -> bool {
@@ -233,6 +297,8 @@ pub fn parse_route_arg(s: &str) -> Result<RouteSpec, InvalidValue> {
         risk: Risk::Normal,
         limits: None,
         max_body_bytes: None,
+        value: None,
+        require_signature: None,
     })
 }
 
@@ -296,6 +362,13 @@ pub fn parse_partner(
         {
             err(span.clone(), m);
         }
+        if let Some(v) = &r.value {
+            for p in [&v.get_ref().amount, &v.get_ref().currency] {
+                if let Some(m) = crate::risk::value::pointer_problem(p) {
+                    err(v.span(), format!("value: {m}"));
+                }
+            }
+        }
         routes.push(RouteSpec {
             methods,
             path: r.path.into_inner(),
@@ -304,6 +377,8 @@ pub fn parse_partner(
             risk: r.risk,
             limits: r.limits,
             max_body_bytes: r.max_body_bytes,
+            value: r.value.map(Spanned::into_inner),
+            require_signature: r.require_signature,
         });
     }
     let mut pin = BTreeMap::new();
@@ -365,10 +440,62 @@ pub fn parse_partner(
             message: m,
         });
     }
+    let value_limits = match raw.value_limits {
+        None => BTreeMap::new(),
+        Some(v) => {
+            let line = Some(line_of(text, v.span().start));
+            let v = v.into_inner();
+            for (currency, limit) in &v {
+                if let Some(m) = value_limit_problem(currency, limit) {
+                    errors.push(ConfigError {
+                        file: path.to_path_buf(),
+                        line,
+                        message: m,
+                    });
+                }
+            }
+            v
+        }
+    };
+    let home_dir = path
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| Path::new("."));
+    let mut signing_keys: Vec<SigningKey> = Vec::new();
+    for k in raw.signing_keys {
+        let line = Some(line_of(text, k.span().start));
+        let k = k.into_inner();
+        let mut problem = |message: String| {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                line,
+                message,
+            })
+        };
+        if k.id.is_empty() || k.id.len() > 128 || k.id.chars().any(|c| c.is_control()) {
+            problem("[[signing_keys]] id must be 1 to 128 printable characters".into());
+            continue;
+        }
+        if signing_keys.iter().any(|x| x.id == k.id) {
+            problem(format!("[[signing_keys]] id `{}` is given twice", k.id));
+            continue;
+        }
+        match read_public_key(&home_dir.join(&k.public_key)) {
+            Ok(spki) => signing_keys.push(SigningKey {
+                id: k.id,
+                public_key: k.public_key,
+                spki,
+            }),
+            Err(m) => problem(format!("[[signing_keys]] `{}`: {m}", k.id)),
+        }
+    }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
     Ok(Partner {
+        value_limits,
+        signing: raw.signing,
+        signing_keys,
         name: raw.name.unwrap_or_else(|| id.clone()),
         id,
         status: raw.status,
@@ -378,6 +505,37 @@ pub fn parse_partner(
         routes,
         pin,
     })
+}
+
+/// Reads a `PUBLIC KEY` PEM file a partner signs with; its SPKI DER.
+fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let block = pem::parse(&text).map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+    if block.tag() != "PUBLIC KEY" {
+        return Err(format!(
+            "{} holds a {}, not a PUBLIC KEY",
+            path.display(),
+            block.tag()
+        ));
+    }
+    let spki = block.contents().to_vec();
+    crate::risk::signature::key_alg(&spki).map_err(|m| format!("{}: {m}", path.display()))?;
+    Ok(spki)
+}
+
+fn value_limit_problem(currency: &str, l: &CurrencyLimit) -> Option<String> {
+    if !(3..=8).contains(&currency.len()) || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Some(format!(
+            "[value_limits] `{currency}` is not a currency code (3 to 8 letters A-Z, like EUR)"
+        ));
+    }
+    if l.per_call.is_none() && l.per_day.is_none() {
+        return Some(format!(
+            "[value_limits] {currency} sets neither per_call nor per_day"
+        ));
+    }
+    None
 }
 
 fn limit_problem(l: &LimitSpec) -> Option<String> {

@@ -156,6 +156,11 @@ pub const SETTINGS: &[Setting] = &[
     live(P, "on_anomaly", "alert or throttle on a traffic spike"),
     live(P, "renewal_window", "when self-service renewal opens"),
     live(P, "pin", "the side of a split this partner always reaches; next request"),
+    live(P, "value_limits.*.per_call", "the most one call may carry in this currency"),
+    live(P, "value_limits.*.per_day", "the most one UTC day's calls may carry together in this currency"),
+    live(P, "signing", "the partner signs its requests: its high-risk routes require a signature"),
+    live(P, "signing_keys[].id", "the keyid a signature names this key by"),
+    live(P, "signing_keys[].public_key", "PEM file of a key the partner signs with; read at reload"),
     live(P, "routes[].methods", "methods the route grants"),
     live(P, "routes[].path", "path prefix the route grants"),
     live(P, "routes[].upstream", "upstream the route relays to"),
@@ -166,6 +171,9 @@ pub const SETTINGS: &[Setting] = &[
     live(P, "routes[].limits.requests_per_day", "the route's daily quota"),
     live(P, "routes[].limits.max_concurrent", "the route's requests in flight at once"),
     live(P, "routes[].max_body_bytes", "the route's largest request body"),
+    live(P, "routes[].value.amount", "JSON pointer to the call's amount; counts against value_limits"),
+    live(P, "routes[].value.currency", "JSON pointer to the call's currency code"),
+    live(P, "routes[].require_signature", "calls must carry an RFC 9421 signature (unset: high-risk routes of a signing partner)"),
 ];
 
 /// The row for `key` in `file`.
@@ -522,6 +530,9 @@ pub fn flatten_partner(p: &Partner) -> Flat {
         renewal_window,
         routes,
         pin,
+        value_limits,
+        signing,
+        signing_keys,
     } = p;
     let mut f = Flat::default();
     let file = format!("partners/{id}.toml");
@@ -541,6 +552,40 @@ pub fn flatten_partner(p: &Partner) -> Flat {
         opt(renewal_window, dur),
     );
     put("pin".into(), "pin", format!("{pin:?}"));
+    for (currency, limit) in value_limits {
+        let crate::risk::CurrencyLimit { per_call, per_day } = limit;
+        put(
+            format!("value_limits.{currency}.per_call"),
+            "value_limits.*.per_call",
+            opt(per_call, ser),
+        );
+        put(
+            format!("value_limits.{currency}.per_day"),
+            "value_limits.*.per_day",
+            opt(per_day, ser),
+        );
+    }
+    put("signing".into(), "signing", signing.to_string());
+    for (i, key) in signing_keys.iter().enumerate() {
+        let SigningKey {
+            id,
+            public_key,
+            spki,
+        } = key;
+        put(
+            format!("signing_keys[{i}].id"),
+            "signing_keys[].id",
+            text(id),
+        );
+        // The file's name and what it held when read: a key replaced in
+        // place is a change too.
+        let digest = hex::encode(sha2::Sha256::digest(spki));
+        put(
+            format!("signing_keys[{i}].public_key"),
+            "signing_keys[].public_key",
+            format!("{} (sha256 {})", text(public_key), &digest[..16]),
+        );
+    }
     for (i, r) in routes.iter().enumerate() {
         let RouteSpec {
             methods,
@@ -550,6 +595,8 @@ pub fn flatten_partner(p: &Partner) -> Flat {
             risk,
             limits,
             max_body_bytes,
+            value,
+            require_signature,
         } = r;
         let k = |field: &str| format!("routes[{i}].{field}");
         put(k("methods"), "routes[].methods", format!("{methods:?}"));
@@ -579,6 +626,21 @@ pub fn flatten_partner(p: &Partner) -> Flat {
             k("max_body_bytes"),
             "routes[].max_body_bytes",
             opt(max_body_bytes, |b| b.to_string()),
+        );
+        put(
+            k("value.amount"),
+            "routes[].value.amount",
+            opt(value, |v| text(&v.amount)),
+        );
+        put(
+            k("value.currency"),
+            "routes[].value.currency",
+            opt(value, |v| text(&v.currency)),
+        );
+        put(
+            k("require_signature"),
+            "routes[].require_signature",
+            opt(require_signature, |b| b.to_string()),
         );
     }
     f
@@ -721,6 +783,16 @@ fn pattern_of(key: &str) -> &'static str {
             Some((_, field)) => format!("routes[].{field}"),
             None => bare.to_string(),
         }
+    } else if let Some(rest) = bare.strip_prefix("signing_keys[") {
+        match rest.split_once("].") {
+            Some((_, field)) => format!("signing_keys[].{field}"),
+            None => bare.to_string(),
+        }
+    } else if let Some(rest) = bare.strip_prefix("value_limits.") {
+        match rest.split_once('.') {
+            Some((_, field)) => format!("value_limits.*.{field}"),
+            None => bare.to_string(),
+        }
     } else {
         bare.to_string()
     };
@@ -801,6 +873,25 @@ health = { path = "/healthz" }
                 risk: Risk::High,
                 limits: Some(LimitSpec::default()),
                 max_body_bytes: Some(1),
+                value: Some(crate::risk::ValueSpec {
+                    amount: "/amount".into(),
+                    currency: "/currency".into(),
+                }),
+                require_signature: Some(true),
+            }],
+            value_limits: [(
+                "EUR".to_string(),
+                crate::risk::CurrencyLimit {
+                    per_call: Some("10.00".parse().unwrap()),
+                    per_day: Some("100.00".parse().unwrap()),
+                },
+            )]
+            .into(),
+            signing: true,
+            signing_keys: vec![SigningKey {
+                id: "k1".into(),
+                public_key: "keys/k1.pem".into(),
+                spki: vec![1, 2, 3],
             }],
         };
         (g, p)
@@ -815,7 +906,7 @@ health = { path = "/healthz" }
         match v {
             toml::Value::Table(t) if !named_map => {
                 for (k, v) in t {
-                    let k = if prefix == "upstreams" {
+                    let k = if prefix == "upstreams" || prefix == "value_limits" {
                         "*"
                     } else {
                         k.as_str()

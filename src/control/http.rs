@@ -191,6 +191,17 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
             serde_json::json!(snapshot.restart_pending),
         );
     }
+    if let Some(rows) = body["partners"].as_array_mut() {
+        for row in rows {
+            let id = row["id"].as_str().unwrap_or_default().to_string();
+            if let Some(p) = partners.iter().find(|p| p.id == id)
+                && !p.value_limits.is_empty()
+            {
+                row["value_today"] =
+                    crate::control::view::value_today(&view.live.values, p, now_ms);
+            }
+        }
+    }
     let mut r = text(StatusCode::OK, body.to_string());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -226,6 +226,9 @@ mod tests {
             limits,
             on_anomaly: Default::default(),
             renewal_window: None,
+            value_limits: Default::default(),
+            signing: false,
+            signing_keys: Vec::new(),
             pin: Default::default(),
             routes: vec![r],
         }

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{ClusterSettings, OnStoreFailure};
 use crate::control::watch::ReloadTrigger;
 use crate::gateway::live::{Live, Snapshot};
-use crate::gateway::membership::LimitFuture;
+use crate::gateway::membership::{GiveBack, LimitFuture, ValueFuture};
 use crate::gateway::{Membership, Refusal};
 use crate::guard::EventSink;
 use crate::guard::alerts::AlertNotice;
@@ -34,6 +34,8 @@ use crate::guard::limits::{Admission, LocalShare};
 use crate::home::Home;
 use crate::identity::PartnerIdentity;
 use crate::reason::Reason;
+use crate::risk::signature::nonce::NonceCheck;
+use crate::risk::{Amount, CallValue};
 pub use store::StoreError;
 
 pub mod announce;
@@ -41,6 +43,7 @@ pub mod limiter;
 pub mod node;
 pub mod status;
 pub mod store;
+pub mod value;
 
 use announce::{Announcement, Fence};
 use store::Keys;
@@ -58,6 +61,44 @@ impl Membership for Fleet {
         now_ms: i64,
     ) -> LimitFuture<'a> {
         Box::pin(Fleet::limit(self, snapshot, partner, route_index, now_ms))
+    }
+
+    fn reserve_value<'a>(
+        &'a self,
+        partner: &'a str,
+        value: &'a CallValue,
+        per_day: Option<Amount>,
+        now_ms: i64,
+    ) -> ValueFuture<'a> {
+        Box::pin(Fleet::reserve_value(self, partner, value, per_day, now_ms))
+    }
+
+    fn value_total<'a>(
+        &'a self,
+        partner: &'a str,
+        currency: &'a str,
+        now_ms: i64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Amount>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut conn = self.connection()?;
+            let key = self
+                .keys
+                .value(partner, currency, crate::risk::ledger::day_of(now_ms));
+            tokio::time::timeout(self.settings.store_timeout, value::total(&mut conn, &key))
+                .await
+                .ok()?
+                .ok()
+        })
+    }
+
+    fn first_use_of_nonce<'a>(
+        &'a self,
+        partner: &'a str,
+        nonce: &'a str,
+        now_secs: i64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<NonceCheck, Refusal>> + Send + 'a>>
+    {
+        Box::pin(Fleet::first_use_of_nonce(self, partner, nonce, now_secs))
     }
 
     fn partner_changed(self: Arc<Self>, partner: &str) {
@@ -85,6 +126,7 @@ pub struct Fleet {
     /// Live nodes at the last heartbeat (at least 1: this one).
     live_nodes: AtomicU32,
     limiter: limiter::ClusterLimiter,
+    values: value::ValueTotals,
     fence: Fence,
     /// The highest generation announced, and the one this node has applied.
     heard_generation: AtomicU64,
@@ -141,6 +183,7 @@ impl Fleet {
             settings: settings.clone(),
             node: node_id.to_string(),
             limiter: limiter::ClusterLimiter::new(keys.clone()),
+            values: value::ValueTotals::default(),
             keys,
             client,
             conn: ArcSwapOption::new(conn),
@@ -278,6 +321,107 @@ impl Fleet {
                 now_ms,
                 LocalShare::FractionOf(n),
             )?),
+        }
+    }
+
+    /// Reserves a call's value in the store's day total (see
+    /// [`Membership::reserve_value`]); with the store down, as
+    /// `on_store_failure` says: this node's totals, or 503.
+    async fn reserve_value(
+        &self,
+        partner: &str,
+        value: &CallValue,
+        per_day: Option<Amount>,
+        now_ms: i64,
+    ) -> Result<GiveBack, Refusal> {
+        use crate::risk::ledger::day_of;
+        let key = self.keys.value(partner, &value.currency, day_of(now_ms));
+        if self.store_up()
+            && let Some(mut conn) = self.connection()
+        {
+            let to_midnight = (day_of(now_ms) + 1) * crate::guard::limits::MS_PER_DAY - now_ms;
+            let reserved = tokio::time::timeout(
+                self.settings.store_timeout,
+                self.values
+                    .reserve(&mut conn, &key, value.amount, per_day, to_midnight),
+            )
+            .await;
+            match reserved {
+                Ok(Ok(value::Reserved::Yes(total))) => {
+                    let day = day_of(now_ms);
+                    let seen = self.live.values.clone();
+                    seen.observe(partner, &value.currency, total, day);
+                    let (amount, partner, currency) =
+                        (value.amount, partner.to_string(), value.currency.clone());
+                    return Ok(Box::new(move || {
+                        tokio::spawn(async move {
+                            match value::give_back(&mut conn, &key, amount).await {
+                                Ok(left) => seen.observe(&partner, &currency, left, day),
+                                Err(e) => tracing::warn!(
+                                    key = %key,
+                                    "could not give a value back to the fleet's total (it stays counted): {e}"
+                                ),
+                            }
+                        });
+                    }));
+                }
+                Ok(Ok(value::Reserved::Over(total))) => {
+                    self.live
+                        .values
+                        .observe(partner, &value.currency, total, day_of(now_ms));
+                    return Err(crate::gateway::value::daily_over(
+                        value, per_day, total, now_ms,
+                    ));
+                }
+                Ok(Err(e)) => self.store_failed(&e.to_string()),
+                Err(_) => self.store_failed("value reservation: no answer in time"),
+            }
+        }
+        match self.settings.on_store_failure {
+            OnStoreFailure::Deny => Err(Refusal::new(Reason::LimitStoreUnavailable)
+                .detail("the fleet's store does not answer; on_store_failure = \"deny\"")),
+            OnStoreFailure::Local => crate::gateway::value::reserve_locally(
+                &self.live.values,
+                partner,
+                value,
+                per_day,
+                now_ms,
+            ),
+        }
+    }
+
+    /// `SET NX EX` of the nonce's key: the first node to set it accepts.
+    async fn first_use_of_nonce(
+        &self,
+        partner: &str,
+        nonce: &str,
+        now_secs: i64,
+    ) -> Result<NonceCheck, Refusal> {
+        use crate::risk::signature::nonce::NONCE_WINDOW_SECS;
+        use sha2::Digest;
+        let hash = hex::encode(sha2::Sha256::digest(nonce.as_bytes()));
+        let key = self.keys.nonce(partner, &hash);
+        if self.store_up()
+            && let Some(mut conn) = self.connection()
+        {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(NONCE_WINDOW_SECS);
+            let set = cmd.query_async::<Option<String>>(&mut conn);
+            match tokio::time::timeout(self.settings.store_timeout, set).await {
+                Ok(Ok(Some(_))) => return Ok(NonceCheck::Fresh),
+                Ok(Ok(None)) => return Ok(NonceCheck::Replayed),
+                Ok(Err(e)) => self.store_failed(&e.to_string()),
+                Err(_) => self.store_failed("nonce check: no answer in time"),
+            }
+        }
+        match self.settings.on_store_failure {
+            OnStoreFailure::Deny => Err(Refusal::new(Reason::LimitStoreUnavailable)
+                .detail("the fleet's store does not answer; on_store_failure = \"deny\"")),
+            OnStoreFailure::Local => Ok(self.live.nonces.check(partner, nonce, now_secs)),
         }
     }
 

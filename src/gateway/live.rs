@@ -260,6 +260,12 @@ pub struct Live {
     /// The last TLS rebuild failed (e.g. a certificate and key caught between
     /// two renames): retried at every tick until it succeeds.
     tls_retry: std::sync::atomic::AtomicBool,
+    /// Today's value totals per partner and currency (a single node's; in a
+    /// fleet, the stand-in while the store does not answer).
+    pub values: Arc<crate::risk::Ledger>,
+    /// Nonces of accepted signatures (a single node's; in a fleet, the
+    /// stand-in while the store does not answer).
+    pub nonces: Arc<crate::risk::signature::nonce::NonceLog>,
     /// hyper's connection settings from the live `[server]` table.
     http: ArcSwap<auto::Builder<TokioExecutor>>,
     /// `gatehouse.toml` as it was when the broker started: the values of
@@ -371,6 +377,8 @@ impl Live {
             refused: std::sync::Mutex::new(None),
             partner_cache: std::sync::Mutex::new(cache),
             tls_retry: std::sync::atomic::AtomicBool::new(false),
+            values: Arc::default(),
+            nonces: Arc::default(),
             http: ArcSwap::from_pointee(http),
             started_settings: settings::flatten_gateway(&gateway).public(),
             started: gateway,

@@ -36,7 +36,9 @@ pub mod request;
 pub mod respond;
 pub mod seen;
 pub mod session;
+pub mod signed;
 pub mod split;
+pub mod value;
 pub mod write_guard;
 
 pub use conn::{accept_loop, http_builder};

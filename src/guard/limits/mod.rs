@@ -490,6 +490,9 @@ mod tests {
             limits: l,
             on_anomaly: Default::default(),
             renewal_window: None,
+            value_limits: Default::default(),
+            signing: false,
+            signing_keys: Vec::new(),
             pin: Default::default(),
             routes,
         }

@@ -94,6 +94,12 @@ struct UpstreamResponseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ValueLabels {
+    partner: String,
+    currency: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamErrorLabels {
     upstream: String,
     error: String,
@@ -139,6 +145,7 @@ pub struct Monitor {
     denials: Family<DenialLabels, Counter>,
     upstream_duration: Family<UpstreamLabels, Histogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    value: Family<ValueLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     upstream_responses: Family<UpstreamResponseLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
     active_connections: Gauge,
@@ -185,6 +192,7 @@ impl Monitor {
             denials: Family::default(),
             upstream_duration: Family::new_with_constructor(|| Histogram::new(request_buckets())),
             upstream_errors: Family::default(),
+            value: Family::default(),
             upstream_responses: Family::default(),
             handshakes: Family::default(),
             active_connections: Gauge::default(),
@@ -235,6 +243,11 @@ impl Monitor {
             "upstream_duration_seconds",
             "Time until the upstream's response head, by upstream",
             m.upstream_duration.clone(),
+        );
+        registry.register(
+            "value",
+            "Value relayed with a 2xx answer on routes with a value, by partner and currency (in currency units; the journal keeps the exact amounts)",
+            m.value.clone(),
         );
         registry.register(
             "upstream_errors",
@@ -472,6 +485,16 @@ impl Monitor {
                 })
                 .inc();
         }
+    }
+
+    /// A call's value, kept in the day's total (the upstream answered 2xx).
+    pub fn value(&self, partner: &str, currency: &str, amount: crate::risk::Amount) {
+        self.value
+            .get_or_create(&ValueLabels {
+                partner: partner.to_string(),
+                currency: currency.to_string(),
+            })
+            .inc_by(amount.units() as f64 / crate::risk::amount::SCALE as f64);
     }
 
     /// One journal batch: how many records, how long the append took, whether it failed.
