@@ -507,20 +507,50 @@ pub fn parse_partner(
     })
 }
 
+/// Why a partner's `[[signing_keys]]` public key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PublicKeyFileError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not PEM: {source}", path.display())]
+    NotPem {
+        path: PathBuf,
+        source: pem::PemError,
+    },
+    #[error("{} holds a {tag}, not a PUBLIC KEY", path.display())]
+    NotPublicKey { path: PathBuf, tag: String },
+    #[error("{}: {source}", path.display())]
+    Key {
+        path: PathBuf,
+        source: crate::risk::signature::KeyError,
+    },
+}
+
 /// Reads a `PUBLIC KEY` PEM file a partner signs with; its SPKI DER.
-fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let block = pem::parse(&text).map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+fn read_public_key(path: &Path) -> Result<Vec<u8>, PublicKeyFileError> {
+    let path_buf = || path.to_path_buf();
+    let text = std::fs::read_to_string(path).map_err(|source| PublicKeyFileError::Read {
+        path: path_buf(),
+        source,
+    })?;
+    let block = pem::parse(&text).map_err(|source| PublicKeyFileError::NotPem {
+        path: path_buf(),
+        source,
+    })?;
     if block.tag() != "PUBLIC KEY" {
-        return Err(format!(
-            "{} holds a {}, not a PUBLIC KEY",
-            path.display(),
-            block.tag()
-        ));
+        return Err(PublicKeyFileError::NotPublicKey {
+            path: path_buf(),
+            tag: block.tag().to_string(),
+        });
     }
     let spki = block.contents().to_vec();
-    crate::risk::signature::key_alg(&spki).map_err(|m| format!("{}: {m}", path.display()))?;
+    crate::risk::signature::key_alg(&spki).map_err(|source| PublicKeyFileError::Key {
+        path: path_buf(),
+        source,
+    })?;
     Ok(spki)
 }
 

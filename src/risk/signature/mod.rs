@@ -106,14 +106,31 @@ struct PublicKey {
     raw: Vec<u8>,
 }
 
-fn public_key(spki: &[u8]) -> Result<PublicKey, String> {
+/// Why a public key cannot verify request signatures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("the key is not a SubjectPublicKeyInfo")]
+    NotSpki,
+    #[error("an EC key on a curve other than P-256")]
+    Curve,
+    #[error("a key of type {0}, which cannot sign requests")]
+    Unsupported(String),
+}
+
+impl From<KeyError> for SigError {
+    fn from(e: KeyError) -> SigError {
+        invalid(e.to_string())
+    }
+}
+
+fn public_key(spki: &[u8]) -> Result<PublicKey, KeyError> {
     use x509_parser::oid_registry::{
         OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION, OID_PKCS1_RSASSAPSS,
         OID_SIG_ED25519,
     };
     use x509_parser::prelude::FromDer;
-    let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki)
-        .map_err(|_| "the key is not a SubjectPublicKeyInfo".to_string())?;
+    let (_, info) =
+        x509_parser::x509::SubjectPublicKeyInfo::from_der(spki).map_err(|_| KeyError::NotSpki)?;
     let oid = &info.algorithm.algorithm;
     let raw = info.subject_public_key.data.to_vec();
     let alg = if *oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
@@ -123,7 +140,7 @@ fn public_key(spki: &[u8]) -> Result<PublicKey, String> {
             .as_ref()
             .and_then(|p| p.as_oid().ok());
         if curve.as_ref() != Some(&OID_EC_P256) {
-            return Err("an EC key on a curve other than P-256".into());
+            return Err(KeyError::Curve);
         }
         Alg::EcdsaP256Sha256
     } else if *oid == OID_SIG_ED25519 {
@@ -131,14 +148,14 @@ fn public_key(spki: &[u8]) -> Result<PublicKey, String> {
     } else if *oid == OID_PKCS1_RSAENCRYPTION || *oid == OID_PKCS1_RSASSAPSS {
         Alg::RsaPssSha512
     } else {
-        return Err(format!("a key of type {oid}, which cannot sign requests"));
+        return Err(KeyError::Unsupported(oid.to_string()));
     };
     Ok(PublicKey { alg, raw })
 }
 
 /// The algorithm a key (SubjectPublicKeyInfo DER) signs with, or why it
 /// cannot sign requests (for configuration checks).
-pub fn key_alg(spki: &[u8]) -> Result<Alg, String> {
+pub fn key_alg(spki: &[u8]) -> Result<Alg, KeyError> {
     public_key(spki).map(|k| k.alg)
 }
 
@@ -272,7 +289,7 @@ fn verify_one(
             crate::event::truncated(&keyid, 80)
         ))
     })?;
-    let key = public_key(key.spki).map_err(invalid)?;
+    let key = public_key(key.spki)?;
     if let Some(alg) = param(params, "alg") {
         match alg {
             Bare::String(a) if a == key.alg.name() => {}
