@@ -36,9 +36,10 @@ const MAX_PLAIN: usize = 64 * 1024 * 1024;
 const HEADER: usize = 1 + 4 + 32;
 const PER_RECORD: usize = 32 + 4;
 
-/// A segment is closed once it holds this many bytes: sled turns a log
-/// message over a quarter of its 512 KiB log segment into a separate blob
-/// file, and a leaf holds up to 17 values, so values stay under ~7 KiB.
+/// A segment is closed once it holds this many plain bytes: sled turns a
+/// log message over a quarter of its log segment (512 KiB in journals
+/// created before 8 MiB became the size) into a separate blob file, and a
+/// leaf holds up to 17 values, so values stay under ~7 KiB.
 pub(in crate::journal) const SEGMENT_BYTES: usize = 6 * 1024;
 
 /// One record read out of a segment.
