@@ -10,8 +10,7 @@
 //! `keys` (key layout), `segment` (the segment value), `index`
 //! (the partner index entry), `migrate` (the older one-value-per-record
 //! layout, converted on open), `read` (point and range reads, export),
-//! `query` (`log query`), `verify` (the chain and checkpoints; `readahead`
-//! reads the file ahead of it), `prune`
+//! `query` (`log query`), `verify` (the chain and checkpoints), `prune`
 //! (retention) and `write` (what the writer thread stores: group commits,
 //! checkpoints, truncation, probes).
 //!
@@ -24,7 +23,6 @@ mod migrate;
 mod prune;
 mod query;
 mod read;
-mod readahead;
 pub(in crate::journal) mod segment;
 pub(in crate::journal) mod sled_config;
 mod verify;

@@ -3,8 +3,7 @@
 //! journal) and its per-commit entries merged into time order; without
 //! one, the records are scanned in seq order up to the limit.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,11 +48,6 @@ impl Query {
             })
     }
 }
-
-/// Threads that fetch a batch's segments ahead of a partner query.
-const PREFETCH_THREADS: usize = 8;
-/// Most index entries in one batch of a partner query.
-const PREFETCH_ENTRIES: usize = 1024;
 
 /// A record read through the partner index, ordered by (time, seq).
 type Keyed = ((i64, u64), Record);
@@ -179,95 +173,44 @@ impl Store {
                 }
             }
         };
-        // Entries are read in batches, each batch's segments fetched on
-        // several threads first (see `prefetch`); a batch covers about the
-        // records still wanted, the next one twice as many.
-        let mut entries = entries.peekable();
-        let mut want = q.limit.max(16);
-        let mut batch: Vec<Entry> = Vec::new();
-        'batches: while entries.peek().is_some() {
-            batch.clear();
-            let mut records = 0usize;
-            while records < want && batch.len() < PREFETCH_ENTRIES {
-                let Some(kv) = entries.next() else {
-                    break;
-                };
-                let (k, v) = kv?;
-                if let Some(e) = Entry::parse(prefix.len(), &k, &v) {
-                    records += e.seqs.len();
-                    batch.push(e);
-                }
+        for kv in entries {
+            let (k, v) = kv?;
+            let Some(e) = Entry::parse(prefix.len(), &k, &v) else {
+                continue;
+            };
+            // Forward: nothing later can sort before (min time, first seq).
+            // Reversed: nothing later is newer than min time + spread.
+            let bound = if q.reverse {
+                (e.min_t.saturating_add(SPREAD_MS), u64::MAX)
+            } else {
+                (e.min_t, e.first)
+            };
+            emit(&mut ready, &mut out, Some(bound));
+            if out.len() >= q.limit {
+                return Ok(out);
             }
-            want = want.saturating_mul(2);
-            self.prefetch(&batch, since, until);
-            for e in batch.drain(..) {
-                // Forward: nothing later can sort before (min time, first seq).
-                // Reversed: nothing later is newer than min time + spread.
-                let bound = if q.reverse {
-                    (e.min_t.saturating_add(SPREAD_MS), u64::MAX)
-                } else {
-                    (e.min_t, e.first)
-                };
-                emit(&mut ready, &mut out, Some(bound));
-                if out.len() >= q.limit {
-                    return Ok(out);
-                }
-                if q.reverse && bound.0 < since {
-                    break 'batches;
-                }
-                if e.max_t < since || e.min_t >= until {
+            if q.reverse && bound.0 < since {
+                break;
+            }
+            if e.max_t < since || e.min_t >= until {
+                continue;
+            }
+            for (i, seq) in e.seqs.iter().copied().enumerate() {
+                // An entry may outlive its records (pruned, or a crash
+                // between the index insert and the segment's): every record
+                // is checked, and each is returned once.
+                if !seen.insert(seq) {
                     continue;
                 }
-                for (i, seq) in e.seqs.iter().copied().enumerate() {
-                    // An entry may outlive its records (pruned, or a crash
-                    // between the index insert and the segment's): every record
-                    // is checked, and each is returned once.
-                    if !seen.insert(seq) {
-                        continue;
-                    }
-                    let at = e.at.get(i).copied().unwrap_or(AT_UNKNOWN);
-                    if let Some(r) = cache.get(self, seq, at)?
-                        && q.selects(&r.event)
-                    {
-                        ready.insert((r.event.time_ms, r.seq), r);
-                    }
+                let at = e.at.get(i).copied().unwrap_or(AT_UNKNOWN);
+                if let Some(r) = cache.get(self, seq, at)?
+                    && q.selects(&r.event)
+                {
+                    ready.insert((r.event.time_ms, r.seq), r);
                 }
             }
         }
         emit(&mut ready, &mut out, None);
         Ok(out)
-    }
-
-    /// Reads the segments that `entries` point at (those in the query's
-    /// time window, by their known positions) on several threads, and
-    /// drops them: their pages are then in sled's cache when the query
-    /// reads them in order. On a cold disk the reads (a few per segment,
-    /// scattered over the file) overlap instead of waiting one by one.
-    fn prefetch(&self, entries: &[Entry], since: i64, until: i64) {
-        let firsts: BTreeSet<u64> = entries
-            .iter()
-            .filter(|e| e.max_t >= since && e.min_t < until)
-            .flat_map(|e| e.seqs.iter().zip(&e.at))
-            .filter(|(_, at)| **at != AT_UNKNOWN)
-            .map(|(seq, at)| seq.saturating_sub(u64::from(*at)))
-            .collect();
-        if firsts.len() < 2 {
-            return;
-        }
-        let Ok(t) = self.t() else {
-            return;
-        };
-        let firsts: Vec<u64> = firsts.into_iter().collect();
-        let next = AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..PREFETCH_THREADS.min(firsts.len()) {
-                scope.spawn(|| {
-                    while let Some(first) = firsts.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        // A failed read is the query's to report, in order.
-                        let _ = t.segments.get(be(*first));
-                    }
-                });
-            }
-        });
     }
 }

@@ -164,10 +164,7 @@ impl Store {
         };
         let ck_seqs: Vec<u64> = ckpts.range(base + 1..).map(|(s, _)| *s).collect();
         let chunks = chunk_ranges(base + 1, last_seq, parts);
-        // The file is read ahead in as many streams as there are chunks.
-        let (results, _) = super::readahead::beside(&self.path.join("db"), chunks.len(), |_| {
-            self.verify_chunks(&chunks, &ck_seqs)
-        });
+        let results = self.verify_chunks(&chunks, &ck_seqs);
         let records = stitch(&chunks, results, anchor, &ckpts, &mut failures)?;
         if let Some((&s, _)) = ckpts.iter().next_back()
             && s > last_seq
