@@ -29,6 +29,7 @@ pub mod handshake_gate;
 pub mod header_guard;
 pub mod live;
 pub mod membership;
+pub mod mirror;
 pub mod refusal;
 pub mod relay;
 pub mod renewal;
