@@ -33,6 +33,7 @@ mod journal_durability;
 mod journal_e2e;
 mod log_output;
 mod metrics;
+mod mirror;
 mod pools;
 mod power_loss;
 mod relay;
