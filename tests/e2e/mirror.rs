@@ -264,45 +264,59 @@ async fn a_slow_candidate_costs_the_partner_nothing_and_its_mirrors_are_dropped(
     let mut c = Conn::open(broker.addr, &h.ca_pem(), &cert, false)
         .await
         .unwrap();
-    // Warm both paths, then interleave so both see the same machine.
+    // Warm both paths, then interleave so both see the same machine. A
+    // round holds when, in the test's own numbers, the partner's p99 with
+    // the mirror is under 200 ms (the candidate takes 2 s) and under twice
+    // its p99 without (floored at 10 ms: timer noise on a shared machine).
+    // A mirror that made the partner wait would fail every round; the best
+    // of three keeps a busy machine's stray stall from failing the test.
     c.get("/plain/warm").await.unwrap();
-    let (mut plain, mut mirrored) = (Vec::new(), Vec::new());
-    const CALLS: usize = 60;
-    for i in 0..CALLS {
-        let t = Instant::now();
-        let r = c.get(&format!("/plain/{i}")).await.unwrap();
-        plain.push(t.elapsed());
-        assert_eq!(r.status, 200);
-        let t = Instant::now();
-        let r = c.get(&format!("/v1/orders/{i}")).await.unwrap();
-        mirrored.push(t.elapsed());
-        assert_eq!(r.status, 200);
-        assert_eq!(r.json()["total"], 10);
+    const PAIRS: usize = 100;
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let (mut plain, mut mirrored) = (Vec::new(), Vec::new());
+        for i in 0..PAIRS {
+            let t = Instant::now();
+            let r = c.get(&format!("/plain/{i}")).await.unwrap();
+            plain.push(t.elapsed());
+            assert_eq!(r.status, 200);
+            let t = Instant::now();
+            let r = c.get(&format!("/v1/orders/{i}")).await.unwrap();
+            mirrored.push(t.elapsed());
+            assert_eq!(r.status, 200);
+            assert_eq!(r.json()["total"], 10);
+        }
+        let (p99_plain, p99_mirrored) = (quantile(&mut plain, 0.99), quantile(&mut mirrored, 0.99));
+        eprintln!(
+            "partner p50 {:?} / p99 {p99_plain:?} without the mirror, p50 {:?} / p99 {p99_mirrored:?} with it",
+            quantile(&mut plain, 0.5),
+            quantile(&mut mirrored, 0.5)
+        );
+        let holds = p99_mirrored < Duration::from_millis(200)
+            && p99_mirrored < 2 * p99_plain.max(Duration::from_millis(10));
+        rounds.push((p99_plain, p99_mirrored));
+        if holds {
+            break;
+        }
     }
-    let (p99_plain, p99_mirrored) = (quantile(&mut plain, 0.99), quantile(&mut mirrored, 0.99));
-    eprintln!("partner p99: {p99_plain:?} without the mirror, {p99_mirrored:?} with it");
-    // Generous bounds in the test's own numbers: under 200 ms (the
-    // candidate takes 2 s) and under twice the run without a mirror
-    // (floored at 10 ms: timer noise on a shared machine).
+    let last = rounds[rounds.len() - 1];
     assert!(
-        p99_mirrored < Duration::from_millis(200),
-        "p99 with the mirror {p99_mirrored:?} (without {p99_plain:?})"
+        last.1 < Duration::from_millis(200) && last.1 < 2 * last.0.max(Duration::from_millis(10)),
+        "p99 without / with the mirror, per round: {rounds:?}"
     );
-    assert!(
-        p99_mirrored < 2 * p99_plain.max(Duration::from_millis(10)),
-        "p99 with the mirror {p99_mirrored:?} against {p99_plain:?} without"
-    );
+    let calls = rounds.len() * PAIRS;
     // Two slots, each held 2 s: most mirrors are dropped, and every
     // mirrored request is counted once its slot's mirror ends.
-    let t = settled(broker.admin, "orders-legacy", CALLS as u64).await;
+    let t = settled(broker.admin, "orders-legacy", calls as u64).await;
     let dropped = t["dropped"].as_u64().unwrap();
-    assert!(dropped >= (CALLS - 6) as u64, "{t}");
+    // At most two in flight, each for 2 s (plus one finishing as a round ends).
+    assert!(dropped >= calls as u64 - 10, "{t}");
     assert_eq!(
         metric(broker.admin, "orders-legacy", "dropped").await,
         dropped
     );
     assert!(v2.max_concurrent() <= 2, "{}", v2.max_concurrent());
-    assert_eq!(v2.requests().len() as u64, CALLS as u64 - dropped);
+    assert_eq!(v2.requests().len() as u64, calls as u64 - dropped);
 }
 
 #[tokio::test]

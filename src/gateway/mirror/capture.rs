@@ -83,7 +83,8 @@ impl Tap {
 /// The upstream's response body on its way to the partner (see the module doc).
 pub struct LiveBody {
     inner: UpstreamBody,
-    tap: Option<Tap>,
+    /// Boxed: most responses have none, and they pass by value.
+    tap: Option<Box<Tap>>,
 }
 
 impl LiveBody {
@@ -96,7 +97,7 @@ impl LiveBody {
     pub fn tapped(inner: UpstreamBody, tap: Tap) -> LiveBody {
         LiveBody {
             inner,
-            tap: Some(tap),
+            tap: Some(Box::new(tap)),
         }
     }
 }
