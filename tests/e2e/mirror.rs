@@ -7,7 +7,9 @@
 //! (its p99 with the mirror against without) and its mirrors are dropped
 //! beyond `max_in_flight`, counted; a candidate that is down leaves live
 //! traffic alone and counts as `error`; and a baseline learns a field that
-//! changes on every legacy call as noise, which then stops counting.
+//! changes on every legacy call as noise, which then stops counting. A
+//! POST is mirrored only when `methods` names it, with its body, and a body
+//! over 64 KiB is not copied (counted as dropped).
 
 use std::time::{Duration, Instant};
 
@@ -427,4 +429,44 @@ async fn a_baseline_learns_a_field_that_changes_on_every_legacy_call_and_stops_c
         table.contains("noise on /v1 (not counted): /generated_at"),
         "{table}"
     );
+}
+
+#[tokio::test]
+async fn a_post_named_in_methods_is_mirrored_with_its_body_and_one_over_64_kib_is_dropped() {
+    let h = TestHome::new();
+    let legacy = backend(&h, "orders-legacy", "json:legacy");
+    let v2 = backend(&h, "orders-v2", "json:legacy");
+    legacy_mirrored_to_v2(&h, &legacy, &v2, "methods = [\"POST\"], compare = true");
+    h.add_partner("acme", &["GET,POST /v1 -> orders-legacy"]);
+    let cert = h.issue("acme");
+    let broker = h.start();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &cert, false)
+        .await
+        .unwrap();
+    let small = vec![b'a'; 1000];
+    let r = c
+        .send(http::Method::POST, "/v1/orders", &[], &small)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let large = vec![b'b'; 70 * 1024];
+    let r = c
+        .send(http::Method::POST, "/v1/orders", &[], &large)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "the live request goes on whole");
+    // GET is not in `methods` now.
+    assert_eq!(c.get("/v1/orders/1").await.unwrap().status, 200);
+    let t = settled(broker.admin, "orders-legacy", 2).await;
+    assert_eq!(t["match"], 1, "{t}");
+    assert_eq!(t["dropped"], 1, "{t}");
+    assert_eq!(
+        legacy.requests(),
+        vec![
+            "POST /v1/orders 1000".to_string(),
+            format!("POST /v1/orders {}", large.len()),
+            "GET /v1/orders/1 0".to_string(),
+        ]
+    );
+    assert_eq!(v2.requests(), vec!["POST /v1/orders 1000".to_string()]);
 }
