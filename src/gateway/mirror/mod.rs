@@ -410,8 +410,10 @@ impl Job {
     }
 }
 
-/// Sends `req` through `pool` and reads the answer (its body up to
-/// `CAPTURE_MAX` when `keep_body`).
+/// Sends `req` through `pool` and reads the answer to its end, keeping
+/// its body up to `CAPTURE_MAX` when `keep_body`. Read to the end, the
+/// connection goes back to the pool (one dropped early is closed, and the
+/// next copy would pay a new TLS handshake).
 async fn fetch(
     pool: &Arc<Upstream>,
     req: MirrorRequest,
@@ -423,16 +425,16 @@ async fn fetch(
         .map_err(|f| MirrorError::Candidate(f.error.to_string()))?;
     let (parts, mut body) = relayed.response.into_parts();
     let mut buf = bytes::BytesMut::new();
-    let mut whole = true;
-    if keep_body {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| MirrorError::Candidate(e.to_string()))?;
-            if let Some(d) = frame.data_ref() {
-                if buf.len() + d.len() > CAPTURE_MAX {
-                    whole = false;
-                    buf.clear();
-                    break;
-                }
+    let mut whole = keep_body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| MirrorError::Candidate(e.to_string()))?;
+        if let Some(d) = frame.data_ref()
+            && whole
+        {
+            if buf.len() + d.len() > CAPTURE_MAX {
+                whole = false;
+                buf = bytes::BytesMut::new();
+            } else {
                 buf.extend_from_slice(d);
             }
         }
