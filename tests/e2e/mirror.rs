@@ -9,7 +9,8 @@
 //! traffic alone and counts as `error`; and a baseline learns a field that
 //! changes on every legacy call as noise, which then stops counting. A
 //! POST is mirrored only when `methods` names it, with its body, and a body
-//! over 64 KiB is not copied (counted as dropped).
+//! over 64 KiB is not copied (counted as dropped). A live answer that
+//! streams to the partner (over 16 KiB) is still captured and compared.
 
 use std::time::{Duration, Instant};
 
@@ -469,4 +470,31 @@ async fn a_post_named_in_methods_is_mirrored_with_its_body_and_one_over_64_kib_i
         ]
     );
     assert_eq!(v2.requests(), vec!["POST /v1/orders 1000".to_string()]);
+}
+
+#[tokio::test]
+async fn a_streamed_live_answer_is_captured_for_the_comparison_as_it_goes_to_the_partner() {
+    let h = TestHome::new();
+    let legacy = backend(&h, "orders-legacy", "json:big");
+    let v2 = backend(&h, "orders-v2", "json:big11");
+    legacy_mirrored_to_v2(&h, &legacy, &v2, "compare = true");
+    h.add_partner("acme", &["GET /v1 -> orders-legacy"]);
+    let cert = h.issue("acme");
+    let broker = h.start();
+    let mut c = Conn::open(broker.addr, &h.ca_pem(), &cert, false)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let r = c.get(&format!("/v1/orders/{i}")).await.unwrap();
+        assert_eq!(r.status, 200);
+        // Past the 16 KiB read whole: this body streamed to the partner.
+        assert!(r.body.len() > 100_000, "{}", r.body.len());
+        assert_eq!(r.json()["items"].as_array().unwrap().len(), 2000);
+    }
+    let t = settled(broker.admin, "orders-legacy", 3).await;
+    assert_eq!(t["mismatch"], 3, "{t}");
+    for r in diffs(&h) {
+        assert_eq!(detail(&r)["pointers"], serde_json::json!(["/total"]), "{r}");
+        assert_eq!(detail(&r)["body"], "json", "{r}");
+    }
 }

@@ -6,7 +6,8 @@
 //! answers after sleeping and records the most requests it held at once,
 //! `json:<variant>` answers an order as JSON: `legacy` (the reference),
 //! `same` (the same document with keys in another order and numbers
-//! spelled otherwise), `total11` (one field differs: `/total`), `noisy`
+//! spelled otherwise), `total11` (one field differs: `/total`), `big` and
+//! `big11` (the same with 2000 items, about 110 KB), `noisy`
 //! (the reference plus `/generated_at`, which changes on every call). Beside
 //! the request log, a second log notes each request's `X-Gatehouse-Mirror`
 //! and `X-Gatehouse-Partner` headers. The JSON modes set `TCP_NODELAY`, so
@@ -35,8 +36,10 @@ def order(variant, path):
         n = state["n"]
     if variant == "same":
         return '{"items":[{"qty":1.0,"sku":"a"},{"sku":"b","qty":2e0}],"total":1e1,"order":%s}' % json.dumps(path)
-    doc = {"order": path, "total": 11 if variant == "total11" else 10,
+    doc = {"order": path, "total": 11 if variant in ("total11", "big11") else 10,
            "items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 2}]}
+    if variant.startswith("big"):
+        doc["items"] = [{"sku": "s%d" % i, "qty": i, "note": "x" * 30} for i in range(2000)]
     if variant == "noisy":
         doc["generated_at"] = "%s-%d" % (name, n)
     return json.dumps(doc)
