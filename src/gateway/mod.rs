@@ -5,7 +5,8 @@
 //! place that turns an outcome into the partner's response and its record
 //! (`respond`), the live configuration the phases read (`live`), the
 //! upstream leg (`relay`), the record-keeping response body (`exchange`),
-//! the self-service renewal endpoint (`renewal`) and which certificates
+//! the self-service renewal endpoint (`renewal`), enrolment over EST and
+//! the only answers a connection without a certificate gets (`est`), and which certificates
 //! have completed a handshake (`seen`, which renewal reads).
 //!
 //! The gateway receives what it uses as a [`Gateway`]: the live state, the
@@ -20,6 +21,7 @@ use crate::ca::upstream_identity::LiveIdentity;
 use crate::guard::EventSink;
 
 pub mod conn;
+pub mod est;
 pub mod exchange;
 pub mod handshake_gate;
 pub mod header_guard;
@@ -48,6 +50,8 @@ pub struct Gateway {
     pub identity: Arc<LiveIdentity>,
     /// Self-service renewal state (rate, one at a time).
     pub renewals: renewal::Renewals,
+    /// Enrolment state (attempts per address, one redemption at a time).
+    pub enrolments: est::Enrolments,
     /// Certificates that completed a handshake (for renewal).
     pub seen: Arc<seen::Seen>,
     /// Connections being served, and whether the listener still accepts.
@@ -78,6 +82,7 @@ impl Gateway {
             events,
             identity,
             renewals: Default::default(),
+            enrolments: Default::default(),
             seen: Arc::default(),
             connections: Arc::default(),
             fleet: None,

@@ -173,6 +173,16 @@ pub async fn handle(
     gw: &Arc<Gateway>,
 ) -> Result<Renewed, Refusal> {
     let csr = read_csr(req).await?;
+    handle_csr(csr, identity, gw).await
+}
+
+/// Handles one renewal from `identity` (already admitted) for a PEM CSR
+/// already read (the EST `simplereenroll` decodes its own body).
+pub async fn handle_csr(
+    csr: Bytes,
+    identity: &PartnerIdentity,
+    gw: &Arc<Gateway>,
+) -> Result<Renewed, Refusal> {
     let key = csr_key(&csr)?;
     let (gw, partner, serial) = (
         gw.clone(),
@@ -187,7 +197,7 @@ pub async fn handle(
 }
 
 /// The CSR body, at most `MAX_CSR_BODY` bytes (413 beyond).
-async fn read_csr(req: http::Request<Incoming>) -> Result<Bytes, Refusal> {
+pub async fn read_csr(req: http::Request<Incoming>) -> Result<Bytes, Refusal> {
     let too_large =
         || Refusal::new(Reason::CsrTooLarge).detail("the CSR body is larger than 64 KiB");
     let declared = req

@@ -25,9 +25,9 @@ use crate::gateway::refusal::Refusal;
 use crate::gateway::relay::{
     Annotations, RelayBody, Upstream, UpstreamError, upstream_request_headers,
 };
-use crate::gateway::renewal;
 use crate::gateway::respond::{self, Answer, ResponseBody};
 use crate::gateway::session::ConnCtx;
+use crate::gateway::{est, renewal};
 use crate::policy::{Permit, check_target};
 use crate::reason::Reason;
 
@@ -96,6 +96,28 @@ async fn phases(
 ) -> Result<Answer, Refusal> {
     let snapshot = gw.live.snapshot();
     let entry = admit(conn, gw, &snapshot)?;
+
+    // EST (RFC 7030): broker endpoints, not routes.
+    let est_answer =
+        |(content_type, body): (&'static str, String)| Answer::Local { content_type, body };
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, est::CACERTS_PATH) => {
+            return est::cacerts(gw, &mut record.event).map(est_answer);
+        }
+        (&Method::POST, est::SIMPLEREENROLL_PATH) => {
+            drop(snapshot);
+            return est::reenrol(req, &conn.identity, gw, &mut record.event)
+                .await
+                .map(est_answer);
+        }
+        (&Method::POST, est::SIMPLEENROLL_PATH) => {
+            drop(snapshot);
+            return est::enrol(req, conn.peer, gw, &mut record.event)
+                .await
+                .map(est_answer);
+        }
+        _ => {}
+    }
 
     // Self-service renewal: a broker endpoint, not a route (admitted above,
     // so suspended, revoked, expired and superseded certificates never get here).

@@ -1,5 +1,6 @@
-//! TLS on both legs. Partner side: a rustls `ServerConfig` that requires a
-//! client certificate, verifies chain, validity, EKU clientAuth and the CRL
+//! TLS on both legs. Partner side: a rustls `ServerConfig` that asks for a
+//! client certificate (a client without one gets only the enrolment paths,
+//! see `gateway::est`), verifies chain, validity, EKU clientAuth and the CRL
 //! (rustls' WebPKI verifier), then the partner identity and the inventory's
 //! revocation state (`PartnerVerifier`; a certificate whose chain already
 //! verified skips only the chain's signature checks, see `verified_certs`).
@@ -147,8 +148,11 @@ impl ClientCertVerifier for PartnerVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
+    /// Optional: a client without a certificate completes the handshake
+    /// and gets the enrolment paths alone (`gateway::est::anonymous`); a
+    /// certificate that is presented is verified in full, as ever.
     fn client_auth_mandatory(&self) -> bool {
-        true
+        false
     }
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
