@@ -139,7 +139,7 @@ fn client_config(opts: &AgentOptions) -> Result<Arc<rustls::ClientConfig>, Agent
 }
 
 /// Host, port and the renewal path for a broker URL.
-fn endpoint(broker: &str) -> Result<(String, u16, String), AgentError> {
+pub(crate) fn endpoint(broker: &str) -> Result<(String, u16, String), AgentError> {
     let uri: Uri = broker
         .parse()
         .map_err(|e| AgentError::Url(broker.into(), format!("{e}")))?;
@@ -162,7 +162,7 @@ fn endpoint(broker: &str) -> Result<(String, u16, String), AgentError> {
 
 /// Makes a fresh P-256 key and a CSR for it (its subject is ignored by the
 /// broker, which sets the identity itself).
-fn new_csr() -> Result<(KeyPair, String), AgentError> {
+pub(crate) fn new_csr() -> Result<(KeyPair, String), AgentError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|e| AgentError::Key(e.to_string()))?;
     let params = CertificateParams::default();

@@ -53,6 +53,25 @@ pub enum PartnerCmd {
         /// The partner's id.
         id: String,
     },
+    /// A one-time enrolment invitation (EST) for a partner, and what to send it.
+    Invite {
+        /// The partner's id.
+        #[arg(required_unless_present = "revoke", conflicts_with = "revoke")]
+        id: Option<String>,
+        /// How long the invitation is valid (e.g. 72h, 7d; at most 30d).
+        #[arg(long, default_value = "72h")]
+        ttl: String,
+        /// The broker's URL as partners reach it (default: the server
+        /// certificate's first name and the listen port).
+        #[arg(long)]
+        url: Option<String>,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Revoke this partner's invitation instead.
+        #[arg(long, value_name = "ID")]
+        revoke: Option<String>,
+    },
     /// Offboard a partner: revokes its certificates and deletes its file.
     Remove {
         /// The partner's id.
@@ -78,6 +97,20 @@ pub(super) fn run(home: &Home, cmd: PartnerCmd) -> CliResult {
         }
         PartnerCmd::List { json } => list(home, json)?,
         PartnerCmd::Show { id, json } => show(home, &id, json)?,
+        PartnerCmd::Invite {
+            id,
+            ttl,
+            url,
+            json,
+            revoke,
+        } => match (revoke, id) {
+            (Some(id), _) => super::invite::revoke(home, &id)?,
+            (None, Some(id)) => {
+                let ttl = crate::timefmt::parse_duration(&ttl)?;
+                super::invite::invite(home, &id, ttl, url.as_deref(), json)?
+            }
+            (None, None) => return Err("partner invite needs an ID (or --revoke ID)".into()),
+        },
         PartnerCmd::Suspend { id } => {
             partners::set_status(home, &id, PartnerStatus::Suspended)?;
             println!("partner {id} suspended: its calls are refused (403) from now on");
@@ -162,6 +195,9 @@ fn show(home: &Home, id: &str, json: bool) -> Result<(), Box<dyn Error>> {
         }
         for r in &p.routes {
             println!("    {}", r.describe());
+        }
+        if let Some(inv) = super::invite::describe(home, id) {
+            println!("  invitation: {inv}");
         }
         println!("  certificates:");
         for c in certs {

@@ -3,6 +3,7 @@
 //! PKCS#7 certs-only answers EST speaks (`pkcs7`). The HTTP side (paths,
 //! credentials, rate, records) is `gateway::est`; signing is `ca::lifecycle`.
 
+pub mod agent;
 pub mod invitation;
 pub mod pkcs7;
 
