@@ -21,6 +21,7 @@ mod contrib;
 mod curl;
 mod disk_full;
 mod echo_upstream;
+mod enrolment;
 mod first_run;
 mod fleet;
 mod fleet_bench;
