@@ -99,6 +99,10 @@ impl Home {
     pub fn partners_dir(&self) -> PathBuf {
         self.root.join("partners")
     }
+    /// Where `cert issue` writes a partner's files when no `--out` is given.
+    pub fn client_dir(&self, partner: &str) -> PathBuf {
+        self.root.join("clients").join(partner)
+    }
     pub fn partner_file(&self, id: &str) -> PathBuf {
         self.partners_dir().join(format!("{id}.toml"))
     }

@@ -23,6 +23,7 @@ pub mod gateway;
 pub mod guard;
 pub mod home;
 pub mod identity;
+pub mod identity_token;
 pub mod journal;
 pub mod partners;
 pub mod policy;

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::ca::upstream_identity::LiveIdentity;
 use crate::config::GatewayConfig;
 use crate::control::socket::{AdminHooks, serve_admin_socket};
 use crate::control::view::AdminView;
@@ -26,6 +25,7 @@ use crate::guard::anomaly::{AnomalySettings, Detector};
 use crate::guard::baselines;
 use crate::guard::monitor::Monitor;
 use crate::home::Home;
+use crate::identity_token::LiveIdentity;
 use crate::journal::Journal;
 use crate::stop_signals::StopSignals;
 
@@ -62,7 +62,7 @@ pub enum ServeError {
     #[error("the bound address cannot be read: {0}")]
     LocalAddr(#[source] std::io::Error),
     #[error("upstream identity key: {0}")]
-    IdentityKey(#[from] crate::ca::upstream_identity::TokenKeyError),
+    IdentityKey(#[from] crate::identity_token::TokenKeyError),
     #[error(transparent)]
     Alerts(#[from] crate::guard::alerts::AlertSinkError),
     #[error(transparent)]
@@ -158,6 +158,11 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         events.clone(),
         shutdown_rx.clone(),
     ));
+    let disk_watch = tokio::spawn(crate::control::disk_watch::run(
+        journal.clone(),
+        events.clone(),
+        shutdown_rx.clone(),
+    ));
     let saver = baselines::spawn_saver(
         events.detector().clone(),
         journal.clone(),
@@ -191,6 +196,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     drain(&gateway, &permits, max_conns, &shutdown_tx, &live).await;
     watcher.abort();
     upkeep.abort();
+    disk_watch.abort();
     saver.abort();
     baselines::save(events.detector(), &journal);
     let _ = admin_task.await;

@@ -13,9 +13,10 @@ use time::OffsetDateTime;
 use x509_parser::prelude::{GeneralName, X509Certificate, parse_x509_certificate};
 
 use super::{Authority, BACKDATE, BROKER_CERT_DAYS, CaError, LeafKind, Signed, invalid, new_key};
-use super::{lock, pki, upstream_identity};
+use super::{lock, pki};
 use crate::config;
 use crate::home::{self, Home};
+use crate::identity_token as upstream_identity;
 
 /// Default server-certificate names.
 pub fn default_hostnames() -> Vec<String> {

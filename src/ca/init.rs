@@ -20,10 +20,10 @@ use super::lock::{self, CaLock};
 use super::{
     Authority, CaError, ISSUING_VALIDITY_DAYS, ROOT_VALIDITY_DAYS, Signed, UPSTREAM_CLIENT_CA_DAYS,
     ca_name, crl, der_to_pem, invalid, is_self_issued, new_key, pki, remove_if_exists,
-    upstream_identity,
 };
 use crate::config::{self, GatewayConfig, validate_trust_domain};
 use crate::home::{self, Home, ensure_dir, write_key, write_public};
+use crate::identity_token as upstream_identity;
 
 /// Options of `gatehouse init`.
 #[derive(Debug, Default, Clone)]

@@ -165,10 +165,7 @@ fn issue_inner(
     }
     let subject = Subject::from_options(opts)?;
     let (record, signed) = sign_partner(partner, &subject, opts.days, ctx, now)?;
-    let out_dir = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| home.root().join("clients").join(partner));
+    let out_dir = opts.out.clone().unwrap_or_else(|| home.client_dir(partner));
     ensure_dir(&out_dir)?;
     let chain = chain_pem(&signed, &ctx.ca);
     let trust = pki::trust_bundle_pem(home)?;

@@ -16,8 +16,9 @@
 //! - `pki` (reads the two-tier layout: root, issuing CA, upstream-client CA,
 //!   previous CAs, trust bundle, chains, `ca list`);
 //! - `inventory` (issued certificates), `lock` (serialises every writer of
-//!   the inventory and the CRLs), `csr`, `p12` (PKCS#12 files),
-//!   `upstream_identity` (the identity token key and its JWKS).
+//!   the inventory and the CRLs), `csr`, `p12` (PKCS#12 files); the
+//!   identity token key (`crate::identity_token`) sits below this module:
+//!   `init` creates it and `cert server-renew` rotates it.
 //!
 //! Private keys never leave this module except as PEM handed to
 //! `home::write_key`, and are never logged.
@@ -33,7 +34,6 @@ pub mod maintenance;
 pub mod p12;
 pub mod pki;
 pub mod rollover;
-pub mod upstream_identity;
 
 use std::net::IpAddr;
 

@@ -5,6 +5,7 @@
 use std::error::Error;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
@@ -13,7 +14,7 @@ use time::OffsetDateTime;
 use crate::control::socket::{self, Backend, Reply, Request};
 use crate::event::{Decision, EventKind};
 use crate::home::Home;
-use crate::journal::{JournalError, Query, Signer, Store, Verifier, fmt_time_ms};
+use crate::journal::{JournalError, Query, Signer, Store, Verifier, export, fmt_time_ms};
 use crate::timefmt::parse_instant;
 
 type CliResult = Result<ExitCode, Box<dyn Error>>;
@@ -355,20 +356,6 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
             json,
             exports,
         } => {
-            if !exports.is_empty() {
-                return crate::fleet::exports::cli_query(
-                    &exports,
-                    crate::fleet::exports::Filter {
-                        partner,
-                        since_ms: time_arg(&since)?,
-                        until_ms: time_arg(&until)?,
-                        decision: decision.map(DecisionArg::decision),
-                        status,
-                        limit,
-                    },
-                    json,
-                );
-            }
             let query = Query {
                 partner,
                 since_ms: time_arg(&since)?,
@@ -379,6 +366,9 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
                 limit,
                 reverse,
             };
+            if !exports.is_empty() {
+                return query_exports(&exports, &query, json);
+            }
             run_request(home, Request::Query { query }, &mut |r| print_ok(r, json))?;
         }
         LogCmd::Export {
@@ -388,7 +378,7 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
             cursor,
         } => export(home, after_seq, follow, cursor)?,
         LogCmd::Verify { json, exports } if !exports.is_empty() => {
-            return crate::fleet::exports::cli_verify(home, &exports, json);
+            return verify_exports(home, &exports, json);
         }
         LogCmd::Verify { json, .. } => return verify(home, json),
         LogCmd::Prune { before } => prune(home, &before)?,
@@ -655,4 +645,70 @@ fn current_last(home: &Home) -> Result<u64, JournalError> {
         Ok(true)
     })?;
     Ok(last)
+}
+
+/// `log verify --export FILE...`: exit 0 only if every file verifies.
+fn verify_exports(home: &Home, paths: &[PathBuf], json: bool) -> CliResult {
+    let verifier = Verifier::load(&home.journal_pub())?;
+    let mut reports = Vec::with_capacity(paths.len());
+    for p in paths {
+        reports.push(export::verify(&export::read(p)?, &verifier));
+    }
+    let failed = reports.iter().any(|r| r.failure.is_some());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            let range = match (r.first_seq, r.last_seq) {
+                (Some(a), Some(b)) => format!("records {a}..={b}"),
+                _ => "no records".into(),
+            };
+            match &r.failure {
+                None => println!(
+                    "ok: {} (node {}): {range} ({} records), {} signed checkpoint(s), {} record(s) after the last",
+                    r.path,
+                    r.nodes.join(","),
+                    r.records,
+                    r.checkpoints,
+                    r.unsigned_tail
+                ),
+                Some(f) => eprintln!("gatehouse: {} FAILED verification: {f}", r.path),
+            }
+        }
+    }
+    Ok(if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+/// `log query --export FILE...`: the matching records of all files, merged.
+fn query_exports(paths: &[PathBuf], query: &Query, json: bool) -> CliResult {
+    let exports = paths
+        .iter()
+        .map(|p| export::read(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    for r in export::query(&exports, query) {
+        if json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            let e = &r.event;
+            println!(
+                "{} {:<12} #{:<6} {:<10} {:<8} {:<6} {} {} {}",
+                r.time,
+                e.node,
+                r.seq,
+                e.partner.as_deref().unwrap_or("-"),
+                format!("{:?}", e.kind).to_lowercase(),
+                e.status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                e.method.as_deref().unwrap_or("-"),
+                e.path.as_deref().unwrap_or("-"),
+                e.reason.as_deref().unwrap_or(""),
+            );
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }

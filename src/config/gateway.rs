@@ -120,6 +120,9 @@ pub struct JournalSettings {
     pub handshake_refusals_per_interval: u32,
     #[serde(with = "serde_duration")]
     pub handshake_aggregate_interval: Duration,
+    /// Free space kept on the journal's file system: below it the journal
+    /// fails closed (503) until space comes back ("256MiB", "2%", "0": off).
+    pub min_free: crate::journal::space::MinFree,
 }
 
 impl Default for JournalSettings {
@@ -131,6 +134,7 @@ impl Default for JournalSettings {
             checkpoint_interval: Duration::from_secs(60),
             handshake_refusals_per_interval: 10,
             handshake_aggregate_interval: Duration::from_secs(60),
+            min_free: crate::journal::space::DEFAULT_MIN_FREE,
         }
     }
 }
@@ -289,6 +293,9 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
     }
     if cfg.journal.checkpoint_interval < Duration::from_secs(1) {
         err("[journal] checkpoint_interval must be at least 1s".into());
+    }
+    if let Some(m) = cfg.journal.min_free.problem() {
+        err(m);
     }
     for (name, up) in &cfg.upstreams {
         if let Err(m) = validate_upstream_name(name) {

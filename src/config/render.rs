@@ -82,6 +82,7 @@ durability = "strict"         # "strict": a response ends only after its record 
 flush_interval = "10ms"       # relaxed mode: how often records are fsynced (the loss window)
 checkpoint_every = 10000      # a signed checkpoint every N records and at shutdown
 checkpoint_interval = "60s"   # and at least this often while records come in
+min_free = "256MiB"           # free space kept on data/'s file system: below it, 503 and alert disk_low ("2%": a share; "0": off)
 
 [ca]
 default_days = 90             # partner certificate lifetime

@@ -98,7 +98,7 @@ async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<By
             Some(denied) => denied,
             None => status(&view).await,
         },
-        crate::ca::upstream_identity::JWKS_PATH => {
+        crate::identity_token::JWKS_PATH => {
             let mut r = text(StatusCode::OK, view.identity.current().jwks_json.clone());
             let h = r.headers_mut();
             h.insert(

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use crate::ca::upstream_identity::LiveIdentity;
 use crate::gateway::Connections;
 use crate::gateway::live::Live;
 use crate::guard::EventSink;
+use crate::identity_token::LiveIdentity;
 
 /// What the admin listener reads: the live state, the event sink (journal
 /// health, metrics, anomaly status), the identity key's JWKS and whether

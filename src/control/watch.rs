@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::ca::upstream_identity::LiveIdentity;
 use crate::event::{Decision, EventKind, truncated};
 use crate::gateway::live::{Live, ReloadError, WATCH_INTERVAL};
 use crate::guard::EventSink;
+use crate::identity_token::LiveIdentity;
 
 /// How often the watcher looks at every file even without a notification.
 const SAFETY_POLL: Duration = Duration::from_secs(10);

@@ -37,7 +37,6 @@ use crate::reason::Reason;
 pub use store::StoreError;
 
 pub mod announce;
-pub mod exports;
 pub mod limiter;
 pub mod node;
 pub mod status;

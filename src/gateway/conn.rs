@@ -2,7 +2,7 @@
 //! TLS handshake (bounded in time; a refusal becomes a TLS-level `Refusal`
 //! and a record), the partner identified from the verified certificate,
 //! then HTTP/1.1 or HTTP/2 served by hyper, each request handed to
-//! `request::handle`, until the partner leaves, the connection idles out,
+//! `door::handle`, until the partner leaves, the connection idles out,
 //! a refusal asks it to close, or the broker drains.
 
 use std::convert::Infallible;
@@ -25,7 +25,7 @@ use crate::config::ServerSettings;
 use crate::event::{Decision, EventKind};
 use crate::gateway::refusal::Refusal;
 use crate::gateway::session::ConnCtx;
-use crate::gateway::{Gateway, est, request};
+use crate::gateway::{Gateway, door, est};
 use crate::identity::{PartnerIdentity, identify};
 use crate::reason::Reason;
 use crate::tls::classify_handshake_error;
@@ -185,7 +185,7 @@ async fn handle_connection(
         let (ctx, gw) = (ctx.clone(), gw.clone());
         service_fn(move |req: Request<Incoming>| {
             let (ctx, gw) = (ctx.clone(), gw.clone());
-            async move { Ok::<_, Infallible>(request::handle(req, ctx, gw).await) }
+            async move { Ok::<_, Infallible>(door::handle(req, ctx, gw).await) }
         })
     };
     let conn = builder.serve_connection(TokioIo::new(done.tls), service);

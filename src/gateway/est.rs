@@ -34,7 +34,6 @@ use crate::event::{Decision, Event, EventKind, truncated};
 use crate::gateway::exchange::PendingRecord;
 use crate::gateway::respond::{self, ResponseBody};
 use crate::gateway::{Gateway, Refusal, renewal};
-use crate::identity::PartnerIdentity;
 use crate::reason::Reason;
 
 /// The CA certificates.
@@ -147,7 +146,7 @@ pub fn cacerts(gw: &Gateway, ev: &mut Event) -> Result<(&'static str, String), R
 }
 
 /// The PEM CSR in an EST body (base64 DER; whitespace ignored).
-async fn read_csr_pem(req: Request<Incoming>) -> Result<Vec<u8>, Refusal> {
+pub(crate) async fn read_csr_pem(req: Request<Incoming>) -> Result<Vec<u8>, Refusal> {
     let body = renewal::read_csr(req).await?;
     csr_pem_from_base64(&body)
 }
@@ -169,7 +168,7 @@ fn csr_pem_from_base64(body: &Bytes) -> Result<Vec<u8>, Refusal> {
 }
 
 /// A chain (PEM) as EST's certs-only answer.
-fn certs_only(chain_pem: &str) -> (&'static str, String) {
+pub(crate) fn certs_only(chain_pem: &str) -> (&'static str, String) {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .filter_map(Result::ok)
         .collect();
@@ -348,24 +347,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         Refusal::new(Reason::RenewalFailed).detail(format!("enrolment task failed: {e}"))
     })?
-}
-
-/// `simplereenroll` over mutual TLS: the self-service renewal with a base64
-/// PKCS#10 body and a certs-only answer.
-pub async fn reenrol(
-    req: Request<Incoming>,
-    identity: &PartnerIdentity,
-    gw: &Arc<Gateway>,
-    ev: &mut Event,
-) -> Result<(&'static str, String), Refusal> {
-    ev.route = Some(SIMPLEREENROLL_PATH.to_string());
-    let csr = read_csr_pem(req).await?;
-    let renewed = renewal::handle_csr(Bytes::from(csr), identity, gw).await?;
-    ev.detail = Some(renewed.summary());
-    if let Some(fleet) = &gw.fleet {
-        fleet.clone().partner_changed(&identity.partner);
-    }
-    Ok(certs_only(&renewed.chain_pem))
 }
 
 /// `WWW-Authenticate` for a 401 from `simpleenroll`.

@@ -3,8 +3,10 @@
 //! clients and the partner-facing TLS config, held behind `ArcSwap`s so the
 //! request path reads them without a lock. `reload` rebuilds them from the
 //! home's files; a file that fails validation is refused and the running
-//! state stays in force. The watcher notices file changes (stat polling) and
-//! SIGHUP within a second.
+//! state stays in force. The watcher (`control::watch`) hears of file
+//! changes through `notify` (inotify; a slow safety poll for file systems
+//! that do not notify, and polling every tick where notifications are
+//! unavailable) and of SIGHUP, and calls `reload` within a second.
 //!
 //! **No lost edit.** A file's stamp is a hash of its content (not its
 //! length and mtime, which two quick writes of the same length share), and
@@ -373,7 +375,7 @@ impl Live {
             h.partners_dir(),
             h.certs_dir(),
             h.issued_dir(),
-            h.certs_dir().join("ca-previous"),
+            h.ca_previous_dir(),
         ];
         for u in self.snapshot().gateway.upstreams.values() {
             for f in [&u.ca, &u.client_cert, &u.client_key].into_iter().flatten() {

@@ -17,10 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crate::ca::upstream_identity::LiveIdentity;
 use crate::guard::EventSink;
+use crate::identity_token::LiveIdentity;
 
+pub mod certificates;
 pub mod conn;
+pub mod door;
 pub mod est;
 pub mod exchange;
 pub mod handshake_gate;

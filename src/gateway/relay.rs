@@ -317,7 +317,7 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, annotations: &Annotatio
         &format!("Hash={};URI={}", annotations.fingerprint, annotations.uri),
     );
     if let Some(token) = annotations.identity {
-        set(crate::ca::upstream_identity::HEADER, token);
+        set(crate::identity_token::HEADER, token);
     }
 }
 

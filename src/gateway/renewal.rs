@@ -6,9 +6,10 @@
 //! plan from the inventory (renew an active certificate inside its window,
 //! deliver again the successor already issued for this key, replace a
 //! successor never seen at a handshake, or refuse); the per-partner minimum
-//! interval; a journal record *before* signing (no certificate is issued
-//! that the journal does not know of); sign through `ca::lifecycle`; reload
-//! and record `cert_renewed`.
+//! interval; sign through `ca::lifecycle`. The certificate door
+//! (`certificates`) runs these steps in order and records around them: a
+//! journal record *before* signing (no certificate is issued that the
+//! journal does not know of), and `cert_renewed` after.
 //!
 //! Renewal is idempotent so a lost answer cannot lock a partner out: the
 //! same presenting certificate with a CSR for the same key gets the same
@@ -17,7 +18,6 @@
 //! trusts anything in the CSR but its key.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,11 +30,8 @@ use time::OffsetDateTime;
 use crate::ca::CaError;
 use crate::ca::inventory::{CertState, Inventory, IssuedCert};
 use crate::ca::lifecycle::{self, Supersede};
-use crate::event::{Decision, EventKind};
 use crate::gateway::{Gateway, Refusal};
-use crate::guard::EventSink;
 use crate::home::Home;
-use crate::identity::PartnerIdentity;
 use crate::reason::Reason;
 use crate::timefmt::rfc3339;
 
@@ -47,8 +44,6 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
 /// Share of a certificate's lifetime, at its end, during which renewal is
 /// open when the partner file sets no `renewal_window`.
 pub const DEFAULT_WINDOW_DIVISOR: i32 = 3;
-/// `Retry-After` when the journal cannot record the renewal before signing.
-const JOURNAL_RETRY_SECS: u64 = 5;
 
 /// Renewal state shared by every connection.
 #[derive(Default)]
@@ -57,12 +52,12 @@ pub struct Renewals {
     last: std::sync::Mutex<HashMap<String, Instant>>,
     /// One renewal at a time: the check-then-write on the inventory must
     /// not interleave (one renewal per certificate serial).
-    signing: tokio::sync::Mutex<()>,
+    pub(crate) signing: tokio::sync::Mutex<()>,
 }
 
 impl Renewals {
     /// 429 with `Retry-After` when `partner` renewed less than a minute ago.
-    fn check_rate(&self, partner: &str) -> Result<(), Refusal> {
+    pub(crate) fn check_rate(&self, partner: &str) -> Result<(), Refusal> {
         let since_last = self
             .last
             .lock()
@@ -81,7 +76,7 @@ impl Renewals {
     }
 
     /// Starts `partner`'s minimum interval now.
-    fn note(&self, partner: &str) {
+    pub(crate) fn note(&self, partner: &str) {
         self.last
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -153,7 +148,7 @@ impl Renewed {
 
 /// What to sign.
 #[derive(Debug)]
-enum Issue {
+pub(crate) enum Issue {
     /// A first successor for an active certificate.
     Renew { days: u32 },
     /// A replacement for `successor`, issued but never seen at a handshake.
@@ -161,43 +156,13 @@ enum Issue {
 }
 
 /// What the inventory says the request gets.
-enum Plan {
+pub(crate) enum Plan {
     Redeliver(Renewed),
     Issue(Issue),
 }
 
-/// Handles one renewal request from `identity` (already admitted).
-pub async fn handle(
-    req: http::Request<Incoming>,
-    identity: &PartnerIdentity,
-    gw: &Arc<Gateway>,
-) -> Result<Renewed, Refusal> {
-    let csr = read_csr(req).await?;
-    handle_csr(csr, identity, gw).await
-}
-
-/// Handles one renewal from `identity` (already admitted) for a PEM CSR
-/// already read (the EST `simplereenroll` decodes its own body).
-pub async fn handle_csr(
-    csr: Bytes,
-    identity: &PartnerIdentity,
-    gw: &Arc<Gateway>,
-) -> Result<Renewed, Refusal> {
-    let key = csr_key(&csr)?;
-    let (gw, partner, serial) = (
-        gw.clone(),
-        identity.partner.to_string(),
-        identity.serial.to_string(),
-    );
-    // Once the CSR is in, the renewal runs to its end even if the partner
-    // leaves: what is signed is recorded, and a retry finds it.
-    tokio::spawn(async move { renew(&gw, &partner, &serial, csr, key).await })
-        .await
-        .map_err(|e| internal(format!("renewal task failed: {e}")))?
-}
-
 /// The CSR body, at most `MAX_CSR_BODY` bytes (413 beyond).
-pub async fn read_csr(req: http::Request<Incoming>) -> Result<Bytes, Refusal> {
+pub(crate) async fn read_csr(req: http::Request<Incoming>) -> Result<Bytes, Refusal> {
     let too_large =
         || Refusal::new(Reason::CsrTooLarge).detail("the CSR body is larger than 64 KiB");
     let declared = req
@@ -223,48 +188,12 @@ pub async fn read_csr(req: http::Request<Incoming>) -> Result<Bytes, Refusal> {
 
 /// The CSR's verified public key (the subjectPublicKey bits, which name
 /// the key and, by their form and length, its type).
-fn csr_key(csr: &[u8]) -> Result<Vec<u8>, Refusal> {
+pub(crate) fn csr_key(csr: &[u8]) -> Result<Vec<u8>, Refusal> {
     let spki = crate::ca::csr::verified_public_key(csr).map_err(ca_refusal)?;
     Ok(rcgen::PublicKeyData::der_bytes(&spki).to_vec())
 }
 
-/// One renewal, one at a time: plan, rate, record, sign, record.
-async fn renew(
-    gw: &Arc<Gateway>,
-    partner: &str,
-    serial: &str,
-    csr: Bytes,
-    key: Vec<u8>,
-) -> Result<Renewed, Refusal> {
-    let _one_at_a_time = gw.renewals.signing.lock().await;
-    let issue = {
-        let (g, p, s) = (gw.clone(), partner.to_string(), serial.to_string());
-        match blocking(move || plan(&g, &p, &s, &key)).await? {
-            Plan::Redeliver(renewed) => return Ok(renewed),
-            Plan::Issue(issue) => issue,
-        }
-    };
-    gw.renewals.check_rate(partner)?;
-    record_issuing(&gw.events, partner, serial, &issue).await?;
-    let (home, p, s) = (
-        gw.live.home.clone(),
-        partner.to_string(),
-        serial.to_string(),
-    );
-    let renewed = blocking(move || sign(&home, &p, &s, &csr, &issue)).await?;
-    gw.renewals.note(partner);
-    // The new certificate is usable at once, not only after the watcher's tick.
-    let live = gw.live.clone();
-    match tokio::task::spawn_blocking(move || live.reload(true)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!("reload after renewal: {e}"),
-        Err(e) => tracing::warn!("reload after renewal failed: {e}"),
-    }
-    record_renewed(&gw.events, partner, &renewed).await;
-    Ok(renewed)
-}
-
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
 ) -> Result<T, Refusal> {
     tokio::task::spawn_blocking(f)
@@ -273,7 +202,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Reads the inventory and decides what the request gets (blocking).
-fn plan(gw: &Gateway, partner: &str, serial: &str, key: &[u8]) -> Result<Plan, Refusal> {
+pub(crate) fn plan(gw: &Gateway, partner: &str, serial: &str, key: &[u8]) -> Result<Plan, Refusal> {
     let inventory = Inventory::load(&gw.live.home).map_err(internal)?;
     let rec = inventory.get(serial).ok_or_else(|| {
         Refusal::new(Reason::UnknownCertificate)
@@ -367,38 +296,8 @@ fn leaf_key(chain_pem: &str) -> Result<Vec<u8>, Refusal> {
     Ok(x.public_key().subject_public_key.data.to_vec())
 }
 
-/// Records that a certificate is about to be signed, and waits for the
-/// journal to hold it: if it cannot, nothing is signed (503).
-async fn record_issuing(
-    events: &EventSink,
-    partner: &str,
-    serial: &str,
-    issue: &Issue,
-) -> Result<(), Refusal> {
-    let mut ev = events.event(EventKind::Admin, Decision::Allowed);
-    ev.partner = Some(partner.to_string());
-    ev.cert_serial = Some(serial.to_string());
-    ev.reason = Some("cert_renewal_issuing".into());
-    ev.detail = Some(match issue {
-        Issue::Renew { .. } => format!(
-            "self-service renewal by partner {partner}: signing a successor to certificate {serial}"
-        ),
-        Issue::Replace { successor, .. } => format!(
-            "self-service renewal by partner {partner}, retried with another key: signing a replacement for {successor}, the never-used successor to certificate {serial}"
-        ),
-    });
-    events.record(ev, None).await.map_err(|e| {
-        tracing::error!("renewal of {partner} not signed: the journal cannot record it: {e}");
-        Refusal::new(Reason::JournalUnavailable)
-            .retry_after(JOURNAL_RETRY_SECS)
-            .detail(format!(
-                "the renewal of certificate {serial} could not be recorded before signing ({e}); nothing was issued"
-            ))
-    })
-}
-
 /// Signs what the plan says (blocking).
-fn sign(
+pub(crate) fn sign(
     home: &Home,
     partner: &str,
     serial: &str,
@@ -433,30 +332,7 @@ fn sign(
     })
 }
 
-/// Records the renewal done (`cert_renewed`); the record before signing
-/// already tells of it if this one fails.
-async fn record_renewed(events: &EventSink, partner: &str, renewed: &Renewed) {
-    let mut ev = events.event(EventKind::Admin, Decision::Allowed);
-    ev.partner = Some(partner.to_string());
-    ev.cert_serial = Some(renewed.new_serial.clone());
-    ev.reason = Some("cert_renewed".into());
-    let replaced = match &renewed.kind {
-        RenewalKind::Replaced { revoked } => {
-            format!("; it replaces {revoked}, revoked (superseded) before it was ever used")
-        }
-        _ => String::new(),
-    };
-    ev.detail = Some(format!(
-        "self-service renewal by partner {partner}: certificate {} superseded by {}{replaced}",
-        renewed.old_serial, renewed.new_serial
-    ));
-    if let Err(e) = events.record(ev, None).await {
-        tracing::error!("renewal of {partner} not recorded: {e}");
-    }
-    tracing::info!(partner = %partner, old = %renewed.old_serial, new = %renewed.new_serial, "certificate renewed by the partner");
-}
-
-fn ca_refusal(e: CaError) -> Refusal {
+pub(crate) fn ca_refusal(e: CaError) -> Refusal {
     match e {
         CaError::Invalid(m) => Refusal::new(Reason::BadCsr)
             .detail(m.clone())
@@ -468,7 +344,7 @@ fn ca_refusal(e: CaError) -> Refusal {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Refusal {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Refusal {
     tracing::error!("renewal failed: {e}");
     Refusal::new(Reason::RenewalFailed).detail(e.to_string())
 }

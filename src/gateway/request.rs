@@ -1,10 +1,10 @@
-//! One request's life, as phases: admit (journal writable, partner active,
-//! certificate still good) → the renewal endpoint, if that is what it asks
-//! → frame (no smuggling shapes) → target (origin form, no traversal
-//! tricks) → authorize (deny by default) → limit (rate, quota, concurrency,
-//! body size) → build the upstream request → relay. Each phase returns
+//! A partner's API call, once `door` has admitted it, as phases: frame (no
+//! smuggling shapes) → target (origin form, no traversal tricks) →
+//! authorize (deny by default) → limit (rate, quota, concurrency, body
+//! size) → build the upstream request → relay. Each phase returns
 //! `Result<_, Refusal>`; `respond::finish` turns the outcome into the
-//! response and the record, the same way for every phase.
+//! response and the record, the same way for every phase. Certificates
+//! have their own door (`certificates`); nothing here reaches the CA.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +15,6 @@ use http::{HeaderMap, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 
-use crate::ca::upstream_identity::TokenSubject;
-use crate::event::{Decision, Event, EventKind, truncated};
 use crate::gateway::Gateway;
 use crate::gateway::exchange::PendingRecord;
 use crate::gateway::header_guard::TrailerFilter;
@@ -25,116 +23,34 @@ use crate::gateway::refusal::Refusal;
 use crate::gateway::relay::{
     Annotations, RelayBody, Upstream, UpstreamError, upstream_request_headers,
 };
-use crate::gateway::respond::{self, Answer, ResponseBody};
+use crate::gateway::respond::Answer;
 use crate::gateway::session::ConnCtx;
-use crate::gateway::{est, renewal};
+use crate::identity_token::TokenSubject;
 use crate::policy::{Permit, check_target};
 use crate::reason::Reason;
 
-/// Longest path kept in a record (the journal's growth per record is bounded).
-const MAX_RECORDED_PATH: usize = 2048;
-
-/// Handles one request from a verified partner connection.
-pub async fn handle(
-    req: Request<Incoming>,
-    conn: Arc<ConnCtx>,
-    gw: Arc<Gateway>,
-) -> Response<ResponseBody> {
-    let started = Instant::now();
-    let in_flight = conn.begin_request();
-    // Announced to the journal until the record is handed over, or until
-    // this function returns: a streamed response's record comes at the end
-    // of its body, which may be long after.
-    let expected = Arc::new(gw.events.expect_record());
-    let _expected_until_return = ReleaseOnDrop(expected.clone());
-    let request_id = format!("{:032x}", rand::random::<u128>());
-    let mut record = PendingRecord::new(
-        exchange_event(&req, &conn, &gw, &request_id),
-        started,
-        gw.events.clone(),
-        Some(expected),
-    );
-    record.hold(Box::new(in_flight));
-    let outcome = phases(req, &conn, &gw, &mut record, &request_id).await;
-    respond::finish(record, outcome, &conn, &request_id).await
-}
-
-/// The record as the request arrives: who, from where, what.
-fn exchange_event(
-    req: &Request<Incoming>,
-    conn: &ConnCtx,
-    gw: &Gateway,
-    request_id: &str,
-) -> Event {
-    let mut ev = gw.events.event(EventKind::Exchange, Decision::Denied);
-    ev.partner = Some(conn.identity.partner.to_string());
-    ev.cert_serial = Some(conn.identity.serial.to_string());
-    ev.cert_fingerprint = Some(conn.identity.fingerprint.to_string());
-    ev.client_addr = Some(conn.peer.to_string());
-    ev.tls_version = Some(conn.tls_version.to_string());
-    ev.method = Some(req.method().as_str().to_string());
-    ev.request_id = Some(request_id.to_string());
-    let path = raw_target(req).split('?').next().unwrap_or("");
-    ev.path = Some(truncated(path, MAX_RECORDED_PATH));
-    ev
-}
-
-fn raw_target(req: &Request<Incoming>) -> &str {
+/// The raw request-target (path and query) as the partner sent it.
+pub(crate) fn raw_target(req: &Request<Incoming>) -> &str {
     req.uri()
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/")
 }
 
-/// The phases, in order; the first refusal ends them.
-async fn phases(
+/// The phases of an admitted API call, in order; the first refusal ends them.
+pub(crate) async fn phases(
     req: Request<Incoming>,
     conn: &ConnCtx,
     gw: &Arc<Gateway>,
+    snapshot: Arc<Snapshot>,
     record: &mut PendingRecord,
     request_id: &str,
 ) -> Result<Answer, Refusal> {
-    let snapshot = gw.live.snapshot();
-    let entry = admit(conn, gw, &snapshot)?;
-
-    // EST (RFC 7030): broker endpoints, not routes.
-    let est_answer =
-        |(content_type, body): (&'static str, String)| Answer::Local { content_type, body };
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, est::CACERTS_PATH) => {
-            return est::cacerts(gw, &mut record.event).map(est_answer);
-        }
-        (&Method::POST, est::SIMPLEREENROLL_PATH) => {
-            drop(snapshot);
-            return est::reenrol(req, &conn.identity, gw, &mut record.event)
-                .await
-                .map(est_answer);
-        }
-        (&Method::POST, est::SIMPLEENROLL_PATH) => {
-            drop(snapshot);
-            return est::enrol(req, conn.peer, gw, &mut record.event)
-                .await
-                .map(est_answer);
-        }
-        _ => {}
-    }
-
-    // Self-service renewal: a broker endpoint, not a route (admitted above,
-    // so suspended, revoked, expired and superseded certificates never get here).
-    if req.method() == Method::POST && req.uri().path() == renewal::RENEW_PATH {
-        drop(snapshot);
-        record.event.route = Some(renewal::RENEW_PATH.to_string());
-        let renewed = renewal::handle(req, &conn.identity, gw).await?;
-        record.event.detail = Some(renewed.summary());
-        if let Some(fleet) = &gw.fleet {
-            fleet.clone().partner_changed(&conn.identity.partner);
-        }
-        return Ok(Answer::Local {
-            content_type: "application/x-pem-file",
-            body: renewed.chain_pem,
-        });
-    }
-
+    // Admitted from this snapshot, so the partner is in it.
+    let entry = snapshot
+        .partners
+        .get(&*conn.identity.partner)
+        .ok_or_else(|| Refusal::new(Reason::UnknownPartner))?;
     let declared_length = frame(req.headers())?;
     let target = target(&req)?;
     let permit = authorize(entry, req.method(), target.path, record)?;
@@ -176,25 +92,6 @@ async fn phases(
         is_head,
         write_timeout,
     })
-}
-
-/// Admission: the journal can record (fail closed: never relay a call that
-/// cannot be recorded), the partner is active, its certificate still good.
-/// A refused certificate or partner closes the connection.
-fn admit<'s>(
-    conn: &ConnCtx,
-    gw: &Gateway,
-    snapshot: &'s Snapshot,
-) -> Result<&'s PartnerEntry, Refusal> {
-    if !gw.events.writable() {
-        return Err(Refusal::new(Reason::JournalUnavailable));
-    }
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let entry = snapshot.admit(&conn.identity, now).map_err(Refusal::new)?;
-    if let Some(fleet) = &gw.fleet {
-        fleet.admit(&conn.identity)?;
-    }
-    Ok(entry)
 }
 
 /// Framing: refuses Content-Length values spelled differently, and returns
@@ -360,13 +257,4 @@ async fn relay(
         tracing::warn!(upstream = %upstream.name, request_id = %request_id, "upstream failed: {e:?}");
         Refusal::from(e)
     })
-}
-
-/// Releases a record's announcement when dropped (see `handle`).
-struct ReleaseOnDrop(Arc<crate::event::ExpectedRecord>);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        self.0.release();
-    }
 }

@@ -2,7 +2,7 @@
 //! request rate and of denials (403/429), the per-address counts of refused
 //! handshakes, and the decision "this is a spike: alert (once)". It does no
 //! I/O and reads no clock: every call takes `now_ms` (ms since the Unix
-//! epoch, e.g. from [`crate::guard::limits::Clock`]), so tests replay hours of
+//! epoch, e.g. `crate::event::now_ms()`), so tests replay hours of
 //! traffic in milliseconds. It does not throttle by itself: in throttle mode
 //! an [`Alert`] carries the rate the gateway hands to
 //! [`crate::guard::limits::LimitState::set_throttle`].

@@ -11,8 +11,11 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+pub mod export;
 pub mod record;
+pub mod space;
 pub mod store;
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod test_support;
 mod writer;
@@ -122,6 +125,10 @@ pub struct JournalStats {
     /// Records announced as on their way (`Recorder::expect_record`).
     #[serde(default)]
     pub expected_records: u64,
+    /// Free space on the journal's file system is under `[journal] min_free`
+    /// (the journal fails closed until it is back).
+    #[serde(default)]
+    pub disk_low: bool,
 }
 
 struct Inner {
@@ -188,6 +195,7 @@ impl Journal {
             last_flush: Instant::now(),
             retry_at: None,
             backoff: std::time::Duration::from_millis(20),
+            space: space::SpaceGuard::new(&home.journal_db(), settings.min_free),
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         let thread = std::thread::Builder::new()
@@ -313,7 +321,14 @@ impl Journal {
             write_failures: s.write_failures.load(Ordering::SeqCst),
             last_error: s.last_error.lock().ok().and_then(|g| g.clone()),
             expected_records: s.expected.load(Ordering::Relaxed) as u64,
+            disk_low: self.disk_low(),
         }
+    }
+
+    /// Whether free space is under `[journal] min_free` (the journal fails
+    /// closed meanwhile and resumes by itself once space is back).
+    pub fn disk_low(&self) -> bool {
+        self.inner.shared.disk_low.load(Ordering::SeqCst)
     }
 }
 

@@ -213,6 +213,33 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
     ))
 }
 
+/// Why one link of the hash chain does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BrokenLink {
+    #[error("prev_hash does not match the previous record's hash")]
+    PrevMismatch,
+    #[error("the record's content does not match its hash (altered)")]
+    Altered,
+}
+
+/// The chain check of one record: its `prev_hash` is the hash of the
+/// record before it (when that one is known), and its `hash` covers
+/// `prev_hash` and its canonical bytes.
+pub fn check_link(
+    before: Option<&[u8; 32]>,
+    prev_hash: &[u8; 32],
+    canonical: &[u8],
+    hash: &[u8; 32],
+) -> Result<(), BrokenLink> {
+    if before.is_some_and(|b| b != prev_hash) {
+        return Err(BrokenLink::PrevMismatch);
+    }
+    if chain_hash(prev_hash, canonical) != *hash {
+        return Err(BrokenLink::Altered);
+    }
+    Ok(())
+}
+
 /// `SHA-256(prev_hash || canonical)`.
 pub fn chain_hash(prev: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();

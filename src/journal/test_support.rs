@@ -29,6 +29,7 @@ pub fn settings(checkpoint_every: u64) -> JournalSettings {
         checkpoint_interval: Duration::from_secs(60),
         handshake_refusals_per_interval: 10,
         handshake_aggregate_interval: Duration::from_secs(60),
+        min_free: crate::journal::space::DEFAULT_MIN_FREE,
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use super::aggregate::Aggregator;
 use super::checkpoint::{CheckpointKind, Signer};
 use super::record;
+use super::space::{SpaceGuard, WRITE_AMPLIFICATION};
 use super::store::{Store, be, index_key};
 use crate::event::{Event, EventKind, RecordError, now_ms};
 
@@ -64,6 +65,8 @@ pub(super) struct Shared {
     /// in progress: `Recorder::expect_record`).
     pub expected: Arc<AtomicUsize>,
     pub durable_seq: AtomicU64,
+    /// Free space is under `[journal] min_free` (see `space`).
+    pub disk_low: AtomicBool,
     pub flushes: AtomicU64,
     pub write_failures: AtomicU64,
     pub last_error: Mutex<Option<String>>,
@@ -113,6 +116,7 @@ pub(super) struct Writer {
     pub last_flush: Instant,
     pub retry_at: Option<Instant>,
     pub backoff: Duration,
+    pub space: SpaceGuard,
 }
 
 type Pending = Vec<(Event, Option<AckTx>)>;
@@ -306,6 +310,19 @@ impl Writer {
             hash = h;
             seqs.push(seq);
         }
+        // Free space first: under `[journal] min_free`, fail closed before
+        // the file system is full (see `space`).
+        let upcoming = recs
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .chain(idx.iter().map(|k| k.len() as u64))
+            .sum::<u64>()
+            .saturating_mul(WRITE_AMPLIFICATION);
+        if let Err(msg) = self.space.admit(upcoming) {
+            self.shared.disk_low.store(true, Ordering::SeqCst);
+            return self.fail(pending, msg);
+        }
+        self.shared.disk_low.store(false, Ordering::SeqCst);
         // Plain inserts, not `apply_batch`: sled starts every batch by
         // writing out its log buffer and a batch marker (two synchronous
         // writes per group commit, through its I/O pool). The one flush
@@ -384,7 +401,12 @@ impl Writer {
     fn try_recover(&mut self) {
         let result = if self.shared.inject_failure.load(Ordering::SeqCst) {
             Err("injected failure still on".to_string())
+        } else if let Err(msg) = self.space.measure() {
+            self.shared.disk_low.store(true, Ordering::SeqCst);
+            self.shared.set_error(Some(msg.clone()));
+            Err(msg)
         } else {
+            self.shared.disk_low.store(false, Ordering::SeqCst);
             (|| {
                 // sled's write errors are sticky: open the database anew
                 // from what is on disk.

@@ -51,10 +51,6 @@ fn constraints(der: &[u8]) -> (bool, Option<u32>) {
     (bc.ca, bc.path_len_constraint)
 }
 
-fn read(h: &TestHome, rel: &str) -> String {
-    std::fs::read_to_string(h.path().join(rel)).unwrap()
-}
-
 #[test]
 fn init_creates_a_ca_and_broker_certificates_with_private_keys_0600() {
     let h = TestHome::new();
@@ -70,7 +66,7 @@ fn init_creates_a_ca_and_broker_certificates_with_private_keys_0600() {
     }
     // Two tiers: a root with no path length limit (room for a root
     // rollover's cross certificate), an issuing CA with pathlen 0 under it.
-    let root_der = parse(&read(&h, "certs/root.pem"));
+    let root_der = parse(&h.read("certs/root.pem"));
     let (_, root) = parse_x509_certificate(&root_der).unwrap();
     assert_eq!(constraints(&root_der), (true, None));
     assert_eq!(root.issuer().as_raw(), root.subject().as_raw());
@@ -96,7 +92,7 @@ fn init_creates_a_ca_and_broker_certificates_with_private_keys_0600() {
     let (_, up) = parse_x509_certificate(&up_der).unwrap();
     assert_eq!(up.issuer().as_raw(), up.subject().as_raw());
     assert_ne!(up_der, root_der);
-    let client_der = parse(&read(&h, "certs/broker-client.pem"));
+    let client_der = parse(&h.read("certs/broker-client.pem"));
     let (_, client) = parse_x509_certificate(&client_der).unwrap();
     client.verify_signature(Some(up.public_key())).unwrap();
     assert!(client.verify_signature(Some(ca.public_key())).is_err());
@@ -138,7 +134,7 @@ fn init_creates_a_ca_and_broker_certificates_with_private_keys_0600() {
     let old = h.issue("acme");
     h.ok(&["init", "--force"]);
     assert_ne!(parse(&h.ca_pem()), ca_der);
-    assert_ne!(parse(&read(&h, "certs/root.pem")), root_der);
+    assert_ne!(parse(&h.read("certs/root.pem")), root_der);
     let list: serde_json::Value = serde_json::from_str(&h.ok(&["cert", "list", "--json"])).unwrap();
     let rec = list
         .as_array()

@@ -16,22 +16,12 @@ use crate::common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::broker::{ClientCert, TestHome, client_tls, get_once, mint, tls_connect};
-use common::upstream::{EchoOptions, EchoUpstream, start_echo_upstream};
+use common::broker::{
+    ClientCert, TestHome, client_tls, get_once, home_with_mtls_orders, mint, settle, tls_connect,
+};
+use common::upstream::{EchoOptions, start_echo_upstream};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-
-async fn setup() -> (TestHome, EchoUpstream) {
-    let h = TestHome::new();
-    let up = start_echo_upstream(EchoOptions::mtls(h.upstream_client_ca_pem())).await;
-    h.add_echo_upstream("orders", &up);
-    h.add_partner("acme", &["GET /v1/orders -> orders"]);
-    (h, up)
-}
-
-fn read(h: &TestHome, rel: &str) -> String {
-    std::fs::read_to_string(h.path().join(rel)).unwrap()
-}
 
 fn ca_of(h: &TestHome, serial: &str) -> String {
     let list: serde_json::Value = serde_json::from_str(&h.ok(&["cert", "list", "--json"])).unwrap();
@@ -43,11 +33,6 @@ fn ca_of(h: &TestHome, serial: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-/// Lets the running broker see files just written (its watcher polls).
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(1200)).await;
 }
 
 async fn status(addr: std::net::SocketAddr, trust: &str, c: &ClientCert) -> Result<u16, String> {
@@ -94,10 +79,10 @@ fn openssl_verify(
 
 #[tokio::test]
 async fn rotating_the_issuing_ca_changes_nothing_for_partners_then_retire() {
-    let (h, _up) = setup().await;
+    let (h, _up) = home_with_mtls_orders().await;
     let root = h.roots_pem();
     let old_ca_pem = h.ca_pem();
-    let old_ca_key = read(&h, "certs/ca.key");
+    let old_ca_key = h.read("certs/ca.key");
     let old = h.issue("acme");
     let broker = h.start();
     assert_eq!(status(broker.addr, &root, &old).await, Ok(200));
@@ -161,7 +146,7 @@ async fn rotating_the_issuing_ca_changes_nothing_for_partners_then_retire() {
         )
     };
     let crl_der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(
-        read(&h, "certs/root-crl.pem").as_bytes(),
+        h.read("certs/root-crl.pem").as_bytes(),
     )
     .unwrap();
     let (_, crl) =
@@ -209,7 +194,7 @@ impl<'a> FromDerOk<'a> for x509_parser::revocation_list::CertificateRevocationLi
 
 #[tokio::test]
 async fn root_rotation_is_cross_signed_with_path_lengths_real_clients_accept() {
-    let (h, _up) = setup().await;
+    let (h, _up) = home_with_mtls_orders().await;
     let old_root_file = h.path().join("old-root.pem");
     std::fs::write(&old_root_file, h.roots_pem()).unwrap();
     let old_root = h.roots_pem();
@@ -219,10 +204,10 @@ async fn root_rotation_is_cross_signed_with_path_lengths_real_clients_accept() {
     // Path lengths: root no limit, cross certificate 1, issuing CA 0. With
     // pathlen 0 on the CA that signs the cross certificate (the old
     // `--cross-sign`), OpenSSL, Go, Java and Node refuse the chain.
-    assert_eq!(path_len(&read(&h, "certs/root.pem")), None);
-    assert_eq!(path_len(&read(&h, "certs/root-cross.pem")), Some(1));
+    assert_eq!(path_len(&h.read("certs/root.pem")), None);
+    assert_eq!(path_len(&h.read("certs/root-cross.pem")), Some(1));
     assert_eq!(path_len(&h.ca_pem()), Some(0));
-    let server = read(&h, "certs/server.pem");
+    let server = h.read("certs/server.pem");
     assert_eq!(
         CertificateDer::pem_slice_iter(server.as_bytes()).count(),
         3,
@@ -255,7 +240,7 @@ async fn root_rotation_is_cross_signed_with_path_lengths_real_clients_accept() {
     settle().await;
     assert_eq!(status(broker.addr, &old_root, &fresh).await, Ok(200));
     assert_eq!(
-        status(broker.addr, &read(&h, "certs/root.pem"), &fresh).await,
+        status(broker.addr, &h.read("certs/root.pem"), &fresh).await,
         Ok(200)
     );
     // The old root cannot be retired while its issuing CA is trusted.
@@ -287,20 +272,20 @@ async fn root_rotation_is_cross_signed_with_path_lengths_real_clients_accept() {
     h.ok(&["ca", "retire", &old_root_fp[..12]]);
     assert!(!h.path().join("certs/root-cross.pem").exists());
     assert_eq!(
-        CertificateDer::pem_slice_iter(read(&h, "certs/server.pem").as_bytes()).count(),
+        CertificateDer::pem_slice_iter(h.read("certs/server.pem").as_bytes()).count(),
         2
     );
     assert_eq!(h.roots_pem().matches("BEGIN CERTIFICATE").count(), 1);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        status(broker.addr, &read(&h, "certs/root.pem"), &fresh).await,
+        status(broker.addr, &h.read("certs/root.pem"), &fresh).await,
         Ok(200)
     );
 }
 
 #[tokio::test]
 async fn with_the_root_key_offline_everything_but_rotation_works() {
-    let (h, _up) = setup().await;
+    let (h, _up) = home_with_mtls_orders().await;
     let offline = tempfile::tempdir().unwrap();
     let kept = offline.path().join("root.key");
     std::fs::rename(h.path().join("certs/root.key"), &kept).unwrap();
@@ -348,7 +333,7 @@ async fn with_the_root_key_offline_everything_but_rotation_works() {
 
 #[tokio::test]
 async fn an_upstream_trusting_only_the_old_upstream_client_ca_keeps_admitting_the_broker() {
-    let (h, old_up) = setup().await;
+    let (h, old_up) = home_with_mtls_orders().await;
     let acme = h.issue("acme");
     let root = h.roots_pem();
     let broker = h.start();
@@ -356,7 +341,7 @@ async fn an_upstream_trusting_only_the_old_upstream_client_ca_keeps_admitting_th
     let out = h.ok(&["ca", "rotate", "--upstream-client"]);
     assert!(out.contains("cross-signed"), "{out}");
     assert_eq!(
-        path_len(&read(&h, "certs/upstream-client-cross.pem")),
+        path_len(&h.read("certs/upstream-client-cross.pem")),
         Some(0)
     );
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -372,7 +357,7 @@ async fn an_upstream_trusting_only_the_old_upstream_client_ca_keeps_admitting_th
     // End of the overlap: the broker sends its leaf alone.
     h.ok(&["ca", "retire", "--upstream-client"]);
     assert_eq!(
-        read(&h, "certs/broker-client.pem")
+        h.read("certs/broker-client.pem")
             .matches("BEGIN CERTIFICATE")
             .count(),
         1
@@ -458,7 +443,7 @@ async fn a_single_tier_home_keeps_working_and_migrates_without_breaking_anything
     h.ok(&["cert", "server-renew"]);
     h.ok(&["ca", "retire", "previous"]);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let root = read(&h, "certs/root.pem");
+    let root = h.read("certs/root.pem");
     assert_eq!(status(broker.addr, &root, &fresh).await, Ok(200));
     assert_eq!(new_up.calls(), 1);
     assert!(h.ok(&["check"]).contains("ok"));

@@ -16,16 +16,6 @@ use common::redis_server::RedisServer;
 
 const ROUTE: &str = "GET /v1/orders -> orders";
 
-/// Adds `[cluster]` to the home's gatehouse.toml.
-fn cluster(h: &TestHome, url: &str, on_store_failure: &str) {
-    h.edit_config(|doc| {
-        let mut t = toml_edit::Table::new();
-        t["redis_url"] = toml_edit::value(url);
-        t["on_store_failure"] = toml_edit::value(on_store_failure);
-        doc["cluster"] = toml_edit::Item::Table(t);
-    });
-}
-
 /// Sets `[limits]` in a partner's file.
 fn limits(h: &TestHome, partner: &str, values: &[(&str, i64)]) {
     let p = h.path().join("partners").join(format!("{partner}.toml"));
@@ -115,7 +105,7 @@ async fn fleet_limits_and_quota_hold_across_three_nodes() {
     let beta = h.issue("beta");
     limits(&h, "acme", &[("requests_per_minute", 60), ("burst", 5)]);
     limits(&h, "beta", &[("requests_per_day", 4)]);
-    cluster(&h, &redis.url(), "local");
+    h.set_cluster(&redis.url(), Some("local"));
     let nodes: Vec<Broker> = ["n1", "n2", "n3"]
         .iter()
         .map(|id| node(h.path(), id))
@@ -233,7 +223,7 @@ async fn fleet_revocation_and_suspension_reach_open_connections_on_other_nodes()
     let (h, _up, acme) = home_with_echo(&[ROUTE]).await;
     h.add_partner("beta", &[ROUTE]);
     let beta = h.issue("beta");
-    cluster(&h, &redis.url(), "local");
+    h.set_cluster(&redis.url(), Some("local"));
     let _a = node(h.path(), "a");
     let c = node(h.path(), "c");
 
@@ -294,7 +284,7 @@ async fn fleet_node_with_lagging_files_fails_closed_until_they_match() {
         return;
     };
     let (h, _up, acme) = home_with_echo(&[ROUTE]).await;
-    cluster(&h, &redis.url(), "local");
+    h.set_cluster(&redis.url(), Some("local"));
     // Node c reads a copy of the home that does not get the change (shared
     // storage lagging): only the announcement tells it.
     let lagging = tempfile::tempdir().unwrap();
@@ -339,7 +329,7 @@ async fn fleet_keeps_serving_on_local_limits_when_the_store_dies_and_resumes() {
     };
     let (h, _up, acme) = home_with_echo(&[ROUTE]).await;
     limits(&h, "acme", &[("requests_per_minute", 600), ("burst", 60)]);
-    cluster(&h, &redis.url(), "local");
+    h.set_cluster(&redis.url(), Some("local"));
     let n1 = node(h.path(), "n1");
     let n2 = node(h.path(), "n2");
     let mut conns = [open(&n1, &h, &acme).await, open(&n2, &h, &acme).await];
@@ -416,7 +406,7 @@ async fn fleet_deny_mode_answers_503_for_limited_partners_while_the_store_is_dow
     h.add_partner("free", &[ROUTE]);
     let free = h.issue("free");
     limits(&h, "acme", &[("requests_per_minute", 600)]);
-    cluster(&h, &redis.url(), "deny");
+    h.set_cluster(&redis.url(), Some("deny"));
     let n1 = node(h.path(), "n1");
     assert_eq!(fresh_status(&n1, &h, &acme).await.0, 200);
 
@@ -448,7 +438,7 @@ async fn fleet_node_killed_with_sigkill_rejoins_with_every_acknowledged_exchange
         return;
     };
     let (h, _up, acme) = home_with_echo(&[ROUTE]).await;
-    cluster(&h, &redis.url(), "local");
+    h.set_cluster(&redis.url(), Some("local"));
     let _n1 = node(h.path(), "n1");
     let mut n2 = node(h.path(), "n2");
     let mut conn = open(&n2, &h, &acme).await;
@@ -500,7 +490,7 @@ async fn fleet_spike_over_three_nodes_raises_one_alert() {
         doc["monitor"]["anomaly_warmup_minutes"] = toml_edit::value(0);
         doc["monitor"]["anomaly_floor_per_minute"] = toml_edit::value(30.0);
     });
-    cluster(&h, &redis.url(), "local");
+    h.set_cluster(&redis.url(), Some("local"));
     let ids = ["n1", "n2", "n3"];
     let nodes: Vec<Broker> = ids.iter().map(|id| node(h.path(), id)).collect();
     let mut conns = Vec::new();

@@ -51,14 +51,6 @@ async fn load(
     (total, cpu_secs(b.child.id()) - cpu0)
 }
 
-fn cluster(h: &TestHome, url: &str) {
-    h.edit_config(|doc| {
-        let mut t = toml_edit::Table::new();
-        t["redis_url"] = toml_edit::value(url);
-        doc["cluster"] = toml_edit::Item::Table(t);
-    });
-}
-
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -89,7 +81,7 @@ async fn fleet_bench() {
             n as f64 / secs as f64
         );
         drop(single);
-        cluster(&h, &redis.url());
+        h.set_cluster(&redis.url(), None);
         let node = h.start();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let (n, cpu) = load(&node, &h, &acme, secs).await;
@@ -106,7 +98,7 @@ async fn fleet_bench() {
 
     // Revocation propagation: CLI command on node a's side to refusal of an
     // open keep-alive connection on node c (shared home).
-    cluster(&h, &redis.url());
+    h.set_cluster(&redis.url(), None);
     let a = Broker::start_args(
         h.path(),
         &[

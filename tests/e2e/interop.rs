@@ -12,21 +12,9 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use common::broker::TestHome;
+use common::broker::{TestHome, home_with_mtls_orders, settle};
 use common::stacks::{self as clients, Client, PartnerFiles};
-use common::upstream::{EchoOptions, EchoUpstream, start_echo_upstream};
-
-/// A home with an echo upstream that admits only the broker, partner acme
-/// granted GET /v1/orders.
-async fn setup() -> (TestHome, EchoUpstream) {
-    let h = TestHome::new();
-    let up = start_echo_upstream(EchoOptions::mtls(h.upstream_client_ca_pem())).await;
-    h.add_echo_upstream("orders", &up);
-    h.add_partner("acme", &["GET /v1/orders -> orders"]);
-    (h, up)
-}
 
 /// `cert issue acme --p12 --out DIR` (or `cert renew`); the files.
 fn issue_files(h: &TestHome, what: &str, tag: &str) -> PartnerFiles {
@@ -74,14 +62,9 @@ async fn every_client_gets_through(files: &PartnerFiles, url: &str, scenario: &s
     ran
 }
 
-/// Lets the running broker see files just written (its watcher polls).
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_stack_calls_through_the_broker() {
-    let (h, up) = setup().await;
+    let (h, up) = home_with_mtls_orders().await;
     let files = issue_files(&h, "issue", "a");
     // The PKCS#12 password file is private, like the key.
     use std::os::unix::fs::PermissionsExt;
@@ -96,7 +79,7 @@ async fn every_client_stack_calls_through_the_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_rotating_the_issuing_ca_every_client_keeps_working() {
-    let (h, _up) = setup().await;
+    let (h, _up) = home_with_mtls_orders().await;
     let old = issue_files(&h, "issue", "old");
     let broker = h.start();
     h.ok(&["ca", "rotate"]);
@@ -115,7 +98,7 @@ async fn after_rotating_the_issuing_ca_every_client_keeps_working() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_rotating_the_root_a_client_holding_only_the_old_root_keeps_working() {
-    let (h, _up) = setup().await;
+    let (h, _up) = home_with_mtls_orders().await;
     let old = issue_files(&h, "issue", "old");
     let old_root = std::fs::read_to_string(&old.ca).unwrap();
     assert_eq!(old_root.matches("BEGIN CERTIFICATE").count(), 1);
@@ -151,7 +134,7 @@ async fn after_rotating_the_root_a_client_holding_only_the_old_root_keeps_workin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_root_key_offline_every_client_works() {
-    let (h, _up) = setup().await;
+    let (h, _up) = home_with_mtls_orders().await;
     let offline = tempfile::tempdir().unwrap();
     std::fs::rename(
         h.path().join("certs/root.key"),

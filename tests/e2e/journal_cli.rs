@@ -7,39 +7,16 @@ use crate::journal_support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::home::{ok_in, run_in};
 use gatehouse::control::socket::serve_admin_socket;
 use gatehouse::home::Home;
 use gatehouse::journal::Journal;
 use journal_support::*;
 
 const T0: i64 = 1_800_000_000_000;
-
-fn gh(home: &Home, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg("--home")
-        .arg(home.root())
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(&o),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    stdout(&o)
-}
 
 fn json_lines(s: &str) -> Vec<serde_json::Value> {
     s.lines()
@@ -65,19 +42,19 @@ fn fill_journal(home: &Home) -> Journal {
 
 /// The checks both modes must pass; `base` is the home's state.
 fn check_reads(home: &Home) {
-    let tail = json_lines(&ok(gh(home, &["log", "tail", "-n", "3", "--json"])));
+    let tail = json_lines(&ok_in(home.root(), &["log", "tail", "-n", "3", "--json"]));
     let seqs: Vec<u64> = tail.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, vec![38, 39, 40]);
     assert_eq!(tail[0]["type"], "record");
 
-    let human = ok(gh(home, &["log", "tail", "-n", "2"]));
+    let human = ok_in(home.root(), &["log", "tail", "-n", "2"]);
     assert_eq!(human.lines().count(), 2, "{human}");
     assert!(human.contains("/v1/orders/"), "{human}");
 
     let since = gatehouse::journal::fmt_time_ms(T0 + 9_000);
     let until = gatehouse::journal::fmt_time_ms(T0 + 21_000);
-    let q = json_lines(&ok(gh(
-        home,
+    let q = json_lines(&ok_in(
+        home.root(),
         &[
             "log",
             "query",
@@ -89,15 +66,15 @@ fn check_reads(home: &Home) {
             &until,
             "--json",
         ],
-    )));
+    ));
     let seqs: Vec<u64> = q.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
     assert_eq!(
         seqs,
         vec![10, 13, 16, 19],
         "acme is i % 3 == 0, seq = i + 1"
     );
-    let denied = json_lines(&ok(gh(
-        home,
+    let denied = json_lines(&ok_in(
+        home.root(),
         &[
             "log",
             "query",
@@ -107,21 +84,21 @@ fn check_reads(home: &Home) {
             "denied",
             "--json",
         ],
-    )));
+    ));
     assert!(
         denied
             .iter()
             .all(|v| v["decision"] == "denied" && v["partner"] == "acme")
     );
     assert_eq!(denied.len(), 4, "i in 0,12,24,36");
-    let limited = json_lines(&ok(gh(
-        home,
+    let limited = json_lines(&ok_in(
+        home.root(),
         &["log", "query", "--status", "200", "--limit", "5", "--json"],
-    )));
+    ));
     assert_eq!(limited.len(), 5);
     // Newest first, by partner (the index) and over everything (a scan).
-    let newest = json_lines(&ok(gh(
-        home,
+    let newest = json_lines(&ok_in(
+        home.root(),
         &[
             "log",
             "query",
@@ -132,11 +109,11 @@ fn check_reads(home: &Home) {
             "2",
             "--json",
         ],
-    )));
+    ));
     let seqs: Vec<u64> = newest.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, vec![40, 37]);
-    let newest = json_lines(&ok(gh(
-        home,
+    let newest = json_lines(&ok_in(
+        home.root(),
         &[
             "log",
             "query",
@@ -147,12 +124,12 @@ fn check_reads(home: &Home) {
             "1",
             "--json",
         ],
-    )));
+    ));
     assert_eq!(newest[0]["seq"], 40);
-    let alerts = ok(gh(home, &["log", "query", "--kind", "alert", "--json"]));
+    let alerts = ok_in(home.root(), &["log", "query", "--kind", "alert", "--json"]);
     assert!(alerts.trim().is_empty(), "no alert was recorded: {alerts}");
 
-    let export = json_lines(&ok(gh(home, &["log", "export", "--format", "jsonl"])));
+    let export = json_lines(&ok_in(home.root(), &["log", "export", "--format", "jsonl"]));
     let records = export.iter().filter(|v| v["type"] == "record").count();
     let ckpts: Vec<u64> = export
         .iter()
@@ -167,14 +144,14 @@ fn check_reads(home: &Home) {
         .position(|v| v["type"] == "checkpoint")
         .unwrap();
     assert_eq!(export[pos - 1]["seq"], 15);
-    let resumed = json_lines(&ok(gh(
-        home,
+    let resumed = json_lines(&ok_in(
+        home.root(),
         &["log", "export", "--format", "jsonl", "--after-seq", "35"],
-    )));
+    ));
     assert_eq!(resumed[0]["seq"], 36);
     assert_eq!(resumed.iter().filter(|v| v["type"] == "record").count(), 5);
 
-    let v = ok(gh(home, &["log", "verify"]));
+    let v = ok_in(home.root(), &["log", "verify"]);
     assert!(v.starts_with("ok:"), "{v}");
 }
 
@@ -185,14 +162,14 @@ fn log_commands_work_on_a_stopped_broker() {
     j.shutdown().unwrap();
     drop(j);
     check_reads(&home);
-    let export = json_lines(&ok(gh(&home, &["log", "export", "--format", "jsonl"])));
+    let export = json_lines(&ok_in(home.root(), &["log", "export", "--format", "jsonl"]));
     assert_eq!(export.last().unwrap()["kind"], "shutdown");
 
     // Prune, then verify still passes.
     let before = gatehouse::journal::fmt_time_ms(T0 + 20_000);
-    let p = ok(gh(&home, &["log", "prune", "--before", &before]));
+    let p = ok_in(home.root(), &["log", "prune", "--before", &before]);
     assert!(p.contains("pruned 20 record(s)"), "{p}");
-    let v = ok(gh(&home, &["log", "verify"]));
+    let v = ok_in(home.root(), &["log", "verify"]);
     assert!(v.contains("records 21..=40"), "{v}");
 
     // Tamper through sled: verify exits non-zero naming the seq.
@@ -205,7 +182,7 @@ fn log_commands_work_on_a_stopped_broker() {
         t.insert(be(27), val).unwrap();
         db.flush().unwrap();
     }
-    let out = gh(&home, &["log", "verify"]);
+    let out = run_in(home.root(), &["log", "verify"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("FAILED at seq 27"), "{err}");
@@ -214,7 +191,7 @@ fn log_commands_work_on_a_stopped_broker() {
 #[test]
 fn log_on_a_home_without_a_journal_says_so() {
     let (_d, home) = init_home();
-    let out = gh(&home, &["log", "tail"]);
+    let out = run_in(home.root(), &["log", "tail"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no journal"));
 }
@@ -283,9 +260,9 @@ fn log_commands_go_through_the_admin_socket_of_a_running_broker() {
 
     // Prune through the socket (the broker signs the anchor).
     let before = gatehouse::journal::fmt_time_ms(T0 + 10_000);
-    let p = ok(gh(&home, &["log", "prune", "--before", &before]));
+    let p = ok_in(home.root(), &["log", "prune", "--before", &before]);
     assert!(p.contains("pruned 10 record(s)"), "{p}");
-    let v = ok(gh(&home, &["log", "verify", "--json"]));
+    let v = ok_in(home.root(), &["log", "verify", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&v).unwrap();
     assert_eq!(
         (
@@ -375,7 +352,7 @@ fn export_with_a_cursor_resumes_where_it_stopped() {
     let cursor = home.root().join("ship.cursor");
     let c = cursor.to_str().unwrap();
     let export = &["log", "export", "--format", "jsonl", "--cursor", c];
-    let first = json_lines(&ok(gh(&home, export)));
+    let first = json_lines(&ok_in(home.root(), export));
     let records: Vec<u64> = first
         .iter()
         .filter(|v| v["type"] == "record")
@@ -384,7 +361,7 @@ fn export_with_a_cursor_resumes_where_it_stopped() {
     assert_eq!(records, (1..=40).collect::<Vec<_>>());
     assert_eq!(std::fs::read_to_string(&cursor).unwrap(), "40\n");
     // Nothing new: nothing again.
-    assert_eq!(ok(gh(&home, export)), "");
+    assert_eq!(ok_in(home.root(), export), "");
 
     // New records: only they come, checkpoint included.
     let j = Journal::open(&home, &settings(15)).unwrap();
@@ -396,7 +373,7 @@ fn export_with_a_cursor_resumes_where_it_stopped() {
     );
     j.shutdown().unwrap();
     drop(j);
-    let next = json_lines(&ok(gh(&home, export)));
+    let next = json_lines(&ok_in(home.root(), export));
     let records: Vec<u64> = next
         .iter()
         .filter(|v| v["type"] == "record")
@@ -408,7 +385,7 @@ fn export_with_a_cursor_resumes_where_it_stopped() {
 
     // A cursor file that holds something else is refused, naming it.
     std::fs::write(&cursor, "forty\n").unwrap();
-    let out = gh(&home, export);
+    let out = run_in(home.root(), export);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -60,7 +60,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::Serialize;
@@ -85,46 +85,6 @@ pub fn default_burst(requests_per_minute: u32) -> u32 {
     requests_per_minute
         .div_ceil(60 / DEFAULT_BURST_SECONDS)
         .max(1)
-}
-
-// ---------------------------------------------------------------- clock
-
-/// Where time comes from, so tests can replay hours in milliseconds.
-pub trait Clock: Send + Sync {
-    /// Milliseconds since the Unix epoch, UTC.
-    fn now_ms(&self) -> i64;
-}
-
-/// The system's wall clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        crate::event::now_ms()
-    }
-}
-
-/// A clock that moves only when told (tests, replays).
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    pub fn new(start_ms: i64) -> ManualClock {
-        ManualClock(AtomicI64::new(start_ms))
-    }
-    pub fn set(&self, ms: i64) {
-        self.0.store(ms, Ordering::SeqCst);
-    }
-    pub fn advance(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
 }
 
 // ---------------------------------------------------------------- verdicts
@@ -917,15 +877,5 @@ mod tests {
         })
         .join();
         assert!(s.check("a", None, T0).is_ok());
-    }
-
-    #[test]
-    fn manual_clock() {
-        let c = ManualClock::new(T0);
-        c.advance(1_500);
-        assert_eq!(c.now_ms(), T0 + 1_500);
-        c.set(5);
-        assert_eq!(c.now_ms(), 5);
-        assert!(SystemClock.now_ms() > DAY0);
     }
 }

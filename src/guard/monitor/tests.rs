@@ -184,7 +184,7 @@ fn monitor_is_send_and_sync() {
 }
 
 #[test]
-fn counters_move_by_exactly_the_events_observed() {
+fn exchanges_count_by_partner_route_method_status_decision_and_risk() {
     let m = Monitor::new();
     let denied = exchange("acme", "GET", "/v1/x", 403, Some("route_not_granted"));
     for _ in 0..3 {
@@ -222,8 +222,11 @@ fn counters_move_by_exactly_the_events_observed() {
             .any(|k| k.starts_with("gatehouse_rate_limit_denials_total"))
     );
     assert_eq!(s["gatehouse_config_reloads_total"], 0.0);
+}
 
-    // Rate-limit denials by partner and limit kind.
+#[test]
+fn rate_limit_denials_count_by_partner_and_limit_kind() {
+    let m = Monitor::new();
     for reason in [
         "requests_per_minute",
         "max_concurrent",
@@ -246,8 +249,11 @@ fn counters_move_by_exactly_the_events_observed() {
         ),
         1.0
     );
+}
 
-    // Handshakes, connections, reloads, alerts, upstream, journal.
+#[test]
+fn handshakes_connections_reloads_alerts_upstream_and_journal_count() {
+    let m = Monitor::new();
     let mut hs = Event::new(EventKind::Handshake, "n", Decision::Denied);
     hs.reason = Some("unknown_ca".into());
     hs.client_addr = Some("198.51.100.1:1".into());

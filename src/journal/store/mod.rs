@@ -86,6 +86,7 @@ impl Store {
     /// is waited for (up to about five seconds, for a loaded machine) before `Locked` is reported.
     pub fn open(path: &Path) -> Result<Store, JournalError> {
         let mut tries = 0;
+        let mut cleaned = false;
         let db = loop {
             match sled::Config::new()
                 .path(path)
@@ -97,6 +98,14 @@ impl Store {
                     JournalError::Locked { .. } if tries < 100 => {
                         tries += 1;
                         std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    // Not locked, so no other process has it open: remove
+                    // what a failed write (a full disk) may have left in
+                    // sled's folder and try once more (see `space`).
+                    JournalError::Open { .. }
+                        if !cleaned && !super::space::remove_sled_leftovers(path).is_empty() =>
+                    {
+                        cleaned = true;
                     }
                     other => return Err(other),
                 },

@@ -337,3 +337,31 @@ fn verify_in_parallel_ranges_checks_the_links_between_them() {
         assert!(f.reason.contains("missing"), "{f:?}");
     }
 }
+
+#[test]
+fn under_min_free_the_journal_fails_closed_before_writing() {
+    let (_d, home) = key_home();
+    let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
+    let rt = rt();
+    rt.block_on(j.record(ev(0))).unwrap();
+    j.shutdown().unwrap();
+    drop(j);
+    // A margin larger than the free space there is: refused, nothing written.
+    let (free, _) = crate::journal::space::free_space(&home.journal_db()).unwrap();
+    let s = JournalSettings {
+        min_free: crate::journal::space::MinFree::Bytes(free.saturating_mul(2).max(1 << 20)),
+        ..settings(Durability::Strict)
+    };
+    let j = Journal::open(&home, &s).unwrap();
+    let err = rt.block_on(j.record(ev(1))).unwrap_err();
+    assert!(
+        err.0.contains("disk_low") && err.0.contains("min_free"),
+        "{}",
+        err.0
+    );
+    assert!(!j.writable());
+    let st = j.stats();
+    assert!(st.disk_low, "{st:?}");
+    assert_eq!(st.last_seq, 1, "nothing written under the margin");
+    assert!(rt.block_on(j.record(ev(2))).is_err(), "still refused");
+}

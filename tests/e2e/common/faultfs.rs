@@ -306,6 +306,48 @@ impl SmallFs {
         let _ = f.sync_all();
         p
     }
+
+    /// Fills the file system with `name` until about `leave` bytes are free.
+    pub fn fill_until_free(&self, name: &str, leave: u64) -> PathBuf {
+        let p = self.mnt.join(name);
+        let mut f = std::fs::File::create(&p).unwrap();
+        let chunk = vec![0x5au8; 64 * 1024];
+        while self.free() > leave + chunk.len() as u64 {
+            if f.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = f.sync_all();
+        p
+    }
+
+    /// Bytes free on the file system (`df`'s "Avail").
+    pub fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.mnt)
+            .output()
+            .expect("run df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df prints the free bytes")
+    }
+
+    /// Grows (or shrinks) the file system in place: `mount -o remount,size=`.
+    pub fn resize(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.mnt)
+            .status()
+            .expect("run mount");
+        assert!(
+            st.success(),
+            "cannot remount {} with size {size}",
+            self.mnt.display()
+        );
+    }
 }
 
 impl Drop for SmallFs {

@@ -45,24 +45,30 @@ impl TestHome {
 
     /// Runs the binary with `--home`.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--home")
-            .arg(self.path())
-            .args(args)
-            .output()
-            .expect("run gatehouse")
+        run_in(self.path(), args)
     }
 
     /// Runs the binary and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "gatehouse {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        ok_in(self.path(), args)
+    }
+
+    /// The text of a file in the home (`rel` relative to it).
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path().join(rel)).unwrap()
+    }
+
+    /// Adds `[cluster]` (the fleet store at `url`, and `on_store_failure`
+    /// when given) to gatehouse.toml.
+    pub fn set_cluster(&self, url: &str, on_store_failure: Option<&str>) {
+        self.edit_config(|doc| {
+            let mut t = toml_edit::Table::new();
+            t["redis_url"] = toml_edit::value(url);
+            if let Some(mode) = on_store_failure {
+                t["on_store_failure"] = toml_edit::value(mode);
+            }
+            doc["cluster"] = toml_edit::Item::Table(t);
+        });
     }
 
     /// Edits gatehouse.toml.
@@ -176,6 +182,36 @@ impl TestHome {
     }
 }
 
+/// Runs the built binary with `--home root` (any home, also one a test
+/// made without `TestHome`).
+pub fn run_in(root: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--home")
+        .arg(root)
+        .args(args)
+        .output()
+        .expect("run gatehouse")
+}
+
+/// [`run_in`], asserting success; returns stdout.
+pub fn ok_in(root: &Path, args: &[&str]) -> String {
+    let out = run_in(root, args);
+    assert!(
+        out.status.success(),
+        "gatehouse {args:?} failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Lets a running broker take in files just written: its watcher hears of
+/// the change (or polls) and reloads within a second.
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+}
+
 impl TestHome {
     /// Adds `[upstreams.<name>]` pointing at an echo upstream (trusting its CA).
     pub fn add_echo_upstream(&self, name: &str, up: &super::upstream::EchoUpstream) {
@@ -195,6 +231,20 @@ pub fn home_with_plain_upstream(addr: SocketAddr) -> (TestHome, ClientCert) {
     h.add_partner("acme", &["GET /v1/orders -> orders"]);
     let acme = h.issue("acme");
     (h, acme)
+}
+
+/// A home whose upstream `orders` is an echo upstream that admits only the
+/// broker (mTLS, trusting the upstream-client CA), with partner `acme`
+/// granted `GET /v1/orders` (no certificate issued yet).
+pub async fn home_with_mtls_orders() -> (TestHome, super::upstream::EchoUpstream) {
+    let h = TestHome::new();
+    let up = super::upstream::start_echo_upstream(super::upstream::EchoOptions::mtls(
+        h.upstream_client_ca_pem(),
+    ))
+    .await;
+    h.add_echo_upstream("orders", &up);
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    (h, up)
 }
 
 /// The common setup: a home, an echo upstream `orders`, and partner `acme`

@@ -453,19 +453,56 @@ pub fn read_snapshot_or_default(config: &RunningConfig) -> Result<Snapshot> {
 }
 
 /// Read a `Snapshot` from disk.
-/// Returns an error if the read snapshot was corrupted.
-/// Returns `Ok(Some(snapshot))` if there was nothing written.
+/// Returns `Ok(None)` if no usable snapshot was found.
+///
+/// gatehouse patch: a snapshot is an optimisation (the log is
+/// authoritative), so nothing about one may make the database unopenable.
+/// `*.generating` files are never complete snapshots (a finished one is
+/// renamed): they are removed, not read. Upstream picked the newest file
+/// by name, so the empty `snap.<lsn>.generating` an ENOSPC left behind
+/// failed every later open with "Read corrupted data at file offset None".
+/// A finished snapshot that is empty, fails its crc or does not decode is
+/// treated as absent (the next older one, else none: the snapshot is
+/// regenerated from the log).
 fn read_snapshot(config: &RunningConfig) -> Result<Option<Snapshot>> {
     let mut candidates = config.get_snapshot_files()?;
+    candidates.retain(|path| {
+        let partial = path.to_string_lossy().ends_with(".generating");
+        if partial {
+            warn!(
+                "removing the unfinished snapshot file {:?} (left by a failed write)",
+                path
+            );
+            if let Err(e) = std::fs::remove_file(path) {
+                warn!("cannot remove {:?}: {} (ignored)", path, e);
+            }
+        }
+        !partial
+    });
     if candidates.is_empty() {
         debug!("no previous snapshot found");
         return Ok(None);
     }
 
     candidates.sort();
-    let path = candidates.pop().unwrap();
+    while let Some(path) = candidates.pop() {
+        match read_snapshot_file(config, &path) {
+            Ok(snapshot) => return Ok(Some(snapshot)),
+            Err(e) => warn!(
+                "ignoring the unreadable snapshot file {:?} ({}): \
+                 the snapshot is rebuilt from the log",
+                path, e
+            ),
+        }
+    }
+    Ok(None)
+}
 
-    let mut f = std::fs::OpenOptions::new().read(true).open(&path)?;
+fn read_snapshot_file(
+    config: &RunningConfig,
+    path: &std::path::Path,
+) -> Result<Snapshot> {
+    let mut f = std::fs::OpenOptions::new().read(true).open(path)?;
 
     let mut buf = vec![];
     let _read = f.read_to_end(&mut buf)?;
@@ -506,7 +543,7 @@ fn read_snapshot(config: &RunningConfig) -> Result<Option<Snapshot>> {
     #[cfg(not(feature = "zstd"))]
     let bytes = buf;
 
-    Snapshot::deserialize(&mut bytes.as_slice()).map(Some)
+    Snapshot::deserialize(&mut bytes.as_slice())
 }
 
 fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
@@ -542,23 +579,41 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
 
     let parent = path_1.parent().unwrap();
     std::fs::create_dir_all(parent)?;
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).open(&path_1)?;
+    // gatehouse patch: whatever fails between creating the temporary file
+    // and renaming it into place (ENOSPC on a full disk, above all), the
+    // temporary file is removed, so no partial snapshot is left behind.
+    let written = (|| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path_1)?;
 
-    // write the snapshot bytes, followed by a crc64 checksum at the end
-    io_fail!(config, "snap write");
-    f.write_all(&*bytes)?;
-    io_fail!(config, "snap write len");
-    f.write_all(&len_bytes)?;
-    io_fail!(config, "snap write crc");
-    f.write_all(&crc32)?;
-    io_fail!(config, "snap write post");
-    f.sync_all()?;
+        // write the snapshot bytes, followed by a crc64 checksum at the end
+        io_fail!(config, "snap write");
+        f.write_all(&*bytes)?;
+        io_fail!(config, "snap write len");
+        f.write_all(&len_bytes)?;
+        io_fail!(config, "snap write crc");
+        f.write_all(&crc32)?;
+        io_fail!(config, "snap write post");
+        f.sync_all()?;
 
-    trace!("wrote snapshot to {}", path_1.to_string_lossy());
+        trace!("wrote snapshot to {}", path_1.to_string_lossy());
 
-    io_fail!(config, "snap write mv");
-    std::fs::rename(&path_1, &path_2)?;
+        io_fail!(config, "snap write mv");
+        std::fs::rename(&path_1, &path_2)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        warn!("writing snapshot {:?} failed: {}", path_1, e);
+        if let Err(rm) = std::fs::remove_file(&path_1) {
+            if rm.kind() != std::io::ErrorKind::NotFound {
+                warn!("cannot remove {:?}: {}", path_1, rm);
+            }
+        }
+        return Err(e);
+    }
     // gatehouse patch: the rename is durable only once the folder is synced.
     if !config.temporary {
         std::fs::File::open(parent)?.sync_all()?;

@@ -1,0 +1,359 @@
+//! Disk space under the journal: the `[journal] min_free` margin (the
+//! setting's parsing, `statvfs` of the database folder, and the guard the
+//! writer consults before each group commit, so the journal fails closed
+//! before the file system is full) and the clean-up of what sled leaves in
+//! its folder when a write fails for lack of space.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The free space the journal keeps on its file system: below it, writes
+/// are refused (fail closed) until space comes back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinFree {
+    /// A size in bytes (0: no margin, the guard is off).
+    Bytes(u64),
+    /// A share of the file system's size, in percent (0 < p ≤ 50).
+    Percent(f64),
+}
+
+/// The default margin: room for sled to rewrite its snapshot at the next
+/// open (about 5 bytes per stored value: ~50 MB for ten million records)
+/// and for several seconds of traffic at full speed, small against any disk
+/// a broker runs on.
+pub const DEFAULT_MIN_FREE: MinFree = MinFree::Bytes(256 * 1024 * 1024);
+
+/// Smallest non-zero margin: a few sled log segments (512 KiB each).
+pub const SMALLEST_MIN_FREE: u64 = 1024 * 1024;
+
+impl Default for MinFree {
+    fn default() -> Self {
+        DEFAULT_MIN_FREE
+    }
+}
+
+impl MinFree {
+    /// Parses `"256MiB"`, `"1GB"`, `"1048576"`, `"2%"` or `"0"`.
+    pub fn parse(s: &str) -> Result<MinFree, String> {
+        let t = s.trim();
+        let bad = || {
+            format!(
+                "`{s}` is not a size (like \"256MiB\", \"1GB\", \"0\" to turn the margin off) or a percent of the file system (like \"2%\")"
+            )
+        };
+        if let Some(p) = t.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(p > 0.0 && p <= 50.0) {
+                return Err(format!("`{s}`: a percent must be above 0 and at most 50"));
+            }
+            return Ok(MinFree::Percent(p));
+        }
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let num: f64 = num.parse().map_err(|_| bad())?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kib" => 1 << 10,
+            "m" | "mib" => 1 << 20,
+            "g" | "gib" => 1 << 30,
+            "t" | "tib" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            _ => return Err(bad()),
+        };
+        let bytes = num * mult as f64;
+        if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+            return Err(bad());
+        }
+        Ok(MinFree::Bytes(bytes as u64))
+    }
+
+    /// What `gatehouse check` objects to, if anything.
+    pub fn problem(&self) -> Option<String> {
+        match *self {
+            MinFree::Bytes(b) if b > 0 && b < SMALLEST_MIN_FREE => Some(format!(
+                "[journal] min_free = \"{self}\" is below 1MiB: a margin that small is crossed by one sled log segment; use at least \"1MiB\", or \"0\" to turn it off"
+            )),
+            _ => None,
+        }
+    }
+
+    /// The margin in bytes on a file system of `total` bytes.
+    pub fn bytes(&self, total: u64) -> u64 {
+        match *self {
+            MinFree::Bytes(b) => b,
+            MinFree::Percent(p) => (total as f64 * p / 100.0) as u64,
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        *self == MinFree::Bytes(0)
+    }
+}
+
+impl fmt::Display for MinFree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            MinFree::Percent(p) => write!(f, "{p}%"),
+            MinFree::Bytes(b) if b > 0 && b % (1 << 30) == 0 => write!(f, "{}GiB", b >> 30),
+            MinFree::Bytes(b) if b > 0 && b % (1 << 20) == 0 => write!(f, "{}MiB", b >> 20),
+            MinFree::Bytes(b) if b > 0 && b % (1 << 10) == 0 => write!(f, "{}KiB", b >> 10),
+            MinFree::Bytes(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl Serialize for MinFree {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for MinFree {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Int(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(s) => MinFree::parse(&s).map_err(serde::de::Error::custom),
+            Raw::Int(b) => Ok(MinFree::Bytes(b)),
+        }
+    }
+}
+
+/// Free space on the file system holding `path`: (bytes available to
+/// this process, file system size in bytes).
+pub fn free_space(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path contains a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a plain C struct
+    // that statvfs fills in.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let frsize = if st.f_frsize > 0 {
+        st.f_frsize
+    } else {
+        st.f_bsize
+    };
+    Ok((
+        (st.f_bavail as u64).saturating_mul(frsize as u64),
+        (st.f_blocks as u64).saturating_mul(frsize as u64),
+    ))
+}
+
+/// Longest time between two measurements while records are written: what
+/// other writers on the file system may consume unseen.
+const CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Bytes sled may put on disk per byte of record it is given: the log
+/// message, the index entry, leaf rewrites when fragments are consolidated.
+/// An over-estimate; it only decides when to measure again.
+pub(super) const WRITE_AMPLIFICATION: u64 = 4;
+
+/// The writer's view of free space: measures with `statvfs` when the last
+/// measurement is older than [`CHECK_INTERVAL`] or when the journal may
+/// have written a quarter of the margin since (estimated generously), so
+/// that a burst of group commits cannot cross the margin unseen.
+pub(super) struct SpaceGuard {
+    dir: PathBuf,
+    min_free: MinFree,
+    last_check: Option<Instant>,
+    written_since: u64,
+    /// Under the margin at the last measurement (measured again each time).
+    low: bool,
+    /// The file system reports no size (some FUSE file systems): told once.
+    unmeasurable_told: bool,
+    /// Free bytes and margin at the last measurement.
+    pub(super) free: u64,
+    pub(super) margin: u64,
+}
+
+impl SpaceGuard {
+    pub(super) fn new(dir: &Path, min_free: MinFree) -> SpaceGuard {
+        SpaceGuard {
+            dir: dir.to_path_buf(),
+            min_free,
+            last_check: None,
+            written_since: 0,
+            low: false,
+            unmeasurable_told: false,
+            free: 0,
+            margin: 0,
+        }
+    }
+
+    /// Before a group commit that may write about `upcoming` bytes (after
+    /// amplification): `Err(why)` when free space is under the margin.
+    pub(super) fn admit(&mut self, upcoming: u64) -> Result<(), String> {
+        if self.min_free.is_off() {
+            return Ok(());
+        }
+        let stale = self
+            .last_check
+            .is_none_or(|t| t.elapsed() >= CHECK_INTERVAL);
+        let quarter = self.margin / 4;
+        if self.low || stale || self.written_since.saturating_add(upcoming) >= quarter {
+            self.measure()?;
+        }
+        self.written_since = self.written_since.saturating_add(upcoming);
+        Ok(())
+    }
+
+    /// Measures now: `Err(why)` when free space is under the margin (or
+    /// cannot be measured).
+    pub(super) fn measure(&mut self) -> Result<(), String> {
+        if self.min_free.is_off() {
+            return Ok(());
+        }
+        let (free, total) = free_space(&self.dir).map_err(|e| {
+            format!(
+                "cannot measure free space of {} for [journal] min_free: {e}",
+                self.dir.display()
+            )
+        })?;
+        self.written_since = 0;
+        self.last_check = Some(Instant::now());
+        if total == 0 {
+            // No size, no free space to speak of (FUSE file systems that
+            // do not implement statfs): the margin cannot be measured, so
+            // it is not enforced; a full disk is still survived.
+            if !self.unmeasurable_told {
+                self.unmeasurable_told = true;
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    "the file system reports no size: [journal] min_free cannot be enforced there"
+                );
+            }
+            self.low = false;
+            return Ok(());
+        }
+        self.free = free;
+        self.margin = self.min_free.bytes(total);
+        self.low = free < self.margin;
+        if self.low {
+            return Err(format!(
+                "disk_low: {} has {} bytes free, under [journal] min_free = \"{}\" ({} bytes); free space on that file system",
+                self.dir.display(),
+                free,
+                self.min_free,
+                self.margin
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Removes what sled leaves in its folder when a snapshot write fails
+/// (`snap.<lsn>.generating`, possibly empty; sled 0.34 as released reads it
+/// as the newest snapshot and refuses to open) and empty `snap.*` files.
+/// Neither holds anything the log does not: the snapshot is rebuilt from
+/// the log. Returns the files removed; each is logged. Call it only while
+/// no process has the database open (sled holds a lock while it does; a
+/// snapshot being written at that moment would be taken away from it).
+pub fn remove_sled_leftovers(db: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(db) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with("snap.") {
+            continue;
+        }
+        let empty = entry.metadata().is_ok_and(|m| m.is_file() && m.len() == 0);
+        if !(name.ends_with(".generating") || empty) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    "removed an unfinished sled snapshot left by a failed write (a full disk?); the snapshot is rebuilt from the log, no record is lost"
+                );
+                removed.push(path);
+            }
+            Err(e) => tracing::warn!(
+                file = %path.display(),
+                "cannot remove an unfinished sled snapshot: {e}; the journal may not open until it is removed"
+            ),
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_free_parses_sizes_and_percents() {
+        assert_eq!(MinFree::parse("256MiB"), Ok(MinFree::Bytes(256 << 20)));
+        assert_eq!(MinFree::parse("1GB"), Ok(MinFree::Bytes(1_000_000_000)));
+        assert_eq!(MinFree::parse("0"), Ok(MinFree::Bytes(0)));
+        assert_eq!(MinFree::parse("4096"), Ok(MinFree::Bytes(4096)));
+        assert_eq!(MinFree::parse(" 2% "), Ok(MinFree::Percent(2.0)));
+        assert_eq!(MinFree::parse("1.5GiB"), Ok(MinFree::Bytes(3 << 29)));
+        for bad in ["", "%", "-1MiB", "2 parsecs", "0%", "60%", "abc", "1e400"] {
+            assert!(MinFree::parse(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(MinFree::Bytes(256 << 20).to_string(), "256MiB");
+        assert_eq!(MinFree::Percent(2.0).bytes(1000), 20);
+        assert!(MinFree::Bytes(4096).problem().is_some());
+        assert!(MinFree::Bytes(0).problem().is_none());
+        assert!(DEFAULT_MIN_FREE.problem().is_none());
+    }
+
+    #[test]
+    fn free_space_reads_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let (free, total) = free_space(dir.path()).unwrap();
+        assert!(total > 0 && free <= total, "{free} of {total}");
+        assert!(free_space(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn the_guard_refuses_under_the_margin_and_measures_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (free, _) = free_space(dir.path()).unwrap();
+        let mut ok = SpaceGuard::new(dir.path(), MinFree::Bytes(SMALLEST_MIN_FREE));
+        assert!(ok.admit(10).is_ok());
+        let mut low = SpaceGuard::new(dir.path(), MinFree::Bytes(free.saturating_mul(2) + 1));
+        let err = low.admit(10).unwrap_err();
+        assert!(err.starts_with("disk_low:"), "{err}");
+        // Each call measures again while under the margin.
+        assert!(low.admit(10).is_err());
+        let mut off = SpaceGuard::new(&dir.path().join("missing"), MinFree::Bytes(0));
+        assert!(off.admit(u64::MAX).is_ok());
+    }
+
+    #[test]
+    fn sled_leftovers_are_removed_and_snapshots_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("snap.0000000000001000.generating"), b"").unwrap();
+        std::fs::write(p.join("snap.0000000000002000.generating"), b"partial").unwrap();
+        std::fs::write(p.join("snap.0000000000000800"), b"").unwrap();
+        std::fs::write(p.join("snap.0000000000000400"), b"a snapshot").unwrap();
+        std::fs::write(p.join("db"), b"").unwrap();
+        let mut removed = remove_sled_leftovers(p);
+        removed.sort();
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(p.join("snap.0000000000000400").exists());
+        assert!(p.join("db").exists(), "only snapshot files are touched");
+    }
+}
