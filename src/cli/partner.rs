@@ -184,7 +184,11 @@ fn show(home: &Home, id: &str, json: bool) -> Result<(), Box<dyn Error>> {
         let certs: Vec<_> = certs.iter().map(|c| cert_json(c, now)).collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"partner": p, "certificates": certs}))?
+            serde_json::to_string_pretty(&json!({
+                "partner": p,
+                "certificates": certs,
+                "invitation": super::invite::describe(home, id),
+            }))?
         );
     } else {
         println!("partner {} ({})", p.id, p.name);
