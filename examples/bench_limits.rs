@@ -35,6 +35,7 @@ fn partners(count: usize) -> Vec<Partner> {
                 status: PartnerStatus::Active,
                 on_anomaly: Default::default(),
                 renewal_window: None,
+                own_ca: None,
                 limits: LimitSpec {
                     requests_per_minute: Some(6_000_000),
                     burst: None,

@@ -51,6 +51,9 @@ pub enum Reason {
     AmbiguousIdentity,
     /// The certificate's URI SAN names another trust domain.
     ForeignIdentity,
+    /// A certificate from a partner's own CA whose key is not one pinned
+    /// for that partner.
+    KeyPinMismatch,
 
     // --- the certificate and partner, at the handshake and on every request
     /// The certificate has expired.
@@ -193,6 +196,7 @@ impl Reason {
         Reason::NoPartnerIdentity,
         Reason::AmbiguousIdentity,
         Reason::ForeignIdentity,
+        Reason::KeyPinMismatch,
         Reason::Expired,
         Reason::Revoked,
         Reason::Superseded,
@@ -266,6 +270,7 @@ impl Reason {
             Reason::NoPartnerIdentity => "no_partner_identity",
             Reason::AmbiguousIdentity => "ambiguous_identity",
             Reason::ForeignIdentity => "foreign_identity",
+            Reason::KeyPinMismatch => "key_pin_mismatch",
             Reason::Expired => "expired",
             Reason::Revoked => "revoked",
             Reason::Superseded => "superseded",
@@ -342,6 +347,7 @@ impl Reason {
             | NoPartnerIdentity
             | AmbiguousIdentity
             | ForeignIdentity
+            | KeyPinMismatch
             | Incomplete => return None,
             Expired
             | Revoked
@@ -500,6 +506,7 @@ mod tests {
                 | Reason::NoPartnerIdentity
                 | Reason::AmbiguousIdentity
                 | Reason::ForeignIdentity
+                | Reason::KeyPinMismatch
                 | Reason::Expired
                 | Reason::Revoked
                 | Reason::Superseded

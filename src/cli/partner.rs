@@ -72,6 +72,31 @@ pub enum PartnerCmd {
         #[arg(long, value_name = "ID")]
         revoke: Option<String>,
     },
+    /// The partner brings its own CA: its certificates from that CA, with
+    /// the given name (and key pin), are accepted for this partner only.
+    #[command(group(clap::ArgGroup::new("name").required(true).multiple(false)))]
+    Trust {
+        /// The partner's id.
+        id: String,
+        /// The partner's root certificate(s), PEM.
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        /// The URI SAN its certificates carry.
+        #[arg(long, group = "name")]
+        match_san_uri: Option<String>,
+        /// The DNS SAN its certificates carry.
+        #[arg(long, group = "name")]
+        match_san_dns: Option<String>,
+        /// The subject CN its certificates carry.
+        #[arg(long, group = "name")]
+        match_subject_cn: Option<String>,
+        /// SHA-256 (hex) of an accepted key's SubjectPublicKeyInfo (repeatable).
+        #[arg(long = "pin-spki")]
+        pin_spki: Vec<String>,
+        /// The partner's CRL, PEM (checked per request, reloaded on change).
+        #[arg(long)]
+        crl: Option<std::path::PathBuf>,
+    },
     /// Offboard a partner: revokes its certificates and deletes its file.
     Remove {
         /// The partner's id.
@@ -97,6 +122,46 @@ pub(super) fn run(home: &Home, cmd: PartnerCmd) -> CliResult {
         }
         PartnerCmd::List { json } => list(home, json)?,
         PartnerCmd::Show { id, json } => show(home, &id, json)?,
+        PartnerCmd::Trust {
+            id,
+            ca,
+            match_san_uri,
+            match_san_dns,
+            match_subject_cn,
+            pin_spki,
+            crl,
+        } => {
+            use crate::config::NameMatch;
+            let name = match (match_san_uri, match_san_dns, match_subject_cn) {
+                (Some(u), _, _) => NameMatch::SanUri(u),
+                (_, Some(d), _) => NameMatch::SanDns(d),
+                (_, _, Some(c)) => NameMatch::SubjectCn(c),
+                _ => {
+                    return Err(
+                        "give one of --match-san-uri, --match-san-dns, --match-subject-cn".into(),
+                    );
+                }
+            };
+            let pin_spki = pin_spki
+                .iter()
+                .map(|p| p.replace(':', "").to_ascii_lowercase())
+                .collect();
+            let own = crate::config::OwnCa {
+                ca,
+                name,
+                pin_spki,
+                crl,
+            };
+            let p = partners::trust(home, &id, &own)?;
+            let described = p
+                .own_ca
+                .as_ref()
+                .map(|o| o.name.describe())
+                .unwrap_or_default();
+            println!(
+                "partner {id} now uses its own CA: certificates from it with {described} are accepted for {id} only (the running broker picks this up within a second)"
+            );
+        }
         PartnerCmd::Invite {
             id,
             ttl,
@@ -199,6 +264,22 @@ fn show(home: &Home, id: &str, json: bool) -> Result<(), Box<dyn Error>> {
         }
         for r in &p.routes {
             println!("    {}", r.describe());
+        }
+        if let Some(own) = &p.own_ca {
+            println!(
+                "  own CA: {} (certificates with {}{}{}); we cannot renew these: expiring ones are for the partner to replace",
+                own.ca.display(),
+                own.name.describe(),
+                if own.pin_spki.is_empty() {
+                    ""
+                } else {
+                    ", pinned keys"
+                },
+                own.crl
+                    .as_ref()
+                    .map(|c| format!(", CRL {}", c.display()))
+                    .unwrap_or_default()
+            );
         }
         if let Some(inv) = super::invite::describe(home, id) {
             println!("  invitation: {inv}");

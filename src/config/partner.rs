@@ -85,6 +85,62 @@ struct PartnerFileRaw {
     renewal_window: Option<Spanned<String>>,
     #[serde(default)]
     routes: Vec<Spanned<RouteRaw>>,
+    /// The partner's own CA, instead of ours.
+    #[serde(default)]
+    own_ca: Option<Spanned<OwnCaRaw>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnCaRaw {
+    ca: String,
+    #[serde(default)]
+    match_san_uri: Option<String>,
+    #[serde(default)]
+    match_san_dns: Option<String>,
+    #[serde(default)]
+    match_subject_cn: Option<String>,
+    #[serde(default)]
+    pin_spki: Vec<String>,
+    #[serde(default)]
+    crl: Option<String>,
+}
+
+/// The name a certificate from a partner's own CA must carry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameMatch {
+    /// A URI SAN equal to this.
+    SanUri(String),
+    /// A DNS SAN equal to this (ASCII case-insensitive).
+    SanDns(String),
+    /// The subject's common name equal to this.
+    SubjectCn(String),
+}
+
+impl NameMatch {
+    pub fn describe(&self) -> String {
+        match self {
+            NameMatch::SanUri(u) => format!("URI SAN {u}"),
+            NameMatch::SanDns(d) => format!("DNS SAN {d}"),
+            NameMatch::SubjectCn(c) => format!("subject CN {c}"),
+        }
+    }
+}
+
+/// `[own_ca]`: the partner brings its own CA. Certificates from it are
+/// this partner's only, and only with the name (and key pin) given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OwnCa {
+    /// The partner's root certificate(s), PEM (relative to the home).
+    pub ca: PathBuf,
+    pub name: NameMatch,
+    /// SHA-256 (lowercase hex) of accepted SubjectPublicKeyInfo; empty: any key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pin_spki: Vec<String>,
+    /// The partner's CRL, PEM (relative to the home).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,6 +178,9 @@ pub struct Partner {
     )]
     pub renewal_window: Option<Duration>,
     pub routes: Vec<RouteSpec>,
+    /// The partner's own CA (`[own_ca]`), when it does not use ours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_ca: Option<OwnCa>,
 }
 
 pub(super) fn is_alert_only(a: &OnAnomaly) -> bool {
@@ -325,10 +384,28 @@ pub fn parse_partner(
             message: m,
         });
     }
+    let own_ca = match raw.own_ca {
+        None => None,
+        Some(o) => {
+            let span = o.span();
+            match own_ca(o.into_inner(), &gateway.trust_domain) {
+                Ok(v) => Some(v),
+                Err(message) => {
+                    errors.push(ConfigError {
+                        file: path.to_path_buf(),
+                        line: Some(line_of(text, span.start)),
+                        message,
+                    });
+                    None
+                }
+            }
+        }
+    };
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
     Ok(Partner {
+        own_ca,
         name: raw.name.unwrap_or_else(|| id.clone()),
         id,
         status: raw.status,
@@ -336,6 +413,64 @@ pub fn parse_partner(
         on_anomaly: raw.on_anomaly,
         renewal_window,
         routes,
+    })
+}
+
+/// `[own_ca]` checked: one name to match, never one in our trust domain,
+/// pins as SHA-256 hex. (Its files are read when the TLS config is built.)
+fn own_ca(raw: OwnCaRaw, trust_domain: &str) -> Result<OwnCa, String> {
+    let names: Vec<NameMatch> = [
+        raw.match_san_uri.map(NameMatch::SanUri),
+        raw.match_san_dns.map(NameMatch::SanDns),
+        raw.match_subject_cn.map(NameMatch::SubjectCn),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let name = match names.as_slice() {
+        [one] => one.clone(),
+        _ => {
+            return Err(
+                "[own_ca] needs exactly one of match_san_uri, match_san_dns, match_subject_cn"
+                    .into(),
+            );
+        }
+    };
+    let value = match &name {
+        NameMatch::SanUri(v) | NameMatch::SanDns(v) | NameMatch::SubjectCn(v) => v,
+    };
+    if value.trim().is_empty() {
+        return Err("[own_ca]: the name to match is empty".into());
+    }
+    if let NameMatch::SanUri(u) = &name
+        && u.starts_with(&format!("spiffe://{trust_domain}/"))
+    {
+        return Err(format!(
+            "[own_ca] match_san_uri `{u}` is in our trust domain {trust_domain}: a partner's CA never names an identity there"
+        ));
+    }
+    let mut pins = Vec::new();
+    for p in raw.pin_spki {
+        let hexed: String = p
+            .chars()
+            .filter(|c| *c != ':')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if hexed.len() != 64 || !hexed.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "[own_ca] pin_spki `{p}` is not a SHA-256 (64 hex digits)"
+            ));
+        }
+        pins.push(hexed);
+    }
+    if raw.ca.trim().is_empty() {
+        return Err("[own_ca] ca: the partner's CA file is missing".into());
+    }
+    Ok(OwnCa {
+        ca: PathBuf::from(raw.ca),
+        name,
+        pin_spki: pins,
+        crl: raw.crl.map(PathBuf::from),
     })
 }
 

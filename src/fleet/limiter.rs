@@ -226,6 +226,7 @@ mod tests {
             limits,
             on_anomaly: Default::default(),
             renewal_window: None,
+            own_ca: None,
             routes: vec![r],
         }
     }

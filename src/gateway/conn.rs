@@ -26,9 +26,10 @@ use crate::event::{Decision, EventKind};
 use crate::gateway::refusal::Refusal;
 use crate::gateway::session::ConnCtx;
 use crate::gateway::{Gateway, door, est};
-use crate::identity::{PartnerIdentity, identify};
+use crate::identity::{PartnerIdentity, identify, identify_own};
 use crate::reason::Reason;
 use crate::tls::classify_handshake_error;
+use crate::tls::partner_ca;
 
 /// hyper's server settings from `[server]`.
 pub fn http_builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
@@ -126,10 +127,18 @@ async fn handshake(gw: &Gateway, tcp: TcpStream, peer: SocketAddr) -> Result<Han
         _ => "TLS",
     };
     let identity = match conn.peer_certificates().and_then(|c| c.first()) {
-        Some(leaf) => Some(
-            identify(leaf.as_ref(), &snapshot.gateway.trust_domain)
-                .map_err(|e| Refusal::tls(e.reason()))?,
-        ),
+        Some(leaf) => {
+            let td = &snapshot.gateway.trust_domain;
+            // The verifier took a certificate naming a partner with its own
+            // CA only through that CA; the same name picks the same partner.
+            let found = match partner_ca::find(&snapshot.partner_cas, leaf.as_ref(), td) {
+                Some(ca) => {
+                    identify_own(leaf.as_ref(), &ca.partner, &ca.name.describe(), &ca.issuer)
+                }
+                None => identify(leaf.as_ref(), td),
+            };
+            Some(found.map_err(|e| Refusal::tls(e.reason()))?)
+        }
         None => None,
     };
     Ok(Handshaken {

@@ -31,6 +31,7 @@ use crate::home::{Home, stamp_files};
 use crate::identity::PartnerIdentity;
 use crate::policy::RouteTable;
 use crate::reason::Reason;
+use crate::tls::partner_ca::{self, PartnerCa};
 use crate::tls::{self, CertificateStatus, ServerMaterial};
 
 /// Why the configuration could not be loaded (at start: the broker does
@@ -96,6 +97,8 @@ pub struct Snapshot {
     pub partners: HashMap<String, PartnerEntry>,
     pub certs: HashMap<String, CertEntry>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Partners' own CAs (`[own_ca]`).
+    pub partner_cas: Vec<Arc<PartnerCa>>,
     stamps: Stamps,
 }
 
@@ -132,9 +135,22 @@ impl Snapshot {
         if now >= id.not_after_unix {
             return Err(Reason::Expired);
         }
-        let cert = self.cert_status(&id.serial, &id.fingerprint, now)?;
-        if cert.partner != *id.partner {
-            return Err(Reason::CertificatePartnerMismatch);
+        if id.own_issuer.is_some() {
+            // The partner's own CA: still configured for this partner, and
+            // its CRL (as last reloaded) does not revoke the certificate.
+            let ca = self
+                .partner_cas
+                .iter()
+                .find(|c| c.partner == *id.partner)
+                .ok_or(Reason::UnknownCa)?;
+            if ca.revokes(&id.serial) {
+                return Err(Reason::Revoked);
+            }
+        } else {
+            let cert = self.cert_status(&id.serial, &id.fingerprint, now)?;
+            if cert.partner != *id.partner {
+                return Err(Reason::CertificatePartnerMismatch);
+            }
         }
         let entry = self
             .partners
@@ -167,7 +183,11 @@ fn files_in(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
-fn compute_stamps(home: &Home, gateway: Option<&GatewayConfig>) -> Stamps {
+fn compute_stamps(
+    home: &Home,
+    gateway: Option<&GatewayConfig>,
+    own_ca_files: Vec<PathBuf>,
+) -> Stamps {
     let mut config_files = vec![home.config_file()];
     config_files.extend(files_in(&home.partners_dir(), "toml"));
     let mut tls_files = vec![
@@ -179,6 +199,7 @@ fn compute_stamps(home: &Home, gateway: Option<&GatewayConfig>) -> Stamps {
     tls_files.extend(files_in(&home.issued_dir(), "toml"));
     tls_files.extend(files_in(&home.ca_previous_dir(), "pem"));
     tls_files.push(home.root_cross());
+    tls_files.extend(own_ca_files);
     Stamps {
         config: stamp_files(&config_files),
         tls: stamp_files(&tls_files),
@@ -224,6 +245,36 @@ impl CertificateStatus for LiveCertStatus {
             Some(_) => Ok(()),
         }
     }
+
+    fn own_ca(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Option<Result<(), (Reason, String)>> {
+        let snap = self.0.load();
+        let ca = partner_ca::find(
+            &snap.0.partner_cas,
+            end_entity,
+            &snap.0.gateway.trust_domain,
+        )?;
+        Some(ca.verify(end_entity, intermediates, now))
+    }
+}
+
+/// The files of every partner's own CA (CA and CRL), to notice changes.
+fn own_ca_files(home: &Home, snapshot: &Snapshot) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for e in snapshot.partners.values() {
+        if let Some(own) = &e.partner.own_ca {
+            v.push(home.resolve(&own.ca));
+            if let Some(crl) = &own.crl {
+                v.push(home.resolve(crl));
+            }
+        }
+    }
+    v.sort();
+    v
 }
 
 /// The live state shared by every connection.
@@ -319,7 +370,7 @@ impl Live {
     /// Loads everything; any problem is an error (the broker does not start).
     pub fn load(home: Home) -> Result<Live, LiveError> {
         let mut cache = config::PartnerCache::default();
-        let stamps = compute_stamps(&home, None);
+        let stamps = compute_stamps(&home, None, Vec::new());
         let snapshot = build(&home, None, &mut cache, stamps)?;
         let gateway = snapshot.gateway.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(SnapshotCell(Arc::new(snapshot))));
@@ -377,6 +428,12 @@ impl Live {
             h.issued_dir(),
             h.ca_previous_dir(),
         ];
+        // Partners' own CAs and CRLs (a CRL refreshed in place bites at once).
+        for f in own_ca_files(h, &self.snapshot()) {
+            if let Some(parent) = f.parent() {
+                dirs.push(parent.to_path_buf());
+            }
+        }
         for u in self.snapshot().gateway.upstreams.values() {
             for f in [&u.ca, &u.client_cert, &u.client_key].into_iter().flatten() {
                 if let Some(parent) = h.resolve(f).parent() {
@@ -393,7 +450,11 @@ impl Live {
     /// failure the running state stays and the error names file and line.
     pub fn reload(&self, force: bool) -> Result<ReloadOutcome, ReloadError> {
         let current = self.snapshot();
-        let stamps = compute_stamps(&self.home, Some(&current.gateway));
+        let stamps = compute_stamps(
+            &self.home,
+            Some(&current.gateway),
+            own_ca_files(&self.home, &current),
+        );
         if !force && stamps == current.stamps {
             if self.tls_retry.load(std::sync::atomic::Ordering::Relaxed) {
                 self.rebuild_tls().map_err(ReloadError::Refused)?;
@@ -460,9 +521,17 @@ fn build_tls(
     let crls = tls::load_crls(&home.crl())?;
     let chain = tls::load_certs(&home.server_cert())?;
     let key = tls::load_key(&home.server_key())?;
+    let partner_ca_subjects = cell
+        .load()
+        .0
+        .partner_cas
+        .iter()
+        .flat_map(|c| c.subjects.iter().cloned())
+        .collect();
     tls::server_config(
         ServerMaterial {
             trust_anchors: anchors,
+            partner_ca_subjects,
             crls,
             server_chain: chain,
             server_key: key,
@@ -533,6 +602,13 @@ fn build(
         &loaded.partners,
         previous.map(|p| p.limits.as_ref()),
     ));
+    let partner_cas = partner_ca::build_all(
+        loaded
+            .partners
+            .iter()
+            .filter_map(|p| p.own_ca.as_ref().map(|o| (p.id.as_str(), o))),
+        |p| home.resolve(p),
+    )?;
     let partners = loaded
         .partners
         .into_iter()
@@ -547,6 +623,7 @@ fn build(
         partners,
         certs,
         upstreams,
+        partner_cas,
         stamps,
     };
     Ok(snapshot)

@@ -891,6 +891,7 @@ mod tests {
                 limits: LimitSpec::default(),
                 on_anomaly: OnAnomaly::Throttle,
                 renewal_window: None,
+                own_ca: None,
                 routes: vec![],
             }],
             None,

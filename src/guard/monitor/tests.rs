@@ -488,6 +488,7 @@ fn status_json_shape() {
             status: PartnerStatus::Suspended,
             on_anomaly: Default::default(),
             renewal_window: None,
+            own_ca: None,
             limits: LimitSpec::default(),
             routes: vec![],
         },
@@ -497,6 +498,7 @@ fn status_json_shape() {
             status: PartnerStatus::Active,
             on_anomaly: Default::default(),
             renewal_window: None,
+            own_ca: None,
             limits: LimitSpec {
                 requests_per_minute: Some(600),
                 burst: Some(50),
