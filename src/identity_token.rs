@@ -214,7 +214,10 @@ fn public_jwk(point: &[u8]) -> Result<Jwk, KeyFormError> {
 fn generate_key_pem() -> Result<String, TokenKeyError> {
     let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
         .map_err(|_| TokenKeyError::Sign("cannot generate a P-256 key".into()))?;
-    Ok(crate::ca::pem_block("PRIVATE KEY", doc.as_ref()))
+    Ok(pem::encode_config(
+        &pem::Pem::new("PRIVATE KEY", doc.as_ref().to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    ))
 }
 
 fn key_error(path: &Path, msg: impl Into<String>) -> TokenKeyError {
@@ -537,7 +540,7 @@ mod tests {
         assert_eq!(kids, vec![r2.kid, r1.kid], "the oldest key is dropped");
     }
 
-    /// Per-token cost. Run: `cargo test --release --lib upstream_identity::tests::signing_cost -- --ignored --nocapture`
+    /// Per-token cost. Run: `cargo test --release --lib identity_token::tests::signing_cost -- --ignored --nocapture`
     #[test]
     #[ignore]
     fn signing_cost() {

@@ -104,9 +104,9 @@ pub fn set_status(home: &Home, id: &str, status: PartnerStatus) -> Result<Partne
 }
 
 /// `partner trust`: the partner brings its own CA. Writes `[own_ca]` into
-/// its file (keeping the rest), after checking the result parses and that
-/// the CA (and CRL) files can be used. Paths are kept absolute, so the
-/// operator can refresh the CRL where it lies.
+/// its file (keeping the rest), after checking the result parses (the
+/// caller checks that the CA and CRL files can be used). Paths are kept
+/// absolute, so the operator can refresh the CRL where it lies.
 pub fn trust(home: &Home, id: &str, own: &OwnCa) -> Result<Partner, PartnerError> {
     show(home, id)?;
     let absolute = |p: &std::path::Path| {
@@ -117,8 +117,6 @@ pub fn trust(home: &Home, id: &str, own: &OwnCa) -> Result<Partner, PartnerError
         crl: own.crl.as_deref().map(absolute).transpose()?,
         ..own.clone()
     };
-    crate::tls::partner_ca::PartnerCa::build(id, &own, |p| p.to_path_buf())
-        .map_err(|e| PartnerError::Invalid(e.to_string()))?;
     let path = home.partner_file(id);
     let text = read_to_string(&path)?;
     let mut doc: toml_edit::DocumentMut = text

@@ -16,7 +16,7 @@ use super::{Authority, BACKDATE, BROKER_CERT_DAYS, CaError, LeafKind, Signed, in
 use super::{lock, pki};
 use crate::config;
 use crate::home::{self, Home};
-use crate::identity_token as upstream_identity;
+use crate::identity_token;
 
 /// Default server-certificate names.
 pub fn default_hostnames() -> Vec<String> {
@@ -39,7 +39,7 @@ pub struct ServerRenewReport {
     pub server_serial: String,
     pub client_serial: String,
     pub not_after: OffsetDateTime,
-    pub identity: Option<upstream_identity::Rotation>,
+    pub identity: Option<identity_token::Rotation>,
 }
 
 /// `gatehouse cert server-renew`: new keys and certificates for the
@@ -89,7 +89,7 @@ pub fn server_renew(home: &Home, opts: &ServerRenewOptions) -> Result<ServerRene
         ),
     ])?;
     let identity = if opts.identity_key {
-        Some(upstream_identity::rotate(home).map_err(|e| invalid(e.to_string()))?)
+        Some(identity_token::rotate(home).map_err(|e| invalid(e.to_string()))?)
     } else {
         None
     };

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::config::{self, GatewayConfig, validate_trust_domain};
 use crate::home::{self, Home, ensure_dir, write_key, write_public};
-use crate::identity_token as upstream_identity;
+use crate::identity_token;
 
 /// Options of `gatehouse init`.
 #[derive(Debug, Default, Clone)]
@@ -343,12 +343,12 @@ fn retire_all_previous(home: &Home) -> Result<(), CaError> {
 
 /// The upstream identity key (kept when it exists: upstreams trust its JWKS).
 fn ensure_identity_key(home: &Home, existing: Option<&GatewayConfig>) -> Result<(), CaError> {
-    let issuer = upstream_identity::issuer(
+    let issuer = identity_token::issuer(
         &existing
             .map(|c| c.server.node_id.clone())
             .unwrap_or_default(),
     );
-    upstream_identity::ensure(home, &issuer).map_err(|e| invalid(e.to_string()))?;
+    identity_token::ensure(home, &issuer).map_err(|e| invalid(e.to_string()))?;
     Ok(())
 }
 

@@ -1,14 +1,14 @@
 //! `gatehouse agent renew` and `agent enroll`: the partner side's command
 //! line. It needs no gatehouse home; the work is in `crate::agent` and
-//! `crate::enrolment::agent`.
+//! `crate::agent::enrol`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use crate::agent::enrol::EnrolOptions;
 use crate::agent::{self, AgentOptions, Outcome};
-use crate::enrolment::agent::EnrolOptions;
 use crate::timefmt::rfc3339;
 
 #[derive(Subcommand, Debug)]
@@ -118,7 +118,7 @@ fn enroll(a: EnrollArgs) -> super::CliResult {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let done = runtime.block_on(crate::enrolment::agent::enrol(&opts))?;
+    let done = runtime.block_on(crate::agent::enrol::enrol(&opts))?;
     println!(
         "enrolled: certificate {} valid until {}; key {} (never sent), chain {}, root {}",
         done.serial,

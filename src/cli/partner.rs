@@ -152,6 +152,8 @@ pub(super) fn run(home: &Home, cmd: PartnerCmd) -> CliResult {
                 pin_spki,
                 crl,
             };
+            // The files must be usable before the partner file names them.
+            crate::tls::partner_ca::PartnerCa::build(&id, &own, |p| p.to_path_buf())?;
             let p = partners::trust(home, &id, &own)?;
             let described = p
                 .own_ca

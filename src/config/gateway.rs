@@ -122,7 +122,7 @@ pub struct JournalSettings {
     pub handshake_aggregate_interval: Duration,
     /// Free space kept on the journal's file system: below it the journal
     /// fails closed (503) until space comes back ("256MiB", "2%", "0": off).
-    pub min_free: crate::journal::space::MinFree,
+    pub min_free: super::min_free::MinFree,
 }
 
 impl Default for JournalSettings {
@@ -134,7 +134,7 @@ impl Default for JournalSettings {
             checkpoint_interval: Duration::from_secs(60),
             handshake_refusals_per_interval: 10,
             handshake_aggregate_interval: Duration::from_secs(60),
-            min_free: crate::journal::space::DEFAULT_MIN_FREE,
+            min_free: super::min_free::DEFAULT_MIN_FREE,
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::home::Home;
 pub mod cluster;
 mod common;
 mod gateway;
+pub mod min_free;
 mod partner;
 mod render;
 

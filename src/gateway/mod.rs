@@ -1,13 +1,15 @@
 //! The partner-facing gateway: each connection's life (`conn`: accept,
-//! handshake, identity, idle and drain) and each request's phases
-//! (`request`: admit → frame → target → authorize → limit → build → relay),
-//! the one `Refusal` type every refusal travels as (`refusal`), the one
-//! place that turns an outcome into the partner's response and its record
-//! (`respond`), the live configuration the phases read (`live`), the
-//! upstream leg (`relay`), the record-keeping response body (`exchange`),
-//! the self-service renewal endpoint (`renewal`), enrolment over EST and
-//! the only answers a connection without a certificate gets (`est`), and which certificates
-//! have completed a handshake (`seen`, which renewal reads).
+//! handshake, identity, idle and drain); each request's way in (`door`: its
+//! record, admission, then a door): a partner's API call through the phases
+//! of `request` (frame → target → authorize → limit → build → relay), or a
+//! certificate request through `certificates` (renewal, decided by
+//! `renewal`, which reads `seen`: the certificates that completed a
+//! handshake; EST enrolment, `est`). A connection without a client
+//! certificate gets `est::anonymous` alone (enrolment, else 403). Every refusal travels as the one `Refusal` (`refusal` holds
+//! the conversions of the layers' errors); `respond` is the one place that
+//! turns an outcome into the partner's response and its record; `live` is
+//! the configuration the phases read; `relay` the upstream leg; `exchange`
+//! the record-keeping response body.
 //!
 //! The gateway receives what it uses as a [`Gateway`]: the live state, the
 //! event sink, the upstream identity signer and the renewal state. It knows

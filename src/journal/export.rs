@@ -138,16 +138,28 @@ pub fn verify(export: &Export, verifier: &Verifier) -> FileReport {
         last_seq: export.records.last().map(|r| r.seq),
         checkpoints: export.checkpoints.len(),
         unsigned_tail: export.records.iter().filter(|r| r.seq > last_cp).count(),
-        failure: check(export, verifier).err(),
+        failure: check(export, verifier).err().map(|e| e.to_string()),
     }
 }
 
-/// The first failure of an export's chain or checkpoints, as a sentence.
-fn check(export: &Export, verifier: &Verifier) -> Result<(), String> {
+/// Where an export's chain or checkpoints fail.
+#[derive(Debug, thiserror::Error)]
+enum ExportFault {
+    #[error("seq {seq}: {what}")]
+    Record { seq: u64, what: String },
+    #[error("checkpoint {seq}: {what}")]
+    Checkpoint { seq: u64, what: String },
+}
+
+/// The first failure of an export's chain or checkpoints.
+fn check(export: &Export, verifier: &Verifier) -> Result<(), ExportFault> {
     let mut hashes = HashMap::with_capacity(export.records.len());
     let mut prev: Option<(u64, [u8; 32])> = None;
     for r in &export.records {
-        let at = |m: &str| format!("seq {}: {m}", r.seq);
+        let at = |m: &str| ExportFault::Record {
+            seq: r.seq,
+            what: m.to_string(),
+        };
         let prev_hash = unhex32(&r.prev_hash).ok_or_else(|| at("prev_hash is not 32 bytes hex"))?;
         let hash = unhex32(&r.hash).ok_or_else(|| at("hash is not 32 bytes hex"))?;
         if let Some((seq, _)) = prev
@@ -166,26 +178,25 @@ fn check(export: &Export, verifier: &Verifier) -> Result<(), String> {
         prev = Some((r.seq, hash));
     }
     for c in &export.checkpoints {
-        let hash = unhex32(&c.hash)
-            .ok_or_else(|| format!("checkpoint {}: hash is not 32 bytes hex", c.seq))?;
+        let fault = |what: &str| ExportFault::Checkpoint {
+            seq: c.seq,
+            what: what.to_string(),
+        };
+        let hash = unhex32(&c.hash).ok_or_else(|| fault("hash is not 32 bytes hex"))?;
         let cp = Checkpoint {
             seq: c.seq,
             hash,
             time_ms: c.time_ms,
             kind: c.kind,
-            signature: hex::decode(&c.signature)
-                .map_err(|_| format!("checkpoint {}: signature is not hex", c.seq))?,
+            signature: hex::decode(&c.signature).map_err(|_| fault("signature is not hex"))?,
         };
         if !verifier.verify(&cp) {
-            return Err(format!("checkpoint {}: bad signature", c.seq));
+            return Err(fault("bad signature"));
         }
         if let Some(h) = hashes.get(&c.seq)
             && *h != hash
         {
-            return Err(format!(
-                "checkpoint {}: signs a hash the record at that seq does not have",
-                c.seq
-            ));
+            return Err(fault("signs a hash the record at that seq does not have"));
         }
     }
     Ok(())

@@ -22,7 +22,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use time::OffsetDateTime;
 
-use crate::agent::AgentError;
+use super::AgentError;
 use crate::enrolment::pkcs7;
 use crate::gateway::est::{CACERTS_PATH, SIMPLEENROLL_PATH};
 

@@ -14,6 +14,8 @@
 //! (or CA bundle) that verifies the broker. The broker decides whether a
 //! renewal is allowed; the agent only asks at sensible times.
 
+pub mod enrol;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
