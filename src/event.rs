@@ -63,6 +63,12 @@ pub struct Event {
     pub request_id: Option<String>,
     /// Free text: aggregated counts, alert details, admin action details.
     pub detail: Option<String>,
+    /// The upstream endpoint (address) that answered, or was tried last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_endpoint: Option<String>,
+    /// Attempts the upstream leg took (0: none was made).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
 }
 
 impl Event {
@@ -89,8 +95,14 @@ impl Event {
             duration_us: 0,
             request_id: None,
             detail: None,
+            upstream_endpoint: None,
+            attempts: 0,
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Milliseconds since the Unix epoch.

@@ -35,3 +35,4 @@ pub mod server;
 pub mod stop_signals;
 pub mod timefmt;
 pub mod tls;
+pub mod upstream;

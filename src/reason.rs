@@ -127,12 +127,14 @@ pub enum Reason {
     UpstreamUnknown,
     /// The upstream identity token could not be signed (fail closed).
     IdentitySigningFailed,
-    /// No healthy endpoint (a single upstream: its connection is refused).
+    /// No endpoint could be reached (on every attempt), or none takes
+    /// traffic (all ejected, failed by health checks, or none resolved).
     UpstreamUnavailable,
     /// The pool's `max_in_flight` is reached and its queue is full, or the
     /// request waited in the queue past its timeout.
     UpstreamSaturated,
-    /// No response head within the upstream's `response_timeout`.
+    /// No response head within the upstream's `per_try_timeout` (on the
+    /// last attempt) or `response_timeout` (all attempts).
     UpstreamTimeout,
     /// The upstream's certificate failed verification.
     UpstreamTls,

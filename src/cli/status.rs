@@ -257,6 +257,41 @@ fn render_table(doc: &Value) -> String {
     if partners.is_empty() {
         out.push_str("(no partners configured)\n");
     }
+    let upstreams = doc["upstreams"].as_array().unwrap_or(&empty);
+    if !upstreams.is_empty() {
+        out.push_str(&format!(
+            "{:<20} {:<40} {:<10} {:>9} {:>9} {:>9} {:>9}\n",
+            "UPSTREAM", "ENDPOINT", "STATE", "INFLIGHT", "OK", "FAILED", "EJECTED"
+        ));
+    }
+    for u in upstreams {
+        let eps = u["endpoints"].as_array().unwrap_or(&empty);
+        if eps.is_empty() {
+            out.push_str(&format!(
+                "{:<20} (no endpoint: every request gets 503)\n",
+                cell(&u["name"])
+            ));
+        }
+        for e in eps {
+            out.push_str(&format!(
+                "{:<20} {:<40} {:<10} {:>9} {:>9} {:>9} {:>9}\n",
+                cell(&u["name"]),
+                cell(&e["address"]),
+                cell(&e["state"]),
+                cell(&e["in_flight"]),
+                cell(&e["success"]),
+                cell(&e["failure"]),
+                cell(&e["ejections"]),
+            ));
+        }
+        let queued = u["queue_depth"].as_u64().unwrap_or(0);
+        if queued > 0 {
+            out.push_str(&format!(
+                "{:<20} {queued} waiting for a place\n",
+                cell(&u["name"])
+            ));
+        }
+    }
     let alerts = doc["alerts"].as_array().unwrap_or(&empty);
     if alerts.is_empty() {
         out.push_str("open alerts: none\n");
@@ -297,5 +332,30 @@ mod tests {
         assert!(t.contains("01234567:5d!"), "{t}");
         assert!(t.contains("traffic_spike acme x10"), "{t}");
         assert!(render_table(&serde_json::json!({})).contains("no partners"));
+    }
+
+    #[test]
+    fn table_shows_each_upstream_endpoint_and_its_state() {
+        let doc = serde_json::json!({
+            "upstreams": [{
+                "name": "orders", "in_flight": 1, "queue_depth": 4,
+                "endpoints": [
+                    {"address": "10.0.0.11:9443", "state": "up", "in_flight": 1, "success": 90, "failure": 0, "ejections": 0},
+                    {"address": "10.0.0.12:9443", "state": "ejected", "in_flight": 0, "success": 10, "failure": 5, "ejections": 1}
+                ]
+            }, {"name": "empty", "endpoints": []}]
+        });
+        let t = render_table(&doc);
+        assert!(t.contains("10.0.0.12:9443"), "{t}");
+        let ejected = t
+            .lines()
+            .find(|l| l.contains("10.0.0.12"))
+            .unwrap_or_default();
+        assert!(
+            ejected.contains("ejected") && ejected.contains("orders"),
+            "{t}"
+        );
+        assert!(t.contains("4 waiting"), "{t}");
+        assert!(t.contains("no endpoint"), "{t}");
     }
 }

@@ -13,6 +13,7 @@ use crate::home::Home;
 use crate::timefmt::serde_duration;
 
 use super::common::*;
+use super::upstream::UpstreamSettings;
 
 /// `gatehouse.toml` as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -192,43 +193,6 @@ impl Default for MonitorSettings {
     }
 }
 
-/// `[upstreams.<name>]`: one service the broker relays to.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamSettings {
-    pub url: String,
-    /// CA file that verifies the upstream's server certificate (https only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca: Option<PathBuf>,
-    /// Name checked in the upstream's certificate (default: the URL's host).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_cert: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_key: Option<PathBuf>,
-    #[serde(with = "serde_duration", default = "default_connect_timeout")]
-    pub connect_timeout: Duration,
-    #[serde(with = "serde_duration", default = "default_response_timeout")]
-    pub response_timeout: Duration,
-    /// Add the signed `X-Gatehouse-Identity` token to requests relayed here
-    /// (about 25 µs of CPU per request; turn off for upstreams that do not
-    /// verify it).
-    #[serde(default = "default_true")]
-    pub signed_identity: bool,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_response_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
 /// Reads and validates `gatehouse.toml`.
 pub fn load_gateway(home: &Home) -> Result<GatewayConfig, ConfigErrors> {
     let path = home.config_file();
@@ -301,29 +265,8 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         if let Err(m) = validate_upstream_name(name) {
             err(format!("[upstreams.{name}]: {m}"));
         }
-        match up.url.split_once("://") {
-            Some(("https", rest)) | Some(("http", rest)) if !rest.is_empty() => {
-                if up.url.parse::<http::Uri>().is_err() {
-                    err(format!(
-                        "[upstreams.{name}] url `{}` is not a valid URL",
-                        up.url
-                    ));
-                }
-            }
-            _ => err(format!(
-                "[upstreams.{name}] url `{}` must start with http:// or https://",
-                up.url
-            )),
-        }
-        if up.url.starts_with("https://") && up.ca.is_none() {
-            err(format!(
-                "[upstreams.{name}] is https but has no `ca` to verify its certificate"
-            ));
-        }
-        if up.client_cert.is_some() != up.client_key.is_some() {
-            err(format!(
-                "[upstreams.{name}] client_cert and client_key go together"
-            ));
+        for m in up.problems(name) {
+            err(m);
         }
     }
     if errors.is_empty() {

@@ -13,12 +13,14 @@ mod gateway;
 pub mod min_free;
 mod partner;
 mod render;
+mod upstream;
 
 pub use cluster::{ClusterSettings, OnStoreFailure};
 pub use common::*;
 pub use gateway::*;
 pub use partner::*;
 pub use render::*;
+pub use upstream::*;
 
 /// The whole validated configuration of a home.
 #[derive(Debug, Clone)]

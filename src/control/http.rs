@@ -75,6 +75,7 @@ async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<By
             refresh_cert_expiry(&view).await;
             let monitor = view.events.monitor();
             monitor.set_journal_writable(view.events.writable());
+            monitor.pools.observe(&view.live.snapshot().upstreams);
             // OpenMetrics for scrapers that ask for it (Prometheus does),
             // else the classic text format (curl, promtool).
             let accept = req.headers().get(http::header::ACCEPT);
@@ -169,7 +170,7 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         }
         limits.insert(p.id.clone(), v);
     }
-    let body = crate::guard::monitor::status_json(
+    let mut body = crate::guard::monitor::status_json(
         view.events.monitor(),
         &partners,
         &inventory,
@@ -177,6 +178,12 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         time::OffsetDateTime::now_utc(),
         snapshot.gateway.monitor.expiry_warning_days,
     );
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert(
+            "upstreams".into(),
+            crate::upstream::status_json(&snapshot.upstreams),
+        );
+    }
     let mut r = text(StatusCode::OK, body.to_string());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

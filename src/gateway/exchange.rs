@@ -11,7 +11,9 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::upstream::UpstreamBody;
 
 use crate::config::Risk;
 use crate::event::{Event, ExpectedRecord, RecordAck, RecordError};
@@ -79,7 +81,7 @@ enum State {
 
 /// The relayed response body, recorded before its end reaches the partner.
 pub struct RecordedBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     state: State,
     /// Bytes still expected per Content-Length, when known.
     remaining: Option<u64>,
@@ -87,7 +89,7 @@ pub struct RecordedBody {
 }
 
 impl RecordedBody {
-    pub fn new(inner: Incoming, content_length: Option<u64>, pending: PendingRecord) -> Self {
+    pub fn new(inner: UpstreamBody, content_length: Option<u64>, pending: PendingRecord) -> Self {
         RecordedBody {
             inner,
             state: State::Streaming,

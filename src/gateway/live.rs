@@ -585,7 +585,8 @@ fn build(
             let mut m = HashMap::new();
             let mut errors = Vec::new();
             for (name, settings) in &loaded.gateway.upstreams {
-                match Upstream::build(name, settings, home) {
+                let before = previous.and_then(|p| p.upstreams.get(name));
+                match Upstream::build(name, settings, home, before.map(|b| b.as_ref())) {
                     Ok(u) => {
                         m.insert(name.clone(), Arc::new(u));
                     }
@@ -594,6 +595,13 @@ fn build(
             }
             if !errors.is_empty() {
                 return Err(LiveError::Upstreams(errors));
+            }
+            // Endpoints the new pools no longer have drain.
+            for (name, old) in previous.iter().flat_map(|p| p.upstreams.iter()) {
+                match m.get(name) {
+                    Some(new) => new.retire(old),
+                    None => old.retire_all(),
+                }
             }
             m
         }

@@ -35,16 +35,9 @@ impl From<LimitDenied> for Refusal {
 impl From<UpstreamError> for Refusal {
     fn from(e: UpstreamError) -> Refusal {
         let r = Refusal::new(e.reason());
-        match e {
-            // A single upstream whose connection is refused answers 502
-            // without Retry-After, as before pools; a pool with no healthy
-            // endpoint answers the reason's own 503 with Retry-After.
-            UpstreamError::Connect(_) => Refusal {
-                status: Some(http::StatusCode::BAD_GATEWAY),
-                retry_after_secs: None,
-                ..r
-            },
-            _ => r,
+        match e.retry_after_secs() {
+            Some(secs) => r.retry_after(secs),
+            None => r,
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::gateway::session::ConnCtx;
 use crate::identity_token::TokenSubject;
 use crate::policy::{Permit, check_target};
 use crate::reason::Reason;
+use crate::upstream::UpstreamBody;
 
 /// The raw request-target (path and query) as the partner sent it.
 pub(crate) fn raw_target(req: &Request<Incoming>) -> &str {
@@ -75,7 +76,7 @@ pub(crate) async fn phases(
     };
     let upstream_req =
         build_upstream_request(req, uri, cap, conn, gw, &upstream, &route, request_id)?;
-    let response = relay(gw, &upstream, upstream_req, request_id)
+    let response = relay(gw, &upstream, upstream_req, request_id, record)
         .await
         .map_err(|refusal| {
             // An HTTP/2 upstream leg reports a body error only as a reset
@@ -239,22 +240,34 @@ fn build_upstream_request(
     Ok(Request::from_parts(parts, body))
 }
 
-/// Sends the request upstream (timed for the metrics).
+/// Sends the request through the upstream's pool (timed for the
+/// metrics); the record gets the endpoint and the attempts.
 async fn relay(
     gw: &Gateway,
-    upstream: &Upstream,
+    upstream: &Arc<Upstream>,
     req: Request<RelayBody>,
     request_id: &str,
-) -> Result<Response<Incoming>, Refusal> {
+    record: &mut PendingRecord,
+) -> Result<Response<UpstreamBody>, Refusal> {
     let started = Instant::now();
     let sent = upstream.send(req).await;
     gw.events.monitor().upstream(
         &upstream.name,
         started.elapsed().as_secs_f64(),
-        sent.as_ref().err().map(|e| e.reason().metric_label()),
+        sent.as_ref().err().map(|e| e.error.reason().metric_label()),
     );
-    sent.map_err(|e| {
-        tracing::warn!(upstream = %upstream.name, request_id = %request_id, "upstream failed: {e:?}");
-        Refusal::from(e)
-    })
+    match sent {
+        Ok(relayed) => {
+            record.event.upstream_endpoint = Some(relayed.endpoint);
+            record.event.attempts = relayed.attempts;
+            Ok(relayed.response)
+        }
+        Err(failure) => {
+            record.event.upstream_endpoint = failure.endpoint;
+            record.event.attempts = failure.attempts;
+            tracing::warn!(upstream = %upstream.name, request_id = %request_id, "upstream failed: {}", failure.error);
+            let refusal = Refusal::from(failure.error.clone());
+            Err(refusal.detail(failure.error.to_string()))
+        }
+    }
 }

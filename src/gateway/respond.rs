@@ -15,7 +15,9 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
+
+use crate::upstream::UpstreamBody;
 
 use crate::event::{Decision, RecordAck};
 use crate::gateway::exchange::{PendingRecord, RecordedBody};
@@ -44,7 +46,7 @@ pub enum Answer {
     },
     /// The upstream's response, to relay.
     Relayed {
-        response: Response<Incoming>,
+        response: Response<UpstreamBody>,
         upstream: Arc<Upstream>,
         is_head: bool,
         /// How long a streamed body may wait for the partner to read on.
@@ -134,7 +136,7 @@ struct Relayed<'a> {
 /// Relays the upstream's response, recorded before its end reaches the partner.
 async fn relay(
     mut record: PendingRecord,
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     relayed: Relayed<'_>,
     conn: &ConnCtx,
     request_id: &str,
@@ -186,7 +188,7 @@ async fn relay(
 /// fails mid-body, or 503 when the journal cannot take the record.
 async fn whole_response(
     parts: http::response::Parts,
-    body: Incoming,
+    body: UpstreamBody,
     n: u64,
     mut record: PendingRecord,
     upstream: &Upstream,

@@ -10,8 +10,13 @@ use sha2::{Digest, Sha256};
 
 use crate::event::{Decision, Event, EventKind};
 
-/// Version byte at the start of every canonical record.
+/// Version byte of a canonical record without extension fields.
 pub const FORMAT_VERSION: u8 = 1;
+/// Version byte of a canonical record with extension fields: version 1's
+/// fields, then a sorted list of named fields (see `docs/journal.md`).
+pub const FORMAT_VERSION_2: u8 = 2;
+/// Extension fields in one record at most (a decoder refuses more).
+const MAX_EXTENSIONS: usize = 64;
 /// The `prev_hash` of the first record ever written (sequence number 1).
 pub const GENESIS_HASH: [u8; 32] = [0u8; 32];
 /// Length of a chain hash (SHA-256).
@@ -74,10 +79,37 @@ fn put_opt_str(out: &mut Vec<u8>, s: &Option<String>) {
     }
 }
 
-/// The canonical bytes of record `seq` holding `e` (format version 1).
+/// The named extension fields of an event, sorted by name (bytewise),
+/// each value as text.
+pub fn extensions(e: &Event) -> Vec<(&'static str, String)> {
+    let mut x = Vec::new();
+    if e.attempts != 0 {
+        x.push(("attempts", e.attempts.to_string()));
+    }
+    if let Some(ep) = &e.upstream_endpoint {
+        x.push(("upstream_endpoint", ep.clone()));
+    }
+    x.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    x
+}
+
+/// The format version `e` is encoded with: 1 without extension fields, 2 with.
+pub fn version_of(e: &Event) -> u8 {
+    if e.attempts != 0 || e.upstream_endpoint.is_some() {
+        FORMAT_VERSION_2
+    } else {
+        FORMAT_VERSION
+    }
+}
+
+/// The canonical bytes of record `seq` holding `e`: version 1 when the
+/// event has no extension field (the bytes are exactly version 1's), else
+/// version 2 (version 1's fields, then `u16` count and the sorted
+/// `(name, value)` pairs).
 pub fn encode(seq: u64, e: &Event) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
-    out.push(FORMAT_VERSION);
+    let version = version_of(e);
+    out.push(version);
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&e.time_ms.to_be_bytes());
     out.push(kind_code(e.kind));
@@ -105,6 +137,14 @@ pub fn encode(seq: u64, e: &Event) -> Vec<u8> {
     out.extend_from_slice(&e.duration_us.to_be_bytes());
     put_opt_str(&mut out, &e.request_id);
     put_opt_str(&mut out, &e.detail);
+    if version == FORMAT_VERSION_2 {
+        let x = extensions(e);
+        out.extend_from_slice(&(x.len() as u16).to_be_bytes());
+        for (name, value) in &x {
+            put_str(&mut out, name);
+            put_str(&mut out, value);
+        }
+    }
     out
 }
 
@@ -150,7 +190,7 @@ impl<'a> Reader<'a> {
 pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
     let mut r = Reader { b: bytes };
     let v = r.u8("version")?;
-    if v != FORMAT_VERSION {
+    if v != FORMAT_VERSION && v != FORMAT_VERSION_2 {
         return Err(DecodeError(format!("unknown format version {v}")));
     }
     let seq = r.u64("seq")?;
@@ -183,6 +223,45 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
     let duration_us = r.u64("duration_us")?;
     let request_id = r.opt_string("request_id")?;
     let detail = r.opt_string("detail")?;
+    let mut upstream_endpoint = None;
+    let mut attempts = 0;
+    if v == FORMAT_VERSION_2 {
+        let n = u16::from_be_bytes(r.arr("extension count")?) as usize;
+        if n == 0 || n > MAX_EXTENSIONS {
+            return Err(DecodeError(format!("version 2 with {n} extension fields")));
+        }
+        let mut previous: Option<String> = None;
+        for _ in 0..n {
+            let name = r.string("extension name")?;
+            let value = r.string("extension value")?;
+            if previous
+                .as_deref()
+                .is_some_and(|p| p.as_bytes() >= name.as_bytes())
+            {
+                return Err(DecodeError(format!(
+                    "extension field `{name}` out of order or repeated"
+                )));
+            }
+            match name.as_str() {
+                "attempts" => {
+                    attempts = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| *n != 0)
+                        .ok_or_else(|| DecodeError(format!("attempts `{value}` is not a count")))?;
+                }
+                "upstream_endpoint" => upstream_endpoint = Some(value),
+                // A field a later gatehouse adds: this one cannot show it
+                // (nor re-encode it), so it says so instead of dropping it.
+                _ => {
+                    return Err(DecodeError(format!(
+                        "unknown extension field `{name}` (written by a newer gatehouse)"
+                    )));
+                }
+            }
+            previous = Some(name);
+        }
+    }
     if !r.b.is_empty() {
         return Err(DecodeError(format!("{} trailing bytes", r.b.len())));
     }
@@ -209,6 +288,8 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
             duration_us,
             request_id,
             detail,
+            upstream_endpoint,
+            attempts,
         },
     ))
 }
@@ -250,7 +331,7 @@ pub fn chain_hash(prev: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
 
 /// The sequence number inside canonical bytes, without decoding the rest.
 pub fn canonical_seq(canonical: &[u8]) -> Option<u64> {
-    if canonical.len() < 9 || canonical[0] != FORMAT_VERSION {
+    if canonical.len() < 9 || !matches!(canonical[0], FORMAT_VERSION | FORMAT_VERSION_2) {
         return None;
     }
     let mut a = [0u8; 8];
@@ -296,7 +377,11 @@ impl Record {
     /// The JSON line form.
     pub fn to_line(&self) -> RecordLine {
         RecordLine {
-            v: FORMAT_VERSION,
+            v: version_of(&self.event),
+            ext: extensions(&self.event)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             seq: self.seq,
             time: crate::journal::fmt_time_ms(self.event.time_ms),
             event: self.event.clone(),
@@ -316,6 +401,10 @@ pub struct RecordLine {
     pub time: String,
     #[serde(flatten)]
     pub event: Event,
+    /// Version 2's extension fields, by name, as they are hashed (so that
+    /// an outside tool can check a record without knowing each field).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ext: std::collections::BTreeMap<String, String>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -346,7 +435,73 @@ mod tests {
             duration_us: 987_654,
             request_id: Some("req-1".into()),
             detail: Some("line1\nline2".into()),
+            upstream_endpoint: None,
+            attempts: 0,
         }
+    }
+
+    #[test]
+    fn without_extensions_the_bytes_are_version_1s() {
+        let e = full_event();
+        let bytes = encode(9, &e);
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        // Version 1 ends with `detail`: nothing follows it.
+        assert!(bytes.ends_with(b"line1\nline2"));
+        assert_eq!(
+            Record::from_stored(&stored_value(&GENESIS_HASH, &[0; 32], &bytes))
+                .map(|r| r.to_line().v),
+            Ok(1)
+        );
+    }
+
+    #[test]
+    fn version_2_appends_sorted_named_fields() {
+        let mut e = full_event();
+        e.attempts = 2;
+        e.upstream_endpoint = Some("10.0.0.11:9443".into());
+        let bytes = encode(9, &e);
+        assert_eq!(bytes[0], FORMAT_VERSION_2);
+        let v1_part = {
+            let mut plain = e.clone();
+            plain.attempts = 0;
+            plain.upstream_endpoint = None;
+            encode(9, &plain)
+        };
+        // Version 1's fields, byte for byte, after the version byte.
+        assert_eq!(&bytes[1..v1_part.len()], &v1_part[1..]);
+        let mut tail = vec![0, 2];
+        for (k, v) in [("attempts", "2"), ("upstream_endpoint", "10.0.0.11:9443")] {
+            tail.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            tail.extend_from_slice(k.as_bytes());
+            tail.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            tail.extend_from_slice(v.as_bytes());
+        }
+        assert_eq!(&bytes[v1_part.len()..], &tail[..]);
+        assert_eq!(decode(&bytes).unwrap(), (9, e.clone()));
+        assert_eq!(canonical_seq(&bytes), Some(9));
+        // Out of order, repeated, unknown or empty lists are refused.
+        let mut swapped = v1_part.clone();
+        swapped[0] = FORMAT_VERSION_2;
+        let mut bad = swapped.clone();
+        bad.extend_from_slice(&[0, 0]);
+        assert!(decode(&bad).is_err());
+        let mut unknown = swapped.clone();
+        unknown.extend_from_slice(&[0, 1, 0, 0, 0, 1, b'z', 0, 0, 0, 1, b'1']);
+        assert!(
+            decode(&unknown)
+                .unwrap_err()
+                .0
+                .contains("unknown extension")
+        );
+        let line = Record::from_stored(&stored_value(&GENESIS_HASH, &[0; 32], &bytes))
+            .unwrap()
+            .to_line();
+        assert_eq!(line.v, 2);
+        assert_eq!(line.ext["attempts"], "2");
+        let text = serde_json::to_string(&line).unwrap();
+        let back: RecordLine = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, line);
+        assert_eq!(encode(back.seq, &back.event), bytes);
     }
 
     #[test]

@@ -84,6 +84,12 @@ async fn the_console_serves_its_page_and_the_data_behind_it() {
             .sum::<u64>(),
         3
     );
+    // The upstream's endpoint and its state.
+    let orders = &o["upstreams"][0];
+    assert_eq!(orders["name"], "orders", "{body}");
+    assert_eq!(orders["endpoints"][0]["state"], "up", "{body}");
+    assert_eq!(orders["endpoints"][0]["success"], 3, "{body}");
+    assert!(page.contains("id=\"upstreams\""), "{page}");
     let g = partner("globex");
     assert_eq!(g["denial_reasons"]["route_not_granted"], 1);
     assert_eq!(g["certificates"][0]["expiring"], true);

@@ -35,6 +35,7 @@ mod journal_e2e;
 mod log_output;
 mod metrics;
 mod partner_ca;
+mod pools;
 mod power_loss;
 mod relay;
 mod reload;

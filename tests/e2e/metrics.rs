@@ -202,6 +202,14 @@ async fn promtool_checks_live_metrics() {
         "gatehouse_tls_handshakes_total",
         "gatehouse_certificate_expiry_seconds",
         "gatehouse_journal_writable",
+        "gatehouse_upstream_endpoint_healthy",
+        "gatehouse_upstream_endpoint_in_flight",
+        "gatehouse_upstream_endpoint_requests_total",
+        "gatehouse_upstream_endpoint_ejections_total",
+        "gatehouse_upstream_retries_total",
+        "gatehouse_upstream_queue_depth",
+        "gatehouse_upstream_in_flight",
+        "gatehouse_upstream_healthy_endpoints",
     ] {
         assert!(
             metrics.contains(&format!("# HELP {family} ")),

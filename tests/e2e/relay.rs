@@ -150,7 +150,7 @@ async fn an_upstream_with_a_certificate_from_the_wrong_ca_gets_502_and_no_reques
 }
 
 #[tokio::test]
-async fn upstream_down_is_502_and_silent_upstream_is_504() {
+async fn upstream_down_is_503_with_retry_after_and_silent_upstream_is_504() {
     let h = TestHome::new();
     // A port with nothing listening.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -177,8 +177,9 @@ async fn upstream_down_is_502_and_silent_upstream_is_504() {
     let r = get_once(broker.addr, &h.ca_pem(), &acme, "/down")
         .await
         .unwrap();
-    assert_eq!(r.status, 502);
+    assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"], "upstream_unavailable");
+    assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
     let t = std::time::Instant::now();
     let r = get_once(broker.addr, &h.ca_pem(), &acme, "/slow")
         .await

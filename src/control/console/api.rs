@@ -95,6 +95,7 @@ pub async fn overview(shared: &Arc<AdminView>) -> Response<Full<Bytes>> {
     }
     let journal = shared.events.writable();
     let listening = shared.connections.listening();
+    status["upstreams"] = crate::upstream::status_json(&snapshot.upstreams);
     status["node"] = json!(shared.events.node());
     status["expiry_warning_days"] = json!(warn_days);
     status["health"] = json!({

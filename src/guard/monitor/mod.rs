@@ -160,6 +160,8 @@ pub struct Monitor {
     /// request path (written once per new partner).
     windows: RwLock<HashMap<String, Arc<Mutex<WindowRing>>>>,
     recent_alerts: Mutex<VecDeque<RecentAlert>>,
+    /// The upstream pools' families (updated at scrape time).
+    pub pools: crate::upstream::metrics::PoolMetrics,
 }
 
 fn request_buckets() -> impl Iterator<Item = f64> {
@@ -199,6 +201,7 @@ impl Monitor {
             reload_failures: Counter::default(),
             windows: RwLock::new(HashMap::new()),
             recent_alerts: Mutex::new(VecDeque::new()),
+            pools: Default::default(),
         };
         monitor.registry = monitor.registry();
         // The journal opened before the broker started serving.
@@ -297,6 +300,7 @@ impl Monitor {
             "Configuration changes refused (the running configuration stayed in force)",
             m.reload_failures.clone(),
         );
+        m.pools.register(&mut registry);
         registry
     }
 

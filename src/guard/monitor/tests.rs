@@ -569,6 +569,20 @@ fn every_family() -> Monitor {
     reload.reason = Some("config_reloaded".into());
     m.observe_event(&reload, None);
     m.set_cert_expiry(&inv(vec![cert("aa", "acme", 10)]), NOW);
+    // A plain-http pool of one (nothing is sent: only its families show).
+    let settings: crate::config::UpstreamSettings =
+        toml::from_str("url = \"http://127.0.0.1:9\"").expect("parses");
+    let pool = crate::upstream::Pool::build(
+        "orders",
+        &settings,
+        &crate::home::Home::new("/nonexistent"),
+        None,
+    )
+    .expect("a plain-http pool needs no files");
+    m.pools.observe(&HashMap::from([(
+        "orders".to_string(),
+        std::sync::Arc::new(pool),
+    )]));
     m
 }
 

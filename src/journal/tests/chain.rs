@@ -57,6 +57,8 @@ fn every_field_round_trips_through_the_journal() {
         duration_us: 12_345,
         request_id: Some("01HZX".into()),
         detail: Some("multi\nline".into()),
+        upstream_endpoint: Some("[2001:db8::2]:9443".into()),
+        attempts: 3,
     };
     let seq = fill(&j, vec![e.clone()])[0];
     let rec = j.store().get(seq).unwrap().unwrap();

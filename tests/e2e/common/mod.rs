@@ -8,6 +8,7 @@ pub mod client;
 pub mod faultfs;
 pub mod home;
 pub mod pki;
+pub mod pool_backend;
 pub mod process;
 pub mod raw_upstream;
 pub mod redis_server;

@@ -110,6 +110,26 @@ function renderOverview(o) {
     );
   }));
 
+  const ups = document.querySelector("#upstreams tbody");
+  const rows = [];
+  for (const u of o.upstreams || []) {
+    const eps = u.endpoints || [];
+    const queued = u.queue_depth ? " (" + u.queue_depth + " queued)" : "";
+    if (!eps.length) rows.push(el("tr", {}, el("td", {}, el("strong", { text: u.name })), el("td", { class: "muted", text: "no endpoint: every request gets 503" })));
+    for (const e of eps) {
+      rows.push(el("tr", { "data-upstream": u.name },
+        el("td", {}, el("strong", { text: u.name + queued })),
+        el("td", { class: "mono", text: e.address + (e.host !== e.address.replace(/:\d+$/, "") ? " (" + e.host + ")" : "") }),
+        el("td", { class: "state-" + e.state + (e.healthy ? "" : " bad"), text: e.state }),
+        el("td", { text: String(e.in_flight) }),
+        el("td", { text: String(e.success) }),
+        el("td", { text: String(e.failure) }),
+        el("td", { text: String(e.ejections) }),
+      ));
+    }
+  }
+  ups.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { class: "muted", text: "no upstream configured" }))]));
+
   const charts = document.getElementById("charts");
   charts.replaceChildren(...o.partners.map(chart));
 }

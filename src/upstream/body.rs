@@ -1,0 +1,116 @@
+//! The upstream's response body as the gateway relays it, holding its
+//! lease on the pool: the endpoint's request in flight, the
+//! `max_in_flight` permit and the HTTP/1.1 connection. When the body ends
+//! the connection goes back to the endpoint for reuse; when it is dropped
+//! early the connection is let go (hyper closes it) and the rest released.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::RelayBody;
+use super::endpoint::Endpoint;
+
+/// What one request holds on the pool until its response ends.
+pub struct Lease {
+    pub(super) endpoint: Arc<Endpoint>,
+    pub(super) sender: Option<http1::SendRequest<RelayBody>>,
+    pub(super) permit: Option<OwnedSemaphorePermit>,
+    pub(super) pool_in_flight: Arc<AtomicU32>,
+}
+
+impl Lease {
+    pub(super) fn new(
+        endpoint: Arc<Endpoint>,
+        permit: Option<OwnedSemaphorePermit>,
+        pool_in_flight: Arc<AtomicU32>,
+    ) -> Lease {
+        endpoint.begin();
+        pool_in_flight.fetch_add(1, Ordering::Relaxed);
+        Lease {
+            endpoint,
+            sender: None,
+            permit,
+            pool_in_flight,
+        }
+    }
+
+    /// Releases it; the connection goes back only after a complete body.
+    fn finish(mut self, complete: bool) {
+        if complete && let Some(s) = self.sender.take() {
+            self.endpoint.release(s);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.endpoint.end();
+        self.pool_in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(self.permit.take());
+    }
+}
+
+/// A relayed response body (see the module doc).
+pub struct UpstreamBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl UpstreamBody {
+    pub(super) fn new(inner: Incoming, lease: Lease) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            lease: Some(lease),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(l) = self.lease.take() {
+                    l.finish(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(l) = self.lease.take() {
+                    l.finish(false);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(l) = self.lease.take() {
+            let complete = self.inner.is_end_stream();
+            l.finish(complete);
+        }
+    }
+}
