@@ -89,13 +89,16 @@ pub fn extensions(e: &Event) -> Vec<(&'static str, String)> {
     if let Some(ep) = &e.upstream_endpoint {
         x.push(("upstream_endpoint", ep.clone()));
     }
+    if let Some(issuer) = &e.issuer {
+        x.push(("issuer", issuer.clone()));
+    }
     x.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     x
 }
 
 /// The format version `e` is encoded with: 1 without extension fields, 2 with.
 pub fn version_of(e: &Event) -> u8 {
-    if e.attempts != 0 || e.upstream_endpoint.is_some() {
+    if e.attempts != 0 || e.upstream_endpoint.is_some() || e.issuer.is_some() {
         FORMAT_VERSION_2
     } else {
         FORMAT_VERSION
@@ -225,6 +228,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
     let detail = r.opt_string("detail")?;
     let mut upstream_endpoint = None;
     let mut attempts = 0;
+    let mut issuer = None;
     if v == FORMAT_VERSION_2 {
         let n = u16::from_be_bytes(r.arr("extension count")?) as usize;
         if n == 0 || n > MAX_EXTENSIONS {
@@ -251,6 +255,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
                         .ok_or_else(|| DecodeError(format!("attempts `{value}` is not a count")))?;
                 }
                 "upstream_endpoint" => upstream_endpoint = Some(value),
+                "issuer" => issuer = Some(value),
                 // A field a later gatehouse adds: this one cannot show it
                 // (nor re-encode it), so it says so instead of dropping it.
                 _ => {
@@ -290,6 +295,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
             detail,
             upstream_endpoint,
             attempts,
+            issuer,
         },
     ))
 }
@@ -437,6 +443,7 @@ mod tests {
             detail: Some("line1\nline2".into()),
             upstream_endpoint: None,
             attempts: 0,
+            issuer: None,
         }
     }
 
@@ -452,6 +459,20 @@ mod tests {
                 .map(|r| r.to_line().v),
             Ok(1)
         );
+    }
+
+    #[test]
+    fn the_issuer_of_a_partners_own_ca_is_a_named_field() {
+        let mut e = full_event();
+        e.issuer = Some("O=bank, CN=bank Root CA".into());
+        let bytes = encode(3, &e);
+        assert_eq!(bytes[0], FORMAT_VERSION_2);
+        assert_eq!(
+            extensions(&e),
+            vec![("issuer", "O=bank, CN=bank Root CA".to_string())]
+        );
+        let (seq, back) = decode(&bytes).unwrap();
+        assert_eq!((seq, back), (3, e));
     }
 
     #[test]
