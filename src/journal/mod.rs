@@ -167,7 +167,6 @@ impl Journal {
         ensure_private_dir(&home.data_dir())?;
         let store = Store::open(&home.journal_db())?;
         let (last_seq, last_hash) = store.last()?;
-        store.reindex_after(last_seq.saturating_sub(2 * writer::MAX_BATCH as u64))?;
         let last_ckpt = store.last_checkpoint_seq()?.unwrap_or(0);
         let shared = Arc::new(Shared::default());
         shared.healthy.store(true, Ordering::SeqCst);
@@ -344,7 +343,7 @@ impl Inner {
             Ok(()) => rx
                 .recv()
                 .map_err(|_| JournalError::Writer("stopped without answering".into()))
-                .and_then(|r| r.map_err(JournalError::Writer)),
+                .and_then(|r| r.map_err(|e| JournalError::Writer(e.to_string()))),
             Err(_) => Err(JournalError::Writer("already stopped".into())),
         };
         let _ = handle.join();

@@ -59,6 +59,28 @@ pub(super) struct SpaceGuard {
     pub(super) margin: u64,
 }
 
+/// Why the journal refuses a group commit for lack of space.
+#[derive(Debug, thiserror::Error)]
+pub enum SpaceError {
+    /// Free space is under `[journal] min_free`.
+    #[error(
+        "disk_low: {} has {free} bytes free, under [journal] min_free = \"{min_free}\" ({margin} bytes); free space on that file system",
+        dir.display()
+    )]
+    Low {
+        dir: PathBuf,
+        free: u64,
+        min_free: String,
+        margin: u64,
+    },
+    /// `statvfs` failed on the journal's folder.
+    #[error("cannot measure free space of {} for [journal] min_free: {source}", dir.display())]
+    Unmeasurable {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 impl SpaceGuard {
     pub(super) fn new(dir: &Path, min_free: MinFree) -> SpaceGuard {
         SpaceGuard {
@@ -75,7 +97,7 @@ impl SpaceGuard {
 
     /// Before a group commit that may write about `upcoming` bytes (after
     /// amplification): `Err(why)` when free space is under the margin.
-    pub(super) fn admit(&mut self, upcoming: u64) -> Result<(), String> {
+    pub(super) fn admit(&mut self, upcoming: u64) -> Result<(), SpaceError> {
         if self.min_free.is_off() {
             return Ok(());
         }
@@ -92,15 +114,13 @@ impl SpaceGuard {
 
     /// Measures now: `Err(why)` when free space is under the margin (or
     /// cannot be measured).
-    pub(super) fn measure(&mut self) -> Result<(), String> {
+    pub(super) fn measure(&mut self) -> Result<(), SpaceError> {
         if self.min_free.is_off() {
             return Ok(());
         }
-        let (free, total) = free_space(&self.dir).map_err(|e| {
-            format!(
-                "cannot measure free space of {} for [journal] min_free: {e}",
-                self.dir.display()
-            )
+        let (free, total) = free_space(&self.dir).map_err(|e| SpaceError::Unmeasurable {
+            dir: self.dir.clone(),
+            source: e,
         })?;
         self.written_since = 0;
         self.last_check = Some(Instant::now());
@@ -122,13 +142,12 @@ impl SpaceGuard {
         self.margin = self.min_free.bytes(total);
         self.low = free < self.margin;
         if self.low {
-            return Err(format!(
-                "disk_low: {} has {} bytes free, under [journal] min_free = \"{}\" ({} bytes); free space on that file system",
-                self.dir.display(),
+            return Err(SpaceError::Low {
+                dir: self.dir.clone(),
                 free,
-                self.min_free,
-                self.margin
-            ));
+                min_free: self.min_free.to_string(),
+                margin: self.margin,
+            });
         }
         Ok(())
     }

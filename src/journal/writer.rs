@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::JournalError;
 use super::aggregate::Aggregator;
 use super::checkpoint::{CheckpointKind, Signer};
 use super::record;
 use super::space::{SpaceGuard, WRITE_AMPLIFICATION};
-use super::store::{Store, be, index_key};
+use super::store::{CommitRecord, Store, be};
 use crate::event::{Event, EventKind, RecordError, now_ms};
 
 /// Most records in one group commit.
@@ -43,13 +44,30 @@ fn strict_linger(last_batch: usize, expected: usize) -> Duration {
         .min(STRICT_LINGER_MAX)
 }
 
+/// Why the writer could not close the journal cleanly.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ShutdownError {
+    #[error(
+        "the journal is not writable at shutdown ({0}); records since the last flush may be lost"
+    )]
+    NotWritable(String),
+    #[error("cannot read the chain head at shutdown: {0}")]
+    Read(JournalError),
+    #[error("cannot sign the shutdown checkpoint: {0}")]
+    Sign(JournalError),
+    #[error("cannot write the shutdown checkpoint: {0}")]
+    Checkpoint(JournalError),
+    #[error("the journal flush at shutdown failed: {0}")]
+    Flush(JournalError),
+}
+
 /// The ack channel of one record: `Some(seq)` once written, `None` when
 /// the record was folded into a handshake aggregate.
 pub(super) type AckTx = oneshot::Sender<Result<Option<u64>, RecordError>>;
 
 pub(super) enum Msg {
     Append(Box<Event>, AckTx),
-    Shutdown(std::sync::mpsc::Sender<Result<(), String>>),
+    Shutdown(std::sync::mpsc::Sender<Result<(), ShutdownError>>),
 }
 
 /// State shared between the handle and the writer thread.
@@ -142,7 +160,7 @@ impl Writer {
         &mut self,
         m: Msg,
         pending: &mut Pending,
-        shutdown: &mut Option<std::sync::mpsc::Sender<Result<(), String>>>,
+        shutdown: &mut Option<std::sync::mpsc::Sender<Result<(), ShutdownError>>>,
     ) {
         match m {
             Msg::Shutdown(tx) => *shutdown = Some(tx),
@@ -278,23 +296,15 @@ impl Writer {
                 "journal write failed: injected failure (test hook / fault drill)".into(),
             );
         }
-        let mut recs: Vec<([u8; 8], Vec<u8>)> = Vec::with_capacity(pending.len());
-        let mut idx: Vec<Vec<u8>> = Vec::with_capacity(pending.len());
+        let mut made: Vec<(u64, [u8; 32], Vec<u8>)> = Vec::with_capacity(pending.len());
         let mut ckpts = Vec::new();
         let mut seq = self.last_seq;
         let mut hash = self.last_hash;
-        let mut seqs = Vec::with_capacity(pending.len());
         let now = now_ms();
         for (e, _) in &pending {
             seq += 1;
             let canonical = record::encode(seq, e);
             let h = record::chain_hash(&hash, &canonical);
-            recs.push((be(seq), record::stored_value(&hash, &h, &canonical)));
-            if let Some(p) = &e.partner
-                && let Some(k) = index_key(p, e.time_ms, seq)
-            {
-                idx.push(k);
-            }
             if seq.is_multiple_of(self.checkpoint_every) {
                 match self
                     .signer
@@ -307,43 +317,51 @@ impl Writer {
                     }
                 }
             }
+            made.push((seq, h, canonical));
             hash = h;
-            seqs.push(seq);
         }
         // Free space first: under `[journal] min_free`, fail closed before
-        // the file system is full (see `space`).
-        let upcoming = recs
+        // the file system is full (see `space`). Per record: its canonical
+        // bytes, its hash and length in the segment, and at most one index
+        // entry.
+        let upcoming = made
             .iter()
-            .map(|(k, v)| (k.len() + v.len()) as u64)
-            .chain(idx.iter().map(|k| k.len() as u64))
+            .map(|(_, _, c)| c.len() as u64 + 36 + 40)
             .sum::<u64>()
             .saturating_mul(WRITE_AMPLIFICATION);
-        if let Err(msg) = self.space.admit(upcoming) {
+        if let Err(low) = self.space.admit(upcoming) {
             self.shared.disk_low.store(true, Ordering::SeqCst);
-            return self.fail(pending, msg);
+            return self.fail(pending, low.to_string());
         }
         self.shared.disk_low.store(false, Ordering::SeqCst);
-        // Plain inserts, not `apply_batch`: sled starts every batch by
-        // writing out its log buffer and a batch marker (two synchronous
-        // writes per group commit, through its I/O pool). The one flush
-        // below makes them all durable; recovery keeps a prefix of the log.
         let t = match self.store.t() {
             Ok(t) => t,
             Err(e) => return self.fail(pending, format!("journal write failed: {e}")),
         };
-        for (k, v) in recs {
-            if let Err(e) = t.records.insert(k, v) {
-                return self.fail(pending, format!("journal write failed: {e}"));
-            }
+        let commit: Vec<CommitRecord<'_>> = made
+            .iter()
+            .zip(&pending)
+            .map(|((seq, h, canonical), (e, _))| CommitRecord {
+                seq: *seq,
+                hash: *h,
+                canonical,
+                partner: e.partner.as_deref(),
+                time_ms: e.time_ms,
+            })
+            .collect();
+        // The whole commit goes in as one value per segment (a group commit
+        // of up to ~6 KiB of records is one sled value) and one partner
+        // index entry per partner in it.
+        let inserted = Store::insert_commit(&t, &self.last_hash, &commit);
+        drop(commit);
+        if let Err(e) = inserted {
+            return self.fail(pending, format!("journal write failed: {e}"));
         }
+        let seqs: Vec<u64> = made.iter().map(|(s, _, _)| *s).collect();
+        drop(made);
         self.last_seq = seq;
         self.last_hash = hash;
         self.shared.last_seq.store(seq, Ordering::SeqCst);
-        for k in idx {
-            if let Err(e) = t.index.insert(k, &[] as &[u8]) {
-                return self.fail(pending, format!("journal index write failed: {e}"));
-            }
-        }
         for c in ckpts {
             if let Err(e) = t.checkpoints.insert(be(c.seq), c.to_stored()) {
                 return self.fail(pending, format!("journal checkpoint write failed: {e}"));
@@ -400,11 +418,14 @@ impl Writer {
     /// have been partly applied) and accepts records again.
     fn try_recover(&mut self) {
         let result = if self.shared.inject_failure.load(Ordering::SeqCst) {
-            Err("injected failure still on".to_string())
-        } else if let Err(msg) = self.space.measure() {
+            Err(JournalError::Storage(
+                "injected failure still on (test hook / fault drill)".into(),
+            ))
+        } else if let Err(low) = self.space.measure() {
+            let msg = low.to_string();
             self.shared.disk_low.store(true, Ordering::SeqCst);
             self.shared.set_error(Some(msg.clone()));
-            Err(msg)
+            Err(JournalError::Storage(msg))
         } else {
             self.shared.disk_low.store(false, Ordering::SeqCst);
             (|| {
@@ -426,12 +447,8 @@ impl Writer {
                     }
                 }
                 self.store.probe()?;
-                let (seq, hash) = self.store.last()?;
-                self.store
-                    .reindex_after(seq.saturating_sub(2 * MAX_BATCH as u64))?;
-                Ok::<_, super::JournalError>((seq, hash))
+                self.store.last()
             })()
-            .map_err(|e| e.to_string())
         };
         match result {
             Ok((seq, hash)) => {
@@ -495,20 +512,17 @@ impl Writer {
     }
 
     /// Final checkpoint and flush.
-    fn finish(&mut self) -> Result<(), String> {
+    fn finish(&mut self) -> Result<(), ShutdownError> {
         if !self.healthy() {
             self.try_recover();
             if !self.healthy() {
-                return Err(format!(
-                    "journal is not writable at shutdown ({}); records since the last flush may be lost",
-                    self.unavailable().0
-                ));
+                return Err(ShutdownError::NotWritable(self.unavailable().0));
             }
         }
         let have = self
             .store
             .checkpoint(self.last_seq)
-            .map_err(|e| e.to_string())?;
+            .map_err(ShutdownError::Read)?;
         if self.last_seq > 0 && self.last_ckpt != self.last_seq && have.is_none() {
             let c = self
                 .signer
@@ -518,16 +532,14 @@ impl Writer {
                     now_ms(),
                     CheckpointKind::Shutdown,
                 )
-                .map_err(|e| e.to_string())?;
+                .map_err(ShutdownError::Sign)?;
             self.store
                 .put_checkpoint(&c)
-                .map_err(|e| format!("cannot write the shutdown checkpoint: {e}"))?;
+                .map_err(ShutdownError::Checkpoint)?;
             self.last_ckpt = c.seq;
             self.unsigned_since = None;
         }
-        self.store
-            .flush()
-            .map_err(|e| format!("journal flush at shutdown failed: {e}"))?;
+        self.store.flush().map_err(ShutdownError::Flush)?;
         self.flushed(Instant::now());
         Ok(())
     }

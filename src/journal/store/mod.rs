@@ -1,22 +1,28 @@
 //! The journal's storage: the one place that knows sled. Four trees —
-//! `records` (seq BE → `prev_hash || hash || canonical`), `by_partner`
-//! (`len u16 || partner || time BE || seq BE` → empty), `checkpoints`
-//! (seq BE → signed checkpoint) and `meta` (`base`: the retention cut).
+//! `segments` (first seq BE → the records of one group commit, see
+//! `segment`), `partner_index` (one entry per partner per commit, see
+//! `index`), `checkpoints` (seq BE → signed checkpoint) and `meta` (`base`:
+//! the retention cut).
 //!
 //! This file owns the handle: opening (and reopening after a write
 //! failure), the broker's `state` tree and statistics. The rest is one job
-//! per file: `keys` (key layout), `read` (point and range reads, export),
+//! per file: `keys` (key layout), `segment` (the segment value), `index`
+//! (the partner index entry), `migrate` (the older one-value-per-record
+//! layout, converted on open), `read` (point and range reads, export),
 //! `query` (`log query`), `verify` (the chain and checkpoints), `prune`
-//! (retention) and `write` (what the writer thread does besides inserting
-//! records: checkpoints, truncation, re-indexing, probes).
+//! (retention) and `write` (what the writer thread stores: group commits,
+//! checkpoints, truncation, probes).
 //!
 //! Writes of new records come only from the writer thread (`writer.rs`);
 //! `prune` is the only removal and keeps a signed checkpoint at the cut.
 
+mod index;
 mod keys;
+mod migrate;
 mod prune;
 mod query;
 mod read;
+pub(in crate::journal) mod segment;
 mod verify;
 mod write;
 
@@ -27,14 +33,19 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::JournalError;
+pub(super) use keys::be;
 use keys::seq_of;
-pub(super) use keys::{be, index_key};
 pub use prune::PruneReport;
 pub use query::Query;
 pub use read::ExportItem;
 pub use verify::{VerifyFailure, VerifyReport};
+pub(super) use write::CommitRecord;
 
 const META_BASE: &[u8] = b"base";
+/// The tree of segments (first seq BE → segment value).
+pub(in crate::journal) const SEGMENTS: &str = "segments";
+/// The partner index tree.
+pub(in crate::journal) const PARTNER_INDEX: &str = "partner_index";
 const META_PROBE: &[u8] = b"probe";
 
 /// Statistics for `status`.
@@ -49,7 +60,7 @@ pub struct StoreStats {
 /// The open sled database and its trees.
 pub(super) struct Trees {
     pub(super) db: sled::Db,
-    pub(super) records: sled::Tree,
+    pub(super) segments: sled::Tree,
     pub(super) index: sled::Tree,
     pub(super) checkpoints: sled::Tree,
     pub(super) meta: sled::Tree,
@@ -113,8 +124,8 @@ impl Store {
         };
         let tree = |name: &str| db.open_tree(name).map_err(JournalError::from);
         let trees = Trees {
-            records: tree("records")?,
-            index: tree("by_partner")?,
+            segments: tree(SEGMENTS)?,
+            index: tree(PARTNER_INDEX)?,
             checkpoints: tree("checkpoints")?,
             meta: tree("meta")?,
             db,
@@ -128,6 +139,7 @@ impl Store {
                 message: format!("cannot sync the folder: {e}"),
             })?;
         }
+        migrate::from_records_layout(&trees)?;
         Ok(Store {
             path: path.to_path_buf(),
             trees: Arc::new(RwLock::new(Some(Arc::new(trees)))),
@@ -254,7 +266,8 @@ impl Store {
         })
     }
 
-    /// Number of index entries (for tests and status).
+    /// Number of partner index entries (one per partner per group commit;
+    /// for tests and status).
     pub fn index_len(&self) -> usize {
         self.t().map(|t| t.index.len()).unwrap_or(0)
     }

@@ -1,13 +1,14 @@
 //! Retention (`log prune --before T`): re-checks the prefix to cut (chain
 //! and checkpoints), signs a prune checkpoint at the cut, records the cut in
-//! `meta/base`, then removes the records, their index entries and older
-//! checkpoints.
+//! `meta/base`, then removes whole segments up to the cut (the one holding
+//! the cut is rewritten from the next record on), trims the partner index
+//! and drops older checkpoints.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::keys::{be, seq_of, stored_time};
+use super::keys::be;
 use super::{JournalError, META_BASE, Store, corrupt};
 use crate::journal::checkpoint::{Checkpoint, CheckpointKind, Signer};
 use crate::journal::record::{self, GENESIS_HASH};
@@ -53,40 +54,44 @@ impl Store {
             .map(|c| (c.seq, c))
             .collect();
         let mut cut = base;
-        for kv in self.t()?.records.range(be(base + 1)..) {
-            let (k, v) = kv?;
-            let seq = seq_of(&k).unwrap_or(0);
-            let Some(t) = stored_time(&v) else {
-                return Err(corrupt(
+        let mut failure: Option<JournalError> = None;
+        self.scan(base + 1, false, &mut |r| {
+            let seq = r.seq;
+            let Ok((_, e)) = record::decode(r.canonical) else {
+                failure = Some(corrupt(
                     seq,
-                    "record is truncated; not pruning (run `gatehouse log verify`)",
+                    "record does not decode; not pruning (run `gatehouse log verify`)",
                 ));
+                return Ok(false);
             };
-            if t >= before_ms {
-                break;
+            if e.time_ms >= before_ms {
+                return Ok(false);
             }
             let ok = seq == cut + 1
-                && record::split_stored(&v).is_some_and(|(prev, hash, c)| {
-                    prev == running && record::chain_hash(&prev, c) == hash && {
-                        running = hash;
-                        true
-                    }
-                });
+                && r.prev == running
+                && record::chain_hash(&r.prev, r.canonical) == r.hash;
             if !ok {
-                return Err(corrupt(
+                failure = Some(corrupt(
                     seq,
                     "the chain does not verify here; not pruning, which would destroy the evidence (run `gatehouse log verify`)",
                 ));
+                return Ok(false);
             }
+            running = r.hash;
             if let Some(c) = ckpts.get(&seq)
                 && (!verifier.verify(c) || c.hash != running)
             {
-                return Err(corrupt(
+                failure = Some(corrupt(
                     seq,
                     "the signed checkpoint here does not verify against the chain; not pruning, which would destroy the evidence (run `gatehouse log verify`)",
                 ));
+                return Ok(false);
             }
             cut = seq;
+            Ok(true)
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
         }
         if cut == base {
             return Ok(PruneReport {
@@ -100,6 +105,7 @@ impl Store {
         self.t()?.meta.insert(META_BASE, &be(cut))?;
         self.t()?.db.flush()?;
         let removed = self.remove_records(base + 1, cut)?;
+        self.trim_index(|s| s <= cut)?;
         let mut old = sled::Batch::default();
         for kv in self.t()?.checkpoints.range(..be(cut)) {
             old.remove(kv?.0);

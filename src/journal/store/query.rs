@@ -1,11 +1,16 @@
 //! `log query`: records by partner, time window, decision, status and
-//! kind. With a partner, the `by_partner` index is read (never the whole
-//! journal); without one, the records are scanned in order up to the limit.
+//! kind. With a partner, the partner index is read (never the whole
+//! journal) and its per-commit entries merged into time order; without
+//! one, the records are scanned in seq order up to the limit.
+
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::keys::{partner_prefix, seq_of, stored_time, time_key};
-use super::{JournalError, Store};
+use super::index::{AT_UNKNOWN, Entry, SPREAD_MS};
+use super::keys::{be, partner_prefix, time_key};
+use super::segment::Segment;
+use super::{JournalError, Store, corrupt};
 use crate::event::{Decision, EventKind};
 use crate::journal::record::Record;
 
@@ -43,66 +48,165 @@ impl Query {
     }
 }
 
+/// A record read through the partner index, ordered by (time, seq).
+type Keyed = ((i64, u64), Record);
+
+/// The last segment decoded by a partner query (consecutive entries'
+/// records usually share one).
+struct SegmentCache {
+    first: u64,
+    value: Option<sled::IVec>,
+}
+
+impl SegmentCache {
+    /// Record `seq`; `at` is its position in its segment as the index
+    /// has it (one point lookup), or `AT_UNKNOWN` (a search).
+    fn get(&mut self, store: &Store, seq: u64, at: u8) -> Result<Option<Record>, JournalError> {
+        let hit = self.value.as_ref().is_some_and(|v| {
+            seq >= self.first && Segment::parse(self.first, v).is_ok_and(|s| seq <= s.last_seq())
+        });
+        let direct = if hit || at == AT_UNKNOWN {
+            None
+        } else {
+            let first = seq.saturating_sub(u64::from(at));
+            store
+                .t()?
+                .segments
+                .get(be(first))?
+                .filter(|v| Segment::parse(first, v).is_ok_and(|s| s.get(seq).is_some()))
+                .map(|v| (first, v))
+        };
+        if let Some((first, v)) = direct {
+            self.first = first;
+            self.value = Some(v);
+        } else if !hit {
+            match store.segment_of(seq)? {
+                None => return Ok(None),
+                Some((first, v)) => {
+                    self.first = first;
+                    self.value = Some(v);
+                }
+            }
+        }
+        let Some(v) = &self.value else {
+            return Ok(None);
+        };
+        let s = Segment::parse(self.first, v).map_err(|e| corrupt(self.first, e.to_string()))?;
+        match s.get(seq) {
+            None => Ok(None),
+            Some(r) => Store::decode(r).map(Some),
+        }
+    }
+}
+
 impl Store {
     /// Records matching `q`, oldest first. With a partner, only that
     /// partner's slice of the index is read (never the whole journal).
     pub fn query(&self, q: &Query) -> Result<Vec<Record>, JournalError> {
-        let mut out = Vec::new();
         if q.limit == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         if let Some(partner) = &q.partner {
-            let Some(prefix) = partner_prefix(partner) else {
-                return Ok(out);
-            };
-            let mut lo = prefix.clone();
-            lo.extend_from_slice(&time_key(q.since_ms.unwrap_or(i64::MIN)));
-            let mut hi = prefix.clone();
-            hi.extend_from_slice(&time_key(q.until_ms.unwrap_or(i64::MAX)));
-            let range = self.t()?.index.range(lo..hi);
-            let keys: Box<dyn Iterator<Item = _>> = if q.reverse {
-                Box::new(range.rev())
-            } else {
-                Box::new(range)
-            };
-            for kv in keys {
-                let (k, _) = kv?;
-                let Some(seq) = k.len().checked_sub(8).and_then(|at| seq_of(&k[at..])) else {
-                    continue;
-                };
-                // An index entry whose record was pruned is skipped.
-                if let Some(r) = self.get(seq)?
-                    && q.matches(&r)
-                {
-                    out.push(r);
-                    if out.len() >= q.limit {
-                        break;
-                    }
-                }
-            }
-            return Ok(out);
+            return self.query_partner(q, partner);
         }
-        let records = self.t()?.records.clone();
-        let all: Box<dyn Iterator<Item = _>> = if q.reverse {
-            Box::new(records.iter().rev())
-        } else {
-            Box::new(records.iter())
-        };
-        for kv in all {
-            let (k, v) = kv?;
-            if let Some(t) = stored_time(&v)
-                && (q.since_ms.is_some_and(|s| t < s) || q.until_ms.is_some_and(|u| t >= u))
-            {
-                continue;
-            }
-            let r = Self::decode(&k, &v)?;
+        let mut out = Vec::new();
+        self.scan(0, q.reverse, &mut |r| {
+            let r = Self::decode(r)?;
             if q.matches(&r) {
                 out.push(r);
-                if out.len() >= q.limit {
-                    break;
+            }
+            Ok(out.len() < q.limit)
+        })?;
+        Ok(out)
+    }
+
+    /// The partner's index entries in key order (min time, first seq),
+    /// merged into (time, seq) order: an entry's records are not older
+    /// than its key, and none is more than `SPREAD_MS` newer, so a record
+    /// read is returned once no entry still to read can hold an earlier
+    /// (or, reversed, a later) one.
+    fn query_partner(&self, q: &Query, partner: &str) -> Result<Vec<Record>, JournalError> {
+        let mut out = Vec::new();
+        let Some(prefix) = partner_prefix(partner) else {
+            return Ok(out);
+        };
+        let since = q.since_ms.unwrap_or(i64::MIN);
+        let until = q.until_ms.unwrap_or(i64::MAX);
+        let mut lo = prefix.clone();
+        lo.extend_from_slice(&time_key(since.saturating_sub(SPREAD_MS)));
+        let mut hi = prefix.clone();
+        hi.extend_from_slice(&time_key(until));
+        let range = self.t()?.index.range(lo..hi);
+        let entries: Box<dyn Iterator<Item = _>> = if q.reverse {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        let mut ready: BTreeMap<(i64, u64), Record> = BTreeMap::new();
+        let mut seen: HashSet<u64> = HashSet::new();
+        let mut cache = SegmentCache {
+            first: 0,
+            value: None,
+        };
+        let emit = |ready: &mut BTreeMap<(i64, u64), Record>,
+                    out: &mut Vec<Record>,
+                    bound: Option<(i64, u64)>| {
+            loop {
+                let next: Option<Keyed> = if q.reverse {
+                    match ready.last_key_value() {
+                        Some((k, _)) if bound.is_none_or(|b| k.0 > b.0) => ready.pop_last(),
+                        _ => None,
+                    }
+                } else {
+                    match ready.first_key_value() {
+                        Some((k, _)) if bound.is_none_or(|b| *k < b) => ready.pop_first(),
+                        _ => None,
+                    }
+                };
+                match next {
+                    Some((_, r)) if out.len() < q.limit => out.push(r),
+                    _ => return,
+                }
+            }
+        };
+        for kv in entries {
+            let (k, v) = kv?;
+            let Some(e) = Entry::parse(prefix.len(), &k, &v) else {
+                continue;
+            };
+            // Forward: nothing later can sort before (min time, first seq).
+            // Reversed: nothing later is newer than min time + spread.
+            let bound = if q.reverse {
+                (e.min_t.saturating_add(SPREAD_MS), u64::MAX)
+            } else {
+                (e.min_t, e.first)
+            };
+            emit(&mut ready, &mut out, Some(bound));
+            if out.len() >= q.limit {
+                return Ok(out);
+            }
+            if q.reverse && bound.0 < since {
+                break;
+            }
+            if e.max_t < since || e.min_t >= until {
+                continue;
+            }
+            for (i, seq) in e.seqs.iter().copied().enumerate() {
+                // An entry may outlive its records (pruned, or a crash
+                // between the index insert and the segment's): every record
+                // is checked, and each is returned once.
+                if !seen.insert(seq) {
+                    continue;
+                }
+                let at = e.at.get(i).copied().unwrap_or(AT_UNKNOWN);
+                if let Some(r) = cache.get(self, seq, at)?
+                    && q.matches(&r)
+                {
+                    ready.insert((r.event.time_ms, r.seq), r);
                 }
             }
         }
+        emit(&mut ready, &mut out, None);
         Ok(out)
     }
 }

@@ -1,11 +1,13 @@
-//! Reads of records and checkpoints: by sequence number, the chain head,
+//! Reads of records and checkpoints (a record is read by decoding the
+//! segment that holds it): by sequence number, the chain head,
 //! the tail, pages after a sequence number, and the export stream (records
 //! with the checkpoints among them, optionally following new ones).
 
 use super::keys::{be, seq_of};
+use super::segment::{Segment, StoredRef};
 use super::{JournalError, Store, corrupt};
 use crate::journal::checkpoint::Checkpoint;
-use crate::journal::record::{self, GENESIS_HASH, Record};
+use crate::journal::record::{GENESIS_HASH, Record};
 
 /// One item of an export stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,11 +28,12 @@ impl Store {
 
     /// The last sequence number and its hash (genesis: 0 and 32 zero bytes).
     pub fn last(&self) -> Result<(u64, [u8; 32]), JournalError> {
-        if let Some((k, v)) = self.t()?.records.last()? {
-            let seq = seq_of(&k).ok_or_else(|| corrupt(0, "record key is not 8 bytes"))?;
-            let (_, hash, _) =
-                record::split_stored(&v).ok_or_else(|| corrupt(seq, "stored value too short"))?;
-            return Ok((seq, hash));
+        if let Some((k, v)) = self.t()?.segments.last()? {
+            let first = seq_of(&k).ok_or_else(|| corrupt(0, "segment key is not 8 bytes"))?;
+            let s = Segment::parse(first, &v).map_err(|e| corrupt(first, e.to_string()))?;
+            if let Some(r) = s.records.last() {
+                return Ok((r.seq, r.hash));
+            }
         }
         let base = self.base_seq()?;
         if base == 0 {
@@ -49,26 +52,93 @@ impl Store {
         Ok(self.t()?.checkpoints.last()?.and_then(|(k, _)| seq_of(&k)))
     }
 
-    pub fn get(&self, seq: u64) -> Result<Option<Record>, JournalError> {
-        match self.t()?.records.get(be(seq))? {
+    /// The segment holding `seq`, as (first seq, value), if any: the last
+    /// segment keyed at or before `seq`. Looked for first in a short
+    /// forward range (sled's forward iteration is much cheaper than its
+    /// reverse iteration; a segment rarely holds more than ~80 records),
+    /// then, if none starts there, backwards.
+    pub(super) fn segment_of(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, JournalError> {
+        const WINDOW: u64 = 128;
+        let t = self.t()?;
+        let key = |k: &[u8]| seq_of(k).ok_or_else(|| corrupt(seq, "segment key is not 8 bytes"));
+        let mut found = None;
+        for kv in t.segments.range(be(seq.saturating_sub(WINDOW))..=be(seq)) {
+            found = Some(kv?);
+        }
+        if found.is_none() && seq > WINDOW {
+            found = t.segments.range(..=be(seq)).next_back().transpose()?;
+        }
+        match found {
             None => Ok(None),
-            Some(v) => Record::from_stored(&v)
-                .map(Some)
-                .map_err(|e| corrupt(seq, e.0)),
+            Some((k, v)) => Ok(Some((key(&k)?, v))),
         }
     }
 
-    pub(super) fn decode(k: &[u8], v: &[u8]) -> Result<Record, JournalError> {
-        let seq = seq_of(k).unwrap_or(0);
-        Record::from_stored(v).map_err(|e| corrupt(seq, e.0))
+    pub fn get(&self, seq: u64) -> Result<Option<Record>, JournalError> {
+        let Some((first, v)) = self.segment_of(seq)? else {
+            return Ok(None);
+        };
+        let s = Segment::parse(first, &v).map_err(|e| corrupt(first, e.to_string()))?;
+        match s.get(seq) {
+            None => Ok(None),
+            Some(r) => r.record().map(Some).map_err(|e| corrupt(seq, e.0)),
+        }
+    }
+
+    /// Calls `f` on the stored records from `from` on, in seq order (or,
+    /// with `reverse`, from the last record back to `from`), until it
+    /// returns false.
+    pub(super) fn scan(
+        &self,
+        from: u64,
+        reverse: bool,
+        f: &mut dyn FnMut(&StoredRef<'_>) -> Result<bool, JournalError>,
+    ) -> Result<(), JournalError> {
+        let t = self.t()?;
+        let start = match self.segment_of(from)? {
+            Some((first, _)) => first,
+            None => from,
+        };
+        let range = t.segments.range(be(start)..);
+        let segs: Box<dyn Iterator<Item = _>> = if reverse {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        for kv in segs {
+            let (k, v) = kv?;
+            let first = seq_of(&k).ok_or_else(|| corrupt(from, "segment key is not 8 bytes"))?;
+            let s = Segment::parse(first, &v).map_err(|e| corrupt(first, e.to_string()))?;
+            let wanted = |r: &&StoredRef<'_>| r.seq >= from;
+            if reverse {
+                for r in s.records.iter().rev().filter(wanted) {
+                    if !f(r)? {
+                        return Ok(());
+                    }
+                }
+            } else {
+                for r in s.records.iter().filter(wanted) {
+                    if !f(r)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn decode(r: &StoredRef<'_>) -> Result<Record, JournalError> {
+        r.record().map_err(|e| corrupt(r.seq, e.0))
     }
 
     /// The last `n` records, oldest first.
     pub fn tail(&self, n: usize) -> Result<Vec<Record>, JournalError> {
         let mut out = Vec::with_capacity(n.min(10_000));
-        for kv in self.t()?.records.iter().rev().take(n) {
-            let (k, v) = kv?;
-            out.push(Self::decode(&k, &v)?);
+        if n > 0 {
+            self.scan(0, true, &mut |r| {
+                out.push(Self::decode(r)?);
+                Ok(out.len() < n)
+            })?;
         }
         out.reverse();
         Ok(out)
@@ -77,14 +147,11 @@ impl Store {
     /// Up to `limit` records with seq > `after`, in order.
     pub fn after(&self, after: u64, limit: usize) -> Result<Vec<Record>, JournalError> {
         let mut out = Vec::new();
-        for kv in self
-            .t()?
-            .records
-            .range(be(after.saturating_add(1))..)
-            .take(limit)
-        {
-            let (k, v) = kv?;
-            out.push(Self::decode(&k, &v)?);
+        if limit > 0 {
+            self.scan(after.saturating_add(1), false, &mut |r| {
+                out.push(Self::decode(r)?);
+                Ok(out.len() < limit)
+            })?;
         }
         Ok(out)
     }

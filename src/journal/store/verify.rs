@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{be, seq_of};
+use super::segment::Segment;
 use super::{JournalError, Store};
 use crate::journal::checkpoint::{Checkpoint, Verifier};
 use crate::journal::record::{self, GENESIS_HASH};
@@ -153,8 +154,15 @@ impl Store {
         let anchor = anchor_hash(base, &ckpts, &mut failures);
         // The records present now; ones appended during the check are left
         // for the next run.
-        let last_seq = match self.t()?.records.last()? {
-            Some((k, _)) => seq_of(&k).unwrap_or(base),
+        let last_seq = match self.t()?.segments.last()? {
+            Some((k, v)) => {
+                let first = seq_of(&k).unwrap_or(base);
+                match Segment::parse(first, &v) {
+                    Ok(s) => s.last_seq(),
+                    // Damaged: the chunk that reads it reports it.
+                    Err(_) => first,
+                }
+            }
             None => base,
         };
         let ck_seqs: Vec<u64> = ckpts.range(base + 1..).map(|(s, _)| *s).collect();
@@ -261,54 +269,78 @@ impl Store {
             .copied()
             .filter(|s| *s >= lo && *s <= hi)
             .peekable();
-        for kv in self.t()?.records.range(be(lo)..=be(hi)) {
+        let t = self.t()?;
+        // The segment holding `lo` may start before it.
+        let start = match self.segment_of(lo)? {
+            Some((first, v)) if Segment::parse(first, &v).is_ok_and(|s| s.last_seq() >= lo) => {
+                first
+            }
+            _ => lo,
+        };
+        for kv in t.segments.range(be(start)..=be(hi)) {
             let (k, v) = kv?;
-            let seq = seq_of(&k).unwrap_or(0);
-            let fail = |reason: String| Some(VerifyFailure { seq, reason });
-            if seq != expected {
+            let first = seq_of(&k).unwrap_or(0);
+            if first > expected {
                 out.failure = Some(VerifyFailure {
                     seq: expected,
                     reason: format!(
-                        "record {expected} is missing (the next record present is {seq}): records were deleted"
+                        "record {expected} is missing (the next record present is {first}): records were deleted"
                     ),
                 });
                 return Ok(out);
             }
-            let Some((prev, hash, canonical)) = record::split_stored(&v) else {
-                out.failure = fail(format!("record {seq} is truncated"));
-                return Ok(out);
+            let seg = match Segment::parse(first, &v) {
+                Ok(s) => s,
+                Err(e) => {
+                    out.failure = Some(VerifyFailure {
+                        seq: first.max(expected),
+                        reason: format!("record {first} is truncated (its segment: {e})"),
+                    });
+                    return Ok(out);
+                }
             };
-            if record::canonical_seq(canonical) != Some(seq) {
-                out.failure = fail(format!(
-                    "record {seq} carries another sequence number or format version (moved or altered)"
-                ));
-                return Ok(out);
-            }
-            match running {
-                None => out.first_prev = Some(prev),
-                Some(r) if r != prev => {
+            for r in seg.records.iter().filter(|r| r.seq >= lo && r.seq <= hi) {
+                let seq = r.seq;
+                let fail = |reason: String| Some(VerifyFailure { seq, reason });
+                if seq != expected {
+                    // Overlapping segments: a record stored twice.
                     out.failure = fail(format!(
-                        "record {seq}: prev_hash does not match the hash of record {}",
-                        seq - 1
+                        "record {seq} is stored twice (segments overlap): the storage was altered"
                     ));
                     return Ok(out);
                 }
-                Some(_) => {}
+                if record::canonical_seq(r.canonical) != Some(seq) {
+                    out.failure = fail(format!(
+                        "record {seq} carries another sequence number or format version (moved or altered)"
+                    ));
+                    return Ok(out);
+                }
+                match running {
+                    None => out.first_prev = Some(r.prev),
+                    Some(h) if h != r.prev => {
+                        out.failure = fail(format!(
+                            "record {seq}: prev_hash does not match the hash of record {}",
+                            seq - 1
+                        ));
+                        return Ok(out);
+                    }
+                    Some(_) => {}
+                }
+                if record::chain_hash(&r.prev, r.canonical) != r.hash {
+                    out.failure = fail(format!(
+                        "record {seq}: hash does not match its contents (record altered)"
+                    ));
+                    return Ok(out);
+                }
+                while ck.next_if(|s| *s < seq).is_some() {}
+                if ck.next_if(|s| *s == seq).is_some() {
+                    out.checkpoint_hashes.push((seq, r.hash));
+                }
+                running = Some(r.hash);
+                out.last_hash = r.hash;
+                out.count += 1;
+                expected = seq + 1;
             }
-            if record::chain_hash(&prev, canonical) != hash {
-                out.failure = fail(format!(
-                    "record {seq}: hash does not match its contents (record altered)"
-                ));
-                return Ok(out);
-            }
-            while ck.next_if(|s| *s < seq).is_some() {}
-            if ck.next_if(|s| *s == seq).is_some() {
-                out.checkpoint_hashes.push((seq, hash));
-            }
-            running = Some(hash);
-            out.last_hash = hash;
-            out.count += 1;
-            expected = seq + 1;
         }
         if expected <= hi {
             out.failure = Some(VerifyFailure {

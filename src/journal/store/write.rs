@@ -1,28 +1,59 @@
-//! What the writer thread does to the database besides inserting a group
-//! commit's records (`writer.rs` does that): signed checkpoints, removing
-//! records whose flush failed, re-inserting index entries after a crash,
-//! and the probe that proves the disk takes writes again.
+//! What the writer thread stores: a group commit (its records packed into
+//! segments, its partner index entries), signed checkpoints, the removal
+//! of records whose flush failed, and the probe that proves the disk takes
+//! writes again. Also the cuts shared with `prune`: whole segments out, the
+//! boundary segment rewritten, index entries trimmed.
 
-use super::keys::{be, index_key, seq_of};
-use super::{JournalError, META_PROBE, Store};
+use super::index::{Entry, EntryBuilder, prefix_len_of};
+use super::keys::{be, seq_of};
+use super::segment::{self, Segment};
+use super::{JournalError, META_PROBE, Store, Trees, corrupt};
 use crate::journal::checkpoint::Checkpoint;
-use crate::journal::record::Record;
+
+/// One record of a group commit, as the writer made it.
+pub(in crate::journal) struct CommitRecord<'a> {
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub canonical: &'a [u8],
+    pub partner: Option<&'a str>,
+    pub time_ms: i64,
+}
 
 impl Store {
-    /// Re-inserts index entries for records after `from` (idempotent; used
-    /// on open and after a write failure, in case a crash split a batch).
-    pub(in crate::journal) fn reindex_after(&self, from: u64) -> Result<(), JournalError> {
-        let mut idx = sled::Batch::default();
-        for kv in self.t()?.records.range(be(from.saturating_add(1))..) {
-            let (k, v) = kv?;
-            let r = Self::decode(&k, &v)?;
-            if let Some(p) = &r.event.partner
-                && let Some(ik) = index_key(p, r.event.time_ms, r.seq)
-            {
-                idx.insert(ik, &[] as &[u8]);
+    /// Inserts a group commit's records (not flushed): the partner index
+    /// entries first, then the segments. sled recovers a prefix of its log,
+    /// so after a crash a segment on disk always has its index entries; an
+    /// entry whose records never made it is skipped by queries (they check
+    /// every record they read).
+    pub(in crate::journal) fn insert_commit(
+        t: &Trees,
+        prev: &[u8; 32],
+        records: &[CommitRecord<'_>],
+    ) -> Result<(), JournalError> {
+        let mut prev = *prev;
+        let links = records.iter().map(|r| {
+            let link = (r.seq, prev, r.hash, r.canonical);
+            prev = r.hash;
+            link
+        });
+        let segments = segment::pack(links);
+        let firsts: Vec<u64> = segments.iter().map(|(f, _)| *f).collect();
+        let mut entries = EntryBuilder::default();
+        for r in records {
+            if let Some(p) = r.partner {
+                entries.add(r.seq, p, r.time_ms, segment::position(&firsts, r.seq));
             }
         }
-        self.t()?.index.apply_batch(idx)?;
+        // Plain inserts, not `apply_batch`: sled starts every batch by
+        // writing out its log buffer and a batch marker (two synchronous
+        // writes per group commit). The caller's one flush makes them all
+        // durable; recovery keeps a prefix of the log.
+        for (k, v) in entries.finish() {
+            t.index.insert(k, v)?;
+        }
+        for (first, v) in segments {
+            t.segments.insert(be(first), v)?;
+        }
         Ok(())
     }
 
@@ -32,13 +63,40 @@ impl Store {
         Ok(())
     }
 
-    /// Removes every record after `seq`, with its index entry, and every
+    /// Removes every record after `seq`, with its index entries, and every
     /// checkpoint after `seq`, then flushes; returns how many records went.
     /// Only for records never acknowledged (a group commit whose flush
     /// failed): the chain up to `seq` is untouched.
     pub(in crate::journal) fn truncate_after(&self, seq: u64) -> Result<u64, JournalError> {
-        let removed = self.remove_records(seq.saturating_add(1), u64::MAX)?;
         let t = self.t()?;
+        let mut removed = 0u64;
+        let mut segs = sled::Batch::default();
+        for kv in t.segments.range(be(seq.saturating_add(1))..) {
+            let (k, v) = kv?;
+            let first = seq_of(&k).unwrap_or(0);
+            removed += Segment::parse(first, &v)
+                .map(|s| s.records.len() as u64)
+                .unwrap_or(1);
+            segs.remove(k);
+        }
+        // The segment holding `seq` may run past it.
+        if let Some((k, v)) = t.segments.range(..=be(seq)).next_back().transpose()? {
+            let first = seq_of(&k).unwrap_or(0);
+            let s = Segment::parse(first, &v).map_err(|e| corrupt(first, e.to_string()))?;
+            if s.last_seq() > seq {
+                removed += s.last_seq() - seq;
+                let keep = s
+                    .records
+                    .iter()
+                    .filter(|r| r.seq <= seq)
+                    .map(|r| (r.seq, r.prev, r.hash, r.canonical));
+                for (f, v) in segment::pack(keep) {
+                    segs.insert(&be(f), v);
+                }
+            }
+        }
+        t.segments.apply_batch(segs)?;
+        self.trim_index(|s| s > seq)?;
         let mut ckpts = sled::Batch::default();
         for kv in t.checkpoints.range(be(seq.saturating_add(1))..) {
             ckpts.remove(kv?.0);
@@ -48,40 +106,103 @@ impl Store {
         Ok(removed)
     }
 
-    /// Removes the records `lo..=hi` with their index entries (not flushed),
-    /// 10,000 at a time, the index entries of each slice first; returns how
-    /// many records went. For retention and for unacknowledged records only.
+    /// Removes the records `lo..=hi` (not flushed): whole segments go, and
+    /// a segment reaching past `hi` is rewritten from `hi + 1` (keyed by it,
+    /// with the hash of record `hi` as its prev_hash). Returns how many
+    /// records went. Index entries are left to [`Store::trim_index`].
     pub(super) fn remove_records(&self, lo: u64, hi: u64) -> Result<u64, JournalError> {
-        const SLICE: usize = 10_000;
+        const SLICE: usize = 1024;
+        let t = self.t()?;
         let mut removed = 0u64;
-        let mut from = lo;
-        while from <= hi {
-            let t = self.t()?;
-            let mut recs = sled::Batch::default();
-            let mut idx = sled::Batch::default();
+        let mut from = match t.segments.range(..=be(lo)).next_back().transpose()? {
+            Some((k, _)) => seq_of(&k).unwrap_or(lo),
+            None => lo,
+        };
+        loop {
+            let mut segs = sled::Batch::default();
             let mut n = 0usize;
-            let mut last = from;
-            for kv in t.records.range(be(from)..=be(hi)).take(SLICE) {
+            let mut done = true;
+            for kv in t.segments.range(be(from)..=be(hi)).take(SLICE) {
                 let (k, v) = kv?;
-                if let Ok(r) = Record::from_stored(&v)
-                    && let Some(p) = &r.event.partner
-                    && let Some(ik) = index_key(p, r.event.time_ms, r.seq)
-                {
-                    idx.remove(ik);
-                }
-                last = seq_of(&k).unwrap_or(last);
-                recs.remove(k);
+                let first = seq_of(&k).unwrap_or(0);
+                let s = Segment::parse(first, &v).map_err(|e| corrupt(first, e.to_string()))?;
                 n += 1;
+                from = first.saturating_add(1);
+                if s.last_seq() < lo {
+                    continue;
+                }
+                segs.remove(k.clone());
+                let keep = s
+                    .records
+                    .iter()
+                    .filter(|r| r.seq < lo || r.seq > hi)
+                    .map(|r| (r.seq, r.prev, r.hash, r.canonical));
+                for (f, v) in segment::pack(keep) {
+                    segs.insert(&be(f), v);
+                }
+                removed += s
+                    .records
+                    .iter()
+                    .filter(|r| r.seq >= lo && r.seq <= hi)
+                    .count() as u64;
             }
-            t.index.apply_batch(idx)?;
-            t.records.apply_batch(recs)?;
-            removed += n as u64;
-            if n < SLICE || last >= hi {
-                break;
+            if n == SLICE {
+                done = false;
             }
-            from = last + 1;
+            t.segments.apply_batch(segs)?;
+            if done {
+                return Ok(removed);
+            }
         }
-        Ok(removed)
+    }
+
+    /// Drops every partner index entry's seqs for which `gone` is true
+    /// (entries left empty are removed, the others rewritten under the same
+    /// key, which stays a valid lower bound). Reads the whole index: for
+    /// prune and for recovery after a failed write, never per commit.
+    pub(super) fn trim_index(&self, gone: impl Fn(u64) -> bool) -> Result<(), JournalError> {
+        let t = self.t()?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        for kv in t.index.iter() {
+            let (k, v) = kv?;
+            let Some(e) = prefix_len_of(&k).and_then(|p| Entry::parse(p, &k, &v)) else {
+                batch.remove(k);
+                n += 1;
+                continue;
+            };
+            if !e.seqs.iter().any(|s| gone(*s)) {
+                continue;
+            }
+            let kept: Vec<u64> = e.seqs.iter().copied().filter(|s| !gone(*s)).collect();
+            if kept.is_empty() {
+                batch.remove(k);
+            } else {
+                let at = e
+                    .seqs
+                    .iter()
+                    .zip(&e.at)
+                    .filter(|(s, _)| !gone(**s))
+                    .map(|(_, a)| *a)
+                    .collect();
+                batch.insert(
+                    k,
+                    Entry {
+                        seqs: kept,
+                        at,
+                        ..e
+                    }
+                    .value(),
+                );
+            }
+            n += 1;
+            if n >= 10_000 {
+                t.index.apply_batch(std::mem::take(&mut batch))?;
+                n = 0;
+            }
+        }
+        t.index.apply_batch(batch)?;
+        Ok(())
     }
 
     /// Writes and flushes a small marker: proves the disk takes writes again.

@@ -87,15 +87,10 @@ fn an_honest_journal_verifies() {
 #[test]
 fn an_altered_record_fails_verify_naming_its_seq() {
     let (_d, home) = journal_of_50();
-    {
-        let db = raw_db(&home);
-        let t = db.open_tree("records").unwrap();
-        let mut v = t.get(be(17)).unwrap().unwrap().to_vec();
+    tamper_record(&home, 17, |v| {
         let last = v.len() - 3;
         v[last] ^= 0x01; // one bit inside the canonical bytes
-        t.insert(be(17), v).unwrap();
-        db.flush().unwrap();
-    }
+    });
     let r = verify(&home);
     let f = r.failure.expect("verify must fail");
     assert_eq!(f.seq, 17, "{f:?}");
@@ -105,20 +100,15 @@ fn an_altered_record_fails_verify_naming_its_seq() {
 #[test]
 fn a_rewritten_record_with_a_recomputed_hash_breaks_the_next_link() {
     let (_d, home) = journal_of_50();
-    {
-        let db = raw_db(&home);
-        let t = db.open_tree("records").unwrap();
-        let v = t.get(be(33)).unwrap().unwrap();
-        let (prev, _, canonical) = record::split_stored(&v).unwrap();
+    tamper_record(&home, 33, |v| {
+        let (prev, _, canonical) = record::split_stored(v).unwrap();
         let (seq, mut e) = record::decode(canonical).unwrap();
         e.status = Some(200);
         e.partner = Some("someone-else".into());
         let c = record::encode(seq, &e);
         let h = record::chain_hash(&prev, &c);
-        t.insert(be(33), record::stored_value(&prev, &h, &c))
-            .unwrap();
-        db.flush().unwrap();
-    }
+        *v = record::stored_value(&prev, &h, &c);
+    });
     let f = verify(&home).failure.expect("verify must fail");
     assert_eq!(f.seq, 34, "{f:?}");
     assert!(f.reason.contains("prev_hash"), "{f:?}");
@@ -127,11 +117,7 @@ fn a_rewritten_record_with_a_recomputed_hash_breaks_the_next_link() {
 #[test]
 fn a_deleted_record_is_detected() {
     let (_d, home) = journal_of_50();
-    {
-        let db = raw_db(&home);
-        db.open_tree("records").unwrap().remove(be(23)).unwrap();
-        db.flush().unwrap();
-    }
+    delete_record(&home, 23);
     let f = verify(&home).failure.expect("verify must fail");
     assert_eq!(f.seq, 23, "{f:?}");
     assert!(f.reason.contains("missing"), "{f:?}");
@@ -140,13 +126,8 @@ fn a_deleted_record_is_detected() {
 #[test]
 fn records_deleted_from_the_end_are_detected_by_the_last_checkpoint() {
     let (_d, home) = journal_of_50();
-    {
-        let db = raw_db(&home);
-        let t = db.open_tree("records").unwrap();
-        t.remove(be(50)).unwrap();
-        t.remove(be(49)).unwrap();
-        db.flush().unwrap();
-    }
+    delete_record(&home, 50);
+    delete_record(&home, 49);
     let f = verify(&home).failure.expect("verify must fail");
     assert_eq!(f.seq, 49, "{f:?}");
     assert!(f.reason.contains("deleted from the end"), "{f:?}");

@@ -1,12 +1,13 @@
 //! The journal's library-level tests (real sled on temp dirs): the writer
 //! (`writer`), the hash chain and checkpoints under tampering (`chain`),
-//! refused-handshake aggregation (`flood`), pruning (`prune`) and queries
-//! (`query`). End-to-end journal tests, through the broker and the CLI,
+//! refused-handshake aggregation (`flood`), pruning (`prune`), queries
+//! (`query`) and the storage layout and its migration (`segments`). End-to-end journal tests, through the broker and the CLI,
 //! are under `tests/e2e/`.
 
 mod chain;
 mod flood;
 mod prune;
 mod query;
+mod segments;
 mod support;
 mod writer;

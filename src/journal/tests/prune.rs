@@ -74,14 +74,7 @@ fn tampering_after_a_prune_is_still_caught() {
     j.prune(T0 + 10_000).unwrap();
     j.shutdown().unwrap();
     drop(j);
-    {
-        let db = raw_db(&home);
-        let t = db.open_tree("records").unwrap();
-        let mut v = t.get(be(11)).unwrap().unwrap().to_vec();
-        v[70] ^= 1;
-        t.insert(be(11), v).unwrap();
-        db.flush().unwrap();
-    }
+    tamper_record(&home, 11, |v| v[70] ^= 1);
     let store = Store::open(&home.journal_db()).unwrap();
     let v = store
         .verify(&Verifier::load(&home.journal_pub()).unwrap())
@@ -101,11 +94,7 @@ fn prune_refuses_to_destroy_a_broken_chain() {
     );
     j.shutdown().unwrap();
     drop(j);
-    {
-        let db = raw_db(&home);
-        db.open_tree("records").unwrap().remove(be(5)).unwrap();
-        db.flush().unwrap();
-    }
+    delete_record(&home, 5);
     let j = Journal::open(&home, &settings(1000)).unwrap();
     let err = j.prune(T0 + 10_000).unwrap_err();
     assert!(err.to_string().contains("not pruning"), "{err}");

@@ -101,7 +101,7 @@ fn partner_queries_read_the_index_not_the_journal() {
     assert_eq!(
         j.store().index_len(),
         200,
-        "one entry per record with a partner"
+        "one entry per partner per group commit (one record each here)"
     );
     j.shutdown().unwrap();
     drop(j);
@@ -109,7 +109,7 @@ fn partner_queries_read_the_index_not_the_journal() {
     // query that uses the index no longer sees it; one that scans does.
     {
         let db = raw_db(&home);
-        let idx = db.open_tree("by_partner").unwrap();
+        let idx = db.open_tree(crate::journal::store::PARTNER_INDEX).unwrap();
         let key = idx
             .iter()
             .keys()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::support::{key_home, rt};
+use super::support::{delete_record, key_home, rt, stored_record, tamper_record};
 use crate::config::{Durability, JournalSettings};
 use crate::event::{Decision, Event, EventKind, Recorder};
 use crate::journal::*;
@@ -283,33 +283,26 @@ fn verify_in_parallel_ranges_checks_the_links_between_them() {
         futures_util::future::join_all(acks).await;
     });
     let v = Verifier::load(&home.journal_pub()).unwrap();
-    let store = j.store();
+    let store = j.store().clone();
     for parts in [1, 2, 3, 7, 1000] {
         let r = store.verify_in_parts(&v, Some(parts)).unwrap();
         assert!(r.ok, "{parts}: {r:?}");
         assert_eq!(r.records, 1000);
     }
+    drop(store);
+    j.shutdown().unwrap();
+    drop(j);
     // With 4 parts of 250, record 501 starts the third range: rewrite it
     // with a consistent hash of its own, so only the link into it breaks.
-    let old = store
-        .t()
-        .unwrap()
-        .records
-        .get(store::be(501))
-        .unwrap()
-        .unwrap();
-    let (_, _, canonical) = record::split_stored(&old).unwrap();
-    let fake_prev = [1u8; 32];
-    let h = record::chain_hash(&fake_prev, canonical);
-    store
-        .t()
-        .unwrap()
-        .records
-        .insert(
-            store::be(501),
-            record::stored_value(&fake_prev, &h, canonical),
-        )
-        .unwrap();
+    let old = stored_record(&home, 501);
+    tamper_record(&home, 501, |v| {
+        let canonical = record::split_stored(v).unwrap().2.to_vec();
+        let canonical = canonical.as_slice();
+        let fake_prev = [1u8; 32];
+        let h = record::chain_hash(&fake_prev, canonical);
+        *v = record::stored_value(&fake_prev, &h, canonical);
+    });
+    let store = Store::open(&home.journal_db()).unwrap();
     for parts in [1, 2, 4, 5] {
         let f = store
             .verify_in_parts(&v, Some(parts))
@@ -319,14 +312,18 @@ fn verify_in_parallel_ranges_checks_the_links_between_them() {
         assert_eq!(f.seq, 501, "{parts}: {f:?}");
         assert!(f.reason.contains("prev_hash"), "{f:?}");
     }
-    store
-        .t()
-        .unwrap()
-        .records
-        .insert(store::be(501), old)
-        .unwrap();
+    drop(store);
+    tamper_record(&home, 501, |v| *v = old);
     // A record missing at the end of a range.
-    store.t().unwrap().records.remove(store::be(250)).unwrap();
+    delete_record(&home, 250);
+    let store = Store::open(&home.journal_db()).unwrap();
+    assert!(
+        store
+            .verify_in_parts(&v, Some(1))
+            .unwrap()
+            .failure
+            .is_some()
+    );
     for parts in [1, 4] {
         let f = store
             .verify_in_parts(&v, Some(parts))
