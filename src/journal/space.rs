@@ -231,7 +231,7 @@ mod tests {
         assert!(ok.admit(10).is_ok());
         let mut low = SpaceGuard::new(dir.path(), MinFree::Bytes(free.saturating_mul(2) + 1));
         let err = low.admit(10).unwrap_err();
-        assert!(err.starts_with("disk_low:"), "{err}");
+        assert!(err.to_string().starts_with("disk_low:"), "{err}");
         // Each call measures again while under the margin.
         assert!(low.admit(10).is_err());
         let mut off = SpaceGuard::new(&dir.path().join("missing"), MinFree::Bytes(0));
