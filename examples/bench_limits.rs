@@ -36,6 +36,7 @@ fn partners(count: usize) -> Vec<Partner> {
                 on_anomaly: Default::default(),
                 renewal_window: None,
                 own_ca: None,
+                pin: Default::default(),
                 limits: LimitSpec {
                     requests_per_minute: Some(6_000_000),
                     burst: None,

@@ -73,6 +73,10 @@ pub struct Event {
     /// own (`[own_ca]`): that CA's subject. `None`: ours, or none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// For a route to a split upstream (`upstream`): the side (pool) the
+    /// partner was sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_side: Option<String>,
 }
 
 impl Event {
@@ -102,6 +106,7 @@ impl Event {
             upstream_endpoint: None,
             attempts: 0,
             issuer: None,
+            split_side: None,
         }
     }
 }

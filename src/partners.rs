@@ -61,6 +61,7 @@ pub fn add(
         on_anomaly: Default::default(),
         renewal_window: None,
         own_ca: None,
+        pin: Default::default(),
         routes,
     };
     let text = render_partner(&partner);

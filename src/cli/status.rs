@@ -292,6 +292,31 @@ fn render_table(doc: &Value) -> String {
             ));
         }
     }
+    for s in doc["splits"].as_array().unwrap_or(&empty) {
+        let sides: Vec<String> = s["sides"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(|side| {
+                let pinned = side["pinned"].as_array().map_or(0, Vec::len);
+                format!(
+                    "{} {}{}",
+                    cell(&side["side"]),
+                    cell(&side["weight"]),
+                    if pinned > 0 {
+                        format!(" (+{pinned} pinned)")
+                    } else {
+                        String::new()
+                    }
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "split {}: {}\n",
+            cell(&s["name"]),
+            sides.join(", ")
+        ));
+    }
     let alerts = doc["alerts"].as_array().unwrap_or(&empty);
     if alerts.is_empty() {
         out.push_str("open alerts: none\n");

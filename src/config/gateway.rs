@@ -268,6 +268,18 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         for m in up.problems(name) {
             err(m);
         }
+        for side in up.split.keys() {
+            match cfg.upstreams.get(side) {
+                None => err(format!(
+                    "[upstreams.{name}] split names `{side}`, which is not an upstream (defined: {})",
+                    cfg.upstreams.keys().cloned().collect::<Vec<_>>().join(", ")
+                )),
+                Some(s) if s.is_split() => err(format!(
+                    "[upstreams.{name}] split names `{side}`, itself a split: a split's sides are pools (name `{side}`'s own sides instead)"
+                )),
+                Some(_) => {}
+            }
+        }
     }
     if errors.is_empty() {
         Ok(cfg)

@@ -138,6 +138,7 @@ mod tests {
             on_anomaly: Default::default(),
             renewal_window: None,
             own_ca: None,
+            pin: Default::default(),
             routes: vec![parse_route_arg("GET /v1/orders -> orders").unwrap()],
         };
         let text = render_partner(&p);

@@ -2,6 +2,7 @@
 //! routes), parsed and validated against the gateway's upstreams; parsed
 //! files are cached between reloads by their stamps.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -88,6 +89,10 @@ struct PartnerFileRaw {
     /// The partner's own CA, instead of ours.
     #[serde(default)]
     own_ca: Option<Spanned<OwnCaRaw>>,
+    /// `pin = { orders = "orders-v2" }`: a split upstream → the side this
+    /// partner always reaches.
+    #[serde(default)]
+    pin: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +182,10 @@ pub struct Partner {
         with = "serde_duration::option"
     )]
     pub renewal_window: Option<Duration>,
+    /// `pin = { orders = "orders-v2" }`: for a split upstream, the side this
+    /// partner always reaches, whatever the weights.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pin: BTreeMap<String, String>,
     pub routes: Vec<RouteSpec>,
     /// The partner's own CA (`[own_ca]`), when it does not use ours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -356,6 +365,37 @@ pub fn parse_partner(
             max_body_bytes: r.max_body_bytes,
         });
     }
+    let mut pin = BTreeMap::new();
+    if let Some(p) = raw.pin {
+        let span = p.span();
+        for (upstream, side) in p.into_inner() {
+            match gateway.upstreams.get(&upstream) {
+                Some(u) if u.split.contains_key(&side) => {
+                    pin.insert(upstream, side);
+                }
+                Some(u) if u.is_split() => err(
+                    span.clone(),
+                    format!(
+                        "pin sends `{upstream}` to `{side}`, which is not one of its sides ({})",
+                        u.split.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ),
+                Some(_) => err(
+                    span.clone(),
+                    format!(
+                        "pin names `{upstream}`, which is not a split: only a split's side can be pinned"
+                    ),
+                ),
+                None => err(
+                    span.clone(),
+                    format!(
+                        "pin names upstream `{upstream}`, which is not defined in gatehouse.toml (defined: {})",
+                        defined_upstreams(gateway)
+                    ),
+                ),
+            }
+        }
+    }
     let renewal_window = match &raw.renewal_window {
         None => None,
         Some(w) => match crate::timefmt::parse_duration(w.get_ref()) {
@@ -413,6 +453,7 @@ pub fn parse_partner(
         on_anomaly: raw.on_anomaly,
         renewal_window,
         routes,
+        pin,
     })
 }
 

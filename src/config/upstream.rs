@@ -1,9 +1,12 @@
 //! `[upstreams.<name>]`: one service the broker relays to, as a pool of
 //! endpoints (`url` is a pool of one), with its balancing, admission cap and
 //! queue, retry policy, active health checks, passive outlier ejection and
-//! DNS refresh. Parsing and the checks `gatehouse check` reports live here;
-//! the pool itself is [`crate::upstream`].
+//! DNS refresh; or a weighted `split` of other upstreams (sticky per
+//! partner). Parsing and the checks `gatehouse check` reports live here;
+//! the pool itself is [`crate::upstream`], the split's choice
+//! [`crate::gateway::split`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,6 +81,11 @@ pub struct UpstreamSettings {
     /// How often a host name among the endpoints is resolved again.
     #[serde(with = "serde_duration", default = "default_dns_refresh")]
     pub dns_refresh: Duration,
+    /// `split = { orders-legacy = 90, orders-v2 = 10 }`: this upstream is no
+    /// pool of its own but a weighted split of other upstreams (pools), each
+    /// partner staying on one side for a given weight table.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub split: BTreeMap<String, u32>,
 }
 
 /// `balance`.
@@ -193,22 +201,49 @@ pub struct EndpointUrl {
     pub base_path: String,
 }
 
+/// An endpoint URL that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{url}` {problem}")]
+pub struct EndpointUrlError {
+    pub url: String,
+    pub problem: EndpointProblem,
+}
+
+/// What is wrong with an endpoint URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointProblem {
+    #[error("must start with http:// or https://")]
+    Scheme,
+    #[error("is not a valid URL: {0}")]
+    Invalid(String),
+    #[error("has no host")]
+    NoHost,
+    #[error("has credentials: credentials in the URL are not supported")]
+    Credentials,
+    #[error("has a query: a query has no place in an endpoint")]
+    Query,
+}
+
 impl EndpointUrl {
     /// Parses an endpoint URL (`http://` or `https://`, a host, no query).
-    pub fn parse(url: &str) -> Result<EndpointUrl, String> {
+    pub fn parse(url: &str) -> Result<EndpointUrl, EndpointUrlError> {
+        let bad = |problem: EndpointProblem| EndpointUrlError {
+            url: url.to_string(),
+            problem,
+        };
         let https = match url.split_once("://") {
             Some(("https", rest)) if !rest.is_empty() => true,
             Some(("http", rest)) if !rest.is_empty() => false,
-            _ => return Err(format!("`{url}` must start with http:// or https://")),
+            _ => return Err(bad(EndpointProblem::Scheme)),
         };
         let uri: http::Uri = url
             .parse()
-            .map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
+            .map_err(|e: http::uri::InvalidUri| bad(EndpointProblem::Invalid(e.to_string())))?;
         let authority = uri
             .authority()
-            .ok_or_else(|| format!("`{url}` has no host"))?;
+            .ok_or_else(|| bad(EndpointProblem::NoHost))?;
         if authority.as_str().contains('@') {
-            return Err(format!("`{url}`: credentials in the URL are not supported"));
+            return Err(bad(EndpointProblem::Credentials));
         }
         let host = authority
             .host()
@@ -216,10 +251,10 @@ impl EndpointUrl {
             .trim_end_matches(']')
             .to_string();
         if host.is_empty() {
-            return Err(format!("`{url}` has no host"));
+            return Err(bad(EndpointProblem::NoHost));
         }
         if uri.query().is_some() {
-            return Err(format!("`{url}`: a query has no place in an endpoint"));
+            return Err(bad(EndpointProblem::Query));
         }
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         Ok(EndpointUrl {
@@ -232,7 +267,12 @@ impl EndpointUrl {
 }
 
 impl UpstreamSettings {
-    /// The endpoint URLs as written (`url` or `endpoints`).
+    /// Whether this upstream is a split of others rather than a pool.
+    pub fn is_split(&self) -> bool {
+        !self.split.is_empty()
+    }
+
+    /// The upstream's endpoints as written (`url` or `endpoints`).
     pub fn endpoint_urls(&self) -> Vec<&str> {
         match &self.url {
             Some(u) => vec![u.as_str()],
@@ -241,7 +281,7 @@ impl UpstreamSettings {
     }
 
     /// The checked endpoints; the first problem found, if any.
-    pub fn parsed_endpoints(&self) -> Result<Vec<EndpointUrl>, String> {
+    pub fn parsed_endpoints(&self) -> Result<Vec<EndpointUrl>, EndpointUrlError> {
         self.endpoint_urls()
             .into_iter()
             .map(EndpointUrl::parse)
@@ -259,6 +299,15 @@ impl UpstreamSettings {
     pub fn problems(&self, name: &str) -> Vec<String> {
         let mut out = Vec::new();
         let mut err = |m: String| out.push(format!("[upstreams.{name}] {m}"));
+        if self.is_split() {
+            if self.url.is_some() || !self.endpoints.is_empty() {
+                err("has both `split` and `url`/`endpoints`: a split sends to other upstreams and has no endpoints of its own; keep one".into());
+            }
+            if self.split.values().map(|w| u64::from(*w)).sum::<u64>() == 0 {
+                err("`split` weights add up to 0: give at least one side a weight above 0".into());
+            }
+            return out;
+        }
         match (&self.url, self.endpoints.is_empty()) {
             (Some(_), false) => err(
                 "has both `url` and `endpoints`: keep one (`url = \"...\"` is a pool of one, `endpoints = [...]` a pool of several)".into(),

@@ -183,6 +183,7 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
             "upstreams".into(),
             crate::upstream::status_json(&snapshot.upstreams),
         );
+        obj.insert("splits".into(), splits_json(&snapshot));
     }
     let mut r = text(StatusCode::OK, body.to_string());
     r.headers_mut().insert(
@@ -190,6 +191,35 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
         http::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// The split upstreams: each side's weight as configured and the partners
+/// pinned to it.
+fn splits_json(snapshot: &crate::gateway::live::Snapshot) -> serde_json::Value {
+    let mut names: Vec<&String> = snapshot.splits.keys().collect();
+    names.sort();
+    let splits: Vec<serde_json::Value> = names
+        .into_iter()
+        .filter_map(|name| {
+            let settings = snapshot.gateway.upstreams.get(name)?;
+            let sides: Vec<serde_json::Value> = settings
+                .split
+                .iter()
+                .map(|(side, weight)| {
+                    let mut pinned: Vec<&str> = snapshot
+                        .partners
+                        .values()
+                        .filter(|p| p.partner.pin.get(name) == Some(side))
+                        .map(|p| p.partner.id.as_str())
+                        .collect();
+                    pinned.sort_unstable();
+                    serde_json::json!({"side": side, "weight": weight, "pinned": pinned})
+                })
+                .collect();
+            Some(serde_json::json!({"name": name, "sides": sides}))
+        })
+        .collect();
+    serde_json::Value::Array(splits)
 }
 
 /// Connections the admin listener serves at once; more wait in the

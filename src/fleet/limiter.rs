@@ -227,6 +227,7 @@ mod tests {
             on_anomaly: Default::default(),
             renewal_window: None,
             own_ca: None,
+            pin: Default::default(),
             routes: vec![r],
         }
     }

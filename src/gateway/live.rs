@@ -26,6 +26,7 @@ use rustls::ServerConfig;
 use crate::ca::inventory::{Inventory, RecordStatus};
 use crate::config::{self, GatewayConfig, Partner, PartnerStatus};
 use crate::gateway::relay::Upstream;
+use crate::gateway::split::Split;
 use crate::guard::limits::LimitState;
 use crate::home::{Home, stamp_files};
 use crate::identity::PartnerIdentity;
@@ -96,9 +97,12 @@ pub struct Snapshot {
     pub limits: Arc<LimitState>,
     pub partners: HashMap<String, PartnerEntry>,
     pub certs: HashMap<String, CertEntry>,
+    /// The pools, by upstream name (a split upstream has none).
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// Partners' own CAs (`[own_ca]`).
     pub partner_cas: Vec<Arc<PartnerCa>>,
+    /// The split upstreams, by name: each sends to pools in `upstreams`.
+    pub splits: HashMap<String, Split>,
     stamps: Stamps,
 }
 
@@ -585,6 +589,9 @@ fn build(
             let mut m = HashMap::new();
             let mut errors = Vec::new();
             for (name, settings) in &loaded.gateway.upstreams {
+                if settings.is_split() {
+                    continue;
+                }
                 let before = previous.and_then(|p| p.upstreams.get(name));
                 match Upstream::build(name, settings, home, before.map(|b| b.as_ref())) {
                     Ok(u) => {
@@ -606,6 +613,13 @@ fn build(
             m
         }
     };
+    let splits = loaded
+        .gateway
+        .upstreams
+        .iter()
+        .filter(|(_, s)| s.is_split())
+        .map(|(name, s)| (name.clone(), Split::new(&s.split)))
+        .collect();
     let limits = Arc::new(LimitState::build(
         &loaded.partners,
         previous.map(|p| p.limits.as_ref()),
@@ -632,6 +646,7 @@ fn build(
         certs,
         upstreams,
         partner_cas,
+        splits,
         stamps,
     };
     Ok(snapshot)

@@ -38,6 +38,7 @@ pub mod request;
 pub mod respond;
 pub mod seen;
 pub mod session;
+pub mod split;
 pub mod write_guard;
 
 pub use conn::{accept_loop, http_builder};

@@ -1,7 +1,8 @@
 //! A partner's API call, once `door` has admitted it, as phases: frame (no
 //! smuggling shapes) → target (origin form, no traversal tricks) →
-//! authorize (deny by default) → limit (rate, quota, concurrency, body
-//! size) → build the upstream request → relay. Each phase returns
+//! authorize (deny by default) → the pool (for a split upstream, this
+//! partner's side) → limit (rate, quota, concurrency, body size) → build
+//! the upstream request → relay. Each phase returns
 //! `Result<_, Refusal>`; `respond::finish` turns the outcome into the
 //! response and the record, the same way for every phase. Certificates
 //! have their own door (`certificates`); nothing here reaches the CA.
@@ -55,9 +56,22 @@ pub(crate) async fn phases(
     let declared_length = frame(req.headers())?;
     let target = target(&req)?;
     let permit = authorize(entry, req.method(), target.path, record)?;
+    let pool = match snapshot.splits.get(permit.upstream) {
+        Some(split) => {
+            let side = split
+                .side_for(
+                    &conn.identity.partner,
+                    entry.partner.pin.get(permit.upstream),
+                )
+                .ok_or_else(|| Refusal::new(Reason::UpstreamUnknown))?;
+            record.event.split_side = Some(side.to_string());
+            side
+        }
+        None => permit.upstream,
+    };
     let upstream = snapshot
         .upstreams
-        .get(permit.upstream)
+        .get(pool)
         .cloned()
         .ok_or_else(|| Refusal::new(Reason::UpstreamUnknown))?;
     let max_body = limit(conn, gw, &snapshot, &permit, declared_length, record).await?;

@@ -892,6 +892,7 @@ mod tests {
                 on_anomaly: OnAnomaly::Throttle,
                 renewal_window: None,
                 own_ca: None,
+                pin: Default::default(),
                 routes: vec![],
             }],
             None,

@@ -92,13 +92,20 @@ pub fn extensions(e: &Event) -> Vec<(&'static str, String)> {
     if let Some(issuer) = &e.issuer {
         x.push(("issuer", issuer.clone()));
     }
+    if let Some(side) = &e.split_side {
+        x.push(("split_side", side.clone()));
+    }
     x.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     x
 }
 
 /// The format version `e` is encoded with: 1 without extension fields, 2 with.
 pub fn version_of(e: &Event) -> u8 {
-    if e.attempts != 0 || e.upstream_endpoint.is_some() || e.issuer.is_some() {
+    if e.attempts != 0
+        || e.upstream_endpoint.is_some()
+        || e.split_side.is_some()
+        || e.issuer.is_some()
+    {
         FORMAT_VERSION_2
     } else {
         FORMAT_VERSION
@@ -229,6 +236,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
     let mut upstream_endpoint = None;
     let mut attempts = 0;
     let mut issuer = None;
+    let mut split_side = None;
     if v == FORMAT_VERSION_2 {
         let n = u16::from_be_bytes(r.arr("extension count")?) as usize;
         if n == 0 || n > MAX_EXTENSIONS {
@@ -256,6 +264,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
                 }
                 "upstream_endpoint" => upstream_endpoint = Some(value),
                 "issuer" => issuer = Some(value),
+                "split_side" => split_side = Some(value),
                 // A field a later gatehouse adds: this one cannot show it
                 // (nor re-encode it), so it says so instead of dropping it.
                 _ => {
@@ -296,6 +305,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
             upstream_endpoint,
             attempts,
             issuer,
+            split_side,
         },
     ))
 }
@@ -444,6 +454,7 @@ mod tests {
             upstream_endpoint: None,
             attempts: 0,
             issuer: None,
+            split_side: None,
         }
     }
 
@@ -523,6 +534,19 @@ mod tests {
         let back: RecordLine = serde_json::from_str(&text).unwrap();
         assert_eq!(back, line);
         assert_eq!(encode(back.seq, &back.event), bytes);
+    }
+
+    #[test]
+    fn the_split_side_travels_as_a_named_field() {
+        let mut e = full_event();
+        e.split_side = Some("orders-v2".into());
+        let bytes = encode(4, &e);
+        assert_eq!(bytes[0], FORMAT_VERSION_2);
+        assert_eq!(decode(&bytes).unwrap(), (4, e.clone()));
+        let line = Record::from_stored(&stored_value(&GENESIS_HASH, &[0; 32], &bytes))
+            .unwrap()
+            .to_line();
+        assert_eq!(line.ext["split_side"], "orders-v2");
     }
 
     #[test]

@@ -69,7 +69,10 @@ impl UpstreamError {
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamBuildError {
     #[error("[upstreams.{name}] endpoint {why}")]
-    Endpoint { name: String, why: String },
+    Endpoint {
+        name: String,
+        why: crate::config::EndpointUrlError,
+    },
     #[error("[upstreams.{0}] has no endpoint: give `url` or `endpoints`")]
     NoEndpoint(String),
     #[error("[upstreams.{0}] is https but has no `ca`")]

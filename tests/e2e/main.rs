@@ -46,6 +46,7 @@ mod resource_limits;
 mod resumption;
 mod revocation;
 mod servlet_paths;
+mod split;
 mod systemd;
 mod traffic_guard;
 mod upstream_identity;

@@ -489,6 +489,7 @@ fn status_json_shape() {
             on_anomaly: Default::default(),
             renewal_window: None,
             own_ca: None,
+            pin: Default::default(),
             limits: LimitSpec::default(),
             routes: vec![],
         },
@@ -499,6 +500,7 @@ fn status_json_shape() {
             on_anomaly: Default::default(),
             renewal_window: None,
             own_ca: None,
+            pin: Default::default(),
             limits: LimitSpec {
                 requests_per_minute: Some(600),
                 burst: Some(50),
