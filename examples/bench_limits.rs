@@ -36,6 +36,9 @@ fn partners(count: usize) -> Vec<Partner> {
                 on_anomaly: Default::default(),
                 renewal_window: None,
                 own_ca: None,
+                value_limits: Default::default(),
+                signing: false,
+                signing_keys: Vec::new(),
                 pin: Default::default(),
                 limits: LimitSpec {
                     requests_per_minute: Some(6_000_000),

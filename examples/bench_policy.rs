@@ -18,6 +18,8 @@ fn route(methods: &[&str], path: String, upstream: String, strip_prefix: bool) -
         risk: Risk::Normal,
         limits: None,
         max_body_bytes: None,
+        value: None,
+        require_signature: None,
     }
 }
 

@@ -73,6 +73,22 @@ pub struct Event {
     /// own (`[own_ca]`): that CA's subject. `None`: ours, or none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// A call on a route with a `value`: its amount (exact decimal text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_amount: Option<String>,
+    /// A call on a route with a `value`: its currency code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_currency: Option<String>,
+    /// A signed call: the key id its signature names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_keyid: Option<String>,
+    /// A signed call: the RFC 9421 signature base, exactly as signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_base: Option<String>,
+    /// A signed call: the signature (base64) and its algorithm,
+    /// `ALG:BASE64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     /// For a route to a split upstream (`upstream`): the side (pool) the
     /// partner was sent to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,6 +122,11 @@ impl Event {
             upstream_endpoint: None,
             attempts: 0,
             issuer: None,
+            value_amount: None,
+            value_currency: None,
+            signature_keyid: None,
+            signature_base: None,
+            signature: None,
             split_side: None,
         }
     }

@@ -31,6 +31,9 @@ pub struct PartnerIdentity {
     /// `Some(CA subject)` when the partner's own CA issued the certificate
     /// (`[own_ca]`); `None` for ours.
     pub own_issuer: Option<Arc<str>>,
+    /// The certificate's SubjectPublicKeyInfo (DER): the key that verifies
+    /// the partner's request signatures when it signs with this key.
+    pub spki: Arc<[u8]>,
 }
 
 /// Why a certificate carries no usable identity.
@@ -96,6 +99,7 @@ pub fn identify(der: &[u8], trust_domain: &str) -> Result<PartnerIdentity, Ident
         not_after_unix: cert.validity().not_after.timestamp(),
         subject: cert.subject().to_string(),
         own_issuer: None,
+        spki: Arc::from(cert.public_key().raw),
     })
 }
 
@@ -117,6 +121,7 @@ pub fn identify_own(
         not_after_unix: cert.validity().not_after.timestamp(),
         subject: cert.subject().to_string(),
         own_issuer: Some(Arc::from(issuer)),
+        spki: Arc::from(cert.public_key().raw),
     })
 }
 

@@ -29,6 +29,7 @@ pub mod partners;
 pub mod policy;
 pub mod reason;
 pub mod refusal;
+pub mod risk;
 pub mod rlimit;
 pub mod sd_notify;
 pub mod server;

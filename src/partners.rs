@@ -63,6 +63,9 @@ pub fn add(
         own_ca: None,
         pin: Default::default(),
         routes,
+        value_limits: Default::default(),
+        signing: false,
+        signing_keys: Vec::new(),
     };
     let text = render_partner(&partner);
     // Validate exactly what will be on disk before writing it.
@@ -125,12 +128,7 @@ pub fn trust(home: &Home, id: &str, own: &OwnCa) -> Result<Partner, PartnerError
         .map_err(|e| PartnerError::Invalid(format!("{}: {e}", path.display())))?;
     let mut t = toml_edit::Table::new();
     t["ca"] = toml_edit::value(own.ca.display().to_string());
-    let (key, value) = match &own.name {
-        crate::config::NameMatch::SanUri(v) => ("match_san_uri", v),
-        crate::config::NameMatch::SanDns(v) => ("match_san_dns", v),
-        crate::config::NameMatch::SubjectCn(v) => ("match_subject_cn", v),
-    };
-    t[key] = toml_edit::value(value.as_str());
+    t[own.name.key()] = toml_edit::value(own.name.value());
     if !own.pin_spki.is_empty() {
         let mut a = toml_edit::Array::new();
         for p in &own.pin_spki {

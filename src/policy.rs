@@ -490,6 +490,8 @@ mod tests {
             risk: Risk::Normal,
             limits: None,
             max_body_bytes: None,
+            value: None,
+            require_signature: None,
         }
     }
 

@@ -122,6 +122,23 @@ pub enum Reason {
     /// The declared or streamed body is over the route's (or the server's) limit.
     BodyTooLarge,
 
+    // --- value limits (routes with a `value`)
+    /// The call's amount is over the partner's `per_call` for its currency.
+    ValueLimitPerCall,
+    /// The call's amount would take the UTC day's total past the partner's
+    /// `per_day` for its currency.
+    ValueLimitDaily,
+    /// The amount or currency cannot be read from the body (not JSON, a
+    /// field missing, a bad amount, a currency without a limit).
+    ValueUnreadable,
+
+    // --- signed requests (routes that require a signature)
+    /// The route requires an RFC 9421 signature and the request has none.
+    SignatureRequired,
+    /// The signature is wrong, stale, replayed, or signed with a key that
+    /// is not the partner's (the JSON `problem` says which).
+    SignatureInvalid,
+
     // --- the upstream leg
     /// The route names an upstream the configuration does not have.
     UpstreamUnknown,
@@ -227,6 +244,11 @@ impl Reason {
         Reason::Throttled,
         Reason::LimitStoreUnavailable,
         Reason::BodyTooLarge,
+        Reason::ValueLimitPerCall,
+        Reason::ValueLimitDaily,
+        Reason::ValueUnreadable,
+        Reason::SignatureRequired,
+        Reason::SignatureInvalid,
         Reason::UpstreamUnknown,
         Reason::IdentitySigningFailed,
         Reason::UpstreamUnavailable,
@@ -301,6 +323,11 @@ impl Reason {
             Reason::Throttled => "throttled",
             Reason::LimitStoreUnavailable => "limit_store_unavailable",
             Reason::BodyTooLarge => "body_too_large",
+            Reason::ValueLimitPerCall => "value_limit_per_call",
+            Reason::ValueLimitDaily => "value_limit_daily",
+            Reason::ValueUnreadable => "value_unreadable",
+            Reason::SignatureRequired => "signature_required",
+            Reason::SignatureInvalid => "signature_invalid",
             Reason::UpstreamUnknown => "upstream_unknown",
             Reason::IdentitySigningFailed => "identity_signing_failed",
             Reason::UpstreamUnavailable => "upstream_unavailable",
@@ -360,6 +387,7 @@ impl Reason {
             | UnknownPartner
             | PartnerSuspended
             | RouteNotGranted
+            | ValueLimitPerCall
             | RenewalNotYetAllowed
             | NotRenewable
             | NoCertificate
@@ -374,9 +402,9 @@ impl Reason {
             | UpstreamSaturated => StatusCode::SERVICE_UNAVAILABLE,
             AmbiguousFraming | BadTarget | NotOriginForm | DotSegment | EncodedSeparator
             | Backslash | ControlCharacter | BadPercentEncoding | EmptySegment | NestedEncoding
-            | TargetTooLong | BadBody | BadCsr => StatusCode::BAD_REQUEST,
+            | TargetTooLong | BadBody | BadCsr | ValueUnreadable => StatusCode::BAD_REQUEST,
             RequestsPerMinute | RequestsPerDay | MaxConcurrent | Throttled | RenewalRateLimited
-            | EnrolmentRateLimited => StatusCode::TOO_MANY_REQUESTS,
+            | EnrolmentRateLimited | ValueLimitDaily => StatusCode::TOO_MANY_REQUESTS,
             BodyTooLarge | CsrTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UpstreamUnknown | UpstreamTls | UpstreamError | UpstreamBodyError => {
                 StatusCode::BAD_GATEWAY
@@ -384,6 +412,7 @@ impl Reason {
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             IdentitySigningFailed | RenewalFailed => StatusCode::INTERNAL_SERVER_ERROR,
             AlreadyRenewed => StatusCode::CONFLICT,
+            SignatureRequired | SignatureInvalid => StatusCode::UNAUTHORIZED,
         })
     }
 
@@ -537,6 +566,11 @@ mod tests {
                 | Reason::Throttled
                 | Reason::LimitStoreUnavailable
                 | Reason::BodyTooLarge
+                | Reason::ValueLimitPerCall
+                | Reason::ValueLimitDaily
+                | Reason::ValueUnreadable
+                | Reason::SignatureRequired
+                | Reason::SignatureInvalid
                 | Reason::UpstreamUnknown
                 | Reason::IdentitySigningFailed
                 | Reason::UpstreamUnavailable

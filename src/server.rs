@@ -12,13 +12,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::GatewayConfig;
-use crate::control::socket::{AdminHooks, serve_admin_socket};
+use crate::control::socket::{AdminHooks, RunningSettings, serve_admin_socket};
 use crate::control::view::AdminView;
 use crate::control::watch::{ReloadTrigger, Watched, watch_files};
 use crate::event::Recorder;
 use crate::fleet::Fleet;
 use crate::gateway::live::Live;
-use crate::gateway::{Gateway, Membership, accept_loop, http_builder};
+use crate::gateway::{Gateway, Membership, accept_loop};
 use crate::guard::EventSink;
 use crate::guard::alerts::AlertSink;
 use crate::guard::anomaly::{AnomalySettings, Detector};
@@ -77,6 +77,18 @@ pub enum ServeError {
 pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(), ServeError> {
     let live = Arc::new(Live::load(home.clone())?);
     let mut gateway_config = live.snapshot().gateway.clone();
+    if gateway_config.cluster.is_none() {
+        // A single node's value totals come back from its journal (a
+        // fleet's are in its store).
+        match crate::gateway::value::restore_totals(journal.store(), &live, crate::event::now_ms())
+        {
+            Ok(n) if n > 0 => {
+                tracing::info!("value totals: today's {n} valued calls counted again")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("value totals could not be rebuilt from the journal: {e}"),
+        }
+    }
     if let Some(id) = &opts.node_id {
         crate::config::cluster::validate_node_id(id)?;
         gateway_config.server.node_id = id.clone();
@@ -135,6 +147,7 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         identity: identity.clone(),
         events: events.clone(),
         trigger,
+        journal: journal.clone(),
     });
     watched.apply_anomaly_modes();
     let admin_task = tokio::spawn(crate::control::http::serve(
@@ -147,8 +160,14 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
         }),
         shutdown_rx.clone(),
     ));
-    let socket_task =
-        spawn_admin_socket(&home, &journal, &events, admin_bound, shutdown_rx.clone());
+    let socket_task = spawn_admin_socket(
+        &home,
+        &live,
+        &journal,
+        &events,
+        admin_bound,
+        shutdown_rx.clone(),
+    );
     let stop_signals = StopSignals::register()?;
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(ServeError::Hangup)?;
@@ -181,7 +200,6 @@ pub async fn serve(home: Home, opts: ServeOptions, journal: Journal) -> Result<(
     let accept = accept_loop(
         listener,
         gateway.clone(),
-        Arc::new(http_builder(server)),
         permits.clone(),
         shutdown_rx.clone(),
     );
@@ -309,6 +327,7 @@ fn event_sink(
 /// The journal's admin socket (`gatehouse log` while serving), mode 0600.
 fn spawn_admin_socket(
     home: &Home,
+    live: &Arc<Live>,
     journal: &Journal,
     events: &Arc<EventSink>,
     admin_bound: SocketAddr,
@@ -318,9 +337,14 @@ fn spawn_admin_socket(
     let journal = journal.clone();
     let hooks = {
         let events = events.clone();
+        let live = live.clone();
         AdminHooks {
             clear_anomaly: Some(Arc::new(move |p: &str| events.clear_anomaly(p))),
             admin_addr: Some(admin_bound),
+            running_settings: Some(Arc::new(move || RunningSettings {
+                started: live.started_settings().clone(),
+                applied: live.snapshot().settings(),
+            })),
         }
     };
     tokio::spawn(async move {

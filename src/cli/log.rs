@@ -89,6 +89,16 @@ pub enum LogCmd {
         #[arg(long, value_name = "FILE")]
         cursor: Option<std::path::PathBuf>,
     },
+    /// Evidence of one signed call for a third party: the record, the
+    /// partner's signature and signature base, its key, the hash chain to
+    /// the covering signed checkpoint, and a README of openssl checks.
+    Evidence {
+        /// The record's sequence number.
+        seq: u64,
+        /// The folder to write (created; files in it are replaced).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Check the hash chain and every checkpoint signature (exit 0 only if all hold).
     Verify {
         /// The verification report as one JSON object.
@@ -382,8 +392,139 @@ pub fn run(home: &Home, cmd: LogCmd) -> CliResult {
         }
         LogCmd::Verify { json, .. } => return verify(home, json),
         LogCmd::Prune { before } => prune(home, &before)?,
+        LogCmd::Evidence { seq, out } => evidence(home, seq, &out)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Records after the evidence's own read before giving up on a checkpoint.
+const MAX_EVIDENCE_CHAIN: usize = 100_000;
+
+/// `log evidence SEQ --out DIR`.
+fn evidence(home: &Home, seq: u64, out: &std::path::Path) -> Result<(), Box<dyn Error>> {
+    use crate::journal::checkpoint::CheckpointLine;
+    use crate::journal::record::RecordLine;
+    if seq == 0 {
+        return Err("sequence numbers start at 1".into());
+    }
+    let mut record: Option<RecordLine> = None;
+    let mut following: Vec<RecordLine> = Vec::new();
+    let mut checkpoint: Option<CheckpointLine> = None;
+    let mut too_long = false;
+    run_request(
+        home,
+        Request::Export {
+            after_seq: seq - 1,
+            follow: false,
+        },
+        &mut |r| {
+            match r {
+                Reply::Record(rec) if rec.seq == seq => record = Some(*rec),
+                Reply::Record(rec) if record.is_some() => {
+                    if following.len() >= MAX_EVIDENCE_CHAIN {
+                        too_long = true;
+                        return Ok(false);
+                    }
+                    following.push(*rec)
+                }
+                Reply::Checkpoint(c) if record.is_some() && c.seq >= seq => {
+                    checkpoint = Some(c);
+                    return Ok(false);
+                }
+                _ => {}
+            }
+            Ok(true)
+        },
+    )?;
+    let record = record.ok_or_else(|| format!("no record {seq} in the journal"))?;
+    if too_long {
+        return Err(format!(
+            "no signed checkpoint within {MAX_EVIDENCE_CHAIN} records after record {seq}"
+        )
+        .into());
+    }
+    let checkpoint = checkpoint.ok_or_else(|| {
+        format!(
+            "no signed checkpoint covers record {seq} yet: one is written within [journal] checkpoint_interval while records come in, and at shutdown; try again then"
+        )
+    })?;
+    following.retain(|f| f.seq <= checkpoint.seq);
+    let keyid = record
+        .event
+        .signature_keyid
+        .clone()
+        .ok_or_else(|| format!("record {seq} is not a signed call (it has no signature)"))?;
+    let (chain, public) = signer_key(home, &record, &keyid)?;
+    let journal_public = std::fs::read_to_string(home.journal_pub())
+        .map_err(|e| format!("cannot read {}: {e}", home.journal_pub().display()))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    crate::risk::evidence::write_evidence(
+        out,
+        &crate::risk::evidence::Evidence {
+            record: &record,
+            following: &following,
+            checkpoint: &checkpoint,
+            signer_chain_pem: chain.as_deref(),
+            signer_public_pem: &public,
+            journal_public_pem: &journal_public,
+        },
+    )?;
+    println!(
+        "evidence of record {seq} (covered by checkpoint {}) written to {}; see its README.md",
+        checkpoint.seq,
+        out.display()
+    );
+    Ok(())
+}
+
+/// The signer's certificate chain (when it signed with its certificate's
+/// key) and its public key, PEM.
+fn signer_key(
+    home: &Home,
+    record: &crate::journal::record::RecordLine,
+    keyid: &str,
+) -> Result<(Option<String>, String), Box<dyn Error>> {
+    let spki_pem = |der: &[u8]| crate::ca::pem_block("PUBLIC KEY", der);
+    if record.event.cert_fingerprint.as_deref() == Some(keyid) {
+        let serial = record
+            .event
+            .cert_serial
+            .as_deref()
+            .ok_or("the record names no certificate serial")?;
+        let leaf_path = home.issued_dir().join(format!("{serial}.pem"));
+        let leaf = std::fs::read_to_string(&leaf_path).map_err(|e| {
+            format!(
+                "cannot read the signer's certificate {}: {e}",
+                leaf_path.display()
+            )
+        })?;
+        let der = pem::parse(&leaf)
+            .map_err(|e| format!("{}: {e}", leaf_path.display()))?
+            .into_contents();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| format!("{}: {e}", leaf_path.display()))?;
+        let public = spki_pem(cert.public_key().raw);
+        let mut chain = leaf.clone();
+        if let Ok(ca) = std::fs::read_to_string(home.certs_dir().join("ca.pem")) {
+            chain.push_str(&ca);
+        }
+        return Ok((Some(chain), public));
+    }
+    let partner = record
+        .event
+        .partner
+        .as_deref()
+        .ok_or("the record names no partner")?;
+    let gateway = crate::config::load_gateway(home)?;
+    let partners = crate::config::load_partners(home, &gateway)?;
+    let key = partners
+        .iter()
+        .find(|p| p.id == partner)
+        .and_then(|p| p.signing_keys.iter().find(|k| k.id == keyid))
+        .ok_or_else(|| {
+            format!("partner `{partner}` has no [[signing_keys]] entry `{keyid}` any more")
+        })?;
+    Ok((None, spki_pem(&key.spki)))
 }
 
 /// `log fault-drill fail|recover`: only a running broker can do it.

@@ -55,7 +55,9 @@ pub struct Cli {
 pub enum Command {
     /// Create the CA, the broker's certificates, gatehouse.toml and the folders.
     Init(InitArgs),
-    /// Validate gatehouse.toml, every partner file and the CA material, offline.
+    /// Validate gatehouse.toml, every partner file and the CA material, offline;
+    /// with a broker running on the home, also tell which changed settings a
+    /// reload would apply and which need a restart.
     Check,
     /// Onboard and manage partner companies.
     #[command(subcommand)]

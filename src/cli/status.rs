@@ -292,6 +292,23 @@ fn render_table(doc: &Value) -> String {
             ));
         }
     }
+    let mut value_lines = Vec::new();
+    for p in partners {
+        for v in p["value_today"].as_array().unwrap_or(&empty) {
+            value_lines.push(format!(
+                "  {:<20} {:<8} {:>20} of {:<20} per call {}\n",
+                cell(&p["id"]),
+                cell(&v["currency"]),
+                cell(&v["today"]),
+                cell(&v["per_day"]),
+                cell(&v["per_call"]),
+            ));
+        }
+    }
+    if !value_lines.is_empty() {
+        out.push_str("value today (UTC day; total of per_day):\n");
+        out.extend(value_lines);
+    }
     for s in doc["splits"].as_array().unwrap_or(&empty) {
         let sides: Vec<String> = s["sides"]
             .as_array()
@@ -315,6 +332,18 @@ fn render_table(doc: &Value) -> String {
             "split {}: {}\n",
             cell(&s["name"]),
             sides.join(", ")
+        ));
+    }
+    let pending: Vec<&str> = doc["restart_pending"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter_map(|k| k.as_str())
+        .collect();
+    if !pending.is_empty() {
+        out.push_str(&format!(
+            "restart pending: {} (changed in the files; takes effect at restart)\n",
+            pending.join(", ")
         ));
     }
     let alerts = doc["alerts"].as_array().unwrap_or(&empty);
@@ -357,6 +386,9 @@ mod tests {
         assert!(t.contains("01234567:5d!"), "{t}");
         assert!(t.contains("traffic_spike acme x10"), "{t}");
         assert!(render_table(&serde_json::json!({})).contains("no partners"));
+        assert!(!t.contains("restart pending"), "{t}");
+        let t = render_table(&serde_json::json!({"restart_pending": ["server.listen"]}));
+        assert!(t.contains("restart pending: server.listen"), "{t}");
     }
 
     #[test]

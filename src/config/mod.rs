@@ -13,6 +13,7 @@ mod gateway;
 pub mod min_free;
 mod partner;
 mod render;
+pub mod settings;
 mod upstream;
 
 pub use cluster::{ClusterSettings, OnStoreFailure};
@@ -140,6 +141,9 @@ mod tests {
             own_ca: None,
             pin: Default::default(),
             routes: vec![parse_route_arg("GET /v1/orders -> orders").unwrap()],
+            value_limits: Default::default(),
+            signing: false,
+            signing_keys: Vec::new(),
         };
         let text = render_partner(&p);
         let back = parse_partner(Path::new("partners/acme.toml"), &text, &gw()).unwrap();

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::home::Home;
+use crate::risk::{CurrencyLimit, ValueSpec};
 use crate::timefmt::serde_duration;
 
 use super::common::*;
@@ -89,6 +90,16 @@ struct PartnerFileRaw {
     /// The partner's own CA, instead of ours.
     #[serde(default)]
     own_ca: Option<Spanned<OwnCaRaw>>,
+    /// Per currency: `EUR = { per_call = "10000.00", per_day = "250000.00" }`.
+    #[serde(default)]
+    value_limits: Option<Spanned<BTreeMap<String, CurrencyLimit>>>,
+    /// `signing = true`: the partner signs its requests (RFC 9421), so its
+    /// high-risk routes require a signature unless a route says otherwise.
+    #[serde(default)]
+    signing: bool,
+    /// Keys other than its certificate's that the partner signs with.
+    #[serde(default)]
+    signing_keys: Vec<Spanned<SigningKeyRaw>>,
     /// `pin = { orders = "orders-v2" }`: a split upstream → the side this
     /// partner always reaches.
     #[serde(default)]
@@ -111,19 +122,38 @@ struct OwnCaRaw {
     crl: Option<String>,
 }
 
-/// The name a certificate from a partner's own CA must carry.
+/// The name a certificate from a partner's own CA must carry. Shown (and
+/// serialized) under the partner file's key for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
 pub enum NameMatch {
     /// A URI SAN equal to this.
+    #[serde(rename = "match_san_uri")]
     SanUri(String),
     /// A DNS SAN equal to this (ASCII case-insensitive).
+    #[serde(rename = "match_san_dns")]
     SanDns(String),
     /// The subject's common name equal to this.
+    #[serde(rename = "match_subject_cn")]
     SubjectCn(String),
 }
 
 impl NameMatch {
+    /// The partner file's key for this kind of name.
+    pub fn key(&self) -> &'static str {
+        match self {
+            NameMatch::SanUri(_) => "match_san_uri",
+            NameMatch::SanDns(_) => "match_san_dns",
+            NameMatch::SubjectCn(_) => "match_subject_cn",
+        }
+    }
+
+    /// The name itself.
+    pub fn value(&self) -> &str {
+        match self {
+            NameMatch::SanUri(v) | NameMatch::SanDns(v) | NameMatch::SubjectCn(v) => v,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             NameMatch::SanUri(u) => format!("URI SAN {u}"),
@@ -139,6 +169,7 @@ impl NameMatch {
 pub struct OwnCa {
     /// The partner's root certificate(s), PEM (relative to the home).
     pub ca: PathBuf,
+    #[serde(flatten)]
     pub name: NameMatch,
     /// SHA-256 (lowercase hex) of accepted SubjectPublicKeyInfo; empty: any key.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -146,6 +177,13 @@ pub struct OwnCa {
     /// The partner's CRL, PEM (relative to the home).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crl: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SigningKeyRaw {
+    id: String,
+    public_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,6 +200,10 @@ struct RouteRaw {
     limits: Option<LimitSpec>,
     #[serde(default)]
     max_body_bytes: Option<u64>,
+    #[serde(default)]
+    value: Option<Spanned<ValueSpec>>,
+    #[serde(default)]
+    require_signature: Option<bool>,
 }
 
 /// A validated partner.
@@ -190,6 +232,40 @@ pub struct Partner {
     /// The partner's own CA (`[own_ca]`), when it does not use ours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own_ca: Option<OwnCa>,
+    /// `[value_limits]`: per currency code, the most one call and one UTC
+    /// day may carry on routes that name a `value`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub value_limits: BTreeMap<String, CurrencyLimit>,
+    /// `signing = true`: the partner signs its requests; its `risk =
+    /// "high"` routes require a signature unless they say otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub signing: bool,
+    /// `[[signing_keys]]`: keys other than the certificate's that the
+    /// partner signs with (`id`, `public_key` PEM file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<SigningKey>,
+}
+
+/// A key a partner signs requests with, besides its certificate's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    /// What the signature's `keyid` names it by.
+    pub id: String,
+    /// The PEM file (`PUBLIC KEY`), as written (relative to the home).
+    pub public_key: String,
+    /// The key's SubjectPublicKeyInfo, read when the file was loaded.
+    #[serde(skip)]
+    pub spki: Vec<u8>,
+}
+
+impl Partner {
+    /// Whether `route` requires a signed request: as the route says, else
+    /// when it is high-risk and the partner signs.
+    pub fn requires_signature(&self, route: &RouteSpec) -> bool {
+        route
+            .require_signature
+            .unwrap_or(self.signing && route.risk == Risk::High)
+    }
 }
 
 pub(super) fn is_alert_only(a: &OnAnomaly) -> bool {
@@ -210,6 +286,14 @@ pub struct RouteSpec {
     pub limits: Option<LimitSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    /// Where the amount and currency are in the request body (JSON
+    /// pointers); such a route's calls count against `[value_limits]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ValueSpec>,
+    /// `require_signature`: calls must carry an RFC 9421 signature (unset:
+    /// high-risk routes of a partner with `signing = true` do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_signature: Option<bool>,
 }
 
 fn is_normal_risk(r: &Risk) -> bool {
@@ -292,6 +376,8 @@ pub fn parse_route_arg(s: &str) -> Result<RouteSpec, InvalidValue> {
         risk: Risk::Normal,
         limits: None,
         max_body_bytes: None,
+        value: None,
+        require_signature: None,
     })
 }
 
@@ -355,6 +441,13 @@ pub fn parse_partner(
         {
             err(span.clone(), m);
         }
+        if let Some(v) = &r.value {
+            for p in [&v.get_ref().amount, &v.get_ref().currency] {
+                if let Some(m) = crate::risk::value::pointer_problem(p) {
+                    err(v.span(), format!("value: {m}"));
+                }
+            }
+        }
         routes.push(RouteSpec {
             methods,
             path: r.path.into_inner(),
@@ -363,6 +456,8 @@ pub fn parse_partner(
             risk: r.risk,
             limits: r.limits,
             max_body_bytes: r.max_body_bytes,
+            value: r.value.map(Spanned::into_inner),
+            require_signature: r.require_signature,
         });
     }
     let mut pin = BTreeMap::new();
@@ -441,11 +536,63 @@ pub fn parse_partner(
             }
         }
     };
+    let value_limits = match raw.value_limits {
+        None => BTreeMap::new(),
+        Some(v) => {
+            let line = Some(line_of(text, v.span().start));
+            let v = v.into_inner();
+            for (currency, limit) in &v {
+                if let Some(m) = value_limit_problem(currency, limit) {
+                    errors.push(ConfigError {
+                        file: path.to_path_buf(),
+                        line,
+                        message: m,
+                    });
+                }
+            }
+            v
+        }
+    };
+    let home_dir = path
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| Path::new("."));
+    let mut signing_keys: Vec<SigningKey> = Vec::new();
+    for k in raw.signing_keys {
+        let line = Some(line_of(text, k.span().start));
+        let k = k.into_inner();
+        let mut problem = |message: String| {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                line,
+                message,
+            })
+        };
+        if k.id.is_empty() || k.id.len() > 128 || k.id.chars().any(|c| c.is_control()) {
+            problem("[[signing_keys]] id must be 1 to 128 printable characters".into());
+            continue;
+        }
+        if signing_keys.iter().any(|x| x.id == k.id) {
+            problem(format!("[[signing_keys]] id `{}` is given twice", k.id));
+            continue;
+        }
+        match read_public_key(&home_dir.join(&k.public_key)) {
+            Ok(spki) => signing_keys.push(SigningKey {
+                id: k.id,
+                public_key: k.public_key,
+                spki,
+            }),
+            Err(m) => problem(format!("[[signing_keys]] `{}`: {m}", k.id)),
+        }
+    }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
     Ok(Partner {
         own_ca,
+        value_limits,
+        signing: raw.signing,
+        signing_keys,
         name: raw.name.unwrap_or_else(|| id.clone()),
         id,
         status: raw.status,
@@ -477,10 +624,7 @@ fn own_ca(raw: OwnCaRaw, trust_domain: &str) -> Result<OwnCa, String> {
             );
         }
     };
-    let value = match &name {
-        NameMatch::SanUri(v) | NameMatch::SanDns(v) | NameMatch::SubjectCn(v) => v,
-    };
-    if value.trim().is_empty() {
+    if name.value().trim().is_empty() {
         return Err("[own_ca]: the name to match is empty".into());
     }
     if let NameMatch::SanUri(u) = &name
@@ -513,6 +657,67 @@ fn own_ca(raw: OwnCaRaw, trust_domain: &str) -> Result<OwnCa, String> {
         pin_spki: pins,
         crl: raw.crl.map(PathBuf::from),
     })
+}
+
+/// Why a partner's `[[signing_keys]]` public key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PublicKeyFileError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not PEM: {source}", path.display())]
+    NotPem {
+        path: PathBuf,
+        source: pem::PemError,
+    },
+    #[error("{} holds a {tag}, not a PUBLIC KEY", path.display())]
+    NotPublicKey { path: PathBuf, tag: String },
+    #[error("{}: {source}", path.display())]
+    Key {
+        path: PathBuf,
+        source: crate::risk::signature::KeyError,
+    },
+}
+
+/// Reads a `PUBLIC KEY` PEM file a partner signs with; its SPKI DER.
+fn read_public_key(path: &Path) -> Result<Vec<u8>, PublicKeyFileError> {
+    let path_buf = || path.to_path_buf();
+    let text = std::fs::read_to_string(path).map_err(|source| PublicKeyFileError::Read {
+        path: path_buf(),
+        source,
+    })?;
+    let block = pem::parse(&text).map_err(|source| PublicKeyFileError::NotPem {
+        path: path_buf(),
+        source,
+    })?;
+    if block.tag() != "PUBLIC KEY" {
+        return Err(PublicKeyFileError::NotPublicKey {
+            path: path_buf(),
+            tag: block.tag().to_string(),
+        });
+    }
+    let spki = block.contents().to_vec();
+    crate::risk::signature::key_alg(&spki).map_err(|source| PublicKeyFileError::Key {
+        path: path_buf(),
+        source,
+    })?;
+    Ok(spki)
+}
+
+fn value_limit_problem(currency: &str, l: &CurrencyLimit) -> Option<String> {
+    if !(3..=8).contains(&currency.len()) || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Some(format!(
+            "[value_limits] `{currency}` is not a currency code (3 to 8 letters A-Z, like EUR)"
+        ));
+    }
+    if l.per_call.is_none() && l.per_day.is_none() {
+        return Some(format!(
+            "[value_limits] {currency} sets neither per_call nor per_day"
+        ));
+    }
+    None
 }
 
 fn limit_problem(l: &LimitSpec) -> Option<String> {

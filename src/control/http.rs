@@ -75,6 +75,7 @@ async fn route(req: Request<Incoming>, view: Arc<AdminView>) -> Response<Full<By
             refresh_cert_expiry(&view).await;
             let monitor = view.events.monitor();
             monitor.set_journal_writable(view.events.writable());
+            monitor.set_config_restart_pending(!view.live.restart_pending().is_empty());
             monitor.pools.observe(&view.live.snapshot().upstreams);
             // OpenMetrics for scrapers that ask for it (Prometheus does),
             // else the classic text format (curl, promtool).
@@ -184,6 +185,22 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
             crate::upstream::status_json(&snapshot.upstreams),
         );
         obj.insert("splits".into(), splits_json(&snapshot));
+        // Settings changed in the files that only a restart puts in force.
+        obj.insert(
+            "restart_pending".into(),
+            serde_json::json!(snapshot.restart_pending),
+        );
+    }
+    if let Some(rows) = body["partners"].as_array_mut() {
+        for row in rows {
+            let id = row["id"].as_str().unwrap_or_default().to_string();
+            if let Some(p) = partners.iter().find(|p| p.id == id)
+                && !p.value_limits.is_empty()
+            {
+                row["value_today"] =
+                    crate::control::view::value_today(&view.live.values, p, now_ms);
+            }
+        }
     }
     let mut r = text(StatusCode::OK, body.to_string());
     r.headers_mut().insert(

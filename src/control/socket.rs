@@ -63,6 +63,9 @@ pub enum Request {
     /// Where the running broker's admin HTTP listener is bound (for
     /// `gatehouse status`, whatever `--admin` `serve` was given).
     AdminAddress,
+    /// The settings the running broker started with and those in force
+    /// (for `gatehouse check`; secrets digested).
+    RunningSettings,
 }
 
 /// One response line.
@@ -75,8 +78,19 @@ pub enum Reply {
     Prune(PruneReport),
     Status(StatusReport),
     AdminAddress { addr: std::net::SocketAddr },
+    RunningSettings(RunningSettings),
     End,
     Error { message: String },
+}
+
+/// Answer to `running_settings`: key to value, as
+/// `config::settings::Flat::public` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningSettings {
+    /// `gatehouse.toml` as read at start.
+    pub started: std::collections::BTreeMap<String, String>,
+    /// Every setting in force now (partner files too).
+    pub applied: std::collections::BTreeMap<String, String>,
 }
 
 /// Answer to `status`.
@@ -145,7 +159,10 @@ pub fn execute(
                 })?;
                 return Ok(send(Reply::Prune(b.store.prune(before_ms, signer)?)));
             }
-            Request::FaultDrill { .. } | Request::ClearAnomaly { .. } | Request::AdminAddress => {
+            Request::FaultDrill { .. }
+            | Request::ClearAnomaly { .. }
+            | Request::AdminAddress
+            | Request::RunningSettings => {
                 return Err(JournalError::Remote(
                     "fault drills need a running broker".into(),
                 ));
@@ -263,7 +280,12 @@ pub struct AdminHooks {
     pub clear_anomaly: Option<ClearAnomalyHook>,
     /// The admin HTTP listener's bound address.
     pub admin_addr: Option<std::net::SocketAddr>,
+    /// The settings the broker started with and those in force.
+    pub running_settings: Option<RunningSettingsHook>,
 }
+
+/// Reads the running broker's settings.
+pub type RunningSettingsHook = Arc<dyn Fn() -> RunningSettings + Send + Sync>;
 
 async fn handle(
     stream: tokio::net::UnixStream,
@@ -308,6 +330,20 @@ async fn handle(
             Some(addr) => Reply::AdminAddress { addr },
             None => Reply::Error {
                 message: "this process serves no admin listener".into(),
+            },
+        };
+        let mut out = Vec::new();
+        for r in [reply, Reply::End] {
+            out.extend(serde_json::to_vec(&r).unwrap_or_default());
+            out.push(b'\n');
+        }
+        return wr.write_all(&out).await;
+    }
+    if let Request::RunningSettings = req {
+        let reply = match &hooks.running_settings {
+            Some(read) => Reply::RunningSettings(read()),
+            None => Reply::Error {
+                message: "this process serves no configuration".into(),
             },
         };
         let mut out = Vec::new();
@@ -428,4 +464,21 @@ pub fn clear_anomaly(home: &crate::home::Home, partner: &str) -> Result<bool, Jo
         &mut |_| Ok(true),
     )?;
     Ok(true)
+}
+
+/// The running broker's settings, asked over the admin socket; `Ok(None)`
+/// when no broker answers there.
+pub fn running_settings(home: &crate::home::Home) -> Result<Option<RunningSettings>, JournalError> {
+    let path = home.admin_socket();
+    let Ok(stream) = std::os::unix::net::UnixStream::connect(&path) else {
+        return Ok(None);
+    };
+    let mut found = None;
+    request(stream, &path, &Request::RunningSettings, &mut |reply| {
+        if let Reply::RunningSettings(r) = reply {
+            found = Some(r);
+        }
+        Ok(true)
+    })?;
+    Ok(found)
 }

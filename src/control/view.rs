@@ -25,3 +25,25 @@ impl AdminView {
         self.connections.listening() && self.events.writable()
     }
 }
+
+/// Today's totals of `partner` against its limits, per currency, for the
+/// status view and the console: `[{currency, today, per_call, per_day}]`.
+pub fn value_today(
+    ledger: &crate::risk::Ledger,
+    partner: &crate::config::Partner,
+    now_ms: i64,
+) -> serde_json::Value {
+    let day = crate::risk::ledger::day_of(now_ms);
+    partner
+        .value_limits
+        .iter()
+        .map(|(currency, limit)| {
+            serde_json::json!({
+                "currency": currency,
+                "today": ledger.total(&partner.id, currency, day).to_string(),
+                "per_call": limit.per_call.map(|a| a.to_string()),
+                "per_day": limit.per_day.map(|a| a.to_string()),
+            })
+        })
+        .collect()
+}

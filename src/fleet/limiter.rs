@@ -227,6 +227,9 @@ mod tests {
             on_anomaly: Default::default(),
             renewal_window: None,
             own_ca: None,
+            value_limits: Default::default(),
+            signing: false,
+            signing_keys: Vec::new(),
             pin: Default::default(),
             routes: vec![r],
         }

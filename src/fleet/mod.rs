@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{ClusterSettings, OnStoreFailure};
 use crate::control::watch::ReloadTrigger;
 use crate::gateway::live::{Live, Snapshot};
-use crate::gateway::membership::LimitFuture;
+use crate::gateway::membership::{GiveBack, LimitFuture, ValueFuture};
 use crate::gateway::{Membership, Refusal};
 use crate::guard::EventSink;
 use crate::guard::alerts::AlertNotice;
@@ -34,6 +34,8 @@ use crate::guard::limits::{Admission, LocalShare};
 use crate::home::Home;
 use crate::identity::PartnerIdentity;
 use crate::reason::Reason;
+use crate::risk::signature::nonce::NonceCheck;
+use crate::risk::{Amount, CallValue};
 pub use store::StoreError;
 
 pub mod announce;
@@ -41,6 +43,7 @@ pub mod limiter;
 pub mod node;
 pub mod status;
 pub mod store;
+pub mod value;
 
 use announce::{Announcement, Fence};
 use store::Keys;
@@ -58,6 +61,44 @@ impl Membership for Fleet {
         now_ms: i64,
     ) -> LimitFuture<'a> {
         Box::pin(Fleet::limit(self, snapshot, partner, route_index, now_ms))
+    }
+
+    fn reserve_value<'a>(
+        &'a self,
+        partner: &'a str,
+        value: &'a CallValue,
+        per_day: Option<Amount>,
+        now_ms: i64,
+    ) -> ValueFuture<'a> {
+        Box::pin(Fleet::reserve_value(self, partner, value, per_day, now_ms))
+    }
+
+    fn value_total<'a>(
+        &'a self,
+        partner: &'a str,
+        currency: &'a str,
+        now_ms: i64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Amount>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut conn = self.connection()?;
+            let key = self
+                .keys
+                .value(partner, currency, crate::risk::ledger::day_of(now_ms));
+            tokio::time::timeout(self.settings.store_timeout, value::total(&mut conn, &key))
+                .await
+                .ok()?
+                .ok()
+        })
+    }
+
+    fn first_use_of_nonce<'a>(
+        &'a self,
+        partner: &'a str,
+        nonce: &'a str,
+        now_secs: i64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<NonceCheck, Refusal>> + Send + 'a>>
+    {
+        Box::pin(Fleet::first_use_of_nonce(self, partner, nonce, now_secs))
     }
 
     fn partner_changed(self: Arc<Self>, partner: &str) {
@@ -85,6 +126,7 @@ pub struct Fleet {
     /// Live nodes at the last heartbeat (at least 1: this one).
     live_nodes: AtomicU32,
     limiter: limiter::ClusterLimiter,
+    values: value::ValueTotals,
     fence: Fence,
     /// The highest generation announced, and the one this node has applied.
     heard_generation: AtomicU64,
@@ -141,6 +183,7 @@ impl Fleet {
             settings: settings.clone(),
             node: node_id.to_string(),
             limiter: limiter::ClusterLimiter::new(keys.clone()),
+            values: value::ValueTotals::default(),
             keys,
             client,
             conn: ArcSwapOption::new(conn),
@@ -176,6 +219,27 @@ impl Fleet {
     /// Remembers the node's listeners for the fleet view.
     pub fn set_listeners(&self, listen: std::net::SocketAddr, admin: std::net::SocketAddr) {
         *self.listen.lock().unwrap_or_else(|p| p.into_inner()) = Some((listen, admin));
+    }
+
+    /// `[cluster] on_store_failure` as the live configuration has it
+    /// (a reload applies it to the next request).
+    pub fn on_store_failure(&self) -> OnStoreFailure {
+        self.live
+            .snapshot()
+            .gateway
+            .cluster
+            .as_ref()
+            .map_or(self.settings.on_store_failure, |c| c.on_store_failure)
+    }
+
+    /// `[cluster] store_timeout` as the live configuration has it.
+    pub fn store_timeout(&self) -> std::time::Duration {
+        self.live
+            .snapshot()
+            .gateway
+            .cluster
+            .as_ref()
+            .map_or(self.settings.store_timeout, |c| c.store_timeout)
     }
 
     pub fn node(&self) -> &str {
@@ -240,7 +304,7 @@ impl Fleet {
                 }
             }
         }
-        match self.settings.on_store_failure {
+        match self.on_store_failure() {
             OnStoreFailure::Deny if limiter::is_limited(&entry.partner) => {
                 Err(Refusal::new(Reason::LimitStoreUnavailable)
                     .detail("the fleet's limit store does not answer; on_store_failure = \"deny\""))
@@ -260,6 +324,107 @@ impl Fleet {
         }
     }
 
+    /// Reserves a call's value in the store's day total (see
+    /// [`Membership::reserve_value`]); with the store down, as
+    /// `on_store_failure` says: this node's totals, or 503.
+    async fn reserve_value(
+        &self,
+        partner: &str,
+        value: &CallValue,
+        per_day: Option<Amount>,
+        now_ms: i64,
+    ) -> Result<GiveBack, Refusal> {
+        use crate::risk::ledger::day_of;
+        let key = self.keys.value(partner, &value.currency, day_of(now_ms));
+        if self.store_up()
+            && let Some(mut conn) = self.connection()
+        {
+            let to_midnight = (day_of(now_ms) + 1) * crate::guard::limits::MS_PER_DAY - now_ms;
+            let reserved = tokio::time::timeout(
+                self.settings.store_timeout,
+                self.values
+                    .reserve(&mut conn, &key, value.amount, per_day, to_midnight),
+            )
+            .await;
+            match reserved {
+                Ok(Ok(value::Reserved::Yes(total))) => {
+                    let day = day_of(now_ms);
+                    let seen = self.live.values.clone();
+                    seen.observe(partner, &value.currency, total, day);
+                    let (amount, partner, currency) =
+                        (value.amount, partner.to_string(), value.currency.clone());
+                    return Ok(Box::new(move || {
+                        tokio::spawn(async move {
+                            match value::give_back(&mut conn, &key, amount).await {
+                                Ok(left) => seen.observe(&partner, &currency, left, day),
+                                Err(e) => tracing::warn!(
+                                    key = %key,
+                                    "could not give a value back to the fleet's total (it stays counted): {e}"
+                                ),
+                            }
+                        });
+                    }));
+                }
+                Ok(Ok(value::Reserved::Over(total))) => {
+                    self.live
+                        .values
+                        .observe(partner, &value.currency, total, day_of(now_ms));
+                    return Err(crate::gateway::value::daily_over(
+                        value, per_day, total, now_ms,
+                    ));
+                }
+                Ok(Err(e)) => self.store_failed(&e.to_string()),
+                Err(_) => self.store_failed("value reservation: no answer in time"),
+            }
+        }
+        match self.settings.on_store_failure {
+            OnStoreFailure::Deny => Err(Refusal::new(Reason::LimitStoreUnavailable)
+                .detail("the fleet's store does not answer; on_store_failure = \"deny\"")),
+            OnStoreFailure::Local => crate::gateway::value::reserve_locally(
+                &self.live.values,
+                partner,
+                value,
+                per_day,
+                now_ms,
+            ),
+        }
+    }
+
+    /// `SET NX EX` of the nonce's key: the first node to set it accepts.
+    async fn first_use_of_nonce(
+        &self,
+        partner: &str,
+        nonce: &str,
+        now_secs: i64,
+    ) -> Result<NonceCheck, Refusal> {
+        use crate::risk::signature::nonce::NONCE_WINDOW_SECS;
+        use sha2::Digest;
+        let hash = hex::encode(sha2::Sha256::digest(nonce.as_bytes()));
+        let key = self.keys.nonce(partner, &hash);
+        if self.store_up()
+            && let Some(mut conn) = self.connection()
+        {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(NONCE_WINDOW_SECS);
+            let set = cmd.query_async::<Option<String>>(&mut conn);
+            match tokio::time::timeout(self.settings.store_timeout, set).await {
+                Ok(Ok(Some(_))) => return Ok(NonceCheck::Fresh),
+                Ok(Ok(None)) => return Ok(NonceCheck::Replayed),
+                Ok(Err(e)) => self.store_failed(&e.to_string()),
+                Err(_) => self.store_failed("nonce check: no answer in time"),
+            }
+        }
+        match self.settings.on_store_failure {
+            OnStoreFailure::Deny => Err(Refusal::new(Reason::LimitStoreUnavailable)
+                .detail("the fleet's store does not answer; on_store_failure = \"deny\"")),
+            OnStoreFailure::Local => Ok(self.live.nonces.check(partner, nonce, now_secs)),
+        }
+    }
+
     async fn store_check(
         &self,
         partner: &str,
@@ -271,7 +436,7 @@ impl Fleet {
         };
         let mut conn = (*conn).clone();
         match tokio::time::timeout(
-            self.settings.store_timeout,
+            self.store_timeout(),
             self.limiter.check(&mut conn, partner, levels, now_ms),
         )
         .await
@@ -280,7 +445,7 @@ impl Fleet {
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(StoreError::NoAnswer {
                 what: "limit check",
-                within: self.settings.store_timeout,
+                within: self.store_timeout(),
             }),
         }
     }
@@ -298,7 +463,7 @@ impl Fleet {
     }
 
     fn raise_outage(&self, why: &str) {
-        let mode = match self.settings.on_store_failure {
+        let mode = match self.on_store_failure() {
             OnStoreFailure::Local => format!(
                 "limits are enforced per node at 1/{} of each rate",
                 self.live_nodes()
@@ -314,7 +479,7 @@ impl Fleet {
             time_ms: crate::event::now_ms(),
             details: serde_json::json!({
                 "node": self.node,
-                "on_store_failure": self.settings.on_store_failure.to_string(),
+                "on_store_failure": self.on_store_failure().to_string(),
                 "live_nodes": self.live_nodes(),
             }),
         });
@@ -375,6 +540,7 @@ impl Fleet {
             "listen": listen.map(|l| l.0.to_string()),
             "admin": listen.map(|l| l.1.to_string()),
             "partners": self.live.snapshot().partners.len(),
+            "restart_pending": self.live.restart_pending(),
         })
     }
 }
@@ -390,7 +556,7 @@ async fn listen_invalidations(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<b
             pubsub.subscribe(fleet.keys.channel()).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
-        match tokio::time::timeout(fleet.settings.store_timeout * 4, sub).await {
+        match tokio::time::timeout(fleet.store_timeout() * 4, sub).await {
             Ok(Ok(pubsub)) => {
                 tracing::debug!("listening for fleet invalidations");
                 fleet.reload.poke(false);

@@ -111,7 +111,7 @@ pub async fn alert_gate(
                     .arg("EX")
                     .arg(ALERT_CLAIM_SECS);
                 let set = cmd.query_async::<Option<String>>(&mut conn);
-                match tokio::time::timeout(fleet.settings.store_timeout, set).await {
+                match tokio::time::timeout(fleet.store_timeout(), set).await {
                     Ok(Ok(reply)) => reply.is_some(),
                     _ => true,
                 }
@@ -151,8 +151,8 @@ pub async fn heartbeat(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
         }
         if fleet.conn.load().is_none() {
             match tokio::time::timeout(
-                fleet.settings.store_timeout * 4,
-                super::store::manager(&fleet.client, fleet.settings.store_timeout),
+                fleet.store_timeout() * 4,
+                super::store::manager(&fleet.client, fleet.store_timeout()),
             )
             .await
             {
@@ -216,7 +216,7 @@ async fn beat(fleet: &Fleet, book: &mut MinuteBook) -> Result<(), StoreError> {
     pipe.cmd("GET").arg(keys.generation());
     let query = pipe.query_async::<(HashMap<String, u64>, Option<u64>)>(&mut conn);
     let (fleet_minute, generation) =
-        match tokio::time::timeout(fleet.settings.store_timeout * 4, query).await {
+        match tokio::time::timeout(fleet.store_timeout() * 4, query).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 fleet.counts.put_back(counts);
@@ -226,7 +226,7 @@ async fn beat(fleet: &Fleet, book: &mut MinuteBook) -> Result<(), StoreError> {
                 fleet.counts.put_back(counts);
                 return Err(StoreError::NoAnswer {
                     what: "heartbeat",
-                    within: fleet.settings.store_timeout * 4,
+                    within: fleet.store_timeout() * 4,
                 });
             }
         };
@@ -259,7 +259,7 @@ async fn count_live(fleet: &Fleet, conn: &mut redis::aio::ConnectionManager) -> 
             .arg("COUNT")
             .arg(1000);
         let step = cmd.query_async::<(u64, Vec<String>)>(conn);
-        match tokio::time::timeout(fleet.settings.store_timeout * 4, step).await {
+        match tokio::time::timeout(fleet.store_timeout() * 4, step).await {
             Ok(Ok((next, keys))) => {
                 n = n.saturating_add(keys.len() as u32);
                 cursor = next;
@@ -300,6 +300,6 @@ async fn leave(fleet: &Fleet) {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(fleet.keys.node(&fleet.node));
         let del = cmd.query_async::<()>(&mut conn);
-        let _ = tokio::time::timeout(fleet.settings.store_timeout, del).await;
+        let _ = tokio::time::timeout(fleet.store_timeout(), del).await;
     }
 }

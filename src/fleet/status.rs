@@ -1,7 +1,8 @@
 //! `gatehouse status --fleet`: the fleet as the store sees it: live nodes
 //! (heartbeat keys that have not expired) with their version, the
 //! configuration generation each has applied against the fleet's (a node
-//! behind has not picked up a change), the per-partner request totals of
+//! behind has not picked up a change), the settings each waits to restart
+//! for (`restart pending: …`), the per-partner request totals of
 //! the current minute and UTC day across the fleet, and the last
 //! announced changes.
 
@@ -123,6 +124,17 @@ pub fn read(home: &Home) -> Result<FleetView, StoreError> {
 }
 
 /// Prints the fleet view (text, or JSON with `json`).
+/// `restart pending: server.listen, ...` for a node whose files changed
+/// settings only a restart applies; `None` when nothing waits.
+fn restart_pending_line(node: &serde_json::Value) -> Option<String> {
+    let keys: Vec<&str> = node["restart_pending"]
+        .as_array()?
+        .iter()
+        .filter_map(|k| k.as_str())
+        .collect();
+    (!keys.is_empty()).then(|| format!("restart pending: {}", keys.join(", ")))
+}
+
 pub fn print(view: &FleetView, json: bool) -> Result<(), serde_json::Error> {
     if json {
         println!("{}", serde_json::to_string_pretty(view)?);
@@ -151,6 +163,9 @@ pub fn print(view: &FleetView, json: bool) -> Result<(), serde_json::Error> {
             up_s,
             behind
         );
+        if let Some(line) = restart_pending_line(n) {
+            println!("    {line}");
+        }
     }
     if view.partners.is_empty() {
         println!("no partner traffic counted today");

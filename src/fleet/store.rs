@@ -146,6 +146,15 @@ impl Keys {
     pub fn day(&self, day: i64) -> String {
         format!("{}:day:{day}", self.prefix)
     }
+    /// A partner's running value total in one currency on one UTC day
+    /// (in units of 0.0001).
+    pub fn value(&self, partner: &str, currency: &str, day: i64) -> String {
+        format!("{}:value:{partner}:{currency}:{day}", self.prefix)
+    }
+    /// A nonce of an accepted signature (expires after the nonce window).
+    pub fn nonce(&self, partner: &str, nonce_hash: &str) -> String {
+        format!("{}:nonce:{partner}:{nonce_hash}", self.prefix)
+    }
     /// One anomaly alert per fleet: the first node to set it raises it.
     pub fn alert(&self, kind: &str, subject: &str) -> String {
         format!("{}:alert:{kind}:{subject}", self.prefix)

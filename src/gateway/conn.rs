@@ -50,13 +50,13 @@ pub fn http_builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Accepts partner connections until shutdown, each within a slot of
+/// Accepts partner connections until shutdown, each served with the
+/// HTTP settings in force when it was accepted, within a slot of
 /// `permits` (past the limit, new connections wait in the kernel's backlog:
 /// memory stays bounded).
 pub async fn accept_loop(
     listener: TcpListener,
     gw: Arc<Gateway>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
     permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -77,7 +77,8 @@ pub async fn accept_loop(
             _ = shutdown.changed() => return,
         };
         let gw = gw.clone();
-        let builder = builder.clone();
+        // hyper's settings as the live configuration has them now.
+        let builder = gw.live.http_builder();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             gw.connections.active.fetch_add(1, Ordering::Relaxed);
@@ -102,10 +103,11 @@ struct Handshaken {
 /// The TLS handshake and the partner's identity, or a TLS-level refusal.
 async fn handshake(gw: &Gateway, tcp: TcpStream, peer: SocketAddr) -> Result<Handshaken, Refusal> {
     // One address may not hold every slot with unfinished handshakes.
-    let Some(pending) = gw.handshakes.try_enter(peer.ip()) else {
+    let snapshot = gw.live.snapshot();
+    let cap = snapshot.gateway.server.max_pending_handshakes_per_addr;
+    let Some(pending) = gw.handshakes.try_enter_within(peer.ip(), cap) else {
         return Err(Refusal::tls(Reason::TooManyPendingHandshakes));
     };
-    let snapshot = gw.live.snapshot();
     let acceptor = TlsAcceptor::from(gw.live.tls_config());
     let timeout = snapshot.gateway.server.handshake_timeout;
     let accepted = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;

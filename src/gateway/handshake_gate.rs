@@ -49,10 +49,16 @@ impl HandshakeGate {
     /// A place for one more handshake from `ip`, or `None` when that
     /// address already has `max_per_addr` in progress.
     pub fn try_enter(self: &Arc<Self>, ip: IpAddr) -> Option<Ticket> {
+        self.try_enter_within(ip, self.max_per_addr)
+    }
+
+    /// As [`Self::try_enter`], with the cap in force now (`[server]
+    /// max_pending_handshakes_per_addr` of the live configuration).
+    pub fn try_enter_within(self: &Arc<Self>, ip: IpAddr, max_per_addr: usize) -> Option<Ticket> {
         let key = key(ip);
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let n = pending.entry(key).or_insert(0);
-        if *n >= self.max_per_addr {
+        if *n >= max_per_addr.max(1) {
             return None;
         }
         *n += 1;

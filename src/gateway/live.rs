@@ -8,22 +8,31 @@
 //! that do not notify, and polling every tick where notifications are
 //! unavailable) and of SIGHUP, and calls `reload` within a second.
 //!
+//! A reload tells what it did: the settings it changed and put in force,
+//! and (against `gatehouse.toml` as read at start) those only a restart
+//! applies, kept in `Snapshot::restart_pending` (`config::settings` decides
+//! which is which). hyper's connection settings are rebuilt with `[server]`
+//! and the TLS configuration with `trust_domain`.
+//!
 //! **No lost edit.** A file's stamp is a hash of its content (not its
 //! length and mtime, which two quick writes of the same length share), and
 //! every stamp is taken *before* the files it covers are read: a write that
 //! lands while a reload reads leaves the stored stamp behind the files, so
 //! the next look reloads again. The last edit is always picked up.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 
 use crate::ca::inventory::{Inventory, RecordStatus};
+use crate::config::settings::{self, Apply};
 use crate::config::{self, GatewayConfig, Partner, PartnerStatus};
 use crate::gateway::relay::Upstream;
 use crate::gateway::split::Split;
@@ -103,10 +112,19 @@ pub struct Snapshot {
     pub partner_cas: Vec<Arc<PartnerCa>>,
     /// The split upstreams, by name: each sends to pools in `upstreams`.
     pub splits: HashMap<String, Split>,
+    /// `gatehouse.toml` keys whose value in force is still the one the
+    /// broker started with: changed in the files, waiting for a restart.
+    pub restart_pending: Vec<String>,
     stamps: Stamps,
 }
 
 impl Snapshot {
+    /// Every setting of this snapshot, as shown and compared (secrets digested).
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        let partners: Vec<&Partner> = self.partners.values().map(|e| &e.partner).collect();
+        settings::flatten(&self.gateway, &partners).public()
+    }
+
     /// Whether the certificate `serial` with SHA-256 `fingerprint` may be
     /// used at `now` (unix seconds). The inventory is looked up by serial
     /// and the fingerprint must match the one recorded at issue.
@@ -266,6 +284,15 @@ impl CertificateStatus for LiveCertStatus {
     }
 }
 
+/// Every partner's `[own_ca]`, by partner id.
+fn own_cas(snapshot: &Snapshot) -> BTreeMap<&str, &config::OwnCa> {
+    snapshot
+        .partners
+        .iter()
+        .filter_map(|(id, e)| e.partner.own_ca.as_ref().map(|o| (id.as_str(), o)))
+        .collect()
+}
+
 /// The files of every partner's own CA (CA and CRL), to notice changes.
 fn own_ca_files(home: &Home, snapshot: &Snapshot) -> Vec<PathBuf> {
     let mut v = Vec::new();
@@ -293,6 +320,18 @@ pub struct Live {
     /// The last TLS rebuild failed (e.g. a certificate and key caught between
     /// two renames): retried at every tick until it succeeds.
     tls_retry: std::sync::atomic::AtomicBool,
+    /// Today's value totals per partner and currency (a single node's; in a
+    /// fleet, the stand-in while the store does not answer).
+    pub values: Arc<crate::risk::Ledger>,
+    /// Nonces of accepted signatures (a single node's; in a fleet, the
+    /// stand-in while the store does not answer).
+    pub nonces: Arc<crate::risk::signature::nonce::NonceLog>,
+    /// hyper's connection settings from the live `[server]` table.
+    http: ArcSwap<auto::Builder<TokioExecutor>>,
+    /// `gatehouse.toml` as it was when the broker started: the values of
+    /// the settings only a restart applies.
+    started: GatewayConfig,
+    started_settings: BTreeMap<String, String>,
 }
 
 /// What a reload did.
@@ -301,6 +340,17 @@ pub struct ReloadOutcome {
     pub changed: bool,
     pub tls_rebuilt: bool,
     pub partners: usize,
+    /// Settings this reload changed and put in force (`server.idle_timeout`,
+    /// `partners/acme.toml limits.burst`).
+    pub applied: Vec<String>,
+    /// Settings this reload saw changed that only a restart applies.
+    pub restart_now: Vec<String>,
+    /// Every setting waiting for a restart after this reload (those of
+    /// earlier reloads too).
+    pub restart_pending: Vec<String>,
+    /// What this reload read but could not put in force (the running one
+    /// stays; retried at the next look).
+    pub not_applied: Vec<String>,
     /// What changed for the audit trail: certificates issued, superseded or
     /// revoked, partners added, removed, suspended or resumed (by the CLI or
     /// by hand), one line each.
@@ -379,6 +429,7 @@ impl Live {
         let gateway = snapshot.gateway.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(SnapshotCell(Arc::new(snapshot))));
         let tls = build_tls(&home, &gateway, snapshot.clone())?;
+        let http = crate::gateway::http_builder(&gateway.server);
         Ok(Live {
             home,
             snapshot,
@@ -386,7 +437,34 @@ impl Live {
             refused: std::sync::Mutex::new(None),
             partner_cache: std::sync::Mutex::new(cache),
             tls_retry: std::sync::atomic::AtomicBool::new(false),
+            values: Arc::default(),
+            nonces: Arc::default(),
+            http: ArcSwap::from_pointee(http),
+            started_settings: settings::flatten_gateway(&gateway).public(),
+            started: gateway,
         })
+    }
+
+    /// `gatehouse.toml` as the broker read it at start (the listeners,
+    /// node id and store it runs with, whatever the files say now).
+    pub fn started(&self) -> &GatewayConfig {
+        &self.started
+    }
+
+    /// The `gatehouse.toml` settings the broker started with, as shown and
+    /// compared (secrets digested).
+    pub fn started_settings(&self) -> &BTreeMap<String, String> {
+        &self.started_settings
+    }
+
+    /// Settings changed in the files that wait for a restart.
+    pub fn restart_pending(&self) -> Vec<String> {
+        self.snapshot().restart_pending.clone()
+    }
+
+    /// hyper's connection settings in force now.
+    pub fn http_builder(&self) -> Arc<auto::Builder<TokioExecutor>> {
+        self.http.load_full()
     }
 
     /// The current snapshot.
@@ -466,7 +544,8 @@ impl Live {
                     changed: true,
                     tls_rebuilt: true,
                     partners: current.partners.len(),
-                    changes: Vec::new(),
+                    restart_pending: current.restart_pending.clone(),
+                    ..ReloadOutcome::default()
                 });
             }
             return Ok(ReloadOutcome::default());
@@ -481,7 +560,7 @@ impl Live {
             // SIGHUP: read every file afresh.
             cache.clear();
         }
-        let next = match build(&self.home, Some(&current), &mut cache, stamps.clone()) {
+        let mut next = match build(&self.home, Some(&current), &mut cache, stamps.clone()) {
             Ok(n) => n,
             Err(e) => {
                 *refused = Some(stamps);
@@ -490,22 +569,73 @@ impl Live {
         };
         *refused = None;
         drop(refused);
-        let tls_changed = force || next.stamps.tls != current.stamps.tls;
+        // Which settings changed, and which of them only a restart applies.
+        let setting_changes = settings::changes(&current.settings(), &next_flat(&next));
+        next.restart_pending = settings::changes(
+            &self.started_settings,
+            &settings::flatten_gateway(&next.gateway),
+        )
+        .into_iter()
+        .filter(|c| c.apply == Apply::Restart)
+        .map(|c| c.key)
+        .collect();
+        let (applied, restart_now): (Vec<_>, Vec<_>) = setting_changes
+            .into_iter()
+            .partition(|c| c.apply == Apply::Live);
+        // A partner's own CA added, removed or moved: its files are stamped
+        // from now on (taken after they were read: a change in between is
+        // seen at the next change or SIGHUP), and the TLS configuration is
+        // rebuilt (the CA hints it announces, no session resumed across).
+        let own_cas_changed = own_cas(&next) != own_cas(&current);
+        let next_own_files = own_ca_files(&self.home, &next);
+        if next_own_files != own_ca_files(&self.home, &current) {
+            next.stamps.tls = compute_stamps(&self.home, None, next_own_files).tls;
+        }
+        let tls_changed = force
+            || own_cas_changed
+            || next.stamps.tls != current.stamps.tls
+            || next.gateway.trust_domain != current.gateway.trust_domain;
+        if toml::to_string(&next.gateway.server).ok()
+            != toml::to_string(&current.gateway.server).ok()
+        {
+            // New connections take the new timeouts and sizes; open ones
+            // keep theirs.
+            self.http
+                .store(Arc::new(crate::gateway::http_builder(&next.gateway.server)));
+        }
         let partners = next.partners.len();
         let changes = diff(&current, &next);
+        let restart_pending = next.restart_pending.clone();
         self.snapshot.store(Arc::new(SnapshotCell(Arc::new(next))));
+        let mut not_applied = Vec::new();
+        let mut tls_rebuilt = false;
         if tls_changed {
             // A fresh config also means a fresh session cache and ticketer:
-            // no session from before a revocation can be resumed.
-            self.rebuild_tls().map_err(ReloadError::Refused)?;
+            // no session from before a revocation can be resumed. On failure
+            // the rest of the reload is in force, and the TLS part is said
+            // not to be (and retried at every look).
+            match self.rebuild_tls() {
+                Ok(()) => tls_rebuilt = true,
+                Err(e) => not_applied.push(e.to_string()),
+            }
         }
         Ok(ReloadOutcome {
             changed: true,
-            tls_rebuilt: tls_changed,
+            tls_rebuilt,
+            not_applied,
             partners,
+            applied: applied.into_iter().map(|c| c.key).collect(),
+            restart_now: restart_now.into_iter().map(|c| c.key).collect(),
+            restart_pending,
             changes,
         })
     }
+}
+
+/// Every setting of a snapshot being built.
+fn next_flat(next: &Snapshot) -> settings::Flat {
+    let partners: Vec<&Partner> = next.partners.values().map(|e| &e.partner).collect();
+    settings::flatten(&next.gateway, &partners)
 }
 
 fn build_tls(
@@ -647,6 +777,9 @@ fn build(
         upstreams,
         partner_cas,
         splits,
+        restart_pending: previous
+            .map(|p| p.restart_pending.clone())
+            .unwrap_or_default(),
         stamps,
     };
     Ok(snapshot)

@@ -38,7 +38,9 @@ pub mod request;
 pub mod respond;
 pub mod seen;
 pub mod session;
+pub mod signed;
 pub mod split;
+pub mod value;
 pub mod write_guard;
 
 pub use conn::{accept_loop, http_builder};
@@ -63,8 +65,8 @@ pub struct Gateway {
     pub connections: Arc<Connections>,
     /// The fleet this node belongs to (`[cluster]`); `None`: a single node.
     pub fleet: Option<Arc<dyn Membership>>,
-    /// TLS handshakes in progress per client address (the cap is read at
-    /// start: `[server] max_pending_handshakes_per_addr`).
+    /// TLS handshakes in progress per client address (the cap is the live
+    /// `[server] max_pending_handshakes_per_addr`).
     pub handshakes: Arc<handshake_gate::HandshakeGate>,
     /// The clock origin of the connections' idle timers.
     epoch: Instant,

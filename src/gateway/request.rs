@@ -1,8 +1,10 @@
 //! A partner's API call, once `door` has admitted it, as phases: frame (no
 //! smuggling shapes) → target (origin form, no traversal tricks) →
 //! authorize (deny by default) → the pool (for a split upstream, this
-//! partner's side) → limit (rate, quota, concurrency, body size) → build
-//! the upstream request → relay. Each phase returns
+//! partner's side) → limit (rate, quota, concurrency, body size) →
+//! signature (a route that requires one: RFC 9421, nonce never twice) →
+//! value (a route with a `value`: amount within the partner's value
+//! limits, reserved) → build the upstream request → relay. Each phase returns
 //! `Result<_, Refusal>`; `respond::finish` turns the outcome into the
 //! response and the record, the same way for every phase. Certificates
 //! have their own door (`certificates`); nothing here reaches the CA.
@@ -13,7 +15,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Version};
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
 
 use crate::gateway::Gateway;
@@ -26,6 +28,7 @@ use crate::gateway::relay::{
 };
 use crate::gateway::respond::Answer;
 use crate::gateway::session::ConnCtx;
+use crate::gateway::{signed, value};
 use crate::identity_token::TokenSubject;
 use crate::policy::{Permit, check_target};
 use crate::reason::Reason;
@@ -79,17 +82,61 @@ pub(crate) async fn phases(
         .uri_for(&permit.upstream_path, target.query)
         .map_err(|_| Refusal::new(Reason::BadTarget))?;
     let route = permit.route.path.clone();
+    let value_spec = permit.route.value.clone();
+    let needs_signature = entry.partner.requires_signature(permit.route);
+    // Only signed and valued calls need the partner past the snapshot.
+    let partner = (value_spec.is_some() || needs_signature).then(|| entry.partner.clone());
     let write_timeout = snapshot.gateway.server.write_timeout;
     drop(snapshot);
 
     let is_head = req.method() == Method::HEAD;
     let over_limit = Arc::new(AtomicBool::new(false));
-    let cap = BodyCap {
-        max: max_body,
-        exceeded: over_limit.clone(),
+    let (parts, body) = req.into_parts();
+    let (body, reservation) = if let Some(partner) = &partner {
+        // Signed and valued calls are judged on the whole body.
+        let max = max_body.min(value::MAX_VALUE_BODY);
+        let bytes = value::read_body(body, max).await?;
+        record.event.request_bytes = bytes.len() as u64;
+        if needs_signature {
+            let verified = signed::check(gw, conn, partner, &parts, &bytes).await?;
+            record.event.signature_keyid = Some(verified.keyid);
+            record.event.signature_base = Some(verified.base);
+            record.event.signature = Some(format!(
+                "{}:{}",
+                verified.alg.name(),
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    &verified.signature
+                )
+            ));
+        }
+        let reserved = match &value_spec {
+            Some(spec) => {
+                let reserved = value::check(gw, partner, spec, &bytes).await?;
+                record.event.value_amount = Some(reserved.value.amount.to_string());
+                record.event.value_currency = Some(reserved.value.currency.clone());
+                Some(reserved)
+            }
+            None => None,
+        };
+        let body: RelayBody = Full::new(bytes).map_err(|e| match e {}).boxed();
+        (body, reserved)
+    } else {
+        let cap = BodyCap {
+            max: max_body,
+            exceeded: over_limit.clone(),
+        };
+        (streamed_body(body, cap), None)
     };
-    let upstream_req =
-        build_upstream_request(req, uri, cap, conn, gw, &upstream, &route, request_id)?;
+    let upstream_req = build_upstream_request(
+        Request::from_parts(parts, body),
+        uri,
+        conn,
+        gw,
+        &upstream,
+        &route,
+        request_id,
+    )?;
     let response = relay(gw, &upstream, upstream_req, request_id, record)
         .await
         .map_err(|refusal| {
@@ -101,6 +148,16 @@ pub(crate) async fn phases(
                 refusal
             }
         })?;
+    if let Some(reserved) = reservation
+        && response.status().is_success()
+    {
+        gw.events.monitor().value(
+            &conn.identity.partner,
+            &reserved.value.currency,
+            reserved.value.amount,
+        );
+        reserved.keep();
+    }
     Ok(Answer::Relayed {
         response,
         upstream,
@@ -195,11 +252,9 @@ struct BodyCap {
 /// identity headers (and the signed identity, when the upstream asks for
 /// it; fail closed: no token, no relay), hop-by-hop and spoofable headers
 /// gone, and the body bounded by the limit.
-#[allow(clippy::too_many_arguments)]
 fn build_upstream_request(
-    req: Request<Incoming>,
+    req: Request<RelayBody>,
     uri: http::Uri,
-    cap: BodyCap,
     conn: &ConnCtx,
     gw: &Gateway,
     upstream: &Upstream,
@@ -239,7 +294,12 @@ fn build_upstream_request(
     );
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    let body: RelayBody = if body.is_end_stream() {
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The partner's body as it streams to the upstream, bounded by the cap.
+fn streamed_body(body: Incoming, cap: BodyCap) -> RelayBody {
+    if body.is_end_stream() {
         Empty::new().map_err(|e| match e {}).boxed()
     } else {
         let exceeded = cap.exceeded;
@@ -250,8 +310,7 @@ fn build_upstream_request(
             e
         }))
         .boxed()
-    };
-    Ok(Request::from_parts(parts, body))
+    }
 }
 
 /// Sends the request through the upstream's pool (timed for the

@@ -41,7 +41,9 @@ pub struct AlertNotice {
 pub struct AlertSink {
     recorder: Arc<dyn Recorder>,
     node: String,
-    webhook: Option<mpsc::Sender<Bytes>>,
+    /// The delivery queue of the webhook in force; a reload swaps it (the
+    /// old task delivers what it holds, then ends).
+    webhook: arc_swap::ArcSwapOption<mpsc::Sender<Bytes>>,
 }
 
 impl AlertSink {
@@ -53,26 +55,23 @@ impl AlertSink {
         settings: &MonitorSettings,
         home: &Home,
     ) -> Result<AlertSink, AlertSinkError> {
-        let webhook = match &settings.webhook_url {
-            None => None,
-            Some(url) => {
-                let uri: Uri =
-                    url.parse()
-                        .map_err(|e: http::uri::InvalidUri| AlertSinkError::WebhookUrl {
-                            url: url.clone(),
-                            why: e.to_string(),
-                        })?;
-                let client = webhook_client(settings, home)?;
-                let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
-                tokio::spawn(deliver(uri, client, rx));
-                Some(tx)
-            }
-        };
         Ok(AlertSink {
             recorder,
             node: node.to_string(),
-            webhook,
+            webhook: arc_swap::ArcSwapOption::new(start_webhook(settings, home)?.map(Arc::new)),
         })
+    }
+
+    /// Puts a reloaded `[monitor] webhook_url` / `webhook_ca` in force
+    /// (inside the tokio runtime). On error the running webhook stays.
+    pub fn set_webhook(
+        &self,
+        settings: &MonitorSettings,
+        home: &Home,
+    ) -> Result<(), AlertSinkError> {
+        self.webhook
+            .store(start_webhook(settings, home)?.map(Arc::new));
+        Ok(())
     }
 
     /// Raises an alert: journal record, warn line, webhook (best effort).
@@ -86,7 +85,7 @@ impl AlertSink {
         ev.client_addr = notice.addr.clone();
         ev.detail = Some(format!("{} {}", notice.message, notice.details));
         drop(self.recorder.record(ev.clone()));
-        if let Some(tx) = &self.webhook {
+        if let Some(tx) = &*self.webhook.load() {
             match serde_json::to_vec(&notice) {
                 Ok(body) => {
                     if tx.try_send(Bytes::from(body)).is_err() {
@@ -100,6 +99,26 @@ impl AlertSink {
         }
         ev
     }
+}
+
+/// Starts the delivery task of the configured webhook, if any.
+fn start_webhook(
+    settings: &MonitorSettings,
+    home: &Home,
+) -> Result<Option<mpsc::Sender<Bytes>>, AlertSinkError> {
+    let Some(url) = &settings.webhook_url else {
+        return Ok(None);
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| AlertSinkError::WebhookUrl {
+            url: url.clone(),
+            why: e.to_string(),
+        })?;
+    let client = webhook_client(settings, home)?;
+    let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
+    tokio::spawn(deliver(uri, client, rx));
+    Ok(Some(tx))
 }
 
 type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;

@@ -57,7 +57,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -363,7 +363,8 @@ struct AddrSeries {
 /// Per-partner and per-address spike detection. `Send + Sync`.
 #[derive(Debug)]
 pub struct Detector {
-    settings: AnomalySettings,
+    /// Swapped whole by a reload (`[monitor]` thresholds).
+    settings: arc_swap::ArcSwap<AnomalySettings>,
     hasher: RandomState,
     partners: Vec<Mutex<HashMap<String, PartnerAnomaly>>>,
     addresses: Vec<Mutex<HashMap<IpAddr, AddrSeries>>>,
@@ -381,15 +382,25 @@ fn minute_of(now_ms: i64) -> i64 {
 impl Detector {
     pub fn new(settings: AnomalySettings) -> Detector {
         Detector {
-            settings,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
             hasher: RandomState::new(),
             partners: (0..SHARDS).map(|_| Mutex::default()).collect(),
             addresses: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 
-    pub fn settings(&self) -> &AnomalySettings {
-        &self.settings
+    pub fn settings(&self) -> Arc<AnomalySettings> {
+        self.settings.load_full()
+    }
+
+    /// Puts the `[monitor]` thresholds of a reloaded configuration in
+    /// force; the next minute's judgement uses them.
+    pub fn retune(&self, factor: f64, floor_per_minute: f64, warmup_minutes: u32) {
+        let mut s = AnomalySettings::clone(&self.settings.load());
+        s.k = factor;
+        s.floor_per_minute = floor_per_minute;
+        s.warmup_minutes = warmup_minutes;
+        self.settings.store(Arc::new(s));
     }
 
     fn partner_shard(&self, partner: &str) -> MutexGuard<'_, HashMap<String, PartnerAnomaly>> {
@@ -409,7 +420,7 @@ impl Detector {
     /// Sets a partner's action on a rate spike (from its partner file;
     /// call again on reload).
     pub fn set_on_anomaly(&self, partner: &str, action: OnAnomaly) {
-        let cap = self.per_shard(self.settings.max_partners);
+        let cap = self.per_shard(self.settings.load().max_partners);
         let mut shard = self.partner_shard(partner);
         if let Some(p) = shard.get_mut(partner) {
             p.on_anomaly = Some(action);
@@ -426,7 +437,7 @@ impl Detector {
     /// Counts one request of `partner` (allowed or `denied` with 403/429) at
     /// `now_ms`; returns an alert when this request starts an episode.
     pub fn observe_request(&self, partner: &str, denied: bool, now_ms: i64) -> Option<Alert> {
-        let s = &self.settings;
+        let s = &*self.settings.load_full();
         let minute = minute_of(now_ms);
         let cap = self.per_shard(s.max_partners);
         let mut shard = self.partner_shard(partner);
@@ -501,7 +512,7 @@ impl Detector {
     /// Counts one refused TLS handshake from `addr` at `now_ms`; returns an
     /// alert when it starts an episode for that address.
     pub fn observe_refused_handshake(&self, addr: IpAddr, now_ms: i64) -> Option<Alert> {
-        let s = &self.settings;
+        let s = &*self.settings.load_full();
         let addr = addr.to_canonical();
         let minute = minute_of(now_ms);
         let cap = self.per_shard(s.max_addresses);
@@ -579,7 +590,7 @@ impl Detector {
 
     /// `partner`'s baseline and episode as of `now_ms` (read-only).
     pub fn status(&self, partner: &str, now_ms: i64) -> Option<AnomalyStatus> {
-        let s = &self.settings;
+        let s = &*self.settings.load_full();
         let shard = self.partner_shard(partner);
         let p = shard.get(partner)?;
         let mut rate = p.rate.clone();
@@ -652,7 +663,7 @@ impl Detector {
                 return Err(AnomalyError::Invalid(format!("partner `{id}`: bad number")));
             }
         }
-        let cap = self.per_shard(self.settings.max_partners);
+        let cap = self.per_shard(self.settings.load().max_partners);
         let mut restored = 0;
         for (id, p) in state.partners {
             let mut shard = self.partner_shard(&id);
@@ -807,6 +818,20 @@ mod tests {
     }
 
     #[test]
+    fn retuned_thresholds_apply_to_the_next_minutes() {
+        // 300/min after a 100/hour baseline is over the default floor (100)...
+        let d = Detector::new(AnomalySettings::default());
+        assert!(replay(&d, "acme", 0, 2 * H, false, hundred_per_hour).is_empty());
+        // ...but a reload raises the floor to 1000/min: no alert.
+        d.retune(10.0, 1000.0, 60);
+        assert_eq!(d.settings().floor_per_minute, 1000.0);
+        assert!(replay(&d, "acme", 2 * H, 1, false, |_| 300).is_empty());
+        // Lowered again to 50/min: the spike still going now alerts.
+        d.retune(10.0, 50.0, 60);
+        assert_eq!(replay(&d, "acme", 2 * H + 1, 10, false, |_| 300).len(), 1);
+    }
+
+    #[test]
     fn denial_spike_alerts_once() {
         let d = Detector::new(AnomalySettings::default());
         assert!(replay(&d, "acme", 0, 2 * H, false, |_| 20).is_empty());
@@ -892,6 +917,9 @@ mod tests {
                 on_anomaly: OnAnomaly::Throttle,
                 renewal_window: None,
                 own_ca: None,
+                value_limits: Default::default(),
+                signing: false,
+                signing_keys: Vec::new(),
                 pin: Default::default(),
                 routes: vec![],
             }],

@@ -128,6 +128,11 @@ impl EventSink {
     }
 
     /// The anomaly detector (for status, resume and persistence).
+    /// Where alerts go (a reload swaps its webhook).
+    pub fn alerts(&self) -> &AlertSink {
+        &self.alerts
+    }
+
     pub fn detector(&self) -> &Arc<Detector> {
         &self.detector
     }

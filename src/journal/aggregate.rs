@@ -73,6 +73,13 @@ impl Aggregator {
         }
     }
 
+    /// New threshold and interval; the interval under way keeps its
+    /// counts and ends at its old length.
+    pub fn retune(&mut self, threshold: u32, interval: Duration) {
+        self.threshold = threshold as u64;
+        self.interval = interval.max(Duration::from_millis(1));
+    }
+
     /// Whether this refused handshake is written on its own (`true`) or
     /// only counted for the interval's aggregate (`false`).
     pub fn admit(&mut self, e: &Event, now: Instant) -> bool {

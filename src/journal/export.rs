@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::event::EventKind;
 use crate::journal::Query;
 use crate::journal::checkpoint::{Checkpoint, CheckpointLine, Verifier};
 use crate::journal::record::{RecordLine, check_link, encode};
@@ -218,23 +217,4 @@ pub fn query<'a>(exports: &'a [Export], query: &Query) -> Vec<&'a RecordLine> {
     }
     out.truncate(query.limit);
     out
-}
-
-impl Query {
-    /// Whether the query selects this event (the journal's store filters
-    /// by the same rule).
-    pub fn selects(&self, e: &crate::event::Event) -> bool {
-        self.partner
-            .as_ref()
-            .is_none_or(|p| e.partner.as_ref() == Some(p))
-            && self.since_ms.is_none_or(|s| e.time_ms >= s)
-            && self.until_ms.is_none_or(|u| e.time_ms < u)
-            && self.decision.is_none_or(|d| e.decision == d)
-            && self.status.is_none_or(|s| e.status == Some(s))
-            && self.kind.is_none_or(|k| {
-                // Refused handshakes include their aggregated summaries.
-                e.kind == k
-                    || (k == EventKind::Handshake && e.kind == EventKind::HandshakeAggregate)
-            })
-    }
 }

@@ -214,6 +214,25 @@ impl Journal {
         })
     }
 
+    /// Puts a reloaded `[journal]` table in force (flush and checkpoint
+    /// periods, handshake aggregation, `min_free`; durability stays as
+    /// opened). Blocks
+    /// while the writer's queue is full: call it off the async runtime.
+    pub fn retune(&self, settings: &JournalSettings) -> Result<(), JournalError> {
+        let tuning = writer::Tuning {
+            flush_interval: settings.flush_interval,
+            checkpoint_every: settings.checkpoint_every,
+            checkpoint_interval: settings.checkpoint_interval,
+            handshake_refusals_per_interval: settings.handshake_refusals_per_interval,
+            handshake_aggregate_interval: settings.handshake_aggregate_interval,
+            min_free: settings.min_free,
+        };
+        self.inner
+            .tx
+            .send(Msg::Retune(tuning))
+            .map_err(|_| JournalError::Writer("the writer has stopped".into()))
+    }
+
     /// Writes a final signed checkpoint, flushes and stops the writer.
     /// Idempotent; records handed in afterwards are refused.
     pub fn shutdown(&self) -> Result<(), JournalError> {

@@ -89,8 +89,17 @@ pub fn extensions(e: &Event) -> Vec<(&'static str, String)> {
     if let Some(ep) = &e.upstream_endpoint {
         x.push(("upstream_endpoint", ep.clone()));
     }
-    if let Some(issuer) = &e.issuer {
-        x.push(("issuer", issuer.clone()));
+    for (name, value) in [
+        ("issuer", &e.issuer),
+        ("signature", &e.signature),
+        ("signature_base", &e.signature_base),
+        ("signature_keyid", &e.signature_keyid),
+        ("value_amount", &e.value_amount),
+        ("value_currency", &e.value_currency),
+    ] {
+        if let Some(v) = value {
+            x.push((name, v.clone()));
+        }
     }
     if let Some(side) = &e.split_side {
         x.push(("split_side", side.clone()));
@@ -103,8 +112,13 @@ pub fn extensions(e: &Event) -> Vec<(&'static str, String)> {
 pub fn version_of(e: &Event) -> u8 {
     if e.attempts != 0
         || e.upstream_endpoint.is_some()
-        || e.split_side.is_some()
         || e.issuer.is_some()
+        || e.signature.is_some()
+        || e.signature_base.is_some()
+        || e.signature_keyid.is_some()
+        || e.value_amount.is_some()
+        || e.value_currency.is_some()
+        || e.split_side.is_some()
     {
         FORMAT_VERSION_2
     } else {
@@ -235,7 +249,14 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
     let detail = r.opt_string("detail")?;
     let mut upstream_endpoint = None;
     let mut attempts = 0;
-    let mut issuer = None;
+    let [
+        mut issuer,
+        mut signature,
+        mut signature_base,
+        mut signature_keyid,
+        mut value_amount,
+        mut value_currency,
+    ]: [Option<String>; 6] = Default::default();
     let mut split_side = None;
     if v == FORMAT_VERSION_2 {
         let n = u16::from_be_bytes(r.arr("extension count")?) as usize;
@@ -264,6 +285,11 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
                 }
                 "upstream_endpoint" => upstream_endpoint = Some(value),
                 "issuer" => issuer = Some(value),
+                "signature" => signature = Some(value),
+                "signature_base" => signature_base = Some(value),
+                "signature_keyid" => signature_keyid = Some(value),
+                "value_amount" => value_amount = Some(value),
+                "value_currency" => value_currency = Some(value),
                 "split_side" => split_side = Some(value),
                 // A field a later gatehouse adds: this one cannot show it
                 // (nor re-encode it), so it says so instead of dropping it.
@@ -305,6 +331,11 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
             upstream_endpoint,
             attempts,
             issuer,
+            value_amount,
+            value_currency,
+            signature_keyid,
+            signature_base,
+            signature,
             split_side,
         },
     ))
@@ -454,6 +485,11 @@ mod tests {
             upstream_endpoint: None,
             attempts: 0,
             issuer: None,
+            value_amount: None,
+            value_currency: None,
+            signature_keyid: None,
+            signature_base: None,
+            signature: None,
             split_side: None,
         }
     }
@@ -534,6 +570,30 @@ mod tests {
         let back: RecordLine = serde_json::from_str(&text).unwrap();
         assert_eq!(back, line);
         assert_eq!(encode(back.seq, &back.event), bytes);
+    }
+
+    #[test]
+    fn value_and_signature_fields_are_version_2_and_round_trip() {
+        let mut e = full_event();
+        e.value_amount = Some("10000.00".into());
+        e.value_currency = Some("EUR".into());
+        e.signature_keyid = Some("ab".repeat(32));
+        e.signature_base = Some("\"@method\": POST\n\"@signature-params\": ()".into());
+        e.signature = Some("ed25519:AAAA".into());
+        let bytes = encode(7, &e);
+        assert_eq!(bytes[0], FORMAT_VERSION_2);
+        assert_eq!(decode(&bytes).unwrap(), (7, e.clone()));
+        let names: Vec<&str> = extensions(&e).iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "signature",
+                "signature_base",
+                "signature_keyid",
+                "value_amount",
+                "value_currency"
+            ]
+        );
     }
 
     #[test]

@@ -95,6 +95,15 @@ impl SpaceGuard {
         }
     }
 
+    /// A reload's `[journal] min_free`: measured against at the next write
+    /// or probe.
+    pub(super) fn set_min_free(&mut self, min_free: MinFree) {
+        if self.min_free != min_free {
+            self.min_free = min_free;
+            self.last_check = None;
+        }
+    }
+
     /// Before a group commit that may write about `upcoming` bytes (after
     /// amplification): `Err(why)` when free space is under the margin.
     pub(super) fn admit(&mut self, upcoming: u64) -> Result<(), SpaceError> {
@@ -231,6 +240,7 @@ mod tests {
         assert!(ok.admit(10).is_ok());
         let mut low = SpaceGuard::new(dir.path(), MinFree::Bytes(free.saturating_mul(2) + 1));
         let err = low.admit(10).unwrap_err();
+        assert!(matches!(err, SpaceError::Low { .. }), "{err}");
         assert!(err.to_string().starts_with("disk_low:"), "{err}");
         // Each call measures again while under the margin.
         assert!(low.admit(10).is_err());

@@ -68,6 +68,19 @@ pub(super) type AckTx = oneshot::Sender<Result<Option<u64>, RecordError>>;
 pub(super) enum Msg {
     Append(Box<Event>, AckTx),
     Shutdown(std::sync::mpsc::Sender<Result<(), ShutdownError>>),
+    /// A reload's `[journal]` settings (all but durability).
+    Retune(Tuning),
+}
+
+/// The writer's settings a reload may change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tuning {
+    pub flush_interval: Duration,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+    pub handshake_refusals_per_interval: u32,
+    pub handshake_aggregate_interval: Duration,
+    pub min_free: super::space::MinFree,
 }
 
 /// State shared between the handle and the writer thread.
@@ -164,6 +177,16 @@ impl Writer {
     ) {
         match m {
             Msg::Shutdown(tx) => *shutdown = Some(tx),
+            Msg::Retune(t) => {
+                self.flush_interval = t.flush_interval;
+                self.checkpoint_every = t.checkpoint_every.max(1);
+                self.checkpoint_interval = t.checkpoint_interval;
+                self.agg.retune(
+                    t.handshake_refusals_per_interval,
+                    t.handshake_aggregate_interval,
+                );
+                self.space.set_min_free(t.min_free);
+            }
             Msg::Append(e, ack) => {
                 self.shared.queued.fetch_sub(1, Ordering::SeqCst);
                 if !self.healthy() {

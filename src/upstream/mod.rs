@@ -307,9 +307,17 @@ impl Pool {
     /// Called once the pool has replaced `previous` (a reload): endpoints
     /// the new pool no longer has drain.
     pub fn retire(&self, previous: &Pool) {
+        // Only an address the new pool no longer has drains. An endpoint
+        // rebuilt for the same address (its leg changed: new certificates)
+        // is replaced, not removed: requests that took the previous pool
+        // just before the swap still complete on it, and its connections
+        // close when the last of them lets the pool go.
         let now = self.endpoints.load();
         for e in previous.endpoints.load().iter() {
-            if !now.iter().any(|n| Arc::ptr_eq(n, e)) {
+            let kept = now
+                .iter()
+                .any(|n| Arc::ptr_eq(n, e) || (n.addr == e.addr && n.host == e.host));
+            if !kept {
                 e.drain();
             }
         }

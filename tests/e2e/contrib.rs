@@ -27,7 +27,7 @@ fn promtool_checks_and_tests_the_alerting_rules() {
     let out = String::from_utf8_lossy(&check.stdout).into_owned()
         + &String::from_utf8_lossy(&check.stderr);
     assert!(check.status.success(), "{out}");
-    assert!(out.contains("SUCCESS: 11 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 12 rules found"), "{out}");
     let test = Command::new("promtool")
         .args(["test", "rules", "gatehouse-rules.test.yml"])
         .current_dir(&dir)

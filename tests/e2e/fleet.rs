@@ -16,18 +16,6 @@ use common::redis_server::RedisServer;
 
 const ROUTE: &str = "GET /v1/orders -> orders";
 
-/// Sets `[limits]` in a partner's file.
-fn limits(h: &TestHome, partner: &str, values: &[(&str, i64)]) {
-    let p = h.path().join("partners").join(format!("{partner}.toml"));
-    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&p).unwrap().parse().unwrap();
-    let mut t = toml_edit::Table::new();
-    for (k, v) in values {
-        t[*k] = toml_edit::value(*v);
-    }
-    doc["limits"] = toml_edit::Item::Table(t);
-    std::fs::write(&p, doc.to_string()).unwrap();
-}
-
 fn data_dir(home: &Path, id: &str) -> String {
     home.join(format!("data-{id}")).display().to_string()
 }
@@ -103,8 +91,8 @@ async fn fleet_limits_and_quota_hold_across_three_nodes() {
     let (h, _up, acme) = home_with_echo(&[ROUTE]).await;
     h.add_partner("beta", &[ROUTE]);
     let beta = h.issue("beta");
-    limits(&h, "acme", &[("requests_per_minute", 60), ("burst", 5)]);
-    limits(&h, "beta", &[("requests_per_day", 4)]);
+    h.set_partner_limits("acme", &[("requests_per_minute", 60), ("burst", 5)]);
+    h.set_partner_limits("beta", &[("requests_per_day", 4)]);
     h.set_cluster(&redis.url(), Some("local"));
     let nodes: Vec<Broker> = ["n1", "n2", "n3"]
         .iter()
@@ -328,7 +316,7 @@ async fn fleet_keeps_serving_on_local_limits_when_the_store_dies_and_resumes() {
         return;
     };
     let (h, _up, acme) = home_with_echo(&[ROUTE]).await;
-    limits(&h, "acme", &[("requests_per_minute", 600), ("burst", 60)]);
+    h.set_partner_limits("acme", &[("requests_per_minute", 600), ("burst", 60)]);
     h.set_cluster(&redis.url(), Some("local"));
     let n1 = node(h.path(), "n1");
     let n2 = node(h.path(), "n2");
@@ -405,7 +393,7 @@ async fn fleet_deny_mode_answers_503_for_limited_partners_while_the_store_is_dow
     let (h, _up, acme) = home_with_echo(&[ROUTE]).await;
     h.add_partner("free", &[ROUTE]);
     let free = h.issue("free");
-    limits(&h, "acme", &[("requests_per_minute", 600)]);
+    h.set_partner_limits("acme", &[("requests_per_minute", 600)]);
     h.set_cluster(&redis.url(), Some("deny"));
     let n1 = node(h.path(), "n1");
     assert_eq!(fresh_status(&n1, &h, &acme).await.0, 200);
@@ -555,7 +543,7 @@ async fn fleet_over_tls_with_a_password() {
     };
 
     let (h, _up, acme) = home_with_echo(&[ROUTE]).await;
-    limits(&h, "acme", &[("requests_per_minute", 60), ("burst", 2)]);
+    h.set_partner_limits("acme", &[("requests_per_minute", 60), ("burst", 2)]);
     std::fs::write(h.path().join("certs/redis-ca.pem"), ca_cert.pem()).unwrap();
     std::fs::write(h.path().join("certs/redis.pass"), "s3cret-pass\n").unwrap();
     h.edit_config(|doc| {
@@ -594,4 +582,73 @@ async fn fleet_over_tls_with_a_password() {
     std::fs::write(h.path().join("certs/redis.pass"), "wrong").unwrap();
     let out = h.run(&["status", "--fleet"]);
     assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_on_store_failure_changed_by_reload_denies_on_every_node() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let (h, _up, acme) = home_with_echo(&[ROUTE]).await;
+    h.set_partner_limits("acme", &[("requests_per_minute", 600)]);
+    h.set_cluster(&redis.url(), Some("local"));
+    let nodes: Vec<Broker> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| node(h.path(), id))
+        .collect();
+    for n in &nodes {
+        assert_eq!(fresh_status(n, &h, &acme).await.0, 200);
+    }
+
+    // The operator asks for "deny" and, in the same edit, changes a
+    // setting only a restart applies; then reloads every node.
+    h.edit_config(|doc| {
+        doc["cluster"]["on_store_failure"] = toml_edit::value("deny");
+        doc["server"]["max_connections"] = toml_edit::value(5000);
+    });
+    for n in &nodes {
+        n.signal("HUP");
+    }
+    for n in &nodes {
+        assert!(
+            n.wait_log("applied: cluster.on_store_failure", 10).await,
+            "{}",
+            n.log()
+        );
+        assert!(
+            n.log()
+                .contains("server.max_connections changed: takes effect at restart")
+        );
+    }
+    // Each node reports its own pending restart in the fleet view.
+    let mut pending = 0;
+    for _ in 0..50 {
+        let view = fleet_view(&h);
+        pending = view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["restart_pending"] == serde_json::json!(["server.max_connections"]))
+            .count();
+        if pending == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(pending, 3, "{}", fleet_view(&h));
+    let text = h.ok(&["status", "--fleet"]);
+    assert_eq!(
+        text.matches("restart pending: server.max_connections")
+            .count(),
+        3,
+        "{text}"
+    );
+
+    // The store goes away: the reloaded "deny" is in force on every node.
+    redis.kill();
+    for n in &nodes {
+        let (s, body) = fresh_status(n, &h, &acme).await;
+        assert_eq!(s, 503, "{body}\n{}", n.log());
+        assert!(body.contains("limit_store_unavailable"), "{body}");
+    }
 }

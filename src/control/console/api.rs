@@ -88,6 +88,13 @@ pub async fn overview(shared: &Arc<AdminView>) -> Response<Full<Bytes>> {
             let id = row["id"].as_str().unwrap_or_default().to_string();
             if let Some(p) = partners.iter().find(|p| p.id == id) {
                 row["routes"] = p.routes.iter().map(|r| Value::from(r.describe())).collect();
+                row["high_risk_routes"] = p
+                    .routes
+                    .iter()
+                    .filter(|r| r.risk == crate::config::Risk::High)
+                    .map(|r| Value::from(r.describe()))
+                    .collect();
+                row["value_today"] = crate::control::view::value_today(&shared.live.values, p, now);
             }
             row["series"] = json!(shared.events.monitor().recent_series(&id, now));
             row["denial_reasons"] = json!(reasons.get(&id).cloned().unwrap_or_default());
@@ -98,6 +105,8 @@ pub async fn overview(shared: &Arc<AdminView>) -> Response<Full<Bytes>> {
     status["upstreams"] = crate::upstream::status_json(&snapshot.upstreams);
     status["node"] = json!(shared.events.node());
     status["expiry_warning_days"] = json!(warn_days);
+    // Settings changed in the files that only a restart puts in force.
+    status["restart_pending"] = json!(snapshot.restart_pending);
     status["health"] = json!({
         "ready": journal && listening,
         "journal_writable": journal,

@@ -23,12 +23,21 @@ pub async fn authorize<B>(
     req: &Request<B>,
     shared: &Arc<AdminView>,
 ) -> Option<Response<Full<Bytes>>> {
-    let server = shared.live.snapshot().gateway.server.clone();
-    let public = server.admin_public || !server.admin.ip().is_loopback();
+    // Whether the listener is public is how it was bound (at start); the
+    // token file is the live setting.
+    let bound = &shared.live.started().server;
+    let public = bound.admin_public || !bound.admin.ip().is_loopback();
     if !public {
         return None;
     }
-    let Some(file) = server.admin_token_file else {
+    let Some(file) = shared
+        .live
+        .snapshot()
+        .gateway
+        .server
+        .admin_token_file
+        .clone()
+    else {
         return Some(unauthorized(
             "the admin listener is public and [server] admin_token_file is not set: the console, /status and the journal API are off",
         ));

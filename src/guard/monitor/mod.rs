@@ -94,6 +94,12 @@ struct UpstreamResponseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ValueLabels {
+    partner: String,
+    currency: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamErrorLabels {
     upstream: String,
     error: String,
@@ -139,6 +145,7 @@ pub struct Monitor {
     denials: Family<DenialLabels, Counter>,
     upstream_duration: Family<UpstreamLabels, Histogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    value: Family<ValueLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     upstream_responses: Family<UpstreamResponseLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
     active_connections: Gauge,
@@ -151,6 +158,7 @@ pub struct Monitor {
     /// The kinds `alerts_open` has a series for (set to 0 when none is open).
     alert_kinds: Mutex<HashSet<String>>,
     journal_writable: Gauge,
+    config_restart_pending: Gauge,
     cert_expiry: Family<CertLabels, Gauge>,
     /// The series `cert_expiry` holds now (to remove stale ones).
     cert_series: Mutex<HashSet<CertLabels>>,
@@ -184,6 +192,7 @@ impl Monitor {
             denials: Family::default(),
             upstream_duration: Family::new_with_constructor(|| Histogram::new(request_buckets())),
             upstream_errors: Family::default(),
+            value: Family::default(),
             upstream_responses: Family::default(),
             handshakes: Family::default(),
             active_connections: Gauge::default(),
@@ -195,6 +204,7 @@ impl Monitor {
             alerts_open: Family::default(),
             alert_kinds: Mutex::new(HashSet::new()),
             journal_writable: Gauge::default(),
+            config_restart_pending: Gauge::default(),
             cert_expiry: Family::default(),
             cert_series: Mutex::new(HashSet::new()),
             reloads: Counter::default(),
@@ -233,6 +243,11 @@ impl Monitor {
             "upstream_duration_seconds",
             "Time until the upstream's response head, by upstream",
             m.upstream_duration.clone(),
+        );
+        registry.register(
+            "value",
+            "Value relayed with a 2xx answer on routes with a value, by partner and currency (in currency units; the journal keeps the exact amounts)",
+            m.value.clone(),
         );
         registry.register(
             "upstream_errors",
@@ -285,6 +300,11 @@ impl Monitor {
             "1 while the journal accepts writes; 0 while it fails closed (partner requests get 503)",
             m.journal_writable.clone(),
     );
+        registry.register(
+            "config_restart_pending",
+            "1 while a setting changed in the files waits for a restart to take effect (gatehouse status lists them); 0 when every setting read is in force",
+            m.config_restart_pending.clone(),
+        );
         registry.register(
             "certificate_expiry_seconds",
             "Seconds until a usable partner certificate expires, by partner and serial",
@@ -467,6 +487,16 @@ impl Monitor {
         }
     }
 
+    /// A call's value, kept in the day's total (the upstream answered 2xx).
+    pub fn value(&self, partner: &str, currency: &str, amount: crate::risk::Amount) {
+        self.value
+            .get_or_create(&ValueLabels {
+                partner: partner.to_string(),
+                currency: currency.to_string(),
+            })
+            .inc_by(amount.units() as f64 / crate::risk::amount::SCALE as f64);
+    }
+
     /// One journal batch: how many records, how long the append took, whether it failed.
     pub fn journal_batch(&self, records: usize, seconds: f64, failed: bool) {
         self.journal_append.observe(seconds);
@@ -481,6 +511,12 @@ impl Monitor {
     /// journal's own health, which also knows about recovery).
     pub fn set_journal_writable(&self, writable: bool) {
         self.journal_writable.set(i64::from(writable));
+    }
+
+    /// Whether changed settings wait for a restart (set at scrape time
+    /// from the live configuration).
+    pub fn set_config_restart_pending(&self, pending: bool) {
+        self.config_restart_pending.set(i64::from(pending));
     }
 
     /// Replaces the certificate expiry gauges with the inventory's usable

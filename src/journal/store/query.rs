@@ -31,8 +31,9 @@ pub struct Query {
 }
 
 impl Query {
-    fn matches(&self, r: &Record) -> bool {
-        let e = &r.event;
+    /// Whether the query selects this event: one rule for the store's
+    /// queries and for reading exports.
+    pub fn selects(&self, e: &crate::event::Event) -> bool {
         self.partner
             .as_ref()
             .is_none_or(|p| e.partner.as_ref() == Some(p))
@@ -112,7 +113,7 @@ impl Store {
         let mut out = Vec::new();
         self.scan(0, q.reverse, &mut |r| {
             let r = Self::decode(r)?;
-            if q.matches(&r) {
+            if q.selects(&r.event) {
                 out.push(r);
             }
             Ok(out.len() < q.limit)
@@ -200,7 +201,7 @@ impl Store {
                 }
                 let at = e.at.get(i).copied().unwrap_or(AT_UNKNOWN);
                 if let Some(r) = cache.get(self, seq, at)?
-                    && q.matches(&r)
+                    && q.selects(&r.event)
                 {
                     ready.insert((r.event.time_ms, r.seq), r);
                 }

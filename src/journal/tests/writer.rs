@@ -336,6 +336,46 @@ fn verify_in_parallel_ranges_checks_the_links_between_them() {
 }
 
 #[test]
+fn retune_puts_new_checkpoint_settings_in_force_without_reopening() {
+    let (_d, home) = key_home();
+    let s = JournalSettings {
+        checkpoint_every: 1_000_000,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..settings(Durability::Strict)
+    };
+    let j = Journal::open(&home, &s).unwrap();
+    let rt = rt();
+    for i in 0..3 {
+        rt.block_on(j.record(ev(i))).unwrap();
+    }
+    assert_eq!(j.verify().unwrap().unsigned_tail, 3);
+    // A reload asks for a checkpoint every 2 records and at least each second.
+    j.retune(&JournalSettings {
+        checkpoint_every: 2,
+        checkpoint_interval: Duration::from_secs(1),
+        ..s.clone()
+    })
+    .unwrap();
+    rt.block_on(j.record(ev(3))).unwrap();
+    assert_eq!(
+        j.verify().unwrap().last_checkpoint_seq,
+        Some(4),
+        "seq 4 is a multiple of the new checkpoint_every"
+    );
+    rt.block_on(j.record(ev(4))).unwrap();
+    // The new interval signs the tail (seq 5) by itself, within bounds.
+    let t0 = std::time::Instant::now();
+    while j.verify().unwrap().unsigned_tail != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no checkpoint 5 s after the last record with checkpoint_interval = 1s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(j.verify().unwrap().last_checkpoint_seq, Some(5));
+}
+
+#[test]
 fn under_min_free_the_journal_fails_closed_before_writing() {
     let (_d, home) = key_home();
     let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
@@ -361,4 +401,41 @@ fn under_min_free_the_journal_fails_closed_before_writing() {
     assert!(st.disk_low, "{st:?}");
     assert_eq!(st.last_seq, 1, "nothing written under the margin");
     assert!(rt.block_on(j.record(ev(2))).is_err(), "still refused");
+}
+
+#[test]
+fn retune_applies_a_new_min_free_to_the_next_write() {
+    let (_d, home) = key_home();
+    let rt = rt();
+    let (free, _) = {
+        let j = Journal::open(&home, &settings(Durability::Strict)).unwrap();
+        rt.block_on(j.record(ev(0))).unwrap();
+        j.shutdown().unwrap();
+        crate::journal::space::free_space(&home.journal_db()).unwrap()
+    };
+    let s = settings(Durability::Strict);
+    let j = Journal::open(&home, &s).unwrap();
+    rt.block_on(j.record(ev(1))).unwrap();
+    // A reload raises the margin above the free space there is: refused.
+    let high = crate::journal::space::MinFree::Bytes(free.saturating_mul(2).max(1 << 20));
+    j.retune(&JournalSettings {
+        min_free: high,
+        ..s.clone()
+    })
+    .unwrap();
+    assert!(rt.block_on(j.record(ev(2))).is_err());
+    // Turned off by the next reload: the journal takes records again.
+    j.retune(&JournalSettings {
+        min_free: crate::journal::space::MinFree::Bytes(0),
+        ..s.clone()
+    })
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    while rt.block_on(j.record(ev(3))).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the journal did not resume"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

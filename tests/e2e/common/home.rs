@@ -104,6 +104,18 @@ impl TestHome {
         });
     }
 
+    /// Sets `[limits]` in a partner's file (replacing what it had).
+    pub fn set_partner_limits(&self, partner: &str, values: &[(&str, i64)]) {
+        let p = self.path().join("partners").join(format!("{partner}.toml"));
+        let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&p).unwrap().parse().unwrap();
+        let mut t = toml_edit::Table::new();
+        for (k, v) in values {
+            t[*k] = toml_edit::value(*v);
+        }
+        doc["limits"] = toml_edit::Item::Table(t);
+        std::fs::write(&p, doc.to_string()).unwrap();
+    }
+
     /// `partner add ID --route R...`.
     pub fn add_partner(&self, id: &str, routes: &[&str]) {
         let mut args = vec!["partner", "add", id];

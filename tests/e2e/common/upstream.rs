@@ -12,6 +12,7 @@
 //! `{"method", "path" (path and query as received), "headers" {name: value},
 //!   "client_cert_cn", "client_cert_uri", "client_cert_serial" (hex; or null),
 //!   "body_bytes", "trailers" {name: value} (request trailers; empty when none)}`.
+//! Its status is 200, or the one a request asks for in `X-Echo-Status`.
 #![allow(dead_code)] // not every helper is used by every test build
 
 use std::fmt;
@@ -324,6 +325,14 @@ async fn echo(
             .join(", ");
         headers.insert(name.as_str().to_string(), value.into());
     }
+    // `X-Echo-Status: 500` asks for that status (failure paths of callers).
+    let status = req
+        .headers()
+        .get("x-echo-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u16>().ok())
+        .and_then(|v| StatusCode::from_u16(v).ok())
+        .unwrap_or(StatusCode::OK);
     let mut body = req.into_body();
     let mut body_bytes = 0usize;
     let mut trailers = serde_json::Map::new();
@@ -358,7 +367,7 @@ async fn echo(
         seen.push(json);
     }
     let mut resp = Response::new(Full::new(Bytes::from(text)));
-    *resp.status_mut() = StatusCode::OK;
+    *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),

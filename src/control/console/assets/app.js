@@ -75,6 +75,9 @@ function renderOverview(o) {
   health.replaceChildren(
     el("span", { class: "badge" + (o.health.ready ? "" : " bad"), text: o.health.ready ? "ready" : "not ready" }),
     el("span", { class: "badge" + (o.health.journal_writable ? "" : " bad"), text: o.health.journal_writable ? "journal writable" : "journal failing closed" }),
+    ...((o.restart_pending || []).length
+      ? [el("span", { class: "badge bad", id: "restart-pending", text: "restart pending: " + o.restart_pending.join(", ") })]
+      : []),
   );
   document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
 
@@ -102,8 +105,10 @@ function renderOverview(o) {
     return el("tr", { "data-partner": p.id },
       el("td", {}, el("strong", { text: p.id }), el("div", { class: "muted", text: p.name })),
       el("td", { class: "status-" + p.status, text: p.status }),
-      el("td", {}, ...(p.routes && p.routes.length ? p.routes.map((r) => el("div", { class: "mono", text: r })) : [el("span", { class: "muted", text: "none (every call denied)" })])),
-      el("td", { text: limitsText(p.limits) }),
+      el("td", {}, ...routesCell(p)),
+      el("td", {}, el("div", { text: limitsText(p.limits) }), ...(p.value_today || []).map((v) =>
+        el("div", { class: "mono value-today", "data-currency": v.currency,
+          text: v.currency + " today " + v.today + (v.per_day ? " of " + v.per_day : "") + (v.per_call ? ", per call " + v.per_call : "") }))),
       el("td", {}, ...(certs.length ? certs : [el("span", { class: "muted", text: "no usable certificate" })])),
       el("td", { text: (w.requests || 0) + " req, " + (w.denials || 0) + " denied" }),
       el("td", { text: fmtMs(w.p50_ms) + " / " + fmtMs(w.p99_ms) }),
@@ -132,6 +137,19 @@ function renderOverview(o) {
 
   const charts = document.getElementById("charts");
   charts.replaceChildren(...o.partners.map(chart));
+}
+
+// Routes, with the high-risk ones listed apart.
+function routesCell(p) {
+  const high = p.high_risk_routes || [];
+  const normal = (p.routes || []).filter((r) => !high.includes(r));
+  if (!normal.length && !high.length) return [el("span", { class: "muted", text: "none (every call denied)" })];
+  const out = normal.map((r) => el("div", { class: "mono", text: r }));
+  if (high.length) {
+    out.push(el("div", { class: "muted", text: "high risk:" }));
+    out.push(...high.map((r) => el("div", { class: "mono high-risk", text: r })));
+  }
+  return out;
 }
 
 function chart(p) {

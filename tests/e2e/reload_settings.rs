@@ -1,0 +1,571 @@
+//! A reload never lies: each setting marked live in the inventory is put in
+//! force by SIGHUP (the new behaviour is observed, and the reload's admin
+//! record names the key), and a setting only a restart applies is reported
+//! as such (WARN line, `gatehouse status`, `/status`, the metric, the
+//! record, `gatehouse check`) until the restart puts it in force.
+
+use std::time::Duration;
+
+use http::Method;
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common;
+use common::broker::{
+    Broker, ClientCert, Conn, TestHome, admin_get, admin_request, client_tls, home_with_echo,
+    start_slow_upstream, tls_connect,
+};
+use common::upstream::{EchoOptions, start_echo_upstream};
+
+/// Status of one request on a fresh connection; 0 when the connection or
+/// the handshake failed.
+async fn fresh(b: &Broker, h: &TestHome, cert: &ClientCert, method: Method, body: &[u8]) -> u16 {
+    match Conn::open(b.addr, &h.ca_pem(), cert, false).await {
+        Err(_) => 0,
+        Ok(mut c) => match c.send(method, "/v1/orders", &[], body).await {
+            Ok(r) => r.status.as_u16(),
+            Err(_) => 0,
+        },
+    }
+}
+
+async fn get(b: &Broker, h: &TestHome, cert: &ClientCert) -> u16 {
+    fresh(b, h, cert, Method::GET, b"").await
+}
+
+/// Sends SIGHUP and waits (bounded) for the reload's admin record that
+/// names `key` as applied; returns its detail.
+async fn reload_applies(b: &Broker, h: &TestHome, key: &str) -> String {
+    b.signal("HUP");
+    let rec = h
+        .wait_journal(10, |v| {
+            v["reason"] == "config_reloaded"
+                && v["detail"]
+                    .as_str()
+                    .is_some_and(|d| applied_keys(d).iter().any(|k| k == key))
+        })
+        .await;
+    let Some(rec) = rec else {
+        panic!(
+            "no config_reloaded record names {key} as applied\n{}",
+            b.log()
+        );
+    };
+    rec["detail"].as_str().unwrap_or_default().to_string()
+}
+
+/// The keys after `applied: ` in a reload record's detail.
+fn applied_keys(detail: &str) -> Vec<String> {
+    let Some(rest) = detail.split("applied: ").nth(1) else {
+        return Vec::new();
+    };
+    let list = rest.split(';').next().unwrap_or_default();
+    list.split(", ").map(|k| k.trim().to_string()).collect()
+}
+
+/// Whether a plain TCP connection that never starts its TLS handshake is
+/// closed by the broker within `wait`.
+async fn closed_within(b: &Broker, wait: Duration) -> bool {
+    let mut tcp = TcpStream::connect(b.addr).await.expect("connect");
+    let mut buf = [0u8; 16];
+    matches!(
+        tokio::time::timeout(wait, tcp.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// Status of a GET carrying a header of `big`; 0 when the connection broke.
+async fn with_header(c: &mut Conn, big: &str) -> u16 {
+    c.send(Method::GET, "/v1/orders", &[("x-big", big)], b"")
+        .await
+        .map(|r| r.status.as_u16())
+        .unwrap_or(0)
+}
+
+fn set_value(h: &TestHome, table: &str, key: &str, value: impl Into<toml_edit::Value>) {
+    let v = value.into();
+    h.edit_config(|doc| doc[table][key] = toml_edit::Item::Value(v));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_server_settings_take_effect_on_sighup() {
+    let (h, _up, acme) = home_with_echo(&["GET,POST /v1/orders -> orders"]).await;
+    let b = h.start();
+
+    // [server] max_body_bytes: a 4 KiB body passes, then is refused (413).
+    let body = vec![b'x'; 4096];
+    assert_eq!(fresh(&b, &h, &acme, Method::POST, &body).await, 200);
+    h.set_server("max_body_bytes", 1024);
+    reload_applies(&b, &h, "server.max_body_bytes").await;
+    assert_eq!(fresh(&b, &h, &acme, Method::POST, &body).await, 413);
+
+    // [server] max_header_bytes: a 12 KB header passes the default 16 KiB,
+    // then is refused at 8 KiB (HTTP/1.1's smallest read buffer).
+    let big = "v".repeat(12_000);
+    let mut c = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    assert_eq!(with_header(&mut c, &big).await, 200);
+    h.set_server("max_header_bytes", 8192);
+    reload_applies(&b, &h, "server.max_header_bytes").await;
+    let mut c = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    assert_ne!(
+        with_header(&mut c, &big).await,
+        200,
+        "a 12 KB header over an 8 KiB limit"
+    );
+
+    // [server] idle_timeout: an idle keep-alive connection is closed.
+    h.set_server("idle_timeout", "1s");
+    reload_applies(&b, &h, "server.idle_timeout").await;
+    let mut c = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    assert_eq!(c.get("/v1/orders").await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(
+        c.get("/v1/orders").await.is_err(),
+        "the connection idle for 3 s outlived idle_timeout = 1s"
+    );
+
+    // [server] max_pending_handshakes_per_addr: a second unfinished
+    // handshake from the same address is closed at once.
+    let _first = TcpStream::connect(b.addr).await.unwrap();
+    assert!(!closed_within(&b, Duration::from_millis(1500)).await);
+    h.set_server("max_pending_handshakes_per_addr", 1);
+    reload_applies(&b, &h, "server.max_pending_handshakes_per_addr").await;
+    let _first = TcpStream::connect(b.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(closed_within(&b, Duration::from_secs(5)).await);
+    drop(_first);
+    h.set_server("max_pending_handshakes_per_addr", 256);
+    reload_applies(&b, &h, "server.max_pending_handshakes_per_addr").await;
+
+    // [server] handshake_timeout: a connection that never handshakes is
+    // cut after 1 s instead of 10 s.
+    h.set_server("handshake_timeout", "1s");
+    reload_applies(&b, &h, "server.handshake_timeout").await;
+    assert!(closed_within(&b, Duration::from_secs(6)).await);
+
+    // Nothing here waits for a restart: the reload said it all applied.
+    assert!(!b.log().contains("takes effect at restart"), "{}", b.log());
+    let (_, metrics) = admin_get(b.admin, "/metrics").await;
+    assert!(
+        metrics.contains("gatehouse_config_restart_pending 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_upstream_partner_monitor_journal_and_trust_settings_take_effect_on_sighup() {
+    let (h, up1, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    let up2 = start_echo_upstream(EchoOptions::default()).await;
+    let b = h.start();
+    assert_eq!(get(&b, &h, &acme).await, 200);
+    assert_eq!(up1.calls(), 1);
+
+    // [upstreams.orders] url: new requests go to the new upstream.
+    let ca2 = h.path().join("certs/orders2-ca.pem");
+    std::fs::write(&ca2, &up2.ca_pem).unwrap();
+    h.edit_config(|doc| {
+        doc["upstreams"]["orders"]["url"] = toml_edit::value(up2.url());
+        doc["upstreams"]["orders"]["ca"] = toml_edit::value(ca2.display().to_string());
+    });
+    reload_applies(&b, &h, "upstreams.orders.url").await;
+    assert_eq!(get(&b, &h, &acme).await, 200);
+    assert_eq!((up1.calls(), up2.calls()), (1, 1));
+    let seen = up2.seen();
+    assert!(seen[0]["headers"]["x-gatehouse-identity"].is_string());
+
+    // [upstreams.orders] signed_identity = false: no token any more.
+    h.edit_config(|doc| doc["upstreams"]["orders"]["signed_identity"] = toml_edit::value(false));
+    reload_applies(&b, &h, "upstreams.orders.signed_identity").await;
+    assert_eq!(get(&b, &h, &acme).await, 200);
+    let seen = up2.seen();
+    assert!(
+        seen[1]["headers"].get("x-gatehouse-identity").is_none(),
+        "{seen:?}"
+    );
+
+    // [upstreams.orders] server_name: a name the upstream's certificate
+    // does not carry fails verification (502), then passes again.
+    h.edit_config(|doc| {
+        doc["upstreams"]["orders"]["server_name"] = toml_edit::value("elsewhere.example")
+    });
+    reload_applies(&b, &h, "upstreams.orders.server_name").await;
+    assert_eq!(get(&b, &h, &acme).await, 502);
+    h.edit_config(|doc| doc["upstreams"]["orders"]["server_name"] = toml_edit::value("localhost"));
+    reload_applies(&b, &h, "upstreams.orders.server_name").await;
+    assert_eq!(get(&b, &h, &acme).await, 200);
+
+    // Partner limits: a rate of 1 per minute with a burst of 1.
+    h.set_partner_limits("acme", &[("requests_per_minute", 1), ("burst", 1)]);
+    reload_applies(&b, &h, "partners/acme.toml limits.requests_per_minute").await;
+    let statuses = [get(&b, &h, &acme).await, get(&b, &h, &acme).await];
+    assert!(statuses.contains(&429), "{statuses:?}");
+    h.set_partner_limits("acme", &[]);
+    reload_applies(&b, &h, "partners/acme.toml limits.requests_per_minute").await;
+    assert_eq!(get(&b, &h, &acme).await, 200);
+
+    // [monitor] expiry_warning_days: a 90-day certificate becomes "expiring".
+    let expiring =
+        |doc: &serde_json::Value| doc["partners"][0]["certificates"][0]["expiring"].clone();
+    let (_, s) = admin_get(b.admin, "/status").await;
+    assert_eq!(expiring(&serde_json::from_str(&s).unwrap()), false);
+    set_value(&h, "monitor", "expiry_warning_days", 3650);
+    reload_applies(&b, &h, "monitor.expiry_warning_days").await;
+    let (_, s) = admin_get(b.admin, "/status").await;
+    assert_eq!(expiring(&serde_json::from_str(&s).unwrap()), true, "{s}");
+
+    // [journal] checkpoint_every = 1: every record gets its checkpoint.
+    let checkpoints = || {
+        h.ok(&["log", "export", "--format", "jsonl"])
+            .lines()
+            .filter(|l| l.contains("\"type\":\"checkpoint\""))
+            .count()
+    };
+    let before = checkpoints();
+    set_value(&h, "journal", "checkpoint_every", 1);
+    reload_applies(&b, &h, "journal.checkpoint_every").await;
+    for _ in 0..3 {
+        assert_eq!(get(&b, &h, &acme).await, 200);
+    }
+    let mut after = checkpoints();
+    for _ in 0..50 {
+        if after >= before + 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = checkpoints();
+    }
+    assert!(after >= before + 3, "checkpoints {before} -> {after}");
+
+    // [journal] min_free: a margin larger than any disk fails the journal
+    // closed (503, nothing relayed unrecorded); "0" turns it off again.
+    // (The first reload's own record cannot be written: the log says it.)
+    set_value(&h, "journal", "min_free", "1000000TiB");
+    b.signal("HUP");
+    assert!(
+        b.wait_log("applied: journal.min_free", 10).await,
+        "{}",
+        b.log()
+    );
+    assert_eq!(get(&b, &h, &acme).await, 503);
+    set_value(&h, "journal", "min_free", "0");
+    b.signal("HUP");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get(&b, &h, &acme).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "the journal did not resume: {}", b.log());
+
+    // trust_domain: certificates of the old domain no longer identify a partner.
+    h.edit_config(|doc| doc["trust_domain"] = toml_edit::value("elsewhere.example"));
+    reload_applies(&b, &h, "trust_domain").await;
+    assert_ne!(get(&b, &h, &acme).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_setting_waits_and_says_so_until_the_restart() {
+    let (h, _up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    let mut b = h.start();
+    assert_eq!(get(&b, &h, &acme).await, 200);
+    let check = h.ok(&["check"]);
+    assert!(
+        check.contains("every setting in the files is in force"),
+        "{check}"
+    );
+
+    h.set_server("node_id", "node-b");
+    h.set_server("max_connections", 5000);
+    set_value(&h, "journal", "durability", "relaxed");
+    // `gatehouse check` asks the running broker and names both.
+    let check = h.ok(&["check"]);
+    assert!(
+        check.contains(
+            "takes effect at restart: journal.durability, server.max_connections, server.node_id"
+        ),
+        "{check}"
+    );
+    b.signal("HUP");
+    assert!(
+        b.wait_log("server.node_id changed: takes effect at restart", 10)
+            .await,
+        "{}",
+        b.log()
+    );
+    assert!(
+        b.log()
+            .contains("server.max_connections changed: takes effect at restart")
+    );
+    assert!(
+        b.log()
+            .contains("configuration reloaded, but not all of it is in force")
+    );
+    let rec = h
+        .wait_journal(10, |v| {
+            v["reason"] == "config_reloaded"
+                && v["detail"].as_str().is_some_and(|d| {
+                    d.contains("restart pending (takes effect at restart): journal.durability, server.max_connections, server.node_id")
+                })
+        })
+        .await
+        .unwrap_or_else(|| panic!("no reload record lists the pending keys\n{}", b.log()));
+    assert_eq!(rec["kind"], "admin");
+    // The old value is still in force, and every view says a restart is pending.
+    assert_eq!(rec["node"], "gatehouse-1");
+    let status = h.ok(&["status"]);
+    assert!(
+        status.contains(
+            "restart pending: journal.durability, server.max_connections, server.node_id"
+        ),
+        "{status}"
+    );
+    let (_, s) = admin_get(b.admin, "/status").await;
+    let doc: serde_json::Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(
+        doc["restart_pending"],
+        serde_json::json!([
+            "journal.durability",
+            "server.max_connections",
+            "server.node_id"
+        ])
+    );
+    let (_, metrics) = admin_get(b.admin, "/metrics").await;
+    assert!(
+        metrics.contains("gatehouse_config_restart_pending 1"),
+        "{metrics}"
+    );
+    // The console's overview carries the same list (shown as a badge).
+    let (_, overview) = admin_get(b.admin, "/api/overview").await;
+    let overview: serde_json::Value = serde_json::from_str(&overview).unwrap();
+    assert_eq!(overview["restart_pending"], doc["restart_pending"]);
+
+    // A restart puts the new value in force and clears the pending state.
+    b.signal("TERM");
+    let b = tokio::task::spawn_blocking(move || {
+        assert!(b.wait_exit(15).is_some(), "the broker did not stop");
+        b
+    })
+    .await
+    .unwrap();
+    drop(b);
+    let b = h.start();
+    assert_eq!(get(&b, &h, &acme).await, 200);
+    let (_, metrics) = admin_get(b.admin, "/metrics").await;
+    assert!(
+        metrics.contains("gatehouse_config_restart_pending 0"),
+        "{metrics}"
+    );
+    assert!(!h.ok(&["status"]).contains("restart pending"));
+    let last = h
+        .wait_journal(10, |v| v["kind"] == "exchange" && v["node"] == "node-b")
+        .await;
+    assert!(
+        last.is_some(),
+        "no exchange recorded by node-b after the restart"
+    );
+    let check = h.ok(&["check"]);
+    assert!(
+        check.contains("every setting in the files is in force"),
+        "{check}"
+    );
+}
+
+/// Whether a TLS connection that sends the start of a request head and
+/// then nothing is closed by the broker within `wait`.
+async fn stalled_head_closed_within(
+    b: &Broker,
+    h: &TestHome,
+    cert: &ClientCert,
+    wait: Duration,
+) -> bool {
+    let mut tls = tls_connect(b.addr, client_tls(&h.ca_pem(), Some(cert), &[b"http/1.1"]))
+        .await
+        .expect("connect");
+    tls.write_all(b"GET /v1/orders HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(wait, tls.read_to_end(&mut out))
+        .await
+        .is_ok()
+}
+
+/// In which order a slow request (`/v1/slow`, sent first) and a fast one
+/// (`/v1/orders`, sent 200 ms later) on one HTTP/2 connection are answered.
+async fn answer_order_on_one_h2_connection(
+    b: &Broker,
+    h: &TestHome,
+    cert: &ClientCert,
+) -> Vec<&'static str> {
+    use http_body_util::BodyExt;
+    let Conn::H2(send) = Conn::open(b.addr, &h.ca_pem(), cert, true).await.unwrap() else {
+        panic!("the broker did not negotiate HTTP/2");
+    };
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let call = |path: &'static str| {
+        let mut send = send.clone();
+        let order = order.clone();
+        tokio::spawn(async move {
+            let req = http::Request::get(format!("https://localhost{path}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            send.ready().await.unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+            resp.into_body().collect().await.unwrap();
+            let name = if path == "/v1/slow" { "slow" } else { "fast" };
+            order.lock().unwrap().push(name);
+        })
+    };
+    let slow = call("/v1/slow");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fast = call("/v1/orders");
+    slow.await.unwrap();
+    fast.await.unwrap();
+    order.lock().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_timeouts_new_upstreams_and_ca_defaults_take_effect_on_sighup() {
+    let (h, _up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    let slow = start_slow_upstream(Duration::from_millis(1500), "slow answer").await;
+    h.add_upstream("slow", &format!("http://{slow}"), None);
+    let p = h.path().join("partners/acme.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        format!(
+            "{text}\n[[routes]]\nmethods = [\"GET\"]\npath = \"/v1/slow\"\nupstream = \"slow\"\n"
+        ),
+    )
+    .unwrap();
+    let b = h.start();
+    let slow_status = || async {
+        match Conn::open(b.addr, &h.ca_pem(), &acme, false).await {
+            Err(_) => 0,
+            Ok(mut c) => c
+                .get("/v1/slow")
+                .await
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0),
+        }
+    };
+
+    // [server] h2_max_concurrent_streams: with 1, a fast request sent
+    // beside a slow one on the same HTTP/2 connection waits for it.
+    assert_eq!(
+        answer_order_on_one_h2_connection(&b, &h, &acme).await,
+        ["fast", "slow"]
+    );
+    h.set_server("h2_max_concurrent_streams", 1);
+    reload_applies(&b, &h, "server.h2_max_concurrent_streams").await;
+    assert_eq!(
+        answer_order_on_one_h2_connection(&b, &h, &acme).await,
+        ["slow", "fast"]
+    );
+
+    // [upstreams.slow] response_timeout: 3 s lets a 1.5 s answer through, 1 s does not.
+    assert_eq!(slow_status().await, 200);
+    h.edit_config(|doc| doc["upstreams"]["slow"]["response_timeout"] = toml_edit::value("1s"));
+    reload_applies(&b, &h, "upstreams.slow.response_timeout").await;
+    assert_eq!(slow_status().await, 504);
+
+    // [server] header_timeout: a request head that stalls is cut.
+    assert!(!stalled_head_closed_within(&b, &h, &acme, Duration::from_millis(2500)).await);
+    h.set_server("header_timeout", "1s");
+    reload_applies(&b, &h, "server.header_timeout").await;
+    assert!(stalled_head_closed_within(&b, &h, &acme, Duration::from_secs(8)).await);
+
+    // A new upstream and a route to it, in one change of both files.
+    let billing = start_echo_upstream(EchoOptions::default()).await;
+    h.add_echo_upstream("billing", &billing);
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        format!("{text}\n[[routes]]\nmethods = [\"GET\"]\npath = \"/v1/billing\"\nupstream = \"billing\"\n"),
+    )
+    .unwrap();
+    let detail = reload_applies(&b, &h, "upstreams.billing.url").await;
+    assert!(
+        detail.contains("partners/acme.toml routes[2].upstream"),
+        "{detail}"
+    );
+    let mut c = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    assert_eq!(c.get("/v1/billing").await.unwrap().status, 200);
+    assert_eq!(billing.calls(), 1);
+
+    // [ca] default_days: the next certificate issued takes it.
+    set_value(&h, "ca", "default_days", 5);
+    reload_applies(&b, &h, "ca.default_days").await;
+    h.add_partner("beta", &["GET /v1/orders -> orders"]);
+    let beta = h.issue("beta");
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(beta.cert_pem.as_bytes()).unwrap();
+    let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let days = (x.validity().not_after.timestamp() - x.validity().not_before.timestamp()) / 86_400;
+    assert!((4..=6).contains(&days), "{days} days");
+
+    // [server] drain_timeout: a stop waits 1 s for the request in flight
+    // (the upstream takes 1.5 s), so it is cut instead of answered.
+    h.set_server("drain_timeout", "1s");
+    h.edit_config(|doc| doc["upstreams"]["slow"]["response_timeout"] = toml_edit::value("5s"));
+    reload_applies(&b, &h, "server.drain_timeout").await;
+    let mut c = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    let in_flight = tokio::spawn(async move { c.get("/v1/slow").await.map(|r| r.status.as_u16()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.signal("TERM");
+    let answered = in_flight.await.unwrap();
+    assert!(
+        !matches!(answered, Ok(200)),
+        "the request outlived drain_timeout = 1s: {answered:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_file_is_read_from_the_live_configuration() {
+    let (h, _up, _acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    std::fs::write(h.path().join("token-a"), "first-token\n").unwrap();
+    std::fs::write(h.path().join("token-b"), "second-token\n").unwrap();
+    h.set_server("admin_public", true);
+    h.set_server("admin_token_file", "token-a");
+    let b = h.start();
+    let status_with = |token: &'static str| async move {
+        let auth = format!("Bearer {token}");
+        admin_request(b.admin, "/status", &[("authorization", &auth)])
+            .await
+            .0
+    };
+    assert_eq!(status_with("first-token").await, 200);
+    assert_eq!(status_with("second-token").await, 401);
+    h.set_server("admin_token_file", "token-b");
+    reload_applies(&b, &h, "server.admin_token_file").await;
+    assert_eq!(status_with("second-token").await, 200);
+    assert_eq!(status_with("first-token").await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_finishes_on_the_upstream_it_started_with() {
+    let old = start_slow_upstream(Duration::from_millis(1500), "old upstream").await;
+    let h = TestHome::new();
+    h.add_upstream("orders", &format!("http://{old}"), None);
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    let acme = h.issue("acme");
+    let new = start_echo_upstream(EchoOptions::default()).await;
+    let b = h.start();
+
+    let mut c = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    let in_flight =
+        tokio::spawn(async move { c.get("/v1/orders").await.map(|r| (r.status, r.body)) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.add_echo_upstream("orders", &new);
+    reload_applies(&b, &h, "upstreams.orders.url").await;
+    // New requests go to the new upstream at once...
+    assert_eq!(get(&b, &h, &acme).await, 200);
+    assert_eq!(new.calls(), 1);
+    // ...while the one in flight is answered by the old one.
+    let (status, body) = in_flight.await.unwrap().expect("answered");
+    assert_eq!(status, 200);
+    assert!(body.contains("old upstream"), "{body}");
+}
