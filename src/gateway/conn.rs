@@ -184,6 +184,8 @@ async fn handle_connection(
     };
     // Renewal may replace a successor only while it was never used.
     gw.seen.handshake(&gw.live.home, &identity.serial);
+    // A certificate from the partner's own CA: its expiry is watched too.
+    gw.events.monitor().presented().note(&identity);
     let (idle_timeout, write_timeout) = {
         let s = gw.live.snapshot();
         (

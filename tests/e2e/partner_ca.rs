@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::broker::{ClientCert, Conn, TestHome, get_once};
+use common::broker::{ClientCert, Conn, TestHome, admin_request, get_once};
 use common::stacks::{self, Client, PartnerFiles};
 use common::upstream::{EchoOptions, start_echo_upstream};
 
@@ -169,6 +169,12 @@ async fn a_partners_own_ca_speaks_for_that_partner_and_that_name_only() {
         shown.contains("own CA") && shown.contains("bank-root.pem"),
         "{shown}"
     );
+    let shown: serde_json::Value =
+        serde_json::from_str(&h.ok(&["partner", "show", "acme", "--json"])).unwrap();
+    assert_eq!(
+        shown["partner"]["own_ca"]["match_san_uri"], acme_uri,
+        "{shown}"
+    );
     let broker = h.start();
     let roots = h.roots_pem();
     std::fs::write(dir.join("broker-roots.pem"), &roots).unwrap();
@@ -199,6 +205,56 @@ async fn a_partners_own_ca_speaks_for_that_partner_and_that_name_only() {
             answer.body
         );
     }
+
+    // acme's certificate ends in 10 days, inside the 14-day warning
+    // window: the alert says we cannot renew it and whom to ask.
+    let alert = h
+        .wait_journal(10, |r| {
+            r["reason"] == "cert_expiry" && r["partner"] == "acme"
+        })
+        .await
+        .unwrap_or_else(|| panic!("no expiry alert for acme's own-CA certificate"));
+    let detail = alert["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("cannot renew")
+            && detail.contains("ask partner acme")
+            && detail.contains("bank Root CA"),
+        "{detail}"
+    );
+    // The console says whose CA acme uses, and shows the certificate it
+    // presented, expiring.
+    let (code, _, body) = admin_request(broker.admin, "/api/overview", &[]).await;
+    assert_eq!(code, 200, "{body}");
+    let o: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let row = o["partners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "acme")
+        .cloned()
+        .unwrap();
+    assert!(
+        row["own_ca"]["issuer"]
+            .as_str()
+            .is_some_and(|i| i.contains("bank Root CA")),
+        "{row}"
+    );
+    assert_eq!(
+        row["own_ca"]["name"],
+        format!("URI SAN {acme_uri}"),
+        "{row}"
+    );
+    let presented = &row["certificates"][0];
+    assert_eq!(presented["state"], "presented", "{row}");
+    assert_eq!(presented["expiring"], true, "{row}");
+    assert!(
+        o["expiring"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["partner"] == "acme" && w["issuer"].is_string()),
+        "{body}"
+    );
 
     // Another name, our SPIFFE URI, or globex's name from the bank's CA:
     // refused at the handshake, never at the upstream.
@@ -319,5 +375,86 @@ async fn a_partners_own_ca_speaks_for_that_partner_and_that_name_only() {
         "{own}"
     );
     assert!(records.iter().any(|r| r["reason"] == "key_pin_mismatch"));
+    drop(broker);
+}
+
+/// `partner trust` on a running broker, the CA and CRL in a folder it did
+/// not watch when it started: the reload puts the CA in force (its keys
+/// reported as applied), and a revocation in that CRL bites within seconds,
+/// not at the slow safety poll, because the reload watches the new folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_ca_trusted_while_running_is_in_force_and_its_crl_is_watched() {
+    if !openssl_available() {
+        return;
+    }
+    let h = TestHome::new();
+    let up = start_echo_upstream(EchoOptions::default()).await;
+    h.add_echo_upstream("orders", &up);
+    h.add_partner("acme", &["GET /v1/orders -> orders"]);
+    let broker = h.start();
+    let roots = h.roots_pem();
+    // Outside the home, made after the start.
+    let pki = tempfile::tempdir().unwrap();
+    let dir = pki.path();
+    make_ca(dir, "bank");
+    let acme_uri = "https://bank.example/clients/acme";
+    make_leaf(dir, "bank", "acme1", "acme-api", &format!("URI:{acme_uri}"));
+    let acme1 = client(dir, "acme1");
+    let r = get_once(broker.addr, &roots, &acme1, "/v1/orders").await;
+    assert!(r.is_err(), "a CA nobody trusts: {r:?}");
+
+    let s = |p: PathBuf| p.to_string_lossy().into_owned();
+    h.ok(&[
+        "partner",
+        "trust",
+        "acme",
+        "--ca",
+        &s(dir.join("bank-root.pem")),
+        "--match-san-uri",
+        acme_uri,
+        "--crl",
+        &s(dir.join("bank-crl.pem")),
+    ]);
+    let status_within = |deadline: Duration, want_ok: bool| {
+        let (addr, roots, acme1) = (broker.addr, roots.clone(), acme1.clone());
+        async move {
+            let start = Instant::now();
+            while start.elapsed() < deadline {
+                let ok = get_once(addr, &roots, &acme1, "/v1/orders")
+                    .await
+                    .is_ok_and(|r| r.status == 200);
+                if ok == want_ok {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    assert!(
+        status_within(Duration::from_secs(5), true).await,
+        "the CA trusted while running is not in force"
+    );
+    let reload = h
+        .wait_journal(5, |r| {
+            r["reason"] == "config_reloaded"
+                && r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("partners/acme.toml own_ca.ca"))
+        })
+        .await;
+    assert!(reload.is_some(), "no reload record naming own_ca.ca");
+
+    // Revoked in the CRL of the new folder: refused well before the
+    // 10-second safety poll would have looked.
+    bash(
+        dir,
+        "openssl ca -config bank.cnf -revoke acme1-leaf.pem -keyfile bank-int.key -cert bank-int.pem 2>/dev/null && \
+         openssl ca -config bank.cnf -gencrl -keyfile bank-int.key -cert bank-int.pem -out bank-crl.pem 2>/dev/null",
+    );
+    assert!(
+        status_within(Duration::from_secs(3), false).await,
+        "a revocation in the partner's CRL, kept in a folder named by a reload, did not bite"
+    );
     drop(broker);
 }
