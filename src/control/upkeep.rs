@@ -19,6 +19,7 @@ use crate::guard::EventSink;
 use crate::guard::alerts::AlertNotice;
 use crate::guard::monitor::{ExpiryWarning, expiring};
 use crate::timefmt::rfc3339;
+use crate::tls::partner_ca::PartnerCa;
 
 /// How often the upkeep runs.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(600);
@@ -45,7 +46,7 @@ pub async fn run(live: Arc<Live>, events: Arc<EventSink>, mut shutdown: watch::R
         if presented_only {
             continue;
         }
-        for (key, notice) in own_ca_warnings(&live, now, days) {
+        for (key, notice) in own_ca_warnings(&live.snapshot().partner_cas, now, days) {
             if warned.insert(key) {
                 events.raise_notice(notice);
             }
@@ -115,21 +116,21 @@ fn partner_notice(w: &ExpiryWarning) -> AlertNotice {
 
 /// Partners' own CAs (their root certificates) that end within the
 /// warning window: (a key for the warned set, alert).
-fn own_ca_warnings(live: &Live, now: OffsetDateTime, days: u32) -> Vec<(String, AlertNotice)> {
-    let snapshot = live.snapshot();
+fn own_ca_warnings(
+    cas: &[Arc<PartnerCa>],
+    now: OffsetDateTime,
+    days: u32,
+) -> Vec<(String, AlertNotice)> {
     let horizon = now.unix_timestamp() + i64::from(days) * 86_400;
-    snapshot
-        .partner_cas
-        .iter()
+    cas.iter()
         .filter(|ca| ca.not_after_unix <= horizon)
         .map(|ca| {
             let left = ca.not_after_unix - now.unix_timestamp();
             let not_after = OffsetDateTime::from_unix_timestamp(ca.not_after_unix)
                 .map(rfc3339)
                 .unwrap_or_default();
-            let verb = if left > 0 { "expires" } else { "expired" };
             let message = format!(
-                "partner {}'s own CA ({}) {verb} {not_after} ({} days): certificates from it stop working then, and gatehouse cannot renew it: ask partner {} for its new CA chain and run `gatehouse partner trust {} --ca NEW.pem ...`",
+                "partner {}'s own CA ({}) ends {not_after} ({} days): certificates from it stop working then, and gatehouse cannot renew it: ask partner {} for its new CA chain and run `gatehouse partner trust {} --ca NEW.pem ...`",
                 ca.partner,
                 ca.issuer,
                 left / 86_400,
@@ -205,4 +206,53 @@ fn broker_cert_warnings(live: &Live) -> Vec<(String, AlertNotice)> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{NameMatch, OwnCa};
+
+    /// A partner's root that ends `days` from now, built as the broker does.
+    fn partner_ca(dir: &std::path::Path, partner: &str, days: i64) -> Arc<PartnerCa> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{partner} Root CA"));
+        p.not_after = OffsetDateTime::now_utc() + time::Duration::days(days);
+        let pem = p.self_signed(&key).unwrap().pem();
+        let file = dir.join(format!("{partner}.pem"));
+        std::fs::write(&file, pem).unwrap();
+        let own = OwnCa {
+            ca: file,
+            name: NameMatch::SubjectCn(format!("{partner}-api")),
+            pin_spki: Vec::new(),
+            crl: None,
+        };
+        Arc::new(PartnerCa::build(partner, &own, |p| p.to_path_buf()).unwrap())
+    }
+
+    #[test]
+    fn a_partners_own_ca_near_its_end_asks_for_its_new_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = [
+            partner_ca(dir.path(), "bank", 5),
+            partner_ca(dir.path(), "telco", 300),
+        ];
+        let w = own_ca_warnings(&cas, OffsetDateTime::now_utc(), 14);
+        assert_eq!(w.len(), 1, "{w:?}");
+        let (_, notice) = &w[0];
+        assert_eq!(notice.kind, "cert_expiry");
+        assert_eq!(notice.partner.as_deref(), Some("bank"));
+        assert!(
+            notice.message.contains("bank Root CA")
+                && notice
+                    .message
+                    .contains("ask partner bank for its new CA chain"),
+            "{}",
+            notice.message
+        );
+        assert!(own_ca_warnings(&cas, OffsetDateTime::now_utc(), 3).is_empty());
+    }
 }
