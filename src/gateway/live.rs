@@ -425,7 +425,13 @@ impl Live {
     pub fn load(home: Home) -> Result<Live, LiveError> {
         let mut cache = config::PartnerCache::default();
         let stamps = compute_stamps(&home, None, Vec::new());
-        let snapshot = build(&home, None, &mut cache, stamps)?;
+        let mut snapshot = build(&home, None, &mut cache, stamps)?;
+        // Partners' own CA files are known once the partner files are read:
+        // stamped now, so the first look does not take them for a change.
+        let own_files = own_ca_files(&home, &snapshot);
+        if !own_files.is_empty() {
+            snapshot.stamps.tls = compute_stamps(&home, None, own_files).tls;
+        }
         let gateway = snapshot.gateway.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(SnapshotCell(Arc::new(snapshot))));
         let tls = build_tls(&home, &gateway, snapshot.clone())?;

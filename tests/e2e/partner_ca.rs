@@ -293,6 +293,12 @@ async fn a_partners_own_ca_speaks_for_that_partner_and_that_name_only() {
             pin,
         ])
     };
+    // Nothing changed since the start: the own CA's files were stamped
+    // then, so no look took them for a change.
+    assert!(
+        !h.journal().iter().any(|r| r["reason"] == "config_reloaded"),
+        "a reload without a change"
+    );
     trust_with_pin(&"ab".repeat(32));
     let acme1 = client(&dir, "acme1");
     let refused_within = |deadline: Duration, expect_ok: bool| {
