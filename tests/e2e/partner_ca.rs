@@ -464,3 +464,54 @@ async fn an_own_ca_trusted_while_running_is_in_force_and_its_crl_is_watched() {
     );
     drop(broker);
 }
+
+/// `gatehouse check` judges `[own_ca]` as the broker would: a CA file that
+/// cannot be used, and one name claimed by two partners, are problems
+/// named with their file; a usable CA passes.
+#[test]
+fn check_names_an_own_ca_the_broker_could_not_use() {
+    if !openssl_available() {
+        return;
+    }
+    let h = TestHome::new();
+    h.add_partner("acme", &[]);
+    h.add_partner("globex", &[]);
+    let dir = h.path().join("pki");
+    std::fs::create_dir_all(&dir).unwrap();
+    make_ca(&dir, "bank");
+    let set_own_ca = |id: &str, ca: &str, cn: &str| {
+        let path = h.path().join(format!("partners/{id}.toml"));
+        let mut doc: toml_edit::DocumentMut =
+            std::fs::read_to_string(&path).unwrap().parse().unwrap();
+        let mut t = toml_edit::Table::new();
+        t["ca"] = toml_edit::value(ca);
+        t["match_subject_cn"] = toml_edit::value(cn);
+        doc["own_ca"] = toml_edit::Item::Table(t);
+        std::fs::write(&path, doc.to_string()).unwrap();
+    };
+    let check = || {
+        let out = h.run(&["check"]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    assert!(check().0, "{}", check().1);
+
+    set_own_ca("acme", "pki/missing-root.pem", "acme-api");
+    let (ok, text) = check();
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("acme.toml") && text.contains("missing-root.pem"),
+        "{text}"
+    );
+
+    set_own_ca("acme", "pki/bank-root.pem", "shared-api");
+    assert!(check().0, "{}", check().1);
+    set_own_ca("globex", "pki/bank-root.pem", "shared-api");
+    let (ok, text) = check();
+    assert!(!ok, "{text}");
+    assert!(text.contains("already partner"), "{text}");
+}
