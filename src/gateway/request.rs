@@ -4,7 +4,10 @@
 //! partner's side) → limit (rate, quota, concurrency, body size) →
 //! signature (a route that requires one: RFC 9421, nonce never twice) →
 //! value (a route with a `value`: amount within the partner's value
-//! limits, reserved) → build the upstream request → relay. Each phase returns
+//! limits, reserved) → build the upstream request → relay, with, when the
+//! route's upstream has a `mirror` and this request is chosen, its copy
+//! sent first in a task of its own (`mirror`; the partner never waits for
+//! it) and the live answer tapped for the comparison. Each phase returns
 //! `Result<_, Refusal>`; `respond::finish` turns the outcome into the
 //! response and the record, the same way for every phase. Certificates
 //! have their own door (`certificates`); nothing here reaches the CA.
