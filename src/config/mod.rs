@@ -11,6 +11,7 @@ pub mod cluster;
 mod common;
 mod gateway;
 pub mod min_free;
+pub mod mirror;
 mod partner;
 mod render;
 pub mod settings;
@@ -19,6 +20,7 @@ mod upstream;
 pub use cluster::{ClusterSettings, OnStoreFailure};
 pub use common::*;
 pub use gateway::*;
+pub use mirror::MirrorSettings;
 pub use partner::*;
 pub use render::*;
 pub use upstream::*;
@@ -48,6 +50,28 @@ mod tests {
         let text = default_gateway_toml("gatehouse.local")
             + "\n[upstreams.orders]\nurl = \"http://127.0.0.1:8080\"\n";
         parse_gateway(Path::new("gatehouse.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn own_ca_needs_one_name_never_in_our_trust_domain_and_sha256_pins() {
+        let file = |own: &str| format!("id = \"acme\"\n[own_ca]\nca = \"bank.pem\"\n{own}");
+        let parse = |own: &str| parse_partner(Path::new("partners/acme.toml"), &file(own), &gw());
+        let p = parse("match_subject_cn = \"acme-api\"\npin_spki = [\"AB:CD\"]");
+        assert!(p.is_err(), "a short pin");
+        let p = parse(&format!(
+            "match_subject_cn = \"acme-api\"\npin_spki = [\"{}\"]",
+            "AB".repeat(32)
+        ))
+        .unwrap();
+        let own = p.own_ca.unwrap();
+        assert_eq!(own.name, NameMatch::SubjectCn("acme-api".into()));
+        assert_eq!(own.pin_spki, vec!["ab".repeat(32)]);
+        assert!(parse("").is_err(), "no name to match");
+        assert!(parse("match_subject_cn = \"a\"\nmatch_san_dns = \"a.example\"").is_err());
+        let err = parse("match_san_uri = \"spiffe://gatehouse.local/partner/globex\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trust domain"), "{err}");
     }
 
     #[test]
@@ -116,6 +140,7 @@ mod tests {
             limits: LimitSpec::default(),
             on_anomaly: Default::default(),
             renewal_window: None,
+            own_ca: None,
             pin: Default::default(),
             routes: vec![parse_route_arg("GET /v1/orders -> orders").unwrap()],
             value_limits: Default::default(),

@@ -121,6 +121,16 @@ pub const SETTINGS: &[Setting] = &[
     live(G, "upstreams.*.signed_identity", "add the signed identity token; next request"),
     live(G, "upstreams.*.endpoints", "the pool's endpoints; the pool is rebuilt"),
     live(G, "upstreams.*.split", "weights of a split's sides (sticky per partner); next request"),
+    live(G, "upstreams.*.mirror", "mirroring on or off; the next request is mirrored by the new setting"),
+    live(G, "upstreams.*.mirror.to", "the candidate upstream the copies go to; next request"),
+    live(G, "upstreams.*.mirror.percent", "share of eligible requests mirrored; next request"),
+    live(G, "upstreams.*.mirror.methods", "methods mirrored (default GET, HEAD, OPTIONS); next request"),
+    live(G, "upstreams.*.mirror.compare", "compare the candidate's answer with the live one; next request"),
+    live(G, "upstreams.*.mirror.ignore_headers", "response headers left out of the comparison; next request"),
+    live(G, "upstreams.*.mirror.ignore_json", "JSON pointers left out of the comparison (`*`: any array element); next request"),
+    live(G, "upstreams.*.mirror.max_in_flight", "mirrored requests in flight at most (beyond: dropped); next request"),
+    live(G, "upstreams.*.mirror.timeout", "longest a mirrored request may take; next request"),
+    live(G, "upstreams.*.mirror.baseline", "the side sampled twice to learn noise; next request (learned noise is kept per route)"),
     live(G, "upstreams.*.balance", "least_request or round_robin; the pool is rebuilt"),
     live(G, "upstreams.*.max_in_flight", "requests the backend sees at once; the pool is rebuilt"),
     live(G, "upstreams.*.queue.size", "requests waiting for a place; the pool is rebuilt"),
@@ -161,6 +171,12 @@ pub const SETTINGS: &[Setting] = &[
     live(P, "signing", "the partner signs its requests: its high-risk routes require a signature"),
     live(P, "signing_keys[].id", "the keyid a signature names this key by"),
     live(P, "signing_keys[].public_key", "PEM file of a key the partner signs with; read at reload"),
+    live(P, "own_ca.ca", "the partner's own CA (its roots, PEM): its certificates are verified against it; the partner-facing TLS configuration is rebuilt, and again whenever the file changes"),
+    live(P, "own_ca.match_san_uri", "the URI SAN its certificates must carry; next handshake"),
+    live(P, "own_ca.match_san_dns", "the DNS SAN its certificates must carry; next handshake"),
+    live(P, "own_ca.match_subject_cn", "the subject CN its certificates must carry; next handshake"),
+    live(P, "own_ca.pin_spki", "SHA-256 pins of the keys accepted from its CA; next handshake"),
+    live(P, "own_ca.crl", "the partner's CRL (PEM): checked at each handshake and request, re-read whenever the file changes"),
     live(P, "routes[].methods", "methods the route grants"),
     live(P, "routes[].path", "path prefix the route grants"),
     live(P, "routes[].upstream", "upstream the route relays to"),
@@ -398,6 +414,7 @@ fn flatten_upstream(f: &mut Flat, name: &str, u: &UpstreamSettings) {
         outlier,
         dns_refresh,
         split,
+        mirror,
     } = u;
     let mut put = |field: &str, pattern: &'static str, value: String| {
         let key = if field.is_empty() {
@@ -517,6 +534,60 @@ fn flatten_upstream(f: &mut Flat, name: &str, u: &UpstreamSettings) {
     );
     put("dns_refresh", "upstreams.*.dns_refresh", dur(dns_refresh));
     put("split", "upstreams.*.split", format!("{split:?}"));
+    match mirror {
+        None => put("mirror", "upstreams.*.mirror", "(unset)".into()),
+        Some(m) => {
+            put("mirror", "upstreams.*.mirror", "(set)".into());
+            let crate::config::MirrorSettings {
+                to,
+                percent,
+                methods,
+                compare,
+                ignore_headers,
+                ignore_json,
+                max_in_flight,
+                timeout,
+                baseline,
+            } = m;
+            put("mirror.to", "upstreams.*.mirror.to", text(to));
+            put(
+                "mirror.percent",
+                "upstreams.*.mirror.percent",
+                percent.to_string(),
+            );
+            put(
+                "mirror.methods",
+                "upstreams.*.mirror.methods",
+                format!("{methods:?}"),
+            );
+            put(
+                "mirror.compare",
+                "upstreams.*.mirror.compare",
+                compare.to_string(),
+            );
+            put(
+                "mirror.ignore_headers",
+                "upstreams.*.mirror.ignore_headers",
+                format!("{ignore_headers:?}"),
+            );
+            put(
+                "mirror.ignore_json",
+                "upstreams.*.mirror.ignore_json",
+                format!("{ignore_json:?}"),
+            );
+            put(
+                "mirror.max_in_flight",
+                "upstreams.*.mirror.max_in_flight",
+                max_in_flight.to_string(),
+            );
+            put("mirror.timeout", "upstreams.*.mirror.timeout", dur(timeout));
+            put(
+                "mirror.baseline",
+                "upstreams.*.mirror.baseline",
+                opt(baseline, |b| text(b)),
+            );
+        }
+    }
 }
 
 /// Every key of one partner file, as `partners/<id>.toml <key>`.
@@ -533,6 +604,7 @@ pub fn flatten_partner(p: &Partner) -> Flat {
         value_limits,
         signing,
         signing_keys,
+        own_ca,
     } = p;
     let mut f = Flat::default();
     let file = format!("partners/{id}.toml");
@@ -585,6 +657,27 @@ pub fn flatten_partner(p: &Partner) -> Flat {
             "signing_keys[].public_key",
             format!("{} (sha256 {})", text(public_key), &digest[..16]),
         );
+    }
+    if let Some(own) = own_ca {
+        let OwnCa {
+            ca,
+            name,
+            pin_spki,
+            crl,
+        } = own;
+        put("own_ca.ca".into(), "own_ca.ca", path(ca));
+        let pattern = match name {
+            NameMatch::SanUri(_) => "own_ca.match_san_uri",
+            NameMatch::SanDns(_) => "own_ca.match_san_dns",
+            NameMatch::SubjectCn(_) => "own_ca.match_subject_cn",
+        };
+        put(pattern.into(), pattern, text(name.value()));
+        put(
+            "own_ca.pin_spki".into(),
+            "own_ca.pin_spki",
+            format!("{pin_spki:?}"),
+        );
+        put("own_ca.crl".into(), "own_ca.crl", opt(crl, |p| path(p)));
     }
     for (i, r) in routes.iter().enumerate() {
         let RouteSpec {
@@ -850,6 +943,11 @@ client_key = "c.key"
 max_in_flight = 10
 per_try_timeout = "1s"
 health = { path = "/healthz" }
+mirror = { to = "orders-v2", percent = 5, methods = ["GET", "POST"], compare = true, ignore_headers = ["x-trace"], ignore_json = ["/generated_at"], max_in_flight = 8, timeout = "2s", baseline = "orders-legacy" }
+[upstreams.orders-v2]
+url = "http://127.0.0.1:9444"
+[upstreams.orders-legacy]
+url = "http://127.0.0.1:9445"
 "#;
         let g = parse_gateway(Path::new("gatehouse.toml"), text).unwrap();
         let p = Partner {
@@ -893,8 +991,34 @@ health = { path = "/healthz" }
                 public_key: "keys/k1.pem".into(),
                 spki: vec![1, 2, 3],
             }],
+            own_ca: Some(OwnCa {
+                ca: "pki/bank-root.pem".into(),
+                name: NameMatch::SanUri("https://bank.example/clients/acme".into()),
+                pin_spki: vec!["ab".repeat(32)],
+                crl: Some("pki/bank-crl.pem".into()),
+            }),
         };
         (g, p)
+    }
+
+    /// `p` once per kind of name its own CA may match (one kind a file).
+    fn with_every_name_match(p: &Partner) -> Vec<Partner> {
+        [
+            NameMatch::SanUri("https://bank.example/clients/acme".into()),
+            NameMatch::SanDns("acme.example".into()),
+            NameMatch::SubjectCn("acme-api".into()),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut q = p.clone();
+            q.id = format!("{}{i}", p.id);
+            if let Some(own) = &mut q.own_ca {
+                own.name = name;
+            }
+            q
+        })
+        .collect()
     }
 
     /// Leaf keys of a serialized value, `*` for upstream names and `[]`
@@ -933,7 +1057,9 @@ health = { path = "/healthz" }
     #[test]
     fn every_key_has_a_decision_and_every_decision_a_key() {
         let (g, p) = populated();
-        let flat = flatten(&g, &[&p]);
+        let variants = with_every_name_match(&p);
+        let partners: Vec<&Partner> = variants.iter().collect();
+        let flat = flatten(&g, &partners);
         let mut emitted = BTreeSet::new();
         for (key, v) in &flat.0 {
             let file = file_of(key);
@@ -965,7 +1091,9 @@ health = { path = "/healthz" }
             );
         }
         let mut keys = BTreeSet::new();
-        leaves(&toml::Value::try_from(&p).unwrap(), "", &mut keys);
+        for p in with_every_name_match(&p) {
+            leaves(&toml::Value::try_from(&p).unwrap(), "", &mut keys);
+        }
         for k in &keys {
             assert!(
                 setting(SettingsFile::Partner, k).is_some(),

@@ -95,6 +95,21 @@ pub async fn overview(shared: &Arc<AdminView>) -> Response<Full<Bytes>> {
                     .map(|r| Value::from(r.describe()))
                     .collect();
                 row["value_today"] = crate::control::view::value_today(&shared.live.values, p, now);
+                // Whose CA the partner's certificates come from.
+                if let Some(own) = &p.own_ca {
+                    let issuer = snapshot
+                        .partner_cas
+                        .iter()
+                        .find(|c| c.partner == p.id)
+                        .map(|c| c.issuer.clone());
+                    row["own_ca"] = json!({
+                        "issuer": issuer,
+                        "ca": own.ca.display().to_string(),
+                        "name": own.name.describe(),
+                        "pinned_keys": own.pin_spki.len(),
+                        "crl": own.crl.as_ref().map(|c| c.display().to_string()),
+                    });
+                }
             }
             row["series"] = json!(shared.events.monitor().recent_series(&id, now));
             row["denial_reasons"] = json!(reasons.get(&id).cloned().unwrap_or_default());
@@ -103,6 +118,7 @@ pub async fn overview(shared: &Arc<AdminView>) -> Response<Full<Bytes>> {
     let journal = shared.events.writable();
     let listening = shared.connections.listening();
     status["upstreams"] = crate::upstream::status_json(&snapshot.upstreams);
+    status["mirrors"] = shared.live.mirrors.status_json(now);
     status["node"] = json!(shared.events.node());
     status["expiry_warning_days"] = json!(warn_days);
     // Settings changed in the files that only a restart puts in force.
@@ -175,9 +191,10 @@ pub async fn journal(shared: &Arc<AdminView>, raw_query: &str) -> Response<Full<
             Some("handshake") => Some(EventKind::Handshake),
             Some("alert") => Some(EventKind::Alert),
             Some("admin") => Some(EventKind::Admin),
+            Some("mirror_diff") => Some(EventKind::MirrorDiff),
             Some(k) => {
                 return Err(BadParam(format!(
-                    "kind: `{k}` is not exchange, handshake, alert or admin"
+                    "kind: `{k}` is not exchange, handshake, alert, admin or mirror_diff"
                 )));
             }
         };

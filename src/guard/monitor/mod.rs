@@ -15,6 +15,7 @@
 
 mod expiry;
 mod exposition;
+mod presented;
 mod status;
 mod window;
 
@@ -37,6 +38,7 @@ use crate::reason::Reason;
 
 pub use expiry::{ExpiryWarning, expiring};
 pub use exposition::{TEXT_CONTENT_TYPE, wants_openmetrics};
+pub use presented::PresentedCerts;
 pub use status::status_json;
 pub use window::{MinutePoint, PartnerWindow};
 
@@ -106,6 +108,12 @@ struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    upstream: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabels {
     outcome: String,
     reason: String,
@@ -147,6 +155,7 @@ pub struct Monitor {
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     value: Family<ValueLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     upstream_responses: Family<UpstreamResponseLabels, Counter>,
+    mirrors: Family<MirrorLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
     active_connections: Gauge,
     journal_append: Histogram,
@@ -162,6 +171,8 @@ pub struct Monitor {
     cert_expiry: Family<CertLabels, Gauge>,
     /// The series `cert_expiry` holds now (to remove stale ones).
     cert_series: Mutex<HashSet<CertLabels>>,
+    /// Certificates from partners' own CAs seen at handshakes.
+    presented: PresentedCerts,
     reloads: Counter,
     reload_failures: Counter,
     /// Per-partner windows; the outer lock is taken for reading on the
@@ -194,6 +205,7 @@ impl Monitor {
             upstream_errors: Family::default(),
             value: Family::default(),
             upstream_responses: Family::default(),
+            mirrors: Family::default(),
             handshakes: Family::default(),
             active_connections: Gauge::default(),
             journal_append: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -207,6 +219,7 @@ impl Monitor {
             config_restart_pending: Gauge::default(),
             cert_expiry: Family::default(),
             cert_series: Mutex::new(HashSet::new()),
+            presented: PresentedCerts::default(),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
             windows: RwLock::new(HashMap::new()),
@@ -258,6 +271,11 @@ impl Monitor {
             "upstream_responses",
             "Responses relayed from an upstream, by upstream and status class",
             m.upstream_responses.clone(),
+        );
+        registry.register(
+            "mirror",
+            "Mirrored requests by mirrored upstream and result: match, mismatch (the candidate answered otherwise), error (no answer to compare), dropped (not sent: no free slot or a body over the cap)",
+            m.mirrors.clone(),
         );
         registry.register(
             "tls_handshakes",
@@ -369,6 +387,8 @@ impl Monitor {
                 }
                 _ => {}
             },
+            // Counted where the mirror decides (`Monitor::mirror`).
+            EventKind::MirrorDiff => {}
         }
     }
 
@@ -487,6 +507,17 @@ impl Monitor {
         }
     }
 
+    /// One mirrored request's result (`match`, `mismatch`, `error`,
+    /// `dropped`) for the mirrored `upstream`.
+    pub fn mirror(&self, upstream: &str, result: &'static str) {
+        self.mirrors
+            .get_or_create(&MirrorLabels {
+                upstream: code_label(Some(upstream)),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
     /// A call's value, kept in the day's total (the upstream answered 2xx).
     pub fn value(&self, partner: &str, currency: &str, amount: crate::risk::Amount) {
         self.value
@@ -519,10 +550,27 @@ impl Monitor {
         self.config_restart_pending.set(i64::from(pending));
     }
 
+    /// Certificates from partners' own CAs seen at handshakes (their
+    /// expiry, which the inventory cannot know).
+    pub fn presented(&self) -> &PresentedCerts {
+        &self.presented
+    }
+
     /// Replaces the certificate expiry gauges with the inventory's usable
-    /// certificates at `now`; series of certificates no longer usable go away.
+    /// certificates at `now` and the valid ones partners' own CAs issued
+    /// (as presented); series of certificates no longer usable go away.
     pub fn set_cert_expiry(&self, inventory: &Inventory, now: OffsetDateTime) {
         let mut fresh = HashSet::new();
+        for (partner, serial, not_after_unix, _) in self.presented.valid(now) {
+            let labels = CertLabels {
+                partner: partner_label(&partner),
+                serial: code_label(Some(&serial)),
+            };
+            self.cert_expiry
+                .get_or_create(&labels)
+                .set(not_after_unix - now.unix_timestamp());
+            fresh.insert(labels);
+        }
         for c in inventory.certs.values() {
             if !c.state(now).usable() {
                 continue;

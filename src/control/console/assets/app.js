@@ -97,13 +97,19 @@ function renderOverview(o) {
   tbody.replaceChildren(...o.partners.map((p) => {
     const certs = (p.certificates || []).map((c) => el("span", {
       class: "cert mono" + (c.expiring ? " expiring" : ""),
-      title: "not after " + c.not_after + (c.expiring ? " — expiring, no successor" : ""),
+      title: "not after " + c.not_after + (c.issuer ? " — from the partner's own CA " + c.issuer + ": only the partner can replace it" : "")
+        + (c.expiring ? (c.issuer ? " — expiring, no later one presented: ask the partner" : " — expiring, no successor") : ""),
       "data-serial": c.serial,
-      text: c.serial.slice(0, 12) + "… " + c.days_to_expiry + " d" + (c.state === "superseded" ? " (superseded)" : ""),
+      text: c.serial.slice(0, 12) + "… " + c.days_to_expiry + " d" + (c.state === "superseded" ? " (superseded)" : "") + (c.issuer ? " (their CA)" : ""),
     }));
+    const own = p.own_ca ? el("div", {
+      class: "own-ca muted",
+      title: "certificates from " + p.own_ca.ca + " with " + p.own_ca.name + (p.own_ca.pinned_keys ? ", " + p.own_ca.pinned_keys + " pinned key(s)" : "") + (p.own_ca.crl ? ", CRL " + p.own_ca.crl : ""),
+      text: "own CA: " + (p.own_ca.issuer || p.own_ca.ca) + " (" + p.own_ca.name + ")",
+    }) : null;
     const w = p.last_hour || {};
     return el("tr", { "data-partner": p.id },
-      el("td", {}, el("strong", { text: p.id }), el("div", { class: "muted", text: p.name })),
+      el("td", {}, el("strong", { text: p.id }), el("div", { class: "muted", text: p.name }), own),
       el("td", { class: "status-" + p.status, text: p.status }),
       el("td", {}, ...routesCell(p)),
       el("td", {}, el("div", { text: limitsText(p.limits) }), ...(p.value_today || []).map((v) =>
@@ -135,8 +141,49 @@ function renderOverview(o) {
   }
   ups.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { class: "muted", text: "no upstream configured" }))]));
 
+  renderMirrors(o.mirrors || {});
+
   const charts = document.getElementById("charts");
   charts.replaceChildren(...o.partners.map(chart));
+}
+
+// Mirrors: per route the last hour's results and match rate, the noise
+// learned from the baseline, and the latest mismatches, each a link to the
+// journal filtered on its mirror_diff record.
+function renderMirrors(m) {
+  const rows = [];
+  for (const u of m.upstreams || []) {
+    const routes = u.routes || [];
+    for (const r of routes) {
+      const h = r.last_hour || {};
+      const noise = ((r.noise || {}).pointers || []).concat(((r.noise || {}).headers || []).map((x) => "header " + x));
+      rows.push(el("tr", { "data-mirror-route": r.route },
+        el("td", {}, el("strong", { text: u.upstream }), " → " + u.candidate),
+        el("td", { class: "mono", text: r.route }),
+        el("td", { class: "match-rate" + (r.match_rate !== null && r.match_rate < 1 ? " bad" : ""),
+          text: r.match_rate === null || r.match_rate === undefined ? "–" : (r.match_rate * 100).toFixed(1) + " %" }),
+        el("td", { text: String(h.match || 0) }),
+        el("td", { text: String(h.mismatch || 0) }),
+        el("td", { text: String(h.error || 0) }),
+        el("td", { text: String(h.dropped || 0) }),
+        el("td", { class: "mono", text: noise.length ? noise.join(", ") : "–" }),
+      ));
+    }
+  }
+  document.querySelector("#mirrors tbody").replaceChildren(...(rows.length ? rows
+    : [el("tr", {}, el("td", { class: "muted", text: "no mirror configured or nothing mirrored yet" }))]));
+  const recent = m.recent_mismatches || [];
+  document.getElementById("mismatches").replaceChildren(...(recent.length ? recent.slice(0, 10).map((x) => {
+    const what = (x.pointers || []).concat((x.headers || []).map((h) => "header " + h));
+    const q = new URLSearchParams({ kind: "mirror_diff", request_id: x.request_id });
+    return el("li", { "data-request-id": x.request_id },
+      el("a", { href: "#journal?" + q.toString(), class: "mono", text: x.request_id }), " ",
+      el("strong", { text: x.route }), " ",
+      el("span", { text: x.partner + ": " + x.live_status + " vs " + x.candidate_status + " (" + x.candidate + ")" }), " ",
+      el("span", { class: "muted", text: new Date(x.time_ms).toLocaleString() }),
+      what.length ? el("div", { class: "muted mono", text: what.join(", ") }) : null,
+    );
+  }) : [el("li", { class: "muted", text: "none" })]));
 }
 
 // Routes, with the high-risk ones listed apart.
@@ -258,7 +305,7 @@ async function showRecord(seq) {
   row("hash", c.hash, "mono");
   if (cp) row("signed checkpoint", "covered: checkpoint at seq " + cp.seq + " (" + cp.kind + ", " + cp.time + ") signs the chain through this record", "covered");
   else row("signed checkpoint", "not yet covered: the next checkpoint will sign it", "uncovered");
-  for (const k of ["time", "kind", "node", "partner", "cert_serial", "cert_fingerprint", "client_addr", "tls_version", "method", "path", "route", "upstream", "decision", "reason", "status", "request_bytes", "response_bytes", "duration_us", "request_id", "detail"]) {
+  for (const k of ["time", "kind", "node", "partner", "cert_serial", "cert_fingerprint", "issuer", "client_addr", "tls_version", "method", "path", "route", "upstream", "decision", "reason", "status", "request_bytes", "response_bytes", "duration_us", "request_id", "detail"]) {
     row(k, r[k], ["cert_serial", "cert_fingerprint", "path", "request_id"].includes(k) ? "mono" : "");
   }
   box.replaceChildren(el("h3", { text: "Record " + r.seq }), dl);
