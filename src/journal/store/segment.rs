@@ -113,9 +113,12 @@ impl<'a> Plain<'a> {
                     )));
                 }
                 // A compressed value holds a plain one, never another
-                // compressed one.
+                // compressed one, with the count its header repeats.
                 match plain.first() {
-                    Some(&LAYOUT) => Ok(Plain(Cow::Owned(plain))),
+                    Some(&LAYOUT) if plain.get(1..5) == v.get(1..5) => Ok(Plain(Cow::Owned(plain))),
+                    Some(&LAYOUT) => Err(SegmentError::Compressed(
+                        "its header's record count is not the segment's".into(),
+                    )),
                     Some(&b) => Err(SegmentError::Layout(b)),
                     None => Err(SegmentError::Truncated),
                 }
@@ -492,6 +495,14 @@ mod tests {
             parse_stored(1, &short),
             Err(SegmentError::Compressed(_))
         ));
+        // A header whose record count is not the segment's.
+        let mut count = stored.clone();
+        count[1..5].copy_from_slice(&7u32.to_be_bytes());
+        assert!(
+            matches!(parse_stored(1, &count), Err(SegmentError::Compressed(m)) if m.contains("count")),
+            "{:?}",
+            parse_stored(1, &count)
+        );
         // A compressed value holding another compressed value.
         let body = lz4_flex::block::compress(&stored);
         let mut nested = vec![LAYOUT_LZ4];
