@@ -131,6 +131,12 @@ impl<'a> Plain<'a> {
     pub(in crate::journal) fn into_owned(self) -> Plain<'static> {
         Plain(Cow::Owned(self.0.into_owned()))
     }
+
+    /// The plain value's bytes (what a build before compression stored).
+    #[cfg(test)]
+    pub(in crate::journal) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// The seq of the last record of the stored segment value keyed `first`,
