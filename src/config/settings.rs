@@ -101,6 +101,9 @@ mod proof {
         "reload_settings::live_timeouts_new_upstreams_and_ca_defaults_take_effect_on_sighup";
     pub const TOKEN: &str =
         "reload_settings::the_admin_token_file_is_read_from_the_live_configuration";
+    pub const JOURNAL: &str = "reload_settings::live_journal_settings_take_effect_on_sighup";
+    pub const LEG: &str = "reload_settings::live_upstream_leg_settings_take_effect_on_sighup";
+    pub const CA_LIVE: &str = "reload_settings::live_ca_settings_take_effect_on_sighup";
     pub const FLEET_DENY: &str =
         "fleet::fleet_on_store_failure_changed_by_reload_denies_on_every_node";
 }
@@ -125,18 +128,18 @@ pub const SETTINGS: &[Setting] = &[
     live(G, "server.max_header_bytes", "largest request head; new connections", SERVER),
     live(G, "server.max_body_bytes", "default largest request body; next request", SERVER),
     live(G, "server.h2_max_concurrent_streams", "HTTP/2 streams per connection; new connections", TIMEOUTS),
-    live(G, "server.write_timeout", "a partner that stops reading is dropped after this; new connections", UNPROVEN),
+    live(G, "server.write_timeout", "a partner that stops reading is dropped after this; new connections", LEG),
     live(G, "server.max_pending_handshakes_per_addr", "unfinished handshakes per client address; next handshake", SERVER),
     restart(G, "journal.durability", "strict or relaxed (the journal writer is opened with it)", RESTART),
     live(G, "journal.flush_interval", "relaxed durability's flush period; the writer is retuned", UNPROVEN),
     live(G, "journal.checkpoint_every", "a signed checkpoint every this many records; the writer is retuned", MIXED),
-    live(G, "journal.checkpoint_interval", "a signed checkpoint at least this often; the writer is retuned", UNPROVEN),
-    live(G, "journal.handshake_refusals_per_interval", "refused handshakes per address before they are aggregated; the writer is retuned", UNPROVEN),
-    live(G, "journal.handshake_aggregate_interval", "the aggregation period of refused handshakes; the writer is retuned", UNPROVEN),
+    live(G, "journal.checkpoint_interval", "a signed checkpoint at least this often; the writer is retuned", JOURNAL),
+    live(G, "journal.handshake_refusals_per_interval", "refused handshakes per address before they are aggregated; the writer is retuned", JOURNAL),
+    live(G, "journal.handshake_aggregate_interval", "the aggregation period of refused handshakes; the writer is retuned", JOURNAL),
     live(G, "journal.min_free", "free space kept on the journal's file system; the writer measures against it at its next write", MIXED),
     live(G, "ca.default_days", "lifetime of issued certificates (read by each `cert` command)", TIMEOUTS),
-    live(G, "ca.overlap", "how long a renewed certificate stays valid beside its successor (read by each `cert renew`)", UNPROVEN),
-    live(G, "ca.crl_validity", "CRL validity; the next re-signing uses it", UNPROVEN),
+    live(G, "ca.overlap", "how long a renewed certificate stays valid beside its successor (read by each `cert renew`)", CA_LIVE),
+    live(G, "ca.crl_validity", "CRL validity; the next re-signing uses it", CA_LIVE),
     live(G, "monitor.expiry_warning_days", "certificate expiry warnings; next status and upkeep", MIXED),
     live(G, "monitor.anomaly_factor", "spike factor over a partner's baseline; the detector is retuned", UNPROVEN),
     live(G, "monitor.anomaly_floor_per_minute", "rate under which no spike is raised; the detector is retuned", UNPROVEN),
@@ -147,9 +150,9 @@ pub const SETTINGS: &[Setting] = &[
     live(G, "upstreams.*.url", "where the upstream is; its client is rebuilt", MIXED),
     live(G, "upstreams.*.ca", "CA verifying the upstream; its client is rebuilt", MIXED),
     live(G, "upstreams.*.server_name", "name checked in the upstream's certificate; its client is rebuilt", MIXED),
-    live(G, "upstreams.*.client_cert", "the broker's certificate toward this upstream; its client is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.client_key", "its key; its client is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.connect_timeout", "longest connect; its client is rebuilt", UNPROVEN),
+    live(G, "upstreams.*.client_cert", "the broker's certificate toward this upstream; its client is rebuilt", LEG),
+    live(G, "upstreams.*.client_key", "its key; its client is rebuilt", LEG),
+    live(G, "upstreams.*.connect_timeout", "longest connect; its client is rebuilt", LEG),
     live(G, "upstreams.*.response_timeout", "longest wait for the response head; next request", TIMEOUTS),
     live(G, "upstreams.*.signed_identity", "add the signed identity token; next request", MIXED),
     live(G, "upstreams.*.endpoints", "the pool's endpoints; the pool is rebuilt", UNPROVEN),

@@ -16,7 +16,9 @@ use common::broker::{
     Broker, ClientCert, Conn, TestHome, admin_get, admin_request, client_tls, home_with_echo,
     start_slow_upstream, tls_connect,
 };
+use common::reload::{reload_applies, reload_leaves_pending};
 use common::upstream::{EchoOptions, start_echo_upstream};
+use common::webhook::Webhook;
 
 /// Status of one request on a fresh connection; 0 when the connection or
 /// the handshake failed.
@@ -32,36 +34,6 @@ async fn fresh(b: &Broker, h: &TestHome, cert: &ClientCert, method: Method, body
 
 async fn get(b: &Broker, h: &TestHome, cert: &ClientCert) -> u16 {
     fresh(b, h, cert, Method::GET, b"").await
-}
-
-/// Sends SIGHUP and waits (bounded) for the reload's admin record that
-/// names `key` as applied; returns its detail.
-async fn reload_applies(b: &Broker, h: &TestHome, key: &str) -> String {
-    b.signal("HUP");
-    let rec = h
-        .wait_journal(10, |v| {
-            v["reason"] == "config_reloaded"
-                && v["detail"]
-                    .as_str()
-                    .is_some_and(|d| applied_keys(d).iter().any(|k| k == key))
-        })
-        .await;
-    let Some(rec) = rec else {
-        panic!(
-            "no config_reloaded record names {key} as applied\n{}",
-            b.log()
-        );
-    };
-    rec["detail"].as_str().unwrap_or_default().to_string()
-}
-
-/// The keys after `applied: ` in a reload record's detail.
-fn applied_keys(detail: &str) -> Vec<String> {
-    let Some(rest) = detail.split("applied: ").nth(1) else {
-        return Vec::new();
-    };
-    let list = rest.split(';').next().unwrap_or_default();
-    list.split(", ").map(|k| k.trim().to_string()).collect()
 }
 
 /// Whether a plain TCP connection that never starts its TLS handshake is
@@ -568,4 +540,253 @@ async fn a_request_in_flight_finishes_on_the_upstream_it_started_with() {
     let (status, body) = in_flight.await.unwrap().expect("answered");
     assert_eq!(status, 200);
     assert!(body.contains("old upstream"), "{body}");
+}
+
+/// Checkpoint lines in the journal's export.
+fn checkpoints(h: &TestHome) -> usize {
+    h.ok(&["log", "export", "--format", "jsonl"])
+        .lines()
+        .filter(|l| l.contains("\"type\":\"checkpoint\""))
+        .count()
+}
+
+/// Sends a GET every 250 ms for `secs` seconds.
+async fn trickle(b: &Broker, h: &TestHome, cert: &ClientCert, secs: u64) {
+    for _ in 0..secs * 4 {
+        assert_eq!(get(b, h, cert).await, 200);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_journal_settings_take_effect_on_sighup() {
+    let (h, _up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    let b = h.start();
+
+    // [journal] handshake_refusals_per_interval and
+    // handshake_aggregate_interval: past 2 refusals from one address, the
+    // rest fold into one aggregate record written when the 1 s interval
+    // ends (by default, 10 per minute are written one by one).
+    set_value(&h, "journal", "handshake_refusals_per_interval", 2);
+    set_value(&h, "journal", "handshake_aggregate_interval", "1s");
+    let detail = reload_applies(&b, &h, "journal.handshake_refusals_per_interval").await;
+    assert!(
+        detail.contains("journal.handshake_aggregate_interval"),
+        "{detail}"
+    );
+    for _ in 0..6 {
+        let refused = tls_connect(b.addr, client_tls(&h.ca_pem(), None, &[b"http/1.1"])).await;
+        assert!(refused.is_err(), "a handshake without a certificate passed");
+    }
+    let aggregate = h
+        .wait_journal(10, |v| v["kind"] == "handshake_aggregate")
+        .await
+        .unwrap_or_else(|| panic!("no aggregate record\n{:#?}", h.journal()));
+    assert!(
+        aggregate["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("4 refused handshakes from 127.0.0.1")),
+        "{aggregate}"
+    );
+    let single = h
+        .journal()
+        .into_iter()
+        .filter(|v| v["kind"] == "handshake")
+        .count();
+    assert_eq!(single, 2, "refused handshakes recorded one by one");
+
+    // [journal] checkpoint_interval: records trickling in get a signed
+    // checkpoint every second (not every minute, the default).
+    let before = checkpoints(&h);
+    trickle(&b, &h, &acme, 2).await;
+    assert_eq!(checkpoints(&h), before, "a checkpoint before the interval");
+    set_value(&h, "journal", "checkpoint_interval", "1s");
+    reload_applies(&b, &h, "journal.checkpoint_interval").await;
+    let before = checkpoints(&h);
+    trickle(&b, &h, &acme, 4).await;
+    let after = checkpoints(&h);
+    assert!(after >= before + 2, "checkpoints {before} -> {after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_upstream_leg_settings_take_effect_on_sighup() {
+    let (h, _up) = common::broker::home_with_mtls_orders().await;
+    let acme = h.issue("acme");
+    // An upstream that accepts TCP and never answers the TLS handshake.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        for _ in 0..50 {
+            let Ok((s, _)) = hang.accept().await else {
+                return;
+            };
+            held.push(s);
+        }
+    });
+    let (endless, _closed_after, writing) = common::broker::start_endless_upstream().await;
+    h.add_upstream("hang", &format!("https://{hang_addr}"), Some(&h.ca_pem()));
+    h.add_upstream("big", &format!("http://{endless}"), None);
+    h.edit_config(|doc| {
+        doc["upstreams"]["hang"]["connect_timeout"] = toml_edit::value("10s");
+        doc["upstreams"]["hang"]["response_timeout"] = toml_edit::value("30s");
+    });
+    let p = h.path().join("partners/acme.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        format!(
+            "{text}\n[[routes]]\nmethods = [\"GET\"]\npath = \"/v1/hang\"\nupstream = \"hang\"\n\n[[routes]]\nmethods = [\"GET\"]\npath = \"/big\"\nupstream = \"big\"\n"
+        ),
+    )
+    .unwrap();
+    h.set_server("idle_timeout", "2s");
+    let b = h.start();
+    assert_eq!(get(&b, &h, &acme).await, 200);
+
+    // upstreams.orders client_cert / client_key: a certificate the
+    // upstream does not trust is refused there (502); back to the default
+    // (the broker's own certificate), it passes again.
+    let (rogue, rogue_pem) = common::broker::foreign_ca();
+    let other = common::broker::mint(&rogue, &rogue_pem, |_| {});
+    std::fs::write(h.path().join("certs/other-client.pem"), &other.cert_pem).unwrap();
+    let key = h.path().join("certs/other-client.key");
+    std::fs::write(&key, &other.key_pem).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    h.edit_config(|doc| {
+        doc["upstreams"]["orders"]["client_cert"] = toml_edit::value("certs/other-client.pem");
+        doc["upstreams"]["orders"]["client_key"] = toml_edit::value("certs/other-client.key");
+    });
+    let detail = reload_applies(&b, &h, "upstreams.orders.client_cert").await;
+    assert!(detail.contains("upstreams.orders.client_key"), "{detail}");
+    assert_eq!(get(&b, &h, &acme).await, 502);
+    h.edit_config(|doc| {
+        let t = doc["upstreams"]["orders"].as_table_mut().unwrap();
+        t.remove("client_cert");
+        t.remove("client_key");
+    });
+    reload_applies(&b, &h, "upstreams.orders.client_key").await;
+    assert_eq!(get(&b, &h, &acme).await, 200);
+
+    // upstreams.hang connect_timeout: 10 s keeps the partner waiting past
+    // 3 s; 500 ms answers it (with an error) well within that.
+    let hang_status = || async {
+        let mut c = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(3), c.get("/v1/hang"))
+            .await
+            .ok()
+            .map(|r| r.map(|r| r.status.as_u16()).unwrap_or(0))
+    };
+    assert_eq!(hang_status().await, None, "answered before connect_timeout");
+    h.edit_config(|doc| doc["upstreams"]["hang"]["connect_timeout"] = toml_edit::value("500ms"));
+    reload_applies(&b, &h, "upstreams.hang.connect_timeout").await;
+    let status = hang_status().await;
+    assert!(
+        status.is_some_and(|s| s >= 500),
+        "no error within 3 s of a 500 ms connect_timeout: {status:?}"
+    );
+
+    // [server] write_timeout: a partner that stops reading a huge response
+    // is let go (and the upstream connection with it) after 1 s, not the
+    // default 30 s.
+    h.set_server("write_timeout", "1s");
+    reload_applies(&b, &h, "server.write_timeout").await;
+    let mut tls = tls_connect(b.addr, client_tls(&h.ca_pem(), Some(&acme), &[b"http/1.1"]))
+        .await
+        .unwrap();
+    tls.write_all(b"GET /big HTTP/1.1\r\nhost: l\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < 1024 * 1024 {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early");
+        got += n;
+    }
+    assert!(writing.load(std::sync::atomic::Ordering::SeqCst));
+    let mut released = false;
+    for _ in 0..150 {
+        if !writing.load(std::sync::atomic::Ordering::SeqCst) {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        released,
+        "the upstream connection was still pinned 15 s after the partner stopped reading"
+    );
+    let rec = h
+        .wait_journal(5, |r| r["path"] == "/big" && r["reason"] == "incomplete")
+        .await;
+    assert!(rec.is_some(), "{:?}", h.journal());
+}
+
+/// (this update, next update) of the first CRL in `certs/crl.pem`.
+fn crl_dates(h: &TestHome) -> (i64, i64) {
+    let der = rustls::pki_types::CertificateRevocationListDer::from_pem_file(
+        h.path().join("certs/crl.pem"),
+    )
+    .unwrap();
+    let (_, crl) =
+        <x509_parser::revocation_list::CertificateRevocationList as x509_parser::prelude::FromDer<_>>::from_der(der.as_ref()).unwrap();
+    let next = crl.next_update().expect("next update").timestamp();
+    (crl.last_update().timestamp(), next)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_ca_settings_take_effect_on_sighup() {
+    let (h, _up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    let b = h.start();
+
+    // [ca] overlap: a certificate renewed now stays valid beside its
+    // successor for 2 s (not the default day), then is refused.
+    set_value(&h, "ca", "overlap", "2s");
+    reload_applies(&b, &h, "ca.overlap").await;
+    let out = h.path().join("renewed");
+    h.ok(&["cert", "renew", "acme", "--out", out.to_str().unwrap()]);
+    let new = h.read_client(&out, "acme");
+    // The broker takes in the new certificate within a second or so.
+    let mut new_status = 0;
+    for _ in 0..50 {
+        new_status = get(&b, &h, &new).await;
+        if new_status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(new_status, 200);
+    let mut old_status = 200;
+    for _ in 0..60 {
+        old_status = get(&b, &h, &acme).await;
+        if old_status != 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_ne!(
+        old_status, 200,
+        "the old certificate outlived a 2 s overlap"
+    );
+    assert_eq!(get(&b, &h, &new).await, 200);
+
+    // [ca] crl_validity: the next CRL signed is valid for 2 days (the
+    // default is 7), and the broker enforces it.
+    let (this, next) = crl_dates(&h);
+    assert!((next - this - 7 * 86_400).abs() < 600, "{this} {next}");
+    set_value(&h, "ca", "crl_validity", "2d");
+    reload_applies(&b, &h, "ca.crl_validity").await;
+    h.ok(&["cert", "revoke", &new.serial]);
+    let (this, next) = crl_dates(&h);
+    assert!((next - this - 2 * 86_400).abs() < 600, "{this} {next}");
+    let mut status = 200;
+    for _ in 0..30 {
+        status = get(&b, &h, &new).await;
+        if status != 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_ne!(status, 200, "the revoked certificate still passes");
 }

@@ -1,0 +1,66 @@
+//! Reloading a running broker and reading what the reload said: SIGHUP,
+//! then the reload's admin record (`config_reloaded`) naming a key as
+//! applied, or the WARN line saying a key waits for a restart.
+
+use super::broker::{Broker, TestHome};
+
+/// Sends SIGHUP and waits (bounded) for the reload's admin record that
+/// names `key` as applied; returns its detail.
+pub async fn reload_applies(b: &Broker, h: &TestHome, key: &str) -> String {
+    b.signal("HUP");
+    let rec = h
+        .wait_journal(10, |v| {
+            v["reason"] == "config_reloaded"
+                && v["detail"]
+                    .as_str()
+                    .is_some_and(|d| applied_keys(d).iter().any(|k| k == key))
+        })
+        .await;
+    let Some(rec) = rec else {
+        panic!(
+            "no config_reloaded record names {key} as applied\n{}",
+            b.log()
+        );
+    };
+    assert_eq!(rec["kind"], "admin", "{rec}");
+    rec["detail"].as_str().unwrap_or_default().to_string()
+}
+
+/// The keys after `applied: ` in a reload record's detail.
+pub fn applied_keys(detail: &str) -> Vec<String> {
+    let Some(rest) = detail.split("applied: ").nth(1) else {
+        return Vec::new();
+    };
+    let list = rest.split(';').next().unwrap_or_default();
+    list.split(", ").map(|k| k.trim().to_string()).collect()
+}
+
+/// Sends SIGHUP and waits (bounded) until the broker has said, for each of
+/// `keys`, that it takes effect at restart (WARN line), and the reload's
+/// admin record lists them as pending.
+pub async fn reload_leaves_pending(b: &Broker, h: &TestHome, keys: &[&str]) {
+    b.signal("HUP");
+    for key in keys {
+        assert!(
+            b.wait_log(&format!("{key} changed: takes effect at restart"), 10)
+                .await,
+            "no WARN says {key} takes effect at restart\n{}",
+            b.log()
+        );
+    }
+    let rec = h
+        .wait_journal(10, |v| {
+            v["reason"] == "config_reloaded"
+                && v["detail"].as_str().is_some_and(|d| {
+                    d.split("restart pending (takes effect at restart): ")
+                        .nth(1)
+                        .is_some_and(|l| keys.iter().all(|k| l.contains(k)))
+                })
+        })
+        .await;
+    assert!(
+        rec.is_some(),
+        "no reload record lists {keys:?} as pending\n{}",
+        b.log()
+    );
+}
