@@ -104,6 +104,8 @@ mod proof {
     pub const JOURNAL: &str = "reload_settings::live_journal_settings_take_effect_on_sighup";
     pub const LEG: &str = "reload_settings::live_upstream_leg_settings_take_effect_on_sighup";
     pub const CA_LIVE: &str = "reload_settings::live_ca_settings_take_effect_on_sighup";
+    pub const MONITOR: &str =
+        "reload_settings::live_monitor_thresholds_and_webhook_take_effect_on_sighup";
     pub const FLEET_DENY: &str =
         "fleet::fleet_on_store_failure_changed_by_reload_denies_on_every_node";
 }
@@ -141,11 +143,11 @@ pub const SETTINGS: &[Setting] = &[
     live(G, "ca.overlap", "how long a renewed certificate stays valid beside its successor (read by each `cert renew`)", CA_LIVE),
     live(G, "ca.crl_validity", "CRL validity; the next re-signing uses it", CA_LIVE),
     live(G, "monitor.expiry_warning_days", "certificate expiry warnings; next status and upkeep", MIXED),
-    live(G, "monitor.anomaly_factor", "spike factor over a partner's baseline; the detector is retuned", UNPROVEN),
-    live(G, "monitor.anomaly_floor_per_minute", "rate under which no spike is raised; the detector is retuned", UNPROVEN),
-    live(G, "monitor.anomaly_warmup_minutes", "history a baseline needs before it alerts; the detector is retuned", UNPROVEN),
-    Setting { secret: true, ..live(G, "monitor.webhook_url", "where alerts are POSTed; the webhook client is rebuilt", UNPROVEN) },
-    live(G, "monitor.webhook_ca", "CA verifying an https webhook; the webhook client is rebuilt", UNPROVEN),
+    live(G, "monitor.anomaly_factor", "spike factor over a partner's baseline; the detector is retuned", MONITOR),
+    live(G, "monitor.anomaly_floor_per_minute", "rate under which no spike is raised; the detector is retuned", MONITOR),
+    live(G, "monitor.anomaly_warmup_minutes", "history a baseline needs before it alerts; the detector is retuned", MONITOR),
+    Setting { secret: true, ..live(G, "monitor.webhook_url", "where alerts are POSTed; the webhook client is rebuilt", MONITOR) },
+    live(G, "monitor.webhook_ca", "CA verifying an https webhook; the webhook client is rebuilt", MONITOR),
     live(G, "upstreams.*", "an upstream added or removed; new requests use the new set, requests in flight finish on the old", TIMEOUTS),
     live(G, "upstreams.*.url", "where the upstream is; its client is rebuilt", MIXED),
     live(G, "upstreams.*.ca", "CA verifying the upstream; its client is rebuilt", MIXED),

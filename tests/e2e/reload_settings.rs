@@ -790,3 +790,152 @@ async fn live_ca_settings_take_effect_on_sighup() {
     }
     assert_ne!(status, 200, "the revoked certificate still passes");
 }
+
+/// Seconds into the current UTC minute.
+fn second_of_minute() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() % 60)
+}
+
+/// The current UTC minute (since the epoch).
+fn minute_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 60)
+}
+
+/// Waits, when the current UTC minute ends within `margin` seconds, until
+/// the next one has begun: the anomaly detector counts per minute, and a
+/// phase must not straddle two.
+async fn clear_of_minute_end(margin: u64) {
+    let s = second_of_minute();
+    if s + margin >= 60 {
+        tokio::time::sleep(Duration::from_millis((60 - s) * 1000 + 200)).await;
+    }
+}
+
+/// `n` GETs on one connection; every one must pass.
+async fn burst(b: &Broker, h: &TestHome, cert: &ClientCert, n: usize) {
+    let mut c = Conn::open(b.addr, &h.ca_pem(), cert, false).await.unwrap();
+    for _ in 0..n {
+        assert_eq!(c.get("/v1/orders").await.unwrap().status, 200);
+    }
+}
+
+/// Whether an alert record for `partner` is in the journal within `secs`.
+async fn alerted(h: &TestHome, partner: &str, secs: u64) -> bool {
+    h.wait_journal(secs, |v| v["kind"] == "alert" && v["partner"] == partner)
+        .await
+        .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_monitor_thresholds_and_webhook_take_effect_on_sighup() {
+    let (h, _up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    let hook_a = Webhook::start().await;
+    let hook_b = Webhook::start().await;
+    let hook_c = Webhook::start_tls().await;
+    h.edit_config(|d| {
+        d["monitor"]["anomaly_warmup_minutes"] = toml_edit::value(0);
+        d["monitor"]["anomaly_floor_per_minute"] = toml_edit::value(10_000.0);
+        d["monitor"]["webhook_url"] = toml_edit::value(hook_a.url());
+    });
+    let mut certs = std::collections::HashMap::new();
+    for id in ["beta", "gamma", "zeta", "eps", "delta"] {
+        h.add_partner(id, &["GET /v1/orders -> orders"]);
+        certs.insert(id, h.issue(id));
+    }
+    let b = h.start();
+    // delta's baseline: 20 calls in this minute (under any floor so far).
+    let seeded = minute_now();
+    burst(&b, &h, &certs["delta"], 20).await;
+
+    // [monitor] anomaly_floor_per_minute: 30 calls a minute are no spike
+    // under a floor of 10000, and are one over a floor of 20.
+    clear_of_minute_end(10).await;
+    burst(&b, &h, &acme, 30).await;
+    assert!(!alerted(&h, "acme", 1).await, "an alert under the floor");
+    set_value(&h, "monitor", "anomaly_floor_per_minute", 20.0);
+    reload_applies(&b, &h, "monitor.anomaly_floor_per_minute").await;
+    burst(&b, &h, &acme, 1).await;
+    assert!(alerted(&h, "acme", 5).await, "no alert over the new floor");
+    let got = hook_a.wait_for(1, 5).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("\"acme\""), "{got:?}");
+
+    // [monitor] webhook_url: the next alert goes to the new receiver only.
+    h.edit_config(|d| d["monitor"]["webhook_url"] = toml_edit::value(hook_b.url()));
+    reload_applies(&b, &h, "monitor.webhook_url").await;
+    clear_of_minute_end(8).await;
+    burst(&b, &h, &certs["beta"], 25).await;
+    assert!(alerted(&h, "beta", 5).await);
+    let got = hook_b.wait_for(1, 5).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("\"beta\""), "{got:?}");
+    assert_eq!(hook_a.received().len(), 1, "the old receiver got more");
+
+    // [monitor] webhook_ca: an https receiver whose certificate the
+    // configured CA did not sign gets nothing; with its CA, it gets the next.
+    std::fs::write(
+        h.path().join("certs/hook-ca.pem"),
+        hook_c.ca_pem.as_deref().unwrap(),
+    )
+    .unwrap();
+    h.edit_config(|d| {
+        d["monitor"]["webhook_url"] = toml_edit::value(hook_c.url());
+        d["monitor"]["webhook_ca"] = toml_edit::value("certs/ca.pem");
+    });
+    reload_applies(&b, &h, "monitor.webhook_ca").await;
+    clear_of_minute_end(8).await;
+    burst(&b, &h, &certs["gamma"], 25).await;
+    assert!(alerted(&h, "gamma", 5).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        hook_c.received().is_empty(),
+        "delivered to an unverified receiver"
+    );
+    h.edit_config(|d| d["monitor"]["webhook_ca"] = toml_edit::value("certs/hook-ca.pem"));
+    reload_applies(&b, &h, "monitor.webhook_ca").await;
+    clear_of_minute_end(8).await;
+    burst(&b, &h, &certs["zeta"], 25).await;
+    assert!(alerted(&h, "zeta", 5).await);
+    let got = hook_c.wait_for(1, 5).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("\"zeta\""), "{got:?}");
+
+    // [monitor] anomaly_warmup_minutes: with an hour of history required,
+    // eps's 25 calls raise nothing; with none, its next call does.
+    set_value(&h, "monitor", "anomaly_warmup_minutes", 60);
+    reload_applies(&b, &h, "monitor.anomaly_warmup_minutes").await;
+    clear_of_minute_end(8).await;
+    burst(&b, &h, &certs["eps"], 25).await;
+    assert!(!alerted(&h, "eps", 1).await, "an alert before the warm-up");
+    set_value(&h, "monitor", "anomaly_warmup_minutes", 0);
+    reload_applies(&b, &h, "monitor.anomaly_warmup_minutes").await;
+    burst(&b, &h, &certs["eps"], 1).await;
+    assert!(alerted(&h, "eps", 5).await, "no alert after the warm-up");
+
+    // [monitor] anomaly_factor: delta's baseline is 20 (or less, if more
+    // than one minute passed) calls a minute; 40 calls now are under 10×
+    // that, and over 1.5× that (and over the floor of 20).
+    for _ in 0..70 {
+        if minute_now() > seeded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    clear_of_minute_end(10).await;
+    burst(&b, &h, &certs["delta"], 40).await;
+    assert!(
+        !alerted(&h, "delta", 1).await,
+        "an alert under 10x the baseline"
+    );
+    set_value(&h, "monitor", "anomaly_factor", 1.5);
+    reload_applies(&b, &h, "monitor.anomaly_factor").await;
+    burst(&b, &h, &certs["delta"], 1).await;
+    assert!(
+        alerted(&h, "delta", 5).await,
+        "no alert over 1.5x the baseline"
+    );
+}
