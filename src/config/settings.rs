@@ -106,6 +106,10 @@ mod proof {
     pub const CA_LIVE: &str = "reload_settings::live_ca_settings_take_effect_on_sighup";
     pub const MONITOR: &str =
         "reload_settings::live_monitor_thresholds_and_webhook_take_effect_on_sighup";
+    pub const LISTENERS: &str =
+        "reload_restart::listener_addresses_and_admin_exposure_take_effect_at_restart";
+    pub const STORE_MOVE: &str =
+        "reload_restart::joining_a_fleet_and_moving_its_store_take_effect_at_restart";
     pub const FLEET_DENY: &str =
         "fleet::fleet_on_store_failure_changed_by_reload_denies_on_every_node";
 }
@@ -117,9 +121,9 @@ use SettingsFile::{Gateway as G, Partner as P};
 #[rustfmt::skip]
 pub const SETTINGS: &[Setting] = &[
     live(G, "trust_domain", "SPIFFE trust domain of partner identities; the partner-facing TLS configuration is rebuilt", MIXED),
-    restart(G, "server.listen", "address partners connect to (the listener is bound at start)", UNPROVEN),
-    restart(G, "server.admin", "address of the admin listener (metrics, health, console)", UNPROVEN),
-    restart(G, "server.admin_public", "allow a non-loopback admin address", UNPROVEN),
+    restart(G, "server.listen", "address partners connect to (the listener is bound at start)", LISTENERS),
+    restart(G, "server.admin", "address of the admin listener (metrics, health, console)", LISTENERS),
+    restart(G, "server.admin_public", "allow a non-loopback admin address", LISTENERS),
     live(G, "server.admin_token_file", "bearer token file the console, /status and the journal API require; read at each request", TOKEN),
     restart(G, "server.node_id", "this node's name in records, heartbeats and alerts", RESTART),
     live(G, "server.handshake_timeout", "longest TLS handshake; new handshakes", SERVER),
@@ -133,7 +137,7 @@ pub const SETTINGS: &[Setting] = &[
     live(G, "server.write_timeout", "a partner that stops reading is dropped after this; new connections", LEG),
     live(G, "server.max_pending_handshakes_per_addr", "unfinished handshakes per client address; next handshake", SERVER),
     restart(G, "journal.durability", "strict or relaxed (the journal writer is opened with it)", RESTART),
-    live(G, "journal.flush_interval", "relaxed durability's flush period; the writer is retuned", UNPROVEN),
+    live(G, "journal.flush_interval", "relaxed durability's flush period; the writer is retuned", RESTART),
     live(G, "journal.checkpoint_every", "a signed checkpoint every this many records; the writer is retuned", MIXED),
     live(G, "journal.checkpoint_interval", "a signed checkpoint at least this often; the writer is retuned", JOURNAL),
     live(G, "journal.handshake_refusals_per_interval", "refused handshakes per address before they are aggregated; the writer is retuned", JOURNAL),
@@ -176,13 +180,13 @@ pub const SETTINGS: &[Setting] = &[
     live(G, "upstreams.*.outlier.base_ejection", "first ejection's length; the pool is rebuilt", UNPROVEN),
     live(G, "upstreams.*.outlier.max_ejected_percent", "most of the pool ejected at once; the pool is rebuilt", UNPROVEN),
     live(G, "upstreams.*.dns_refresh", "how often host names are re-resolved; the pool is rebuilt", UNPROVEN),
-    restart(G, "cluster", "the [cluster] section itself: joining or leaving a fleet", UNPROVEN),
-    Setting { secret: true, ..restart(G, "cluster.redis_url", "the fleet's Redis store (the connection is made at start)", UNPROVEN) },
-    restart(G, "cluster.redis_ca", "CA verifying a rediss:// store", UNPROVEN),
-    restart(G, "cluster.redis_password_file", "the store's password", UNPROVEN),
-    restart(G, "cluster.redis_username", "the store's ACL user", UNPROVEN),
+    restart(G, "cluster", "the [cluster] section itself: joining or leaving a fleet", STORE_MOVE),
+    Setting { secret: true, ..restart(G, "cluster.redis_url", "the fleet's Redis store (the connection is made at start)", STORE_MOVE) },
+    restart(G, "cluster.redis_ca", "CA verifying a rediss:// store", STORE_MOVE),
+    restart(G, "cluster.redis_password_file", "the store's password", STORE_MOVE),
+    restart(G, "cluster.redis_username", "the store's ACL user", STORE_MOVE),
     live(G, "cluster.on_store_failure", "local or deny while the store does not answer; next request", FLEET_DENY),
-    restart(G, "cluster.key_prefix", "prefix of every key and channel in the store", UNPROVEN),
+    restart(G, "cluster.key_prefix", "prefix of every key and channel in the store", STORE_MOVE),
     live(G, "cluster.store_timeout", "how long a request waits for the store; next request", UNPROVEN),
     live(P, "id", "the partner's id (a new id is a new partner)", UNPROVEN),
     live(P, "name", "display name", UNPROVEN),

@@ -38,6 +38,7 @@ mod power_loss;
 mod relay;
 mod reload;
 mod reload_race;
+mod reload_restart;
 mod reload_settings;
 mod renewal;
 mod renewal_retry;

@@ -36,6 +36,23 @@ async fn get(b: &Broker, h: &TestHome, cert: &ClientCert) -> u16 {
     fresh(b, h, cert, Method::GET, b"").await
 }
 
+/// The journal writer's counters (`last_seq`, `durable_seq`, ...), asked
+/// of the running broker over its admin socket.
+fn writer_stats(h: &TestHome) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(h.path().join("data/admin.sock"))
+        .expect("the admin socket");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"{\"op\":\"status\"}\n").unwrap();
+    for line in BufReader::new(s).lines().take(10) {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["type"] == "status" {
+            return v["writer"].clone();
+        }
+    }
+    panic!("no status from the admin socket");
+}
+
 /// Whether a plain TCP connection that never starts its TLS handshake is
 /// closed by the broker within `wait`.
 async fn closed_within(b: &Broker, wait: Duration) -> bool {
@@ -248,10 +265,15 @@ async fn a_restart_setting_waits_and_says_so_until_the_restart() {
         check.contains("every setting in the files is in force"),
         "{check}"
     );
+    // Strict durability: an answered exchange is on disk.
+    let w = writer_stats(&h);
+    assert_eq!(w["durable_seq"], w["last_seq"], "{w}");
 
     h.set_server("node_id", "node-b");
-    h.set_server("max_connections", 5000);
+    h.set_server("max_connections", 2);
     set_value(&h, "journal", "durability", "relaxed");
+    // Applied at once, but it only matters under relaxed durability.
+    set_value(&h, "journal", "flush_interval", "1h");
     // `gatehouse check` asks the running broker and names both.
     let check = h.ok(&["check"]);
     assert!(
@@ -338,6 +360,43 @@ async fn a_restart_setting_waits_and_says_so_until_the_restart() {
         last.is_some(),
         "no exchange recorded by node-b after the restart"
     );
+    // journal.durability = relaxed: answered exchanges wait for the next
+    // flush (every hour, as flush_interval says).
+    assert_eq!(get(&b, &h, &acme).await, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let w = writer_stats(&h);
+    assert!(
+        w["durable_seq"].as_u64() < w["last_seq"].as_u64(),
+        "relaxed durability flushed at once: {w}"
+    );
+    // [journal] flush_interval, live: 50 ms flushes what waits.
+    set_value(&h, "journal", "flush_interval", "50ms");
+    reload_applies(&b, &h, "journal.flush_interval").await;
+    let mut w = writer_stats(&h);
+    for _ in 0..50 {
+        if w["durable_seq"] == w["last_seq"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        w = writer_stats(&h);
+    }
+    assert_eq!(w["durable_seq"], w["last_seq"], "not flushed: {w}");
+    // server.max_connections = 2: with two connections open, a third is
+    // not served until one closes.
+    let mut one = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    let mut two = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    assert_eq!(one.get("/v1/orders").await.unwrap().status, 200);
+    assert_eq!(two.get("/v1/orders").await.unwrap().status, 200);
+    let third = tokio::time::timeout(
+        Duration::from_secs(2),
+        Conn::open(b.addr, &h.ca_pem(), &acme, false),
+    )
+    .await;
+    assert!(
+        !matches!(third, Ok(Ok(_))),
+        "a third connection was served over max_connections = 2"
+    );
+    drop((one, two));
     let check = h.ok(&["check"]);
     assert!(
         check.contains("every setting in the files is in force"),
