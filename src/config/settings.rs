@@ -110,6 +110,7 @@ mod proof {
         "reload_restart::listener_addresses_and_admin_exposure_take_effect_at_restart";
     pub const STORE_MOVE: &str =
         "reload_restart::joining_a_fleet_and_moving_its_store_take_effect_at_restart";
+    pub const PARTNER: &str = "reload_settings::live_partner_settings_take_effect_on_sighup";
     pub const FLEET_DENY: &str =
         "fleet::fleet_on_store_failure_changed_by_reload_denies_on_every_node";
 }
@@ -188,34 +189,34 @@ pub const SETTINGS: &[Setting] = &[
     live(G, "cluster.on_store_failure", "local or deny while the store does not answer; next request", FLEET_DENY),
     restart(G, "cluster.key_prefix", "prefix of every key and channel in the store", STORE_MOVE),
     live(G, "cluster.store_timeout", "how long a request waits for the store; next request", UNPROVEN),
-    live(P, "id", "the partner's id (a new id is a new partner)", UNPROVEN),
-    live(P, "name", "display name", UNPROVEN),
-    live(P, "status", "active or suspended; open connections too, within a second", UNPROVEN),
+    live(P, "id", "the partner's id (a new id is a new partner)", PARTNER),
+    live(P, "name", "display name", PARTNER),
+    live(P, "status", "active or suspended; open connections too, within a second", PARTNER),
     live(P, "limits.requests_per_minute", "rate limit", MIXED),
     live(P, "limits.burst", "burst above the rate", MIXED),
-    live(P, "limits.requests_per_day", "daily quota", UNPROVEN),
-    live(P, "limits.max_concurrent", "requests in flight at once", UNPROVEN),
-    live(P, "on_anomaly", "alert or throttle on a traffic spike", UNPROVEN),
-    live(P, "renewal_window", "when self-service renewal opens", UNPROVEN),
+    live(P, "limits.requests_per_day", "daily quota", PARTNER),
+    live(P, "limits.max_concurrent", "requests in flight at once", PARTNER),
+    live(P, "on_anomaly", "alert or throttle on a traffic spike", PARTNER),
+    live(P, "renewal_window", "when self-service renewal opens", PARTNER),
     live(P, "pin", "the side of a split this partner always reaches; next request", UNPROVEN),
-    live(P, "value_limits.*.per_call", "the most one call may carry in this currency", UNPROVEN),
-    live(P, "value_limits.*.per_day", "the most one UTC day's calls may carry together in this currency", UNPROVEN),
-    live(P, "signing", "the partner signs its requests: its high-risk routes require a signature", UNPROVEN),
+    live(P, "value_limits.*.per_call", "the most one call may carry in this currency", PARTNER),
+    live(P, "value_limits.*.per_day", "the most one UTC day's calls may carry together in this currency", PARTNER),
+    live(P, "signing", "the partner signs its requests: its high-risk routes require a signature", PARTNER),
     live(P, "signing_keys[].id", "the keyid a signature names this key by", UNPROVEN),
     live(P, "signing_keys[].public_key", "PEM file of a key the partner signs with; read at reload", UNPROVEN),
     live(P, "routes[].methods", "methods the route grants", TIMEOUTS),
     live(P, "routes[].path", "path prefix the route grants", TIMEOUTS),
     live(P, "routes[].upstream", "upstream the route relays to", TIMEOUTS),
-    live(P, "routes[].strip_prefix", "drop the route's path before relaying", UNPROVEN),
-    live(P, "routes[].risk", "normal or high", UNPROVEN),
-    live(P, "routes[].limits.requests_per_minute", "the route's rate limit", UNPROVEN),
-    live(P, "routes[].limits.burst", "the route's burst", UNPROVEN),
-    live(P, "routes[].limits.requests_per_day", "the route's daily quota", UNPROVEN),
-    live(P, "routes[].limits.max_concurrent", "the route's requests in flight at once", UNPROVEN),
-    live(P, "routes[].max_body_bytes", "the route's largest request body", UNPROVEN),
-    live(P, "routes[].value.amount", "JSON pointer to the call's amount; counts against value_limits", UNPROVEN),
-    live(P, "routes[].value.currency", "JSON pointer to the call's currency code", UNPROVEN),
-    live(P, "routes[].require_signature", "calls must carry an RFC 9421 signature (unset: high-risk routes of a signing partner)", UNPROVEN),
+    live(P, "routes[].strip_prefix", "drop the route's path before relaying", PARTNER),
+    live(P, "routes[].risk", "normal or high", PARTNER),
+    live(P, "routes[].limits.requests_per_minute", "the route's rate limit", PARTNER),
+    live(P, "routes[].limits.burst", "the route's burst", PARTNER),
+    live(P, "routes[].limits.requests_per_day", "the route's daily quota", PARTNER),
+    live(P, "routes[].limits.max_concurrent", "the route's requests in flight at once", PARTNER),
+    live(P, "routes[].max_body_bytes", "the route's largest request body", PARTNER),
+    live(P, "routes[].value.amount", "JSON pointer to the call's amount; counts against value_limits", PARTNER),
+    live(P, "routes[].value.currency", "JSON pointer to the call's currency code", PARTNER),
+    live(P, "routes[].require_signature", "calls must carry an RFC 9421 signature (unset: high-risk routes of a signing partner)", PARTNER),
 ];
 
 /// The row for `key` in `file`.

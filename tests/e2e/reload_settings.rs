@@ -998,3 +998,336 @@ async fn live_monitor_thresholds_and_webhook_take_effect_on_sighup() {
         "no alert over 1.5x the baseline"
     );
 }
+
+/// The acme partner file the partner test edits: `head` (top-level keys and
+/// tables), then its routes (`orders` GET/POST, `slow` GET, `transfers`
+/// POST), each route with the extra lines given.
+struct AcmeFile<'a> {
+    head: &'a str,
+    orders: &'a str,
+    slow: &'a str,
+    transfers: &'a str,
+    value_limits: &'a str,
+}
+
+const ACME: AcmeFile<'static> = AcmeFile {
+    head: "name = \"Acme Logistics\"\nstatus = \"active\"\n",
+    orders: "",
+    slow: "",
+    transfers: "value = { amount = \"/amount\", currency = \"/currency\" }\n",
+    value_limits: "EUR = { per_call = \"100.00\", per_day = \"1000.00\" }\n",
+};
+
+impl AcmeFile<'_> {
+    fn write(&self, h: &TestHome) {
+        let AcmeFile {
+            head,
+            orders,
+            slow,
+            transfers,
+            value_limits,
+        } = self;
+        std::fs::write(
+            h.path().join("partners/acme.toml"),
+            format!(
+                "id = \"acme\"\n{head}\n\
+                 [value_limits]\n{value_limits}\n\
+                 [[routes]]\nmethods = [\"GET\", \"POST\"]\npath = \"/v1/orders\"\nupstream = \"orders\"\n{orders}\n\
+                 [[routes]]\nmethods = [\"GET\"]\npath = \"/v1/slow\"\nupstream = \"slow\"\n{slow}\n\
+                 [[routes]]\nmethods = [\"POST\"]\npath = \"/v1/transfers\"\nupstream = \"orders\"\n{transfers}\n"
+            ),
+        )
+        .unwrap();
+    }
+}
+
+/// Statuses of two GETs of `path` sent at once on two connections.
+async fn two_at_once(b: &Broker, h: &TestHome, cert: &ClientCert, path: &'static str) -> Vec<u16> {
+    let call = || {
+        let (addr, ca, cert) = (b.addr, h.ca_pem(), cert.clone());
+        tokio::spawn(async move {
+            let mut c = Conn::open(addr, &ca, &cert, false).await.unwrap();
+            c.get(path).await.map(|r| r.status.as_u16()).unwrap_or(0)
+        })
+    };
+    let (one, two) = (call(), call());
+    vec![one.await.unwrap(), two.await.unwrap()]
+}
+
+/// Status and `error` of one payment on a fresh connection.
+async fn pay(b: &Broker, h: &TestHome, cert: &ClientCert, body: &str) -> (u16, String) {
+    let mut c = Conn::open(b.addr, &h.ca_pem(), cert, false).await.unwrap();
+    let r = c
+        .send(
+            Method::POST,
+            "/v1/transfers",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
+        .unwrap();
+    let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+    (r.status.as_u16(), error)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_partner_settings_take_effect_on_sighup() {
+    let (h, up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    let slow = start_slow_upstream(Duration::from_millis(1000), "slow answer").await;
+    h.add_upstream("slow", &format!("http://{slow}"), None);
+    h.edit_config(|d| {
+        d["monitor"]["anomaly_warmup_minutes"] = toml_edit::value(0);
+        d["monitor"]["anomaly_floor_per_minute"] = toml_edit::value(20.0);
+    });
+    ACME.write(&h);
+    let b = h.start();
+    let key = |k: &str| format!("partners/acme.toml {k}");
+    let eur = |amount: &str| format!(r#"{{"amount": "{amount}", "currency": "EUR"}}"#);
+    assert_eq!(get(&b, &h, &acme).await, 200);
+
+    // name: the status view shows the new display name.
+    AcmeFile {
+        head: "name = \"Acme Freight\"\nstatus = \"active\"\n",
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("name")).await;
+    let (_, s) = admin_get(b.admin, "/status").await;
+    assert!(s.contains("\"name\":\"Acme Freight\""), "{s}");
+
+    // status: suspended is refused, active again passes.
+    AcmeFile {
+        head: "name = \"Acme Freight\"\nstatus = \"suspended\"\n",
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("status")).await;
+    assert_ne!(get(&b, &h, &acme).await, 200);
+    ACME.write(&h);
+    reload_applies(&b, &h, &key("status")).await;
+    assert_eq!(get(&b, &h, &acme).await, 200);
+
+    // limits.requests_per_day: a quota of 2 refuses the third call today.
+    AcmeFile {
+        head: "[limits]\nrequests_per_day = 2\n",
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("limits.requests_per_day")).await;
+    let three = [
+        get(&b, &h, &acme).await,
+        get(&b, &h, &acme).await,
+        get(&b, &h, &acme).await,
+    ];
+    assert!(three.contains(&429), "{three:?}");
+    ACME.write(&h);
+    reload_applies(&b, &h, &key("limits.requests_per_day")).await;
+
+    // limits.max_concurrent: one call at a time; the second at once is 429.
+    assert_eq!(two_at_once(&b, &h, &acme, "/v1/slow").await, [200, 200]);
+    AcmeFile {
+        head: "[limits]\nmax_concurrent = 1\n",
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("limits.max_concurrent")).await;
+    let both = two_at_once(&b, &h, &acme, "/v1/slow").await;
+    assert!(both.contains(&200) && both.contains(&429), "{both:?}");
+
+    // routes[].limits.max_concurrent: the same, set on the route.
+    ACME.write(&h);
+    reload_applies(&b, &h, &key("limits.max_concurrent")).await;
+    assert_eq!(two_at_once(&b, &h, &acme, "/v1/slow").await, [200, 200]);
+    AcmeFile {
+        slow: "limits = { max_concurrent = 1 }\n",
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("routes[1].limits.max_concurrent")).await;
+    let both = two_at_once(&b, &h, &acme, "/v1/slow").await;
+    assert!(both.contains(&200) && both.contains(&429), "{both:?}");
+
+    // routes[].limits.requests_per_minute and burst: 1 a minute, burst 1.
+    AcmeFile {
+        orders: "limits = { requests_per_minute = 1, burst = 1 }\n",
+        ..ACME
+    }
+    .write(&h);
+    let detail = reload_applies(&b, &h, &key("routes[0].limits.requests_per_minute")).await;
+    assert!(detail.contains(&key("routes[0].limits.burst")), "{detail}");
+    let two = [get(&b, &h, &acme).await, get(&b, &h, &acme).await];
+    assert!(two.contains(&429), "{two:?}");
+
+    // routes[].limits.requests_per_day: a route quota of 1.
+    ACME.write(&h);
+    reload_applies(&b, &h, &key("routes[0].limits.burst")).await;
+    assert_eq!(get(&b, &h, &acme).await, 200);
+    AcmeFile {
+        orders: "limits = { requests_per_day = 1 }\n",
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("routes[0].limits.requests_per_day")).await;
+    let two = [get(&b, &h, &acme).await, get(&b, &h, &acme).await];
+    assert!(two.contains(&429), "{two:?}");
+
+    // routes[].strip_prefix: the upstream sees the path without the route's.
+    ACME.write(&h);
+    reload_applies(&b, &h, &key("routes[0].limits.requests_per_day")).await;
+    assert_eq!(get(&b, &h, &acme).await, 200);
+    assert_eq!(up.seen().last().unwrap()["path"], "/v1/orders");
+    AcmeFile {
+        orders: "strip_prefix = true\n",
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("routes[0].strip_prefix")).await;
+    assert_eq!(get(&b, &h, &acme).await, 200);
+    let path = up.seen().last().unwrap()["path"].clone();
+    assert!(
+        !path.as_str().unwrap_or("").starts_with("/v1/orders"),
+        "{path}"
+    );
+
+    // routes[].max_body_bytes: 100 bytes pass, then 16 is the most.
+    assert_eq!(fresh(&b, &h, &acme, Method::POST, &[b'x'; 100]).await, 200);
+    AcmeFile {
+        orders: "max_body_bytes = 16\n",
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("routes[0].max_body_bytes")).await;
+    assert_eq!(fresh(&b, &h, &acme, Method::POST, &[b'x'; 100]).await, 413);
+
+    // value_limits.EUR.per_call: 50 passes under 100, not under 10.
+    ACME.write(&h);
+    reload_applies(&b, &h, &key("routes[0].max_body_bytes")).await;
+    assert_eq!(pay(&b, &h, &acme, &eur("50.00")).await.0, 200);
+    AcmeFile {
+        value_limits: "EUR = { per_call = \"10.00\", per_day = \"1000.00\" }\n",
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("value_limits.EUR.per_call")).await;
+    assert_eq!(
+        pay(&b, &h, &acme, &eur("50.00")).await,
+        (403, "value_limit_per_call".to_string())
+    );
+
+    // value_limits.EUR.per_day: 50 more fit in 1000 today, not in 60.
+    AcmeFile {
+        value_limits: "EUR = { per_call = \"100.00\", per_day = \"60.00\" }\n",
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("value_limits.EUR.per_day")).await;
+    assert_eq!(
+        pay(&b, &h, &acme, &eur("50.00")).await,
+        (429, "value_limit_daily".to_string())
+    );
+
+    // routes[].value.amount and value.currency: pointers to other fields.
+    ACME.write(&h);
+    reload_applies(&b, &h, &key("value_limits.EUR.per_day")).await;
+    let other_fields = r#"{"sum": "5.00", "ccy": "EUR"}"#;
+    assert_eq!(pay(&b, &h, &acme, other_fields).await.1, "value_unreadable");
+    AcmeFile {
+        transfers: "value = { amount = \"/sum\", currency = \"/ccy\" }\n",
+        ..ACME
+    }
+    .write(&h);
+    let detail = reload_applies(&b, &h, &key("routes[2].value.amount")).await;
+    assert!(
+        detail.contains(&key("routes[2].value.currency")),
+        "{detail}"
+    );
+    assert_eq!(pay(&b, &h, &acme, other_fields).await.0, 200);
+
+    // routes[].require_signature: an unsigned call is 401.
+    ACME.write(&h);
+    reload_applies(&b, &h, &key("routes[2].value.amount")).await;
+    assert_eq!(pay(&b, &h, &acme, &eur("1.00")).await.0, 200);
+    AcmeFile {
+        transfers: "value = { amount = \"/amount\", currency = \"/currency\" }\nrequire_signature = true\n",
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("routes[2].require_signature")).await;
+    assert_eq!(
+        pay(&b, &h, &acme, &eur("1.00")).await,
+        (401, "signature_required".to_string())
+    );
+
+    // routes[].risk and signing: a high-risk route of a partner that signs
+    // needs a signature; either alone does not.
+    let high = "value = { amount = \"/amount\", currency = \"/currency\" }\nrisk = \"high\"\n";
+    AcmeFile {
+        transfers: high,
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("routes[2].risk")).await;
+    assert_eq!(pay(&b, &h, &acme, &eur("1.00")).await.0, 200);
+    AcmeFile {
+        head: "signing = true\n",
+        transfers: high,
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("signing")).await;
+    assert_eq!(
+        pay(&b, &h, &acme, &eur("1.00")).await,
+        (401, "signature_required".to_string())
+    );
+    AcmeFile {
+        head: "signing = true\n",
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("routes[2].risk")).await;
+    assert_eq!(pay(&b, &h, &acme, &eur("1.00")).await.0, 200);
+
+    // renewal_window: self-service renewal opens 100 days before expiry
+    // (by default 30: a 90-day certificate would wait 60 days).
+    let (_, csr) = crate::renewal::hostile_csr();
+    let r = crate::renewal::post_renew(&h, b.addr, &acme, &csr).await;
+    assert_eq!(r.json()["error"], "renewal_not_yet_allowed", "{}", r.body);
+    AcmeFile {
+        head: "renewal_window = \"100d\"\n",
+        ..ACME
+    }
+    .write(&h);
+    reload_applies(&b, &h, &key("renewal_window")).await;
+    let r = crate::renewal::post_renew(&h, b.addr, &acme, &csr).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // id: a new partner file is a new partner; on_anomaly: its spike is
+    // clamped (429) once the reload says "throttle".
+    h.add_partner("omega", &["GET /v1/orders -> orders"]);
+    reload_applies(&b, &h, "partners/omega.toml id").await;
+    let omega = h.issue("omega");
+    let mut status = 0;
+    for _ in 0..30 {
+        status = get(&b, &h, &omega).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+    let p = h.path().join("partners/omega.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, format!("on_anomaly = \"throttle\"\n{text}")).unwrap();
+    reload_applies(&b, &h, "partners/omega.toml on_anomaly").await;
+    let mut c = Conn::open(b.addr, &h.ca_pem(), &omega, false)
+        .await
+        .unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        statuses.push(c.get("/v1/orders").await.map_or(0, |r| r.status.as_u16()));
+    }
+    assert!(
+        statuses.contains(&429),
+        "a spike in throttle mode was not clamped: {statuses:?}"
+    );
+}
