@@ -111,6 +111,14 @@ mod proof {
     pub const STORE_MOVE: &str =
         "reload_restart::joining_a_fleet_and_moving_its_store_take_effect_at_restart";
     pub const PARTNER: &str = "reload_settings::live_partner_settings_take_effect_on_sighup";
+    pub const POOL_ADMISSION: &str =
+        "reload_pools::live_pool_admission_balance_and_retries_take_effect_on_sighup";
+    pub const POOL_HEALTH: &str =
+        "reload_pools::live_pool_health_outlier_and_dns_settings_take_effect_on_sighup";
+    pub const SPLIT_WEIGHTS: &str =
+        "split::forty_partners_over_90_10_stay_on_their_side_and_50_50_moves_only_those_that_must";
+    pub const PIN: &str =
+        "split::a_pinned_partner_always_reaches_its_side_and_a_pin_applies_on_reload";
     pub const FLEET_DENY: &str =
         "fleet::fleet_on_store_failure_changed_by_reload_denies_on_every_node";
 }
@@ -162,25 +170,25 @@ pub const SETTINGS: &[Setting] = &[
     live(G, "upstreams.*.connect_timeout", "longest connect; its client is rebuilt", LEG),
     live(G, "upstreams.*.response_timeout", "longest wait for the response head; next request", TIMEOUTS),
     live(G, "upstreams.*.signed_identity", "add the signed identity token; next request", MIXED),
-    live(G, "upstreams.*.endpoints", "the pool's endpoints; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.split", "weights of a split's sides (sticky per partner); next request", UNPROVEN),
-    live(G, "upstreams.*.balance", "least_request or round_robin; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.max_in_flight", "requests the backend sees at once; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.queue.size", "requests waiting for a place; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.queue.timeout", "longest wait for a place; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.retries", "retries on other endpoints; next request", UNPROVEN),
-    live(G, "upstreams.*.per_try_timeout", "longest wait per attempt; next request", UNPROVEN),
-    live(G, "upstreams.*.retry_budget", "share of retries among requests in flight; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.health", "active health checks on or off; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.health.path", "path probed; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.health.interval", "probe period; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.health.timeout", "probe timeout; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.health.healthy", "successes that bring an endpoint back; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.health.unhealthy", "failures that take an endpoint out; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.outlier.consecutive_failures", "failures in a row that eject an endpoint; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.outlier.base_ejection", "first ejection's length; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.outlier.max_ejected_percent", "most of the pool ejected at once; the pool is rebuilt", UNPROVEN),
-    live(G, "upstreams.*.dns_refresh", "how often host names are re-resolved; the pool is rebuilt", UNPROVEN),
+    live(G, "upstreams.*.endpoints", "the pool's endpoints; the pool is rebuilt", POOL_ADMISSION),
+    live(G, "upstreams.*.split", "weights of a split's sides (sticky per partner); next request", SPLIT_WEIGHTS),
+    live(G, "upstreams.*.balance", "least_request or round_robin; the pool is rebuilt", POOL_ADMISSION),
+    live(G, "upstreams.*.max_in_flight", "requests the backend sees at once; the pool is rebuilt", POOL_ADMISSION),
+    live(G, "upstreams.*.queue.size", "requests waiting for a place; the pool is rebuilt", POOL_ADMISSION),
+    live(G, "upstreams.*.queue.timeout", "longest wait for a place; the pool is rebuilt", POOL_ADMISSION),
+    live(G, "upstreams.*.retries", "retries on other endpoints; next request", POOL_ADMISSION),
+    live(G, "upstreams.*.per_try_timeout", "longest wait per attempt; next request", POOL_ADMISSION),
+    live(G, "upstreams.*.retry_budget", "share of retries among requests in flight; the pool is rebuilt", POOL_ADMISSION),
+    live(G, "upstreams.*.health", "active health checks on or off; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.health.path", "path probed; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.health.interval", "probe period; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.health.timeout", "probe timeout; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.health.healthy", "successes that bring an endpoint back; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.health.unhealthy", "failures that take an endpoint out; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.outlier.consecutive_failures", "failures in a row that eject an endpoint; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.outlier.base_ejection", "first ejection's length; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.outlier.max_ejected_percent", "most of the pool ejected at once; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.dns_refresh", "how often host names are re-resolved; the pool is rebuilt", POOL_HEALTH),
     restart(G, "cluster", "the [cluster] section itself: joining or leaving a fleet", STORE_MOVE),
     Setting { secret: true, ..restart(G, "cluster.redis_url", "the fleet's Redis store (the connection is made at start)", STORE_MOVE) },
     restart(G, "cluster.redis_ca", "CA verifying a rediss:// store", STORE_MOVE),
@@ -198,7 +206,7 @@ pub const SETTINGS: &[Setting] = &[
     live(P, "limits.max_concurrent", "requests in flight at once", PARTNER),
     live(P, "on_anomaly", "alert or throttle on a traffic spike", PARTNER),
     live(P, "renewal_window", "when self-service renewal opens", PARTNER),
-    live(P, "pin", "the side of a split this partner always reaches; next request", UNPROVEN),
+    live(P, "pin", "the side of a split this partner always reaches; next request", PIN),
     live(P, "value_limits.*.per_call", "the most one call may carry in this currency", PARTNER),
     live(P, "value_limits.*.per_day", "the most one UTC day's calls may carry together in this currency", PARTNER),
     live(P, "signing", "the partner signs its requests: its high-risk routes require a signature", PARTNER),

@@ -37,6 +37,7 @@ mod pools;
 mod power_loss;
 mod relay;
 mod reload;
+mod reload_pools;
 mod reload_race;
 mod reload_restart;
 mod reload_settings;

@@ -16,7 +16,7 @@ use common::broker::{
     Broker, ClientCert, Conn, TestHome, admin_get, admin_request, client_tls, home_with_echo,
     start_slow_upstream, tls_connect,
 };
-use common::reload::{reload_applies, reload_leaves_pending};
+use common::reload::reload_applies;
 use common::upstream::{EchoOptions, start_echo_upstream};
 use common::webhook::Webhook;
 

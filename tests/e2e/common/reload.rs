@@ -4,13 +4,15 @@
 
 use super::broker::{Broker, TestHome};
 
-/// Sends SIGHUP and waits (bounded) for the reload's admin record that
-/// names `key` as applied; returns its detail.
+/// Sends SIGHUP and waits (bounded) for an admin record written after it
+/// (`config_reloaded`) that names `key` as applied; returns its detail.
 pub async fn reload_applies(b: &Broker, h: &TestHome, key: &str) -> String {
+    let after = last_seq(h);
     b.signal("HUP");
     let rec = h
         .wait_journal(10, |v| {
-            v["reason"] == "config_reloaded"
+            v["seq"].as_u64().is_some_and(|s| s > after)
+                && v["reason"] == "config_reloaded"
                 && v["detail"]
                     .as_str()
                     .is_some_and(|d| applied_keys(d).iter().any(|k| k == key))
@@ -26,6 +28,15 @@ pub async fn reload_applies(b: &Broker, h: &TestHome, key: &str) -> String {
     rec["detail"].as_str().unwrap_or_default().to_string()
 }
 
+/// The sequence number of the journal's last record (0: none yet).
+fn last_seq(h: &TestHome) -> u64 {
+    h.journal()
+        .iter()
+        .filter_map(|v| v["seq"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
 /// The keys after `applied: ` in a reload record's detail.
 pub fn applied_keys(detail: &str) -> Vec<String> {
     let Some(rest) = detail.split("applied: ").nth(1) else {
@@ -39,6 +50,7 @@ pub fn applied_keys(detail: &str) -> Vec<String> {
 /// `keys`, that it takes effect at restart (WARN line), and the reload's
 /// admin record lists them as pending.
 pub async fn reload_leaves_pending(b: &Broker, h: &TestHome, keys: &[&str]) {
+    let after = last_seq(h);
     b.signal("HUP");
     for key in keys {
         assert!(
@@ -50,7 +62,8 @@ pub async fn reload_leaves_pending(b: &Broker, h: &TestHome, keys: &[&str]) {
     }
     let rec = h
         .wait_journal(10, |v| {
-            v["reason"] == "config_reloaded"
+            v["seq"].as_u64().is_some_and(|s| s > after)
+                && v["reason"] == "config_reloaded"
                 && v["detail"].as_str().is_some_and(|d| {
                     d.split("restart pending (takes effect at restart): ")
                         .nth(1)
