@@ -119,6 +119,7 @@ mod proof {
         "split::forty_partners_over_90_10_stay_on_their_side_and_50_50_moves_only_those_that_must";
     pub const PIN: &str =
         "split::a_pinned_partner_always_reaches_its_side_and_a_pin_applies_on_reload";
+    pub const STORE_TIMEOUT: &str = "reload_settings::live_store_timeout_takes_effect_on_sighup";
     pub const FLEET_DENY: &str =
         "fleet::fleet_on_store_failure_changed_by_reload_denies_on_every_node";
 }
@@ -196,7 +197,7 @@ pub const SETTINGS: &[Setting] = &[
     restart(G, "cluster.redis_username", "the store's ACL user", STORE_MOVE),
     live(G, "cluster.on_store_failure", "local or deny while the store does not answer; next request", FLEET_DENY),
     restart(G, "cluster.key_prefix", "prefix of every key and channel in the store", STORE_MOVE),
-    live(G, "cluster.store_timeout", "how long a request waits for the store; next request", UNPROVEN),
+    live(G, "cluster.store_timeout", "how long a request waits for the store; next request", STORE_TIMEOUT),
     live(P, "id", "the partner's id (a new id is a new partner)", PARTNER),
     live(P, "name", "display name", PARTNER),
     live(P, "status", "active or suspended; open connections too, within a second", PARTNER),

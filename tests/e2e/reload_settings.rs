@@ -1331,3 +1331,37 @@ async fn live_partner_settings_take_effect_on_sighup() {
         "a spike in throttle mode was not clamped: {statuses:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_store_timeout_takes_effect_on_sighup() {
+    let Some(redis) = common::redis_server::RedisServer::start() else {
+        return;
+    };
+    let (h, _up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    h.set_partner_limits("acme", &[("requests_per_minute", 600)]);
+    h.set_cluster(&redis.url(), Some("deny"));
+    let b = h.start();
+    assert_eq!(get(&b, &h, &acme).await, 200);
+    // The store stops answering for 1.5 s (CLIENT PAUSE).
+    let pause = || {
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(1500)
+            .arg("ALL")
+            .query(&mut redis.conn())
+            .unwrap();
+    };
+
+    // [cluster] store_timeout 250 ms (the default): a limited call during
+    // the pause gives up on the store and, as "deny" says, is refused.
+    pause();
+    assert_eq!(get(&b, &h, &acme).await, 503);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(get(&b, &h, &acme).await, 200);
+
+    // 5 s: the call waits out the pause and passes.
+    h.edit_config(|d| d["cluster"]["store_timeout"] = toml_edit::value("5s"));
+    reload_applies(&b, &h, "cluster.store_timeout").await;
+    pause();
+    assert_eq!(get(&b, &h, &acme).await, 200, "{}", b.log());
+}
