@@ -1365,3 +1365,98 @@ async fn live_store_timeout_takes_effect_on_sighup() {
     pause();
     assert_eq!(get(&b, &h, &acme).await, 200, "{}", b.log());
 }
+
+/// An Ed25519 key that signs requests, its public key written to
+/// `keys/<name>.pem` in the home.
+fn signing_key(h: &TestHome, name: &str) -> rcgen::KeyPair {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    std::fs::create_dir_all(h.path().join("keys")).unwrap();
+    std::fs::write(
+        h.path().join(format!("keys/{name}.pem")),
+        key.public_key_pem(),
+    )
+    .unwrap();
+    key
+}
+
+/// A POST of `body` to /v1/transfers signed (RFC 9421, written out here:
+/// method, authority, path and a SHA-256 Content-Digest, with a fresh
+/// nonce) by `key` as `keyid`; status and `error`.
+async fn signed_post(
+    b: &Broker,
+    h: &TestHome,
+    cert: &ClientCert,
+    key: &rcgen::KeyPair,
+    keyid: &str,
+) -> (u16, String) {
+    use base64::Engine;
+    use sha2::Digest;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let body = br#"{"amount": "1.00", "currency": "EUR"}"#;
+    let digest = format!("sha-256=:{}:", b64(&sha2::Sha256::digest(body)));
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let nonce = hex::encode(rand::random::<[u8; 12]>());
+    let params = format!(
+        "(\"@method\" \"@authority\" \"@path\" \"content-digest\");created={created};nonce=\"{nonce}\";keyid=\"{keyid}\";alg=\"ed25519\""
+    );
+    let base = format!(
+        "\"@method\": POST\n\"@authority\": localhost\n\"@path\": /v1/transfers\n\"content-digest\": {digest}\n\"@signature-params\": {params}"
+    );
+    let signature = rcgen::SigningKey::sign(key, base.as_bytes()).unwrap();
+    let input = format!("sig1={params}");
+    let sig = format!("sig1=:{}:", b64(&signature));
+    let mut c = Conn::open(b.addr, &h.ca_pem(), cert, false).await.unwrap();
+    let r = c
+        .send(
+            Method::POST,
+            "/v1/transfers",
+            &[
+                ("content-type", "application/json"),
+                ("content-digest", &digest),
+                ("signature-input", &input),
+                ("signature", &sig),
+            ],
+            body,
+        )
+        .await
+        .unwrap();
+    let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+    (r.status.as_u16(), error)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_signing_keys_take_effect_on_sighup() {
+    let (h, _up, acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    let first = signing_key(&h, "first");
+    let second = signing_key(&h, "second");
+    let write = |id: &str, public_key: &str| {
+        std::fs::write(
+            h.path().join("partners/acme.toml"),
+            format!(
+                "id = \"acme\"\nsigning = true\n\n[[routes]]\nmethods = [\"POST\"]\npath = \"/v1/transfers\"\nupstream = \"orders\"\nrisk = \"high\"\n\n[[signing_keys]]\nid = \"{id}\"\npublic_key = \"{public_key}\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("k1", "keys/first.pem");
+    let b = h.start();
+    assert_eq!(signed_post(&b, &h, &acme, &first, "k1").await.0, 200);
+
+    // signing_keys[].id: the key now answers to k2 only.
+    write("k2", "keys/first.pem");
+    reload_applies(&b, &h, "partners/acme.toml signing_keys[0].id").await;
+    assert_eq!(signed_post(&b, &h, &acme, &first, "k1").await.0, 401);
+    assert_eq!(signed_post(&b, &h, &acme, &first, "k2").await.0, 200);
+
+    // signing_keys[].public_key: k2 is now the second key.
+    write("k2", "keys/second.pem");
+    reload_applies(&b, &h, "partners/acme.toml signing_keys[0].public_key").await;
+    assert_eq!(
+        signed_post(&b, &h, &acme, &first, "k2").await,
+        (401, "signature_invalid".to_string())
+    );
+    assert_eq!(signed_post(&b, &h, &acme, &second, "k2").await.0, 200);
+}
