@@ -107,8 +107,15 @@ async fn live_pool_admission_balance_and_retries_take_effect_on_sighup() {
     assert_eq!(slow.max_concurrent(), 3);
     set(&h, "orders", "max_in_flight", 1);
     reload_applies(&b, &h, &key("max_in_flight")).await;
-    // One at a time; the others wait in the queue and are answered.
+    // One at a time; the others wait in the queue and are answered, so
+    // three calls of 1 s each take three seconds, not one.
+    let started = Instant::now();
     assert_eq!(at_once(&b, &h, &acme, "/v1/b", 3).await, [200, 200, 200]);
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "the calls were not taken one at a time: {:?}",
+        started.elapsed()
+    );
     // queue.size = 0: nothing waits; the two that find no place are refused.
     set_in(&h, "orders", "queue", "size", 0);
     reload_applies(&b, &h, &key("queue.size")).await;

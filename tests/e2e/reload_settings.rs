@@ -626,8 +626,10 @@ async fn live_journal_settings_take_effect_on_sighup() {
     // handshake_aggregate_interval: past 2 refusals from one address, the
     // rest fold into one aggregate record written when the 1 s interval
     // ends (by default, 10 per minute are written one by one).
-    set_value(&h, "journal", "handshake_refusals_per_interval", 2);
-    set_value(&h, "journal", "handshake_aggregate_interval", "1s");
+    h.edit_config(|d| {
+        d["journal"]["handshake_refusals_per_interval"] = toml_edit::value(2);
+        d["journal"]["handshake_aggregate_interval"] = toml_edit::value("1s");
+    });
     let detail = reload_applies(&b, &h, "journal.handshake_refusals_per_interval").await;
     assert!(
         detail.contains("journal.handshake_aggregate_interval"),

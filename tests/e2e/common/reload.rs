@@ -4,18 +4,43 @@
 
 use super::broker::{Broker, TestHome};
 
-/// Sends SIGHUP and waits (bounded) for an admin record written after it
+/// Sends SIGHUP and waits (bounded) for the reload's admin record
 /// (`config_reloaded`) that names `key` as applied; returns its detail.
+///
+/// The file watcher may have taken the edit in before the signal: then the
+/// latest reload record already there names the key (and the SIGHUP's own
+/// reload finds nothing new). Any other record must come after the signal,
+/// so a record of an earlier change never counts.
 pub async fn reload_applies(b: &Broker, h: &TestHome, key: &str) -> String {
-    let after = last_seq(h);
+    let names_key = |v: &serde_json::Value| {
+        v["reason"] == "config_reloaded"
+            && v["detail"]
+                .as_str()
+                .is_some_and(|d| applied_keys(d).iter().any(|k| k == key))
+    };
+    let before = h.journal();
+    let after = before
+        .iter()
+        .filter_map(|v| v["seq"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let latest_reload = before
+        .iter()
+        .filter(|v| {
+            v["kind"] == "admin"
+                && matches!(
+                    v["reason"].as_str(),
+                    Some("config_reloaded" | "config_reload_refused")
+                )
+        })
+        .max_by_key(|v| v["seq"].as_u64());
     b.signal("HUP");
+    if let Some(rec) = latest_reload.filter(|v| names_key(v)) {
+        return rec["detail"].as_str().unwrap_or_default().to_string();
+    }
     let rec = h
         .wait_journal(10, |v| {
-            v["seq"].as_u64().is_some_and(|s| s > after)
-                && v["reason"] == "config_reloaded"
-                && v["detail"]
-                    .as_str()
-                    .is_some_and(|d| applied_keys(d).iter().any(|k| k == key))
+            v["seq"].as_u64().is_some_and(|s| s > after) && names_key(v)
         })
         .await;
     let Some(rec) = rec else {
