@@ -520,10 +520,12 @@ async fn live_timeouts_new_upstreams_and_ca_defaults_take_effect_on_sighup() {
     )
     .unwrap();
     let detail = reload_applies(&b, &h, "upstreams.billing.url").await;
-    assert!(
-        detail.contains("partners/acme.toml routes[2].upstream"),
-        "{detail}"
-    );
+    for key in ["upstream", "methods", "path"] {
+        assert!(
+            detail.contains(&format!("partners/acme.toml routes[2].{key}")),
+            "{detail}"
+        );
+    }
     let mut c = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
     assert_eq!(c.get("/v1/billing").await.unwrap().status, 200);
     assert_eq!(billing.calls(), 1);
