@@ -35,6 +35,7 @@ fn partners(count: usize) -> Vec<Partner> {
                 status: PartnerStatus::Active,
                 on_anomaly: Default::default(),
                 renewal_window: None,
+                own_ca: None,
                 value_limits: Default::default(),
                 signing: false,
                 signing_keys: Vec::new(),

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The operator console in a real browser: starts a broker with traffic
 # (an allowed call, a denied one, a partner whose certificate expires in 5
-# days), opens the console in headless Chromium and checks that the partner
-# table, a traffic chart and the expiring certificate appear, and that the
+# days, a partner with its own CA), opens the console in headless Chromium
+# and checks that the partner table, a traffic chart, the expiring
+# certificate and whose CA the own-CA partner uses appear, and that the
 # journal filter (passed in the URL, as a bookmark would) finds the denied
 # request by its request id and shows its chain position. Then the same
 # with a public admin listener: without the token the page shows no data.
@@ -63,6 +64,18 @@ TOML
 cp partners/acme.toml partners/globex.toml "$HOME_DIR/partners/"
 $G cert issue acme --out "$WORK/acme" >/dev/null
 $G cert issue globex --days 5 --out "$WORK/globex" >/dev/null
+# bank brings its own CA (made here with openssl): its certificate ends in 9 days.
+$G partner add bank --route "GET /v1/orders -> orders" >/dev/null
+(
+  cd "$WORK"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout bank-root.key -out bank-root.pem \
+    -subj "/O=bank/CN=bank Root CA" -days 30 -addext basicConstraints=critical,CA:TRUE \
+    -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout bank.key -out bank.csr -subj "/CN=bank-api" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' >bank.ext
+  openssl x509 -req -in bank.csr -CA bank-root.pem -CAkey bank-root.key -CAcreateserial -out bank.pem -days 9 -extfile bank.ext 2>/dev/null
+) || fail "making bank's CA with openssl"
+$G partner trust bank --ca "$WORK/bank-root.pem" --match-subject-cn bank-api >/dev/null
 $ECHO --listen 127.0.0.1:0 --client-ca "$HOME_DIR/certs/upstream-client-ca.pem" --write-ca "$HOME_DIR/certs/upstream-ca.pem" >"$WORK/echo.out" 2>&1 &
 PIDS+=($!)
 UP=$(addr_from "$WORK/echo.out" "listening on ")
@@ -82,6 +95,7 @@ RID=$(curl "${C[@]}" --cert "$WORK/globex/globex.pem" --key "$WORK/globex/globex
   | tr -d '\r' | sed -n 's/^x-request-id: //Ip')
 [[ -n $RID ]] || fail "the denied call has no x-request-id"
 echo "denied request id: $RID"
+curl "${C[@]}" --cert "$WORK/bank.pem" --key "$WORK/bank.key" -o /dev/null "$URL/v1/orders/8" || fail "bank's call with its own CA's certificate"
 
 echo "== the console in headless Chromium"
 PAGE="http://$ADMIN/#journal?request_id=$RID"
@@ -95,6 +109,8 @@ check "partner table row for acme" '<tr data-partner="acme">'
 check "partner table row for globex" '<tr data-partner="globex">'
 check "a traffic chart with bars" '<svg[^>]*class="traffic"[^>]*>.*<rect[^>]*class="allowed"'
 check "globex's certificate, highlighted as expiring" 'class="cert mono expiring"[^>]*>[0-9a-f]+… [45] d'
+check "whose CA bank uses" 'class="own-ca muted"[^>]*>own CA: [^<]*bank Root CA \(subject CN bank-api\)'
+check "bank's certificate, from its own CA, expiring" 'class="cert mono expiring"[^>]*>[0-9a-f]+… [89] d \(their CA\)'
 check "the denied request found by its request id" "<tr class=\"denied[^\"]*\" data-seq=\"[0-9]+\" data-request-id=\"$RID\">"
 check "its chain position" 'chain position</dt><dd[^>]*>record [0-9]+ of 1…[0-9]+'
 check "its checkpoint coverage" 'signed checkpoint</dt><dd class="(un)?covered"'

@@ -1,5 +1,6 @@
 //! `gatehouse check`: validates a home offline, like `nginx -t` — the
-//! configuration, every partner file, the CA (and any previous CA kept by a
+//! configuration, every partner file (and the CA and CRL files of partners
+//! that bring their own CA), the CA (and any previous CA kept by a
 //! rollover), the root and upstream-client CA with their path lengths, the
 //! broker certificates and the CRL — and reports every problem found with
 //! its file (and line where the problem has one). `describe_pki` says which
@@ -23,8 +24,9 @@ pub fn check_home(home: &Home) -> Vec<String> {
         }
     };
     if let Some(g) = &gateway {
-        if let Err(e) = config::load_partners(home, g) {
-            problems.extend(e.0.iter().map(|e| e.to_string()));
+        match config::load_partners(home, g) {
+            Ok(partners) => problems.extend(own_ca_problems(home, &partners)),
+            Err(e) => problems.extend(e.0.iter().map(|e| e.to_string())),
         }
         for (name, up) in &g.upstreams {
             for f in [&up.ca, &up.client_cert, &up.client_key]
@@ -100,6 +102,31 @@ pub fn check_home(home: &Home) -> Vec<String> {
             "{}: not a usable CRL: {e} (run `gatehouse cert crl --refresh`)",
             home.crl().display()
         ));
+    }
+    problems
+}
+
+/// Partners' own CAs (`[own_ca]`): their CA and CRL files usable, and no
+/// name claimed by two partners.
+fn own_ca_problems(home: &Home, partners: &[config::Partner]) -> Vec<String> {
+    use crate::tls::partner_ca::{PartnerCa, build_all};
+    let resolve = |p: &std::path::Path| home.resolve(p);
+    let owned: Vec<_> = partners
+        .iter()
+        .filter_map(|p| p.own_ca.as_ref().map(|o| (p.id.as_str(), o)))
+        .collect();
+    let mut problems: Vec<String> = owned
+        .iter()
+        .filter_map(|(id, own)| {
+            PartnerCa::build(id, own, resolve)
+                .err()
+                .map(|e| format!("{}: {e}", home.partner_file(id).display()))
+        })
+        .collect();
+    if problems.is_empty()
+        && let Err(e) = build_all(owned.iter().copied(), resolve)
+    {
+        problems.push(e.to_string());
     }
     problems
 }

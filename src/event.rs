@@ -69,6 +69,10 @@ pub struct Event {
     /// Attempts the upstream leg took (0: none was made).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
+    /// Whose CA issued the client certificate, when it was the partner's
+    /// own (`[own_ca]`): that CA's subject. `None`: ours, or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     /// A call on a route with a `value`: its amount (exact decimal text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_amount: Option<String>,
@@ -117,6 +121,7 @@ impl Event {
             detail: None,
             upstream_endpoint: None,
             attempts: 0,
+            issuer: None,
             value_amount: None,
             value_currency: None,
             signature_keyid: None,

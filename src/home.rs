@@ -106,6 +106,13 @@ impl Home {
     pub fn partner_file(&self, id: &str) -> PathBuf {
         self.partners_dir().join(format!("{id}.toml"))
     }
+    /// `invitations/`: one-time enrolment invitations (hashed secrets, 0600).
+    pub fn invitations_dir(&self) -> PathBuf {
+        self.root.join("invitations")
+    }
+    pub fn invitation_file(&self, id: &str) -> PathBuf {
+        self.invitations_dir().join(format!("{id}.json"))
+    }
     pub fn certs_dir(&self) -> PathBuf {
         self.root.join("certs")
     }

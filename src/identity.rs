@@ -28,6 +28,9 @@ pub struct PartnerIdentity {
     pub not_after_unix: i64,
     /// The certificate's subject, for logs.
     pub subject: String,
+    /// `Some(CA subject)` when the partner's own CA issued the certificate
+    /// (`[own_ca]`); `None` for ours.
+    pub own_issuer: Option<Arc<str>>,
     /// The certificate's SubjectPublicKeyInfo (DER): the key that verifies
     /// the partner's request signatures when it signs with this key.
     pub spki: Arc<[u8]>,
@@ -95,6 +98,29 @@ pub fn identify(der: &[u8], trust_domain: &str) -> Result<PartnerIdentity, Ident
         not_before_unix: cert.validity().not_before.timestamp(),
         not_after_unix: cert.validity().not_after.timestamp(),
         subject: cert.subject().to_string(),
+        own_issuer: None,
+        spki: Arc::from(cert.public_key().raw),
+    })
+}
+
+/// The identity of a leaf a partner's own CA verified: the partner its
+/// name maps to, `name` (what matched) in place of the URI, and the issuer.
+pub fn identify_own(
+    der: &[u8],
+    partner: &str,
+    name: &str,
+    issuer: &str,
+) -> Result<PartnerIdentity, IdentityError> {
+    let (_, cert) = parse_x509_certificate(der).map_err(|_| IdentityError::Unparsable)?;
+    Ok(PartnerIdentity {
+        partner: Arc::from(partner),
+        serial: Arc::from(hex::encode(cert.raw_serial())),
+        fingerprint: Arc::from(fingerprint(der)),
+        uri: Arc::from(name),
+        not_before_unix: cert.validity().not_before.timestamp(),
+        not_after_unix: cert.validity().not_after.timestamp(),
+        subject: cert.subject().to_string(),
+        own_issuer: Some(Arc::from(issuer)),
         spki: Arc::from(cert.public_key().raw),
     })
 }

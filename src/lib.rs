@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod durable_file;
+pub mod enrolment;
 pub mod event;
 pub mod fleet;
 pub mod gateway;

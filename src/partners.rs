@@ -6,6 +6,7 @@
 use crate::ca::CaError;
 use crate::ca::inventory::RevocationReason;
 use crate::ca::lifecycle;
+use crate::config::OwnCa;
 use crate::config::{
     self, LimitSpec, Partner, PartnerStatus, RouteSpec, parse_partner, render_partner,
     set_partner_status, validate_partner_id,
@@ -59,6 +60,7 @@ pub fn add(
         limits: LimitSpec::default(),
         on_anomaly: Default::default(),
         renewal_window: None,
+        own_ca: None,
         pin: Default::default(),
         routes,
         value_limits: Default::default(),
@@ -98,6 +100,47 @@ pub fn set_status(home: &Home, id: &str, status: PartnerStatus) -> Result<Partne
     let text = read_to_string(&path)?;
     let new_text = set_partner_status(&text, status)
         .map_err(|e| PartnerError::Invalid(format!("{}: {e}", path.display())))?;
+    let gateway = config::load_gateway(home).map_err(|e| PartnerError::Invalid(e.to_string()))?;
+    let partner = parse_partner(&path, &new_text, &gateway)
+        .map_err(|e| PartnerError::Invalid(e.to_string()))?;
+    write_public(&path, new_text.as_bytes())?;
+    Ok(partner)
+}
+
+/// `partner trust`: the partner brings its own CA. Writes `[own_ca]` into
+/// its file (keeping the rest), after checking the result parses (the
+/// caller checks that the CA and CRL files can be used). Paths are kept
+/// absolute, so the operator can refresh the CRL where it lies.
+pub fn trust(home: &Home, id: &str, own: &OwnCa) -> Result<Partner, PartnerError> {
+    show(home, id)?;
+    let absolute = |p: &std::path::Path| {
+        std::fs::canonicalize(p).map_err(|e| PartnerError::Invalid(format!("{}: {e}", p.display())))
+    };
+    let own = OwnCa {
+        ca: absolute(&own.ca)?,
+        crl: own.crl.as_deref().map(absolute).transpose()?,
+        ..own.clone()
+    };
+    let path = home.partner_file(id);
+    let text = read_to_string(&path)?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| PartnerError::Invalid(format!("{}: {e}", path.display())))?;
+    let mut t = toml_edit::Table::new();
+    t["ca"] = toml_edit::value(own.ca.display().to_string());
+    t[own.name.key()] = toml_edit::value(own.name.value());
+    if !own.pin_spki.is_empty() {
+        let mut a = toml_edit::Array::new();
+        for p in &own.pin_spki {
+            a.push(p.as_str());
+        }
+        t["pin_spki"] = toml_edit::value(a);
+    }
+    if let Some(crl) = &own.crl {
+        t["crl"] = toml_edit::value(crl.display().to_string());
+    }
+    doc["own_ca"] = toml_edit::Item::Table(t);
+    let new_text = doc.to_string();
     let gateway = config::load_gateway(home).map_err(|e| PartnerError::Invalid(e.to_string()))?;
     let partner = parse_partner(&path, &new_text, &gateway)
         .map_err(|e| PartnerError::Invalid(e.to_string()))?;

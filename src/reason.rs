@@ -20,7 +20,8 @@ pub enum Reason {
     /// The client's address already has `max_pending_handshakes_per_addr`
     /// handshakes in progress.
     TooManyPendingHandshakes,
-    /// The partner presented no certificate.
+    /// The client presented no certificate: such a connection gets the
+    /// enrolment (EST) paths and nothing else.
     NoCertificate,
     /// The client closed the connection during the handshake.
     ClientClosed,
@@ -50,6 +51,9 @@ pub enum Reason {
     AmbiguousIdentity,
     /// The certificate's URI SAN names another trust domain.
     ForeignIdentity,
+    /// A certificate from a partner's own CA whose key is not one pinned
+    /// for that partner.
+    KeyPinMismatch,
 
     // --- the certificate and partner, at the handshake and on every request
     /// The certificate has expired.
@@ -176,6 +180,19 @@ pub enum Reason {
     AlreadyRenewed,
     /// Signing or recording the renewed certificate failed.
     RenewalFailed,
+
+    // --- enrolment (EST) with a one-time invitation
+    /// No or malformed HTTP Basic credentials, no invitation for that
+    /// partner, or a wrong secret.
+    EnrolmentUnauthorized,
+    /// The invitation's secret was right but the invitation has expired.
+    InvitationExpired,
+    /// The invitation's secret was right but it was already used.
+    InvitationUsed,
+    /// The invitation is locked after too many wrong secrets.
+    InvitationLocked,
+    /// Too many enrolment attempts from this address.
+    EnrolmentRateLimited,
 }
 
 impl Reason {
@@ -198,6 +215,7 @@ impl Reason {
         Reason::NoPartnerIdentity,
         Reason::AmbiguousIdentity,
         Reason::ForeignIdentity,
+        Reason::KeyPinMismatch,
         Reason::Expired,
         Reason::Revoked,
         Reason::Superseded,
@@ -248,6 +266,11 @@ impl Reason {
         Reason::NotRenewable,
         Reason::AlreadyRenewed,
         Reason::RenewalFailed,
+        Reason::EnrolmentUnauthorized,
+        Reason::InvitationExpired,
+        Reason::InvitationUsed,
+        Reason::InvitationLocked,
+        Reason::EnrolmentRateLimited,
     ];
 
     /// The stable code: the journal record's `reason`, the metric label and
@@ -271,6 +294,7 @@ impl Reason {
             Reason::NoPartnerIdentity => "no_partner_identity",
             Reason::AmbiguousIdentity => "ambiguous_identity",
             Reason::ForeignIdentity => "foreign_identity",
+            Reason::KeyPinMismatch => "key_pin_mismatch",
             Reason::Expired => "expired",
             Reason::Revoked => "revoked",
             Reason::Superseded => "superseded",
@@ -321,6 +345,11 @@ impl Reason {
             Reason::NotRenewable => "not_renewable",
             Reason::AlreadyRenewed => "already_renewed",
             Reason::RenewalFailed => "renewal_failed",
+            Reason::EnrolmentUnauthorized => "enrolment_unauthorized",
+            Reason::InvitationExpired => "invitation_expired",
+            Reason::InvitationUsed => "invitation_used",
+            Reason::InvitationLocked => "invitation_locked",
+            Reason::EnrolmentRateLimited => "enrolment_rate_limited",
         }
     }
 
@@ -333,7 +362,6 @@ impl Reason {
         Some(match self {
             HandshakeTimeout
             | TooManyPendingHandshakes
-            | NoCertificate
             | ClientClosed
             | ClientAlert
             | NoAlpn
@@ -348,6 +376,7 @@ impl Reason {
             | NoPartnerIdentity
             | AmbiguousIdentity
             | ForeignIdentity
+            | KeyPinMismatch
             | Incomplete => return None,
             Expired
             | Revoked
@@ -360,7 +389,12 @@ impl Reason {
             | RouteNotGranted
             | ValueLimitPerCall
             | RenewalNotYetAllowed
-            | NotRenewable => StatusCode::FORBIDDEN,
+            | NotRenewable
+            | NoCertificate
+            | InvitationExpired
+            | InvitationUsed
+            | InvitationLocked => StatusCode::FORBIDDEN,
+            EnrolmentUnauthorized => StatusCode::UNAUTHORIZED,
             FleetSyncPending
             | JournalUnavailable
             | LimitStoreUnavailable
@@ -370,7 +404,7 @@ impl Reason {
             | Backslash | ControlCharacter | BadPercentEncoding | EmptySegment | NestedEncoding
             | TargetTooLong | BadBody | BadCsr | ValueUnreadable => StatusCode::BAD_REQUEST,
             RequestsPerMinute | RequestsPerDay | MaxConcurrent | Throttled | RenewalRateLimited
-            | ValueLimitDaily => StatusCode::TOO_MANY_REQUESTS,
+            | EnrolmentRateLimited | ValueLimitDaily => StatusCode::TOO_MANY_REQUESTS,
             BodyTooLarge | CsrTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UpstreamUnknown | UpstreamTls | UpstreamError | UpstreamBodyError => {
                 StatusCode::BAD_GATEWAY
@@ -401,7 +435,8 @@ impl Reason {
             | FleetSyncPending
             | AmbiguousFraming
             | BodyTooLarge
-            | CsrTooLarge => true,
+            | CsrTooLarge
+            | NoCertificate => true,
             _ => self.status().is_none(),
         }
     }
@@ -417,6 +452,7 @@ impl Reason {
             | MaxConcurrent
             | Throttled
             | RenewalRateLimited
+            | EnrolmentRateLimited
             | FleetSyncPending
             | LimitStoreUnavailable
             | UpstreamUnavailable
@@ -501,6 +537,7 @@ mod tests {
                 | Reason::NoPartnerIdentity
                 | Reason::AmbiguousIdentity
                 | Reason::ForeignIdentity
+                | Reason::KeyPinMismatch
                 | Reason::Expired
                 | Reason::Revoked
                 | Reason::Superseded
@@ -550,7 +587,12 @@ mod tests {
                 | Reason::RenewalNotYetAllowed
                 | Reason::NotRenewable
                 | Reason::AlreadyRenewed
-                | Reason::RenewalFailed => place(*r),
+                | Reason::RenewalFailed
+                | Reason::EnrolmentUnauthorized
+                | Reason::InvitationExpired
+                | Reason::InvitationUsed
+                | Reason::InvitationLocked
+                | Reason::EnrolmentRateLimited => place(*r),
             };
             assert!(listed < Reason::ALL.len(), "{r:?}");
         }
@@ -654,8 +696,8 @@ mod tests {
 
     /// Production code's string literals that spell a reason code but name
     /// something else: certificate states (`cert list`, the inventory, the
-    /// status view), limit settings read from the status JSON, and the
-    /// audit record of a partner's suspension.
+    /// status view), limit settings read from the status JSON, the
+    /// audit record of a partner's suspension, and an invitation's state.
     const SAME_WORD_OTHER_THING: &[(&str, &str)] = &[
         ("ca/inventory.rs", "expired"),
         ("ca/inventory.rs", "superseded"),
@@ -667,6 +709,7 @@ mod tests {
         ("cli/status.rs", "requests_per_day"),
         ("cli/status.rs", "max_concurrent"),
         ("gateway/live.rs", "partner_suspended"),
+        ("enrolment/invitation.rs", "expired"),
     ];
 
     /// The file's code before its `#[cfg(test)]` module (tests spell the

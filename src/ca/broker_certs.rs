@@ -159,7 +159,7 @@ fn san_names(x: &X509Certificate<'_>) -> Vec<String> {
 
 /// The names of the server certificate at `path`, for `cert server-renew`
 /// (refused when they cannot be read: the operator passes `--hostname`).
-fn server_hostnames(path: &Path) -> Result<Vec<String>, CaError> {
+pub(crate) fn server_hostnames(path: &Path) -> Result<Vec<String>, CaError> {
     let der = CertificateDer::from_pem_file(path).map_err(|e| {
         invalid(format!(
             "{}: not a PEM certificate ({e}); pass --hostname to choose the names",

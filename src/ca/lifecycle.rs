@@ -339,6 +339,24 @@ pub fn renew_from_csr(
     })
 }
 
+/// A partner's certificate from a PEM CSR held in memory (enrolment over
+/// EST): signs only the CSR's public key under the current CA with
+/// `[ca] default_days`, records it, and supersedes nothing (the partner's
+/// other certificates stay as they are).
+pub fn enrol_from_csr(home: &Home, partner: &str, csr_pem: &[u8]) -> Result<CsrRenewal, CaError> {
+    let subject = Subject::from_csr_pem(csr_pem)?;
+    let ctx = context(home, partner)?;
+    let _lock = lock::lock(home)?;
+    let now = OffsetDateTime::now_utc();
+    let (record, signed) = sign_partner(partner, &subject, None, &ctx, now)?;
+    write_record(home, &record, Some(&signed.pem))?;
+    Ok(CsrRenewal {
+        chain_pem: chain_pem(&signed, &ctx.ca),
+        record,
+        superseded: Vec::new(),
+    })
+}
+
 /// The certificates a renewal will supersede (checked before signing).
 fn predecessors(
     home: &Home,

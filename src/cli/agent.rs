@@ -1,11 +1,13 @@
-//! `gatehouse agent renew`: the partner-side renewal agent's command line.
-//! It needs no gatehouse home; the work is in `crate::agent`.
+//! `gatehouse agent renew` and `agent enroll`: the partner side's command
+//! line. It needs no gatehouse home; the work is in `crate::agent` and
+//! `crate::agent::enrol`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use crate::agent::enrol::EnrolOptions;
 use crate::agent::{self, AgentOptions, Outcome};
 use crate::timefmt::rfc3339;
 
@@ -13,6 +15,31 @@ use crate::timefmt::rfc3339;
 pub enum AgentCmd {
     /// Renew this partner's certificate at the broker (once, or as a daemon).
     Renew(RenewArgs),
+    /// Enrol with a one-time invitation (EST): makes the key here, gets the
+    /// certificate, writes ID.key, ID.pem and ca.pem to --out.
+    Enroll(EnrollArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EnrollArgs {
+    /// The broker's partner listener, e.g. https://broker.example.com:8443.
+    #[arg(long)]
+    url: String,
+    /// This partner's id (from the invitation).
+    #[arg(long)]
+    id: String,
+    /// The invitation's secret (single use).
+    #[arg(long, env = "GATEHOUSE_ENROL_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Folder for ID.key (0600), ID.pem and ca.pem.
+    #[arg(long)]
+    out: PathBuf,
+    /// SHA-256 of the broker's root (from the invitation).
+    #[arg(long, required_unless_present = "ca")]
+    root_fingerprint: Option<String>,
+    /// The broker's root as a PEM file, instead of --root-fingerprint.
+    #[arg(long)]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -41,7 +68,10 @@ pub struct RenewArgs {
 }
 
 pub fn run(cmd: AgentCmd) -> super::CliResult {
-    let AgentCmd::Renew(a) = cmd;
+    let a = match cmd {
+        AgentCmd::Renew(a) => a,
+        AgentCmd::Enroll(e) => return enroll(e),
+    };
     let opts = AgentOptions {
         cert: a.cert,
         key: a.key,
@@ -73,5 +103,36 @@ pub fn run(cmd: AgentCmd) -> super::CliResult {
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn enroll(a: EnrollArgs) -> super::CliResult {
+    let opts = EnrolOptions {
+        url: a.url.trim_end_matches('/').to_string(),
+        id: a.id,
+        secret: a.secret,
+        out: a.out,
+        ca: a.ca,
+        root_fingerprint: a.root_fingerprint,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let done = runtime.block_on(crate::agent::enrol::enrol(&opts))?;
+    println!(
+        "enrolled: certificate {} valid until {}; key {} (never sent), chain {}, root {}",
+        done.serial,
+        rfc3339(done.not_after),
+        done.key.display(),
+        done.cert.display(),
+        done.ca.display()
+    );
+    println!(
+        "renew with: gatehouse agent renew --cert {} --key {} --ca {} --broker {} --daemon",
+        done.cert.display(),
+        done.key.display(),
+        done.ca.display(),
+        opts.url
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ mod ca;
 mod cert;
 mod check;
 mod init;
+mod invite;
 pub mod log;
 mod partner;
 mod serve;

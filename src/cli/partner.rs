@@ -53,6 +53,50 @@ pub enum PartnerCmd {
         /// The partner's id.
         id: String,
     },
+    /// A one-time enrolment invitation (EST) for a partner, and what to send it.
+    Invite {
+        /// The partner's id.
+        #[arg(required_unless_present = "revoke", conflicts_with = "revoke")]
+        id: Option<String>,
+        /// How long the invitation is valid (e.g. 72h, 7d; at most 30d).
+        #[arg(long, default_value = "72h")]
+        ttl: String,
+        /// The broker's URL as partners reach it (default: the server
+        /// certificate's first name and the listen port).
+        #[arg(long)]
+        url: Option<String>,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Revoke this partner's invitation instead.
+        #[arg(long, value_name = "ID")]
+        revoke: Option<String>,
+    },
+    /// The partner brings its own CA: its certificates from that CA, with
+    /// the given name (and key pin), are accepted for this partner only.
+    #[command(group(clap::ArgGroup::new("name").required(true).multiple(false)))]
+    Trust {
+        /// The partner's id.
+        id: String,
+        /// The partner's root certificate(s), PEM.
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        /// The URI SAN its certificates carry.
+        #[arg(long, group = "name")]
+        match_san_uri: Option<String>,
+        /// The DNS SAN its certificates carry.
+        #[arg(long, group = "name")]
+        match_san_dns: Option<String>,
+        /// The subject CN its certificates carry.
+        #[arg(long, group = "name")]
+        match_subject_cn: Option<String>,
+        /// SHA-256 (hex) of an accepted key's SubjectPublicKeyInfo (repeatable).
+        #[arg(long = "pin-spki")]
+        pin_spki: Vec<String>,
+        /// The partner's CRL, PEM (checked per request, reloaded on change).
+        #[arg(long)]
+        crl: Option<std::path::PathBuf>,
+    },
     /// Offboard a partner: revokes its certificates and deletes its file.
     Remove {
         /// The partner's id.
@@ -78,6 +122,62 @@ pub(super) fn run(home: &Home, cmd: PartnerCmd) -> CliResult {
         }
         PartnerCmd::List { json } => list(home, json)?,
         PartnerCmd::Show { id, json } => show(home, &id, json)?,
+        PartnerCmd::Trust {
+            id,
+            ca,
+            match_san_uri,
+            match_san_dns,
+            match_subject_cn,
+            pin_spki,
+            crl,
+        } => {
+            use crate::config::NameMatch;
+            let name = match (match_san_uri, match_san_dns, match_subject_cn) {
+                (Some(u), _, _) => NameMatch::SanUri(u),
+                (_, Some(d), _) => NameMatch::SanDns(d),
+                (_, _, Some(c)) => NameMatch::SubjectCn(c),
+                _ => {
+                    return Err(
+                        "give one of --match-san-uri, --match-san-dns, --match-subject-cn".into(),
+                    );
+                }
+            };
+            let pin_spki = pin_spki
+                .iter()
+                .map(|p| p.replace(':', "").to_ascii_lowercase())
+                .collect();
+            let own = crate::config::OwnCa {
+                ca,
+                name,
+                pin_spki,
+                crl,
+            };
+            // The files must be usable before the partner file names them.
+            crate::tls::partner_ca::PartnerCa::build(&id, &own, |p| p.to_path_buf())?;
+            let p = partners::trust(home, &id, &own)?;
+            let described = p
+                .own_ca
+                .as_ref()
+                .map(|o| o.name.describe())
+                .unwrap_or_default();
+            println!(
+                "partner {id} now uses its own CA: certificates from it with {described} are accepted for {id} only (the running broker picks this up within a second)"
+            );
+        }
+        PartnerCmd::Invite {
+            id,
+            ttl,
+            url,
+            json,
+            revoke,
+        } => match (revoke, id) {
+            (Some(id), _) => super::invite::revoke(home, &id)?,
+            (None, Some(id)) => {
+                let ttl = crate::timefmt::parse_duration(&ttl)?;
+                super::invite::invite(home, &id, ttl, url.as_deref(), json)?
+            }
+            (None, None) => return Err("partner invite needs an ID (or --revoke ID)".into()),
+        },
         PartnerCmd::Suspend { id } => {
             partners::set_status(home, &id, PartnerStatus::Suspended)?;
             println!("partner {id} suspended: its calls are refused (403) from now on");
@@ -151,7 +251,11 @@ fn show(home: &Home, id: &str, json: bool) -> Result<(), Box<dyn Error>> {
         let certs: Vec<_> = certs.iter().map(|c| cert_json(c, now)).collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"partner": p, "certificates": certs}))?
+            serde_json::to_string_pretty(&json!({
+                "partner": p,
+                "certificates": certs,
+                "invitation": super::invite::describe(home, id),
+            }))?
         );
     } else {
         println!("partner {} ({})", p.id, p.name);
@@ -162,6 +266,25 @@ fn show(home: &Home, id: &str, json: bool) -> Result<(), Box<dyn Error>> {
         }
         for r in &p.routes {
             println!("    {}", r.describe());
+        }
+        if let Some(own) = &p.own_ca {
+            println!(
+                "  own CA: {} (certificates with {}{}{}); we cannot renew these: expiring ones are for the partner to replace",
+                own.ca.display(),
+                own.name.describe(),
+                if own.pin_spki.is_empty() {
+                    ""
+                } else {
+                    ", pinned keys"
+                },
+                own.crl
+                    .as_ref()
+                    .map(|c| format!(", CRL {}", c.display()))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some(inv) = super::invite::describe(home, id) {
+            println!("  invitation: {inv}");
         }
         println!("  certificates:");
         for c in certs {

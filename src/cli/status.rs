@@ -221,7 +221,12 @@ fn certs_cell(v: &Value) -> String {
             } else {
                 ""
             };
-            format!("{short}:{}d{warn}", cell(&c["days_to_expiry"]))
+            let own = if c["issuer"].is_string() {
+                " (own CA)"
+            } else {
+                ""
+            };
+            format!("{short}:{}d{warn}{own}", cell(&c["days_to_expiry"]))
         })
         .collect::<Vec<_>>()
         .join(" ")

@@ -51,6 +51,28 @@ mod tests {
     }
 
     #[test]
+    fn own_ca_needs_one_name_never_in_our_trust_domain_and_sha256_pins() {
+        let file = |own: &str| format!("id = \"acme\"\n[own_ca]\nca = \"bank.pem\"\n{own}");
+        let parse = |own: &str| parse_partner(Path::new("partners/acme.toml"), &file(own), &gw());
+        let p = parse("match_subject_cn = \"acme-api\"\npin_spki = [\"AB:CD\"]");
+        assert!(p.is_err(), "a short pin");
+        let p = parse(&format!(
+            "match_subject_cn = \"acme-api\"\npin_spki = [\"{}\"]",
+            "AB".repeat(32)
+        ))
+        .unwrap();
+        let own = p.own_ca.unwrap();
+        assert_eq!(own.name, NameMatch::SubjectCn("acme-api".into()));
+        assert_eq!(own.pin_spki, vec!["ab".repeat(32)]);
+        assert!(parse("").is_err(), "no name to match");
+        assert!(parse("match_subject_cn = \"a\"\nmatch_san_dns = \"a.example\"").is_err());
+        let err = parse("match_san_uri = \"spiffe://gatehouse.local/partner/globex\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trust domain"), "{err}");
+    }
+
+    #[test]
     fn default_config_parses() {
         let g = parse_gateway(
             Path::new("gatehouse.toml"),
@@ -116,6 +138,7 @@ mod tests {
             limits: LimitSpec::default(),
             on_anomaly: Default::default(),
             renewal_window: None,
+            own_ca: None,
             pin: Default::default(),
             routes: vec![parse_route_arg("GET /v1/orders -> orders").unwrap()],
             value_limits: Default::default(),

@@ -87,6 +87,9 @@ struct PartnerFileRaw {
     renewal_window: Option<Spanned<String>>,
     #[serde(default)]
     routes: Vec<Spanned<RouteRaw>>,
+    /// The partner's own CA, instead of ours.
+    #[serde(default)]
+    own_ca: Option<Spanned<OwnCaRaw>>,
     /// Per currency: `EUR = { per_call = "10000.00", per_day = "250000.00" }`.
     #[serde(default)]
     value_limits: Option<Spanned<BTreeMap<String, CurrencyLimit>>>,
@@ -101,6 +104,79 @@ struct PartnerFileRaw {
     /// partner always reaches.
     #[serde(default)]
     pin: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnCaRaw {
+    ca: String,
+    #[serde(default)]
+    match_san_uri: Option<String>,
+    #[serde(default)]
+    match_san_dns: Option<String>,
+    #[serde(default)]
+    match_subject_cn: Option<String>,
+    #[serde(default)]
+    pin_spki: Vec<String>,
+    #[serde(default)]
+    crl: Option<String>,
+}
+
+/// The name a certificate from a partner's own CA must carry. Shown (and
+/// serialized) under the partner file's key for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub enum NameMatch {
+    /// A URI SAN equal to this.
+    #[serde(rename = "match_san_uri")]
+    SanUri(String),
+    /// A DNS SAN equal to this (ASCII case-insensitive).
+    #[serde(rename = "match_san_dns")]
+    SanDns(String),
+    /// The subject's common name equal to this.
+    #[serde(rename = "match_subject_cn")]
+    SubjectCn(String),
+}
+
+impl NameMatch {
+    /// The partner file's key for this kind of name.
+    pub fn key(&self) -> &'static str {
+        match self {
+            NameMatch::SanUri(_) => "match_san_uri",
+            NameMatch::SanDns(_) => "match_san_dns",
+            NameMatch::SubjectCn(_) => "match_subject_cn",
+        }
+    }
+
+    /// The name itself.
+    pub fn value(&self) -> &str {
+        match self {
+            NameMatch::SanUri(v) | NameMatch::SanDns(v) | NameMatch::SubjectCn(v) => v,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            NameMatch::SanUri(u) => format!("URI SAN {u}"),
+            NameMatch::SanDns(d) => format!("DNS SAN {d}"),
+            NameMatch::SubjectCn(c) => format!("subject CN {c}"),
+        }
+    }
+}
+
+/// `[own_ca]`: the partner brings its own CA. Certificates from it are
+/// this partner's only, and only with the name (and key pin) given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OwnCa {
+    /// The partner's root certificate(s), PEM (relative to the home).
+    pub ca: PathBuf,
+    #[serde(flatten)]
+    pub name: NameMatch,
+    /// SHA-256 (lowercase hex) of accepted SubjectPublicKeyInfo; empty: any key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pin_spki: Vec<String>,
+    /// The partner's CRL, PEM (relative to the home).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,6 +229,9 @@ pub struct Partner {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pin: BTreeMap<String, String>,
     pub routes: Vec<RouteSpec>,
+    /// The partner's own CA (`[own_ca]`), when it does not use ours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_ca: Option<OwnCa>,
     /// `[value_limits]`: per currency code, the most one call and one UTC
     /// day may carry on routes that name a `value`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -440,6 +519,23 @@ pub fn parse_partner(
             message: m,
         });
     }
+    let own_ca = match raw.own_ca {
+        None => None,
+        Some(o) => {
+            let span = o.span();
+            match own_ca(o.into_inner(), &gateway.trust_domain) {
+                Ok(v) => Some(v),
+                Err(message) => {
+                    errors.push(ConfigError {
+                        file: path.to_path_buf(),
+                        line: Some(line_of(text, span.start)),
+                        message,
+                    });
+                    None
+                }
+            }
+        }
+    };
     let value_limits = match raw.value_limits {
         None => BTreeMap::new(),
         Some(v) => {
@@ -493,6 +589,7 @@ pub fn parse_partner(
         return Err(ConfigErrors(errors));
     }
     Ok(Partner {
+        own_ca,
         value_limits,
         signing: raw.signing,
         signing_keys,
@@ -504,6 +601,61 @@ pub fn parse_partner(
         renewal_window,
         routes,
         pin,
+    })
+}
+
+/// `[own_ca]` checked: one name to match, never one in our trust domain,
+/// pins as SHA-256 hex. (Its files are read when the TLS config is built.)
+fn own_ca(raw: OwnCaRaw, trust_domain: &str) -> Result<OwnCa, String> {
+    let names: Vec<NameMatch> = [
+        raw.match_san_uri.map(NameMatch::SanUri),
+        raw.match_san_dns.map(NameMatch::SanDns),
+        raw.match_subject_cn.map(NameMatch::SubjectCn),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let name = match names.as_slice() {
+        [one] => one.clone(),
+        _ => {
+            return Err(
+                "[own_ca] needs exactly one of match_san_uri, match_san_dns, match_subject_cn"
+                    .into(),
+            );
+        }
+    };
+    if name.value().trim().is_empty() {
+        return Err("[own_ca]: the name to match is empty".into());
+    }
+    if let NameMatch::SanUri(u) = &name
+        && u.starts_with(&format!("spiffe://{trust_domain}/"))
+    {
+        return Err(format!(
+            "[own_ca] match_san_uri `{u}` is in our trust domain {trust_domain}: a partner's CA never names an identity there"
+        ));
+    }
+    let mut pins = Vec::new();
+    for p in raw.pin_spki {
+        let hexed: String = p
+            .chars()
+            .filter(|c| *c != ':')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if hexed.len() != 64 || !hexed.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "[own_ca] pin_spki `{p}` is not a SHA-256 (64 hex digits)"
+            ));
+        }
+        pins.push(hexed);
+    }
+    if raw.ca.trim().is_empty() {
+        return Err("[own_ca] ca: the partner's CA file is missing".into());
+    }
+    Ok(OwnCa {
+        ca: PathBuf::from(raw.ca),
+        name,
+        pin_spki: pins,
+        crl: raw.crl.map(PathBuf::from),
     })
 }
 

@@ -120,6 +120,9 @@ mod proof {
         "split::a_pinned_partner_always_reaches_its_side_and_a_pin_applies_on_reload";
     pub const STORE_TIMEOUT: &str = "reload_settings::live_store_timeout_takes_effect_on_sighup";
     pub const SIGNING_KEYS: &str = "reload_settings::live_signing_keys_take_effect_on_sighup";
+    pub const OWN_CA_TRUSTED: &str =
+        "partner_ca::an_own_ca_trusted_while_running_is_in_force_and_its_crl_is_watched";
+    pub const OWN_CA: &str = "reload_settings::live_own_ca_settings_take_effect_on_sighup";
     pub const FLEET_DENY: &str =
         "fleet::fleet_on_store_failure_changed_by_reload_denies_on_every_node";
 }
@@ -213,6 +216,12 @@ pub const SETTINGS: &[Setting] = &[
     live(P, "signing", "the partner signs its requests: its high-risk routes require a signature", PARTNER),
     live(P, "signing_keys[].id", "the keyid a signature names this key by", SIGNING_KEYS),
     live(P, "signing_keys[].public_key", "PEM file of a key the partner signs with; read at reload", SIGNING_KEYS),
+    live(P, "own_ca.ca", "the partner's own CA (its roots, PEM): its certificates are verified against it; the partner-facing TLS configuration is rebuilt, and again whenever the file changes", OWN_CA_TRUSTED),
+    live(P, "own_ca.match_san_uri", "the URI SAN its certificates must carry; next handshake", OWN_CA),
+    live(P, "own_ca.match_san_dns", "the DNS SAN its certificates must carry; next handshake", OWN_CA),
+    live(P, "own_ca.match_subject_cn", "the subject CN its certificates must carry; next handshake", OWN_CA),
+    live(P, "own_ca.pin_spki", "SHA-256 pins of the keys accepted from its CA; next handshake", OWN_CA),
+    live(P, "own_ca.crl", "the partner's CRL (PEM): checked at each handshake and request, re-read whenever the file changes", OWN_CA),
     live(P, "routes[].methods", "methods the route grants", TIMEOUTS),
     live(P, "routes[].path", "path prefix the route grants", TIMEOUTS),
     live(P, "routes[].upstream", "upstream the route relays to", TIMEOUTS),
@@ -585,6 +594,7 @@ pub fn flatten_partner(p: &Partner) -> Flat {
         value_limits,
         signing,
         signing_keys,
+        own_ca,
     } = p;
     let mut f = Flat::default();
     let file = format!("partners/{id}.toml");
@@ -637,6 +647,27 @@ pub fn flatten_partner(p: &Partner) -> Flat {
             "signing_keys[].public_key",
             format!("{} (sha256 {})", text(public_key), &digest[..16]),
         );
+    }
+    if let Some(own) = own_ca {
+        let OwnCa {
+            ca,
+            name,
+            pin_spki,
+            crl,
+        } = own;
+        put("own_ca.ca".into(), "own_ca.ca", path(ca));
+        let pattern = match name {
+            NameMatch::SanUri(_) => "own_ca.match_san_uri",
+            NameMatch::SanDns(_) => "own_ca.match_san_dns",
+            NameMatch::SubjectCn(_) => "own_ca.match_subject_cn",
+        };
+        put(pattern.into(), pattern, text(name.value()));
+        put(
+            "own_ca.pin_spki".into(),
+            "own_ca.pin_spki",
+            format!("{pin_spki:?}"),
+        );
+        put("own_ca.crl".into(), "own_ca.crl", opt(crl, |p| path(p)));
     }
     for (i, r) in routes.iter().enumerate() {
         let RouteSpec {
@@ -945,8 +976,34 @@ health = { path = "/healthz" }
                 public_key: "keys/k1.pem".into(),
                 spki: vec![1, 2, 3],
             }],
+            own_ca: Some(OwnCa {
+                ca: "pki/bank-root.pem".into(),
+                name: NameMatch::SanUri("https://bank.example/clients/acme".into()),
+                pin_spki: vec!["ab".repeat(32)],
+                crl: Some("pki/bank-crl.pem".into()),
+            }),
         };
         (g, p)
+    }
+
+    /// `p` once per kind of name its own CA may match (one kind a file).
+    fn with_every_name_match(p: &Partner) -> Vec<Partner> {
+        [
+            NameMatch::SanUri("https://bank.example/clients/acme".into()),
+            NameMatch::SanDns("acme.example".into()),
+            NameMatch::SubjectCn("acme-api".into()),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut q = p.clone();
+            q.id = format!("{}{i}", p.id);
+            if let Some(own) = &mut q.own_ca {
+                own.name = name;
+            }
+            q
+        })
+        .collect()
     }
 
     /// Leaf keys of a serialized value, `*` for upstream names and `[]`
@@ -985,7 +1042,9 @@ health = { path = "/healthz" }
     #[test]
     fn every_key_has_a_decision_and_every_decision_a_key() {
         let (g, p) = populated();
-        let flat = flatten(&g, &[&p]);
+        let variants = with_every_name_match(&p);
+        let partners: Vec<&Partner> = variants.iter().collect();
+        let flat = flatten(&g, &partners);
         let mut emitted = BTreeSet::new();
         for (key, v) in &flat.0 {
             let file = file_of(key);
@@ -1017,7 +1076,9 @@ health = { path = "/healthz" }
             );
         }
         let mut keys = BTreeSet::new();
-        leaves(&toml::Value::try_from(&p).unwrap(), "", &mut keys);
+        for p in with_every_name_match(&p) {
+            leaves(&toml::Value::try_from(&p).unwrap(), "", &mut keys);
+        }
         for k in &keys {
             assert!(
                 setting(SettingsFile::Partner, k).is_some(),

@@ -1,7 +1,10 @@
 //! The broker's periodic upkeep, every ten minutes: re-sign the CRL before
 //! its next-update, and alert (once per certificate per run) on partner
-//! certificates near expiry without a successor and on the broker's own
-//! certificates near expiry.
+//! certificates near expiry without a successor, on the broker's own
+//! certificates near expiry, and on what partners' own CAs issued (the
+//! certificates they presented, and those CAs themselves): the broker cannot
+//! renew those, so the alert says to ask the partner. A certificate from a
+//! partner's own CA presented for the first time is looked at at once.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use crate::guard::EventSink;
 use crate::guard::alerts::AlertNotice;
 use crate::guard::monitor::{ExpiryWarning, expiring};
 use crate::timefmt::rfc3339;
+use crate::tls::partner_ca::PartnerCa;
 
 /// How often the upkeep runs.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(600);
@@ -27,9 +31,25 @@ pub async fn run(live: Arc<Live>, events: Arc<EventSink>, mut shutdown: watch::R
     // Certificates already warned about (one alert per certificate per run).
     let mut warned = HashSet::new();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let presented_only = tokio::select! {
+            _ = tick.tick() => false,
+            _ = events.monitor().presented().new_certificate() => true,
             _ = shutdown.changed() => return,
+        };
+        let days = live.snapshot().gateway.monitor.expiry_warning_days;
+        let now = OffsetDateTime::now_utc();
+        for w in events.monitor().presented().expiring(now, days) {
+            if warned.insert(format!("{}/{}", w.partner, w.serial)) {
+                events.raise_notice(partner_notice(&w));
+            }
+        }
+        if presented_only {
+            continue;
+        }
+        for (key, notice) in own_ca_warnings(&live.snapshot().partner_cas, now, days) {
+            if warned.insert(key) {
+                events.raise_notice(notice);
+            }
         }
         let l = live.clone();
         let validity = live.snapshot().gateway.ca.crl_validity;
@@ -74,17 +94,68 @@ fn partner_warnings(live: &Live) -> Vec<ExpiryWarning> {
 }
 
 fn partner_notice(w: &ExpiryWarning) -> AlertNotice {
+    let message = match &w.issuer {
+        None => format!(
+            "certificate {} of partner {} expires {} ({} days) and has no successor: run `gatehouse cert renew {}`",
+            w.serial, w.partner, w.not_after, w.days_left, w.partner
+        ),
+        Some(issuer) => format!(
+            "certificate {} of partner {} expires {} ({} days) and no later one has been presented; it comes from the partner's own CA ({issuer}), so gatehouse cannot renew it: ask partner {} for a new certificate from that CA",
+            w.serial, w.partner, w.not_after, w.days_left, w.partner
+        ),
+    };
     AlertNotice {
         kind: "cert_expiry".into(),
         partner: Some(w.partner.clone()),
         addr: None,
-        message: format!(
-            "certificate {} of partner {} expires {} ({} days) and has no successor: run `gatehouse cert renew {}`",
-            w.serial, w.partner, w.not_after, w.days_left, w.partner
-        ),
+        message,
         time_ms: crate::event::now_ms(),
         details: serde_json::to_value(w).unwrap_or_default(),
     }
+}
+
+/// Partners' own CAs (their root certificates) that end within the
+/// warning window: (a key for the warned set, alert).
+fn own_ca_warnings(
+    cas: &[Arc<PartnerCa>],
+    now: OffsetDateTime,
+    days: u32,
+) -> Vec<(String, AlertNotice)> {
+    let horizon = now.unix_timestamp() + i64::from(days) * 86_400;
+    cas.iter()
+        .filter(|ca| ca.not_after_unix <= horizon)
+        .map(|ca| {
+            let left = ca.not_after_unix - now.unix_timestamp();
+            let not_after = OffsetDateTime::from_unix_timestamp(ca.not_after_unix)
+                .map(rfc3339)
+                .unwrap_or_default();
+            let message = format!(
+                "partner {}'s own CA ({}) ends {not_after} ({} days): certificates from it stop working then, and gatehouse cannot renew it: ask partner {} for its new CA chain and run `gatehouse partner trust {} --ca NEW.pem ...`",
+                ca.partner,
+                ca.issuer,
+                left / 86_400,
+                ca.partner,
+                ca.partner
+            );
+            (
+                format!("own-ca/{}/{}", ca.partner, ca.not_after_unix),
+                AlertNotice {
+                    kind: "cert_expiry".into(),
+                    partner: Some(ca.partner.clone()),
+                    addr: None,
+                    message,
+                    time_ms: crate::event::now_ms(),
+                    details: serde_json::json!({
+                        "partner": ca.partner,
+                        "own_ca": ca.issuer,
+                        "not_after": not_after,
+                        "days_left": left / 86_400,
+                        "seconds_left": left,
+                    }),
+                },
+            )
+        })
+        .collect()
 }
 
 /// The broker's own certificates (server, upstream client) that end
@@ -135,4 +206,53 @@ fn broker_cert_warnings(live: &Live) -> Vec<(String, AlertNotice)> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{NameMatch, OwnCa};
+
+    /// A partner's root that ends `days` from now, built as the broker does.
+    fn partner_ca(dir: &std::path::Path, partner: &str, days: i64) -> Arc<PartnerCa> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{partner} Root CA"));
+        p.not_after = OffsetDateTime::now_utc() + time::Duration::days(days);
+        let pem = p.self_signed(&key).unwrap().pem();
+        let file = dir.join(format!("{partner}.pem"));
+        std::fs::write(&file, pem).unwrap();
+        let own = OwnCa {
+            ca: file,
+            name: NameMatch::SubjectCn(format!("{partner}-api")),
+            pin_spki: Vec::new(),
+            crl: None,
+        };
+        Arc::new(PartnerCa::build(partner, &own, |p| p.to_path_buf()).unwrap())
+    }
+
+    #[test]
+    fn a_partners_own_ca_near_its_end_asks_for_its_new_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = [
+            partner_ca(dir.path(), "bank", 5),
+            partner_ca(dir.path(), "telco", 300),
+        ];
+        let w = own_ca_warnings(&cas, OffsetDateTime::now_utc(), 14);
+        assert_eq!(w.len(), 1, "{w:?}");
+        let (_, notice) = &w[0];
+        assert_eq!(notice.kind, "cert_expiry");
+        assert_eq!(notice.partner.as_deref(), Some("bank"));
+        assert!(
+            notice.message.contains("bank Root CA")
+                && notice
+                    .message
+                    .contains("ask partner bank for its new CA chain"),
+            "{}",
+            notice.message
+        );
+        assert!(own_ca_warnings(&cas, OffsetDateTime::now_utc(), 3).is_empty());
+    }
 }

@@ -134,6 +134,30 @@ fn file_notifier(
     Ok(watcher)
 }
 
+/// Adds the folders a reload newly names (a partner's own CA or CRL kept
+/// elsewhere) to the notifier; `known` holds those already watched.
+fn watch_new_dirs(
+    watcher: &mut notify::RecommendedWatcher,
+    live: &Live,
+    known: &mut std::collections::BTreeSet<std::path::PathBuf>,
+) {
+    use notify::{RecursiveMode, Watcher};
+    for dir in live.watched_dirs() {
+        if known.contains(&dir) || !dir.is_dir() {
+            continue;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                known.insert(dir);
+            }
+            Err(e) => tracing::warn!(
+                "{} is not watched for changes ({e}); the safety poll picks them up within {SAFETY_POLL:?}",
+                dir.display()
+            ),
+        }
+    }
+}
+
 /// Picks up file changes (notifications, with a slow safety poll) and
 /// SIGHUP until shutdown.
 pub async fn watch_files(
@@ -148,7 +172,7 @@ pub async fn watch_files(
     // SAFETY_POLL for file systems that do not notify. Without
     // notifications, every tick looks.
     let changed = Arc::new(AtomicBool::new(true));
-    let notifier = match file_notifier(&w.live, changed.clone()) {
+    let mut notifier = match file_notifier(&w.live, changed.clone()) {
         Ok(n) => Some(n),
         Err(e) => {
             tracing::warn!(
@@ -157,6 +181,12 @@ pub async fn watch_files(
             None
         }
     };
+    let mut watched_dirs: std::collections::BTreeSet<_> = w
+        .live
+        .watched_dirs()
+        .into_iter()
+        .filter(|d| d.is_dir())
+        .collect();
     let mut last_full_look = Instant::now();
     let mut last_error: Option<String> = None;
     loop {
@@ -181,6 +211,9 @@ pub async fn watch_files(
         last_full_look = Instant::now();
         reload_identity(&w).await;
         reload(&w, force, &mut last_error).await;
+        if let Some(n) = notifier.as_mut() {
+            watch_new_dirs(n, &w.live, &mut watched_dirs);
+        }
         w.trigger.looks.fetch_add(1, Ordering::AcqRel);
         if force {
             let pending = w.live.restart_pending();

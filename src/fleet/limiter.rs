@@ -226,6 +226,7 @@ mod tests {
             limits,
             on_anomaly: Default::default(),
             renewal_window: None,
+            own_ca: None,
             value_limits: Default::default(),
             signing: false,
             signing_keys: Vec::new(),

@@ -1,7 +1,8 @@
 //! The certificate door: the endpoints through which a partner gets its
 //! certificates, beside the API call's phases (which never reach the CA).
-//! Today `POST /.well-known/gatehouse/renew` (self-service renewal); EST
-//! enrolment (RFC 7030) joins as another [`Endpoint`]. The door runs an
+//! `POST /.well-known/gatehouse/renew` (self-service renewal) and EST
+//! (RFC 7030: `cacerts`, `simpleenroll` with an invitation's secret,
+//! `simplereenroll`, the renewal in EST's formats; see `est`). The door runs an
 //! endpoint's steps (`renewal` decides and signs) and records the
 //! certificate's lifecycle around them through the event sink: a record
 //! that must be durable before anything is signed, and one once it is.
@@ -14,12 +15,12 @@ use http::Method;
 use hyper::body::Incoming;
 
 use crate::event::{Decision, EventKind};
-use crate::gateway::Gateway;
 use crate::gateway::exchange::PendingRecord;
 use crate::gateway::refusal::Refusal;
 use crate::gateway::renewal::{self, RenewalKind, Renewed};
 use crate::gateway::respond::Answer;
 use crate::gateway::session::ConnCtx;
+use crate::gateway::{Gateway, est};
 use crate::guard::EventSink;
 use crate::identity::PartnerIdentity;
 use crate::reason::Reason;
@@ -33,15 +34,25 @@ pub enum Endpoint {
     /// `POST /.well-known/gatehouse/renew`: a successor for the presenting
     /// certificate, from a CSR.
     Renew,
+    /// EST `GET /.well-known/est/cacerts`: the CA certificates.
+    EstCacerts,
+    /// EST `POST /.well-known/est/simpleenroll`: a certificate for an
+    /// invitation's secret (also answered without a client certificate).
+    EstEnroll,
+    /// EST `POST /.well-known/est/simplereenroll`: the renewal, in EST's formats.
+    EstReenroll,
 }
 
 impl Endpoint {
     /// The certificate endpoint `req` asks for, if any.
     pub fn of<B>(req: &http::Request<B>) -> Option<Endpoint> {
-        if req.method() == Method::POST && req.uri().path() == renewal::RENEW_PATH {
-            return Some(Endpoint::Renew);
+        match (req.method(), req.uri().path()) {
+            (&Method::POST, renewal::RENEW_PATH) => Some(Endpoint::Renew),
+            (&Method::GET, est::CACERTS_PATH) => Some(Endpoint::EstCacerts),
+            (&Method::POST, est::SIMPLEENROLL_PATH) => Some(Endpoint::EstEnroll),
+            (&Method::POST, est::SIMPLEREENROLL_PATH) => Some(Endpoint::EstReenroll),
+            _ => None,
         }
-        None
     }
 }
 
@@ -67,7 +78,26 @@ pub async fn serve(
                 body: renewed.chain_pem,
             })
         }
+        Endpoint::EstCacerts => est::cacerts(gw, &mut record.event).map(local),
+        Endpoint::EstEnroll => est::enrol(req, conn.peer, gw, &mut record.event)
+            .await
+            .map(local),
+        Endpoint::EstReenroll => {
+            record.event.route = Some(est::SIMPLEREENROLL_PATH.to_string());
+            let csr = est::read_csr_pem(req).await?;
+            let renewed = renewal_from_csr(Bytes::from(csr), &conn.identity, gw).await?;
+            record.event.detail = Some(renewed.summary());
+            if let Some(fleet) = &gw.fleet {
+                fleet.clone().partner_changed(&conn.identity.partner);
+            }
+            Ok(local(est::certs_only(&renewed.chain_pem)))
+        }
     }
+}
+
+/// The broker's own answer of an EST endpoint.
+fn local((content_type, body): (&'static str, String)) -> Answer {
+    Answer::Local { content_type, body }
 }
 
 /// One renewal request from `identity` (already admitted).
@@ -77,6 +107,15 @@ async fn renewal_request(
     gw: &Arc<Gateway>,
 ) -> Result<Renewed, Refusal> {
     let csr = renewal::read_csr(req).await?;
+    renewal_from_csr(csr, identity, gw).await
+}
+
+/// One renewal from `identity` (already admitted) for a PEM CSR already read.
+async fn renewal_from_csr(
+    csr: Bytes,
+    identity: &PartnerIdentity,
+    gw: &Arc<Gateway>,
+) -> Result<Renewed, Refusal> {
     let key = renewal::csr_key(&csr)?;
     let (gw, partner, serial) = (
         gw.clone(),

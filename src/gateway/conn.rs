@@ -25,10 +25,11 @@ use crate::config::ServerSettings;
 use crate::event::{Decision, EventKind};
 use crate::gateway::refusal::Refusal;
 use crate::gateway::session::ConnCtx;
-use crate::gateway::{Gateway, door};
-use crate::identity::{PartnerIdentity, identify};
+use crate::gateway::{Gateway, door, est};
+use crate::identity::{PartnerIdentity, identify, identify_own};
 use crate::reason::Reason;
 use crate::tls::classify_handshake_error;
+use crate::tls::partner_ca;
 
 /// hyper's server settings from `[server]`.
 pub fn http_builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
@@ -93,7 +94,8 @@ pub async fn accept_loop(
 /// A finished handshake: the stream and what the connection needs of it.
 struct Handshaken {
     tls: TlsStream<TcpStream>,
-    identity: PartnerIdentity,
+    /// `None`: the client presented no certificate (enrolment only).
+    identity: Option<PartnerIdentity>,
     tls_version: &'static str,
     kind: &'static str,
 }
@@ -126,12 +128,21 @@ async fn handshake(gw: &Gateway, tcp: TcpStream, peer: SocketAddr) -> Result<Han
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
         _ => "TLS",
     };
-    let leaf = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or_else(|| Refusal::tls(Reason::NoCertificate))?;
-    let identity = identify(leaf.as_ref(), &snapshot.gateway.trust_domain)
-        .map_err(|e| Refusal::tls(e.reason()))?;
+    let identity = match conn.peer_certificates().and_then(|c| c.first()) {
+        Some(leaf) => {
+            let td = &snapshot.gateway.trust_domain;
+            // The verifier took a certificate naming a partner with its own
+            // CA only through that CA; the same name picks the same partner.
+            let found = match partner_ca::find(&snapshot.partner_cas, leaf.as_ref(), td) {
+                Some(ca) => {
+                    identify_own(leaf.as_ref(), &ca.partner, &ca.name.describe(), &ca.issuer)
+                }
+                None => identify(leaf.as_ref(), td),
+            };
+            Some(found.map_err(|e| Refusal::tls(e.reason()))?)
+        }
+        None => None,
+    };
     Ok(Handshaken {
         tls,
         identity,
@@ -167,8 +178,14 @@ async fn handle_connection(
     };
     gw.events.monitor().handshake_ok(done.kind);
     drop(expected);
+    let Some(identity) = done.identity else {
+        serve_anonymous(done.tls, peer, done.tls_version, gw, builder, shutdown).await;
+        return;
+    };
     // Renewal may replace a successor only while it was never used.
-    gw.seen.handshake(&gw.live.home, &done.identity.serial);
+    gw.seen.handshake(&gw.live.home, &identity.serial);
+    // A certificate from the partner's own CA: its expiry is watched too.
+    gw.events.monitor().presented().note(&identity);
     let (idle_timeout, write_timeout) = {
         let s = gw.live.snapshot();
         (
@@ -176,12 +193,7 @@ async fn handle_connection(
             s.gateway.server.write_timeout,
         )
     };
-    let ctx = Arc::new(ConnCtx::new(
-        done.identity,
-        peer,
-        done.tls_version,
-        gw.epoch,
-    ));
+    let ctx = Arc::new(ConnCtx::new(identity, peer, done.tls_version, gw.epoch));
     let service = {
         let (ctx, gw) = (ctx.clone(), gw.clone());
         service_fn(move |req: Request<Incoming>| {
@@ -233,6 +245,47 @@ async fn handle_connection(
                     hard_close = Some(tokio::time::Instant::now() + write_timeout);
                     conn.as_mut().graceful_shutdown();
                 }
+            }
+        }
+    }
+}
+
+/// Serves a connection whose client presented no certificate: every request
+/// goes to `est::anonymous` (enrolment paths, else 403), never to the
+/// request phases; the connection lives at most
+/// `est::ANONYMOUS_CONNECTION_LIFETIME`.
+async fn serve_anonymous(
+    tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    tls_version: &'static str,
+    gw: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let gw = gw.clone();
+        async move { Ok::<_, Infallible>(est::anonymous(req, peer, tls_version, gw).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let end = tokio::time::sleep(est::ANONYMOUS_CONNECTION_LIFETIME);
+    tokio::pin!(end);
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, "connection without certificate ended: {e}");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !shutting_down => {
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = &mut end => {
+                tracing::debug!(%peer, "connection without certificate closed after its lifetime");
+                return;
             }
         }
     }

@@ -82,6 +82,7 @@ fn exchange_event(
     ev.partner = Some(conn.identity.partner.to_string());
     ev.cert_serial = Some(conn.identity.serial.to_string());
     ev.cert_fingerprint = Some(conn.identity.fingerprint.to_string());
+    ev.issuer = conn.identity.own_issuer.as_deref().map(String::from);
     ev.client_addr = Some(conn.peer.to_string());
     ev.tls_version = Some(conn.tls_version.to_string());
     ev.method = Some(req.method().as_str().to_string());

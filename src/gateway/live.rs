@@ -41,6 +41,7 @@ use crate::home::{Home, stamp_files};
 use crate::identity::PartnerIdentity;
 use crate::policy::RouteTable;
 use crate::reason::Reason;
+use crate::tls::partner_ca::{self, PartnerCa};
 use crate::tls::{self, CertificateStatus, ServerMaterial};
 
 /// Why the configuration could not be loaded (at start: the broker does
@@ -107,6 +108,8 @@ pub struct Snapshot {
     pub certs: HashMap<String, CertEntry>,
     /// The pools, by upstream name (a split upstream has none).
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Partners' own CAs (`[own_ca]`).
+    pub partner_cas: Vec<Arc<PartnerCa>>,
     /// The split upstreams, by name: each sends to pools in `upstreams`.
     pub splits: HashMap<String, Split>,
     /// `gatehouse.toml` keys whose value in force is still the one the
@@ -154,9 +157,22 @@ impl Snapshot {
         if now >= id.not_after_unix {
             return Err(Reason::Expired);
         }
-        let cert = self.cert_status(&id.serial, &id.fingerprint, now)?;
-        if cert.partner != *id.partner {
-            return Err(Reason::CertificatePartnerMismatch);
+        if id.own_issuer.is_some() {
+            // The partner's own CA: still configured for this partner, and
+            // its CRL (as last reloaded) does not revoke the certificate.
+            let ca = self
+                .partner_cas
+                .iter()
+                .find(|c| c.partner == *id.partner)
+                .ok_or(Reason::UnknownCa)?;
+            if ca.revokes(&id.serial) {
+                return Err(Reason::Revoked);
+            }
+        } else {
+            let cert = self.cert_status(&id.serial, &id.fingerprint, now)?;
+            if cert.partner != *id.partner {
+                return Err(Reason::CertificatePartnerMismatch);
+            }
         }
         let entry = self
             .partners
@@ -189,7 +205,11 @@ fn files_in(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
-fn compute_stamps(home: &Home, gateway: Option<&GatewayConfig>) -> Stamps {
+fn compute_stamps(
+    home: &Home,
+    gateway: Option<&GatewayConfig>,
+    own_ca_files: Vec<PathBuf>,
+) -> Stamps {
     let mut config_files = vec![home.config_file()];
     config_files.extend(files_in(&home.partners_dir(), "toml"));
     let mut tls_files = vec![
@@ -201,6 +221,7 @@ fn compute_stamps(home: &Home, gateway: Option<&GatewayConfig>) -> Stamps {
     tls_files.extend(files_in(&home.issued_dir(), "toml"));
     tls_files.extend(files_in(&home.ca_previous_dir(), "pem"));
     tls_files.push(home.root_cross());
+    tls_files.extend(own_ca_files);
     Stamps {
         config: stamp_files(&config_files),
         tls: stamp_files(&tls_files),
@@ -246,6 +267,45 @@ impl CertificateStatus for LiveCertStatus {
             Some(_) => Ok(()),
         }
     }
+
+    fn own_ca(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Option<Result<(), (Reason, String)>> {
+        let snap = self.0.load();
+        let ca = partner_ca::find(
+            &snap.0.partner_cas,
+            end_entity,
+            &snap.0.gateway.trust_domain,
+        )?;
+        Some(ca.verify(end_entity, intermediates, now))
+    }
+}
+
+/// Every partner's `[own_ca]`, by partner id.
+fn own_cas(snapshot: &Snapshot) -> BTreeMap<&str, &config::OwnCa> {
+    snapshot
+        .partners
+        .iter()
+        .filter_map(|(id, e)| e.partner.own_ca.as_ref().map(|o| (id.as_str(), o)))
+        .collect()
+}
+
+/// The files of every partner's own CA (CA and CRL), to notice changes.
+fn own_ca_files(home: &Home, snapshot: &Snapshot) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for e in snapshot.partners.values() {
+        if let Some(own) = &e.partner.own_ca {
+            v.push(home.resolve(&own.ca));
+            if let Some(crl) = &own.crl {
+                v.push(home.resolve(crl));
+            }
+        }
+    }
+    v.sort();
+    v
 }
 
 /// The live state shared by every connection.
@@ -364,8 +424,14 @@ impl Live {
     /// Loads everything; any problem is an error (the broker does not start).
     pub fn load(home: Home) -> Result<Live, LiveError> {
         let mut cache = config::PartnerCache::default();
-        let stamps = compute_stamps(&home, None);
-        let snapshot = build(&home, None, &mut cache, stamps)?;
+        let stamps = compute_stamps(&home, None, Vec::new());
+        let mut snapshot = build(&home, None, &mut cache, stamps)?;
+        // Partners' own CA files are known once the partner files are read:
+        // stamped now, so the first look does not take them for a change.
+        let own_files = own_ca_files(&home, &snapshot);
+        if !own_files.is_empty() {
+            snapshot.stamps.tls = compute_stamps(&home, None, own_files).tls;
+        }
         let gateway = snapshot.gateway.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(SnapshotCell(Arc::new(snapshot))));
         let tls = build_tls(&home, &gateway, snapshot.clone())?;
@@ -450,6 +516,12 @@ impl Live {
             h.issued_dir(),
             h.ca_previous_dir(),
         ];
+        // Partners' own CAs and CRLs (a CRL refreshed in place bites at once).
+        for f in own_ca_files(h, &self.snapshot()) {
+            if let Some(parent) = f.parent() {
+                dirs.push(parent.to_path_buf());
+            }
+        }
         for u in self.snapshot().gateway.upstreams.values() {
             for f in [&u.ca, &u.client_cert, &u.client_key].into_iter().flatten() {
                 if let Some(parent) = h.resolve(f).parent() {
@@ -466,7 +538,11 @@ impl Live {
     /// failure the running state stays and the error names file and line.
     pub fn reload(&self, force: bool) -> Result<ReloadOutcome, ReloadError> {
         let current = self.snapshot();
-        let stamps = compute_stamps(&self.home, Some(&current.gateway));
+        let stamps = compute_stamps(
+            &self.home,
+            Some(&current.gateway),
+            own_ca_files(&self.home, &current),
+        );
         if !force && stamps == current.stamps {
             if self.tls_retry.load(std::sync::atomic::Ordering::Relaxed) {
                 self.rebuild_tls().map_err(ReloadError::Refused)?;
@@ -512,7 +588,17 @@ impl Live {
         let (applied, restart_now): (Vec<_>, Vec<_>) = setting_changes
             .into_iter()
             .partition(|c| c.apply == Apply::Live);
+        // A partner's own CA added, removed or moved: its files are stamped
+        // from now on (taken after they were read: a change in between is
+        // seen at the next change or SIGHUP), and the TLS configuration is
+        // rebuilt (the CA hints it announces, no session resumed across).
+        let own_cas_changed = own_cas(&next) != own_cas(&current);
+        let next_own_files = own_ca_files(&self.home, &next);
+        if next_own_files != own_ca_files(&self.home, &current) {
+            next.stamps.tls = compute_stamps(&self.home, None, next_own_files).tls;
+        }
         let tls_changed = force
+            || own_cas_changed
             || next.stamps.tls != current.stamps.tls
             || next.gateway.trust_domain != current.gateway.trust_domain;
         if toml::to_string(&next.gateway.server).ok()
@@ -575,9 +661,17 @@ fn build_tls(
     let crls = tls::load_crls(&home.crl())?;
     let chain = tls::load_certs(&home.server_cert())?;
     let key = tls::load_key(&home.server_key())?;
+    let partner_ca_subjects = cell
+        .load()
+        .0
+        .partner_cas
+        .iter()
+        .flat_map(|c| c.subjects.iter().cloned())
+        .collect();
     tls::server_config(
         ServerMaterial {
             trust_anchors: anchors,
+            partner_ca_subjects,
             crls,
             server_chain: chain,
             server_key: key,
@@ -673,6 +767,13 @@ fn build(
         &loaded.partners,
         previous.map(|p| p.limits.as_ref()),
     ));
+    let partner_cas = partner_ca::build_all(
+        loaded
+            .partners
+            .iter()
+            .filter_map(|p| p.own_ca.as_ref().map(|o| (p.id.as_str(), o))),
+        |p| home.resolve(p),
+    )?;
     let partners = loaded
         .partners
         .into_iter()
@@ -687,6 +788,7 @@ fn build(
         partners,
         certs,
         upstreams,
+        partner_cas,
         splits,
         restart_pending: previous
             .map(|p| p.restart_pending.clone())

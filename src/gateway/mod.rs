@@ -4,7 +4,8 @@
 //! of `request` (frame → target → authorize → limit → build → relay), or a
 //! certificate request through `certificates` (renewal, decided by
 //! `renewal`, which reads `seen`: the certificates that completed a
-//! handshake). Every refusal travels as the one `Refusal` (`refusal` holds
+//! handshake; EST enrolment, `est`). A connection without a client
+//! certificate gets `est::anonymous` alone (enrolment, else 403). Every refusal travels as the one `Refusal` (`refusal` holds
 //! the conversions of the layers' errors); `respond` is the one place that
 //! turns an outcome into the partner's response and its record; `live` is
 //! the configuration the phases read; `relay` the upstream leg; `exchange`
@@ -24,6 +25,7 @@ use crate::identity_token::LiveIdentity;
 pub mod certificates;
 pub mod conn;
 pub mod door;
+pub mod est;
 pub mod exchange;
 pub mod handshake_gate;
 pub mod header_guard;
@@ -55,6 +57,8 @@ pub struct Gateway {
     pub identity: Arc<LiveIdentity>,
     /// Self-service renewal state (rate, one at a time).
     pub renewals: renewal::Renewals,
+    /// Enrolment state (attempts per address, one redemption at a time).
+    pub enrolments: est::Enrolments,
     /// Certificates that completed a handshake (for renewal).
     pub seen: Arc<seen::Seen>,
     /// Connections being served, and whether the listener still accepts.
@@ -85,6 +89,7 @@ impl Gateway {
             events,
             identity,
             renewals: Default::default(),
+            enrolments: Default::default(),
             seen: Arc::default(),
             connections: Arc::default(),
             fleet: None,

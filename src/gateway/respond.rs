@@ -86,6 +86,31 @@ pub async fn finish(
     }
 }
 
+/// The outcome of a broker endpoint answered by the broker itself (EST):
+/// a body of `content_type`, or a refusal; recorded first, then answered.
+pub async fn finish_local(
+    mut record: PendingRecord,
+    outcome: Result<(&'static str, String), Refusal>,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let mut resp = match outcome {
+        Ok((content_type, body)) => {
+            record.event.decision = Decision::Allowed;
+            record.event.status = Some(200);
+            record.event.response_bytes = body.len() as u64;
+            let resp = local_response(StatusCode::OK, content_type, body, request_id);
+            once_recorded(record.submit(), resp, request_id, false).await
+        }
+        Err(refusal) => {
+            refusal.mark(&mut record.event);
+            let resp = refusal_response(&refusal, request_id);
+            once_recorded(record.submit(), resp, request_id, refusal.close).await
+        }
+    };
+    crate::gateway::est::add_challenge(&mut resp);
+    resp
+}
+
 /// A refusal: recorded first (strict: synced), then answered.
 async fn refuse(
     mut record: PendingRecord,

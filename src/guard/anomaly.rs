@@ -916,6 +916,7 @@ mod tests {
                 limits: LimitSpec::default(),
                 on_anomaly: OnAnomaly::Throttle,
                 renewal_window: None,
+                own_ca: None,
                 value_limits: Default::default(),
                 signing: false,
                 signing_keys: Vec::new(),

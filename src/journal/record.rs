@@ -90,6 +90,7 @@ pub fn extensions(e: &Event) -> Vec<(&'static str, String)> {
         x.push(("upstream_endpoint", ep.clone()));
     }
     for (name, value) in [
+        ("issuer", &e.issuer),
         ("signature", &e.signature),
         ("signature_base", &e.signature_base),
         ("signature_keyid", &e.signature_keyid),
@@ -111,6 +112,7 @@ pub fn extensions(e: &Event) -> Vec<(&'static str, String)> {
 pub fn version_of(e: &Event) -> u8 {
     if e.attempts != 0
         || e.upstream_endpoint.is_some()
+        || e.issuer.is_some()
         || e.signature.is_some()
         || e.signature_base.is_some()
         || e.signature_keyid.is_some()
@@ -248,12 +250,13 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
     let mut upstream_endpoint = None;
     let mut attempts = 0;
     let [
+        mut issuer,
         mut signature,
         mut signature_base,
         mut signature_keyid,
         mut value_amount,
         mut value_currency,
-    ]: [Option<String>; 5] = Default::default();
+    ]: [Option<String>; 6] = Default::default();
     let mut split_side = None;
     if v == FORMAT_VERSION_2 {
         let n = u16::from_be_bytes(r.arr("extension count")?) as usize;
@@ -281,6 +284,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
                         .ok_or_else(|| DecodeError(format!("attempts `{value}` is not a count")))?;
                 }
                 "upstream_endpoint" => upstream_endpoint = Some(value),
+                "issuer" => issuer = Some(value),
                 "signature" => signature = Some(value),
                 "signature_base" => signature_base = Some(value),
                 "signature_keyid" => signature_keyid = Some(value),
@@ -326,6 +330,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Event), DecodeError> {
             detail,
             upstream_endpoint,
             attempts,
+            issuer,
             value_amount,
             value_currency,
             signature_keyid,
@@ -479,6 +484,7 @@ mod tests {
             detail: Some("line1\nline2".into()),
             upstream_endpoint: None,
             attempts: 0,
+            issuer: None,
             value_amount: None,
             value_currency: None,
             signature_keyid: None,
@@ -500,6 +506,20 @@ mod tests {
                 .map(|r| r.to_line().v),
             Ok(1)
         );
+    }
+
+    #[test]
+    fn the_issuer_of_a_partners_own_ca_is_a_named_field() {
+        let mut e = full_event();
+        e.issuer = Some("O=bank, CN=bank Root CA".into());
+        let bytes = encode(3, &e);
+        assert_eq!(bytes[0], FORMAT_VERSION_2);
+        assert_eq!(
+            extensions(&e),
+            vec![("issuer", "O=bank, CN=bank Root CA".to_string())]
+        );
+        let (seq, back) = decode(&bytes).unwrap();
+        assert_eq!((seq, back), (3, e));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! TLS on both legs. Partner side: a rustls `ServerConfig` that requires a
-//! client certificate, verifies chain, validity, EKU clientAuth and the CRL
+//! TLS on both legs. Partner side: a rustls `ServerConfig` that asks for a
+//! client certificate (a client without one gets only the enrolment paths,
+//! see `gateway::est`), verifies chain, validity, EKU clientAuth and the CRL
 //! (rustls' WebPKI verifier), then the partner identity and the inventory's
 //! revocation state (`PartnerVerifier`; a certificate whose chain already
 //! verified skips only the chain's signature checks, see `verified_certs`).
@@ -29,6 +30,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use crate::identity::{describe, identify};
 use crate::reason::Reason;
 use crate::refusal::Refusal;
+pub mod partner_ca;
 pub mod verified_certs;
 
 use verified_certs::VerifiedCerts;
@@ -98,6 +100,17 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
 /// usable at `now` (unix seconds)? Returns the reason when not.
 pub trait CertificateStatus: Send + Sync + fmt::Debug {
     fn check(&self, serial: &str, fingerprint: &str, now_unix: i64) -> Result<(), Reason>;
+
+    /// A certificate that names a partner with its own CA: that CA's
+    /// verdict (see `partner_ca`); `None` when no partner's CA is concerned.
+    fn own_ca(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Option<Result<(), (Reason, String)>> {
+        None
+    }
 }
 
 /// A refused client certificate as rustls carries it: the TLS-level
@@ -141,17 +154,23 @@ pub struct PartnerVerifier {
     status: Arc<dyn CertificateStatus>,
     /// Leaf certificates that passed `inner` (see `verified_certs`).
     verified: VerifiedCerts,
+    /// The CA names sent to clients: ours and partners' own CAs' roots
+    /// (clients such as Java pick their certificate by them).
+    hints: Vec<DistinguishedName>,
 }
 
 impl ClientCertVerifier for PartnerVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
+    /// Optional: a client without a certificate completes the handshake
+    /// and gets the enrolment paths alone (`gateway::est::anonymous`); a
+    /// certificate that is presented is verified in full, as ever.
     fn client_auth_mandatory(&self) -> bool {
-        true
+        false
     }
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &self.hints
     }
     fn verify_client_cert(
         &self,
@@ -159,6 +178,13 @@ impl ClientCertVerifier for PartnerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        // A partner's own CA judges the certificates that carry its name
+        // (never one in our trust domain).
+        if let Some(verdict) = self.status.own_ca(end_entity, intermediates, now) {
+            return verdict
+                .map(|()| ClientCertVerified::assertion())
+                .map_err(|(reason, m)| refuse(reason, end_entity, m));
+        }
         let now_unix = now.as_secs() as i64;
         // Chains this verifier already verified skip the chain check while
         // every certificate of them is within its validity period;
@@ -220,6 +246,8 @@ impl ClientCertVerifier for PartnerVerifier {
 /// What the partner-facing TLS config is built from.
 pub struct ServerMaterial {
     pub trust_anchors: Vec<CertificateDer<'static>>,
+    /// Subjects (DER) of partners' own CA roots, announced beside ours.
+    pub partner_ca_subjects: Vec<Vec<u8>>,
     pub crls: Vec<CertificateRevocationListDer<'static>>,
     pub server_chain: Vec<CertificateDer<'static>>,
     pub server_key: PrivateKeyDer<'static>,
@@ -268,11 +296,19 @@ pub fn server_config(
         .allow_unknown_revocation_status()
         .build()
         .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+    let mut hints = inner.root_hint_subjects().to_vec();
+    hints.extend(
+        material
+            .partner_ca_subjects
+            .into_iter()
+            .map(DistinguishedName::from),
+    );
     let verifier = Arc::new(PartnerVerifier {
         inner,
         trust_domain: trust_domain.to_string(),
         status,
         verified: VerifiedCerts::new(),
+        hints,
     });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -412,6 +448,7 @@ mod tests {
             trust_domain: "gatehouse.local".into(),
             status,
             verified: VerifiedCerts::new(),
+            hints: Vec::new(),
         }
     }
 

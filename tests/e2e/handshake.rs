@@ -1,11 +1,13 @@
-//! A connection without a valid partner certificate never gets an HTTP
-//! response: no certificate, a foreign CA, expired, serverAuth-only, another
-//! trust domain, not in the inventory. Each refusal is recorded with its reason.
+//! A connection with a certificate that is not a valid partner certificate
+//! never gets an HTTP response: a foreign CA, expired, serverAuth-only,
+//! another trust domain, not in the inventory; one without a certificate
+//! gets 403 `no_certificate` for anything but enrolment. Each refusal is
+//! recorded with its reason.
 
 use crate::common;
 
 use common::broker::{
-    TestHome, client_tls, foreign_ca, get_once, mint, mint_with_home_ca, tls_connect,
+    Conn, TestHome, client_tls, foreign_ca, get_once, mint, mint_with_home_ca, tls_connect,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -26,12 +28,12 @@ async fn bad_certificates_are_refused_at_the_handshake() {
         .unwrap();
     assert_eq!(r.status, 403);
 
-    // No certificate.
-    assert!(
-        tls_connect(broker.addr, client_tls(&ca, None, &[b"http/1.1"]))
-            .await
-            .is_err()
-    );
+    // No certificate: the handshake completes (enrolment needs it), the
+    // request does not get past 403.
+    let mut anonymous = Conn::open_as(broker.addr, &ca, None, false).await.unwrap();
+    let r = anonymous.get("/v1/orders").await.unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "no_certificate");
 
     let (rogue, rogue_pem) = foreign_ca();
     let cases = vec![
@@ -97,11 +99,9 @@ async fn bad_certificates_are_refused_at_the_handshake() {
                 .starts_with("127.0.0.1:")
         );
     }
-    assert!(
-        records
-            .iter()
-            .any(|r| r["kind"] == "handshake" && r["reason"] == "no_certificate")
-    );
+    assert!(records.iter().any(|r| r["kind"] == "exchange"
+        && r["reason"] == "no_certificate"
+        && r["partner"].is_null()));
     drop(broker);
 }
 

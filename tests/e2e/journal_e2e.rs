@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::broker::{
-    Conn, TestHome, admin_get, client_tls, get_once, home_with_echo, tls_connect,
+    Conn, TestHome, admin_get, client_tls, foreign_ca, get_once, home_with_echo, mint, tls_connect,
 };
 use tokio::sync::Mutex;
 
@@ -29,8 +29,10 @@ async fn every_field_is_recorded_and_the_chain_verifies() {
     assert_eq!(denied.status, 403);
     let bad = c.get("/v1/orders/%2e%2e/x").await.unwrap();
     assert_eq!(bad.status, 400);
+    let (rogue, rogue_pem) = foreign_ca();
+    let foreign = mint(&rogue, &rogue_pem, |_| {});
     assert!(
-        tls_connect(broker.addr, client_tls(&ca, None, &[b"http/1.1"]))
+        tls_connect(broker.addr, client_tls(&ca, Some(&foreign), &[b"http/1.1"]))
             .await
             .is_err()
     );
@@ -84,7 +86,7 @@ async fn every_field_is_recorded_and_the_chain_verifies() {
     assert_eq!(rec["path"], "/v1/orders/%2e%2e/x");
     assert!(
         h.wait_journal(5, |r| r["kind"] == "handshake"
-            && r["reason"] == "no_certificate")
+            && r["reason"] == "unknown_ca")
             .await
             .is_some()
     );
@@ -275,8 +277,11 @@ async fn a_handshake_flood_is_aggregated() {
     h.add_partner("acme", &[]);
     let mut broker = h.start();
     let ca = h.ca_pem();
+    let (rogue, rogue_pem) = foreign_ca();
+    let foreign = mint(&rogue, &rogue_pem, |_| {});
+    let cfg = client_tls(&ca, Some(&foreign), &[b"http/1.1"]);
     for _ in 0..300 {
-        let _ = tls_connect(broker.addr, client_tls(&ca, None, &[b"http/1.1"])).await;
+        let _ = tls_connect(broker.addr, cfg.clone()).await;
     }
     // Stop the broker: the open aggregate is written at shutdown.
     broker.signal("TERM");

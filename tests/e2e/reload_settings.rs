@@ -637,9 +637,18 @@ async fn live_journal_settings_take_effect_on_sighup() {
         detail.contains("journal.handshake_aggregate_interval"),
         "{detail}"
     );
+    let (rogue, rogue_pem) = common::broker::foreign_ca();
+    let stranger = common::broker::mint(&rogue, &rogue_pem, |_| {});
     for _ in 0..6 {
-        let refused = tls_connect(b.addr, client_tls(&h.ca_pem(), None, &[b"http/1.1"])).await;
-        assert!(refused.is_err(), "a handshake without a certificate passed");
+        let refused = tls_connect(
+            b.addr,
+            client_tls(&h.ca_pem(), Some(&stranger), &[b"http/1.1"]),
+        )
+        .await;
+        assert!(
+            refused.is_err(),
+            "a handshake with a foreign certificate passed"
+        );
     }
     let aggregate = h
         .wait_journal(10, |v| v["kind"] == "handshake_aggregate")
@@ -1463,4 +1472,113 @@ async fn live_signing_keys_take_effect_on_sighup() {
         (401, "signature_invalid".to_string())
     );
     assert_eq!(signed_post(&b, &h, &acme, &second, "k2").await.0, 200);
+}
+
+/// The partner file's `[own_ca]` table, edited.
+fn edit_own_ca(h: &TestHome, f: impl FnOnce(&mut toml_edit::Table)) {
+    let p = h.path().join("partners/acme.toml");
+    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&p).unwrap().parse().unwrap();
+    f(doc["own_ca"].as_table_mut().expect("[own_ca]"));
+    std::fs::write(&p, doc.to_string()).unwrap();
+}
+
+/// Lowercase hex SHA-256 of the SubjectPublicKeyInfo of a PEM's first certificate.
+fn spki_sha256(cert_pem: &str) -> String {
+    use sha2::Digest;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+    hex::encode(sha2::Sha256::digest(x.public_key().raw))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_own_ca_settings_take_effect_on_sighup() {
+    use crate::partner_ca::{bash, client, make_ca, make_leaf, openssl_available};
+    if !openssl_available() {
+        return;
+    }
+    let (h, _up, _acme) = home_with_echo(&["GET /v1/orders -> orders"]).await;
+    let pki = tempfile::tempdir().unwrap();
+    let dir = pki.path();
+    make_ca(dir, "bank");
+    let uri = "https://bank.example/clients/acme";
+    make_leaf(dir, "bank", "by-uri", "acme-api", &format!("URI:{uri}"));
+    make_leaf(dir, "bank", "by-dns", "someone", "DNS:acme.bank.example");
+    let (by_uri, by_dns) = (client(dir, "by-uri"), client(dir, "by-dns"));
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    h.ok(&[
+        "partner",
+        "trust",
+        "acme",
+        "--ca",
+        &path("bank-root.pem"),
+        "--match-san-uri",
+        uri,
+    ]);
+    let b = h.start();
+    let roots = h.roots_pem();
+    let ok = |cert: &ClientCert| {
+        let (addr, roots, cert) = (b.addr, roots.clone(), cert.clone());
+        async move { get_once_status(addr, &roots, &cert).await == 200 }
+    };
+    assert!(ok(&by_uri).await);
+    assert!(!ok(&by_dns).await);
+    let key = |k: &str| format!("partners/acme.toml own_ca.{k}");
+
+    // own_ca.match_san_uri: another URI, and the certificate no longer speaks for acme.
+    edit_own_ca(&h, |t| {
+        t["match_san_uri"] = toml_edit::value("https://bank.example/clients/other")
+    });
+    reload_applies(&b, &h, &key("match_san_uri")).await;
+    assert!(!ok(&by_uri).await);
+
+    // own_ca.match_subject_cn: matched by its subject CN instead.
+    edit_own_ca(&h, |t| {
+        t.remove("match_san_uri");
+        t["match_subject_cn"] = toml_edit::value("acme-api");
+    });
+    reload_applies(&b, &h, &key("match_subject_cn")).await;
+    assert!(ok(&by_uri).await);
+    assert!(!ok(&by_dns).await);
+
+    // own_ca.match_san_dns: matched by a DNS SAN.
+    edit_own_ca(&h, |t| {
+        t.remove("match_subject_cn");
+        t["match_san_dns"] = toml_edit::value("acme.bank.example");
+    });
+    reload_applies(&b, &h, &key("match_san_dns")).await;
+    assert!(ok(&by_dns).await);
+    assert!(!ok(&by_uri).await);
+
+    // own_ca.pin_spki: a pin of another key refuses it; its own admits it.
+    let mut pins = toml_edit::Array::new();
+    pins.push(spki_sha256(&by_uri.cert_pem));
+    edit_own_ca(&h, |t| t["pin_spki"] = toml_edit::value(pins));
+    reload_applies(&b, &h, &key("pin_spki")).await;
+    assert!(!ok(&by_dns).await);
+    let mut pins = toml_edit::Array::new();
+    pins.push(spki_sha256(&by_dns.cert_pem));
+    edit_own_ca(&h, |t| t["pin_spki"] = toml_edit::value(pins));
+    reload_applies(&b, &h, &key("pin_spki")).await;
+    assert!(ok(&by_dns).await);
+
+    // own_ca.crl: a CRL that revokes it, named by a reload, refuses it.
+    bash(
+        dir,
+        "openssl ca -config bank.cnf -revoke by-dns-leaf.pem -keyfile bank-int.key -cert bank-int.pem 2>/dev/null && \
+         openssl ca -config bank.cnf -gencrl -keyfile bank-int.key -cert bank-int.pem -out bank-crl.pem 2>/dev/null",
+    );
+    assert!(
+        ok(&by_dns).await,
+        "revoked in a CRL the broker does not read"
+    );
+    edit_own_ca(&h, |t| t["crl"] = toml_edit::value(path("bank-crl.pem")));
+    reload_applies(&b, &h, &key("crl")).await;
+    assert!(!ok(&by_dns).await);
+}
+
+/// Status of a GET on a fresh connection; 0 when refused.
+async fn get_once_status(addr: std::net::SocketAddr, roots: &str, cert: &ClientCert) -> u16 {
+    common::broker::get_once(addr, roots, cert, "/v1/orders")
+        .await
+        .map_or(0, |r| r.status.as_u16())
 }

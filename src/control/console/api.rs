@@ -95,6 +95,21 @@ pub async fn overview(shared: &Arc<AdminView>) -> Response<Full<Bytes>> {
                     .map(|r| Value::from(r.describe()))
                     .collect();
                 row["value_today"] = crate::control::view::value_today(&shared.live.values, p, now);
+                // Whose CA the partner's certificates come from.
+                if let Some(own) = &p.own_ca {
+                    let issuer = snapshot
+                        .partner_cas
+                        .iter()
+                        .find(|c| c.partner == p.id)
+                        .map(|c| c.issuer.clone());
+                    row["own_ca"] = json!({
+                        "issuer": issuer,
+                        "ca": own.ca.display().to_string(),
+                        "name": own.name.describe(),
+                        "pinned_keys": own.pin_spki.len(),
+                        "crl": own.crl.as_ref().map(|c| c.display().to_string()),
+                    });
+                }
             }
             row["series"] = json!(shared.events.monitor().recent_series(&id, now));
             row["denial_reasons"] = json!(reasons.get(&id).cloned().unwrap_or_default());

@@ -490,6 +490,7 @@ mod tests {
             limits: l,
             on_anomaly: Default::default(),
             renewal_window: None,
+            own_ca: None,
             value_limits: Default::default(),
             signing: false,
             signing_keys: Vec::new(),

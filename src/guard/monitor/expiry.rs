@@ -17,6 +17,10 @@ pub struct ExpiryWarning {
     /// Whole days left (rounded down).
     pub days_left: i64,
     pub seconds_left: i64,
+    /// A certificate from the partner's own CA (`[own_ca]`): that CA's
+    /// subject. The broker cannot renew it; the partner must replace it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 }
 
 /// Partner certificates usable at `now` that end within `warn_days` and
@@ -45,6 +49,7 @@ pub fn expiring(inventory: &Inventory, now: OffsetDateTime, warn_days: u32) -> V
                 not_after: rfc3339(c.not_after),
                 days_left: left.whole_days(),
                 seconds_left: left.whole_seconds(),
+                issuer: None,
             }
         })
         .collect();

@@ -15,6 +15,7 @@
 
 mod expiry;
 mod exposition;
+mod presented;
 mod status;
 mod window;
 
@@ -37,6 +38,7 @@ use crate::reason::Reason;
 
 pub use expiry::{ExpiryWarning, expiring};
 pub use exposition::{TEXT_CONTENT_TYPE, wants_openmetrics};
+pub use presented::PresentedCerts;
 pub use status::status_json;
 pub use window::{MinutePoint, PartnerWindow};
 
@@ -162,6 +164,8 @@ pub struct Monitor {
     cert_expiry: Family<CertLabels, Gauge>,
     /// The series `cert_expiry` holds now (to remove stale ones).
     cert_series: Mutex<HashSet<CertLabels>>,
+    /// Certificates from partners' own CAs seen at handshakes.
+    presented: PresentedCerts,
     reloads: Counter,
     reload_failures: Counter,
     /// Per-partner windows; the outer lock is taken for reading on the
@@ -207,6 +211,7 @@ impl Monitor {
             config_restart_pending: Gauge::default(),
             cert_expiry: Family::default(),
             cert_series: Mutex::new(HashSet::new()),
+            presented: PresentedCerts::default(),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
             windows: RwLock::new(HashMap::new()),
@@ -519,10 +524,27 @@ impl Monitor {
         self.config_restart_pending.set(i64::from(pending));
     }
 
+    /// Certificates from partners' own CAs seen at handshakes (their
+    /// expiry, which the inventory cannot know).
+    pub fn presented(&self) -> &PresentedCerts {
+        &self.presented
+    }
+
     /// Replaces the certificate expiry gauges with the inventory's usable
-    /// certificates at `now`; series of certificates no longer usable go away.
+    /// certificates at `now` and the valid ones partners' own CAs issued
+    /// (as presented); series of certificates no longer usable go away.
     pub fn set_cert_expiry(&self, inventory: &Inventory, now: OffsetDateTime) {
         let mut fresh = HashSet::new();
+        for (partner, serial, not_after_unix, _) in self.presented.valid(now) {
+            let labels = CertLabels {
+                partner: partner_label(&partner),
+                serial: code_label(Some(&serial)),
+            };
+            self.cert_expiry
+                .get_or_create(&labels)
+                .set(not_after_unix - now.unix_timestamp());
+            fresh.insert(labels);
+        }
         for c in inventory.certs.values() {
             if !c.state(now).usable() {
                 continue;

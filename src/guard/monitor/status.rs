@@ -26,14 +26,16 @@ pub fn status_json(
 ) -> Value {
     let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
     let alerts = monitor.open_alerts(now_ms);
-    let warnings = expiring(inventory, now, warn_days);
+    let mut warnings = expiring(inventory, now, warn_days);
+    warnings.extend(monitor.presented().expiring(now, warn_days));
+    let presented = monitor.presented().valid(now);
     let mut sorted: Vec<&Partner> = partners.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let rows: Vec<Value> = sorted
         .iter()
         .map(|p| {
             let w = monitor.recent(&p.id, now_ms);
-            let certs: Vec<Value> = inventory
+            let mut certs: Vec<Value> = inventory
                 .for_partner(&p.id)
                 .into_iter()
                 .filter(|c| c.state(now).usable())
@@ -50,6 +52,26 @@ pub fn status_json(
                     })
                 })
                 .collect();
+            // Certificates from the partner's own CA, as presented.
+            certs.extend(
+                presented
+                    .iter()
+                    .filter(|(partner, ..)| *partner == p.id)
+                    .map(|(_, serial, not_after, issuer)| {
+                        json!({
+                            "serial": serial,
+                            "state": "presented",
+                            "issuer": issuer,
+                            "not_after": OffsetDateTime::from_unix_timestamp(*not_after)
+                                .map(rfc3339)
+                                .unwrap_or_default(),
+                            "days_to_expiry": (not_after - now.unix_timestamp()) / 86_400,
+                            "expiring": warnings.iter().any(|x| {
+                                x.partner == p.id && x.serial == *serial
+                            }),
+                        })
+                    }),
+            );
             let partner_alerts: Vec<&super::RecentAlert> = alerts
                 .iter()
                 .filter(|a| a.partner.as_deref() == Some(p.id.as_str()))

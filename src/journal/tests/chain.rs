@@ -59,6 +59,7 @@ fn every_field_round_trips_through_the_journal() {
         detail: Some("multi\nline".into()),
         upstream_endpoint: Some("[2001:db8::2]:9443".into()),
         attempts: 3,
+        issuer: Some("O=bank, CN=bank Root CA".into()),
         value_amount: None,
         value_currency: None,
         signature_keyid: None,

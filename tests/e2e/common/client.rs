@@ -113,8 +113,18 @@ impl Conn {
         cert: &ClientCert,
         h2: bool,
     ) -> std::io::Result<Conn> {
+        Conn::open_as(addr, ca_pem, Some(cert), h2).await
+    }
+
+    /// Opens a connection presenting `cert`, or no certificate at all.
+    pub async fn open_as(
+        addr: SocketAddr,
+        ca_pem: &str,
+        cert: Option<&ClientCert>,
+        h2: bool,
+    ) -> std::io::Result<Conn> {
         let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
-        let tls = tls_connect(addr, client_tls(ca_pem, Some(cert), alpn)).await?;
+        let tls = tls_connect(addr, client_tls(ca_pem, cert, alpn)).await?;
         let io = TokioIo::new(tls);
         if h2 {
             let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)

@@ -97,13 +97,19 @@ function renderOverview(o) {
   tbody.replaceChildren(...o.partners.map((p) => {
     const certs = (p.certificates || []).map((c) => el("span", {
       class: "cert mono" + (c.expiring ? " expiring" : ""),
-      title: "not after " + c.not_after + (c.expiring ? " — expiring, no successor" : ""),
+      title: "not after " + c.not_after + (c.issuer ? " — from the partner's own CA " + c.issuer + ": only the partner can replace it" : "")
+        + (c.expiring ? (c.issuer ? " — expiring, no later one presented: ask the partner" : " — expiring, no successor") : ""),
       "data-serial": c.serial,
-      text: c.serial.slice(0, 12) + "… " + c.days_to_expiry + " d" + (c.state === "superseded" ? " (superseded)" : ""),
+      text: c.serial.slice(0, 12) + "… " + c.days_to_expiry + " d" + (c.state === "superseded" ? " (superseded)" : "") + (c.issuer ? " (their CA)" : ""),
     }));
+    const own = p.own_ca ? el("div", {
+      class: "own-ca muted",
+      title: "certificates from " + p.own_ca.ca + " with " + p.own_ca.name + (p.own_ca.pinned_keys ? ", " + p.own_ca.pinned_keys + " pinned key(s)" : "") + (p.own_ca.crl ? ", CRL " + p.own_ca.crl : ""),
+      text: "own CA: " + (p.own_ca.issuer || p.own_ca.ca) + " (" + p.own_ca.name + ")",
+    }) : null;
     const w = p.last_hour || {};
     return el("tr", { "data-partner": p.id },
-      el("td", {}, el("strong", { text: p.id }), el("div", { class: "muted", text: p.name })),
+      el("td", {}, el("strong", { text: p.id }), el("div", { class: "muted", text: p.name }), own),
       el("td", { class: "status-" + p.status, text: p.status }),
       el("td", {}, ...routesCell(p)),
       el("td", {}, el("div", { text: limitsText(p.limits) }), ...(p.value_today || []).map((v) =>
@@ -258,7 +264,7 @@ async function showRecord(seq) {
   row("hash", c.hash, "mono");
   if (cp) row("signed checkpoint", "covered: checkpoint at seq " + cp.seq + " (" + cp.kind + ", " + cp.time + ") signs the chain through this record", "covered");
   else row("signed checkpoint", "not yet covered: the next checkpoint will sign it", "uncovered");
-  for (const k of ["time", "kind", "node", "partner", "cert_serial", "cert_fingerprint", "client_addr", "tls_version", "method", "path", "route", "upstream", "decision", "reason", "status", "request_bytes", "response_bytes", "duration_us", "request_id", "detail"]) {
+  for (const k of ["time", "kind", "node", "partner", "cert_serial", "cert_fingerprint", "issuer", "client_addr", "tls_version", "method", "path", "route", "upstream", "decision", "reason", "status", "request_bytes", "response_bytes", "duration_us", "request_id", "detail"]) {
     row(k, r[k], ["cert_serial", "cert_fingerprint", "path", "request_id"].includes(k) ? "mono" : "");
   }
   box.replaceChildren(el("h3", { text: "Record " + r.seq }), dl);

@@ -14,6 +14,8 @@
 //! (or CA bundle) that verifies the broker. The broker decides whether a
 //! renewal is allowed; the agent only asks at sensible times.
 
+pub mod enrol;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,7 +141,7 @@ fn client_config(opts: &AgentOptions) -> Result<Arc<rustls::ClientConfig>, Agent
 }
 
 /// Host, port and the renewal path for a broker URL.
-fn endpoint(broker: &str) -> Result<(String, u16, String), AgentError> {
+pub(crate) fn endpoint(broker: &str) -> Result<(String, u16, String), AgentError> {
     let uri: Uri = broker
         .parse()
         .map_err(|e| AgentError::Url(broker.into(), format!("{e}")))?;
@@ -162,7 +164,7 @@ fn endpoint(broker: &str) -> Result<(String, u16, String), AgentError> {
 
 /// Makes a fresh P-256 key and a CSR for it (its subject is ignored by the
 /// broker, which sets the identity itself).
-fn new_csr() -> Result<(KeyPair, String), AgentError> {
+pub(crate) fn new_csr() -> Result<(KeyPair, String), AgentError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|e| AgentError::Key(e.to_string()))?;
     let params = CertificateParams::default();
