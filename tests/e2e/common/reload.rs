@@ -4,13 +4,12 @@
 
 use super::broker::{Broker, TestHome};
 
-/// Sends SIGHUP and waits (bounded) for the reload's admin record
-/// (`config_reloaded`) that names `key` as applied; returns its detail.
-///
-/// The file watcher may have taken the edit in before the signal: then the
-/// latest reload record already there names the key (and the SIGHUP's own
-/// reload finds nothing new). Any other record must come after the signal,
-/// so a record of an earlier change never counts.
+/// Sends SIGHUP, waits (bounded) for that reload's admin record
+/// (`config_reloaded`: the files as they are now are in force), and returns
+/// the detail of the record that names `key` as applied: that one, or,
+/// when the file watcher took the edit in just before the signal (the
+/// SIGHUP's reload then finds nothing new), the watcher's record just
+/// before it.
 pub async fn reload_applies(b: &Broker, h: &TestHome, key: &str) -> String {
     let names_key = |v: &serde_json::Value| {
         v["reason"] == "config_reloaded"
@@ -18,39 +17,41 @@ pub async fn reload_applies(b: &Broker, h: &TestHome, key: &str) -> String {
                 .as_str()
                 .is_some_and(|d| applied_keys(d).iter().any(|k| k == key))
     };
-    let before = h.journal();
-    let after = before
-        .iter()
-        .filter_map(|v| v["seq"].as_u64())
-        .max()
-        .unwrap_or(0);
-    let latest_reload = before
+    let after = last_seq(h);
+    b.signal("HUP");
+    let Some(rec) = h
+        .wait_journal(10, |v| {
+            v["seq"].as_u64().is_some_and(|s| s > after) && v["reason"] == "config_reloaded"
+        })
+        .await
+    else {
+        panic!("no config_reloaded record after SIGHUP\n{}", b.log());
+    };
+    assert_eq!(rec["kind"], "admin", "{rec}");
+    if names_key(&rec) {
+        return rec["detail"].as_str().unwrap_or_default().to_string();
+    }
+    let seq = rec["seq"].as_u64().unwrap_or(0);
+    let journal = h.journal();
+    let previous = journal
         .iter()
         .filter(|v| {
-            v["kind"] == "admin"
+            v["seq"].as_u64().is_some_and(|s| s < seq)
+                && v["kind"] == "admin"
                 && matches!(
                     v["reason"].as_str(),
                     Some("config_reloaded" | "config_reload_refused")
                 )
         })
         .max_by_key(|v| v["seq"].as_u64());
-    b.signal("HUP");
-    if let Some(rec) = latest_reload.filter(|v| names_key(v)) {
-        return rec["detail"].as_str().unwrap_or_default().to_string();
-    }
-    let rec = h
-        .wait_journal(10, |v| {
-            v["seq"].as_u64().is_some_and(|s| s > after) && names_key(v)
-        })
-        .await;
-    let Some(rec) = rec else {
-        panic!(
-            "no config_reloaded record names {key} as applied\n{}",
+    match previous.filter(|v| names_key(v)) {
+        Some(p) => p["detail"].as_str().unwrap_or_default().to_string(),
+        None => panic!(
+            "no config_reloaded record names {key} as applied (the SIGHUP's says: {})\n{}",
+            rec["detail"],
             b.log()
-        );
-    };
-    assert_eq!(rec["kind"], "admin", "{rec}");
-    rec["detail"].as_str().unwrap_or_default().to_string()
+        ),
+    }
 }
 
 /// The sequence number of the journal's last record (0: none yet).
