@@ -5,7 +5,11 @@
 # and checks that the partner table, a traffic chart, the expiring
 # certificate and whose CA the own-CA partner uses appear, and that the
 # journal filter (passed in the URL, as a bookmark would) finds the denied
-# request by its request id and shows its chain position. Then the same
+# request by its request id and shows its chain position, and that the
+# mirrors panel shows a mirrored route's match rate with its latest
+# mismatch linked to the mirror_diff record (the candidate is the same echo
+# upstream under another name: the copy's X-Gatehouse-Mirror header and
+# identity token make its answer differ). Then the same
 # with a public admin listener: without the token the page shows no data.
 #
 #   scripts/console-check.sh                              # run by .ci/run
@@ -60,6 +64,12 @@ cat >>"$HOME_DIR/gatehouse.toml" <<'TOML'
 url = "https://127.0.0.1:9443"
 ca = "certs/upstream-ca.pem"
 server_name = "localhost"
+mirror = { to = "orders-v2", compare = true }
+
+[upstreams.orders-v2]
+url = "https://127.0.0.1:9443"
+ca = "certs/upstream-ca.pem"
+server_name = "localhost"
 TOML
 cp partners/acme.toml partners/globex.toml "$HOME_DIR/partners/"
 $G cert issue acme --out "$WORK/acme" >/dev/null
@@ -96,6 +106,13 @@ RID=$(curl "${C[@]}" --cert "$WORK/globex/globex.pem" --key "$WORK/globex/globex
 [[ -n $RID ]] || fail "the denied call has no x-request-id"
 echo "denied request id: $RID"
 curl "${C[@]}" --cert "$WORK/bank.pem" --key "$WORK/bank.key" -o /dev/null "$URL/v1/orders/8" || fail "bank's call with its own CA's certificate"
+for _ in $(seq 1 50); do
+  curl -s "http://$ADMIN/status" | grep -qE '"mismatch":([5-9]|[1-9][0-9])' && break
+  sleep 0.1
+done
+MIRRORED=$($G log query --kind mirror_diff --json --limit 1 | sed -n 's/.*"request_id":"\([^"]*\)".*/\1/p')
+[[ -n $MIRRORED ]] || fail "no mirror_diff record for acme's mirrored calls"
+echo "a mismatch's request id: $MIRRORED"
 
 echo "== the console in headless Chromium"
 PAGE="http://$ADMIN/#journal?request_id=$RID"
@@ -114,8 +131,13 @@ check "bank's certificate, from its own CA, expiring" 'class="cert mono expiring
 check "the denied request found by its request id" "<tr class=\"denied[^\"]*\" data-seq=\"[0-9]+\" data-request-id=\"$RID\">"
 check "its chain position" 'chain position</dt><dd[^>]*>record [0-9]+ of 1…[0-9]+'
 check "its checkpoint coverage" 'signed checkpoint</dt><dd class="(un)?covered"'
+check "the mirrored route's match rate" '<tr data-mirror-route="/v1/orders">.*<td class="match-rate bad">0.0 %</td>'
+check "a mismatch linked to its record" "<a href=\"#journal\?kind=mirror_diff&amp;request_id=[^\"]+\" class=\"mono\">"
+browser "http://$ADMIN/#journal?kind=mirror_diff&request_id=$MIRRORED" "$WORK/dom.html" --dump-dom
+check "the mismatch's record, found from its link" "<td>mirror_diff</td>.*data-request-id|data-request-id=\"$MIRRORED\">.*<td>mirror_diff</td>"
+check "what differs, in the record's detail" 'detail</dt><dd[^>]*>[^<]*"pointers":\['
 if [[ -n ${SCREENSHOT:-} ]]; then
-  browser "$PAGE" /dev/null --window-size=1400,1250 --hide-scrollbars --screenshot="$WORK/shot.png"
+  browser "$PAGE" /dev/null --window-size=1400,1800 --hide-scrollbars --screenshot="$WORK/shot.png"
   cp "$WORK/shot.png" "$SCREENSHOT"
   echo "screenshot: $SCREENSHOT"
 fi

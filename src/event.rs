@@ -26,6 +26,9 @@ pub enum EventKind {
     Alert,
     /// A CA operation (issue, renew, revoke) or a config reload.
     Admin,
+    /// A mirrored request whose candidate answered otherwise than the live
+    /// side (what differs, never body content).
+    MirrorDiff,
 }
 
 /// Allowed or denied.

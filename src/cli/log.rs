@@ -152,6 +152,9 @@ pub enum KindArg {
     Handshake,
     Alert,
     Admin,
+    /// A mirrored request answered otherwise by the candidate.
+    #[value(name = "mirror_diff", alias = "mirror-diff")]
+    MirrorDiff,
 }
 
 impl KindArg {
@@ -161,6 +164,7 @@ impl KindArg {
             KindArg::Handshake => EventKind::Handshake,
             KindArg::Alert => EventKind::Alert,
             KindArg::Admin => EventKind::Admin,
+            KindArg::MirrorDiff => EventKind::MirrorDiff,
         }
     }
 }

@@ -339,6 +339,7 @@ fn render_table(doc: &Value) -> String {
             sides.join(", ")
         ));
     }
+    out.push_str(&mirrors_table(&doc["mirrors"]));
     let pending: Vec<&str> = doc["restart_pending"]
         .as_array()
         .unwrap_or(&empty)
@@ -363,6 +364,73 @@ fn render_table(doc: &Value) -> String {
                 cell(&a["partner"]),
                 cell(&a["detail"])
             ));
+        }
+    }
+    out
+}
+
+/// The mirrors: per mirrored upstream and route, the last hour's results
+/// and match rate, then the noise learned for the route.
+fn mirrors_table(m: &Value) -> String {
+    let empty = Vec::new();
+    let upstreams = m["upstreams"].as_array().unwrap_or(&empty);
+    if upstreams.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "{:<28} {:<20} {:>8} {:>9} {:>7} {:>8} {:>7}\n",
+        "MIRROR (upstream -> to)", "ROUTE", "MATCH", "MISMATCH", "ERROR", "DROPPED", "RATE"
+    );
+    for u in upstreams {
+        let name = format!("{} -> {}", cell(&u["upstream"]), cell(&u["candidate"]));
+        let t = &u["totals"];
+        out.push_str(&format!(
+            "{:<28} {:<20} {:>8} {:>9} {:>7} {:>8} {:>7}\n",
+            name,
+            "(all, since start)",
+            cell(&t["match"]),
+            cell(&t["mismatch"]),
+            cell(&t["error"]),
+            cell(&t["dropped"]),
+            "",
+        ));
+        for r in u["routes"].as_array().unwrap_or(&empty) {
+            let h = &r["last_hour"];
+            let rate = r["match_rate"]
+                .as_f64()
+                .map(|x| format!("{:.1}%", x * 100.0))
+                .unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "{:<28} {:<20} {:>8} {:>9} {:>7} {:>8} {:>7}\n",
+                "",
+                cell(&r["route"]),
+                cell(&h["match"]),
+                cell(&h["mismatch"]),
+                cell(&h["error"]),
+                cell(&h["dropped"]),
+                rate,
+            ));
+            let noise: Vec<String> = r["noise"]["pointers"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(cell)
+                .chain(
+                    r["noise"]["headers"]
+                        .as_array()
+                        .unwrap_or(&empty)
+                        .iter()
+                        .map(|h| format!("header {}", cell(h))),
+                )
+                .collect();
+            if !noise.is_empty() {
+                out.push_str(&format!(
+                    "{:<28} noise on {} (not counted): {}\n",
+                    "",
+                    cell(&r["route"]),
+                    noise.join(", ")
+                ));
+            }
         }
     }
     out
@@ -394,6 +462,28 @@ mod tests {
         assert!(!t.contains("restart pending"), "{t}");
         let t = render_table(&serde_json::json!({"restart_pending": ["server.listen"]}));
         assert!(t.contains("restart pending: server.listen"), "{t}");
+    }
+
+    #[test]
+    fn table_shows_mirror_results_and_learned_noise() {
+        let doc = serde_json::json!({"mirrors": {"upstreams": [{
+            "upstream": "orders", "candidate": "orders-v2",
+            "totals": {"match": 9, "mismatch": 1, "error": 0, "dropped": 2},
+            "routes": [{"route": "/v1/orders", "match_rate": 0.9,
+                "last_hour": {"match": 9, "mismatch": 1, "error": 0, "dropped": 2},
+                "noise": {"pointers": ["/generated_at"], "headers": ["x-trace"]}}]
+        }]}});
+        let t = render_table(&doc);
+        assert!(t.contains("orders -> orders-v2"), "{t}");
+        let route = t
+            .lines()
+            .find(|l| l.contains("/v1/orders") && l.contains("90.0%"));
+        assert!(route.is_some(), "{t}");
+        assert!(
+            t.contains("noise on /v1/orders (not counted): /generated_at, header x-trace"),
+            "{t}"
+        );
+        assert!(!render_table(&serde_json::json!({})).contains("MIRROR"));
     }
 
     #[test]

@@ -280,6 +280,21 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
                 Some(_) => {}
             }
         }
+        if let Some(m) = &up.mirror {
+            for (key, target) in [("to", Some(&m.to)), ("baseline", m.baseline.as_ref())] {
+                let Some(target) = target else { continue };
+                match cfg.upstreams.get(target) {
+                    None => err(format!(
+                        "[upstreams.{name}] mirror {key} = \"{target}\" is not an upstream (defined: {})",
+                        cfg.upstreams.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )),
+                    Some(s) if s.is_split() => err(format!(
+                        "[upstreams.{name}] mirror {key} = \"{target}\" is a split: a mirror sends to a pool (name one of `{target}`'s sides)"
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
     }
     if errors.is_empty() {
         Ok(cfg)

@@ -123,6 +123,7 @@ mod proof {
     pub const OWN_CA_TRUSTED: &str =
         "partner_ca::an_own_ca_trusted_while_running_is_in_force_and_its_crl_is_watched";
     pub const OWN_CA: &str = "reload_settings::live_own_ca_settings_take_effect_on_sighup";
+    pub const MIRROR: &str = "reload_settings::live_mirror_settings_take_effect_on_sighup";
     pub const FLEET_DENY: &str =
         "fleet::fleet_on_store_failure_changed_by_reload_denies_on_every_node";
 }
@@ -176,6 +177,16 @@ pub const SETTINGS: &[Setting] = &[
     live(G, "upstreams.*.signed_identity", "add the signed identity token; next request", MIXED),
     live(G, "upstreams.*.endpoints", "the pool's endpoints; the pool is rebuilt", POOL_ADMISSION),
     live(G, "upstreams.*.split", "weights of a split's sides (sticky per partner); next request", SPLIT_WEIGHTS),
+    live(G, "upstreams.*.mirror", "mirroring on or off; the next request is mirrored by the new setting", MIRROR),
+    live(G, "upstreams.*.mirror.to", "the candidate upstream the copies go to; next request", MIRROR),
+    live(G, "upstreams.*.mirror.percent", "share of eligible requests mirrored; next request", MIRROR),
+    live(G, "upstreams.*.mirror.methods", "methods mirrored (default GET, HEAD, OPTIONS); next request", MIRROR),
+    live(G, "upstreams.*.mirror.compare", "compare the candidate's answer with the live one; next request", MIRROR),
+    live(G, "upstreams.*.mirror.ignore_headers", "response headers left out of the comparison; next request", MIRROR),
+    live(G, "upstreams.*.mirror.ignore_json", "JSON pointers left out of the comparison (`*`: any array element); next request", MIRROR),
+    live(G, "upstreams.*.mirror.max_in_flight", "mirrored requests in flight at most (beyond: dropped); next request", MIRROR),
+    live(G, "upstreams.*.mirror.timeout", "longest a mirrored request may take; next request", MIRROR),
+    live(G, "upstreams.*.mirror.baseline", "the side sampled twice to learn noise; next request (learned noise is kept per route)", MIRROR),
     live(G, "upstreams.*.balance", "least_request or round_robin; the pool is rebuilt", POOL_ADMISSION),
     live(G, "upstreams.*.max_in_flight", "requests the backend sees at once; the pool is rebuilt", POOL_ADMISSION),
     live(G, "upstreams.*.queue.size", "requests waiting for a place; the pool is rebuilt", POOL_ADMISSION),
@@ -459,6 +470,7 @@ fn flatten_upstream(f: &mut Flat, name: &str, u: &UpstreamSettings) {
         outlier,
         dns_refresh,
         split,
+        mirror,
     } = u;
     let mut put = |field: &str, pattern: &'static str, value: String| {
         let key = if field.is_empty() {
@@ -578,6 +590,60 @@ fn flatten_upstream(f: &mut Flat, name: &str, u: &UpstreamSettings) {
     );
     put("dns_refresh", "upstreams.*.dns_refresh", dur(dns_refresh));
     put("split", "upstreams.*.split", format!("{split:?}"));
+    match mirror {
+        None => put("mirror", "upstreams.*.mirror", "(unset)".into()),
+        Some(m) => {
+            put("mirror", "upstreams.*.mirror", "(set)".into());
+            let crate::config::MirrorSettings {
+                to,
+                percent,
+                methods,
+                compare,
+                ignore_headers,
+                ignore_json,
+                max_in_flight,
+                timeout,
+                baseline,
+            } = m;
+            put("mirror.to", "upstreams.*.mirror.to", text(to));
+            put(
+                "mirror.percent",
+                "upstreams.*.mirror.percent",
+                percent.to_string(),
+            );
+            put(
+                "mirror.methods",
+                "upstreams.*.mirror.methods",
+                format!("{methods:?}"),
+            );
+            put(
+                "mirror.compare",
+                "upstreams.*.mirror.compare",
+                compare.to_string(),
+            );
+            put(
+                "mirror.ignore_headers",
+                "upstreams.*.mirror.ignore_headers",
+                format!("{ignore_headers:?}"),
+            );
+            put(
+                "mirror.ignore_json",
+                "upstreams.*.mirror.ignore_json",
+                format!("{ignore_json:?}"),
+            );
+            put(
+                "mirror.max_in_flight",
+                "upstreams.*.mirror.max_in_flight",
+                max_in_flight.to_string(),
+            );
+            put("mirror.timeout", "upstreams.*.mirror.timeout", dur(timeout));
+            put(
+                "mirror.baseline",
+                "upstreams.*.mirror.baseline",
+                opt(baseline, |b| text(b)),
+            );
+        }
+    }
 }
 
 /// Every key of one partner file, as `partners/<id>.toml <key>`.
@@ -933,6 +999,11 @@ client_key = "c.key"
 max_in_flight = 10
 per_try_timeout = "1s"
 health = { path = "/healthz" }
+mirror = { to = "orders-v2", percent = 5, methods = ["GET", "POST"], compare = true, ignore_headers = ["x-trace"], ignore_json = ["/generated_at"], max_in_flight = 8, timeout = "2s", baseline = "orders-legacy" }
+[upstreams.orders-v2]
+url = "http://127.0.0.1:9444"
+[upstreams.orders-legacy]
+url = "http://127.0.0.1:9445"
 "#;
         let g = parse_gateway(Path::new("gatehouse.toml"), text).unwrap();
         let p = Partner {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::mirror::MirrorSettings;
 use crate::timefmt::serde_duration;
 
 /// Retries never go past this (each one is another request to a backend).
@@ -86,6 +87,10 @@ pub struct UpstreamSettings {
     /// partner staying on one side for a given weight table.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub split: BTreeMap<String, u32>,
+    /// `mirror = { to = "orders-v2", ... }`: a share of the requests
+    /// relayed here is copied to a candidate upstream (and compared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSettings>,
 }
 
 /// `balance`.
@@ -297,7 +302,7 @@ impl UpstreamSettings {
 
     /// Every problem with this table, as `check` words them.
     pub fn problems(&self, name: &str) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out: Vec<String> = self.mirror.iter().flat_map(|m| m.problems(name)).collect();
         let mut err = |m: String| out.push(format!("[upstreams.{name}] {m}"));
         if self.is_split() {
             if self.url.is_some() || !self.endpoints.is_empty() {

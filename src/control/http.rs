@@ -185,6 +185,7 @@ async fn status(view: &Arc<AdminView>) -> Response<Full<Bytes>> {
             crate::upstream::status_json(&snapshot.upstreams),
         );
         obj.insert("splits".into(), splits_json(&snapshot));
+        obj.insert("mirrors".into(), view.live.mirrors.status_json(now_ms));
         // Settings changed in the files that only a restart puts in force.
         obj.insert(
             "restart_pending".into(),

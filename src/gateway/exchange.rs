@@ -13,7 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::upstream::UpstreamBody;
+use crate::gateway::mirror::LiveBody;
 
 use crate::config::Risk;
 use crate::event::{Event, ExpectedRecord, RecordAck, RecordError};
@@ -81,7 +81,7 @@ enum State {
 
 /// The relayed response body, recorded before its end reaches the partner.
 pub struct RecordedBody {
-    inner: UpstreamBody,
+    inner: LiveBody,
     state: State,
     /// Bytes still expected per Content-Length, when known.
     remaining: Option<u64>,
@@ -89,7 +89,7 @@ pub struct RecordedBody {
 }
 
 impl RecordedBody {
-    pub fn new(inner: UpstreamBody, content_length: Option<u64>, pending: PendingRecord) -> Self {
+    pub fn new(inner: LiveBody, content_length: Option<u64>, pending: PendingRecord) -> Self {
         RecordedBody {
             inner,
             state: State::Streaming,

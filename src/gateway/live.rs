@@ -326,6 +326,9 @@ pub struct Live {
     /// Nonces of accepted signatures (a single node's; in a fleet, the
     /// stand-in while the store does not answer).
     pub nonces: Arc<crate::risk::signature::nonce::NonceLog>,
+    /// The mirrors' slots, counts, learned noise and latest mismatches
+    /// (kept across reloads).
+    pub mirrors: Arc<crate::gateway::mirror::MirrorBoard>,
     /// hyper's connection settings from the live `[server]` table.
     http: ArcSwap<auto::Builder<TokioExecutor>>,
     /// `gatehouse.toml` as it was when the broker started: the values of
@@ -445,6 +448,7 @@ impl Live {
             tls_retry: std::sync::atomic::AtomicBool::new(false),
             values: Arc::default(),
             nonces: Arc::default(),
+            mirrors: Arc::default(),
             http: ArcSwap::from_pointee(http),
             started_settings: settings::flatten_gateway(&gateway).public(),
             started: gateway,

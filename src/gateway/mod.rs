@@ -9,7 +9,8 @@
 //! the conversions of the layers' errors); `respond` is the one place that
 //! turns an outcome into the partner's response and its record; `live` is
 //! the configuration the phases read; `relay` the upstream leg; `exchange`
-//! the record-keeping response body.
+//! the record-keeping response body; `mirror` the copies of live requests
+//! sent to a candidate upstream and compared, off the partner's path.
 //!
 //! The gateway receives what it uses as a [`Gateway`]: the live state, the
 //! event sink, the upstream identity signer and the renewal state. It knows
@@ -31,6 +32,7 @@ pub mod handshake_gate;
 pub mod header_guard;
 pub mod live;
 pub mod membership;
+pub mod mirror;
 pub mod refusal;
 pub mod relay;
 pub mod renewal;

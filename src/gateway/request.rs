@@ -4,7 +4,10 @@
 //! partner's side) → limit (rate, quota, concurrency, body size) →
 //! signature (a route that requires one: RFC 9421, nonce never twice) →
 //! value (a route with a `value`: amount within the partner's value
-//! limits, reserved) → build the upstream request → relay. Each phase returns
+//! limits, reserved) → build the upstream request → relay, with, when the
+//! route's upstream has a `mirror` and this request is chosen, its copy
+//! sent first in a task of its own (`mirror`; the partner never waits for
+//! it) and the live answer tapped for the comparison. Each phase returns
 //! `Result<_, Refusal>`; `respond::finish` turns the outcome into the
 //! response and the record, the same way for every phase. Certificates
 //! have their own door (`certificates`); nothing here reaches the CA.
@@ -28,7 +31,7 @@ use crate::gateway::relay::{
 };
 use crate::gateway::respond::Answer;
 use crate::gateway::session::ConnCtx;
-use crate::gateway::{signed, value};
+use crate::gateway::{mirror, signed, value};
 use crate::identity_token::TokenSubject;
 use crate::policy::{Permit, check_target};
 use crate::reason::Reason;
@@ -82,6 +85,23 @@ pub(crate) async fn phases(
         .uri_for(&permit.upstream_path, target.query)
         .map_err(|_| Refusal::new(Reason::BadTarget))?;
     let route = permit.route.path.clone();
+    let mirror = mirror::choose(
+        gw,
+        &snapshot,
+        &mirror::Candidate {
+            upstream: permit.upstream,
+            live_pool: pool,
+            route: &route,
+            method: req.method(),
+            path: &permit.upstream_path,
+            query: target.query,
+            body_len: if req.body().is_end_stream() {
+                Some(0)
+            } else {
+                declared_length
+            },
+        },
+    );
     let value_spec = permit.route.value.clone();
     let needs_signature = entry.partner.requires_signature(permit.route);
     // Only signed and valued calls need the partner past the snapshot.
@@ -92,6 +112,9 @@ pub(crate) async fn phases(
     let is_head = req.method() == Method::HEAD;
     let over_limit = Arc::new(AtomicBool::new(false));
     let (parts, body) = req.into_parts();
+    // A mirrored request's body (within `mirror::BODY_MAX`) is read whole:
+    // the same bytes go to both sides.
+    let mut mirror_body = None;
     let (body, reservation) = if let Some(partner) = &partner {
         // Signed and valued calls are judged on the whole body.
         let max = max_body.min(value::MAX_VALUE_BODY);
@@ -119,8 +142,17 @@ pub(crate) async fn phases(
             }
             None => None,
         };
+        if mirror.is_some() {
+            mirror_body = Some(bytes.clone());
+        }
         let body: RelayBody = Full::new(bytes).map_err(|e| match e {}).boxed();
         (body, reserved)
+    } else if mirror.is_some() {
+        let bytes = mirror::read_body(body, max_body).await?;
+        record.event.request_bytes = bytes.len() as u64;
+        mirror_body = Some(bytes.clone());
+        let body: RelayBody = Full::new(bytes).map_err(|e| match e {}).boxed();
+        (body, None)
     } else {
         let cap = BodyCap {
             max: max_body,
@@ -137,6 +169,17 @@ pub(crate) async fn phases(
         &route,
         request_id,
     )?;
+    // The copies leave before the live request: nothing here waits for them.
+    let tap = match (mirror, mirror_body) {
+        (Some(m), Some(bytes)) => m.start(
+            gw,
+            mirror::Origin { conn, request_id },
+            upstream_req.method(),
+            upstream_req.headers(),
+            bytes,
+        ),
+        _ => None,
+    };
     let response = relay(gw, &upstream, upstream_req, request_id, record)
         .await
         .map_err(|refusal| {
@@ -148,6 +191,14 @@ pub(crate) async fn phases(
                 refusal
             }
         })?;
+    let response = match tap {
+        Some((tx, keep_body)) => {
+            let (parts, body) = response.into_parts();
+            let tap = mirror::Tap::new(parts.status.as_u16(), parts.headers.clone(), tx, keep_body);
+            Response::from_parts(parts, mirror::LiveBody::tapped(body, tap))
+        }
+        None => response.map(mirror::LiveBody::plain),
+    };
     if let Some(reserved) = reservation
         && response.status().is_success()
     {

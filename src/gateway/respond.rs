@@ -17,10 +17,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Body;
 
-use crate::upstream::UpstreamBody;
-
 use crate::event::{Decision, RecordAck};
 use crate::gateway::exchange::{PendingRecord, RecordedBody};
+use crate::gateway::mirror::LiveBody;
 use crate::gateway::refusal::Refusal;
 use crate::gateway::relay::{BoxError, Upstream, strip_hop_by_hop};
 use crate::gateway::session::ConnCtx;
@@ -38,6 +37,9 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 const WHOLE_BODY_MAX: u64 = 16 * 1024;
 
 /// What the phases produced, when they did not refuse.
+// Made once per request and moved once, on the stack: boxing the relayed
+// response would cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Answer {
     /// The broker's own answer (200 with a body).
     Local {
@@ -46,7 +48,7 @@ pub enum Answer {
     },
     /// The upstream's response, to relay.
     Relayed {
-        response: Response<UpstreamBody>,
+        response: Response<LiveBody>,
         upstream: Arc<Upstream>,
         is_head: bool,
         /// How long a streamed body may wait for the partner to read on.
@@ -136,7 +138,7 @@ struct Relayed<'a> {
 /// Relays the upstream's response, recorded before its end reaches the partner.
 async fn relay(
     mut record: PendingRecord,
-    response: Response<UpstreamBody>,
+    response: Response<LiveBody>,
     relayed: Relayed<'_>,
     conn: &ConnCtx,
     request_id: &str,
@@ -188,7 +190,7 @@ async fn relay(
 /// fails mid-body, or 503 when the journal cannot take the record.
 async fn whole_response(
     parts: http::response::Parts,
-    body: UpstreamBody,
+    body: LiveBody,
     n: u64,
     mut record: PendingRecord,
     upstream: &Upstream,

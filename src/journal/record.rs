@@ -43,6 +43,7 @@ fn kind_code(k: EventKind) -> u8 {
         EventKind::HandshakeAggregate => 3,
         EventKind::Alert => 4,
         EventKind::Admin => 5,
+        EventKind::MirrorDiff => 6,
     }
 }
 
@@ -53,6 +54,7 @@ fn kind_from(c: u8) -> Option<EventKind> {
         3 => EventKind::HandshakeAggregate,
         4 => EventKind::Alert,
         5 => EventKind::Admin,
+        6 => EventKind::MirrorDiff,
         _ => return None,
     })
 }
@@ -623,6 +625,7 @@ mod tests {
             EventKind::HandshakeAggregate,
             EventKind::Alert,
             EventKind::Admin,
+            EventKind::MirrorDiff,
         ] {
             let mut k = e.clone();
             k.kind = kind;

@@ -90,6 +90,9 @@ async fn the_console_serves_its_page_and_the_data_behind_it() {
     assert_eq!(orders["endpoints"][0]["state"], "up", "{body}");
     assert_eq!(orders["endpoints"][0]["success"], 3, "{body}");
     assert!(page.contains("id=\"upstreams\""), "{page}");
+    // No mirror configured: the mirrors panel has nothing to show.
+    assert_eq!(o["mirrors"]["upstreams"], serde_json::json!([]), "{body}");
+    assert!(page.contains("id=\"mirrors\""), "{page}");
     let g = partner("globex");
     assert_eq!(g["denial_reasons"]["route_not_granted"], 1);
     assert_eq!(g["certificates"][0]["expiring"], true);

@@ -34,6 +34,7 @@ mod journal_durability;
 mod journal_e2e;
 mod log_output;
 mod metrics;
+mod mirror;
 mod partner_ca;
 mod pools;
 mod power_loss;

@@ -1582,3 +1582,273 @@ async fn get_once_status(addr: std::net::SocketAddr, roots: &str, cert: &ClientC
         .await
         .map_or(0, |r| r.status.as_u16())
 }
+
+/// The mirror totals of `upstream` in `/status` (`match`, `mismatch`,
+/// `error`, `dropped`), zeros before any.
+async fn mirror_totals(b: &Broker, upstream: &str) -> serde_json::Value {
+    let (_, body) = admin_get(b.admin, "/status").await;
+    let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    s["mirrors"]["upstreams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|u| u["upstream"] == upstream)
+        .map(|u| u["totals"].clone())
+        .unwrap_or_else(|| serde_json::json!({"match": 0, "mismatch": 0, "error": 0, "dropped": 0}))
+}
+
+/// `n` GETs on `c`; every one must pass.
+async fn mirrored_gets(c: &mut Conn, n: usize) {
+    for i in 0..n {
+        let r = c.get(&format!("/v1/orders/{i}")).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+/// Waits (bounded) until `f` holds for the totals; returns them.
+async fn totals_until(
+    b: &Broker,
+    upstream: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut t = serde_json::Value::Null;
+    for _ in 0..60 {
+        t = mirror_totals(b, upstream).await;
+        if f(&t) {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_mirror_settings_take_effect_on_sighup() {
+    use common::pool_backend::PoolBackend;
+    let h = TestHome::new();
+    let dir = h.path().join("backends");
+    std::fs::create_dir_all(&dir).unwrap();
+    let legacy = PoolBackend::start(&dir, "legacy", "json:legacy");
+    let same = PoolBackend::start(&dir, "same", "json:same");
+    let differs = PoolBackend::start(&dir, "differs", "json:total11");
+    let text = PoolBackend::start(&dir, "text", "ok");
+    let slow = PoolBackend::start(&dir, "slow", "sleep:1500");
+    for (name, b) in [
+        ("orders-legacy", &legacy),
+        ("orders-same", &same),
+        ("orders-differs", &differs),
+        ("orders-text", &text),
+        ("orders-slow", &slow),
+    ] {
+        h.add_upstream(name, &b.url(), None);
+        h.edit_config(|d| d["upstreams"][name]["signed_identity"] = toml_edit::value(false));
+    }
+    h.add_partner("acme", &["GET,POST /v1 -> orders-legacy"]);
+    let acme = h.issue("acme");
+    let b = h.start();
+    let mut c = Conn::open(b.addr, &h.ca_pem(), &acme, false).await.unwrap();
+    let key = |k: &str| format!("upstreams.orders-legacy.mirror{k}");
+    // Keys changed together are written in one go (the file watcher may
+    // reload between two writes).
+    let set_all = |pairs: Vec<(&str, toml_edit::Value)>| {
+        h.edit_config(|d| {
+            for (k, v) in pairs {
+                d["upstreams"]["orders-legacy"]["mirror"][k] = toml_edit::Item::Value(v);
+            }
+        })
+    };
+    let set = |k: &str, v: toml_edit::Value| set_all(vec![(k, v)]);
+    let diffs = || {
+        h.journal()
+            .into_iter()
+            .filter(|r| r["kind"] == "mirror_diff")
+            .collect::<Vec<_>>()
+    };
+
+    // mirror: off, the candidate sees nothing; on, every GET is copied.
+    mirrored_gets(&mut c, 3).await;
+    assert!(same.requests().is_empty());
+    h.edit_config(|d| {
+        let mut t = toml_edit::InlineTable::new();
+        t.insert("to", "orders-same".into());
+        t.insert("compare", true.into());
+        d["upstreams"]["orders-legacy"]["mirror"] = toml_edit::value(t);
+    });
+    reload_applies(&b, &h, &key("")).await;
+    mirrored_gets(&mut c, 3).await;
+    let t = totals_until(&b, "orders-legacy", |t| t["match"] == 3).await;
+    assert_eq!(t["match"], 3, "{t}");
+
+    // mirror.to: the copies go to another candidate (one field differs).
+    set("to", "orders-differs".into());
+    reload_applies(&b, &h, &key(".to")).await;
+    mirrored_gets(&mut c, 3).await;
+    let t = totals_until(&b, "orders-legacy", |t| t["mismatch"] == 3).await;
+    assert_eq!(t["mismatch"], 3, "{t}");
+    assert_eq!(same.requests().len(), 3);
+    assert_eq!(differs.requests().len(), 3);
+
+    // mirror.compare = false: copied, never compared (no mismatch record).
+    let before = diffs().len();
+    set("compare", false.into());
+    reload_applies(&b, &h, &key(".compare")).await;
+    mirrored_gets(&mut c, 3).await;
+    for _ in 0..30 {
+        if differs.requests().len() >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(differs.requests().len(), 6);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(diffs().len(), before, "compared with compare = false");
+
+    // mirror.ignore_json: compared again, the differing pointer ignored.
+    set("compare", true.into());
+    let mut pointers = toml_edit::Array::new();
+    pointers.push("/total");
+    set("ignore_json", pointers.into());
+    reload_applies(&b, &h, &key(".ignore_json")).await;
+    let matched = mirror_totals(&b, "orders-legacy").await["match"]
+        .as_u64()
+        .unwrap_or(0);
+    mirrored_gets(&mut c, 3).await;
+    let t = totals_until(&b, "orders-legacy", |t| {
+        t["match"].as_u64() == Some(matched + 3)
+    })
+    .await;
+    assert_eq!(t["match"].as_u64(), Some(matched + 3), "{t}");
+    assert_eq!(diffs().len(), before);
+
+    // mirror.ignore_headers: a plain-text candidate differs in its headers
+    // (and body); ignoring content-type leaves it out of the record.
+    set("to", "orders-text".into());
+    reload_applies(&b, &h, &key(".to")).await;
+    mirrored_gets(&mut c, 1).await;
+    let header_lists = |recs: &[serde_json::Value]| -> Vec<String> {
+        recs.iter()
+            .map(|r| {
+                let d: serde_json::Value =
+                    serde_json::from_str(r["detail"].as_str().unwrap_or("{}")).unwrap_or_default();
+                d["headers"].to_string()
+            })
+            .collect()
+    };
+    let mut recs = diffs();
+    for _ in 0..30 {
+        if recs.len() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        recs = diffs();
+    }
+    let last = header_lists(&recs).pop().unwrap_or_default();
+    assert!(last.contains("content-type"), "{last}");
+    let mut names = toml_edit::Array::new();
+    names.push("content-type");
+    set("ignore_headers", names.into());
+    reload_applies(&b, &h, &key(".ignore_headers")).await;
+    let count = recs.len();
+    mirrored_gets(&mut c, 1).await;
+    for _ in 0..30 {
+        recs = diffs();
+        if recs.len() > count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = header_lists(&recs).pop().unwrap_or_default();
+    assert!(
+        recs.len() > count && !last.contains("content-type"),
+        "{last}"
+    );
+
+    // mirror.percent = 0: nothing copied.
+    set_all(vec![("to", "orders-same".into()), ("percent", 0.into())]);
+    reload_applies(&b, &h, &key(".percent")).await;
+    let seen = same.requests().len();
+    mirrored_gets(&mut c, 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(same.requests().len(), seen, "copied at percent = 0");
+
+    // mirror.methods: a POST is copied once methods names it.
+    set("percent", 100.into());
+    reload_applies(&b, &h, &key(".percent")).await;
+    let post = async |c: &mut Conn| {
+        let r = c
+            .send(Method::POST, "/v1/orders", &[], b"{\"sku\":\"a\"}")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    };
+    post(&mut c).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!same.requests().iter().any(|l| l.starts_with("POST")));
+    let mut methods = toml_edit::Array::new();
+    methods.push("GET");
+    methods.push("POST");
+    set("methods", methods.into());
+    reload_applies(&b, &h, &key(".methods")).await;
+    post(&mut c).await;
+    let mut copied = false;
+    for _ in 0..30 {
+        copied = same.requests().iter().any(|l| l.starts_with("POST"));
+        if copied {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(copied, "{:?}", same.requests());
+
+    // mirror.timeout: a candidate taking 1.5 s is waited for under 4 s,
+    // and counted as an error under 200 ms.
+    set_all(vec![("to", "orders-slow".into()), ("timeout", "4s".into())]);
+    reload_applies(&b, &h, &key(".timeout")).await;
+    let t0 = mirror_totals(&b, "orders-legacy").await;
+    mirrored_gets(&mut c, 1).await;
+    let t = totals_until(&b, "orders-legacy", |t| t["mismatch"] != t0["mismatch"]).await;
+    assert_eq!(t["error"], t0["error"], "{t}");
+    set("timeout", "200ms".into());
+    reload_applies(&b, &h, &key(".timeout")).await;
+    mirrored_gets(&mut c, 1).await;
+    let t = totals_until(&b, "orders-legacy", |t| t["error"] != t0["error"]).await;
+    assert_ne!(t["error"], t0["error"], "{t}");
+
+    // mirror.max_in_flight = 1: with one copy held by the slow candidate,
+    // the next ones are dropped.
+    set_all(vec![("timeout", "4s".into()), ("max_in_flight", 1.into())]);
+    reload_applies(&b, &h, &key(".max_in_flight")).await;
+    let t0 = mirror_totals(&b, "orders-legacy").await;
+    mirrored_gets(&mut c, 3).await;
+    let t = totals_until(&b, "orders-legacy", |t| t["dropped"] != t0["dropped"]).await;
+    assert!(
+        t["dropped"].as_u64() >= t0["dropped"].as_u64().map(|d| d + 1),
+        "{t0} -> {t}"
+    );
+
+    // mirror.baseline: the live side is sampled a second time, marked.
+    let marked = || {
+        legacy
+            .request_headers()
+            .iter()
+            .filter(|l| l.ends_with(" 1 acme"))
+            .count()
+    };
+    assert_eq!(marked(), 0);
+    set_all(vec![
+        ("to", "orders-same".into()),
+        ("max_in_flight", 64.into()),
+        ("baseline", "orders-legacy".into()),
+    ]);
+    reload_applies(&b, &h, &key(".baseline")).await;
+    mirrored_gets(&mut c, 2).await;
+    let mut n = 0;
+    for _ in 0..30 {
+        n = marked();
+        if n > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(n > 0, "no baseline call to the live side");
+}

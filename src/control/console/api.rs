@@ -118,6 +118,7 @@ pub async fn overview(shared: &Arc<AdminView>) -> Response<Full<Bytes>> {
     let journal = shared.events.writable();
     let listening = shared.connections.listening();
     status["upstreams"] = crate::upstream::status_json(&snapshot.upstreams);
+    status["mirrors"] = shared.live.mirrors.status_json(now);
     status["node"] = json!(shared.events.node());
     status["expiry_warning_days"] = json!(warn_days);
     // Settings changed in the files that only a restart puts in force.
@@ -190,9 +191,10 @@ pub async fn journal(shared: &Arc<AdminView>, raw_query: &str) -> Response<Full<
             Some("handshake") => Some(EventKind::Handshake),
             Some("alert") => Some(EventKind::Alert),
             Some("admin") => Some(EventKind::Admin),
+            Some("mirror_diff") => Some(EventKind::MirrorDiff),
             Some(k) => {
                 return Err(BadParam(format!(
-                    "kind: `{k}` is not exchange, handshake, alert or admin"
+                    "kind: `{k}` is not exchange, handshake, alert, admin or mirror_diff"
                 )));
             }
         };

@@ -108,6 +108,12 @@ struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    upstream: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabels {
     outcome: String,
     reason: String,
@@ -149,6 +155,7 @@ pub struct Monitor {
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     value: Family<ValueLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     upstream_responses: Family<UpstreamResponseLabels, Counter>,
+    mirrors: Family<MirrorLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
     active_connections: Gauge,
     journal_append: Histogram,
@@ -198,6 +205,7 @@ impl Monitor {
             upstream_errors: Family::default(),
             value: Family::default(),
             upstream_responses: Family::default(),
+            mirrors: Family::default(),
             handshakes: Family::default(),
             active_connections: Gauge::default(),
             journal_append: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -263,6 +271,11 @@ impl Monitor {
             "upstream_responses",
             "Responses relayed from an upstream, by upstream and status class",
             m.upstream_responses.clone(),
+        );
+        registry.register(
+            "mirror",
+            "Mirrored requests by mirrored upstream and result: match, mismatch (the candidate answered otherwise), error (no answer to compare), dropped (not sent: no free slot or a body over the cap)",
+            m.mirrors.clone(),
         );
         registry.register(
             "tls_handshakes",
@@ -374,6 +387,8 @@ impl Monitor {
                 }
                 _ => {}
             },
+            // Counted where the mirror decides (`Monitor::mirror`).
+            EventKind::MirrorDiff => {}
         }
     }
 
@@ -490,6 +505,17 @@ impl Monitor {
                 })
                 .inc();
         }
+    }
+
+    /// One mirrored request's result (`match`, `mismatch`, `error`,
+    /// `dropped`) for the mirrored `upstream`.
+    pub fn mirror(&self, upstream: &str, result: &'static str) {
+        self.mirrors
+            .get_or_create(&MirrorLabels {
+                upstream: code_label(Some(upstream)),
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// A call's value, kept in the day's total (the upstream answered 2xx).

@@ -3,7 +3,15 @@
 //! how often a request reached it) and behaves by mode: `ok` answers 200
 //! with its name, `reset` reads the request body and resets the
 //! connection, `hang` reads the request and never answers, `sleep:<ms>`
-//! answers after sleeping and records the most requests it held at once.
+//! answers after sleeping and records the most requests it held at once,
+//! `json:<variant>` answers an order as JSON: `legacy` (the reference),
+//! `same` (the same document with keys in another order and numbers
+//! spelled otherwise), `total11` (one field differs: `/total`), `big` and
+//! `big11` (the same with 2000 items, about 110 KB), `noisy`
+//! (the reference plus `/generated_at`, which changes on every call). Beside
+//! the request log, a second log notes each request's `X-Gatehouse-Mirror`
+//! and `X-Gatehouse-Partner` headers. The JSON modes set `TCP_NODELAY`, so
+//! their head and body are not held apart by a delayed ACK (about 40 ms).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -11,14 +19,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 const SERVER: &str = r#"
-import socket, struct, sys, threading, time
+import json, socket, struct, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 mode, name, log, port, host = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 lock = threading.Lock()
-state = {"now": 0, "max": 0}
+state = {"now": 0, "max": 0, "n": 0}
 def note(line):
     with lock, open(log, "a") as f:
         f.write(line + "\n")
+def note_headers(line):
+    with lock, open(log + ".headers", "a") as f:
+        f.write(line + "\n")
+def order(variant, path):
+    with lock:
+        state["n"] += 1
+        n = state["n"]
+    if variant == "same":
+        return '{"items":[{"qty":1.0,"sku":"a"},{"sku":"b","qty":2e0}],"total":1e1,"order":%s}' % json.dumps(path)
+    doc = {"order": path, "total": 11 if variant in ("total11", "big11") else 10,
+           "items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 2}]}
+    if variant.startswith("big"):
+        doc["items"] = [{"sku": "s%d" % i, "qty": i, "note": "x" * 30} for i in range(2000)]
+    if variant == "noisy":
+        doc["generated_at"] = "%s-%d" % (name, n)
+    return json.dumps(doc)
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def log_message(self, *a): pass
@@ -26,6 +50,7 @@ class H(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else b""
         note("%s %s %d" % (self.command, self.path, len(body)))
+        note_headers("%s %s %s" % (self.path, self.headers.get("X-Gatehouse-Mirror", "-"), self.headers.get("X-Gatehouse-Partner", "-")))
         if mode == "reset" and self.path != "/healthz":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
@@ -43,8 +68,14 @@ class H(BaseHTTPRequestHandler):
             with lock:
                 state["now"] -= 1
         out = name.encode()
+        ctype = "text/plain"
+        if mode.startswith("json:"):
+            # Head and body without Nagle's wait for a delayed ACK.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            out = order(mode[5:], self.path).encode()
+            ctype = "application/json"
         self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(out)))
         self.end_headers()
         self.wfile.write(out)
@@ -116,6 +147,17 @@ impl PoolBackend {
             .unwrap_or_default()
             .lines()
             .filter(|l| !l.contains("/healthz"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Each request's `PATH MIRROR PARTNER` (`-` for a header not sent),
+    /// health checks left out.
+    pub fn request_headers(&self) -> Vec<String> {
+        std::fs::read_to_string(self.log.with_extension("log.headers"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("/healthz"))
             .map(str::to_string)
             .collect()
     }

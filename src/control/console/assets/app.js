@@ -141,8 +141,49 @@ function renderOverview(o) {
   }
   ups.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { class: "muted", text: "no upstream configured" }))]));
 
+  renderMirrors(o.mirrors || {});
+
   const charts = document.getElementById("charts");
   charts.replaceChildren(...o.partners.map(chart));
+}
+
+// Mirrors: per route the last hour's results and match rate, the noise
+// learned from the baseline, and the latest mismatches, each a link to the
+// journal filtered on its mirror_diff record.
+function renderMirrors(m) {
+  const rows = [];
+  for (const u of m.upstreams || []) {
+    const routes = u.routes || [];
+    for (const r of routes) {
+      const h = r.last_hour || {};
+      const noise = ((r.noise || {}).pointers || []).concat(((r.noise || {}).headers || []).map((x) => "header " + x));
+      rows.push(el("tr", { "data-mirror-route": r.route },
+        el("td", {}, el("strong", { text: u.upstream }), " → " + u.candidate),
+        el("td", { class: "mono", text: r.route }),
+        el("td", { class: "match-rate" + (r.match_rate !== null && r.match_rate < 1 ? " bad" : ""),
+          text: r.match_rate === null || r.match_rate === undefined ? "–" : (r.match_rate * 100).toFixed(1) + " %" }),
+        el("td", { text: String(h.match || 0) }),
+        el("td", { text: String(h.mismatch || 0) }),
+        el("td", { text: String(h.error || 0) }),
+        el("td", { text: String(h.dropped || 0) }),
+        el("td", { class: "mono", text: noise.length ? noise.join(", ") : "–" }),
+      ));
+    }
+  }
+  document.querySelector("#mirrors tbody").replaceChildren(...(rows.length ? rows
+    : [el("tr", {}, el("td", { class: "muted", text: "no mirror configured or nothing mirrored yet" }))]));
+  const recent = m.recent_mismatches || [];
+  document.getElementById("mismatches").replaceChildren(...(recent.length ? recent.slice(0, 10).map((x) => {
+    const what = (x.pointers || []).concat((x.headers || []).map((h) => "header " + h));
+    const q = new URLSearchParams({ kind: "mirror_diff", request_id: x.request_id });
+    return el("li", { "data-request-id": x.request_id },
+      el("a", { href: "#journal?" + q.toString(), class: "mono", text: x.request_id }), " ",
+      el("strong", { text: x.route }), " ",
+      el("span", { text: x.partner + ": " + x.live_status + " vs " + x.candidate_status + " (" + x.candidate + ")" }), " ",
+      el("span", { class: "muted", text: new Date(x.time_ms).toLocaleString() }),
+      what.length ? el("div", { class: "muted mono", text: what.join(", ") }) : null,
+    );
+  }) : [el("li", { class: "muted", text: "none" })]));
 }
 
 // Routes, with the high-risk ones listed apart.
