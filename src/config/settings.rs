@@ -51,145 +51,201 @@ pub struct Setting {
     pub what: &'static str,
     /// Its value is a secret (a password may sit in it): never shown.
     pub secret: bool,
+    /// The end-to-end test (`module::function` in `tests/e2e/`) that proves
+    /// the row on a running broker: a live key is changed, SIGHUP, and the
+    /// new behaviour is observed with the reload's record naming the key;
+    /// a restart key is reported pending until a restart puts it in force.
+    pub proved_by: &'static str,
 }
 
-const fn live(file: SettingsFile, key: &'static str, what: &'static str) -> Setting {
+const fn live(
+    file: SettingsFile,
+    key: &'static str,
+    what: &'static str,
+    proved_by: &'static str,
+) -> Setting {
     Setting {
         file,
         key,
         apply: Apply::Live,
         what,
         secret: false,
+        proved_by,
     }
 }
 
-const fn restart(file: SettingsFile, key: &'static str, what: &'static str) -> Setting {
+const fn restart(
+    file: SettingsFile,
+    key: &'static str,
+    what: &'static str,
+    proved_by: &'static str,
+) -> Setting {
     Setting {
         file,
         key,
         apply: Apply::Restart,
         what,
         secret: false,
+        proved_by,
     }
 }
+
+/// The end-to-end tests the rows name as their proof.
+mod proof {
+    pub const SERVER: &str = "reload_settings::live_server_settings_take_effect_on_sighup";
+    pub const MIXED: &str = "reload_settings::live_upstream_partner_monitor_journal_and_trust_settings_take_effect_on_sighup";
+    pub const RESTART: &str =
+        "reload_settings::a_restart_setting_waits_and_says_so_until_the_restart";
+    pub const TIMEOUTS: &str =
+        "reload_settings::live_timeouts_new_upstreams_and_ca_defaults_take_effect_on_sighup";
+    pub const TOKEN: &str =
+        "reload_settings::the_admin_token_file_is_read_from_the_live_configuration";
+    pub const JOURNAL: &str = "reload_settings::live_journal_settings_take_effect_on_sighup";
+    pub const LEG: &str = "reload_settings::live_upstream_leg_settings_take_effect_on_sighup";
+    pub const CA_LIVE: &str = "reload_settings::live_ca_settings_take_effect_on_sighup";
+    pub const MONITOR: &str =
+        "reload_settings::live_monitor_thresholds_and_webhook_take_effect_on_sighup";
+    pub const LISTENERS: &str =
+        "reload_restart::listener_addresses_and_admin_exposure_take_effect_at_restart";
+    pub const STORE_MOVE: &str =
+        "reload_restart::joining_a_fleet_and_moving_its_store_take_effect_at_restart";
+    pub const PARTNER: &str = "reload_settings::live_partner_settings_take_effect_on_sighup";
+    pub const POOL_ADMISSION: &str =
+        "reload_pools::live_pool_admission_balance_and_retries_take_effect_on_sighup";
+    pub const POOL_HEALTH: &str =
+        "reload_pools::live_pool_health_outlier_and_dns_settings_take_effect_on_sighup";
+    pub const SPLIT_WEIGHTS: &str =
+        "split::forty_partners_over_90_10_stay_on_their_side_and_50_50_moves_only_those_that_must";
+    pub const PIN: &str =
+        "split::a_pinned_partner_always_reaches_its_side_and_a_pin_applies_on_reload";
+    pub const STORE_TIMEOUT: &str = "reload_settings::live_store_timeout_takes_effect_on_sighup";
+    pub const SIGNING_KEYS: &str = "reload_settings::live_signing_keys_take_effect_on_sighup";
+    pub const OWN_CA_TRUSTED: &str =
+        "partner_ca::an_own_ca_trusted_while_running_is_in_force_and_its_crl_is_watched";
+    pub const OWN_CA: &str = "reload_settings::live_own_ca_settings_take_effect_on_sighup";
+    pub const MIRROR: &str = "reload_settings::live_mirror_settings_take_effect_on_sighup";
+    pub const FLEET_DENY: &str =
+        "fleet::fleet_on_store_failure_changed_by_reload_denies_on_every_node";
+}
+use proof::*;
 
 use SettingsFile::{Gateway as G, Partner as P};
 
 /// Every key of `gatehouse.toml` and of a partner file.
 #[rustfmt::skip]
 pub const SETTINGS: &[Setting] = &[
-    live(G, "trust_domain", "SPIFFE trust domain of partner identities; the partner-facing TLS configuration is rebuilt"),
-    restart(G, "server.listen", "address partners connect to (the listener is bound at start)"),
-    restart(G, "server.admin", "address of the admin listener (metrics, health, console)"),
-    restart(G, "server.admin_public", "allow a non-loopback admin address"),
-    live(G, "server.admin_token_file", "bearer token file the console, /status and the journal API require; read at each request"),
-    restart(G, "server.node_id", "this node's name in records, heartbeats and alerts"),
-    live(G, "server.handshake_timeout", "longest TLS handshake; new handshakes"),
-    live(G, "server.header_timeout", "longest wait for a request head; new connections"),
-    live(G, "server.idle_timeout", "idle connection lifetime; new connections"),
-    live(G, "server.drain_timeout", "how long a stop waits for requests in flight"),
-    restart(G, "server.max_connections", "partner connections at once (sizes the connection slots and the open-files limit)"),
-    live(G, "server.max_header_bytes", "largest request head; new connections"),
-    live(G, "server.max_body_bytes", "default largest request body; next request"),
-    live(G, "server.h2_max_concurrent_streams", "HTTP/2 streams per connection; new connections"),
-    live(G, "server.write_timeout", "a partner that stops reading is dropped after this; new connections"),
-    live(G, "server.max_pending_handshakes_per_addr", "unfinished handshakes per client address; next handshake"),
-    restart(G, "journal.durability", "strict or relaxed (the journal writer is opened with it)"),
-    live(G, "journal.flush_interval", "relaxed durability's flush period; the writer is retuned"),
-    live(G, "journal.checkpoint_every", "a signed checkpoint every this many records; the writer is retuned"),
-    live(G, "journal.checkpoint_interval", "a signed checkpoint at least this often; the writer is retuned"),
-    live(G, "journal.handshake_refusals_per_interval", "refused handshakes per address before they are aggregated; the writer is retuned"),
-    live(G, "journal.handshake_aggregate_interval", "the aggregation period of refused handshakes; the writer is retuned"),
-    live(G, "journal.min_free", "free space kept on the journal's file system; the writer measures against it at its next write"),
-    live(G, "ca.default_days", "lifetime of issued certificates (read by each `cert` command)"),
-    live(G, "ca.overlap", "how long a renewed certificate stays valid beside its successor (read by each `cert renew`)"),
-    live(G, "ca.crl_validity", "CRL validity; the next re-signing uses it"),
-    live(G, "monitor.expiry_warning_days", "certificate expiry warnings; next status and upkeep"),
-    live(G, "monitor.anomaly_factor", "spike factor over a partner's baseline; the detector is retuned"),
-    live(G, "monitor.anomaly_floor_per_minute", "rate under which no spike is raised; the detector is retuned"),
-    live(G, "monitor.anomaly_warmup_minutes", "history a baseline needs before it alerts; the detector is retuned"),
-    Setting { secret: true, ..live(G, "monitor.webhook_url", "where alerts are POSTed; the webhook client is rebuilt") },
-    live(G, "monitor.webhook_ca", "CA verifying an https webhook; the webhook client is rebuilt"),
-    live(G, "upstreams.*", "an upstream added or removed; new requests use the new set, requests in flight finish on the old"),
-    live(G, "upstreams.*.url", "where the upstream is; its client is rebuilt"),
-    live(G, "upstreams.*.ca", "CA verifying the upstream; its client is rebuilt"),
-    live(G, "upstreams.*.server_name", "name checked in the upstream's certificate; its client is rebuilt"),
-    live(G, "upstreams.*.client_cert", "the broker's certificate toward this upstream; its client is rebuilt"),
-    live(G, "upstreams.*.client_key", "its key; its client is rebuilt"),
-    live(G, "upstreams.*.connect_timeout", "longest connect; its client is rebuilt"),
-    live(G, "upstreams.*.response_timeout", "longest wait for the response head; next request"),
-    live(G, "upstreams.*.signed_identity", "add the signed identity token; next request"),
-    live(G, "upstreams.*.endpoints", "the pool's endpoints; the pool is rebuilt"),
-    live(G, "upstreams.*.split", "weights of a split's sides (sticky per partner); next request"),
-    live(G, "upstreams.*.mirror", "mirroring on or off; the next request is mirrored by the new setting"),
-    live(G, "upstreams.*.mirror.to", "the candidate upstream the copies go to; next request"),
-    live(G, "upstreams.*.mirror.percent", "share of eligible requests mirrored; next request"),
-    live(G, "upstreams.*.mirror.methods", "methods mirrored (default GET, HEAD, OPTIONS); next request"),
-    live(G, "upstreams.*.mirror.compare", "compare the candidate's answer with the live one; next request"),
-    live(G, "upstreams.*.mirror.ignore_headers", "response headers left out of the comparison; next request"),
-    live(G, "upstreams.*.mirror.ignore_json", "JSON pointers left out of the comparison (`*`: any array element); next request"),
-    live(G, "upstreams.*.mirror.max_in_flight", "mirrored requests in flight at most (beyond: dropped); next request"),
-    live(G, "upstreams.*.mirror.timeout", "longest a mirrored request may take; next request"),
-    live(G, "upstreams.*.mirror.baseline", "the side sampled twice to learn noise; next request (learned noise is kept per route)"),
-    live(G, "upstreams.*.balance", "least_request or round_robin; the pool is rebuilt"),
-    live(G, "upstreams.*.max_in_flight", "requests the backend sees at once; the pool is rebuilt"),
-    live(G, "upstreams.*.queue.size", "requests waiting for a place; the pool is rebuilt"),
-    live(G, "upstreams.*.queue.timeout", "longest wait for a place; the pool is rebuilt"),
-    live(G, "upstreams.*.retries", "retries on other endpoints; next request"),
-    live(G, "upstreams.*.per_try_timeout", "longest wait per attempt; next request"),
-    live(G, "upstreams.*.retry_budget", "share of retries among requests in flight; the pool is rebuilt"),
-    live(G, "upstreams.*.health", "active health checks on or off; the pool is rebuilt"),
-    live(G, "upstreams.*.health.path", "path probed; the pool is rebuilt"),
-    live(G, "upstreams.*.health.interval", "probe period; the pool is rebuilt"),
-    live(G, "upstreams.*.health.timeout", "probe timeout; the pool is rebuilt"),
-    live(G, "upstreams.*.health.healthy", "successes that bring an endpoint back; the pool is rebuilt"),
-    live(G, "upstreams.*.health.unhealthy", "failures that take an endpoint out; the pool is rebuilt"),
-    live(G, "upstreams.*.outlier.consecutive_failures", "failures in a row that eject an endpoint; the pool is rebuilt"),
-    live(G, "upstreams.*.outlier.base_ejection", "first ejection's length; the pool is rebuilt"),
-    live(G, "upstreams.*.outlier.max_ejected_percent", "most of the pool ejected at once; the pool is rebuilt"),
-    live(G, "upstreams.*.dns_refresh", "how often host names are re-resolved; the pool is rebuilt"),
-    restart(G, "cluster", "the [cluster] section itself: joining or leaving a fleet"),
-    Setting { secret: true, ..restart(G, "cluster.redis_url", "the fleet's Redis store (the connection is made at start)") },
-    restart(G, "cluster.redis_ca", "CA verifying a rediss:// store"),
-    restart(G, "cluster.redis_password_file", "the store's password"),
-    restart(G, "cluster.redis_username", "the store's ACL user"),
-    live(G, "cluster.on_store_failure", "local or deny while the store does not answer; next request"),
-    restart(G, "cluster.key_prefix", "prefix of every key and channel in the store"),
-    live(G, "cluster.store_timeout", "how long a request waits for the store; next request"),
-    live(P, "id", "the partner's id (a new id is a new partner)"),
-    live(P, "name", "display name"),
-    live(P, "status", "active or suspended; open connections too, within a second"),
-    live(P, "limits.requests_per_minute", "rate limit"),
-    live(P, "limits.burst", "burst above the rate"),
-    live(P, "limits.requests_per_day", "daily quota"),
-    live(P, "limits.max_concurrent", "requests in flight at once"),
-    live(P, "on_anomaly", "alert or throttle on a traffic spike"),
-    live(P, "renewal_window", "when self-service renewal opens"),
-    live(P, "pin", "the side of a split this partner always reaches; next request"),
-    live(P, "value_limits.*.per_call", "the most one call may carry in this currency"),
-    live(P, "value_limits.*.per_day", "the most one UTC day's calls may carry together in this currency"),
-    live(P, "signing", "the partner signs its requests: its high-risk routes require a signature"),
-    live(P, "signing_keys[].id", "the keyid a signature names this key by"),
-    live(P, "signing_keys[].public_key", "PEM file of a key the partner signs with; read at reload"),
-    live(P, "own_ca.ca", "the partner's own CA (its roots, PEM): its certificates are verified against it; the partner-facing TLS configuration is rebuilt, and again whenever the file changes"),
-    live(P, "own_ca.match_san_uri", "the URI SAN its certificates must carry; next handshake"),
-    live(P, "own_ca.match_san_dns", "the DNS SAN its certificates must carry; next handshake"),
-    live(P, "own_ca.match_subject_cn", "the subject CN its certificates must carry; next handshake"),
-    live(P, "own_ca.pin_spki", "SHA-256 pins of the keys accepted from its CA; next handshake"),
-    live(P, "own_ca.crl", "the partner's CRL (PEM): checked at each handshake and request, re-read whenever the file changes"),
-    live(P, "routes[].methods", "methods the route grants"),
-    live(P, "routes[].path", "path prefix the route grants"),
-    live(P, "routes[].upstream", "upstream the route relays to"),
-    live(P, "routes[].strip_prefix", "drop the route's path before relaying"),
-    live(P, "routes[].risk", "normal or high"),
-    live(P, "routes[].limits.requests_per_minute", "the route's rate limit"),
-    live(P, "routes[].limits.burst", "the route's burst"),
-    live(P, "routes[].limits.requests_per_day", "the route's daily quota"),
-    live(P, "routes[].limits.max_concurrent", "the route's requests in flight at once"),
-    live(P, "routes[].max_body_bytes", "the route's largest request body"),
-    live(P, "routes[].value.amount", "JSON pointer to the call's amount; counts against value_limits"),
-    live(P, "routes[].value.currency", "JSON pointer to the call's currency code"),
-    live(P, "routes[].require_signature", "calls must carry an RFC 9421 signature (unset: high-risk routes of a signing partner)"),
+    live(G, "trust_domain", "SPIFFE trust domain of partner identities; the partner-facing TLS configuration is rebuilt", MIXED),
+    restart(G, "server.listen", "address partners connect to (the listener is bound at start)", LISTENERS),
+    restart(G, "server.admin", "address of the admin listener (metrics, health, console)", LISTENERS),
+    restart(G, "server.admin_public", "allow a non-loopback admin address", LISTENERS),
+    live(G, "server.admin_token_file", "bearer token file the console, /status and the journal API require; read at each request", TOKEN),
+    restart(G, "server.node_id", "this node's name in records, heartbeats and alerts", RESTART),
+    live(G, "server.handshake_timeout", "longest TLS handshake; new handshakes", SERVER),
+    live(G, "server.header_timeout", "longest wait for a request head; new connections", TIMEOUTS),
+    live(G, "server.idle_timeout", "idle connection lifetime; new connections", SERVER),
+    live(G, "server.drain_timeout", "how long a stop waits for requests in flight", TIMEOUTS),
+    restart(G, "server.max_connections", "partner connections at once (sizes the connection slots and the open-files limit)", RESTART),
+    live(G, "server.max_header_bytes", "largest request head; new connections", SERVER),
+    live(G, "server.max_body_bytes", "default largest request body; next request", SERVER),
+    live(G, "server.h2_max_concurrent_streams", "HTTP/2 streams per connection; new connections", TIMEOUTS),
+    live(G, "server.write_timeout", "a partner that stops reading is dropped after this; new connections", LEG),
+    live(G, "server.max_pending_handshakes_per_addr", "unfinished handshakes per client address; next handshake", SERVER),
+    restart(G, "journal.durability", "strict or relaxed (the journal writer is opened with it)", RESTART),
+    live(G, "journal.flush_interval", "relaxed durability's flush period; the writer is retuned", RESTART),
+    live(G, "journal.checkpoint_every", "a signed checkpoint every this many records; the writer is retuned", MIXED),
+    live(G, "journal.checkpoint_interval", "a signed checkpoint at least this often; the writer is retuned", JOURNAL),
+    live(G, "journal.handshake_refusals_per_interval", "refused handshakes per address before they are aggregated; the writer is retuned", JOURNAL),
+    live(G, "journal.handshake_aggregate_interval", "the aggregation period of refused handshakes; the writer is retuned", JOURNAL),
+    live(G, "journal.min_free", "free space kept on the journal's file system; the writer measures against it at its next write", MIXED),
+    live(G, "ca.default_days", "lifetime of issued certificates (read by each `cert` command)", TIMEOUTS),
+    live(G, "ca.overlap", "how long a renewed certificate stays valid beside its successor (read by each `cert renew`)", CA_LIVE),
+    live(G, "ca.crl_validity", "CRL validity; the next re-signing uses it", CA_LIVE),
+    live(G, "monitor.expiry_warning_days", "certificate expiry warnings; next status and upkeep", MIXED),
+    live(G, "monitor.anomaly_factor", "spike factor over a partner's baseline; the detector is retuned", MONITOR),
+    live(G, "monitor.anomaly_floor_per_minute", "rate under which no spike is raised; the detector is retuned", MONITOR),
+    live(G, "monitor.anomaly_warmup_minutes", "history a baseline needs before it alerts; the detector is retuned", MONITOR),
+    Setting { secret: true, ..live(G, "monitor.webhook_url", "where alerts are POSTed; the webhook client is rebuilt", MONITOR) },
+    live(G, "monitor.webhook_ca", "CA verifying an https webhook; the webhook client is rebuilt", MONITOR),
+    live(G, "upstreams.*", "an upstream added or removed; new requests use the new set, requests in flight finish on the old", TIMEOUTS),
+    live(G, "upstreams.*.url", "where the upstream is; its client is rebuilt", MIXED),
+    live(G, "upstreams.*.ca", "CA verifying the upstream; its client is rebuilt", MIXED),
+    live(G, "upstreams.*.server_name", "name checked in the upstream's certificate; its client is rebuilt", MIXED),
+    live(G, "upstreams.*.client_cert", "the broker's certificate toward this upstream; its client is rebuilt", LEG),
+    live(G, "upstreams.*.client_key", "its key; its client is rebuilt", LEG),
+    live(G, "upstreams.*.connect_timeout", "longest connect; its client is rebuilt", LEG),
+    live(G, "upstreams.*.response_timeout", "longest wait for the response head; next request", TIMEOUTS),
+    live(G, "upstreams.*.signed_identity", "add the signed identity token; next request", MIXED),
+    live(G, "upstreams.*.endpoints", "the pool's endpoints; the pool is rebuilt", POOL_ADMISSION),
+    live(G, "upstreams.*.split", "weights of a split's sides (sticky per partner); next request", SPLIT_WEIGHTS),
+    live(G, "upstreams.*.mirror", "mirroring on or off; the next request is mirrored by the new setting", MIRROR),
+    live(G, "upstreams.*.mirror.to", "the candidate upstream the copies go to; next request", MIRROR),
+    live(G, "upstreams.*.mirror.percent", "share of eligible requests mirrored; next request", MIRROR),
+    live(G, "upstreams.*.mirror.methods", "methods mirrored (default GET, HEAD, OPTIONS); next request", MIRROR),
+    live(G, "upstreams.*.mirror.compare", "compare the candidate's answer with the live one; next request", MIRROR),
+    live(G, "upstreams.*.mirror.ignore_headers", "response headers left out of the comparison; next request", MIRROR),
+    live(G, "upstreams.*.mirror.ignore_json", "JSON pointers left out of the comparison (`*`: any array element); next request", MIRROR),
+    live(G, "upstreams.*.mirror.max_in_flight", "mirrored requests in flight at most (beyond: dropped); next request", MIRROR),
+    live(G, "upstreams.*.mirror.timeout", "longest a mirrored request may take; next request", MIRROR),
+    live(G, "upstreams.*.mirror.baseline", "the side sampled twice to learn noise; next request (learned noise is kept per route)", MIRROR),
+    live(G, "upstreams.*.balance", "least_request or round_robin; the pool is rebuilt", POOL_ADMISSION),
+    live(G, "upstreams.*.max_in_flight", "requests the backend sees at once; the pool is rebuilt", POOL_ADMISSION),
+    live(G, "upstreams.*.queue.size", "requests waiting for a place; the pool is rebuilt", POOL_ADMISSION),
+    live(G, "upstreams.*.queue.timeout", "longest wait for a place; the pool is rebuilt", POOL_ADMISSION),
+    live(G, "upstreams.*.retries", "retries on other endpoints; next request", POOL_ADMISSION),
+    live(G, "upstreams.*.per_try_timeout", "longest wait per attempt; next request", POOL_ADMISSION),
+    live(G, "upstreams.*.retry_budget", "share of retries among requests in flight; the pool is rebuilt", POOL_ADMISSION),
+    live(G, "upstreams.*.health", "active health checks on or off; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.health.path", "path probed; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.health.interval", "probe period; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.health.timeout", "probe timeout; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.health.healthy", "successes that bring an endpoint back; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.health.unhealthy", "failures that take an endpoint out; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.outlier.consecutive_failures", "failures in a row that eject an endpoint; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.outlier.base_ejection", "first ejection's length; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.outlier.max_ejected_percent", "most of the pool ejected at once; the pool is rebuilt", POOL_HEALTH),
+    live(G, "upstreams.*.dns_refresh", "how often host names are re-resolved; the pool is rebuilt", POOL_HEALTH),
+    restart(G, "cluster", "the [cluster] section itself: joining or leaving a fleet", STORE_MOVE),
+    Setting { secret: true, ..restart(G, "cluster.redis_url", "the fleet's Redis store (the connection is made at start)", STORE_MOVE) },
+    restart(G, "cluster.redis_ca", "CA verifying a rediss:// store", STORE_MOVE),
+    restart(G, "cluster.redis_password_file", "the store's password", STORE_MOVE),
+    restart(G, "cluster.redis_username", "the store's ACL user", STORE_MOVE),
+    live(G, "cluster.on_store_failure", "local or deny while the store does not answer; next request", FLEET_DENY),
+    restart(G, "cluster.key_prefix", "prefix of every key and channel in the store", STORE_MOVE),
+    live(G, "cluster.store_timeout", "how long a request waits for the store; next request", STORE_TIMEOUT),
+    live(P, "id", "the partner's id (a new id is a new partner)", PARTNER),
+    live(P, "name", "display name", PARTNER),
+    live(P, "status", "active or suspended; open connections too, within a second", PARTNER),
+    live(P, "limits.requests_per_minute", "rate limit", MIXED),
+    live(P, "limits.burst", "burst above the rate", MIXED),
+    live(P, "limits.requests_per_day", "daily quota", PARTNER),
+    live(P, "limits.max_concurrent", "requests in flight at once", PARTNER),
+    live(P, "on_anomaly", "alert or throttle on a traffic spike", PARTNER),
+    live(P, "renewal_window", "when self-service renewal opens", PARTNER),
+    live(P, "pin", "the side of a split this partner always reaches; next request", PIN),
+    live(P, "value_limits.*.per_call", "the most one call may carry in this currency", PARTNER),
+    live(P, "value_limits.*.per_day", "the most one UTC day's calls may carry together in this currency", PARTNER),
+    live(P, "signing", "the partner signs its requests: its high-risk routes require a signature", PARTNER),
+    live(P, "signing_keys[].id", "the keyid a signature names this key by", SIGNING_KEYS),
+    live(P, "signing_keys[].public_key", "PEM file of a key the partner signs with; read at reload", SIGNING_KEYS),
+    live(P, "own_ca.ca", "the partner's own CA (its roots, PEM): its certificates are verified against it; the partner-facing TLS configuration is rebuilt, and again whenever the file changes", OWN_CA_TRUSTED),
+    live(P, "own_ca.match_san_uri", "the URI SAN its certificates must carry; next handshake", OWN_CA),
+    live(P, "own_ca.match_san_dns", "the DNS SAN its certificates must carry; next handshake", OWN_CA),
+    live(P, "own_ca.match_subject_cn", "the subject CN its certificates must carry; next handshake", OWN_CA),
+    live(P, "own_ca.pin_spki", "SHA-256 pins of the keys accepted from its CA; next handshake", OWN_CA),
+    live(P, "own_ca.crl", "the partner's CRL (PEM): checked at each handshake and request, re-read whenever the file changes", OWN_CA),
+    live(P, "routes[].methods", "methods the route grants", TIMEOUTS),
+    live(P, "routes[].path", "path prefix the route grants", TIMEOUTS),
+    live(P, "routes[].upstream", "upstream the route relays to", TIMEOUTS),
+    live(P, "routes[].strip_prefix", "drop the route's path before relaying", PARTNER),
+    live(P, "routes[].risk", "normal or high", PARTNER),
+    live(P, "routes[].limits.requests_per_minute", "the route's rate limit", PARTNER),
+    live(P, "routes[].limits.burst", "the route's burst", PARTNER),
+    live(P, "routes[].limits.requests_per_day", "the route's daily quota", PARTNER),
+    live(P, "routes[].limits.max_concurrent", "the route's requests in flight at once", PARTNER),
+    live(P, "routes[].max_body_bytes", "the route's largest request body", PARTNER),
+    live(P, "routes[].value.amount", "JSON pointer to the call's amount; counts against value_limits", PARTNER),
+    live(P, "routes[].value.currency", "JSON pointer to the call's currency code", PARTNER),
+    live(P, "routes[].require_signature", "calls must carry an RFC 9421 signature (unset: high-risk routes of a signing partner)", PARTNER),
 ];
 
 /// The row for `key` in `file`.
@@ -1167,6 +1223,55 @@ url = "http://127.0.0.1:9445"
         assert_eq!(d.on_restart, vec!["server.listen"]);
         let d = against_running(&started, &flatten(&g, &[&p]).public(), &flatten(&g, &[&p]));
         assert_eq!(d, AgainstRunning::default());
+    }
+
+    /// The source of the e2e test `module::function` (`tests/e2e/`): its
+    /// attributes and body, or what is wrong with the name.
+    fn e2e_test_source(proof: &str) -> Result<String, String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+        let (module, function) = proof
+            .split_once("::")
+            .ok_or_else(|| format!("`{proof}` is not `module::function`"))?;
+        let main = std::fs::read_to_string(dir.join("main.rs")).map_err(|e| e.to_string())?;
+        if !main.lines().any(|l| l.trim() == format!("mod {module};")) {
+            return Err(format!("tests/e2e/main.rs does not list `mod {module};`"));
+        }
+        let text = std::fs::read_to_string(dir.join(format!("{module}.rs")))
+            .map_err(|e| format!("tests/e2e/{module}.rs: {e}"))?;
+        let start = text
+            .find(&format!("fn {function}("))
+            .ok_or_else(|| format!("tests/e2e/{module}.rs has no `fn {function}(`"))?;
+        let item_start = text[..start].rfind("\n}\n").map_or(0, |i| i + 3);
+        let end = text[start..]
+            .find("\n}\n")
+            .map_or(text.len(), |i| start + i + 3);
+        let source = &text[item_start..end];
+        if !(source.contains("#[tokio::test") || source.contains("#[test]")) {
+            return Err(format!("tests/e2e/{module}.rs `{function}` is not a test"));
+        }
+        Ok(source.to_string())
+    }
+
+    #[test]
+    fn every_setting_names_an_end_to_end_test_that_changes_it() {
+        let mut problems = Vec::new();
+        for s in SETTINGS {
+            match e2e_test_source(s.proved_by) {
+                Err(e) => problems.push(format!("`{}`: {e}", s.key)),
+                Ok(source) => {
+                    // The test names the key it changes (its last part).
+                    let leaf = s.key.rsplit('.').next().unwrap_or(s.key);
+                    let leaf = leaf.trim_start_matches("routes[]").trim_end_matches("[]");
+                    if leaf != "*" && !source.contains(leaf) {
+                        problems.push(format!(
+                            "`{}`: {} never mentions `{leaf}`",
+                            s.key, s.proved_by
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl Membership for Fleet {
             let key = self
                 .keys
                 .value(partner, currency, crate::risk::ledger::day_of(now_ms));
-            tokio::time::timeout(self.settings.store_timeout, value::total(&mut conn, &key))
+            tokio::time::timeout(self.store_timeout(), value::total(&mut conn, &key))
                 .await
                 .ok()?
                 .ok()
@@ -341,7 +341,7 @@ impl Fleet {
         {
             let to_midnight = (day_of(now_ms) + 1) * crate::guard::limits::MS_PER_DAY - now_ms;
             let reserved = tokio::time::timeout(
-                self.settings.store_timeout,
+                self.store_timeout(),
                 self.values
                     .reserve(&mut conn, &key, value.amount, per_day, to_midnight),
             )
@@ -411,7 +411,7 @@ impl Fleet {
                 .arg("EX")
                 .arg(NONCE_WINDOW_SECS);
             let set = cmd.query_async::<Option<String>>(&mut conn);
-            match tokio::time::timeout(self.settings.store_timeout, set).await {
+            match tokio::time::timeout(self.store_timeout(), set).await {
                 Ok(Ok(Some(_))) => return Ok(NonceCheck::Fresh),
                 Ok(Ok(None)) => return Ok(NonceCheck::Replayed),
                 Ok(Err(e)) => self.store_failed(&e.to_string()),

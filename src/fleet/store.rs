@@ -84,15 +84,25 @@ pub fn client(home: &Home, settings: &ClusterSettings) -> Result<redis::Client, 
     }
 }
 
-/// A connection manager (reconnects by itself) whose calls give up after
-/// `timeout`, so a store that does not answer never holds a request long.
+/// The connection's own bound on an answer. Each call on the request path
+/// is bounded by the live `[cluster] store_timeout` (at most 5 s, some calls
+/// four times that); the connection, made once, must not hold the value it
+/// was made with, or a reload that raises `store_timeout` would be cut
+/// short by the old one. This ceiling only bounds the background calls
+/// (announcements, giving an amount back) that have no timeout of their own.
+const RESPONSE_CEILING: Duration = Duration::from_secs(20);
+
+/// A connection manager (reconnects by itself) that gives up connecting
+/// after `timeout`; its callers bound each call by the live
+/// `store_timeout`, so a store that does not answer never holds a request
+/// long.
 pub async fn manager(
     client: &redis::Client,
     timeout: Duration,
 ) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(timeout.max(Duration::from_millis(100)))
-        .set_response_timeout(timeout)
+        .set_response_timeout(RESPONSE_CEILING)
         .set_number_of_retries(1)
         .set_max_delay(1_000);
     client.get_connection_manager_with_config(config).await

@@ -743,10 +743,17 @@ fn build(
             if !errors.is_empty() {
                 return Err(LiveError::Upstreams(errors));
             }
-            // Endpoints the new pools no longer have drain.
+            // Endpoints the new pools no longer have drain. A pool in use
+            // keeps its upkeep (health checks, DNS refresh) going on the
+            // new settings at once, not only from its next request.
             for (name, old) in previous.iter().flat_map(|p| p.upstreams.iter()) {
                 match m.get(name) {
-                    Some(new) => new.retire(old),
+                    Some(new) => {
+                        new.retire(old);
+                        if old.upkeep_running() {
+                            new.ensure_upkeep();
+                        }
+                    }
                     None => old.retire_all(),
                 }
             }

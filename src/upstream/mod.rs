@@ -708,6 +708,11 @@ impl Pool {
         }
     }
 
+    /// Whether the upkeep task runs (the pool has been used).
+    pub fn upkeep_running(&self) -> bool {
+        self.upkeep_started.load(Ordering::Relaxed)
+    }
+
     /// Starts the upkeep task (health checks, DNS, idle connections) the
     /// first time the pool is used inside the runtime.
     pub fn ensure_upkeep(self: &Arc<Self>) {

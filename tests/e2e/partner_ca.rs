@@ -17,7 +17,7 @@ use common::broker::{ClientCert, Conn, TestHome, admin_request, get_once};
 use common::stacks::{self, Client, PartnerFiles};
 use common::upstream::{EchoOptions, start_echo_upstream};
 
-fn openssl_available() -> bool {
+pub(crate) fn openssl_available() -> bool {
     let ok = Command::new("openssl")
         .arg("version")
         .output()
@@ -32,7 +32,7 @@ fn openssl_available() -> bool {
     ok
 }
 
-fn bash(dir: &Path, script: &str) {
+pub(crate) fn bash(dir: &Path, script: &str) {
     let o = Command::new("bash")
         .args(["-euo", "pipefail", "-c", script])
         .current_dir(dir)
@@ -48,7 +48,7 @@ fn bash(dir: &Path, script: &str) {
 
 /// A root and an issuing CA under it, in `dir/<name>-*`, with an (empty)
 /// CRL of the issuing CA at `dir/<name>-crl.pem` (openssl ca's files).
-fn make_ca(dir: &Path, name: &str) {
+pub(crate) fn make_ca(dir: &Path, name: &str) {
     bash(
         dir,
         &format!(
@@ -80,7 +80,7 @@ openssl ca -config {name}.cnf -gencrl -keyfile {name}-int.key -cert {name}-int.p
 /// A client certificate from `ca`'s issuing CA with subject CN `cn` and the
 /// SAN `san` (`URI:...` or `DNS:...`); `dir/<leaf>.pem` is leaf + issuing
 /// CA, with its key, and a PKCS#12 of both with its password file.
-fn make_leaf(dir: &Path, ca: &str, leaf: &str, cn: &str, san: &str) -> PathBuf {
+pub(crate) fn make_leaf(dir: &Path, ca: &str, leaf: &str, cn: &str, san: &str) -> PathBuf {
     bash(
         dir,
         &format!(
@@ -97,7 +97,7 @@ openssl pkcs12 -export -inkey {leaf}.key -in {leaf}.pem -out {leaf}.p12 -passout
     dir.join(format!("{leaf}.pem"))
 }
 
-fn client(dir: &Path, leaf: &str) -> ClientCert {
+pub(crate) fn client(dir: &Path, leaf: &str) -> ClientCert {
     ClientCert {
         cert_pem: std::fs::read_to_string(dir.join(format!("{leaf}.pem"))).unwrap(),
         key_pem: std::fs::read_to_string(dir.join(format!("{leaf}.key"))).unwrap(),

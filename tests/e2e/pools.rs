@@ -13,7 +13,7 @@ use crate::common::home::TestHome;
 use crate::common::pool_backend::PoolBackend;
 
 /// `[upstreams.<name>]` as a pool of `endpoints` with extra `keys` (TOML).
-fn add_pool(h: &TestHome, name: &str, endpoints: &[String], keys: &str) {
+pub(crate) fn add_pool(h: &TestHome, name: &str, endpoints: &[String], keys: &str) {
     let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     let table = format!(
         "[upstreams.{name}]\nendpoints = [{}]\nresponse_timeout = \"5s\"\nconnect_timeout = \"1s\"\nsigned_identity = false\n{keys}\n",
@@ -27,14 +27,18 @@ fn add_pool(h: &TestHome, name: &str, endpoints: &[String], keys: &str) {
 }
 
 /// The JSON `status` of the broker's admin listener.
-async fn status(admin: std::net::SocketAddr) -> serde_json::Value {
+pub(crate) async fn status(admin: std::net::SocketAddr) -> serde_json::Value {
     let (code, body) = admin_get(admin, "/status").await;
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
 
 /// The state of `endpoint` of `upstream` in `status`.
-async fn endpoint_state(admin: std::net::SocketAddr, upstream: &str, endpoint: &str) -> String {
+pub(crate) async fn endpoint_state(
+    admin: std::net::SocketAddr,
+    upstream: &str,
+    endpoint: &str,
+) -> String {
     let s = status(admin).await;
     s["upstreams"]
         .as_array()
@@ -47,7 +51,7 @@ async fn endpoint_state(admin: std::net::SocketAddr, upstream: &str, endpoint: &
         .unwrap_or_else(|| "absent".to_string())
 }
 
-async fn wait_state(
+pub(crate) async fn wait_state(
     admin: std::net::SocketAddr,
     upstream: &str,
     endpoint: &str,
@@ -435,12 +439,7 @@ async fn a_reload_that_removes_an_endpoint_lets_its_request_finish_and_sends_no_
         a.push(ok_url.as_str());
         d["upstreams"]["orders"]["endpoints"] = toml_edit::value(a);
     });
-    broker.signal("HUP");
-    assert!(
-        broker.wait_log("configuration reloaded", 5).await,
-        "{}",
-        broker.log()
-    );
+    crate::common::reload::reload_applies(&broker, &h, "upstreams.orders.endpoints").await;
     for _ in 0..6 {
         let r = get_once(broker.addr, &h.ca_pem(), &acme, "/v1/new")
             .await
@@ -461,13 +460,13 @@ async fn a_reload_that_removes_an_endpoint_lets_its_request_finish_and_sends_no_
 /// Names appended to `/etc/hosts` for one test; the file is cut back to
 /// its length before them when dropped (a single truncate, so a reader sees
 /// the file with or without them, never half of it).
-struct HostsEntries {
+pub(crate) struct HostsEntries {
     original_len: u64,
 }
 
 impl HostsEntries {
     /// Appends `lines`; `None` when `/etc/hosts` cannot be written here.
-    fn add(lines: &[String]) -> Option<HostsEntries> {
+    pub(crate) fn add(lines: &[String]) -> Option<HostsEntries> {
         use std::io::Write;
         let original_len = std::fs::metadata("/etc/hosts").ok()?.len();
         let mut f = std::fs::OpenOptions::new()
@@ -486,7 +485,7 @@ impl HostsEntries {
     }
 
     /// Keeps only the first `n` of the appended lines.
-    fn keep_first(&self, lines: &[String], n: usize) {
+    pub(crate) fn keep_first(&self, lines: &[String], n: usize) {
         let kept: usize = 1 + lines[..n].iter().map(|l| l.len() + 1).sum::<usize>();
         if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/etc/hosts") {
             let _ = f.set_len(self.original_len + kept as u64);

@@ -9,11 +9,12 @@
 use crate::common;
 
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::broker::{BIN, Broker, Conn, TestHome, client_tls, home_with_echo, tls_connect};
+use common::broker::{
+    BIN, Broker, Conn, TestHome, client_tls, home_with_echo, start_endless_upstream, tls_connect,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -111,45 +112,6 @@ async fn one_address_cannot_hold_more_than_its_share_of_unfinished_handshakes() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut c = Conn::open(broker.addr, &ca, &acme, false).await.unwrap();
     assert_eq!(c.get("/v1/orders/1").await.unwrap().status, 200);
-}
-
-/// A plain-HTTP upstream that answers one huge response, writing until the
-/// broker closes the connection; `closed_after_ms` is when that happened
-/// (ms after the first byte was written), `writing` whether it still writes.
-async fn start_endless_upstream() -> (std::net::SocketAddr, Arc<AtomicU64>, Arc<AtomicBool>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let closed_at = Arc::new(AtomicU64::new(0));
-    let writing = Arc::new(AtomicBool::new(false));
-    let (c, w) = (closed_at.clone(), writing.clone());
-    tokio::spawn(async move {
-        let Ok((mut tcp, _)) = listener.accept().await else {
-            return;
-        };
-        let mut head = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !head.windows(4).any(|x| x == b"\r\n\r\n") {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
-        let started = Instant::now();
-        w.store(true, Ordering::SeqCst);
-        let _ = tcp
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4000000000\r\n\r\n")
-            .await;
-        let chunk = vec![b'x'; 64 * 1024];
-        // Bounded: 4 GB at most, and at most 60 s.
-        while started.elapsed() < Duration::from_secs(60) {
-            if tcp.write_all(&chunk).await.is_err() {
-                break;
-            }
-        }
-        c.store(started.elapsed().as_millis() as u64, Ordering::SeqCst);
-        w.store(false, Ordering::SeqCst);
-    });
-    (addr, closed_at, writing)
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use crate::common::client::{Conn, admin_get};
 use crate::common::home::TestHome;
 use crate::common::pool_backend::PoolBackend;
+use crate::common::reload::reload_applies;
 
 /// Appends TOML to `gatehouse.toml`.
 fn append_config(h: &TestHome, text: &str) {
@@ -122,12 +123,7 @@ async fn forty_partners_over_90_10_stay_on_their_side_and_50_50_moves_only_those
     }
 
     set_weights(&h, 50, 50);
-    broker.signal("HUP");
-    assert!(
-        broker.wait_log("configuration reloaded", 5).await,
-        "{}",
-        broker.log()
-    );
+    reload_applies(&broker, &h, "upstreams.orders.split").await;
     let after = sides(broker.addr, &h.ca_pem(), &certs, 3).await;
     let mut moved = 0;
     for (id, side) in &before {
@@ -187,12 +183,7 @@ async fn a_pinned_partner_always_reaches_its_side_and_a_pin_applies_on_reload() 
     );
 
     pin("late");
-    broker.signal("HUP");
-    assert!(
-        broker.wait_log("configuration reloaded", 5).await,
-        "{}",
-        broker.log()
-    );
+    reload_applies(&broker, &h, "partners/late.toml pin").await;
     let second = sides(broker.addr, &h.ca_pem(), &certs, 10).await;
     assert_eq!(second["pilot"], "orders-v2");
     assert_eq!(second["late"], "orders-v2", "the new pin applies live");

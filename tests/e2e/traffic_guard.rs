@@ -5,12 +5,11 @@
 
 use crate::common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::broker::{Conn, TestHome, admin_get};
 use common::upstream::{EchoOptions, start_echo_upstream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::webhook::Webhook;
 
 fn write_partner(h: &TestHome, id: &str, body: &str) {
     std::fs::write(
@@ -94,66 +93,16 @@ limits = { requests_per_day = 2 }
     );
 }
 
-/// A webhook receiver: collects the JSON bodies POSTed to it.
-async fn webhook() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    tokio::spawn(async move {
-        for _ in 0..20 {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            // Read the head and the body (Content-Length) with a bound.
-            for _ in 0..100 {
-                let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_secs(2), s.read(&mut chunk)).await
-                else {
-                    break;
-                };
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        g.lock().unwrap().push(body.to_string());
-                        break;
-                    }
-                }
-            }
-            let _ = s
-                .write_all(
-                    b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                )
-                .await;
-        }
-    });
-    (addr, got)
-}
-
 #[tokio::test]
 async fn a_traffic_spike_raises_one_alert_and_throttle_mode_clamps_until_resume() {
     let h = TestHome::new();
     let up = start_echo_upstream(EchoOptions::default()).await;
     h.add_echo_upstream("orders", &up);
-    let (hook, got) = webhook().await;
+    let hook = Webhook::start().await;
     h.edit_config(|d| {
         d["monitor"]["anomaly_warmup_minutes"] = toml_edit::value(0);
         d["monitor"]["anomaly_floor_per_minute"] = toml_edit::value(20.0);
-        d["monitor"]["webhook_url"] = toml_edit::value(format!("http://{hook}/alerts"));
+        d["monitor"]["webhook_url"] = toml_edit::value(hook.url());
     });
     write_partner(
         &h,
@@ -194,14 +143,7 @@ upstream = "orders"
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     assert_eq!(alerts[0]["partner"], "acme");
     assert_eq!(alerts[0]["reason"], "rate_spike");
-    let mut delivered = Vec::new();
-    for _ in 0..50 {
-        delivered = got.lock().unwrap().clone();
-        if !delivered.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let delivered = hook.wait_for(1, 5).await;
     assert_eq!(delivered.len(), 1, "{delivered:?}");
     let body: serde_json::Value = serde_json::from_str(&delivered[0]).unwrap();
     assert_eq!(body["kind"], "rate_spike");

@@ -2,7 +2,8 @@
 //! `upstream` is an in-process echo upstream (TLS, mTLS, plain, wrong CA);
 //! `stacks` runs the real client stacks (curl, Python, Node, Java, Go);
 //! `tools` finds the other external tools a test drives (promtool, ...);
-//! `faultfs` puts a folder on LazyFS or a small tmpfs (power cuts, full disks).
+//! `faultfs` puts a folder on LazyFS or a small tmpfs (power cuts, full disks);
+//! `reload` sends SIGHUP and reads what the reload said; `webhook` receives alerts.
 pub mod broker;
 pub mod client;
 pub mod faultfs;
@@ -12,6 +13,8 @@ pub mod pool_backend;
 pub mod process;
 pub mod raw_upstream;
 pub mod redis_server;
+pub mod reload;
 pub mod stacks;
 pub mod tools;
 pub mod upstream;
+pub mod webhook;

@@ -51,14 +51,26 @@ impl Broker {
         Broker::spawn(home, Command::new(BIN), extra)
     }
 
-    fn spawn(home: &Path, mut cmd: Command, extra: &[&str]) -> Broker {
+    /// Starts `gatehouse serve` on the addresses `gatehouse.toml` names
+    /// (`[server] listen` and `admin`), with no command-line override.
+    pub fn start_on_configured_addresses(home: &Path) -> Broker {
+        Broker::spawn_serve(home, Command::new(BIN), &[])
+    }
+
+    fn spawn(home: &Path, cmd: Command, extra: &[&str]) -> Broker {
+        let mut args = vec!["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Broker::spawn_serve(home, cmd, &args)
+    }
+
+    fn spawn_serve(home: &Path, mut cmd: Command, serve_args: &[&str]) -> Broker {
         let stderr_path = home.join(format!("serve-{}.log", rand_suffix()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut child = cmd
             .arg("--home")
             .arg(home)
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(extra)
+            .arg("serve")
+            .args(serve_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -57,6 +57,17 @@ impl RedisServer {
     /// Starts redis-server serving TLS only (certificate and key PEM) and
     /// asking for `password`.
     pub fn start_tls(cert_pem: &str, key_pem: &str, password: &str) -> Option<RedisServer> {
+        RedisServer::start_tls_with(cert_pem, key_pem, password, &[])
+    }
+
+    /// [`RedisServer::start_tls`] with more configuration directives
+    /// (`--user NAME on >PASSWORD ~* &* +@all` for an ACL user).
+    pub fn start_tls_with(
+        cert_pem: &str,
+        key_pem: &str,
+        password: &str,
+        extra: &[&str],
+    ) -> Option<RedisServer> {
         if !available() {
             return None;
         }
@@ -68,16 +79,21 @@ impl RedisServer {
         let mut r = RedisServer {
             port: free_port(),
             child: None,
-            tls: Some(vec![
-                "--tls-cert-file".into(),
-                cert.display().to_string(),
-                "--tls-key-file".into(),
-                key.display().to_string(),
-                "--tls-auth-clients".into(),
-                "no".into(),
-                "--requirepass".into(),
-                password.into(),
-            ]),
+            tls: Some(
+                vec![
+                    "--tls-cert-file".into(),
+                    cert.display().to_string(),
+                    "--tls-key-file".into(),
+                    key.display().to_string(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                    "--requirepass".into(),
+                    password.into(),
+                ]
+                .into_iter()
+                .chain(extra.iter().map(|a| a.to_string()))
+                .collect(),
+            ),
             dir,
         };
         r.restart();
