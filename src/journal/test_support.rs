@@ -89,7 +89,7 @@ pub fn fill(j: &Journal, events: Vec<Event>) -> Vec<u64> {
 pub fn raw_db(home: &Home) -> sled::Db {
     let mut tries = 0;
     loop {
-        match sled::open(home.journal_db()) {
+        match crate::journal::store::sled_config::config(&home.journal_db()).open() {
             Ok(db) => return db,
             Err(_) if tries < 40 => {
                 tries += 1;
@@ -114,7 +114,8 @@ fn segment_records(segments: &sled::Tree, seq: u64) -> (sled::IVec, Vec<(u64, Ve
         .expect("a segment holding the record")
         .expect("read the segment");
     let first = u64::from_be_bytes(k.as_ref().try_into().expect("an 8-byte key"));
-    let seg = Segment::parse(first, &v).expect("a readable segment");
+    let plain = segment::Plain::of(&v).expect("a readable segment");
+    let seg = Segment::parse(first, &plain).expect("a readable segment");
     let recs = seg.records.iter().map(|r| (r.seq, r.to_stored())).collect();
     (k, recs)
 }

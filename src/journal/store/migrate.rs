@@ -13,7 +13,7 @@
 
 use super::index::EntryBuilder;
 use super::keys::{be, seq_of};
-use super::segment::{self, Segment};
+use super::segment;
 use super::{JournalError, Trees, corrupt};
 use crate::journal::record;
 
@@ -35,9 +35,7 @@ pub(super) fn from_records_layout(t: &Trees) -> Result<(), JournalError> {
     let done_upto = match t.segments.last()? {
         Some((k, v)) => {
             let first = seq_of(&k).ok_or_else(|| corrupt(0, "segment key is not 8 bytes"))?;
-            Segment::parse(first, &v)
-                .map_err(|e| corrupt(first, e.to_string()))?
-                .last_seq()
+            segment::last_seq_of(first, &v).map_err(|e| corrupt(first, e.to_string()))?
         }
         None => 0,
     };

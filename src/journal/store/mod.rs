@@ -6,7 +6,8 @@
 //!
 //! This file owns the handle: opening (and reopening after a write
 //! failure), the broker's `state` tree and statistics. The rest is one job
-//! per file: `keys` (key layout), `segment` (the segment value), `index`
+//! per file: `sled_config` (sled's settings: cache, log segment size),
+//! `keys` (key layout), `segment` (the segment value), `index`
 //! (the partner index entry), `migrate` (the older one-value-per-record
 //! layout, converted on open), `read` (point and range reads, export),
 //! `query` (`log query`), `verify` (the chain and checkpoints), `prune`
@@ -23,6 +24,7 @@ mod prune;
 mod query;
 mod read;
 pub(in crate::journal) mod segment;
+pub(in crate::journal) mod sled_config;
 mod verify;
 mod write;
 
@@ -82,12 +84,11 @@ fn corrupt(seq: u64, message: impl Into<String>) -> JournalError {
     }
 }
 
-/// sled's page cache. Its default (1 GiB) let a busy broker's resident size
-/// grow with the journal (531 MB after 45 s of keep-alive load; 154 MB with
-/// this cap, same CPU);
-/// appends touch only the tail, and queries and verification read on from
-/// disk.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// The plain form of the stored segment keyed `first` (decompressed if
+/// need be); a damaged value is a `Corrupt` error at `first`.
+fn plain(first: u64, v: &[u8]) -> Result<segment::Plain<'_>, JournalError> {
+    segment::Plain::of(v).map_err(|e| corrupt(first, e.to_string()))
+}
 
 impl Store {
     /// Opens (or creates) the database at `path`.
@@ -99,11 +100,7 @@ impl Store {
         let mut tries = 0;
         let mut cleaned = false;
         let db = loop {
-            match sled::Config::new()
-                .path(path)
-                .cache_capacity(CACHE_BYTES)
-                .open()
-            {
+            match sled_config::config(path).open() {
                 Ok(db) => break db,
                 Err(e) => match JournalError::open(path, e) {
                     JournalError::Locked { .. } if tries < 100 => {

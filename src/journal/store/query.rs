@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::index::{AT_UNKNOWN, Entry, SPREAD_MS};
 use super::keys::{be, partner_prefix, time_key};
-use super::segment::Segment;
-use super::{JournalError, Store, corrupt};
+use super::segment::{self, Plain, Segment};
+use super::{JournalError, Store, corrupt, plain};
 use crate::event::{Decision, EventKind};
 use crate::journal::record::Record;
 
@@ -53,19 +53,18 @@ impl Query {
 type Keyed = ((i64, u64), Record);
 
 /// The last segment decoded by a partner query (consecutive entries'
-/// records usually share one).
+/// records usually share one), in its plain form, with its last seq.
 struct SegmentCache {
     first: u64,
-    value: Option<sled::IVec>,
+    last: u64,
+    value: Option<Plain<'static>>,
 }
 
 impl SegmentCache {
     /// Record `seq`; `at` is its position in its segment as the index
     /// has it (one point lookup), or `AT_UNKNOWN` (a search).
     fn get(&mut self, store: &Store, seq: u64, at: u8) -> Result<Option<Record>, JournalError> {
-        let hit = self.value.as_ref().is_some_and(|v| {
-            seq >= self.first && Segment::parse(self.first, v).is_ok_and(|s| seq <= s.last_seq())
-        });
+        let hit = self.value.is_some() && seq >= self.first && seq <= self.last;
         let direct = if hit || at == AT_UNKNOWN {
             None
         } else {
@@ -74,20 +73,23 @@ impl SegmentCache {
                 .t()?
                 .segments
                 .get(be(first))?
-                .filter(|v| Segment::parse(first, v).is_ok_and(|s| s.get(seq).is_some()))
+                .filter(|v| segment::last_seq_of(first, v).is_ok_and(|last| seq <= last))
                 .map(|v| (first, v))
         };
-        if let Some((first, v)) = direct {
-            self.first = first;
-            self.value = Some(v);
-        } else if !hit {
-            match store.segment_of(seq)? {
+        let found = match direct {
+            Some(d) => Some(d),
+            None if hit => None,
+            None => match store.segment_of(seq)? {
                 None => return Ok(None),
-                Some((first, v)) => {
-                    self.first = first;
-                    self.value = Some(v);
-                }
-            }
+                Some(d) => Some(d),
+            },
+        };
+        if let Some((first, v)) = found {
+            self.value = None;
+            self.last =
+                segment::last_seq_of(first, &v).map_err(|e| corrupt(first, e.to_string()))?;
+            self.first = first;
+            self.value = Some(plain(first, &v)?.into_owned());
         }
         let Some(v) = &self.value else {
             return Ok(None);
@@ -147,6 +149,7 @@ impl Store {
         let mut seen: HashSet<u64> = HashSet::new();
         let mut cache = SegmentCache {
             first: 0,
+            last: 0,
             value: None,
         };
         let emit = |ready: &mut BTreeMap<(i64, u64), Record>,

@@ -5,7 +5,7 @@
 
 use super::keys::{be, seq_of};
 use super::segment::{Segment, StoredRef};
-use super::{JournalError, Store, corrupt};
+use super::{JournalError, Store, corrupt, plain};
 use crate::journal::checkpoint::Checkpoint;
 use crate::journal::record::{GENESIS_HASH, Record};
 
@@ -30,7 +30,8 @@ impl Store {
     pub fn last(&self) -> Result<(u64, [u8; 32]), JournalError> {
         if let Some((k, v)) = self.t()?.segments.last()? {
             let first = seq_of(&k).ok_or_else(|| corrupt(0, "segment key is not 8 bytes"))?;
-            let s = Segment::parse(first, &v).map_err(|e| corrupt(first, e.to_string()))?;
+            let p = plain(first, &v)?;
+            let s = Segment::parse(first, &p).map_err(|e| corrupt(first, e.to_string()))?;
             if let Some(r) = s.records.last() {
                 return Ok((r.seq, r.hash));
             }
@@ -78,7 +79,8 @@ impl Store {
         let Some((first, v)) = self.segment_of(seq)? else {
             return Ok(None);
         };
-        let s = Segment::parse(first, &v).map_err(|e| corrupt(first, e.to_string()))?;
+        let p = plain(first, &v)?;
+        let s = Segment::parse(first, &p).map_err(|e| corrupt(first, e.to_string()))?;
         match s.get(seq) {
             None => Ok(None),
             Some(r) => r.record().map(Some).map_err(|e| corrupt(seq, e.0)),
@@ -108,7 +110,8 @@ impl Store {
         for kv in segs {
             let (k, v) = kv?;
             let first = seq_of(&k).ok_or_else(|| corrupt(from, "segment key is not 8 bytes"))?;
-            let s = Segment::parse(first, &v).map_err(|e| corrupt(first, e.to_string()))?;
+            let p = plain(first, &v)?;
+            let s = Segment::parse(first, &p).map_err(|e| corrupt(first, e.to_string()))?;
             let wanted = |r: &&StoredRef<'_>| r.seq >= from;
             if reverse {
                 for r in s.records.iter().rev().filter(wanted) {

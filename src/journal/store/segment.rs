@@ -1,26 +1,45 @@
 //! Record segments: the sled value that holds the records of one group
 //! commit (or a slice of it), keyed by the sequence number of its first
-//! record. Layout (docs/journal.md, "Storage layout"):
+//! record. Two layouts, told apart by the first byte (docs/journal.md,
+//! "Storage layout"):
 //!
 //! ```text
-//! layout u8 (= 1) ‖ count u32 BE ‖ prev_hash (32)
-//! then per record: hash (32) ‖ len u32 BE ‖ canonical bytes (len)
+//! plain (1):      1 ‖ count u32 BE ‖ prev_hash (32)
+//!                 then per record: hash (32) ‖ len u32 BE ‖ canonical bytes (len)
+//! compressed (2): 2 ‖ count u32 BE ‖ plain_len u32 BE ‖ LZ4 block of the plain value
 //! ```
 //!
 //! Record `i` has seq `first + i`; its `prev_hash` is the segment's
 //! `prev_hash` for the first record and the hash of record `i - 1` after
 //! that. The canonical bytes are stored as they are (any format version).
+//! A segment is written compressed when that is smaller; both layouts
+//! are read, so journals written before compression read as they are.
+//! The chain hashes cover the canonical bytes, never the stored ones.
+
+use std::borrow::Cow;
 
 use crate::journal::record::{self, Record};
 
-/// The first byte of every segment value.
+/// The first byte of a plain segment value.
 const LAYOUT: u8 = 1;
+/// The first byte of a compressed segment value.
+const LAYOUT_LZ4: u8 = 2;
+/// The header of a compressed value: layout, count, plain length.
+const LZ4_HEADER: usize = 1 + 4 + 4;
+/// LZ4 expands at most ~255×: a stored value claiming more is damaged (and
+/// is not allowed to make us allocate its claim).
+const LZ4_MAX_RATIO: usize = 255;
+/// The largest value written compressed (a larger one, a single huge
+/// record, is stored plain), so reading never allocates more than this
+/// for a compressed value.
+const MAX_PLAIN: usize = 64 * 1024 * 1024;
 const HEADER: usize = 1 + 4 + 32;
 const PER_RECORD: usize = 32 + 4;
 
-/// A segment is closed once it holds this many bytes: sled turns a log
-/// message over a quarter of its 512 KiB log segment into a separate blob
-/// file, and a leaf holds up to 17 values, so values stay under ~7 KiB.
+/// A segment is closed once it holds this many plain bytes: sled turns a
+/// log message over a quarter of its log segment (512 KiB in journals
+/// created before 8 MiB became the size) into a separate blob file, and a
+/// leaf holds up to 17 values, so values stay under ~7 KiB.
 pub(in crate::journal) const SEGMENT_BYTES: usize = 6 * 1024;
 
 /// One record read out of a segment.
@@ -54,22 +73,117 @@ impl StoredRef<'_> {
 /// Why a segment value cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(in crate::journal) enum SegmentError {
-    #[error("the segment's layout byte is {0}, not {LAYOUT}")]
+    #[error("the segment's layout byte is {0}, not {LAYOUT} or {LAYOUT_LZ4}")]
     Layout(u8),
+    #[error("the compressed segment does not decompress: {0}")]
+    Compressed(String),
     #[error("the segment value is truncated")]
     Truncated,
     #[error("{0} trailing bytes after the segment's records")]
     Trailing(usize),
 }
 
-/// The records of one segment value, parsed (borrowing the value).
+/// A segment value in the plain layout: the stored value itself, or the
+/// stored value decompressed. What [`Segment::parse`] reads.
+pub(in crate::journal) struct Plain<'a>(Cow<'a, [u8]>);
+
+impl<'a> Plain<'a> {
+    /// The plain form of a stored segment value (decompressed if it is
+    /// compressed).
+    pub(in crate::journal) fn of(v: &'a [u8]) -> Result<Plain<'a>, SegmentError> {
+        match v.first() {
+            None => Err(SegmentError::Truncated),
+            Some(&LAYOUT) => Ok(Plain(Cow::Borrowed(v))),
+            Some(&LAYOUT_LZ4) => {
+                let head = v.get(..LZ4_HEADER).ok_or(SegmentError::Truncated)?;
+                let plain_len = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) as usize;
+                let body = &v[LZ4_HEADER..];
+                if plain_len > MAX_PLAIN || plain_len > body.len().saturating_mul(LZ4_MAX_RATIO) {
+                    return Err(SegmentError::Compressed(format!(
+                        "it claims {plain_len} bytes from {} compressed",
+                        body.len()
+                    )));
+                }
+                let plain = lz4_flex::block::decompress(body, plain_len)
+                    .map_err(|e| SegmentError::Compressed(e.to_string()))?;
+                if plain.len() != plain_len {
+                    return Err(SegmentError::Compressed(format!(
+                        "{} bytes, not the {plain_len} its header says",
+                        plain.len()
+                    )));
+                }
+                // A compressed value holds a plain one, never another
+                // compressed one, with the count its header repeats.
+                match plain.first() {
+                    Some(&LAYOUT) if plain.get(1..5) == v.get(1..5) => Ok(Plain(Cow::Owned(plain))),
+                    Some(&LAYOUT) => Err(SegmentError::Compressed(
+                        "its header's record count is not the segment's".into(),
+                    )),
+                    Some(&b) => Err(SegmentError::Layout(b)),
+                    None => Err(SegmentError::Truncated),
+                }
+            }
+            Some(&b) => Err(SegmentError::Layout(b)),
+        }
+    }
+
+    /// The same, owning its bytes.
+    pub(in crate::journal) fn into_owned(self) -> Plain<'static> {
+        Plain(Cow::Owned(self.0.into_owned()))
+    }
+
+    /// The plain value's bytes (what a build before compression stored).
+    #[cfg(test)]
+    pub(in crate::journal) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The seq of the last record of the stored segment value keyed `first`,
+/// from its header (nothing decompressed or checked: for finding a
+/// segment, not for trusting it).
+pub(in crate::journal) fn last_seq_of(first: u64, v: &[u8]) -> Result<u64, SegmentError> {
+    let count = match v.get(..5) {
+        Some([LAYOUT | LAYOUT_LZ4, c @ ..]) => u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+        Some([b, ..]) => return Err(SegmentError::Layout(*b)),
+        _ => return Err(SegmentError::Truncated),
+    };
+    Ok(first.saturating_add(u64::from(count).saturating_sub(1)))
+}
+
+/// The stored form of a plain segment value: compressed when that saves
+/// bytes, else as it is.
+fn store_form(plain: Vec<u8>) -> Vec<u8> {
+    let Ok(plain_len) = u32::try_from(plain.len()) else {
+        return plain;
+    };
+    if plain.len() > MAX_PLAIN {
+        return plain;
+    }
+    let body = lz4_flex::block::compress(&plain);
+    if LZ4_HEADER + body.len() >= plain.len() {
+        return plain;
+    }
+    let mut out = Vec::with_capacity(LZ4_HEADER + body.len());
+    out.push(LAYOUT_LZ4);
+    out.extend_from_slice(&plain[1..5]);
+    out.extend_from_slice(&plain_len.to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The records of one segment value, parsed (borrowing its plain form).
 pub(in crate::journal) struct Segment<'a> {
     pub first: u64,
     pub records: Vec<StoredRef<'a>>,
 }
 
 impl<'a> Segment<'a> {
-    pub(in crate::journal) fn parse(first: u64, v: &'a [u8]) -> Result<Segment<'a>, SegmentError> {
+    pub(in crate::journal) fn parse(
+        first: u64,
+        plain: &'a Plain<'_>,
+    ) -> Result<Segment<'a>, SegmentError> {
+        let v: &'a [u8] = &plain.0;
         let head = v.get(..HEADER).ok_or(SegmentError::Truncated)?;
         if head[0] != LAYOUT {
             return Err(SegmentError::Layout(head[0]));
@@ -148,7 +262,13 @@ impl SegmentBuf {
         self.count > 0 && self.buf.len() + PER_RECORD + canonical_len > SEGMENT_BYTES
     }
 
-    pub(in crate::journal) fn finish(mut self) -> Vec<u8> {
+    /// The value to store (compressed when that is smaller).
+    pub(in crate::journal) fn finish(self) -> Vec<u8> {
+        store_form(self.finish_plain())
+    }
+
+    /// The value in the plain layout.
+    fn finish_plain(mut self) -> Vec<u8> {
         self.buf[1..5].copy_from_slice(&self.count.to_be_bytes());
         self.buf
     }
@@ -218,7 +338,9 @@ mod tests {
         let packed = pack(recs.iter().copied());
         assert_eq!(packed.len(), 1);
         let (first, v) = &packed[0];
-        let seg = Segment::parse(*first, v).unwrap();
+        assert_eq!(v[0], LAYOUT_LZ4, "repetitive records are stored compressed");
+        let p = Plain::of(v).unwrap();
+        let seg = Segment::parse(*first, &p).unwrap();
         assert_eq!((seg.first, seg.last_seq()), (10, 14));
         for (r, (s, p, hh, c)) in seg.records.iter().zip(&recs) {
             assert_eq!((r.seq, r.prev, r.hash, r.canonical), (*s, *p, *hh, *c));
@@ -239,7 +361,8 @@ mod tests {
         let packed = pack(recs);
         let firsts: Vec<u64> = packed.iter().map(|(f, _)| *f).collect();
         assert_eq!(firsts, vec![1, 3, 5]);
-        let seg = Segment::parse(3, &packed[1].1).unwrap();
+        let p = Plain::of(&packed[1].1).unwrap();
+        let seg = Segment::parse(3, &p).unwrap();
         assert_eq!(seg.records[0].prev, h(9));
     }
 
@@ -249,12 +372,16 @@ mod tests {
         let packed = pack((0..20u64).map(|i| (i + 1, h(i as u8), h(i as u8 + 1), c.as_slice())));
         assert!(packed.len() >= 4, "{}", packed.len());
         for (f, v) in &packed {
-            assert!(v.len() <= SEGMENT_BYTES, "{}", v.len());
-            Segment::parse(*f, v).unwrap();
+            let p = Plain::of(v).unwrap();
+            assert!(p.0.len() <= SEGMENT_BYTES, "{}", p.0.len());
+            Segment::parse(*f, &p).unwrap();
         }
         let total: usize = packed
             .iter()
-            .map(|(f, v)| Segment::parse(*f, v).unwrap().records.len())
+            .map(|(f, v)| {
+                let p = Plain::of(v).unwrap();
+                Segment::parse(*f, &p).unwrap().records.len()
+            })
             .sum();
         assert_eq!(total, 20);
     }
@@ -270,31 +397,127 @@ mod tests {
         assert_eq!(position(&firsts, 0), u8::MAX, "before every segment");
     }
 
+    /// A plain value of one record.
+    fn plain_value(c: &[u8]) -> Vec<u8> {
+        let mut b = SegmentBuf::new(&h(0));
+        b.push(&h(1), c);
+        b.finish_plain()
+    }
+
+    fn parse_stored(first: u64, v: &[u8]) -> Result<usize, SegmentError> {
+        let p = Plain::of(v)?;
+        Ok(Segment::parse(first, &p)?.records.len())
+    }
+
     #[test]
     fn damaged_values_are_refused_not_misread() {
-        let c = vec![1u8; 40];
-        let (_, v) = pack([(1, h(0), h(1), c.as_slice())]).remove(0);
+        let v = plain_value(&[1u8; 40]);
+        assert_eq!(parse_stored(1, &v), Ok(1));
         assert_eq!(
-            Segment::parse(1, &v[..v.len() - 1]).err(),
-            Some(SegmentError::Truncated)
+            parse_stored(1, &v[..v.len() - 1]),
+            Err(SegmentError::Truncated)
         );
         let mut longer = v.clone();
         longer.push(0);
-        assert_eq!(
-            Segment::parse(1, &longer).err(),
-            Some(SegmentError::Trailing(1))
-        );
+        assert_eq!(parse_stored(1, &longer), Err(SegmentError::Trailing(1)));
         let mut other = v.clone();
         other[0] = 9;
-        assert_eq!(
-            Segment::parse(1, &other).err(),
-            Some(SegmentError::Layout(9))
-        );
+        assert_eq!(parse_stored(1, &other), Err(SegmentError::Layout(9)));
         let mut lying = v;
         lying[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(parse_stored(1, &lying), Err(SegmentError::Truncated));
+        assert_eq!(parse_stored(1, &[]), Err(SegmentError::Truncated));
+    }
+
+    #[test]
+    fn a_plain_value_as_written_before_compression_reads_as_it_is() {
+        let c = b"a record written by an older build".repeat(20);
+        let plain = plain_value(&c);
+        assert_eq!(plain[0], LAYOUT);
+        let stored = store_form(plain.clone());
+        assert_eq!(stored[0], LAYOUT_LZ4);
+        assert!(
+            stored.len() < plain.len() / 4,
+            "{} of {}",
+            stored.len(),
+            plain.len()
+        );
+        for v in [&plain, &stored] {
+            let p = Plain::of(v).unwrap();
+            assert_eq!(p.0.as_ref(), plain.as_slice());
+            let seg = Segment::parse(7, &p).unwrap();
+            assert_eq!(seg.records[0].canonical, c.as_slice());
+            assert_eq!(last_seq_of(7, v), Ok(7));
+        }
+    }
+
+    #[test]
+    fn an_incompressible_segment_is_stored_plain() {
+        // Bytes of a simple generator (no repeats for LZ4 to find), for
+        // the hashes and the record alike.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        let (prev, hash, c) = (noise(32), noise(32), noise(3000));
+        let mut b = SegmentBuf::new(&prev.try_into().unwrap());
+        b.push(&hash.try_into().unwrap(), &c);
+        let plain = b.finish_plain();
+        assert_eq!(store_form(plain.clone()), plain);
+    }
+
+    #[test]
+    fn damaged_compressed_values_are_refused_without_allocating_their_claim() {
+        let c = b"partner-001 POST /v1/orders 201 ".repeat(30);
+        let stored = store_form(plain_value(&c));
+        assert_eq!(stored[0], LAYOUT_LZ4);
+        assert!(matches!(
+            parse_stored(1, &stored[..stored.len() - 3]),
+            Err(SegmentError::Compressed(_))
+        ));
+        assert_eq!(parse_stored(1, &stored[..4]), Err(SegmentError::Truncated));
+        // A length claim past what LZ4 can expand to (or past the cap).
+        for claim in [u32::MAX, (stored.len() * LZ4_MAX_RATIO) as u32 + 1] {
+            let mut lying = stored.clone();
+            lying[5..9].copy_from_slice(&claim.to_be_bytes());
+            let e = parse_stored(1, &lying).unwrap_err();
+            assert!(
+                matches!(&e, SegmentError::Compressed(m) if m.contains("claims")),
+                "{e}"
+            );
+        }
+        // A length claim that does not match what the block decompresses to.
+        let mut short = stored.clone();
+        let real = u32::from_be_bytes([short[5], short[6], short[7], short[8]]);
+        short[5..9].copy_from_slice(&(real + 1).to_be_bytes());
+        assert!(matches!(
+            parse_stored(1, &short),
+            Err(SegmentError::Compressed(_))
+        ));
+        // A header whose record count is not the segment's.
+        let mut count = stored.clone();
+        count[1..5].copy_from_slice(&7u32.to_be_bytes());
+        assert!(
+            matches!(parse_stored(1, &count), Err(SegmentError::Compressed(m)) if m.contains("count")),
+            "{:?}",
+            parse_stored(1, &count)
+        );
+        // A compressed value holding another compressed value.
+        let body = lz4_flex::block::compress(&stored);
+        let mut nested = vec![LAYOUT_LZ4];
+        nested.extend_from_slice(&stored[1..5]);
+        nested.extend_from_slice(&(stored.len() as u32).to_be_bytes());
+        nested.extend_from_slice(&body);
         assert_eq!(
-            Segment::parse(1, &lying).err(),
-            Some(SegmentError::Truncated)
+            parse_stored(1, &nested),
+            Err(SegmentError::Layout(LAYOUT_LZ4))
         );
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{be, seq_of};
-use super::segment::Segment;
+use super::segment::{self, Plain, Segment};
 use super::{JournalError, Store};
 use crate::journal::checkpoint::{Checkpoint, Verifier};
 use crate::journal::record::{self, GENESIS_HASH};
@@ -157,11 +157,8 @@ impl Store {
         let last_seq = match self.t()?.segments.last()? {
             Some((k, v)) => {
                 let first = seq_of(&k).unwrap_or(base);
-                match Segment::parse(first, &v) {
-                    Ok(s) => s.last_seq(),
-                    // Damaged: the chunk that reads it reports it.
-                    Err(_) => first,
-                }
+                // Damaged: the chunk that reads it reports it.
+                segment::last_seq_of(first, &v).unwrap_or(first)
             }
             None => base,
         };
@@ -272,9 +269,7 @@ impl Store {
         let t = self.t()?;
         // The segment holding `lo` may start before it.
         let start = match self.segment_of(lo)? {
-            Some((first, v)) if Segment::parse(first, &v).is_ok_and(|s| s.last_seq() >= lo) => {
-                first
-            }
+            Some((first, v)) if segment::last_seq_of(first, &v).is_ok_and(|l| l >= lo) => first,
             _ => lo,
         };
         for kv in t.segments.range(be(start)..=be(hi)) {
@@ -289,7 +284,12 @@ impl Store {
                 });
                 return Ok(out);
             }
-            let seg = match Segment::parse(first, &v) {
+            let parsed = Plain::of(&v);
+            let seg = match parsed
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|p| Segment::parse(first, p))
+            {
                 Ok(s) => s,
                 Err(e) => {
                     out.failure = Some(VerifyFailure {

@@ -7,7 +7,7 @@
 use super::index::{Entry, EntryBuilder, prefix_len_of};
 use super::keys::{be, seq_of};
 use super::segment::{self, Segment};
-use super::{JournalError, META_PROBE, Store, Trees, corrupt};
+use super::{JournalError, META_PROBE, Store, Trees, corrupt, plain};
 use crate::journal::checkpoint::Checkpoint;
 
 /// One record of a group commit, as the writer made it.
@@ -74,15 +74,16 @@ impl Store {
         for kv in t.segments.range(be(seq.saturating_add(1))..) {
             let (k, v) = kv?;
             let first = seq_of(&k).unwrap_or(0);
-            removed += Segment::parse(first, &v)
-                .map(|s| s.records.len() as u64)
+            removed += segment::last_seq_of(first, &v)
+                .map(|last| last.saturating_sub(first) + 1)
                 .unwrap_or(1);
             segs.remove(k);
         }
         // The segment holding `seq` may run past it.
         if let Some((k, v)) = t.segments.range(..=be(seq)).next_back().transpose()? {
             let first = seq_of(&k).unwrap_or(0);
-            let s = Segment::parse(first, &v).map_err(|e| corrupt(first, e.to_string()))?;
+            let p = plain(first, &v)?;
+            let s = Segment::parse(first, &p).map_err(|e| corrupt(first, e.to_string()))?;
             if s.last_seq() > seq {
                 removed += s.last_seq() - seq;
                 let keep = s
@@ -125,7 +126,8 @@ impl Store {
             for kv in t.segments.range(be(from)..=be(hi)).take(SLICE) {
                 let (k, v) = kv?;
                 let first = seq_of(&k).unwrap_or(0);
-                let s = Segment::parse(first, &v).map_err(|e| corrupt(first, e.to_string()))?;
+                let p = plain(first, &v)?;
+                let s = Segment::parse(first, &p).map_err(|e| corrupt(first, e.to_string()))?;
                 n += 1;
                 from = first.saturating_add(1);
                 if s.last_seq() < lo {

@@ -1,7 +1,8 @@
 //! The storage layout: a group commit is one segment value with one
 //! partner index entry per partner; partner queries merge those entries
 //! into exact (time, seq) order whatever the records' times; prune cuts
-//! inside a segment; a journal of the older one-value-per-record layout is
+//! inside a segment; plain segments of a build before compression read
+//! beside compressed ones; a journal of the older one-value-per-record layout is
 //! migrated on open with every seq, hash and checkpoint kept (tampering
 //! included), also when a migration was interrupted.
 
@@ -110,6 +111,67 @@ fn a_group_commit_is_one_segment_with_one_index_entry_per_partner() {
     );
     let r = verify(&home);
     assert!(r.ok && r.records == 60, "{r:?}");
+}
+
+/// The layout byte of every stored segment of a closed journal.
+fn layouts(home: &Home) -> Vec<u8> {
+    let db = raw_db(home);
+    let segs = db.open_tree(crate::journal::store::SEGMENTS).unwrap();
+    segs.iter().map(|kv| kv.unwrap().1[0]).collect()
+}
+
+#[test]
+fn plain_segments_of_a_build_before_compression_read_beside_compressed_ones() {
+    use crate::journal::store::segment::Plain;
+    let (_d, home) = key_home();
+    let evs = |from: i64| -> Vec<Event> {
+        (0..150)
+            .map(|i| exchange(Some(["acme", "globex"][i as usize % 2]), T0 + from + i, 200))
+            .collect()
+    };
+    {
+        let j = Journal::open(&home, &settings(100)).unwrap();
+        fill_together(&j, evs(0));
+        j.shutdown().unwrap();
+    }
+    // Every stored segment rewritten in the plain layout, as a build
+    // before compression stored it.
+    {
+        let db = raw_db(&home);
+        let segs = db.open_tree(crate::journal::store::SEGMENTS).unwrap();
+        let mut rewritten = 0;
+        for kv in segs.iter() {
+            let (k, v) = kv.unwrap();
+            let plain = Plain::of(&v).unwrap().as_bytes().to_vec();
+            if plain != v.as_ref() {
+                segs.insert(k, plain).unwrap();
+                rewritten += 1;
+            }
+        }
+        assert!(rewritten > 0, "no segment was stored compressed");
+        db.flush().unwrap();
+    }
+    assert!(layouts(&home).iter().all(|l| *l == 1));
+    {
+        let j = Journal::open(&home, &settings(100)).unwrap();
+        fill_together(&j, evs(1000));
+        j.shutdown().unwrap();
+    }
+    let l = layouts(&home);
+    assert!(l.contains(&1) && l.contains(&2), "{l:?}");
+    let r = verify(&home);
+    assert!(r.ok && r.records == 300, "{r:?}");
+    let store = Store::open(&home.journal_db()).unwrap();
+    let all = all_records(&store);
+    assert_eq!(seqs(&all), (1..=300).collect::<Vec<u64>>());
+    let q = Query {
+        partner: Some("globex".into()),
+        limit: 1000,
+        ..Query::default()
+    };
+    let got = seqs(&store.query(&q).unwrap());
+    assert_eq!(got.len(), 150);
+    assert_eq!(got, expected(&all, &q));
 }
 
 #[test]
