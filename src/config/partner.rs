@@ -525,11 +525,11 @@ pub fn parse_partner(
             let span = o.span();
             match own_ca(o.into_inner(), &gateway.trust_domain) {
                 Ok(v) => Some(v),
-                Err(message) => {
+                Err(e) => {
                     errors.push(ConfigError {
                         file: path.to_path_buf(),
                         line: Some(line_of(text, span.start)),
-                        message,
+                        message: e.to_string(),
                     });
                     None
                 }
@@ -604,9 +604,26 @@ pub fn parse_partner(
     })
 }
 
+/// Why a partner's `[own_ca]` table cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnCaError {
+    #[error("[own_ca] needs exactly one of match_san_uri, match_san_dns, match_subject_cn")]
+    NotOneName,
+    #[error("[own_ca]: the name to match is empty")]
+    EmptyName,
+    #[error(
+        "[own_ca] match_san_uri `{uri}` is in our trust domain {trust_domain}: a partner's CA never names an identity there"
+    )]
+    OurTrustDomain { uri: String, trust_domain: String },
+    #[error("[own_ca] pin_spki `{0}` is not a SHA-256 (64 hex digits)")]
+    BadPin(String),
+    #[error("[own_ca] ca: the partner's CA file is missing")]
+    NoCaFile,
+}
+
 /// `[own_ca]` checked: one name to match, never one in our trust domain,
 /// pins as SHA-256 hex. (Its files are read when the TLS config is built.)
-fn own_ca(raw: OwnCaRaw, trust_domain: &str) -> Result<OwnCa, String> {
+fn own_ca(raw: OwnCaRaw, trust_domain: &str) -> Result<OwnCa, OwnCaError> {
     let names: Vec<NameMatch> = [
         raw.match_san_uri.map(NameMatch::SanUri),
         raw.match_san_dns.map(NameMatch::SanDns),
@@ -617,22 +634,18 @@ fn own_ca(raw: OwnCaRaw, trust_domain: &str) -> Result<OwnCa, String> {
     .collect();
     let name = match names.as_slice() {
         [one] => one.clone(),
-        _ => {
-            return Err(
-                "[own_ca] needs exactly one of match_san_uri, match_san_dns, match_subject_cn"
-                    .into(),
-            );
-        }
+        _ => return Err(OwnCaError::NotOneName),
     };
     if name.value().trim().is_empty() {
-        return Err("[own_ca]: the name to match is empty".into());
+        return Err(OwnCaError::EmptyName);
     }
     if let NameMatch::SanUri(u) = &name
         && u.starts_with(&format!("spiffe://{trust_domain}/"))
     {
-        return Err(format!(
-            "[own_ca] match_san_uri `{u}` is in our trust domain {trust_domain}: a partner's CA never names an identity there"
-        ));
+        return Err(OwnCaError::OurTrustDomain {
+            uri: u.clone(),
+            trust_domain: trust_domain.to_string(),
+        });
     }
     let mut pins = Vec::new();
     for p in raw.pin_spki {
@@ -642,14 +655,12 @@ fn own_ca(raw: OwnCaRaw, trust_domain: &str) -> Result<OwnCa, String> {
             .collect::<String>()
             .to_ascii_lowercase();
         if hexed.len() != 64 || !hexed.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!(
-                "[own_ca] pin_spki `{p}` is not a SHA-256 (64 hex digits)"
-            ));
+            return Err(OwnCaError::BadPin(p));
         }
         pins.push(hexed);
     }
     if raw.ca.trim().is_empty() {
-        return Err("[own_ca] ca: the partner's CA file is missing".into());
+        return Err(OwnCaError::NoCaFile);
     }
     Ok(OwnCa {
         ca: PathBuf::from(raw.ca),
