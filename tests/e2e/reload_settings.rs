@@ -16,6 +16,7 @@ use common::broker::{
     Broker, ClientCert, Conn, TestHome, admin_get, admin_request, client_tls, home_with_echo,
     start_slow_upstream, tls_connect,
 };
+use common::mirror::{mirror_totals, mirror_totals_until, mirrored_gets};
 use common::reload::reload_applies;
 use common::upstream::{EchoOptions, start_echo_upstream};
 use common::webhook::Webhook;
@@ -1586,45 +1587,6 @@ async fn get_once_status(addr: std::net::SocketAddr, roots: &str, cert: &ClientC
         .map_or(0, |r| r.status.as_u16())
 }
 
-/// The mirror totals of `upstream` in `/status` (`match`, `mismatch`,
-/// `error`, `dropped`), zeros before any.
-async fn mirror_totals(b: &Broker, upstream: &str) -> serde_json::Value {
-    let (_, body) = admin_get(b.admin, "/status").await;
-    let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    s["mirrors"]["upstreams"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|u| u["upstream"] == upstream)
-        .map(|u| u["totals"].clone())
-        .unwrap_or_else(|| serde_json::json!({"match": 0, "mismatch": 0, "error": 0, "dropped": 0}))
-}
-
-/// `n` GETs on `c`; every one must pass.
-async fn mirrored_gets(c: &mut Conn, n: usize) {
-    for i in 0..n {
-        let r = c.get(&format!("/v1/orders/{i}")).await.unwrap();
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
-}
-
-/// Waits (bounded) until `f` holds for the totals; returns them.
-async fn totals_until(
-    b: &Broker,
-    upstream: &str,
-    f: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let mut t = serde_json::Value::Null;
-    for _ in 0..60 {
-        t = mirror_totals(b, upstream).await;
-        if f(&t) {
-            return t;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    t
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_mirror_settings_take_effect_on_sighup() {
     use common::pool_backend::PoolBackend;
@@ -1679,14 +1641,14 @@ async fn live_mirror_settings_take_effect_on_sighup() {
     });
     reload_applies(&b, &h, &key("")).await;
     mirrored_gets(&mut c, 3).await;
-    let t = totals_until(&b, "orders-legacy", |t| t["match"] == 3).await;
+    let t = mirror_totals_until(b.admin, "orders-legacy", |t| t["match"] == 3).await;
     assert_eq!(t["match"], 3, "{t}");
 
     // mirror.to: the copies go to another candidate (one field differs).
     set("to", "orders-differs".into());
     reload_applies(&b, &h, &key(".to")).await;
     mirrored_gets(&mut c, 3).await;
-    let t = totals_until(&b, "orders-legacy", |t| t["mismatch"] == 3).await;
+    let t = mirror_totals_until(b.admin, "orders-legacy", |t| t["mismatch"] == 3).await;
     assert_eq!(t["mismatch"], 3, "{t}");
     assert_eq!(same.requests().len(), 3);
     assert_eq!(differs.requests().len(), 3);
@@ -1712,11 +1674,11 @@ async fn live_mirror_settings_take_effect_on_sighup() {
     pointers.push("/total");
     set("ignore_json", pointers.into());
     reload_applies(&b, &h, &key(".ignore_json")).await;
-    let matched = mirror_totals(&b, "orders-legacy").await["match"]
+    let matched = mirror_totals(b.admin, "orders-legacy").await["match"]
         .as_u64()
         .unwrap_or(0);
     mirrored_gets(&mut c, 3).await;
-    let t = totals_until(&b, "orders-legacy", |t| {
+    let t = mirror_totals_until(b.admin, "orders-legacy", |t| {
         t["match"].as_u64() == Some(matched + 3)
     })
     .await;
@@ -1807,23 +1769,26 @@ async fn live_mirror_settings_take_effect_on_sighup() {
     // and counted as an error under 200 ms.
     set_all(vec![("to", "orders-slow".into()), ("timeout", "4s".into())]);
     reload_applies(&b, &h, &key(".timeout")).await;
-    let t0 = mirror_totals(&b, "orders-legacy").await;
+    let t0 = mirror_totals(b.admin, "orders-legacy").await;
     mirrored_gets(&mut c, 1).await;
-    let t = totals_until(&b, "orders-legacy", |t| t["mismatch"] != t0["mismatch"]).await;
+    let t = mirror_totals_until(b.admin, "orders-legacy", |t| {
+        t["mismatch"] != t0["mismatch"]
+    })
+    .await;
     assert_eq!(t["error"], t0["error"], "{t}");
     set("timeout", "200ms".into());
     reload_applies(&b, &h, &key(".timeout")).await;
     mirrored_gets(&mut c, 1).await;
-    let t = totals_until(&b, "orders-legacy", |t| t["error"] != t0["error"]).await;
+    let t = mirror_totals_until(b.admin, "orders-legacy", |t| t["error"] != t0["error"]).await;
     assert_ne!(t["error"], t0["error"], "{t}");
 
     // mirror.max_in_flight = 1: with one copy held by the slow candidate,
     // the next ones are dropped.
     set_all(vec![("timeout", "4s".into()), ("max_in_flight", 1.into())]);
     reload_applies(&b, &h, &key(".max_in_flight")).await;
-    let t0 = mirror_totals(&b, "orders-legacy").await;
+    let t0 = mirror_totals(b.admin, "orders-legacy").await;
     mirrored_gets(&mut c, 3).await;
-    let t = totals_until(&b, "orders-legacy", |t| t["dropped"] != t0["dropped"]).await;
+    let t = mirror_totals_until(b.admin, "orders-legacy", |t| t["dropped"] != t0["dropped"]).await;
     assert!(
         t["dropped"].as_u64() >= t0["dropped"].as_u64().map(|d| d + 1),
         "{t0} -> {t}"
