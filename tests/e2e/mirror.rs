@@ -300,7 +300,8 @@ async fn a_slow_candidate_costs_the_partner_nothing_and_its_mirrors_are_dropped(
 
 #[tokio::test]
 async fn a_candidate_that_is_down_leaves_live_traffic_alone_and_counts_as_error() {
-    let (h, _legacy, mut v2) = legacy_mirrored_to_v2("json:legacy", "json:legacy", "compare = true");
+    let (h, _legacy, mut v2) =
+        legacy_mirrored_to_v2("json:legacy", "json:legacy", "compare = true");
     v2.kill();
     let (broker, mut c) = start_with_acme(&h, &["GET /v1 -> orders-legacy"]).await;
     for i in 0..10 {

@@ -1496,7 +1496,7 @@ fn spki_sha256(cert_pem: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_own_ca_settings_take_effect_on_sighup() {
-    use crate::partner_ca::{bash, client, make_ca, make_leaf, openssl_available};
+    use crate::partner_ca::{client, make_ca, make_leaf, openssl_available, revoke};
     if !openssl_available() {
         return;
     }
@@ -1566,11 +1566,7 @@ async fn live_own_ca_settings_take_effect_on_sighup() {
     assert!(ok(&by_dns).await);
 
     // own_ca.crl: a CRL that revokes it, named by a reload, refuses it.
-    bash(
-        dir,
-        "openssl ca -config bank.cnf -revoke by-dns-leaf.pem -keyfile bank-int.key -cert bank-int.pem 2>/dev/null && \
-         openssl ca -config bank.cnf -gencrl -keyfile bank-int.key -cert bank-int.pem -out bank-crl.pem 2>/dev/null",
-    );
+    revoke(dir, "bank", "by-dns");
     assert!(
         ok(&by_dns).await,
         "revoked in a CRL the broker does not read"
