@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use crate::common;
 use common::broker::{
     Broker, ClientCert, Conn, TestHome, admin_get, admin_request, client_tls, home_with_echo,
-    start_slow_upstream, tls_connect,
+    stalled_reader, start_slow_upstream, tls_connect,
 };
 use common::mirror::{mirror_totals, mirror_totals_until, mirrored_gets};
 use common::reload::reload_applies;
@@ -767,19 +767,8 @@ async fn live_upstream_leg_settings_take_effect_on_sighup() {
     // default 30 s.
     h.set_server("write_timeout", "1s");
     reload_applies(&b, &h, "server.write_timeout").await;
-    let mut tls = tls_connect(b.addr, client_tls(&h.ca_pem(), Some(&acme), &[b"http/1.1"]))
-        .await
-        .unwrap();
-    tls.write_all(b"GET /big HTTP/1.1\r\nhost: l\r\n\r\n")
-        .await
-        .unwrap();
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 64 * 1024];
-    while got < 1024 * 1024 {
-        let n = tls.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed early");
-        got += n;
-    }
+    // Kept open (unread) to the end of the test.
+    let _tls = stalled_reader(b.addr, &h.ca_pem(), &acme, "/big").await;
     assert!(writing.load(std::sync::atomic::Ordering::SeqCst));
     let mut released = false;
     for _ in 0..150 {
