@@ -462,9 +462,9 @@ fn evidence(home: &Home, seq: u64, out: &std::path::Path) -> Result<(), Box<dyn 
     let journal_public = std::fs::read_to_string(home.journal_pub())
         .map_err(|e| format!("cannot read {}: {e}", home.journal_pub().display()))?;
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    crate::risk::evidence::write_evidence(
+    crate::journal::evidence::write_evidence(
         out,
-        &crate::risk::evidence::Evidence {
+        &crate::journal::evidence::Evidence {
             record: &record,
             following: &following,
             checkpoint: &checkpoint,

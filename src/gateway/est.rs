@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use rustls_pki_types::CertificateDer;
@@ -340,16 +340,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         Refusal::new(Reason::RenewalFailed).detail(format!("enrolment task failed: {e}"))
     })?
-}
-
-/// `WWW-Authenticate` for a 401 from `simpleenroll`.
-pub fn add_challenge(resp: &mut Response<ResponseBody>) {
-    if resp.status() == http::StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"gatehouse enrolment\""),
-        );
-    }
 }
 
 #[cfg(test)]

@@ -328,7 +328,7 @@ pub struct Live {
     pub nonces: Arc<crate::risk::signature::nonce::NonceLog>,
     /// The mirrors' slots, counts, learned noise and latest mismatches
     /// (kept across reloads).
-    pub mirrors: Arc<crate::gateway::mirror::MirrorBoard>,
+    pub mirrors: Arc<crate::gateway::mirror::board::MirrorBoard>,
     /// hyper's connection settings from the live `[server]` table.
     http: ArcSwap<auto::Builder<TokioExecutor>>,
     /// `gatehouse.toml` as it was when the broker started: the values of

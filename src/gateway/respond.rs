@@ -109,8 +109,19 @@ pub async fn finish_local(
             once_recorded(record.submit(), resp, request_id, refusal.close).await
         }
     };
-    crate::gateway::est::add_challenge(&mut resp);
+    add_challenge(&mut resp);
     resp
+}
+
+/// `WWW-Authenticate` for a local 401 (EST's `simpleenroll` asks for HTTP
+/// Basic credentials).
+fn add_challenge(resp: &mut Response<ResponseBody>) {
+    if resp.status() == http::StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"gatehouse enrolment\""),
+        );
+    }
 }
 
 /// A refusal: recorded first (strict: synced), then answered.

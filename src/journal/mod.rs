@@ -11,6 +11,7 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+pub mod evidence;
 pub mod export;
 pub mod record;
 pub mod space;

@@ -5,7 +5,6 @@
 //! the fleet keeps the totals in its store.
 
 pub mod amount;
-pub mod evidence;
 pub mod ledger;
 pub mod signature;
 pub mod value;

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use base64::Engine;
 
-use crate::journal::checkpoint::CheckpointLine;
-use crate::journal::record::{RecordLine, encode};
+use super::checkpoint::CheckpointLine;
+use super::record::{RecordLine, encode};
 
 /// What the evidence is made of.
 pub struct Evidence<'a> {
