@@ -223,15 +223,7 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Enrolled, AgentError> {
         });
     }
     let chain = certs_of(&answer)?;
-    let (_, x) = x509_parser::parse_x509_certificate(&chain[0])
-        .map_err(|e| AgentError::BadAnswer(format!("the certificate cannot be parsed: {e}")))?;
-    if x.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(AgentError::BadAnswer(
-            "the certificate is not for the key this agent sent".into(),
-        ));
-    }
-    let serial = hex::encode(x.raw_serial());
-    let not_after = x.validity().not_after.to_datetime();
+    let (serial, not_after) = super::issued_for(&chain[0], &key)?;
     let out = &opts.out;
     crate::home::ensure_dir(out).map_err(|e| file_err(out, e))?;
     let (cert_path, key_path, ca_path) = (

@@ -172,6 +172,25 @@ pub(crate) fn new_csr() -> Result<(KeyPair, String), AgentError> {
     Ok((key, csr))
 }
 
+/// The serial and expiry of the certificate the broker sent, once it is
+/// known to certify `key` (the key this agent sent the CSR for).
+pub(crate) fn issued_for(
+    leaf: &[u8],
+    key: &KeyPair,
+) -> Result<(String, OffsetDateTime), AgentError> {
+    let (_, x) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| AgentError::BadAnswer(format!("the certificate cannot be parsed: {e}")))?;
+    if x.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(AgentError::BadAnswer(
+            "the certificate is not for the key this agent sent".into(),
+        ));
+    }
+    Ok((
+        hex::encode(x.raw_serial()),
+        x.validity().not_after.to_datetime(),
+    ))
+}
+
 /// `<key>.pending` and `<key>.pending.csr`: the key and CSR of a renewal
 /// not installed yet.
 pub fn pending_paths(key: &Path) -> (PathBuf, PathBuf) {
@@ -292,15 +311,7 @@ pub async fn renew_once(opts: &AgentOptions) -> Result<Outcome, AgentError> {
     let leaf = chain
         .first()
         .ok_or_else(|| AgentError::BadAnswer("no certificate in the answer".into()))?;
-    let (_, x) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| AgentError::BadAnswer(format!("the certificate cannot be parsed: {e}")))?;
-    if x.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(AgentError::BadAnswer(
-            "the certificate is not for the key this agent sent".into(),
-        ));
-    }
-    let serial = hex::encode(x.raw_serial());
-    let not_after = x.validity().not_after.to_datetime();
+    let (serial, not_after) = issued_for(leaf, &key)?;
     // Key first, then certificate: each write is atomic.
     crate::home::write_key(&opts.key, &key.serialize_pem()).map_err(|e| file_err(&opts.key, e))?;
     crate::home::write_public(&opts.cert, &body).map_err(|e| file_err(&opts.cert, e))?;
