@@ -77,6 +77,23 @@ openssl ca -config {name}.cnf -gencrl -keyfile {name}-int.key -cert {name}-int.p
     );
 }
 
+/// `partner trust ID`: the bank's root in `dir`, leaves named by SAN URI
+/// `uri`, revocations from the bank's CRL.
+fn trust_bank_by_uri(h: &TestHome, dir: &Path, id: &str, uri: &str) {
+    let s = |p: PathBuf| p.to_string_lossy().into_owned();
+    h.ok(&[
+        "partner",
+        "trust",
+        id,
+        "--ca",
+        &s(dir.join("bank-root.pem")),
+        "--match-san-uri",
+        uri,
+        "--crl",
+        &s(dir.join("bank-crl.pem")),
+    ]);
+}
+
 /// Revokes `dir/<leaf>-leaf.pem` in `ca`'s issuing CA and writes its CRL
 /// again (`dir/<ca>-crl.pem`).
 pub(crate) fn revoke(dir: &Path, ca: &str, leaf: &str) {
@@ -177,18 +194,8 @@ async fn a_partners_own_ca_speaks_for_that_partner_and_that_name_only() {
     );
     // The bank's CA signing the name globex's (telco) configuration expects.
     make_leaf(&dir, "bank", "cross", "globex-client", "DNS:globex.example");
+    trust_bank_by_uri(&h, &dir, "acme", acme_uri);
     let s = |p: PathBuf| p.to_string_lossy().into_owned();
-    h.ok(&[
-        "partner",
-        "trust",
-        "acme",
-        "--ca",
-        &s(dir.join("bank-root.pem")),
-        "--match-san-uri",
-        acme_uri,
-        "--crl",
-        &s(dir.join("bank-crl.pem")),
-    ]);
     h.ok(&[
         "partner",
         "trust",
@@ -426,18 +433,7 @@ async fn an_own_ca_trusted_while_running_is_in_force_and_its_crl_is_watched() {
     let r = get_once(broker.addr, &roots, &acme1, "/v1/orders").await;
     assert!(r.is_err(), "a CA nobody trusts: {r:?}");
 
-    let s = |p: PathBuf| p.to_string_lossy().into_owned();
-    h.ok(&[
-        "partner",
-        "trust",
-        "acme",
-        "--ca",
-        &s(dir.join("bank-root.pem")),
-        "--match-san-uri",
-        acme_uri,
-        "--crl",
-        &s(dir.join("bank-crl.pem")),
-    ]);
+    trust_bank_by_uri(&h, dir, "acme", acme_uri);
     let status_within = |deadline: Duration, want_ok: bool| {
         ok_within(broker.addr, &roots, &acme1, deadline, want_ok)
     };
