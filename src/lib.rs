@@ -37,3 +37,4 @@ pub mod stop_signals;
 pub mod timefmt;
 pub mod tls;
 pub mod upstream;
+pub mod watched_body;

@@ -9,27 +9,20 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use http::{Method, StatusCode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use time::OffsetDateTime;
 
-use super::AgentError;
+use super::exchange::{RequestHeaders, request, send};
+use super::{AgentError, PKCS10};
 use crate::enrolment::pkcs7;
 use crate::gateway::est::{CACERTS_PATH, SIMPLEENROLL_PATH};
-
-/// Largest answer read.
-const MAX_RESPONSE_BYTES: usize = 256 * 1024;
-/// Connect + request timeout.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What `agent enroll` needs.
 #[derive(Debug, Clone)]
@@ -123,81 +116,9 @@ fn tls_with(
     Ok(Arc::new(cfg))
 }
 
-/// One HTTP/1.1 request to the broker; the status and the body.
-async fn send(
-    url: &str,
-    tls: Arc<rustls::ClientConfig>,
-    req: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Bytes), AgentError> {
-    let (host, port, _) = crate::agent::endpoint(url)?;
-    let server_name = ServerName::try_from(host.clone())
-        .map_err(|e| AgentError::Url(url.to_string(), e.to_string()))?;
-    let conn_err = |e: &dyn std::fmt::Display| AgentError::Connect(url.to_string(), e.to_string());
-    let exchange = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| conn_err(&e))?;
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| conn_err(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| conn_err(&e))?;
-        tokio::spawn(conn);
-        let resp = sender.send_request(req).await.map_err(|e| conn_err(&e))?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| conn_err(&e))?
-            .to_bytes();
-        Ok::<_, AgentError>((status, body))
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| conn_err(&"no answer within 30 s"))?
-}
-
-fn request(
-    url: &str,
-    method: Method,
-    path: &str,
-    auth: Option<String>,
-    body: Bytes,
-) -> Result<Request<Full<Bytes>>, AgentError> {
-    let (host, port, _) = crate::agent::endpoint(url)?;
-    let prefix = url
-        .parse::<http::Uri>()
-        .map(|u| u.path().trim_end_matches('/').to_string())
-        .unwrap_or_default();
-    let authority = if port == 443 {
-        host
-    } else {
-        format!("{host}:{port}")
-    };
-    let mut b = Request::builder()
-        .method(method)
-        .uri(format!("{prefix}{path}"))
-        .header(http::header::HOST, authority);
-    if let Some(a) = auth {
-        b = b
-            .header(http::header::AUTHORIZATION, a)
-            .header(http::header::CONTENT_TYPE, "application/pkcs10");
-    }
-    b.body(Full::new(body))
-        .map_err(|e| AgentError::Url(url.to_string(), e.to_string()))
-}
-
 /// The certificates of a certs-only answer (base64 DER PKCS#7).
 fn certs_of(body: &[u8]) -> Result<Vec<CertificateDer<'static>>, AgentError> {
-    let compact: Vec<u8> = body
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(compact)
+    let der = pkcs7::decode_base64_body(body)
         .map_err(|e| AgentError::BadAnswer(format!("not base64: {e}")))?;
     let certs = pkcs7::certificates(&der)
         .ok_or_else(|| AgentError::BadAnswer("not a certs-only PKCS#7".into()))?;
@@ -238,7 +159,13 @@ async fn broker_roots(opts: &EnrolOptions) -> Result<Vec<CertificateDer<'static>
             .with_custom_certificate_verifier(Arc::new(FingerprintBootstrap(provider)))
             .with_no_client_auth()
     })?;
-    let req = request(&opts.url, Method::GET, CACERTS_PATH, None, Bytes::new())?;
+    let req = request(
+        &opts.url,
+        Method::GET,
+        CACERTS_PATH,
+        RequestHeaders::default(),
+        Bytes::new(),
+    )?;
     let (status, body) = send(&opts.url, tls, req).await?;
     if status != StatusCode::OK {
         return Err(AgentError::Refused {
@@ -282,7 +209,10 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Enrolled, AgentError> {
         &opts.url,
         Method::POST,
         SIMPLEENROLL_PATH,
-        Some(auth),
+        RequestHeaders {
+            authorization: Some(auth),
+            content_type: Some(PKCS10),
+        },
         Bytes::from(body),
     )?;
     let (status, answer) = send(&opts.url, tls, req).await?;
@@ -293,15 +223,7 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Enrolled, AgentError> {
         });
     }
     let chain = certs_of(&answer)?;
-    let (_, x) = x509_parser::parse_x509_certificate(&chain[0])
-        .map_err(|e| AgentError::BadAnswer(format!("the certificate cannot be parsed: {e}")))?;
-    if x.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(AgentError::BadAnswer(
-            "the certificate is not for the key this agent sent".into(),
-        ));
-    }
-    let serial = hex::encode(x.raw_serial());
-    let not_after = x.validity().not_after.to_datetime();
+    let (serial, not_after) = super::issued_for(&chain[0], &key)?;
     let out = &opts.out;
     crate::home::ensure_dir(out).map_err(|e| file_err(out, e))?;
     let (cert_path, key_path, ca_path) = (

@@ -15,29 +15,26 @@
 //! renewal is allowed; the agent only asks at sensible times.
 
 pub mod enrol;
+mod exchange;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use http::{Method, StatusCode, Uri};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
 use crate::gateway::renewal::RENEW_PATH;
 use crate::reason::Reason;
 use crate::timefmt::rfc3339;
 
-/// Largest response the agent reads (a chain is a few KiB).
-const MAX_RESPONSE_BYTES: usize = 256 * 1024;
-/// Connect + request timeout.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The media type of a CSR the agent sends.
+const PKCS10: &str = "application/pkcs10";
 /// Retry backoff after a failure: first wait, and the longest.
 const BACKOFF_START: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(3600);
@@ -175,6 +172,25 @@ pub(crate) fn new_csr() -> Result<(KeyPair, String), AgentError> {
     Ok((key, csr))
 }
 
+/// The serial and expiry of the certificate the broker sent, once it is
+/// known to certify `key` (the key this agent sent the CSR for).
+pub(crate) fn issued_for(
+    leaf: &[u8],
+    key: &KeyPair,
+) -> Result<(String, OffsetDateTime), AgentError> {
+    let (_, x) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| AgentError::BadAnswer(format!("the certificate cannot be parsed: {e}")))?;
+    if x.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(AgentError::BadAnswer(
+            "the certificate is not for the key this agent sent".into(),
+        ));
+    }
+    Ok((
+        hex::encode(x.raw_serial()),
+        x.validity().not_after.to_datetime(),
+    ))
+}
+
 /// `<key>.pending` and `<key>.pending.csr`: the key and CSR of a renewal
 /// not installed yet.
 pub fn pending_paths(key: &Path) -> (PathBuf, PathBuf) {
@@ -253,46 +269,18 @@ fn remove_pending(opts: &AgentOptions) {
 
 /// POSTs `csr` to the broker; returns the status and body.
 async fn post_csr(opts: &AgentOptions, csr: String) -> Result<(StatusCode, Bytes), AgentError> {
-    let (host, port, path) = endpoint(&opts.broker)?;
+    let req = exchange::request(
+        &opts.broker,
+        Method::POST,
+        RENEW_PATH,
+        exchange::RequestHeaders {
+            authorization: None,
+            content_type: Some(PKCS10),
+        },
+        Bytes::from(csr),
+    )?;
     let tls = client_config(opts)?;
-    let server_name = ServerName::try_from(host.clone())
-        .map_err(|e| AgentError::Url(opts.broker.clone(), e.to_string()))?;
-    let conn_err =
-        |e: &dyn std::fmt::Display| AgentError::Connect(opts.broker.clone(), e.to_string());
-    let exchange = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| conn_err(&e))?;
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| conn_err(&e))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| conn_err(&e))?;
-        tokio::spawn(conn);
-        let authority = if port == 443 {
-            host.clone()
-        } else {
-            format!("{host}:{port}")
-        };
-        let req = Request::post(path.as_str())
-            .header(http::header::HOST, authority)
-            .header(http::header::CONTENT_TYPE, "application/pkcs10")
-            .body(Full::new(Bytes::from(csr)))
-            .map_err(|e| AgentError::Url(opts.broker.clone(), e.to_string()))?;
-        let resp = send.send_request(req).await.map_err(|e| conn_err(&e))?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| conn_err(&e))?
-            .to_bytes();
-        Ok::<_, AgentError>((status, body))
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| conn_err(&"no answer within 30 s"))?
+    exchange::send(&opts.broker, tls, req).await
 }
 
 /// One renewal attempt. On success the new certificate and key are on
@@ -323,15 +311,7 @@ pub async fn renew_once(opts: &AgentOptions) -> Result<Outcome, AgentError> {
     let leaf = chain
         .first()
         .ok_or_else(|| AgentError::BadAnswer("no certificate in the answer".into()))?;
-    let (_, x) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| AgentError::BadAnswer(format!("the certificate cannot be parsed: {e}")))?;
-    if x.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(AgentError::BadAnswer(
-            "the certificate is not for the key this agent sent".into(),
-        ));
-    }
-    let serial = hex::encode(x.raw_serial());
-    let not_after = x.validity().not_after.to_datetime();
+    let (serial, not_after) = issued_for(leaf, &key)?;
     // Key first, then certificate: each write is atomic.
     crate::home::write_key(&opts.key, &key.serialize_pem()).map_err(|e| file_err(&opts.key, e))?;
     crate::home::write_public(&opts.cert, &body).map_err(|e| file_err(&opts.cert, e))?;

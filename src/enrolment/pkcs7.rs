@@ -63,6 +63,17 @@ pub fn certs_only_base64<'a>(certs: impl IntoIterator<Item = &'a [u8]>) -> Strin
     out
 }
 
+/// The DER in an EST body: base64 whatever its line breaks (any ASCII
+/// whitespace is ignored), as EST sends both CSRs and certs-only answers.
+pub fn decode_base64_body(body: &[u8]) -> Result<Vec<u8>, base64::DecodeError> {
+    let compact: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(compact)
+}
+
 /// Every certificate (DER) in a certs-only `ContentInfo`, in order; `None`
 /// when the bytes are not one. Reads what `certs_only_der` writes and what
 /// other EST servers send (definite lengths).
@@ -132,6 +143,19 @@ mod tests {
         let long = element(0x04, &[7; 300]);
         assert_eq!(long[..4], [0x04, 0x82, 0x01, 0x2c]);
         assert_eq!(long.len(), 304);
+    }
+
+    #[test]
+    fn a_base64_body_reads_back_whatever_its_line_breaks() {
+        let a = element(0x30, &[1u8; 200]);
+        let body = certs_only_base64([a.as_slice()]);
+        assert!(body.contains('\n'), "long bodies are split in lines");
+        let crlf = body.replace('\n', "\r\n ");
+        assert_eq!(
+            decode_base64_body(crlf.as_bytes()).unwrap(),
+            certs_only_der([a.as_slice()])
+        );
+        assert!(decode_base64_body(b"not base64!").is_err());
     }
 
     #[test]

@@ -152,18 +152,11 @@ pub(crate) async fn read_csr_pem(req: Request<Incoming>) -> Result<Vec<u8>, Refu
 }
 
 fn csr_pem_from_base64(body: &Bytes) -> Result<Vec<u8>, Refusal> {
-    let compact: Vec<u8> = body
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(&compact)
-        .map_err(|e| {
-            Refusal::new(Reason::BadCsr).detail(format!(
-                "the body is not base64 (EST sends the DER CSR in base64): {e}"
-            ))
-        })?;
+    let der = pkcs7::decode_base64_body(body).map_err(|e| {
+        Refusal::new(Reason::BadCsr).detail(format!(
+            "the body is not base64 (EST sends the DER CSR in base64): {e}"
+        ))
+    })?;
     Ok(crate::ca::pem_block("CERTIFICATE REQUEST", &der).into_bytes())
 }
 

@@ -4,18 +4,16 @@
 //! the connection goes back to the endpoint for reuse; when it is dropped
 //! early the connection is let go (hyper closes it) and the rest released.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::RelayBody;
 use super::endpoint::Endpoint;
+use crate::watched_body::{BodyWatcher, WatchedBody};
 
 /// What one request holds on the pool until its response ends.
 pub struct Lease {
@@ -57,60 +55,17 @@ impl Drop for Lease {
     }
 }
 
+impl BodyWatcher for Lease {
+    fn ended(self, complete: bool) {
+        self.finish(complete);
+    }
+}
+
 /// A relayed response body (see the module doc).
-pub struct UpstreamBody {
-    inner: Incoming,
-    lease: Option<Lease>,
-}
+pub type UpstreamBody = WatchedBody<Incoming, Lease>;
 
-impl UpstreamBody {
-    pub(super) fn new(inner: Incoming, lease: Lease) -> UpstreamBody {
-        UpstreamBody {
-            inner,
-            lease: Some(lease),
-        }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => {
-                if let Some(l) = self.lease.take() {
-                    l.finish(true);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(l) = self.lease.take() {
-                    l.finish(false);
-                }
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if let Some(l) = self.lease.take() {
-            let complete = self.inner.is_end_stream();
-            l.finish(complete);
-        }
+impl WatchedBody<Incoming, Lease> {
+    pub(super) fn leased(inner: Incoming, lease: Lease) -> UpstreamBody {
+        WatchedBody::new(inner, Some(lease))
     }
 }

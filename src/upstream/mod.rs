@@ -543,7 +543,7 @@ impl Pool {
                     }
                     let (parts, body) = resp.into_parts();
                     return Ok(Relayed {
-                        response: Response::from_parts(parts, UpstreamBody::new(body, lease)),
+                        response: Response::from_parts(parts, UpstreamBody::leased(body, lease)),
                         endpoint: label,
                         attempts,
                     });

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::common;
 use common::broker::{Broker, ClientCert, Conn, TestHome, home_with_echo};
+use common::pki::server_pki;
 use common::redis_server::RedisServer;
 
 const ROUTE: &str = "GET /v1/orders -> orders";
@@ -524,27 +525,14 @@ async fn fleet_spike_over_three_nodes_raises_one_alert() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_over_tls_with_a_password() {
     // The store's own PKI, made here: a CA and a server certificate for 127.0.0.1.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test redis CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let srv_key = rcgen::KeyPair::generate().unwrap();
-    let srv = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&srv_key, &issuer)
-        .unwrap();
-    let Some(redis) = RedisServer::start_tls(&srv.pem(), &srv_key.serialize_pem(), "s3cret-pass")
-    else {
+    let pki = server_pki("test redis CA");
+    let Some(redis) = RedisServer::start_tls(&pki.cert_pem, &pki.key_pem, "s3cret-pass") else {
         return;
     };
 
     let (h, _up, acme) = home_with_echo(&[ROUTE]).await;
     h.set_partner_limits("acme", &[("requests_per_minute", 60), ("burst", 2)]);
-    std::fs::write(h.path().join("certs/redis-ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(h.path().join("certs/redis-ca.pem"), &pki.ca_pem).unwrap();
     std::fs::write(h.path().join("certs/redis.pass"), "s3cret-pass\n").unwrap();
     h.edit_config(|doc| {
         let mut t = toml_edit::Table::new();

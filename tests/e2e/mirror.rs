@@ -18,16 +18,9 @@ use serde_json::Value;
 
 use crate::common::client::{Conn, admin_get};
 use crate::common::home::TestHome;
+use crate::common::mirror::{mirror_totals_until, mirrored_gets};
 use crate::common::pool_backend::PoolBackend;
-
-/// Appends TOML to `gatehouse.toml`.
-fn append_config(h: &TestHome, text: &str) {
-    let path = h.path().join("gatehouse.toml");
-    let mut all = std::fs::read_to_string(&path).unwrap();
-    all.push('\n');
-    all.push_str(text);
-    std::fs::write(&path, all).unwrap();
-}
+use crate::common::process::Broker;
 
 fn backend(h: &TestHome, name: &str, mode: &str) -> PoolBackend {
     let dir = h.path().join("backends");
@@ -35,49 +28,64 @@ fn backend(h: &TestHome, name: &str, mode: &str) -> PoolBackend {
     PoolBackend::start(&dir, name, mode)
 }
 
-/// `orders-legacy` (mirrored with `mirror`) and `orders-v2`, the candidate.
-fn legacy_mirrored_to_v2(h: &TestHome, legacy: &PoolBackend, v2: &PoolBackend, mirror: &str) {
-    append_config(
-        h,
-        &format!(
-            "[upstreams.orders-v2]\nurl = \"{}\"\nsigned_identity = false\n\n\
-             [upstreams.orders-legacy]\nurl = \"{}\"\nsigned_identity = false\n\
-             mirror = {{ to = \"orders-v2\", {mirror} }}\n",
-            v2.url(),
-            legacy.url(),
-        ),
-    );
+/// A home with `orders-legacy` (a backend answering `legacy_mode`),
+/// mirrored with `mirror` to `orders-v2` (answering `v2_mode`), the
+/// candidate; the backends are returned as (legacy, v2).
+fn legacy_mirrored_to_v2(
+    legacy_mode: &str,
+    v2_mode: &str,
+    mirror: &str,
+) -> (TestHome, PoolBackend, PoolBackend) {
+    let h = TestHome::new();
+    let legacy = backend(&h, "orders-legacy", legacy_mode);
+    let v2 = backend(&h, "orders-v2", v2_mode);
+    h.append_config(&format!(
+        "[upstreams.orders-v2]\nurl = \"{}\"\nsigned_identity = false\n\n\
+         [upstreams.orders-legacy]\nurl = \"{}\"\nsigned_identity = false\n\
+         mirror = {{ to = \"orders-v2\", {mirror} }}\n",
+        v2.url(),
+        legacy.url(),
+    ));
+    (h, legacy, v2)
 }
 
-/// The mirrors' totals for `upstream` in `/status` (zeros before any).
-async fn totals(admin: std::net::SocketAddr, upstream: &str) -> Value {
-    let (code, body) = admin_get(admin, "/status").await;
-    assert_eq!(code, 200, "{body}");
-    let s: Value = serde_json::from_str(&body).unwrap();
-    s["mirrors"]["upstreams"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|u| u["upstream"] == upstream)
-        .map(|u| u["totals"].clone())
-        .unwrap_or_else(|| serde_json::json!({"match": 0, "mismatch": 0, "error": 0, "dropped": 0}))
+/// Adds partner `acme` with `routes`, starts the broker and connects as acme.
+async fn start_with_acme(h: &TestHome, routes: &[&str]) -> (Broker, Conn) {
+    h.add_partner("acme", routes);
+    let cert = h.issue("acme");
+    let broker = h.start();
+    let c = Conn::open(broker.addr, &h.ca_pem(), &cert, false)
+        .await
+        .unwrap();
+    (broker, c)
 }
 
 /// Waits (bounded) until the totals of `upstream` add up to `n`; returns them.
 async fn settled(admin: std::net::SocketAddr, upstream: &str, n: u64) -> Value {
-    let mut t = Value::Null;
-    for _ in 0..100 {
-        t = totals(admin, upstream).await;
-        let sum: u64 = ["match", "mismatch", "error", "dropped"]
-            .iter()
-            .map(|k| t[k].as_u64().unwrap_or(0))
-            .sum();
-        if sum >= n {
-            return t;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("mirror totals of {upstream} never reached {n}: {t}");
+    let t = mirror_totals_until(admin, upstream, |t| total(t) >= n).await;
+    assert!(
+        total(&t) >= n,
+        "mirror totals of {upstream} never reached {n}: {t}"
+    );
+    t
+}
+
+/// The sum of the mirror totals.
+fn total(t: &Value) -> u64 {
+    ["match", "mismatch", "error", "dropped"]
+        .iter()
+        .map(|k| t[k].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// SIGHUP, and the reload it causes is done.
+async fn reload(broker: &Broker) {
+    broker.signal("HUP");
+    assert!(
+        broker.wait_log("configuration reloaded", 5).await,
+        "{}",
+        broker.log()
+    );
 }
 
 /// The `gatehouse_mirror_total` sample for `upstream` and `result`.
@@ -104,19 +112,13 @@ fn detail(r: &Value) -> Value {
 
 #[tokio::test]
 async fn a_candidate_answering_the_same_matches_every_time_and_sees_who_called() {
-    let h = TestHome::new();
-    let legacy = backend(&h, "orders-legacy", "json:legacy");
-    let v2 = backend(&h, "orders-v2", "json:same");
-    legacy_mirrored_to_v2(&h, &legacy, &v2, "percent = 100, compare = true");
-    h.add_partner(
-        "acme",
+    let (h, legacy, v2) =
+        legacy_mirrored_to_v2("json:legacy", "json:same", "percent = 100, compare = true");
+    let (broker, mut c) = start_with_acme(
+        &h,
         &["GET /v1 -> orders-legacy", "POST /v1 -> orders-legacy"],
-    );
-    let cert = h.issue("acme");
-    let broker = h.start();
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &cert, false)
-        .await
-        .unwrap();
+    )
+    .await;
     for i in 0..20 {
         let r = c.get(&format!("/v1/orders/{i}")).await.unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
@@ -163,16 +165,8 @@ async fn a_candidate_answering_the_same_matches_every_time_and_sees_who_called()
 
 #[tokio::test]
 async fn a_differing_field_is_named_by_its_pointer_and_ignore_json_silences_it() {
-    let h = TestHome::new();
-    let legacy = backend(&h, "orders-legacy", "json:legacy");
-    let v2 = backend(&h, "orders-v2", "json:total11");
-    legacy_mirrored_to_v2(&h, &legacy, &v2, "compare = true");
-    h.add_partner("acme", &["GET /v1 -> orders-legacy"]);
-    let cert = h.issue("acme");
-    let broker = h.start();
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &cert, false)
-        .await
-        .unwrap();
+    let (h, _legacy, _v2) = legacy_mirrored_to_v2("json:legacy", "json:total11", "compare = true");
+    let (broker, mut c) = start_with_acme(&h, &["GET /v1 -> orders-legacy"]).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let r = c.get(&format!("/v1/orders/{i}")).await.unwrap();
@@ -220,15 +214,8 @@ async fn a_differing_field_is_named_by_its_pointer_and_ignore_json_silences_it()
         list.push("/total");
         m["ignore_json"] = toml_edit::value(list);
     });
-    broker.signal("HUP");
-    assert!(
-        broker.wait_log("configuration reloaded", 5).await,
-        "{}",
-        broker.log()
-    );
-    for i in 0..5 {
-        assert_eq!(c.get(&format!("/v1/orders/{i}")).await.unwrap().status, 200);
-    }
+    reload(&broker).await;
+    mirrored_gets(&mut c, 5).await;
     let t = settled(broker.admin, "orders-legacy", 10).await;
     assert_eq!(t["match"], 5, "{t}");
     assert_eq!(t["mismatch"], 5, "{t}");
@@ -244,29 +231,18 @@ fn quantile(samples: &mut [Duration], q: f64) -> Duration {
 
 #[tokio::test]
 async fn a_slow_candidate_costs_the_partner_nothing_and_its_mirrors_are_dropped() {
-    let h = TestHome::new();
-    let legacy = backend(&h, "orders-legacy", "json:legacy");
-    let v2 = backend(&h, "orders-v2", "sleep:2000");
-    legacy_mirrored_to_v2(
-        &h,
-        &legacy,
-        &v2,
+    let (h, legacy, v2) = legacy_mirrored_to_v2(
+        "json:legacy",
+        "sleep:2000",
         "compare = true, max_in_flight = 2, timeout = \"5s\"",
     );
     // The same backend without a mirror, for the partner's own baseline.
-    append_config(
-        &h,
-        &format!(
-            "[upstreams.plain]\nurl = \"{}\"\nsigned_identity = false\n",
-            legacy.url()
-        ),
-    );
-    h.add_partner("acme", &["GET /v1 -> orders-legacy", "GET /plain -> plain"]);
-    let cert = h.issue("acme");
-    let broker = h.start();
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &cert, false)
-        .await
-        .unwrap();
+    h.append_config(&format!(
+        "[upstreams.plain]\nurl = \"{}\"\nsigned_identity = false\n",
+        legacy.url()
+    ));
+    let (broker, mut c) =
+        start_with_acme(&h, &["GET /v1 -> orders-legacy", "GET /plain -> plain"]).await;
     // Warm both paths, then interleave so both see the same machine. A
     // round holds when, in the test's own numbers, the partner's p99 with
     // the mirror is under 200 ms (the candidate takes 2 s) and under twice
@@ -324,17 +300,10 @@ async fn a_slow_candidate_costs_the_partner_nothing_and_its_mirrors_are_dropped(
 
 #[tokio::test]
 async fn a_candidate_that_is_down_leaves_live_traffic_alone_and_counts_as_error() {
-    let h = TestHome::new();
-    let legacy = backend(&h, "orders-legacy", "json:legacy");
-    let mut v2 = backend(&h, "orders-v2", "json:legacy");
-    legacy_mirrored_to_v2(&h, &legacy, &v2, "compare = true");
+    let (h, _legacy, mut v2) =
+        legacy_mirrored_to_v2("json:legacy", "json:legacy", "compare = true");
     v2.kill();
-    h.add_partner("acme", &["GET /v1 -> orders-legacy"]);
-    let cert = h.issue("acme");
-    let broker = h.start();
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &cert, false)
-        .await
-        .unwrap();
+    let (broker, mut c) = start_with_acme(&h, &["GET /v1 -> orders-legacy"]).await;
     for i in 0..10 {
         let r = c.get(&format!("/v1/orders/{i}")).await.unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
@@ -359,26 +328,16 @@ async fn a_baseline_learns_a_field_that_changes_on_every_legacy_call_and_stops_c
     let legacy = backend(&h, "orders-legacy", "json:noisy");
     let v2 = backend(&h, "orders-v2", "json:noisy");
     // The route names a split (everyone on legacy); the mirror is on it.
-    append_config(
-        &h,
-        &format!(
-            "[upstreams.orders-legacy]\nurl = \"{}\"\nsigned_identity = false\n\n\
+    h.append_config(&format!(
+        "[upstreams.orders-legacy]\nurl = \"{}\"\nsigned_identity = false\n\n\
              [upstreams.orders-v2]\nurl = \"{}\"\nsigned_identity = false\n\n\
              [upstreams.orders]\nsplit = {{ orders-legacy = 100, orders-v2 = 0 }}\n\
              mirror = {{ to = \"orders-v2\", compare = true }}\n",
-            legacy.url(),
-            v2.url(),
-        ),
-    );
-    h.add_partner("acme", &["GET /v1 -> orders"]);
-    let cert = h.issue("acme");
-    let broker = h.start();
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &cert, false)
-        .await
-        .unwrap();
-    for i in 0..5 {
-        assert_eq!(c.get(&format!("/v1/orders/{i}")).await.unwrap().status, 200);
-    }
+        legacy.url(),
+        v2.url(),
+    ));
+    let (broker, mut c) = start_with_acme(&h, &["GET /v1 -> orders"]).await;
+    mirrored_gets(&mut c, 5).await;
     let t = settled(broker.admin, "orders", 5).await;
     assert_eq!(
         t["mismatch"], 5,
@@ -391,16 +350,9 @@ async fn a_baseline_learns_a_field_that_changes_on_every_legacy_call_and_stops_c
     h.edit_config(|d| {
         d["upstreams"]["orders"]["mirror"]["baseline"] = toml_edit::value("orders-legacy");
     });
-    broker.signal("HUP");
-    assert!(
-        broker.wait_log("configuration reloaded", 5).await,
-        "{}",
-        broker.log()
-    );
+    reload(&broker).await;
     let legacy_before = legacy.requests().len();
-    for i in 0..10 {
-        assert_eq!(c.get(&format!("/v1/orders/{i}")).await.unwrap().status, 200);
-    }
+    mirrored_gets(&mut c, 10).await;
     let t = settled(broker.admin, "orders", 15).await;
     assert_eq!(t["match"], 10, "the noise no longer counts: {t}");
     assert_eq!(t["mismatch"], 5, "{t}");
@@ -434,16 +386,12 @@ async fn a_baseline_learns_a_field_that_changes_on_every_legacy_call_and_stops_c
 
 #[tokio::test]
 async fn a_post_named_in_methods_is_mirrored_with_its_body_and_one_over_64_kib_is_dropped() {
-    let h = TestHome::new();
-    let legacy = backend(&h, "orders-legacy", "json:legacy");
-    let v2 = backend(&h, "orders-v2", "json:legacy");
-    legacy_mirrored_to_v2(&h, &legacy, &v2, "methods = [\"POST\"], compare = true");
-    h.add_partner("acme", &["GET,POST /v1 -> orders-legacy"]);
-    let cert = h.issue("acme");
-    let broker = h.start();
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &cert, false)
-        .await
-        .unwrap();
+    let (h, legacy, v2) = legacy_mirrored_to_v2(
+        "json:legacy",
+        "json:legacy",
+        "methods = [\"POST\"], compare = true",
+    );
+    let (broker, mut c) = start_with_acme(&h, &["GET,POST /v1 -> orders-legacy"]).await;
     let small = vec![b'a'; 1000];
     let r = c
         .send(http::Method::POST, "/v1/orders", &[], &small)
@@ -474,16 +422,8 @@ async fn a_post_named_in_methods_is_mirrored_with_its_body_and_one_over_64_kib_i
 
 #[tokio::test]
 async fn a_streamed_live_answer_is_captured_for_the_comparison_as_it_goes_to_the_partner() {
-    let h = TestHome::new();
-    let legacy = backend(&h, "orders-legacy", "json:big");
-    let v2 = backend(&h, "orders-v2", "json:big11");
-    legacy_mirrored_to_v2(&h, &legacy, &v2, "compare = true");
-    h.add_partner("acme", &["GET /v1 -> orders-legacy"]);
-    let cert = h.issue("acme");
-    let broker = h.start();
-    let mut c = Conn::open(broker.addr, &h.ca_pem(), &cert, false)
-        .await
-        .unwrap();
+    let (h, _legacy, _v2) = legacy_mirrored_to_v2("json:big", "json:big11", "compare = true");
+    let (broker, mut c) = start_with_acme(&h, &["GET /v1 -> orders-legacy"]).await;
     for i in 0..3 {
         let r = c.get(&format!("/v1/orders/{i}")).await.unwrap();
         assert_eq!(r.status, 200);

@@ -77,6 +77,57 @@ openssl ca -config {name}.cnf -gencrl -keyfile {name}-int.key -cert {name}-int.p
     );
 }
 
+/// `partner trust ID`: the bank's root in `dir`, leaves named by SAN URI
+/// `uri`, revocations from the bank's CRL.
+fn trust_bank_by_uri(h: &TestHome, dir: &Path, id: &str, uri: &str) {
+    let s = |p: PathBuf| p.to_string_lossy().into_owned();
+    h.ok(&[
+        "partner",
+        "trust",
+        id,
+        "--ca",
+        &s(dir.join("bank-root.pem")),
+        "--match-san-uri",
+        uri,
+        "--crl",
+        &s(dir.join("bank-crl.pem")),
+    ]);
+}
+
+/// Revokes `dir/<leaf>-leaf.pem` in `ca`'s issuing CA and writes its CRL
+/// again (`dir/<ca>-crl.pem`).
+pub(crate) fn revoke(dir: &Path, ca: &str, leaf: &str) {
+    bash(
+        dir,
+        &format!(
+            "openssl ca -config {ca}.cnf -revoke {leaf}-leaf.pem -keyfile {ca}-int.key -cert {ca}-int.pem 2>/dev/null && \
+             openssl ca -config {ca}.cnf -gencrl -keyfile {ca}-int.key -cert {ca}-int.pem -out {ca}-crl.pem 2>/dev/null"
+        ),
+    );
+}
+
+/// Polls (bounded by `deadline`) GETs of `/v1/orders` on fresh connections
+/// as `cert` until whether one answers 200 is `want_ok`; false if never.
+async fn ok_within(
+    addr: std::net::SocketAddr,
+    roots: &str,
+    cert: &ClientCert,
+    deadline: Duration,
+    want_ok: bool,
+) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        let ok = get_once(addr, roots, cert, "/v1/orders")
+            .await
+            .is_ok_and(|r| r.status == 200);
+        if ok == want_ok {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// A client certificate from `ca`'s issuing CA with subject CN `cn` and the
 /// SAN `san` (`URI:...` or `DNS:...`); `dir/<leaf>.pem` is leaf + issuing
 /// CA, with its key, and a PKCS#12 of both with its password file.
@@ -143,18 +194,8 @@ async fn a_partners_own_ca_speaks_for_that_partner_and_that_name_only() {
     );
     // The bank's CA signing the name globex's (telco) configuration expects.
     make_leaf(&dir, "bank", "cross", "globex-client", "DNS:globex.example");
+    trust_bank_by_uri(&h, &dir, "acme", acme_uri);
     let s = |p: PathBuf| p.to_string_lossy().into_owned();
-    h.ok(&[
-        "partner",
-        "trust",
-        "acme",
-        "--ca",
-        &s(dir.join("bank-root.pem")),
-        "--match-san-uri",
-        acme_uri,
-        "--crl",
-        &s(dir.join("bank-crl.pem")),
-    ]);
     h.ok(&[
         "partner",
         "trust",
@@ -302,20 +343,7 @@ async fn a_partners_own_ca_speaks_for_that_partner_and_that_name_only() {
     trust_with_pin(&"ab".repeat(32));
     let acme1 = client(&dir, "acme1");
     let refused_within = |deadline: Duration, expect_ok: bool| {
-        let (addr, roots, acme1) = (broker.addr, roots.clone(), acme1.clone());
-        async move {
-            let start = Instant::now();
-            while start.elapsed() < deadline {
-                let ok = get_once(addr, &roots, &acme1, "/v1/orders")
-                    .await
-                    .is_ok_and(|r| r.status == 200);
-                if ok == expect_ok {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            false
-        }
+        ok_within(broker.addr, &roots, &acme1, deadline, expect_ok)
     };
     assert!(
         refused_within(Duration::from_secs(3), false).await,
@@ -332,11 +360,7 @@ async fn a_partners_own_ca_speaks_for_that_partner_and_that_name_only() {
         .await
         .unwrap();
     assert_eq!(open.get("/v1/orders").await.unwrap().status, 200);
-    bash(
-        &dir,
-        "openssl ca -config bank.cnf -revoke acme1-leaf.pem -keyfile bank-int.key -cert bank-int.pem 2>/dev/null && \
-         openssl ca -config bank.cnf -gencrl -keyfile bank-int.key -cert bank-int.pem -out bank-crl.pem 2>/dev/null",
-    );
+    revoke(&dir, "bank", "acme1");
     let changed = Instant::now();
     let mut status = 200;
     while changed.elapsed() < Duration::from_secs(3) {
@@ -409,33 +433,9 @@ async fn an_own_ca_trusted_while_running_is_in_force_and_its_crl_is_watched() {
     let r = get_once(broker.addr, &roots, &acme1, "/v1/orders").await;
     assert!(r.is_err(), "a CA nobody trusts: {r:?}");
 
-    let s = |p: PathBuf| p.to_string_lossy().into_owned();
-    h.ok(&[
-        "partner",
-        "trust",
-        "acme",
-        "--ca",
-        &s(dir.join("bank-root.pem")),
-        "--match-san-uri",
-        acme_uri,
-        "--crl",
-        &s(dir.join("bank-crl.pem")),
-    ]);
+    trust_bank_by_uri(&h, dir, "acme", acme_uri);
     let status_within = |deadline: Duration, want_ok: bool| {
-        let (addr, roots, acme1) = (broker.addr, roots.clone(), acme1.clone());
-        async move {
-            let start = Instant::now();
-            while start.elapsed() < deadline {
-                let ok = get_once(addr, &roots, &acme1, "/v1/orders")
-                    .await
-                    .is_ok_and(|r| r.status == 200);
-                if ok == want_ok {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            false
-        }
+        ok_within(broker.addr, &roots, &acme1, deadline, want_ok)
     };
     assert!(
         status_within(Duration::from_secs(5), true).await,
@@ -453,11 +453,7 @@ async fn an_own_ca_trusted_while_running_is_in_force_and_its_crl_is_watched() {
 
     // Revoked in the CRL of the new folder: refused well before the
     // 10-second safety poll would have looked.
-    bash(
-        dir,
-        "openssl ca -config bank.cnf -revoke acme1-leaf.pem -keyfile bank-int.key -cert bank-int.pem 2>/dev/null && \
-         openssl ca -config bank.cnf -gencrl -keyfile bank-int.key -cert bank-int.pem -out bank-crl.pem 2>/dev/null",
-    );
+    revoke(dir, "bank", "acme1");
     assert!(
         status_within(Duration::from_secs(3), false).await,
         "a revocation in the partner's CRL, kept in a folder named by a reload, did not bite"

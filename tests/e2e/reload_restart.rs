@@ -11,6 +11,7 @@ use crate::common;
 use common::broker::{
     Broker, ClientCert, Conn, TestHome, admin_get, admin_request, home_with_echo,
 };
+use common::pki::server_pki;
 use common::redis_server::RedisServer;
 use common::reload::reload_leaves_pending;
 
@@ -156,28 +157,16 @@ async fn joining_a_fleet_and_moving_its_store_take_effect_at_restart() {
 
     // The store moves: TLS with its own CA, an ACL user with a password
     // file, and another key prefix. All of it waits for the restart.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test redis CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let srv_key = rcgen::KeyPair::generate().unwrap();
-    let srv = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&srv_key, &issuer)
-        .unwrap();
+    let pki = server_pki("test redis CA");
     let Some(second) = RedisServer::start_tls_with(
-        &srv.pem(),
-        &srv_key.serialize_pem(),
+        &pki.cert_pem,
+        &pki.key_pem,
         "default-pass",
         &["--user", "fleet", "on", ">fleet-pass", "~*", "&*", "+@all"],
     ) else {
         return;
     };
-    std::fs::write(h.path().join("certs/redis-ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(h.path().join("certs/redis-ca.pem"), &pki.ca_pem).unwrap();
     std::fs::write(h.path().join("certs/redis.pass"), "fleet-pass\n").unwrap();
     h.edit_config(|doc| {
         let t = &mut doc["cluster"];

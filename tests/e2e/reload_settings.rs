@@ -14,8 +14,9 @@ use tokio::net::TcpStream;
 use crate::common;
 use common::broker::{
     Broker, ClientCert, Conn, TestHome, admin_get, admin_request, client_tls, home_with_echo,
-    start_slow_upstream, tls_connect,
+    stalled_reader, start_slow_upstream, tls_connect,
 };
+use common::mirror::{mirror_totals, mirror_totals_until, mirrored_gets};
 use common::reload::reload_applies;
 use common::upstream::{EchoOptions, start_echo_upstream};
 use common::webhook::Webhook;
@@ -766,19 +767,8 @@ async fn live_upstream_leg_settings_take_effect_on_sighup() {
     // default 30 s.
     h.set_server("write_timeout", "1s");
     reload_applies(&b, &h, "server.write_timeout").await;
-    let mut tls = tls_connect(b.addr, client_tls(&h.ca_pem(), Some(&acme), &[b"http/1.1"]))
-        .await
-        .unwrap();
-    tls.write_all(b"GET /big HTTP/1.1\r\nhost: l\r\n\r\n")
-        .await
-        .unwrap();
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 64 * 1024];
-    while got < 1024 * 1024 {
-        let n = tls.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed early");
-        got += n;
-    }
+    // Kept open (unread) to the end of the test.
+    let _tls = stalled_reader(b.addr, &h.ca_pem(), &acme, "/big").await;
     assert!(writing.load(std::sync::atomic::Ordering::SeqCst));
     let mut released = false;
     for _ in 0..150 {
@@ -1495,7 +1485,7 @@ fn spki_sha256(cert_pem: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_own_ca_settings_take_effect_on_sighup() {
-    use crate::partner_ca::{bash, client, make_ca, make_leaf, openssl_available};
+    use crate::partner_ca::{client, make_ca, make_leaf, openssl_available, revoke};
     if !openssl_available() {
         return;
     }
@@ -1565,11 +1555,7 @@ async fn live_own_ca_settings_take_effect_on_sighup() {
     assert!(ok(&by_dns).await);
 
     // own_ca.crl: a CRL that revokes it, named by a reload, refuses it.
-    bash(
-        dir,
-        "openssl ca -config bank.cnf -revoke by-dns-leaf.pem -keyfile bank-int.key -cert bank-int.pem 2>/dev/null && \
-         openssl ca -config bank.cnf -gencrl -keyfile bank-int.key -cert bank-int.pem -out bank-crl.pem 2>/dev/null",
-    );
+    revoke(dir, "bank", "by-dns");
     assert!(
         ok(&by_dns).await,
         "revoked in a CRL the broker does not read"
@@ -1584,45 +1570,6 @@ async fn get_once_status(addr: std::net::SocketAddr, roots: &str, cert: &ClientC
     common::broker::get_once(addr, roots, cert, "/v1/orders")
         .await
         .map_or(0, |r| r.status.as_u16())
-}
-
-/// The mirror totals of `upstream` in `/status` (`match`, `mismatch`,
-/// `error`, `dropped`), zeros before any.
-async fn mirror_totals(b: &Broker, upstream: &str) -> serde_json::Value {
-    let (_, body) = admin_get(b.admin, "/status").await;
-    let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    s["mirrors"]["upstreams"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|u| u["upstream"] == upstream)
-        .map(|u| u["totals"].clone())
-        .unwrap_or_else(|| serde_json::json!({"match": 0, "mismatch": 0, "error": 0, "dropped": 0}))
-}
-
-/// `n` GETs on `c`; every one must pass.
-async fn mirrored_gets(c: &mut Conn, n: usize) {
-    for i in 0..n {
-        let r = c.get(&format!("/v1/orders/{i}")).await.unwrap();
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
-}
-
-/// Waits (bounded) until `f` holds for the totals; returns them.
-async fn totals_until(
-    b: &Broker,
-    upstream: &str,
-    f: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let mut t = serde_json::Value::Null;
-    for _ in 0..60 {
-        t = mirror_totals(b, upstream).await;
-        if f(&t) {
-            return t;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1679,14 +1626,14 @@ async fn live_mirror_settings_take_effect_on_sighup() {
     });
     reload_applies(&b, &h, &key("")).await;
     mirrored_gets(&mut c, 3).await;
-    let t = totals_until(&b, "orders-legacy", |t| t["match"] == 3).await;
+    let t = mirror_totals_until(b.admin, "orders-legacy", |t| t["match"] == 3).await;
     assert_eq!(t["match"], 3, "{t}");
 
     // mirror.to: the copies go to another candidate (one field differs).
     set("to", "orders-differs".into());
     reload_applies(&b, &h, &key(".to")).await;
     mirrored_gets(&mut c, 3).await;
-    let t = totals_until(&b, "orders-legacy", |t| t["mismatch"] == 3).await;
+    let t = mirror_totals_until(b.admin, "orders-legacy", |t| t["mismatch"] == 3).await;
     assert_eq!(t["mismatch"], 3, "{t}");
     assert_eq!(same.requests().len(), 3);
     assert_eq!(differs.requests().len(), 3);
@@ -1712,11 +1659,11 @@ async fn live_mirror_settings_take_effect_on_sighup() {
     pointers.push("/total");
     set("ignore_json", pointers.into());
     reload_applies(&b, &h, &key(".ignore_json")).await;
-    let matched = mirror_totals(&b, "orders-legacy").await["match"]
+    let matched = mirror_totals(b.admin, "orders-legacy").await["match"]
         .as_u64()
         .unwrap_or(0);
     mirrored_gets(&mut c, 3).await;
-    let t = totals_until(&b, "orders-legacy", |t| {
+    let t = mirror_totals_until(b.admin, "orders-legacy", |t| {
         t["match"].as_u64() == Some(matched + 3)
     })
     .await;
@@ -1807,23 +1754,26 @@ async fn live_mirror_settings_take_effect_on_sighup() {
     // and counted as an error under 200 ms.
     set_all(vec![("to", "orders-slow".into()), ("timeout", "4s".into())]);
     reload_applies(&b, &h, &key(".timeout")).await;
-    let t0 = mirror_totals(&b, "orders-legacy").await;
+    let t0 = mirror_totals(b.admin, "orders-legacy").await;
     mirrored_gets(&mut c, 1).await;
-    let t = totals_until(&b, "orders-legacy", |t| t["mismatch"] != t0["mismatch"]).await;
+    let t = mirror_totals_until(b.admin, "orders-legacy", |t| {
+        t["mismatch"] != t0["mismatch"]
+    })
+    .await;
     assert_eq!(t["error"], t0["error"], "{t}");
     set("timeout", "200ms".into());
     reload_applies(&b, &h, &key(".timeout")).await;
     mirrored_gets(&mut c, 1).await;
-    let t = totals_until(&b, "orders-legacy", |t| t["error"] != t0["error"]).await;
+    let t = mirror_totals_until(b.admin, "orders-legacy", |t| t["error"] != t0["error"]).await;
     assert_ne!(t["error"], t0["error"], "{t}");
 
     // mirror.max_in_flight = 1: with one copy held by the slow candidate,
     // the next ones are dropped.
     set_all(vec![("timeout", "4s".into()), ("max_in_flight", 1.into())]);
     reload_applies(&b, &h, &key(".max_in_flight")).await;
-    let t0 = mirror_totals(&b, "orders-legacy").await;
+    let t0 = mirror_totals(b.admin, "orders-legacy").await;
     mirrored_gets(&mut c, 3).await;
-    let t = totals_until(&b, "orders-legacy", |t| t["dropped"] != t0["dropped"]).await;
+    let t = mirror_totals_until(b.admin, "orders-legacy", |t| t["dropped"] != t0["dropped"]).await;
     assert!(
         t["dropped"].as_u64() >= t0["dropped"].as_u64().map(|d| d + 1),
         "{t0} -> {t}"

@@ -13,9 +13,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::broker::{
-    BIN, Broker, Conn, TestHome, client_tls, home_with_echo, start_endless_upstream, tls_connect,
+    BIN, Broker, Conn, TestHome, client_tls, home_with_echo, stalled_reader,
+    start_endless_upstream, tls_connect,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// (soft, hard) "Max open files" of a running process.
@@ -124,23 +125,8 @@ async fn a_partner_that_stops_reading_does_not_pin_the_upstream_connection() {
     h.set_server("idle_timeout", "2s");
     let acme = h.issue("acme");
     let broker = h.start();
-    let mut tls = tls_connect(
-        broker.addr,
-        client_tls(&h.ca_pem(), Some(&acme), &[b"http/1.1"]),
-    )
-    .await
-    .unwrap();
-    tls.write_all(b"GET /big HTTP/1.1\r\nhost: l\r\n\r\n")
-        .await
-        .unwrap();
     // Read the head and some body, then stop reading (the connection stays open).
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 64 * 1024];
-    while got < 1024 * 1024 {
-        let n = tls.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed early");
-        got += n;
-    }
+    let mut tls = stalled_reader(broker.addr, &h.ca_pem(), &acme, "/big").await;
     assert!(
         writing.load(Ordering::SeqCst),
         "the upstream is not streaming"
@@ -174,6 +160,7 @@ async fn a_partner_that_stops_reading_does_not_pin_the_upstream_connection() {
     // read, it ends (the body is gone); unread, it is cut after the idle
     // and write timeouts. Bounded by time: the buffers may hold megabytes.
     let mut closed = false;
+    let mut buf = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_millis(100), tls.read(&mut buf)).await {

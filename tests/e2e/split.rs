@@ -12,30 +12,18 @@ use crate::common::home::TestHome;
 use crate::common::pool_backend::PoolBackend;
 use crate::common::reload::reload_applies;
 
-/// Appends TOML to `gatehouse.toml`.
-fn append_config(h: &TestHome, text: &str) {
-    let path = h.path().join("gatehouse.toml");
-    let mut all = std::fs::read_to_string(&path).unwrap();
-    all.push('\n');
-    all.push_str(text);
-    std::fs::write(&path, all).unwrap();
-}
-
 /// Two pools, `orders-legacy` and `orders-v2` (each answering its name),
 /// and `orders`, a split of them with the given weights.
 fn legacy_and_v2(h: &TestHome, legacy: &PoolBackend, v2: &PoolBackend, weights: (u32, u32)) {
-    append_config(
-        h,
-        &format!(
-            "[upstreams.orders-legacy]\nurl = \"{}\"\nsigned_identity = false\n\n\
+    h.append_config(&format!(
+        "[upstreams.orders-legacy]\nurl = \"{}\"\nsigned_identity = false\n\n\
              [upstreams.orders-v2]\nurl = \"{}\"\nsigned_identity = false\n\n\
              [upstreams.orders]\nsplit = {{ orders-legacy = {}, orders-v2 = {} }}\n",
-            legacy.url(),
-            v2.url(),
-            weights.0,
-            weights.1
-        ),
-    );
+        legacy.url(),
+        v2.url(),
+        weights.0,
+        weights.1
+    ));
 }
 
 fn set_weights(h: &TestHome, legacy: i64, v2: i64) {
@@ -206,8 +194,7 @@ async fn a_pinned_partner_always_reaches_its_side_and_a_pin_applies_on_reload() 
 #[test]
 fn check_explains_a_split_or_pin_written_wrong() {
     let h = TestHome::new();
-    append_config(
-        &h,
+    h.append_config(
         "[upstreams.legacy]\nurl = \"http://127.0.0.1:1\"\n\n\
          [upstreams.v2]\nurl = \"http://127.0.0.1:2\"\n\n\
          [upstreams.orders]\nsplit = { legacy = 90, v2 = 10 }\n\n\
@@ -235,8 +222,7 @@ fn check_explains_a_split_or_pin_written_wrong() {
 
     // A pin on a pool, and a pin to a side the split does not have.
     let h = TestHome::new();
-    append_config(
-        &h,
+    h.append_config(
         "[upstreams.legacy]\nurl = \"http://127.0.0.1:1\"\n\n\
          [upstreams.v2]\nurl = \"http://127.0.0.1:2\"\n\n\
          [upstreams.orders]\nsplit = { legacy = 90, v2 = 10 }\n",

@@ -5,15 +5,12 @@
 //! handed over when the body ends, or given up when it fails or is dropped
 //! early.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
-use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
 use crate::upstream::UpstreamBody;
+use crate::watched_body::{BodyWatcher, WatchedBody};
 
 /// Bytes of a body kept for the comparison (live and candidate alike);
 /// past it the bodies are not compared (status and headers still are).
@@ -31,7 +28,7 @@ pub struct Captured {
 
 /// Where the live answer goes when its body has ended.
 pub struct Tap {
-    tx: Option<oneshot::Sender<Captured>>,
+    tx: oneshot::Sender<Captured>,
     status: u16,
     headers: HeaderMap,
     buf: BytesMut,
@@ -48,14 +45,16 @@ impl Tap {
         keep_body: bool,
     ) -> Tap {
         Tap {
-            tx: Some(tx),
+            tx,
             status,
             headers,
             buf: BytesMut::new(),
             over: !keep_body,
         }
     }
+}
 
+impl BodyWatcher for Tap {
     fn data(&mut self, data: &Bytes) {
         if self.over {
             return;
@@ -68,82 +67,32 @@ impl Tap {
         }
     }
 
-    fn done(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Captured {
+    /// Hands the capture over when the body is whole; a failed or
+    /// abandoned body is no answer to compare, and the capture goes.
+    fn ended(self, complete: bool) {
+        if complete {
+            let _ = self.tx.send(Captured {
                 status: self.status,
-                headers: std::mem::take(&mut self.headers),
-                body: std::mem::take(&mut self.buf).freeze(),
+                headers: self.headers,
+                body: self.buf.freeze(),
                 body_whole: !self.over,
             });
         }
     }
 }
 
-/// The upstream's response body on its way to the partner (see the module doc).
-pub struct LiveBody {
-    inner: UpstreamBody,
-    /// Boxed: most responses have none, and they pass by value.
-    tap: Option<Box<Tap>>,
-}
+/// The upstream's response body on its way to the partner (see the module
+/// doc). The tap is boxed: most responses have none, and they pass by value.
+pub type LiveBody = WatchedBody<UpstreamBody, Box<Tap>>;
 
-impl LiveBody {
+impl WatchedBody<UpstreamBody, Box<Tap>> {
     /// The body without a tap.
     pub fn plain(inner: UpstreamBody) -> LiveBody {
-        LiveBody { inner, tap: None }
+        WatchedBody::new(inner, None)
     }
 
     /// The body with `tap` keeping a copy.
     pub fn tapped(inner: UpstreamBody, tap: Tap) -> LiveBody {
-        LiveBody {
-            inner,
-            tap: Some(Box::new(tap)),
-        }
-    }
-}
-
-impl Body for LiveBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Some(tap) = self.tap.as_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(d) = frame.data_ref() {
-                        tap.data(d);
-                    }
-                }
-                Poll::Ready(None) => tap.done(),
-                // A failed body is no answer to compare: the tap goes.
-                Poll::Ready(Some(Err(_))) => self.tap = None,
-                Poll::Pending => {}
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for LiveBody {
-    fn drop(&mut self) {
-        // A body read to its length (or empty) may be dropped without its
-        // end being polled; one dropped early gives its capture up.
-        if let Some(tap) = self.tap.as_mut()
-            && self.inner.is_end_stream()
-        {
-            tap.done();
-        }
+        WatchedBody::new(inner, Some(Box::new(tap)))
     }
 }

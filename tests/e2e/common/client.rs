@@ -71,6 +71,31 @@ pub async fn tls_connect(
     }
 }
 
+/// A partner that stops reading: connects as `cert`, sends `GET path`
+/// (HTTP/1.1), reads 1 MiB of the answer (its head and the start of its
+/// body), then reads no more; the connection is returned, still open.
+pub async fn stalled_reader(
+    addr: SocketAddr,
+    ca_pem: &str,
+    cert: &ClientCert,
+    path: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tls = tls_connect(addr, client_tls(ca_pem, Some(cert), &[b"http/1.1"]))
+        .await
+        .unwrap();
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nhost: l\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < 1024 * 1024 {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early");
+        got += n;
+    }
+    tls
+}
+
 /// The DER of the leaf certificate the broker presents in a fresh handshake.
 pub async fn server_leaf(addr: SocketAddr, ca_pem: &str, cert: &ClientCert) -> Vec<u8> {
     let tls = tls_connect(addr, client_tls(ca_pem, Some(cert), &[b"http/1.1"]))

@@ -71,6 +71,15 @@ impl TestHome {
         });
     }
 
+    /// Appends TOML text to gatehouse.toml.
+    pub fn append_config(&self, text: &str) {
+        let path = self.path().join("gatehouse.toml");
+        let mut all = std::fs::read_to_string(&path).unwrap();
+        all.push('\n');
+        all.push_str(text);
+        std::fs::write(&path, all).unwrap();
+    }
+
     /// Edits gatehouse.toml.
     pub fn edit_config(&self, f: impl FnOnce(&mut toml_edit::DocumentMut)) {
         let p = self.path().join("gatehouse.toml");

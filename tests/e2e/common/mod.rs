@@ -3,11 +3,13 @@
 //! `stacks` runs the real client stacks (curl, Python, Node, Java, Go);
 //! `tools` finds the other external tools a test drives (promtool, ...);
 //! `faultfs` puts a folder on LazyFS or a small tmpfs (power cuts, full disks);
+//! `mirror` reads a broker's mirror totals;
 //! `reload` sends SIGHUP and reads what the reload said; `webhook` receives alerts.
 pub mod broker;
 pub mod client;
 pub mod faultfs;
 pub mod home;
+pub mod mirror;
 pub mod pki;
 pub mod pool_backend;
 pub mod process;

@@ -1,5 +1,6 @@
 //! Certificates `gatehouse cert issue` would never make: minted with rcgen
-//! under the home's CA or a foreign CA, and PEM helpers.
+//! under the home's CA or a foreign CA, a server certificate for another
+//! service (with its own CA), and PEM helpers.
 
 use std::path::Path;
 
@@ -68,4 +69,35 @@ pub fn foreign_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
         .push(rcgen::DnType::CommonName, "rogue CA");
     let cert = p.self_signed(&key).unwrap();
     (rcgen::Issuer::new(p, key), cert.pem())
+}
+
+/// A server certificate for 127.0.0.1 and localhost, with the CA that
+/// signed it: for services the broker connects to (a TLS Redis).
+pub struct ServerPki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A fresh CA named `ca_name` and a server certificate under it.
+pub fn server_pki(ca_name: &str) -> ServerPki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+    ServerPki {
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
 }
