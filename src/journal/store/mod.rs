@@ -224,7 +224,7 @@ impl Store {
     }
 
     /// Opens an existing database for reading only (`log query`, `export`,
-    /// `verify`, `tail`, `status` on a stopped broker): sled opens its file
+    /// `verify`, `tail` on a stopped broker): sled opens its file
     /// without write access and writes nothing — no snapshot, no zeroing of
     /// its log's free space (`sled_config::read_only`) — so the open costs
     /// reads alone, and every write through this handle fails. Still one

@@ -1,5 +1,5 @@
 //! A read-only open (`Store::open_read_only`, what `log query`, `export`,
-//! `verify`, `tail` and `status` use on a stopped broker) reads everything
+//! `verify` and `tail` use on a stopped broker) reads everything
 //! a read-write open reads, changes no byte of sled's folder, refuses every
 //! write, and leaves the database to the next read-write open as it was.
 
