@@ -1,6 +1,7 @@
 //! A node's life in the fleet: the heartbeat (every second: its key with a
-//! TTL, its per-partner request counts added to the fleet's per-minute and
-//! per-day counts, the live-node count read back), the fleet-wide anomaly
+//! TTL, its per-partner request counts added to the fleet's per-minute
+//! and per-day counts once (a batch sent again after a lost answer is not
+//! added twice), the live-node count read back), the fleet-wide anomaly
 //! baseline (the other nodes' share of each partner's minute is fed to
 //! this node's detector, so a spike spread over the fleet is judged
 //! against the partner's whole traffic), and the alert gate (an anomaly
@@ -51,13 +52,6 @@ impl Counts {
 
     fn take(&self) -> HashMap<String, u64> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn put_back(&self, taken: HashMap<String, u64>) {
-        let mut m = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        for (p, n) in taken {
-            *m.entry(p).or_default() += n;
-        }
     }
 }
 
@@ -137,9 +131,40 @@ struct MinuteBook {
     fed: HashMap<String, u64>,
 }
 
+/// This node's counts on their way to the store, under one id until the
+/// store has answered: a beat whose answer was lost (a timeout after Redis
+/// ran it) sends the same batch again, and the store adds it only once.
+struct Batch {
+    id: String,
+    minute: i64,
+    day: i64,
+    counts: HashMap<String, u64>,
+}
+
+/// How long the store remembers a batch id (far longer than any retry).
+const BATCH_ID_TTL_SECS: u64 = 600;
+
+/// Adds a batch of per-partner counts to the minute's and the day's
+/// hashes, once per batch id. KEYS: the batch id key, the minute hash, the
+/// day hash. ARGV: the id's TTL, then partner, count pairs.
+const ADD_BATCH: &str = r#"
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  for i = 2, #ARGV, 2 do
+    redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+    redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
+  end
+  redis.call('EXPIRE', KEYS[2], 180)
+  redis.call('EXPIRE', KEYS[3], 259200)
+  return 1
+end
+return 0
+"#;
+
 /// Beats every second (probes every 250 ms while the store is down).
 pub async fn heartbeat(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
     let mut book = MinuteBook::default();
+    let mut in_flight: Option<Batch> = None;
+    let batch_ids = BatchIds::new(&fleet.node);
     loop {
         let pause = if fleet.store_up() { BEAT } else { PROBE };
         tokio::select! {
@@ -160,15 +185,43 @@ pub async fn heartbeat(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
                 _ => continue,
             }
         }
-        match beat(&fleet, &mut book).await {
+        match beat(&fleet, &mut book, &mut in_flight, &batch_ids).await {
             Ok(()) => fleet.store_answered(),
             Err(e) => fleet.store_failed(&e.to_string()),
         }
     }
 }
 
+/// Batch ids unique to this process: the node's id, the process's start
+/// and a sequence.
+struct BatchIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl BatchIds {
+    fn new(node: &str) -> BatchIds {
+        BatchIds {
+            prefix: format!("{node}:{:x}", rand::random::<u64>()),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+    fn next(&self) -> String {
+        format!(
+            "{}:{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
 /// One beat: heartbeat key, counts in, fleet counts and live nodes out.
-async fn beat(fleet: &Fleet, book: &mut MinuteBook) -> Result<(), StoreError> {
+async fn beat(
+    fleet: &Fleet,
+    book: &mut MinuteBook,
+    in_flight: &mut Option<Batch>,
+    ids: &BatchIds,
+) -> Result<(), StoreError> {
     let Some(mut conn) = fleet.connection() else {
         return Err(StoreError::NotConnected);
     };
@@ -181,7 +234,19 @@ async fn beat(fleet: &Fleet, book: &mut MinuteBook) -> Result<(), StoreError> {
             ..Default::default()
         };
     }
-    let counts = fleet.counts.take();
+    // The batch whose answer was lost goes again, as it was; new counts
+    // wait for the next beat.
+    if in_flight.is_none() {
+        let counts = fleet.counts.take();
+        if !counts.is_empty() {
+            *in_flight = Some(Batch {
+                id: ids.next(),
+                minute,
+                day,
+                counts,
+            });
+        }
+    }
     let keys = &fleet.keys;
     let mut pipe = redis::pipe();
     pipe.cmd("SET")
@@ -190,27 +255,19 @@ async fn beat(fleet: &Fleet, book: &mut MinuteBook) -> Result<(), StoreError> {
         .arg("EX")
         .arg(HEARTBEAT_TTL_SECS)
         .ignore();
-    for (p, n) in &counts {
-        pipe.cmd("HINCRBY")
-            .arg(keys.minute(minute))
-            .arg(p)
-            .arg(*n)
-            .ignore();
-        pipe.cmd("HINCRBY")
-            .arg(keys.day(day))
-            .arg(p)
-            .arg(*n)
-            .ignore();
-    }
-    if !counts.is_empty() {
-        pipe.cmd("EXPIRE")
-            .arg(keys.minute(minute))
-            .arg(180)
-            .ignore();
-        pipe.cmd("EXPIRE")
-            .arg(keys.day(day))
-            .arg(3 * 86_400)
-            .ignore();
+    if let Some(batch) = in_flight.as_ref() {
+        // EVAL in the beat's pipeline: the script is small, sent whole.
+        pipe.cmd("EVAL")
+            .arg(ADD_BATCH)
+            .arg(3)
+            .arg(keys.batch(&batch.id))
+            .arg(keys.minute(batch.minute))
+            .arg(keys.day(batch.day))
+            .arg(BATCH_ID_TTL_SECS);
+        for (p, n) in &batch.counts {
+            pipe.arg(p).arg(*n);
+        }
+        pipe.ignore();
     }
     pipe.cmd("HGETALL").arg(keys.minute(minute));
     pipe.cmd("GET").arg(keys.generation());
@@ -218,20 +275,20 @@ async fn beat(fleet: &Fleet, book: &mut MinuteBook) -> Result<(), StoreError> {
     let (fleet_minute, generation) =
         match tokio::time::timeout(fleet.store_timeout() * 4, query).await {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                fleet.counts.put_back(counts);
-                return Err(e.into());
-            }
+            Ok(Err(e)) => return Err(e.into()),
             Err(_) => {
-                fleet.counts.put_back(counts);
                 return Err(StoreError::NoAnswer {
                     what: "heartbeat",
                     within: fleet.store_timeout() * 4,
                 });
             }
         };
-    for (p, n) in counts {
-        *book.own.entry(p).or_default() += n;
+    if let Some(batch) = in_flight.take()
+        && batch.minute == minute
+    {
+        for (p, n) in batch.counts {
+            *book.own.entry(p).or_default() += n;
+        }
     }
     // A generation announced while this node was not listening.
     if let Some(g) = generation

@@ -137,6 +137,10 @@ impl Keys {
     pub fn node(&self, id: &str) -> String {
         format!("{}:node:{id}", self.prefix)
     }
+    /// A batch of a node's counts already added (its id, for a while).
+    pub fn batch(&self, id: &str) -> String {
+        format!("{}:batch:{id}", self.prefix)
+    }
     pub fn node_pattern(&self) -> String {
         format!("{}:node:*", self.prefix)
     }

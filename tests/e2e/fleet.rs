@@ -640,3 +640,52 @@ async fn fleet_on_store_failure_changed_by_reload_denies_on_every_node() {
         assert!(body.contains("limit_store_unavailable"), "{body}");
     }
 }
+
+/// A beat whose answer is lost (the store stalls past the node's timeout,
+/// then runs what it was sent) is sent again, and the fleet's counts add it
+/// once: the day's count is the number of calls made, not twice it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_counts_a_beat_sent_again_after_a_lost_answer_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (h, _up, acme) = home_with_echo(&[ROUTE]).await;
+    h.set_cluster(&redis.url(), Some("local"));
+    let n1 = node(h.path(), "n1");
+    let mut conn = open(&n1, &h, &acme).await;
+    assert_eq!(status(&mut conn).await, 200);
+    let mut view = serde_json::Value::Null;
+    for _ in 0..50 {
+        view = fleet_view(&h);
+        if view["partners"]["acme"]["today"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(view["partners"]["acme"]["today"], 1, "{view}");
+
+    // The store stalls for 3 s: the next beat, carrying these five calls,
+    // gets no answer within the node's 1 s and is sent again later; the
+    // store runs both once it resumes.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .query(&mut redis.conn())
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(status(&mut conn).await, 200, "{}", n1.log());
+    }
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for _ in 0..50 {
+        view = fleet_view(&h);
+        if view["partners"]["acme"]["today"] != 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A few more beats: nothing is added twice.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let view = fleet_view(&h);
+    assert_eq!(view["partners"]["acme"]["today"], 6, "{view}\n{}", n1.log());
+}

@@ -132,7 +132,9 @@ async fn kill_dash_nine_loses_no_exchange_a_partner_saw_complete() {
     let mut broker = h.start();
     let ca = h.ca_pem();
     let completed = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stop_at = Instant::now() + Duration::from_millis(1500);
+    let started = Instant::now();
+    // The writers' own bound; the kill comes long before it.
+    let give_up_at = started + Duration::from_secs(40);
     let mut tasks = Vec::new();
     for w in 0..8 {
         let (ca, acme, completed) = (ca.clone(), acme.clone(), completed.clone());
@@ -151,13 +153,19 @@ async fn kill_dash_nine_loses_no_exchange_a_partner_saw_complete() {
                     }
                     _ => return,
                 }
-                if Instant::now() > stop_at + Duration::from_secs(10) {
+                if Instant::now() > give_up_at {
                     return;
                 }
             }
         }));
     }
-    tokio::time::sleep_until(stop_at.into()).await;
+    // Killed mid-load: after at least 1.5 s and 60 completed calls
+    // (however slow the machine), bounded at 20 s.
+    while (started.elapsed() < Duration::from_millis(1500) || completed.lock().await.len() < 60)
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     broker.signal("KILL");
     assert!(broker.wait_exit(5).is_some());
     for t in tasks {

@@ -331,7 +331,7 @@ async fn max_in_flight_caps_what_the_backend_sees_queues_the_rest_and_refuses_ov
     let h = TestHome::new();
     let dir = h.path().join("backends");
     std::fs::create_dir_all(&dir).unwrap();
-    let slow = PoolBackend::start(&dir, "slow", "sleep:1000");
+    let slow = PoolBackend::start(&dir, "slow", "sleep:2000");
     add_pool(
         &h,
         "legacy",
@@ -341,14 +341,44 @@ async fn max_in_flight_caps_what_the_backend_sees_queues_the_rest_and_refuses_ov
     h.add_partner("acme", &["GET /v1 -> legacy"]);
     let acme = h.issue("acme");
     let broker = h.start();
-    let mut tasks = Vec::new();
-    for i in 0..14 {
+    let spawn = |tasks: &mut Vec<_>| {
         let (addr, ca, cert) = (broker.addr, h.ca_pem(), acme.clone());
         tasks.push(tokio::spawn(async move {
-            // Stagger a little so that the first ten are in before the overflow.
-            tokio::time::sleep(Duration::from_millis(if i < 10 { 0 } else { 600 })).await;
             get_once(addr, &ca, &cert, "/v1/x").await
         }));
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        spawn(&mut tasks);
+    }
+    // The overflow is sent once the broker holds five in flight and five
+    // queued (its own gauges), however slowly the first ten got in.
+    let mut gauges = String::new();
+    let mut held = false;
+    for _ in 0..250 {
+        let (_, metrics) = admin_get(broker.admin, "/metrics").await;
+        gauges = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("gatehouse_upstream_in_flight{")
+                    || l.starts_with("gatehouse_upstream_queue_depth{")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        if gauges
+            .lines()
+            .filter(|l| l.contains("legacy"))
+            .all(|l| l.ends_with(" 5"))
+            && gauges.lines().filter(|l| l.contains("legacy")).count() == 2
+        {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(held, "five in flight and five queued: {gauges}");
+    for _ in 0..4 {
+        spawn(&mut tasks);
     }
     let mut ok = 0;
     let mut saturated = 0;

@@ -96,14 +96,22 @@ fn relaxed_mode_flushes_on_schedule_under_continuous_load() {
     s.flush_interval = Duration::from_millis(20);
     let j = Journal::open(&home, &s).unwrap();
     let rt = rt();
+    // Records never stop coming; flushes must still happen on the clock
+    // (bounded: 10 s, enough on a loaded machine, where one flush can take
+    // far longer than the 20 ms interval).
     let t0 = std::time::Instant::now();
     let mut i = 0;
-    while t0.elapsed() < Duration::from_millis(600) {
+    while j.stats().flushes < 5 && t0.elapsed() < Duration::from_secs(10) {
         rt.block_on(j.record(ev(i))).unwrap();
         i += 1;
     }
     let st = j.stats();
-    assert!(st.flushes >= 5, "{} flushes in 600 ms of load", st.flushes);
+    assert!(
+        st.flushes >= 5,
+        "{} flushes in {:?} of continuous load ({i} records)",
+        st.flushes,
+        t0.elapsed()
+    );
     assert!(st.durable_seq > 0);
 }
 
