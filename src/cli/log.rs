@@ -191,7 +191,10 @@ fn run_request(
     {
         return follow_direct(home, after_seq, on_reply);
     }
-    let store = Store::open_existing(&home.journal_db())?;
+    let store = match req {
+        Request::Prune { .. } => Store::open_existing(&home.journal_db())?,
+        _ => Store::open_read_only(&home.journal_db())?,
+    };
     let verifier = Verifier::load(&home.journal_pub())?;
     let signer = match req {
         Request::Prune { .. } => Some(Signer::load(&home.journal_key())?),

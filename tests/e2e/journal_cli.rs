@@ -192,15 +192,39 @@ fn a_journal_of_the_older_layout_is_migrated_and_reads_verify_and_export_as_befo
     assert!(v.starts_with("ok:") && v.contains("41"), "{v}");
 }
 
+/// Every file in the journal's sled folder: name → bytes.
+fn sled_files(home: &Home) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(home.journal_db())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn log_commands_work_on_a_stopped_broker() {
     let (_d, home) = init_home();
     let j = fill_journal(&home);
     j.shutdown().unwrap();
     drop(j);
+    // The reading commands open the database read-only: not one byte of
+    // sled's folder changes (a read-write open writes a snapshot and
+    // zeroes sled's free log space).
+    let files_before = sled_files(&home);
     check_reads(&home);
     let export = json_lines(&ok_in(home.root(), &["log", "export", "--format", "jsonl"]));
     assert_eq!(export.last().unwrap()["kind"], "shutdown");
+    ok_in(home.root(), &["log", "verify"]);
+    assert!(
+        sled_files(&home) == files_before,
+        "a reading log command changed the journal's files"
+    );
 
     // Prune, then verify still passes.
     let before = gatehouse::journal::fmt_time_ms(T0 + 20_000);

@@ -22,11 +22,16 @@ const OLD_INDEX: &str = "by_partner";
 /// Records migrated per slice (one flush each).
 const SLICE: usize = 4096;
 
+/// Whether `db` holds the older layout (a `records` tree) to convert.
+pub(super) fn needed(db: &sled::Db) -> bool {
+    db.tree_names()
+        .iter()
+        .any(|x| x.as_ref() == OLD_RECORDS.as_bytes())
+}
+
 /// Migrates the `records` tree, if there is one; a no-op otherwise.
 pub(super) fn from_records_layout(t: &Trees) -> Result<(), JournalError> {
-    let names = t.db.tree_names();
-    let has = |n: &str| names.iter().any(|x| x.as_ref() == n.as_bytes());
-    if !has(OLD_RECORDS) {
+    if !needed(&t.db) {
         return Ok(());
     }
     let old = t.db.open_tree(OLD_RECORDS)?;
@@ -95,7 +100,11 @@ pub(super) fn from_records_layout(t: &Trees) -> Result<(), JournalError> {
         }
     }
     t.db.drop_tree(OLD_RECORDS)?;
-    if has(OLD_INDEX) {
+    if t.db
+        .tree_names()
+        .iter()
+        .any(|x| x.as_ref() == OLD_INDEX.as_bytes())
+    {
         t.db.drop_tree(OLD_INDEX)?;
     }
     t.db.flush()?;

@@ -84,6 +84,26 @@ fn corrupt(seq: u64, message: impl Into<String>) -> JournalError {
     }
 }
 
+/// Opens sled with `config` at `path`. sled releases its file lock from a
+/// background thread a moment after the last handle is dropped, so a lock
+/// held by a just-closed handle is waited for (up to about five seconds,
+/// for a loaded machine) before `Locked` is reported.
+fn open_locked(path: &Path, config: impl Fn() -> sled::Config) -> Result<sled::Db, JournalError> {
+    let mut tries = 0;
+    loop {
+        match config().open() {
+            Ok(db) => return Ok(db),
+            Err(e) => match JournalError::open(path, e) {
+                JournalError::Locked { .. } if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => return Err(other),
+            },
+        }
+    }
+}
+
 /// The plain form of the stored segment keyed `first` (decompressed if
 /// need be); a damaged value is a `Corrupt` error at `first`.
 fn plain(first: u64, v: &[u8]) -> Result<segment::Plain<'_>, JournalError> {
@@ -91,32 +111,23 @@ fn plain(first: u64, v: &[u8]) -> Result<segment::Plain<'_>, JournalError> {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path`.
-    ///
-    /// sled releases its file lock from a background thread a moment after
-    /// the last handle is dropped, so a lock held by a just-closed handle
-    /// is waited for (up to about five seconds, for a loaded machine) before `Locked` is reported.
+    /// Opens (or creates) the database at `path` for reading and writing
+    /// (a lock just released by a closed handle is waited for, see
+    /// `open_locked`).
     pub fn open(path: &Path) -> Result<Store, JournalError> {
-        let mut tries = 0;
         let mut cleaned = false;
         let db = loop {
-            match sled_config::config(path).open() {
+            match open_locked(path, || sled_config::config(path)) {
                 Ok(db) => break db,
-                Err(e) => match JournalError::open(path, e) {
-                    JournalError::Locked { .. } if tries < 100 => {
-                        tries += 1;
-                        std::thread::sleep(std::time::Duration::from_millis(50));
-                    }
-                    // Not locked, so no other process has it open: remove
-                    // what a failed write (a full disk) may have left in
-                    // sled's folder and try once more (see `space`).
-                    JournalError::Open { .. }
-                        if !cleaned && !super::space::remove_sled_leftovers(path).is_empty() =>
-                    {
-                        cleaned = true;
-                    }
-                    other => return Err(other),
-                },
+                // Not locked, so no other process has it open: remove
+                // what a failed write (a full disk) may have left in
+                // sled's folder and try once more (see `space`).
+                Err(JournalError::Open { .. })
+                    if !cleaned && !super::space::remove_sled_leftovers(path).is_empty() =>
+                {
+                    cleaned = true;
+                }
+                Err(other) => return Err(other),
             }
         };
         let tree = |name: &str| db.open_tree(name).map_err(JournalError::from);
@@ -203,12 +214,53 @@ impl Store {
         Ok(())
     }
 
-    /// Opens an existing database for reading; refuses to create one.
+    /// Opens an existing database for reading and writing; refuses to
+    /// create one.
     pub fn open_existing(path: &Path) -> Result<Store, JournalError> {
         if !path.join("db").exists() && !path.join("conf").exists() {
             return Err(JournalError::NoJournal(path.to_path_buf()));
         }
         Store::open(path)
+    }
+
+    /// Opens an existing database for reading only (`log query`, `export`,
+    /// `verify`, `tail` on a stopped broker): sled opens its file
+    /// without write access and writes nothing — no snapshot, no zeroing of
+    /// its log's free space (`sled_config::read_only`) — so the open costs
+    /// reads alone, and every write through this handle fails. Still one
+    /// process at a time (sled's lock). A database that needs writing
+    /// before it can be read (the older layout to convert, a tree to
+    /// create) is opened read-write instead, as is one sled refuses to open
+    /// read-only for any reason other than the lock.
+    pub fn open_read_only(path: &Path) -> Result<Store, JournalError> {
+        if !path.join("db").exists() && !path.join("conf").exists() {
+            return Err(JournalError::NoJournal(path.to_path_buf()));
+        }
+        let db = match open_locked(path, || sled_config::read_only(path)) {
+            Ok(db) => db,
+            Err(e @ JournalError::Locked { .. }) => return Err(e),
+            Err(_) => return Store::open(path),
+        };
+        let names = db.tree_names();
+        let all_there = [SEGMENTS, PARTNER_INDEX, "checkpoints", "meta"]
+            .iter()
+            .all(|n| names.iter().any(|x| x.as_ref() == n.as_bytes()));
+        if !all_there || migrate::needed(&db) {
+            drop(db);
+            return Store::open(path);
+        }
+        let tree = |name: &str| db.open_tree(name).map_err(JournalError::from);
+        let trees = Trees {
+            segments: tree(SEGMENTS)?,
+            index: tree(PARTNER_INDEX)?,
+            checkpoints: tree("checkpoints")?,
+            meta: tree("meta")?,
+            db,
+        };
+        Ok(Store {
+            path: path.to_path_buf(),
+            trees: Arc::new(RwLock::new(Some(Arc::new(trees)))),
+        })
     }
 
     /// Stores a piece of broker state (e.g. anomaly baselines) beside the

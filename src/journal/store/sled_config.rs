@@ -33,6 +33,14 @@ pub(in crate::journal) fn config(path: &Path) -> sled::Config {
         .segment_size(segment_size(path))
 }
 
+/// The configuration that opens the journal database at `path` for
+/// reading only: sled's file without write access, nothing written at open
+/// (no snapshot, no zeroing of the log's tail and free segments — 2 × 8 MiB
+/// and more, with `fsync`s), every write refused (vendor patch 9).
+pub(in crate::journal) fn read_only(path: &Path) -> sled::Config {
+    config(path).read_only(true)
+}
+
 /// The log segment size to open the database at `path` with: the one its
 /// `conf` records; for a database without a readable `conf`, sled's old
 /// default if its log holds anything (it was written by an older build),

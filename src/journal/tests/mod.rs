@@ -1,13 +1,14 @@
 //! The journal's library-level tests (real sled on temp dirs): the writer
 //! (`writer`), the hash chain and checkpoints under tampering (`chain`),
 //! refused-handshake aggregation (`flood`), pruning (`prune`), queries
-//! (`query`) and the storage layout and its migration (`segments`). End-to-end journal tests, through the broker and the CLI,
+//! (`query`), read-only opens (`read_only`) and the storage layout and its migration (`segments`). End-to-end journal tests, through the broker and the CLI,
 //! are under `tests/e2e/`.
 
 mod chain;
 mod flood;
 mod prune;
 mod query;
+mod read_only;
 mod segments;
 mod support;
 mod writer;

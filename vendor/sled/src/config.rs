@@ -211,6 +211,10 @@ pub struct Inner {
     pub idgen_persist_interval: u64,
     #[doc(hidden)]
     pub version: (usize, usize),
+    /// gatehouse patch: open without writing anything (see
+    /// [`Config::read_only`]).
+    #[doc(hidden)]
+    pub read_only: bool,
     tmp_path: PathBuf,
     pub(crate) global_error: Arc<Atomic<Error>>,
     #[cfg(feature = "event_log")]
@@ -237,6 +241,7 @@ impl Default for Inner {
             print_profile_on_drop: false,
             flush_every_ms: Some(500),
             idgen_persist_interval: 1_000_000,
+            read_only: false,
             global_error: Arc::new(Atomic::default()),
             #[cfg(feature = "event_log")]
             event_log: Arc::new(crate::event_log::EventLog::default()),
@@ -418,6 +423,29 @@ impl Config {
         self
     }
 
+    /// gatehouse patch: open an existing database for reading only. The
+    /// data file is opened read-only (still under the exclusive lock), and
+    /// nothing is written at open or later: no `conf`, no snapshot, no
+    /// zeroing of the log's tail or of free or torn segments, no
+    /// truncation, no periodic flush, no splits or merges of tree nodes
+    /// while traversing; every operation that would write to the log
+    /// fails with `Error::Unsupported`. Recovery runs in memory as usual,
+    /// so a later read-write open finds the files exactly as the last
+    /// read-write handle left them and recovers as it would have.
+    /// A database without `db` or `conf` is refused.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        if Arc::strong_count(&self.0) != 1 {
+            error!(
+                "config has already been used to start \
+                 the system and probably should not be \
+                 mutated",
+            );
+        }
+        let m = Arc::make_mut(&mut self.0);
+        m.read_only = read_only;
+        self
+    }
+
     /// Finalize the configuration.
     ///
     /// # Panics
@@ -554,6 +582,14 @@ impl Config {
     }
 
     fn open_file(&self) -> Result<File> {
+        // gatehouse patch: a read-only open creates nothing and opens the
+        // data file without write access.
+        if self.read_only {
+            self.verify_config()?;
+            let file = fs::OpenOptions::new().read(true).open(&self.db_path())?;
+            return self.try_lock(file);
+        }
+
         let blob_dir: PathBuf = self.get_path().join("blobs");
 
         if !blob_dir.exists() {
@@ -654,6 +690,11 @@ impl Config {
                 );
                 Ok(())
             }
+            // gatehouse patch: a read-only open writes no `conf`.
+            Ok(None) if self.read_only => Err(Error::Unsupported(format!(
+                "{:?} has no sled conf file: it cannot be opened read-only",
+                self.config_path()
+            ))),
             Ok(None) => self.write_config(),
             Err(e) => Err(e),
         }

@@ -83,7 +83,10 @@ impl Db {
         ))]
         {
             let flusher_pagecache = context.pagecache.clone();
-            let flusher = context.flush_every_ms.map(move |fem| {
+            // gatehouse patch: a read-only handle has nothing to flush.
+            let flush_every_ms =
+                if context.read_only { None } else { context.flush_every_ms };
+            let flusher = flush_every_ms.map(move |fem| {
                 flusher::Flusher::new(
                     "log flusher".to_owned(),
                     flusher_pagecache,

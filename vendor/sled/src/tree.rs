@@ -1580,7 +1580,9 @@ impl Tree {
             if let Some(node_view) = &node_view_opt {
                 let size = node_view.0.log_size();
                 let view = View { node_view: *node_view, pid, size };
-                if view.merging_child.is_some() {
+                // gatehouse patch: a read-only handle reads an unfinished
+                // merge as it stands (see `view_for_key`).
+                if view.merging_child.is_some() && !self.context.read_only {
                     self.merge_node(&view, view.merging_child.unwrap().get(), guard)?;
                 } else {
                     return Ok(Some(view));
@@ -1651,8 +1653,18 @@ impl Tree {
                 retry!();
             };
 
+            // gatehouse patch: a read-only handle changes no node. It reads
+            // an unfinished merge as it stands: the merging child is frozen
+            // and still holds its items while its parent points at it, and
+            // once the parent no longer does, the left sibling holds them.
+            // An oversized node is read as it is; a half-done split is
+            // followed through the right sibling (`undershot`) without
+            // fixing the parent.
+            let read_only = self.context.read_only;
+
             // When we encounter a merge intention, we collaboratively help out
-            if view.merging_child.is_some() {
+            if read_only {
+            } else if view.merging_child.is_some() {
                 self.merge_node(&view, view.merging_child.unwrap().get(), guard)?;
                 retry!();
             } else if view.merging {
@@ -1670,7 +1682,7 @@ impl Tree {
                 retry!();
             }
 
-            if view.should_split() {
+            if view.should_split() && !read_only {
                 self.split_node(&view, &parent_view, root_pid, guard)?;
                 retry!();
             }
@@ -1683,7 +1695,7 @@ impl Tree {
                 ).get();
                 if unsplit_parent.is_none() && parent_view.is_some() {
                     unsplit_parent = parent_view.clone();
-                } else if parent_view.is_none() && view.lo.is_empty() {
+                } else if parent_view.is_none() && view.lo.is_empty() && !read_only {
                     assert!(unsplit_parent.is_none());
                     assert_eq!(view.pid, root_pid);
                     // we have found a partially-split root
@@ -1698,7 +1710,9 @@ impl Tree {
                     }
                 }
                 continue;
-            } else if let Some(unsplit_parent) = unsplit_parent.take() {
+            } else if let Some(unsplit_parent) =
+                unsplit_parent.take().filter(|_| !read_only)
+            {
                 // we have found the proper page for
                 // our cooperative parent split
                 let mut parent: Node = unsplit_parent.deref().clone();
@@ -1732,7 +1746,7 @@ impl Tree {
             // would be merged into a different index, which
             // would add considerable complexity to this already
             // fairly complex implementation.
-            if view.should_merge() && !took_leftmost_branch {
+            if view.should_merge() && !took_leftmost_branch && !read_only {
                 if let Some(ref mut parent) = parent_view {
                     assert!(parent.merging_child.is_none());
                     if parent.can_merge_child() {

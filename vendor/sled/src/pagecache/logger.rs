@@ -159,6 +159,14 @@ impl Log {
     ) -> Result<Reservation<'_>> {
         let _measure = Measure::new(&M.reserve_lat);
 
+        // gatehouse patch: every write goes through a reservation; a
+        // read-only handle refuses them all.
+        if self.config.read_only {
+            return Err(Error::Unsupported(
+                "the database was opened read-only".to_owned(),
+            ));
+        }
+
         let serialized_len = item.serialized_size();
         let max_buf_len =
             u64::try_from(MAX_MSG_HEADER_LEN).unwrap() + serialized_len;
@@ -455,7 +463,8 @@ impl Log {
 impl Drop for Log {
     fn drop(&mut self) {
         // don't do any more IO if we're crashing
-        if self.config.global_error().is_err() {
+        // gatehouse patch: nor if we are read-only (nothing to flush).
+        if self.config.global_error().is_err() || self.config.read_only {
             return;
         }
 

@@ -632,6 +632,13 @@ impl SegmentAccountant {
             }
         }
 
+        // gatehouse patch: a read-only open frees, zeroes, truncates and
+        // cleans nothing: its segment accountant never hands out space.
+        if self.config.read_only {
+            to_free.clear();
+            maybe_clean.clear();
+        }
+
         for segment_base in to_free {
             self.free_segment(segment_base)?;
             io_fail!(self.config, "zero garbage segment SA");

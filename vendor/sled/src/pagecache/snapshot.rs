@@ -311,7 +311,11 @@ fn advance_snapshot(
             trace!("bumping snapshot.stable_lsn to {}", bumped);
             (bumped, None)
         } else {
-            if let Some(BasedBuf { offset, .. }) = iter.segment_base {
+            // gatehouse patch: a read-only open leaves the tail as it is
+            // (it never appends; the next read-write open zeroes it).
+            if let (false, Some(BasedBuf { offset, .. })) =
+                (config.read_only, &iter.segment_base)
+            {
                 // either situation 3 or situation 4. we need to zero the
                 // tail of the segment after the recovered tip
                 let shred_len = config.segment_size
@@ -359,6 +363,12 @@ fn advance_snapshot(
     if snapshot.stable_lsn < old_stable_lsn {
         error!("unexpected corruption encountered in storage snapshot file");
         return Err(Error::corruption(None));
+    }
+
+    // gatehouse patch: a read-only open writes no snapshot, zeroes no torn
+    // segment and removes no blob; the next read-write open does each.
+    if config.read_only {
+        return Ok(snapshot);
     }
 
     if snapshot.stable_lsn > old_stable_lsn {
