@@ -1225,29 +1225,56 @@ url = "http://127.0.0.1:9445"
         assert_eq!(d, AgainstRunning::default());
     }
 
+    /// Why a setting's `proved_by` does not name an end-to-end test.
+    #[derive(Debug, thiserror::Error)]
+    enum ProofError {
+        #[error("`{0}` is not `module::function`")]
+        NotAPath(String),
+        #[error("cannot read tests/e2e/{file}: {source}")]
+        Read {
+            file: String,
+            source: std::io::Error,
+        },
+        #[error("tests/e2e/main.rs does not list `mod {0};`")]
+        ModuleNotListed(String),
+        #[error("tests/e2e/{module}.rs has no `fn {function}(`")]
+        NoFunction { module: String, function: String },
+        #[error("tests/e2e/{module}.rs `{function}` is not a test")]
+        NotATest { module: String, function: String },
+    }
+
     /// The source of the e2e test `module::function` (`tests/e2e/`): its
     /// attributes and body, or what is wrong with the name.
-    fn e2e_test_source(proof: &str) -> Result<String, String> {
+    fn e2e_test_source(proof: &str) -> Result<String, ProofError> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+        let read = |file: String| {
+            std::fs::read_to_string(dir.join(&file))
+                .map_err(|source| ProofError::Read { file, source })
+        };
         let (module, function) = proof
             .split_once("::")
-            .ok_or_else(|| format!("`{proof}` is not `module::function`"))?;
-        let main = std::fs::read_to_string(dir.join("main.rs")).map_err(|e| e.to_string())?;
+            .ok_or_else(|| ProofError::NotAPath(proof.to_string()))?;
+        let main = read("main.rs".to_string())?;
         if !main.lines().any(|l| l.trim() == format!("mod {module};")) {
-            return Err(format!("tests/e2e/main.rs does not list `mod {module};`"));
+            return Err(ProofError::ModuleNotListed(module.to_string()));
         }
-        let text = std::fs::read_to_string(dir.join(format!("{module}.rs")))
-            .map_err(|e| format!("tests/e2e/{module}.rs: {e}"))?;
-        let start = text
-            .find(&format!("fn {function}("))
-            .ok_or_else(|| format!("tests/e2e/{module}.rs has no `fn {function}(`"))?;
+        let text = read(format!("{module}.rs"))?;
+        let start =
+            text.find(&format!("fn {function}("))
+                .ok_or_else(|| ProofError::NoFunction {
+                    module: module.to_string(),
+                    function: function.to_string(),
+                })?;
         let item_start = text[..start].rfind("\n}\n").map_or(0, |i| i + 3);
         let end = text[start..]
             .find("\n}\n")
             .map_or(text.len(), |i| start + i + 3);
         let source = &text[item_start..end];
         if !(source.contains("#[tokio::test") || source.contains("#[test]")) {
-            return Err(format!("tests/e2e/{module}.rs `{function}` is not a test"));
+            return Err(ProofError::NotATest {
+                module: module.to_string(),
+                function: function.to_string(),
+            });
         }
         Ok(source.to_string())
     }
