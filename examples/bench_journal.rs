@@ -17,6 +17,11 @@
 
 use std::time::{Duration, Instant};
 
+/// The broker's allocator (see `src/main.rs`), so the journal is timed as
+/// it runs in the broker.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use gatehouse::config::{Durability, JournalSettings};
 use gatehouse::event::{Decision, Event, EventKind, Recorder};
 use gatehouse::home::Home;

@@ -1,5 +1,5 @@
-//! The storage layout: a group commit is one segment value with one
-//! partner index entry per partner; partner queries merge those entries
+//! The storage layout: a group commit is one segment value, the partner
+//! index has one entry per partner per run of records; partner queries merge those entries
 //! into exact (time, seq) order whatever the records' times; prune cuts
 //! inside a segment; plain segments of a build before compression read
 //! beside compressed ones; a journal of the older one-value-per-record layout is
@@ -14,18 +14,6 @@ use crate::journal::{ExportItem, Journal, Query, Record, Store, Verifier};
 const T0: i64 = 1_800_000_000_000;
 
 /// Appends `events` concurrently (so they share group commits).
-fn fill_together(j: &Journal, events: Vec<Event>) -> Vec<u64> {
-    let rt = rt();
-    rt.block_on(async {
-        let acks: Vec<_> = events.into_iter().map(|e| j.append(e)).collect();
-        futures_util::future::join_all(acks)
-            .await
-            .into_iter()
-            .map(|r| r.unwrap().unwrap())
-            .collect()
-    })
-}
-
 /// A small deterministic generator (xorshift) for record times.
 fn times(n: usize, seed: u64) -> Vec<i64> {
     let mut x = seed;
