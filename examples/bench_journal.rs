@@ -7,7 +7,10 @@
 //! cargo run --release --example bench_journal -- --append-only --strict --writers 64 --secs 5
 //! ```
 //!
-//! `--append-only` skips the verify/query part; `--strict` / `--relaxed`
+//! `--append-only` skips the verify/query part; `--scrambled` fills the
+//! verify/query journal with each writer task's own record times (far out
+//! of seq order) instead of times in the order records are handed in;
+//! `--strict` / `--relaxed`
 //! keep one durability; `--writers N` one writer count; `--secs S` sets the
 //! append window (default 3 s).
 //!
@@ -175,6 +178,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let skip_append = args.iter().any(|a| a == "--skip-append");
     let append_only = args.iter().any(|a| a == "--append-only");
+    let scrambled = args.iter().any(|a| a == "--scrambled");
     let value = |name: &str| -> Option<&String> {
         args.iter()
             .position(|a| a == name)
@@ -234,12 +238,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let j = Journal::open(&home, &settings(Durability::Relaxed))?;
         rt.block_on(async {
             let per = n / 64;
+            let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let tasks: Vec<_> = (0..64u64)
                 .map(|w| {
                     let j = j.clone();
+                    let next = next.clone();
                     tokio::spawn(async move {
                         for k in 0..per {
-                            let _ = j.record(event(k * 64 + w)).await;
+                            // A broker's records are out of time order by a
+                            // request's duration at most: the time is taken
+                            // as the record is handed in. `--scrambled`: each
+                            // task's own times (k * 64 + w), as the fills of
+                            // the earlier rounds in docs/BENCHMARKS.md; a task
+                            // running ahead put records hours out of order.
+                            let i = if scrambled {
+                                k * 64 + w
+                            } else {
+                                next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            };
+                            let _ = j.record(event(i)).await;
                         }
                     })
                 })
