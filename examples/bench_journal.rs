@@ -10,6 +10,9 @@
 //! `--append-only` skips the verify/query part; `--scrambled` fills the
 //! verify/query journal with each writer task's own record times (far out
 //! of seq order) instead of times in the order records are handed in;
+//! `--fill-strict` fills it with strict durability (group commits of ~64
+//! records, as a strict broker under load writes them; relaxed ones are
+//! larger);
 //! `--strict` / `--relaxed`
 //! keep one durability; `--writers N` one writer count; `--secs S` sets the
 //! append window (default 3 s).
@@ -179,6 +182,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let skip_append = args.iter().any(|a| a == "--skip-append");
     let append_only = args.iter().any(|a| a == "--append-only");
     let scrambled = args.iter().any(|a| a == "--scrambled");
+    let fill_durability = if args.iter().any(|a| a == "--fill-strict") {
+        Durability::Strict
+    } else {
+        Durability::Relaxed
+    };
     let value = |name: &str| -> Option<&String> {
         args.iter()
             .position(|a| a == name)
@@ -231,11 +239,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
-    // A journal of n records (relaxed, 64 writers, for speed).
+    // A journal of n records (64 writers; relaxed for speed, or
+    // `--fill-strict`: the small group commits of a strict broker).
     let (_dir, home) = key_home()?;
     let fill_start = Instant::now();
     {
-        let j = Journal::open(&home, &settings(Durability::Relaxed))?;
+        let j = Journal::open(&home, &settings(fill_durability))?;
         rt.block_on(async {
             let per = n / 64;
             let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -145,7 +145,7 @@ fn store_records(segments: &sled::Tree, recs: &[(u64, Vec<u8>)]) {
             (*s, p, h, c)
         })
         .collect();
-    for (first, v) in segment::pack(parts) {
+    for (first, v) in segment::pack(parts, segment::SEGMENT_BYTES) {
         segments.insert(be(first), v).expect("write a segment");
     }
 }

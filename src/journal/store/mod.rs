@@ -72,6 +72,9 @@ pub(super) struct Trees {
     pub(super) index: sled::Tree,
     pub(super) checkpoints: sled::Tree,
     pub(super) meta: sled::Tree,
+    /// Plain bytes at which a new segment closes (by sled's log segment
+    /// size, see `segment::max_bytes_for`).
+    pub(super) segment_bytes: usize,
 }
 
 /// Handle on the journal database (cheap to clone). Every clone sees the
@@ -142,6 +145,7 @@ impl Store {
             index: tree(PARTNER_INDEX)?,
             checkpoints: tree("checkpoints")?,
             meta: tree("meta")?,
+            segment_bytes: segment::max_bytes_for(sled_config::segment_size(path)),
             db,
         };
         // The folder entries of new files are durable before anything
@@ -261,6 +265,7 @@ impl Store {
             index: tree(PARTNER_INDEX)?,
             checkpoints: tree("checkpoints")?,
             meta: tree("meta")?,
+            segment_bytes: segment::max_bytes_for(sled_config::segment_size(path)),
             db,
         };
         Ok(Store {

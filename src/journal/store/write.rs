@@ -42,7 +42,7 @@ impl Store {
             prev = r.hash;
             link
         });
-        let segments = segment::pack(links);
+        let segments = segment::pack(links, t.segment_bytes);
         let firsts: Vec<u64> = segments.iter().map(|(f, _)| *f).collect();
         for r in records {
             if let Some(p) = r.partner {
@@ -94,7 +94,7 @@ impl Store {
                     .iter()
                     .filter(|r| r.seq <= seq)
                     .map(|r| (r.seq, r.prev, r.hash, r.canonical));
-                for (f, v) in segment::pack(keep) {
+                for (f, v) in segment::pack(keep, t.segment_bytes) {
                     segs.insert(&be(f), v);
                 }
             }
@@ -143,7 +143,7 @@ impl Store {
                     .iter()
                     .filter(|r| r.seq < lo || r.seq > hi)
                     .map(|r| (r.seq, r.prev, r.hash, r.canonical));
-                for (f, v) in segment::pack(keep) {
+                for (f, v) in segment::pack(keep, t.segment_bytes) {
                     segs.insert(&be(f), v);
                 }
                 removed += s
