@@ -377,7 +377,7 @@ impl Writer {
             })
             .collect();
         // The whole commit goes in as one value per segment (a group commit
-        // of up to ~6 KiB of records is one sled value); the partner index
+        // of up to 32 KiB of records is one sled value); the partner index
         // entries are stored every few thousand records (`index_tail`).
         let inserted = Store::insert_commit(&t, &self.last_hash, &commit, &mut self.index);
         drop(commit);
