@@ -7,7 +7,13 @@
 //! cargo run --release --example bench_journal -- --append-only --strict --writers 64 --secs 5
 //! ```
 //!
-//! `--append-only` skips the verify/query part; `--strict` / `--relaxed`
+//! `--append-only` skips the verify/query part; `--scrambled` fills the
+//! verify/query journal with each writer task's own record times (far out
+//! of seq order) instead of times in the order records are handed in;
+//! `--fill-strict` fills it with strict durability (group commits of ~64
+//! records, as a strict broker under load writes them; relaxed ones are
+//! larger);
+//! `--strict` / `--relaxed`
 //! keep one durability; `--writers N` one writer count; `--secs S` sets the
 //! append window (default 3 s).
 //!
@@ -16,6 +22,11 @@
 //! latency (a page of 100) on that journal. Prints a Markdown table.
 
 use std::time::{Duration, Instant};
+
+/// The broker's allocator (see `src/main.rs`), so the journal is timed as
+/// it runs in the broker.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use gatehouse::config::{Durability, JournalSettings};
 use gatehouse::event::{Decision, Event, EventKind, Recorder};
@@ -170,6 +181,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let skip_append = args.iter().any(|a| a == "--skip-append");
     let append_only = args.iter().any(|a| a == "--append-only");
+    let scrambled = args.iter().any(|a| a == "--scrambled");
+    let fill_durability = if args.iter().any(|a| a == "--fill-strict") {
+        Durability::Strict
+    } else {
+        Durability::Relaxed
+    };
     let value = |name: &str| -> Option<&String> {
         args.iter()
             .position(|a| a == name)
@@ -222,19 +239,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
-    // A journal of n records (relaxed, 64 writers, for speed).
+    // A journal of n records (64 writers; relaxed for speed, or
+    // `--fill-strict`: the small group commits of a strict broker).
     let (_dir, home) = key_home()?;
     let fill_start = Instant::now();
     {
-        let j = Journal::open(&home, &settings(Durability::Relaxed))?;
+        let j = Journal::open(&home, &settings(fill_durability))?;
         rt.block_on(async {
             let per = n / 64;
+            let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let tasks: Vec<_> = (0..64u64)
                 .map(|w| {
                     let j = j.clone();
+                    let next = next.clone();
                     tokio::spawn(async move {
                         for k in 0..per {
-                            let _ = j.record(event(k * 64 + w)).await;
+                            // A broker's records are out of time order by a
+                            // request's duration at most: the time is taken
+                            // as the record is handed in. `--scrambled`: each
+                            // task's own times (k * 64 + w), as the fills of
+                            // the earlier rounds in docs/BENCHMARKS.md; a task
+                            // running ahead put records hours out of order.
+                            let i = if scrambled {
+                                k * 64 + w
+                            } else {
+                                next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            };
+                            let _ = j.record(event(i)).await;
                         }
                     })
                 })

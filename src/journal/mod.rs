@@ -196,6 +196,7 @@ impl Journal {
             retry_at: None,
             backoff: std::time::Duration::from_millis(20),
             space: space::SpaceGuard::new(&home.journal_db(), settings.min_free),
+            index: store.index_tail()?,
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         let thread = std::thread::Builder::new()

@@ -84,6 +84,20 @@ pub fn fill(j: &Journal, events: Vec<Event>) -> Vec<u64> {
         .collect()
 }
 
+/// Appends events all at once (they share group commits), returning their
+/// seqs.
+pub fn fill_together(j: &Journal, events: Vec<Event>) -> Vec<u64> {
+    let rt = rt();
+    rt.block_on(async {
+        let acks: Vec<_> = events.into_iter().map(|e| j.append(e)).collect();
+        futures_util::future::join_all(acks)
+            .await
+            .into_iter()
+            .map(|r| r.expect("append a record").expect("a sequence number"))
+            .collect()
+    })
+}
+
 /// Opens the journal's sled database directly (the journal must be closed).
 /// sled drops its file lock from a background thread, so retry briefly.
 pub fn raw_db(home: &Home) -> sled::Db {
@@ -131,7 +145,7 @@ fn store_records(segments: &sled::Tree, recs: &[(u64, Vec<u8>)]) {
             (*s, p, h, c)
         })
         .collect();
-    for (first, v) in segment::pack(parts) {
+    for (first, v) in segment::pack(parts, segment::SEGMENT_BYTES) {
         segments.insert(be(first), v).expect("write a segment");
     }
 }

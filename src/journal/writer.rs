@@ -16,7 +16,7 @@ use super::aggregate::Aggregator;
 use super::checkpoint::{CheckpointKind, Signer};
 use super::record;
 use super::space::{SpaceGuard, WRITE_AMPLIFICATION};
-use super::store::{CommitRecord, Store, be};
+use super::store::{CommitRecord, IndexTail, Store, be};
 use crate::event::{Event, EventKind, RecordError, now_ms};
 
 /// Most records in one group commit.
@@ -59,6 +59,8 @@ pub(super) enum ShutdownError {
     Checkpoint(JournalError),
     #[error("the journal flush at shutdown failed: {0}")]
     Flush(JournalError),
+    #[error("cannot store the open partner index entries at shutdown: {0}")]
+    Index(JournalError),
 }
 
 /// The ack channel of one record: `Some(seq)` once written, `None` when
@@ -148,6 +150,8 @@ pub(super) struct Writer {
     pub retry_at: Option<Instant>,
     pub backoff: Duration,
     pub space: SpaceGuard,
+    /// The partner index entries kept open across group commits.
+    pub index: IndexTail,
 }
 
 type Pending = Vec<(Event, Option<AckTx>)>;
@@ -373,9 +377,9 @@ impl Writer {
             })
             .collect();
         // The whole commit goes in as one value per segment (a group commit
-        // of up to ~6 KiB of records is one sled value) and one partner
-        // index entry per partner in it.
-        let inserted = Store::insert_commit(&t, &self.last_hash, &commit);
+        // of up to 32 KiB of records is one sled value); the partner index
+        // entries are stored every few thousand records (`index_tail`).
+        let inserted = Store::insert_commit(&t, &self.last_hash, &commit, &mut self.index);
         drop(commit);
         if let Err(e) = inserted {
             return self.fail(pending, format!("journal write failed: {e}"));
@@ -470,11 +474,15 @@ impl Writer {
                     }
                 }
                 self.store.probe()?;
-                self.store.last()
+                let (seq, hash) = self.store.last()?;
+                // The open entries may hold records that went: start
+                // again from what the index and the segments hold.
+                Ok((seq, hash, self.store.index_tail()?))
             })()
         };
         match result {
-            Ok((seq, hash)) => {
+            Ok((seq, hash, index)) => {
+                self.index = index;
                 self.last_seq = seq;
                 self.last_hash = hash;
                 self.acked_seq = seq;
@@ -562,6 +570,9 @@ impl Writer {
             self.last_ckpt = c.seq;
             self.unsigned_since = None;
         }
+        self.store
+            .store_index_tail(&mut self.index, self.last_seq)
+            .map_err(ShutdownError::Index)?;
         self.store.flush().map_err(ShutdownError::Flush)?;
         self.flushed(Instant::now());
         Ok(())

@@ -1,5 +1,7 @@
 //! The partner index (`partner_index` tree): one entry per partner per
-//! group commit, not per record. Key `len u16 ‖ partner ‖ min time
+//! run of records, not per record. The writer keeps each partner's entry
+//! open across group commits and stores it when it is full or when the
+//! unindexed tail grows too long (`index_tail`). Key `len u16 ‖ partner ‖ min time
 //! (sign-flipped i64 BE) ‖ first seq BE`, value `max time i64 BE ‖ (seq -
 //! first seq) u16 BE ‖ the record's position in its segment u8 (255:
 //! unknown), for each of the partner's records in the entry`: a query
@@ -136,12 +138,33 @@ impl EntryBuilder {
 
     /// The `(key, value)` pairs to insert.
     pub(in crate::journal) fn finish(mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        for (p, e) in self.open {
+        self.take_all()
+    }
+
+    /// The entries closed so far (a record did not fit), to insert; the
+    /// open ones stay.
+    pub(in crate::journal) fn take_done(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        std::mem::take(&mut self.done)
+    }
+
+    /// Every entry, closed and open, to insert; the builder is left empty.
+    pub(in crate::journal) fn take_all(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        for (p, e) in self.open.drain() {
             if let Some(k) = e.key(&p) {
                 self.done.push((k, e.value()));
             }
         }
-        self.done
+        std::mem::take(&mut self.done)
+    }
+
+    /// The lowest seq of any entry not yet taken (closed or open).
+    pub(in crate::journal) fn oldest(&self) -> Option<u64> {
+        let open = self.open.values().map(|e| e.first);
+        let done = self
+            .done
+            .iter()
+            .filter_map(|(k, _)| k.len().checked_sub(8).and_then(|i| seq_of(&k[i..])));
+        open.chain(done).min()
     }
 }
 

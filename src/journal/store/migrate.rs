@@ -76,7 +76,7 @@ pub(super) fn from_records_layout(t: &Trees) -> Result<(), JournalError> {
             }
             parts.push((seq, prev, hash, canonical));
         }
-        let packed = segment::pack(parts.iter().copied());
+        let packed = segment::pack(parts.iter().copied(), t.segment_bytes);
         let firsts: Vec<u64> = packed.iter().map(|(f, _)| *f).collect();
         let mut entries = EntryBuilder::default();
         for (seq, p, t) in &indexed {

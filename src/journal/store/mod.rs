@@ -1,14 +1,16 @@
 //! The journal's storage: the one place that knows sled. Four trees —
 //! `segments` (first seq BE → the records of one group commit, see
-//! `segment`), `partner_index` (one entry per partner per commit, see
-//! `index`), `checkpoints` (seq BE → signed checkpoint) and `meta` (`base`:
-//! the retention cut).
+//! `segment`), `partner_index` (one entry per partner per run of records, see
+//! `index` and `index_tail`), `checkpoints` (seq BE → signed checkpoint)
+//! and `meta` (`base`: the retention cut; `indexed`: how far the partner
+//! index is complete).
 //!
 //! This file owns the handle: opening (and reopening after a write
 //! failure), the broker's `state` tree and statistics. The rest is one job
 //! per file: `sled_config` (sled's settings: cache, log segment size),
 //! `keys` (key layout), `segment` (the segment value), `index`
-//! (the partner index entry), `migrate` (the older one-value-per-record
+//! (the partner index entry), `index_tail` (the entries the writer keeps
+//! open, and the records not yet in the index), `migrate` (the older one-value-per-record
 //! layout, converted on open), `read` (point and range reads, export),
 //! `query` (`log query`), `verify` (the chain and checkpoints), `prune`
 //! (retention) and `write` (what the writer thread stores: group commits,
@@ -18,6 +20,7 @@
 //! `prune` is the only removal and keeps a signed checkpoint at the cut.
 
 mod index;
+mod index_tail;
 mod keys;
 mod migrate;
 mod prune;
@@ -35,6 +38,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::JournalError;
+#[cfg(test)]
+pub(super) use index_tail::INDEX_LAG;
+pub(super) use index_tail::IndexTail;
 pub(super) use keys::be;
 use keys::seq_of;
 pub use prune::PruneReport;
@@ -66,6 +72,9 @@ pub(super) struct Trees {
     pub(super) index: sled::Tree,
     pub(super) checkpoints: sled::Tree,
     pub(super) meta: sled::Tree,
+    /// Plain bytes at which a new segment closes (by sled's log segment
+    /// size, see `segment::max_bytes_for`).
+    pub(super) segment_bytes: usize,
 }
 
 /// Handle on the journal database (cheap to clone). Every clone sees the
@@ -136,6 +145,7 @@ impl Store {
             index: tree(PARTNER_INDEX)?,
             checkpoints: tree("checkpoints")?,
             meta: tree("meta")?,
+            segment_bytes: segment::max_bytes_for(sled_config::segment_size(path)),
             db,
         };
         // The folder entries of new files are durable before anything
@@ -255,6 +265,7 @@ impl Store {
             index: tree(PARTNER_INDEX)?,
             checkpoints: tree("checkpoints")?,
             meta: tree("meta")?,
+            segment_bytes: segment::max_bytes_for(sled_config::segment_size(path)),
             db,
         };
         Ok(Store {
@@ -315,8 +326,8 @@ impl Store {
         })
     }
 
-    /// Number of partner index entries (one per partner per group commit;
-    /// for tests and status).
+    /// Number of stored partner index entries (for tests and status; the
+    /// writer's open ones are stored at shutdown).
     pub fn index_len(&self) -> usize {
         self.t().map(|t| t.index.len()).unwrap_or(0)
     }

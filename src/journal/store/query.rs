@@ -1,7 +1,8 @@
 //! `log query`: records by partner, time window, decision, status and
 //! kind. With a partner, the partner index is read (never the whole
-//! journal) and its per-commit entries merged into time order; without
-//! one, the records are scanned in seq order up to the limit.
+//! journal) and its entries merged into time order, with the few records
+//! not yet indexed (`index_tail`); without one, the records are scanned in
+//! seq order up to the limit.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -139,6 +140,7 @@ impl Store {
         lo.extend_from_slice(&time_key(since.saturating_sub(SPREAD_MS)));
         let mut hi = prefix.clone();
         hi.extend_from_slice(&time_key(until));
+        let mark = self.indexed_mark()?;
         let range = self.t()?.index.range(lo..hi);
         let entries: Box<dyn Iterator<Item = _>> = if q.reverse {
             Box::new(range.rev())
@@ -173,6 +175,20 @@ impl Store {
                 }
             }
         };
+        // The records after the index mark are in no entry yet (at most
+        // `INDEX_LAG` and a commit): read from their segments. The mark is
+        // read before the entries, so a record indexed meanwhile is found
+        // once or twice, never missed.
+        if let Some(mark) = mark {
+            self.each_unindexed(mark, &mut |_, r| {
+                let r = Self::decode(r)?;
+                if r.event.partner.as_deref() == Some(partner) && q.selects(&r.event) {
+                    seen.insert(r.seq);
+                    ready.insert((r.event.time_ms, r.seq), r);
+                }
+                Ok(true)
+            })?;
+        }
         for kv in entries {
             let (k, v) = kv?;
             let Some(e) = Entry::parse(prefix.len(), &k, &v) else {

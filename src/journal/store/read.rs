@@ -56,10 +56,10 @@ impl Store {
     /// The segment holding `seq`, as (first seq, value), if any: the last
     /// segment keyed at or before `seq`. Looked for first in a short
     /// forward range (sled's forward iteration is much cheaper than its
-    /// reverse iteration; a segment rarely holds more than ~80 records),
-    /// then, if none starts there, backwards.
+    /// reverse iteration; a segment holds at most 255 records), then, if
+    /// none starts there, backwards.
     pub(super) fn segment_of(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, JournalError> {
-        const WINDOW: u64 = 128;
+        const WINDOW: u64 = 255;
         let t = self.t()?;
         let key = |k: &[u8]| seq_of(k).ok_or_else(|| corrupt(seq, "segment key is not 8 bytes"));
         let mut found = None;

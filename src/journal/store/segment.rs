@@ -36,11 +36,31 @@ const MAX_PLAIN: usize = 64 * 1024 * 1024;
 const HEADER: usize = 1 + 4 + 32;
 const PER_RECORD: usize = 32 + 4;
 
-/// A segment is closed once it holds this many plain bytes: sled turns a
-/// log message over a quarter of its log segment (512 KiB in journals
-/// created before 8 MiB became the size) into a separate blob file, and a
-/// leaf holds up to 17 values, so values stay under ~7 KiB.
-pub(in crate::journal) const SEGMENT_BYTES: usize = 6 * 1024;
+/// A segment is closed once it holds this many plain bytes, in a journal
+/// on 8 MiB sled log segments: sled turns a log message over a quarter of
+/// its log segment (2 MiB) into a separate blob file, and a leaf holds up
+/// to 17 values (544 KiB at most, uncompressible). Larger segments mean
+/// fewer sled values and leaves: a smaller page table to load at every
+/// open, fewer leaves for a query to read, fewer inserts per commit.
+pub(in crate::journal) const SEGMENT_BYTES: usize = 32 * 1024;
+
+/// The same in a journal on sled's 512 KiB log segments (created before
+/// 8 MiB became the size): values stay under ~7 KiB, leaves under the
+/// 128 KiB blob threshold.
+pub(in crate::journal) const SMALL_SEGMENT_BYTES: usize = 6 * 1024;
+
+/// Most records in one segment: a record's position in its segment fits
+/// the partner index's one byte (255 means unknown).
+const MAX_RECORDS: u32 = 255;
+
+/// The segment size for a journal on sled log segments of `sled_segment_size`.
+pub(in crate::journal) fn max_bytes_for(sled_segment_size: usize) -> usize {
+    if sled_segment_size >= 8 * 1024 * 1024 {
+        SEGMENT_BYTES
+    } else {
+        SMALL_SEGMENT_BYTES
+    }
+}
 
 /// One record read out of a segment.
 #[derive(Debug, Clone, Copy)]
@@ -235,15 +255,21 @@ impl<'a> Segment<'a> {
 pub(in crate::journal) struct SegmentBuf {
     buf: Vec<u8>,
     count: u32,
+    max_bytes: usize,
 }
 
 impl SegmentBuf {
-    pub(in crate::journal) fn new(prev: &[u8; 32]) -> SegmentBuf {
-        let mut buf = Vec::with_capacity(SEGMENT_BYTES + 512);
+    /// A segment closed at `max_bytes` plain bytes (or 255 records).
+    pub(in crate::journal) fn new(prev: &[u8; 32], max_bytes: usize) -> SegmentBuf {
+        let mut buf = Vec::with_capacity(max_bytes.min(SEGMENT_BYTES) + 512);
         buf.push(LAYOUT);
         buf.extend_from_slice(&0u32.to_be_bytes());
         buf.extend_from_slice(prev);
-        SegmentBuf { buf, count: 0 }
+        SegmentBuf {
+            buf,
+            count: 0,
+            max_bytes,
+        }
     }
 
     /// Appends a record (its prev_hash is the previous record's hash, or
@@ -259,7 +285,8 @@ impl SegmentBuf {
 
     /// Whether the next record of `canonical_len` bytes belongs in a new segment.
     pub(in crate::journal) fn full_for(&self, canonical_len: usize) -> bool {
-        self.count > 0 && self.buf.len() + PER_RECORD + canonical_len > SEGMENT_BYTES
+        self.count >= MAX_RECORDS
+            || (self.count > 0 && self.buf.len() + PER_RECORD + canonical_len > self.max_bytes)
     }
 
     /// The value to store (compressed when that is smaller).
@@ -277,13 +304,15 @@ impl SegmentBuf {
 /// A record as `pack` takes it: `(seq, prev_hash, hash, canonical)`.
 pub(in crate::journal) type Link<'a> = (u64, [u8; 32], [u8; 32], &'a [u8]);
 
-/// Packs consecutive records into segment values of at most
-/// [`SEGMENT_BYTES`] (a larger record alone); returns `(first seq, value)`.
+/// Packs consecutive records into segment values of at most `max_bytes`
+/// plain bytes and 255 records (a larger record alone); returns `(first
+/// seq, value)`.
 /// `records` are `(seq, prev_hash, hash, canonical)` in order; a record
 /// whose seq or prev_hash does not follow its predecessor starts a new
 /// segment, so what is stored is exactly what was given.
 pub(in crate::journal) fn pack<'a>(
     records: impl IntoIterator<Item = Link<'a>>,
+    max_bytes: usize,
 ) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
     let mut cur: Option<(u64, SegmentBuf)> = None;
@@ -298,7 +327,7 @@ pub(in crate::journal) fn pack<'a>(
             if let Some((first, b)) = cur.take() {
                 out.push((first, b.finish()));
             }
-            cur = Some((seq, SegmentBuf::new(&prev)));
+            cur = Some((seq, SegmentBuf::new(&prev, max_bytes)));
         }
         if let Some((_, b)) = cur.as_mut() {
             b.push(&hash, canonical);
@@ -335,7 +364,7 @@ mod tests {
         let recs: Vec<Link<'_>> = (0..5u8)
             .map(|i| (10 + i as u64, h(i), h(i + 1), bodies[i as usize].as_slice()))
             .collect();
-        let packed = pack(recs.iter().copied());
+        let packed = pack(recs.iter().copied(), SEGMENT_BYTES);
         assert_eq!(packed.len(), 1);
         let (first, v) = &packed[0];
         assert_eq!(v[0], LAYOUT_LZ4, "repetitive records are stored compressed");
@@ -358,7 +387,7 @@ mod tests {
             (3, h(9), h(3), c.as_slice()), // prev does not match
             (5, h(3), h(5), c.as_slice()), // gap
         ];
-        let packed = pack(recs);
+        let packed = pack(recs, SEGMENT_BYTES);
         let firsts: Vec<u64> = packed.iter().map(|(f, _)| *f).collect();
         assert_eq!(firsts, vec![1, 3, 5]);
         let p = Plain::of(&packed[1].1).unwrap();
@@ -367,23 +396,33 @@ mod tests {
     }
 
     #[test]
-    fn segments_close_at_the_size_limit() {
+    fn segments_close_at_the_size_limit_and_at_255_records() {
         let c = vec![1u8; 1000];
-        let packed = pack((0..20u64).map(|i| (i + 1, h(i as u8), h(i as u8 + 1), c.as_slice())));
-        assert!(packed.len() >= 4, "{}", packed.len());
-        for (f, v) in &packed {
-            let p = Plain::of(v).unwrap();
-            assert!(p.0.len() <= SEGMENT_BYTES, "{}", p.0.len());
-            Segment::parse(*f, &p).unwrap();
-        }
-        let total: usize = packed
-            .iter()
-            .map(|(f, v)| {
+        for limit in [SMALL_SEGMENT_BYTES, SEGMENT_BYTES] {
+            let packed = pack(
+                (0..100u64).map(|i| (i + 1, h(i as u8), h(i as u8 + 1), c.as_slice())),
+                limit,
+            );
+            assert!(packed.len() >= 100 * 1036 / limit, "{}", packed.len());
+            let mut total = 0;
+            for (f, v) in &packed {
                 let p = Plain::of(v).unwrap();
-                Segment::parse(*f, &p).unwrap().records.len()
-            })
-            .sum();
-        assert_eq!(total, 20);
+                assert!(p.0.len() <= limit, "{}", p.0.len());
+                total += Segment::parse(*f, &p).unwrap().records.len();
+            }
+            assert_eq!(total, 100);
+        }
+        // Small records: the count closes a segment (a position in it
+        // fits the index's one byte).
+        let c = vec![1u8; 10];
+        let packed = pack(
+            (0..600u64).map(|i| (i + 1, h(0), h(0), c.as_slice())),
+            SEGMENT_BYTES,
+        );
+        let firsts: Vec<u64> = packed.iter().map(|(f, _)| *f).collect();
+        assert_eq!(firsts, vec![1, 256, 511]);
+        assert_eq!(max_bytes_for(8 * 1024 * 1024), SEGMENT_BYTES);
+        assert_eq!(max_bytes_for(512 * 1024), SMALL_SEGMENT_BYTES);
     }
 
     #[test]
@@ -399,7 +438,7 @@ mod tests {
 
     /// A plain value of one record.
     fn plain_value(c: &[u8]) -> Vec<u8> {
-        let mut b = SegmentBuf::new(&h(0));
+        let mut b = SegmentBuf::new(&h(0), SEGMENT_BYTES);
         b.push(&h(1), c);
         b.finish_plain()
     }
@@ -467,7 +506,7 @@ mod tests {
                 .collect()
         };
         let (prev, hash, c) = (noise(32), noise(32), noise(3000));
-        let mut b = SegmentBuf::new(&prev.try_into().unwrap());
+        let mut b = SegmentBuf::new(&prev.try_into().unwrap(), SEGMENT_BYTES);
         b.push(&hash.try_into().unwrap(), &c);
         let plain = b.finish_plain();
         assert_eq!(store_form(plain.clone()), plain);

@@ -110,6 +110,46 @@ mod tests {
         panic!("the database stayed locked");
     }
 
+    /// The log positions of the finished snapshots in the folder.
+    fn snapshots(path: &Path) -> Vec<u64> {
+        let mut out: Vec<u64> = std::fs::read_dir(path)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| u64::from_str_radix(n.strip_prefix("snap.")?, 16).ok())
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn a_closed_database_leaves_a_snapshot_of_all_its_log() {
+        // sled writes a snapshot at open; vendor patch 10 writes one at
+        // close too, so the next open (read-only ones above all) replays
+        // nothing instead of all that was written since the last open.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let db = open(config(&path));
+        let at_open = snapshots(&path).last().copied().unwrap_or(0);
+        for i in 0..3000u32 {
+            db.insert(i.to_be_bytes(), vec![7u8; 1000]).unwrap();
+        }
+        db.flush().unwrap();
+        drop(db);
+        // Wait for the close (sled finishes it on a background thread)
+        // with a read-only open, which writes no snapshot itself.
+        let db = open(read_only(&path));
+        let snaps = snapshots(&path);
+        assert_eq!(snaps.len(), 1, "{snaps:?}");
+        assert!(
+            snaps[0] > at_open + 3_000_000,
+            "snapshot at {:#x}, {:#x} at open: the log written since was not covered",
+            snaps[0],
+            at_open
+        );
+        assert_eq!(db.len(), 3000);
+        assert_eq!(db.get(2999u32.to_be_bytes()).unwrap().unwrap().len(), 1000);
+    }
+
     #[test]
     fn a_new_journal_gets_large_segments_and_an_existing_one_keeps_its_own() {
         let dir = tempfile::tempdir().unwrap();

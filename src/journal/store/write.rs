@@ -4,7 +4,8 @@
 //! writes again. Also the cuts shared with `prune`: whole segments out, the
 //! boundary segment rewritten, index entries trimmed.
 
-use super::index::{Entry, EntryBuilder, prefix_len_of};
+use super::index::{Entry, prefix_len_of};
+use super::index_tail::IndexTail;
 use super::keys::{be, seq_of};
 use super::segment::{self, Segment};
 use super::{JournalError, META_PROBE, Store, Trees, corrupt, plain};
@@ -21,40 +22,42 @@ pub(in crate::journal) struct CommitRecord<'a> {
 
 impl Store {
     /// Inserts a group commit's records (not flushed): the partner index
-    /// entries first, then the segments. sled recovers a prefix of its log,
-    /// so after a crash a segment on disk always has its index entries; an
-    /// entry whose records never made it is skipped by queries (they check
-    /// every record they read).
+    /// entries it stores first (see `index_tail`), then the segments, then
+    /// the index mark. sled recovers a prefix of its log, so after a crash
+    /// the mark never runs ahead of the segments on disk; an entry whose
+    /// records never made it is skipped by queries (they check every
+    /// record they read).
     pub(in crate::journal) fn insert_commit(
         t: &Trees,
         prev: &[u8; 32],
         records: &[CommitRecord<'_>],
+        tail: &mut IndexTail,
     ) -> Result<(), JournalError> {
+        let Some(last) = records.last().map(|r| r.seq) else {
+            return Ok(());
+        };
         let mut prev = *prev;
         let links = records.iter().map(|r| {
             let link = (r.seq, prev, r.hash, r.canonical);
             prev = r.hash;
             link
         });
-        let segments = segment::pack(links);
+        let segments = segment::pack(links, t.segment_bytes);
         let firsts: Vec<u64> = segments.iter().map(|(f, _)| *f).collect();
-        let mut entries = EntryBuilder::default();
         for r in records {
             if let Some(p) = r.partner {
-                entries.add(r.seq, p, r.time_ms, segment::position(&firsts, r.seq));
+                tail.add(r.seq, p, r.time_ms, segment::position(&firsts, r.seq));
             }
         }
         // Plain inserts, not `apply_batch`: sled starts every batch by
         // writing out its log buffer and a batch marker (two synchronous
         // writes per group commit). The caller's one flush makes them all
         // durable; recovery keeps a prefix of the log.
-        for (k, v) in entries.finish() {
-            t.index.insert(k, v)?;
-        }
+        tail.insert_entries(t, last)?;
         for (first, v) in segments {
             t.segments.insert(be(first), v)?;
         }
-        Ok(())
+        tail.insert_mark(t, last)
     }
 
     /// Stores a signed checkpoint (not flushed).
@@ -91,13 +94,14 @@ impl Store {
                     .iter()
                     .filter(|r| r.seq <= seq)
                     .map(|r| (r.seq, r.prev, r.hash, r.canonical));
-                for (f, v) in segment::pack(keep) {
+                for (f, v) in segment::pack(keep, t.segment_bytes) {
                     segs.insert(&be(f), v);
                 }
             }
         }
         t.segments.apply_batch(segs)?;
         self.trim_index(|s| s > seq)?;
+        self.lower_index_mark(seq)?;
         let mut ckpts = sled::Batch::default();
         for kv in t.checkpoints.range(be(seq.saturating_add(1))..) {
             ckpts.remove(kv?.0);
@@ -139,7 +143,7 @@ impl Store {
                     .iter()
                     .filter(|r| r.seq < lo || r.seq > hi)
                     .map(|r| (r.seq, r.prev, r.hash, r.canonical));
-                for (f, v) in segment::pack(keep) {
+                for (f, v) in segment::pack(keep, t.segment_bytes) {
                     segs.insert(&be(f), v);
                 }
                 removed += s

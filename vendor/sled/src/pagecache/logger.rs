@@ -474,6 +474,13 @@ impl Drop for Log {
 
         if !self.config.temporary {
             self.config.file.sync_all().unwrap();
+            // gatehouse patch 10: a fresh snapshot at close (see
+            // `write_snapshot_at_close`).
+            if let Err(e) =
+                super::snapshot::write_snapshot_at_close(&self.config)
+            {
+                warn!("cannot write the snapshot at close: {} (the next open replays the log instead)", e);
+            }
         }
 
         debug!("IoBufs dropped");

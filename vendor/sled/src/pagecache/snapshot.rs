@@ -208,10 +208,13 @@ impl Snapshot {
     }
 }
 
+/// gatehouse patch: `writes` false (a read-only open, or the snapshot
+/// taken at close) computes the snapshot and changes nothing on disk.
 fn advance_snapshot(
     mut iter: LogIter,
     mut snapshot: Snapshot,
     config: &RunningConfig,
+    writes: bool,
 ) -> Result<Snapshot> {
     let _measure = Measure::new(&M.advance_snapshot);
 
@@ -313,8 +316,8 @@ fn advance_snapshot(
         } else {
             // gatehouse patch: a read-only open leaves the tail as it is
             // (it never appends; the next read-write open zeroes it).
-            if let (false, Some(BasedBuf { offset, .. })) =
-                (config.read_only, &iter.segment_base)
+            if let (true, Some(BasedBuf { offset, .. })) =
+                (writes, &iter.segment_base)
             {
                 // either situation 3 or situation 4. we need to zero the
                 // tail of the segment after the recovered tip
@@ -367,7 +370,7 @@ fn advance_snapshot(
 
     // gatehouse patch: a read-only open writes no snapshot, zeroes no torn
     // segment and removes no blob; the next read-write open does each.
-    if config.read_only {
+    if !writes {
         return Ok(snapshot);
     }
 
@@ -457,9 +460,30 @@ pub fn read_snapshot_or_default(config: &RunningConfig) -> Result<Snapshot> {
     let log_iter =
         raw_segment_iter_from(last_snap.stable_lsn.unwrap_or(0), config)?;
 
-    let res = advance_snapshot(log_iter, last_snap, config)?;
+    let res = advance_snapshot(log_iter, last_snap, config, !config.read_only)?;
 
     Ok(res)
+}
+
+/// gatehouse patch: writes the snapshot of a read-write database being
+/// closed (its log flushed and synced, nothing else writing). Upstream
+/// writes one only at open, so every open, read-only ones included,
+/// replayed all the log written since the last open: seconds for a broker
+/// that ran for days. Computed exactly as an open computes it (the last
+/// snapshot advanced over the log on disk) but without an open's other
+/// writes (zeroing the log's tail and torn segments, removing blobs): the
+/// next read-write open still does those. A failure leaves the previous
+/// snapshot, which stays valid.
+pub(crate) fn write_snapshot_at_close(config: &RunningConfig) -> Result<()> {
+    let last_snap = read_snapshot(config)?.unwrap_or_else(Snapshot::default);
+    let old = last_snap.stable_lsn;
+    let log_iter =
+        raw_segment_iter_from(last_snap.stable_lsn.unwrap_or(0), config)?;
+    let snapshot = advance_snapshot(log_iter, last_snap, config, false)?;
+    if snapshot.stable_lsn > old {
+        write_snapshot(config, &snapshot)?;
+    }
+    Ok(())
 }
 
 /// Read a `Snapshot` from disk.
