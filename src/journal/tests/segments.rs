@@ -122,18 +122,22 @@ fn segments_are_32_kib_on_8_mib_sled_segments_and_6_kib_on_older_journals() {
             .map(|i| exchange(Some(["acme", "globex"][i % 2]), T0 + i as i64, 200))
             .collect()
     };
+    // 400 records written together, then the plain sizes of the segments.
+    let written = |home: &Home| -> Vec<usize> {
+        let j = Journal::open(home, &settings(10_000)).unwrap();
+        fill_together(&j, evs());
+        j.shutdown().unwrap();
+        drop(j);
+        assert!(verify(home).ok);
+        plain_sizes(home)
+    };
     // A new journal.
     let (_d, home) = key_home();
-    let j = Journal::open(&home, &settings(10_000)).unwrap();
-    fill_together(&j, evs());
-    j.shutdown().unwrap();
-    drop(j);
-    let sizes = plain_sizes(&home);
+    let sizes = written(&home);
     assert!(
         sizes.iter().any(|s| *s > SMALL_SEGMENT_BYTES) && sizes.iter().all(|s| *s <= SEGMENT_BYTES),
         "{sizes:?}"
     );
-    assert!(verify(&home).ok);
 
     // A journal created on sled's default 512 KiB log segments keeps
     // values small enough for its leaves to stay under sled's blob size.
@@ -143,16 +147,11 @@ fn segments_are_32_kib_on_8_mib_sled_segments_and_6_kib_on_older_journals() {
         db.insert(b"created", b"by an older build").unwrap();
         db.flush().unwrap();
     }
-    let j = Journal::open(&home, &settings(10_000)).unwrap();
-    fill_together(&j, evs());
-    j.shutdown().unwrap();
-    drop(j);
-    let sizes = plain_sizes(&home);
+    let sizes = written(&home);
     assert!(
         sizes.len() > 1 && sizes.iter().all(|s| *s <= SMALL_SEGMENT_BYTES),
         "{sizes:?}"
     );
-    assert!(verify(&home).ok);
 }
 
 /// The layout byte of every stored segment of a closed journal.
