@@ -77,6 +77,21 @@ pub(super) struct Trees {
     pub(super) segment_bytes: usize,
 }
 
+impl Trees {
+    /// The journal's trees in the database `db` opened at `path`.
+    fn of(db: sled::Db, path: &Path) -> Result<Trees, JournalError> {
+        let tree = |name: &str| db.open_tree(name).map_err(JournalError::from);
+        Ok(Trees {
+            segments: tree(SEGMENTS)?,
+            index: tree(PARTNER_INDEX)?,
+            checkpoints: tree("checkpoints")?,
+            meta: tree("meta")?,
+            segment_bytes: segment::max_bytes_for(sled_config::segment_size(path)),
+            db,
+        })
+    }
+}
+
 /// Handle on the journal database (cheap to clone). Every clone sees the
 /// same database, also after [`Store::reopen`] replaced it (after a write
 /// failure: sled's errors are sticky until the database is opened anew).
@@ -139,15 +154,7 @@ impl Store {
                 Err(other) => return Err(other),
             }
         };
-        let tree = |name: &str| db.open_tree(name).map_err(JournalError::from);
-        let trees = Trees {
-            segments: tree(SEGMENTS)?,
-            index: tree(PARTNER_INDEX)?,
-            checkpoints: tree("checkpoints")?,
-            meta: tree("meta")?,
-            segment_bytes: segment::max_bytes_for(sled_config::segment_size(path)),
-            db,
-        };
+        let trees = Trees::of(db, path)?;
         // The folder entries of new files are durable before anything
         // written into them is reported durable (sled syncs the database's
         // own folder; this covers the folders above it).
@@ -259,15 +266,7 @@ impl Store {
             drop(db);
             return Store::open(path);
         }
-        let tree = |name: &str| db.open_tree(name).map_err(JournalError::from);
-        let trees = Trees {
-            segments: tree(SEGMENTS)?,
-            index: tree(PARTNER_INDEX)?,
-            checkpoints: tree("checkpoints")?,
-            meta: tree("meta")?,
-            segment_bytes: segment::max_bytes_for(sled_config::segment_size(path)),
-            db,
-        };
+        let trees = Trees::of(db, path)?;
         Ok(Store {
             path: path.to_path_buf(),
             trees: Arc::new(RwLock::new(Some(Arc::new(trees)))),
